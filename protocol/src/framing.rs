@@ -1,0 +1,429 @@
+//! NDJSON line framing over a reusable read buffer.
+//!
+//! The caller reads straight into [`LineFramer::spare`], reports the count with
+//! [`LineFramer::filled`], then drains [`LineFramer::next_frame`] until it returns `None`.
+//! Lines are handed out as borrowed slices, so framing never allocates per message.
+
+use std::ops::Range;
+
+/// Smallest writable tail handed out by `spare`, so one read syscall can move a useful amount.
+const MIN_SPARE: usize = 64 * 1024;
+
+/// Splits a byte stream into newline-terminated lines with a per-line size limit.
+#[derive(Debug)]
+pub struct LineFramer {
+    buf: Vec<u8>,
+    /// First byte not yet handed out.
+    start: usize,
+    /// End of the bytes written by the reader.
+    end: usize,
+    /// Bytes in `start..scan` are known to hold no `\n`, so they are never searched twice.
+    scan: usize,
+    max_line: usize,
+    /// An oversize line was reported and its remainder is being dropped up to its `\n`.
+    skipping: bool,
+}
+
+/// One unit of framed input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// One complete line, without its `\n` and without one trailing `\r`. Never empty (empty lines are skipped).
+    Line(&'a [u8]),
+    /// A line exceeded `max_line`. Emitted ONCE, as soon as the limit is passed; the rest of that line
+    /// (up to and including its `\n`) is then discarded without being buffered. `seen` = bytes seen so far.
+    Oversize {
+        /// Bytes of the line received when the limit was passed, not counting its `\n`.
+        seen: usize,
+    },
+}
+
+/// A frame located in the buffer; resolved to a borrowed [`Frame`] only at the API boundary.
+enum Found {
+    Line(Range<usize>),
+    Oversize(usize),
+}
+
+impl LineFramer {
+    /// `max_line` = longest accepted line in bytes, excluding the `\n` (and an optional `\r` before it).
+    pub fn new(max_line: usize) -> Self {
+        LineFramer {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            scan: 0,
+            max_line,
+            skipping: false,
+        }
+    }
+
+    /// Writable space at the tail of the buffer (at least 64 KiB; compacts consumed bytes first, grows if needed).
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.scan -= self.start;
+            self.start = 0;
+        }
+        let need = self.end.saturating_add(MIN_SPARE);
+        if self.buf.len() < need {
+            // Grow geometrically to avoid quadratic copying while a long line arrives, but never past
+            // the largest size a drained framer can need, so hostile input cannot inflate memory.
+            let ceiling = self.max_line.saturating_add(1).saturating_add(MIN_SPARE);
+            let target = need.max(self.buf.len().saturating_mul(2).min(ceiling));
+            self.buf.reserve_exact(target - self.buf.len());
+            self.buf.resize(target, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were written into the slice last returned by `spare`.
+    pub fn filled(&mut self, n: usize) {
+        // Clamped so that a caller bug cannot turn into an out-of-bounds panic later.
+        self.end = self.end.saturating_add(n).min(self.buf.len());
+    }
+
+    /// Next complete frame, or `None` when more input is needed.
+    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        let found = self.advance(false)?;
+        Some(self.resolve(found))
+    }
+
+    /// At end of input: the unterminated last line, if any (as `Line`, or `Oversize` if it is too
+    /// long; nothing if an oversize line was already being skipped), then `None`.
+    pub fn finish(&mut self) -> Option<Frame<'_>> {
+        let found = self.advance(true)?;
+        Some(self.resolve(found))
+    }
+
+    /// Bytes buffered but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn resolve(&self, found: Found) -> Frame<'_> {
+        match found {
+            Found::Line(range) => Frame::Line(&self.buf[range]),
+            Found::Oversize(seen) => Frame::Oversize { seen },
+        }
+    }
+
+    /// Finds the next frame; with `at_eof`, the unterminated tail counts as a final line.
+    fn advance(&mut self, at_eof: bool) -> Option<Found> {
+        loop {
+            if self.skipping {
+                match memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                    Some(i) => {
+                        self.start += i + 1;
+                        self.scan = self.start;
+                        self.skipping = false;
+                    }
+                    None => {
+                        // The remainder of an oversize line is dropped as it arrives, never kept.
+                        self.skipping = !at_eof;
+                        self.reset();
+                        return None;
+                    }
+                }
+            }
+            let Some(i) = memchr::memchr(b'\n', &self.buf[self.scan..self.end]) else {
+                return self.incomplete(at_eof);
+            };
+            let newline = self.scan + i;
+            let line_start = self.start;
+            self.start = newline + 1;
+            self.scan = self.start;
+            if let Some(found) = self.classify(line_start, newline) {
+                return Some(found);
+            }
+        }
+    }
+
+    /// Judges a complete line `from..newline`; `None` for an empty line, which is skipped.
+    fn classify(&self, from: usize, newline: usize) -> Option<Found> {
+        let mut to = newline;
+        if to > from && self.buf[to - 1] == b'\r' {
+            to -= 1;
+        }
+        if to == from {
+            None
+        } else if to - from > self.max_line {
+            Some(Found::Oversize(newline - from))
+        } else {
+            Some(Found::Line(from..to))
+        }
+    }
+
+    /// Handles buffered bytes that hold no `\n`.
+    fn incomplete(&mut self, at_eof: bool) -> Option<Found> {
+        self.scan = self.end;
+        let pending = self.end - self.start;
+        if at_eof {
+            let (from, to) = (self.start, self.end);
+            self.reset();
+            return self.classify(from, to);
+        }
+        // One byte of slack: a line of exactly `max_line` bytes may still be waiting for the `\n` of its `\r\n`.
+        let slack = self.max_line.saturating_add(1);
+        let over = pending > slack || (pending == slack && self.buf[self.end - 1] != b'\r');
+        if over {
+            self.skipping = true;
+            self.reset();
+            return Some(Found::Oversize(pending));
+        }
+        if pending == 0 {
+            self.reset();
+        }
+        None
+    }
+
+    /// Forgets all buffered bytes; cheap, so an idle connection costs no compaction on the next read.
+    fn reset(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.scan = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Out {
+        Line(Vec<u8>),
+        Oversize(usize),
+    }
+
+    fn own(frame: Frame<'_>) -> Out {
+        match frame {
+            Frame::Line(line) => Out::Line(line.to_vec()),
+            Frame::Oversize { seen } => Out::Oversize(seen),
+        }
+    }
+
+    fn line(s: &str) -> Out {
+        Out::Line(s.as_bytes().to_vec())
+    }
+
+    /// Writes `chunk` through `spare`/`filled` and drains every frame it completes.
+    fn feed(f: &mut LineFramer, mut chunk: &[u8], out: &mut Vec<Out>) {
+        while !chunk.is_empty() {
+            let spare = f.spare();
+            assert!(spare.len() >= MIN_SPARE);
+            let n = chunk.len().min(spare.len());
+            spare[..n].copy_from_slice(&chunk[..n]);
+            f.filled(n);
+            chunk = &chunk[n..];
+            while let Some(frame) = f.next_frame() {
+                out.push(own(frame));
+            }
+        }
+    }
+
+    fn finish(f: &mut LineFramer, out: &mut Vec<Out>) {
+        while let Some(frame) = f.finish() {
+            out.push(own(frame));
+        }
+    }
+
+    fn frames(max_line: usize, chunks: &[&[u8]]) -> Vec<Out> {
+        let mut f = LineFramer::new(max_line);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            feed(&mut f, chunk, &mut out);
+        }
+        finish(&mut f, &mut out);
+        assert_eq!(f.buffered(), 0);
+        out
+    }
+
+    /// Deterministic xorshift so chunk boundaries are varied but reproducible.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    const STREAM: &[u8] =
+        b"{\"a\":1}\n\n\r\n  \nline two\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\nok\r\r\n\
+                            yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\nabcdefghij\r\nlast";
+
+    /// The frames of `STREAM`; `seen` of an oversize line depends on where the limit was passed.
+    fn expected(seen: [usize; 2]) -> Vec<Out> {
+        vec![
+            line("{\"a\":1}"),
+            line("  "),
+            line("line two"),
+            Out::Oversize(seen[0]),
+            line("ok\r"),
+            Out::Oversize(seen[1]),
+            line("abcdefghij"),
+            line("last"),
+        ]
+    }
+
+    #[test]
+    fn whole_stream() {
+        assert_eq!(frames(10, &[STREAM]), expected([32, 41]));
+    }
+
+    #[test]
+    fn byte_at_a_time() {
+        let chunks: Vec<&[u8]> = STREAM.chunks(1).collect();
+        assert_eq!(frames(10, &chunks), expected([11, 11]));
+    }
+
+    #[test]
+    fn random_chunks() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..500 {
+            let mut chunks = Vec::new();
+            let mut rest = STREAM;
+            while !rest.is_empty() {
+                let (head, tail) = rest.split_at(1 + rng.below(rest.len().min(16)));
+                chunks.push(head);
+                rest = tail;
+            }
+            let mut got = frames(10, &chunks);
+            // An oversize line that arrives in pieces is reported as soon as the limit is passed,
+            // so only `seen` may differ from the one-chunk run, and only within the line's length.
+            for (frame, max) in got
+                .iter_mut()
+                .filter(|o| matches!(o, Out::Oversize(_)))
+                .zip([32, 41])
+            {
+                if let Out::Oversize(seen) = frame {
+                    assert!((11..=max).contains(seen), "seen {seen}");
+                    *seen = max;
+                }
+            }
+            assert_eq!(got, expected([32, 41]));
+        }
+    }
+
+    #[test]
+    fn empty_lines_are_skipped_but_whitespace_is_not() {
+        assert_eq!(
+            frames(10, &[b"\n\r\n\n \n\t\r\n\r\r\n"]),
+            [line(" "), line("\t"), line("\r")]
+        );
+        assert_eq!(frames(10, &[b""]), []);
+        assert_eq!(frames(10, &[b"\r"]), []);
+    }
+
+    #[test]
+    fn limit_is_inclusive() {
+        assert_eq!(frames(5, &[b"12345\n"]), [line("12345")]);
+        assert_eq!(frames(5, &[b"12345\r\n"]), [line("12345")]);
+        assert_eq!(frames(5, &[b"12345\r", b"\n"]), [line("12345")]);
+        assert_eq!(frames(5, &[b"12345"]), [line("12345")]);
+        assert_eq!(frames(5, &[b"12345\r"]), [line("12345")]);
+        assert_eq!(
+            frames(5, &[b"123456\nok\n"]),
+            [Out::Oversize(6), line("ok")]
+        );
+        assert_eq!(
+            frames(5, &[b"123456", b"\nok\n"]),
+            [Out::Oversize(6), line("ok")]
+        );
+        assert_eq!(
+            frames(5, &[b"12345\r", b"x\nok\n"]),
+            [Out::Oversize(7), line("ok")]
+        );
+        assert_eq!(frames(5, &[b"12345\r", b"xy"]), [Out::Oversize(8)]);
+        assert_eq!(frames(5, &[b"123456"]), [Out::Oversize(6)]);
+        assert_eq!(frames(0, &[b"\nx\n\r\n"]), [Out::Oversize(1)]);
+    }
+
+    #[test]
+    fn oversize_is_reported_once_and_never_buffered() {
+        let max_line = 100_000;
+        let bound = max_line + 1 + MIN_SPARE;
+        let mut f = LineFramer::new(max_line);
+        let mut out = Vec::new();
+        let junk = vec![b'x'; 7_777];
+        for _ in 0..1_000 {
+            feed(&mut f, &junk, &mut out);
+            assert!(f.buf.capacity() <= bound, "capacity {}", f.buf.capacity());
+            assert!(f.buffered() <= max_line + 1);
+        }
+        // Detected after the 13th read, the first to pass the limit.
+        assert_eq!(out, [Out::Oversize(7_777 * 13)]);
+        feed(&mut f, b"tail\nnext", &mut out);
+        finish(&mut f, &mut out);
+        assert_eq!(out, [Out::Oversize(7_777 * 13), line("next")]);
+
+        // Reads larger than the limit still report the whole read as seen, once.
+        let mut f = LineFramer::new(10);
+        let mut out = Vec::new();
+        feed(&mut f, &[b'y'; 50_000], &mut out);
+        feed(&mut f, &[b'y'; 50_000], &mut out);
+        assert_eq!(out, [Out::Oversize(50_000)]);
+        assert!(f.buf.capacity() <= 10 + 1 + MIN_SPARE);
+        assert_eq!(f.buffered(), 0);
+        finish(&mut f, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn long_accepted_line_over_many_reads() {
+        let max_line = 300_000;
+        let mut data = vec![b'z'; max_line];
+        data.extend_from_slice(b"\r\nshort\n");
+        let mut f = LineFramer::new(max_line);
+        let mut out = Vec::new();
+        for chunk in data.chunks(4_096) {
+            feed(&mut f, chunk, &mut out);
+            assert!(f.buf.capacity() <= max_line + 1 + MIN_SPARE);
+        }
+        assert_eq!(out, [Out::Line(vec![b'z'; max_line]), line("short")]);
+    }
+
+    #[test]
+    fn finish_returns_tail_once() {
+        let mut f = LineFramer::new(10);
+        let mut out = Vec::new();
+        feed(&mut f, b"a\nb\ntail", &mut out);
+        assert_eq!(f.buffered(), 4);
+        assert_eq!(f.finish().map(own), Some(line("tail")));
+        assert_eq!(f.finish(), None);
+        assert_eq!(f.buffered(), 0);
+        assert_eq!(out, [line("a"), line("b")]);
+
+        // Complete lines still pending are returned by `finish` before the tail.
+        let mut f = LineFramer::new(10);
+        let spare = f.spare();
+        spare[..6].copy_from_slice(b"1\n2\n3\r");
+        f.filled(6);
+        let mut out = Vec::new();
+        finish(&mut f, &mut out);
+        assert_eq!(out, [line("1"), line("2"), line("3")]);
+
+        // A tail being skipped as oversize yields nothing more.
+        assert_eq!(frames(3, &[b"abcdef"]), [Out::Oversize(6)]);
+        let mut f = LineFramer::new(3);
+        let mut out = Vec::new();
+        feed(&mut f, b"abcdef", &mut out);
+        feed(&mut f, b"gh", &mut out);
+        assert_eq!(f.finish(), None);
+        feed(&mut f, b"new\n", &mut out);
+        assert_eq!(out, [Out::Oversize(6), line("new")]);
+    }
+
+    #[test]
+    fn overfilling_is_clamped() {
+        let mut f = LineFramer::new(10);
+        let len = f.spare().len();
+        f.filled(len + 1_000);
+        assert_eq!(f.buffered(), len);
+        let mut g = LineFramer::new(10);
+        g.filled(5);
+        assert_eq!(g.buffered(), 0);
+        assert_eq!(g.next_frame(), None);
+    }
+}
