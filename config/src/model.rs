@@ -1,0 +1,141 @@
+//! The validated configuration types and their defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+/// A validated configuration: every default filled in.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    /// Worker pools, at least one, with distinct ids.
+    pub pools: Vec<PoolConfig>,
+    /// Buffer, supervision and timeout limits.
+    pub limits: Limits,
+    /// How clients connect.
+    pub transport: TransportConfig,
+    /// How messages are assigned to sessions and pools.
+    pub routing: RoutingConfig,
+}
+
+/// One pool of identical worker processes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoolConfig {
+    /// Unique, non-empty pool name; clients select a pool with a top-level `"pool"` field.
+    pub id: String,
+    /// Program to run, resolved through `PATH` like `execvp`.
+    pub command: String,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+    /// Number of worker processes, 1 to 1024.
+    pub instances: u32,
+    /// Variables added to the daemon's environment for this pool's workers.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the workers; the daemon's own when absent.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_path_lossy"
+    )]
+    pub cwd: Option<PathBuf>,
+}
+
+/// Paths built by hand may not be UTF-8; printing them lossily keeps `to_pretty_json` infallible.
+fn serialize_path_lossy<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    path.as_deref().map(Path::to_string_lossy).serialize(s)
+}
+
+/// Buffer, supervision and timeout limits; sizes are in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Longest accepted client line.
+    pub max_input_buffer: usize,
+    /// Bytes queued toward one client before its reads pause.
+    pub max_output_queue: usize,
+    /// Restarts allowed per worker instance within `restart_window_sec`; 0 never restarts.
+    pub max_restarts: u32,
+    /// Window in which restarts are counted.
+    pub restart_window_sec: u64,
+    /// Time between SIGTERM and SIGKILL when stopping workers; 0 kills at once.
+    pub drain_timeout_sec: u64,
+    /// Time a client's output queue may stay full before the client is disconnected.
+    pub backpressure_timeout_sec: u64,
+    /// Bytes buffered toward one worker before its clients are paused.
+    pub max_worker_queue: usize,
+    /// Longest accepted worker stdout line.
+    pub max_worker_line: usize,
+}
+
+impl Default for Limits {
+    /// The stdio Bus v2.0.3 defaults, plus ours for the extensions.
+    fn default() -> Self {
+        Limits {
+            max_input_buffer: 1_048_576,
+            max_output_queue: 4_194_304,
+            max_restarts: 5,
+            restart_window_sec: 60,
+            drain_timeout_sec: 30,
+            backpressure_timeout_sec: 60,
+            max_worker_queue: 1_048_576,
+            // Codex results such as thread/resume can exceed 1 MiB.
+            max_worker_line: 67_108_864,
+        }
+    }
+}
+
+/// How clients reach the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportMode {
+    /// The daemon's stdin/stdout is the single client.
+    Stdio,
+    /// A Unix domain socket listener.
+    Unix,
+    /// A TCP listener.
+    Tcp,
+}
+
+/// Client transport settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TransportConfig {
+    /// Listener kind; the CLI flag overrides it.
+    pub mode: TransportMode,
+    /// Always `"ndjson"`: the only framing supported.
+    pub framing: String,
+    /// Always `"json"`: the only protocol supported.
+    pub protocol: String,
+    /// Socket path (unix) or HOST:PORT (tcp); the CLI flag overrides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+impl Default for TransportConfig {
+    /// stdio, NDJSON, JSON: what stdio Bus does without a `transport` section.
+    fn default() -> Self {
+        TransportConfig {
+            mode: TransportMode::Stdio,
+            framing: "ndjson".to_owned(),
+            protocol: "json".to_owned(),
+            address: None,
+        }
+    }
+}
+
+/// Session and pool routing settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RoutingConfig {
+    /// Dotted path of the session key in a message, e.g. `sessionId` or `params.sessionId`.
+    pub session_id_field: String,
+    /// Pool for messages that name none; must be an existing pool id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_pool: Option<String>,
+}
+
+impl Default for RoutingConfig {
+    /// Top-level `sessionId`, as stdio Bus routes, and no default pool.
+    fn default() -> Self {
+        RoutingConfig {
+            session_id_field: "sessionId".to_owned(),
+            default_pool: None,
+        }
+    }
+}

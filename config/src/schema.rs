@@ -1,0 +1,95 @@
+//! The known keys of each level: the single list that both the validator and the docs check read.
+
+/// Keys of the top-level object.
+pub(crate) const TOP_KEYS: &[&str] = &["pools", "limits", "transport", "routing"];
+
+/// Keys of one `pools[]` object; `env` and `cwd` are our extensions.
+pub(crate) const POOL_KEYS: &[&str] = &["id", "command", "args", "instances", "env", "cwd"];
+
+/// Keys of `limits`; the last two are our extensions.
+pub(crate) const LIMIT_KEYS: &[&str] = &[
+    "max_input_buffer",
+    "max_output_queue",
+    "max_restarts",
+    "restart_window_sec",
+    "drain_timeout_sec",
+    "backpressure_timeout_sec",
+    "max_worker_queue",
+    "max_worker_line",
+];
+
+/// Keys of `transport`; `address` is our extension.
+pub(crate) const TRANSPORT_KEYS: &[&str] = &["mode", "framing", "protocol", "options", "address"];
+
+/// Keys of `transport.options`: stdio Bus settings of the shm and mqueue modes, accepted and ignored.
+pub(crate) const TRANSPORT_OPTION_KEYS: &[&str] = &[
+    "shm_name",
+    "shm_size",
+    "mqueue_name",
+    "mqueue_msgsize",
+    "mqueue_depth",
+];
+
+/// Keys of `routing`.
+pub(crate) const ROUTING_KEYS: &[&str] = &["session_id_field", "default_pool"];
+
+/// Most workers a pool may have; far above useful sizes, it catches a typo that would fork thousands.
+pub(crate) const MAX_INSTANCES: u32 = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Limits;
+
+    fn reference() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md");
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+    }
+
+    #[test]
+    fn docs_name_every_key_of_the_schema() {
+        let docs = reference();
+        let levels = [
+            TOP_KEYS,
+            POOL_KEYS,
+            LIMIT_KEYS,
+            TRANSPORT_KEYS,
+            TRANSPORT_OPTION_KEYS,
+            ROUTING_KEYS,
+        ];
+        let missing: Vec<&str> = levels
+            .iter()
+            .flat_map(|keys| keys.iter().copied())
+            .filter(|key| !docs.contains(&format!("`{key}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/config.md does not mention {missing:?}"
+        );
+    }
+
+    #[test]
+    fn docs_state_every_default_limit() {
+        let docs = reference();
+        let d = Limits::default();
+        let defaults = [
+            d.max_input_buffer.to_string(),
+            d.max_output_queue.to_string(),
+            d.max_restarts.to_string(),
+            d.restart_window_sec.to_string(),
+            d.drain_timeout_sec.to_string(),
+            d.backpressure_timeout_sec.to_string(),
+            d.max_worker_queue.to_string(),
+            d.max_worker_line.to_string(),
+            MAX_INSTANCES.to_string(),
+        ];
+        let missing: Vec<&String> = defaults
+            .iter()
+            .filter(|v| !docs.contains(v.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/config.md does not state {missing:?}"
+        );
+    }
+}

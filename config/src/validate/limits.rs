@@ -1,0 +1,70 @@
+//! The `limits` object.
+
+use crate::path::FieldPath;
+use crate::schema::LIMIT_KEYS;
+use crate::tree::Json;
+use crate::validate::problems::Problems;
+use crate::validate::values::{integer, object};
+use crate::Limits;
+
+/// Validates `limits`; absent fields keep their defaults.
+pub(crate) fn limits(
+    path: &FieldPath<'_>,
+    value: Option<&Json>,
+    problems: &mut Problems,
+) -> Option<Limits> {
+    let mut limits = Limits::default();
+    let Some(value) = value else {
+        return Some(limits);
+    };
+    let entries = object(path, value, problems)?;
+    let before = problems.count();
+    for (key, value) in entries {
+        let path = path.key(key);
+        let p = &path;
+        match key.as_str() {
+            "max_input_buffer" => set(
+                &mut limits.max_input_buffer,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            "max_output_queue" => set(
+                &mut limits.max_output_queue,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            "max_restarts" => set(
+                &mut limits.max_restarts,
+                integer(p, value, 0, u32::MAX, problems),
+            ),
+            "restart_window_sec" => set(
+                &mut limits.restart_window_sec,
+                integer(p, value, 1, u64::MAX, problems),
+            ),
+            "drain_timeout_sec" => set(
+                &mut limits.drain_timeout_sec,
+                integer(p, value, 0, u64::MAX, problems),
+            ),
+            "backpressure_timeout_sec" => {
+                set(
+                    &mut limits.backpressure_timeout_sec,
+                    integer(p, value, 1, u64::MAX, problems),
+                );
+            }
+            "max_worker_queue" => set(
+                &mut limits.max_worker_queue,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            "max_worker_line" => set(
+                &mut limits.max_worker_line,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            _ => problems.unknown_key(p, key, LIMIT_KEYS),
+        }
+    }
+    (problems.count() == before).then_some(limits)
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}

@@ -1,0 +1,53 @@
+//! Turns a parsed document into a [`Config`], collecting every problem rather than stopping at the first.
+
+mod limits;
+mod pools;
+mod problems;
+mod routing;
+mod transport;
+mod values;
+
+use crate::path::FieldPath;
+use crate::schema::TOP_KEYS;
+use crate::tree::Json;
+use crate::Config;
+use problems::Problems;
+
+/// Validates the whole document; on failure returns every problem, each prefixed with its field path.
+pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
+    let mut problems = Problems::default();
+    let root = FieldPath::Root;
+    let Some(entries) = values::object(&root, document, &mut problems) else {
+        return Err(problems.into_vec());
+    };
+    for (key, _) in entries {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            problems.unknown_key(&root.key(key), key, TOP_KEYS);
+        }
+    }
+    // Sections go in a fixed order because routing needs the pool ids, wherever `pools` sits in the file.
+    let pools = pools::pools(&root.key("pools"), document.get("pools"), &mut problems);
+    let limits = limits::limits(&root.key("limits"), document.get("limits"), &mut problems);
+    let transport = transport::transport(
+        &root.key("transport"),
+        document.get("transport"),
+        &mut problems,
+    );
+    let routing = routing::routing(
+        &root.key("routing"),
+        document.get("routing"),
+        pools.ids.as_deref(),
+        &mut problems,
+    );
+    match (pools.pools, limits, transport, routing) {
+        (Some(pools), Some(limits), Some(transport), Some(routing)) if problems.count() == 0 => {
+            Ok(Config {
+                pools,
+                limits,
+                transport,
+                routing,
+            })
+        }
+        _ => Err(problems.into_vec()),
+    }
+}

@@ -1,0 +1,143 @@
+//! Defaults, the built-in single-pool config, round trips through `to_pretty_json`, and error display.
+
+use std::path::Path;
+
+use codex_bus_config::{Config, Limits, RoutingConfig, TransportConfig, TransportMode};
+
+fn parse(text: &str) -> Config {
+    Config::from_json_str(text, "test.json").unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn absent_sections_take_their_defaults() {
+    let config = parse(r#"{"pools": [{"id": "a", "command": "cat", "instances": 1}]}"#);
+    assert_eq!(
+        config.limits,
+        Limits {
+            max_input_buffer: 1_048_576,
+            max_output_queue: 4_194_304,
+            max_restarts: 5,
+            restart_window_sec: 60,
+            drain_timeout_sec: 30,
+            backpressure_timeout_sec: 60,
+            max_worker_queue: 1_048_576,
+            max_worker_line: 67_108_864,
+        }
+    );
+    assert_eq!(
+        config.transport,
+        TransportConfig {
+            mode: TransportMode::Stdio,
+            framing: "ndjson".into(),
+            protocol: "json".into(),
+            address: None,
+        }
+    );
+    assert_eq!(
+        config.routing,
+        RoutingConfig {
+            session_id_field: "sessionId".into(),
+            default_pool: None,
+        }
+    );
+    let pool = &config.pools[0];
+    assert!(pool.args.is_empty() && pool.env.is_empty() && pool.cwd.is_none());
+}
+
+#[test]
+fn a_partial_limits_section_keeps_the_other_defaults() {
+    let config = parse(
+        r#"{"pools": [{"id": "a", "command": "cat", "instances": 1}],
+            "limits": {"max_restarts": 0, "drain_timeout_sec": 0, "max_worker_line": 2000000}}"#,
+    );
+    let expected = Limits {
+        max_restarts: 0,
+        drain_timeout_sec: 0,
+        max_worker_line: 2_000_000,
+        ..Limits::default()
+    };
+    assert_eq!(config.limits, expected);
+}
+
+#[test]
+fn extensions_are_read() {
+    let config = parse(
+        r#"{"pools": [{"id": "a", "command": "cat", "instances": 1024, "cwd": "/tmp", "env": {"A": "1", "B": ""}}],
+            "transport": {"mode": "tcp", "address": "127.0.0.1:7000",
+                          "options": {"shm_name": "/x", "mqueue_depth": 10}},
+            "routing": {"session_id_field": "params.sessionId"}}"#,
+    );
+    let pool = &config.pools[0];
+    assert_eq!(pool.instances, 1024);
+    assert_eq!(pool.cwd.as_deref(), Some(Path::new("/tmp")));
+    assert_eq!(pool.env.len(), 2);
+    assert_eq!(config.transport.mode, TransportMode::Tcp);
+    assert_eq!(config.transport.address.as_deref(), Some("127.0.0.1:7000"));
+    assert_eq!(config.routing.session_id_field, "params.sessionId");
+}
+
+#[test]
+fn single_pool_uses_the_defaults() {
+    let config = Config::single_pool("codex", "codex", &["app-server"], 3);
+    assert_eq!(config.pools.len(), 1);
+    assert_eq!(config.pools[0].id, "codex");
+    assert_eq!(config.pools[0].args, ["app-server"]);
+    assert_eq!(config.pools[0].instances, 3);
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.transport, TransportConfig::default());
+    assert_eq!(config.routing, RoutingConfig::default());
+}
+
+#[test]
+fn pretty_json_round_trips_a_minimal_config() {
+    let config = Config::single_pool("codex", "codex", &["app-server"], 2);
+    let text = config.to_pretty_json();
+    assert!(text.contains("\"max_worker_line\": 67108864"), "{text}");
+    assert_eq!(parse(&text), config);
+}
+
+#[test]
+fn pretty_json_round_trips_every_field() {
+    let config = parse(
+        r#"{"pools": [{"id": "a", "command": "cat", "args": ["-u"], "instances": 2, "cwd": "/tmp", "env": {"K": "v"}},
+                      {"id": "b", "command": "cat", "instances": 1}],
+            "limits": {"max_input_buffer": 10, "max_output_queue": 20, "max_restarts": 0, "restart_window_sec": 9,
+                       "drain_timeout_sec": 0, "backpressure_timeout_sec": 7, "max_worker_queue": 30, "max_worker_line": 40},
+            "transport": {"mode": "unix", "address": "/run/bus.sock"},
+            "routing": {"session_id_field": "params.sessionId", "default_pool": "b"}}"#,
+    );
+    assert_eq!(parse(&config.to_pretty_json()), config);
+}
+
+#[test]
+fn the_example_in_the_docs_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
+    let docs = std::fs::read_to_string(&path).expect("docs/config.md is readable");
+    let example = docs
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/config.md has a json example");
+    let config = parse(example);
+    assert_eq!(config.transport.mode, TransportMode::Unix);
+    assert_eq!(config.routing.default_pool.as_deref(), Some("codex"));
+}
+
+#[test]
+fn load_names_the_missing_file() {
+    let err = Config::load(Path::new("/nonexistent/bus.json")).expect_err("file does not exist");
+    assert_eq!(err.source_name, "/nonexistent/bus.json");
+    assert_eq!(err.problems.len(), 1);
+    assert!(err.problems[0].starts_with("cannot read file: "), "{err}");
+}
+
+#[test]
+fn display_prefixes_each_problem_with_the_source() {
+    let err =
+        Config::from_json_str(r#"{"pools": [], "limitz": {}}"#, "<built-in>").expect_err("invalid");
+    assert_eq!(
+        err.to_string(),
+        "<built-in>: limitz: unknown key (did you mean 'limits'?)\n\
+         <built-in>: pools: must contain at least one pool, got an empty array"
+    );
+}

@@ -1,0 +1,355 @@
+//! Every invalid input yields a problem that names its field path.
+
+use codex_bus_config::Config;
+
+/// A pool line that is valid, to embed in documents that are broken elsewhere.
+const POOL: &str = r#"{"id": "a", "command": "cat", "instances": 1}"#;
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::from_json_str(text, "t.json") {
+        Ok(config) => panic!("expected problems, got {config:?}"),
+        Err(e) => {
+            assert_eq!(e.source_name, "t.json");
+            e.problems
+        }
+    }
+}
+
+/// The document must fail with exactly these problems, in this order.
+fn assert_problems(text: &str, expected: &[&str]) {
+    assert_eq!(problems(text), expected, "for {text}");
+}
+
+/// A document whose only broken part is the `pools` value.
+fn with_pools(pools: &str) -> String {
+    format!(r#"{{"pools": {pools}}}"#)
+}
+
+/// A document with one valid pool plus `section`.
+fn with_section(section: &str) -> String {
+    format!(r#"{{"pools": [{POOL}], {section}}}"#)
+}
+
+#[test]
+fn pools_missing_empty_or_not_an_array() {
+    assert_problems(
+        "{}",
+        &["pools: missing; at least one worker pool is required"],
+    );
+    assert_problems(
+        &with_pools("[]"),
+        &["pools: must contain at least one pool, got an empty array"],
+    );
+    assert_problems(
+        &with_pools("{}"),
+        &["pools: must be an array of pool objects, got an object"],
+    );
+    assert_problems(&with_pools("[3]"), &["pools[0]: must be an object, got 3"]);
+}
+
+#[test]
+fn pool_missing_id_or_command() {
+    assert_problems(
+        &with_pools(r#"[{"command": "cat", "instances": 1}]"#),
+        &["pools[0].id: missing (required: a non-empty string)"],
+    );
+    assert_problems(
+        &with_pools(r#"[{"id": "a", "instances": 1}]"#),
+        &["pools[0].command: missing (required: a non-empty string)"],
+    );
+}
+
+#[test]
+fn pool_id_empty_or_not_a_string() {
+    assert_problems(
+        &with_pools(r#"[{"id": "", "command": "cat", "instances": 1}]"#),
+        &[r#"pools[0].id: must be a non-empty string, got """#],
+    );
+    assert_problems(
+        &with_pools(r#"[{"id": 7, "command": "cat", "instances": 1}]"#),
+        &["pools[0].id: must be a non-empty string, got 7"],
+    );
+}
+
+#[test]
+fn duplicate_pool_ids_name_the_first() {
+    assert_problems(
+        &with_pools(&format!(
+            r#"[{POOL}, {{"id": "b", "command": "cat", "instances": 1}}, {POOL}]"#
+        )),
+        &["pools[2].id: duplicate pool id 'a' (also pools[0])"],
+    );
+}
+
+#[test]
+fn instances_must_be_an_integer_from_1_to_1024() {
+    let cases = [
+        ("0", "pools[0].instances: must be an integer ≥ 1, got 0"),
+        ("-1", "pools[0].instances: must be an integer ≥ 1, got -1"),
+        ("2.0", "pools[0].instances: must be an integer ≥ 1, got 2.0"),
+        (
+            "1e1",
+            "pools[0].instances: must be an integer ≥ 1, got 10.0",
+        ),
+        (
+            r#""2""#,
+            r#"pools[0].instances: must be an integer ≥ 1, got "2""#,
+        ),
+        (
+            "null",
+            "pools[0].instances: must be an integer ≥ 1, got null",
+        ),
+        ("1025", "pools[0].instances: must be at most 1024, got 1025"),
+    ];
+    for (value, expected) in cases {
+        assert_problems(
+            &with_pools(&format!(
+                r#"[{{"id": "a", "command": "cat", "instances": {value}}}]"#
+            )),
+            &[expected],
+        );
+    }
+    assert_problems(
+        &with_pools(r#"[{"id": "a", "command": "cat"}]"#),
+        &["pools[0].instances: missing (required: an integer ≥ 1)"],
+    );
+}
+
+#[test]
+fn args_must_be_an_array_of_strings() {
+    assert_problems(
+        &with_pools(r#"[{"id": "a", "command": "cat", "instances": 1, "args": "-u"}]"#),
+        &[r#"pools[0].args: must be an array of strings, got "-u""#],
+    );
+    assert_problems(
+        &with_pools(
+            r#"[{"id": "a", "command": "cat", "instances": 1, "args": ["-u", 3, "x\u0000"]}]"#,
+        ),
+        &[
+            "pools[0].args[1]: must be a string, got 3",
+            "pools[0].args[2]: must not contain a NUL character",
+        ],
+    );
+}
+
+#[test]
+fn env_values_must_be_strings_and_names_settable() {
+    assert_problems(
+        &with_pools(
+            r#"[{"id": "a", "command": "cat", "instances": 1, "env": {"RUST_LOG": 1, "A=B": "x"}}]"#,
+        ),
+        &[
+            "pools[0].env.RUST_LOG: must be a string, got 1",
+            r#"pools[0].env["A=B"]: environment variable names must be non-empty and contain neither '=' nor NUL"#,
+        ],
+    );
+    assert_problems(
+        &with_pools(r#"[{"id": "a", "command": "cat", "instances": 1, "env": ["RUST_LOG=info"]}]"#),
+        &["pools[0].env: must be an object, got an array"],
+    );
+}
+
+#[test]
+fn limits_must_be_non_negative_integers() {
+    let cases = [
+        (
+            "-1",
+            "limits.max_restarts: must be a non-negative integer, got -1",
+        ),
+        (
+            "2.0",
+            "limits.max_restarts: must be a non-negative integer, got 2.0",
+        ),
+        (
+            r#""5""#,
+            r#"limits.max_restarts: must be a non-negative integer, got "5""#,
+        ),
+        (
+            "null",
+            "limits.max_restarts: must be a non-negative integer, got null",
+        ),
+        (
+            "true",
+            "limits.max_restarts: must be a non-negative integer, got true",
+        ),
+        (
+            "4294967296",
+            "limits.max_restarts: must be at most 4294967295, got 4294967296",
+        ),
+    ];
+    for (value, expected) in cases {
+        assert_problems(
+            &with_section(&format!(r#""limits": {{"max_restarts": {value}}}"#)),
+            &[expected],
+        );
+    }
+    assert_problems(
+        &with_section(
+            r#""limits": {"restart_window_sec": 0, "max_input_buffer": 0, "drain_timeout_sec": 0}"#,
+        ),
+        &[
+            "limits.restart_window_sec: must be an integer ≥ 1, got 0",
+            "limits.max_input_buffer: must be an integer ≥ 1, got 0",
+        ],
+    );
+    assert_problems(
+        &with_section(r#""limits": null"#),
+        &["limits: must be an object, got null"],
+    );
+}
+
+#[test]
+fn unknown_keys_at_every_level_get_a_hint() {
+    assert_problems(
+        &format!(r#"{{"pools": [{POOL}], "pool": "a"}}"#),
+        &["pool: unknown key (did you mean 'pools'?)"],
+    );
+    assert_problems(
+        &with_pools(r#"[{"id": "a", "command": "cat", "instances": 1, "instnces": 2}]"#),
+        &["pools[0].instnces: unknown key (did you mean 'instances'?)"],
+    );
+    assert_problems(
+        &with_section(r#""limits": {"drain_timout_sec": 5}"#),
+        &["limits.drain_timout_sec: unknown key (did you mean 'drain_timeout_sec'?)"],
+    );
+    assert_problems(
+        &with_section(r#""transport": {"framng": "ndjson"}"#),
+        &["transport.framng: unknown key (did you mean 'framing'?)"],
+    );
+    assert_problems(
+        &with_section(r#""transport": {"options": {"shm_nam": "/x"}}"#),
+        &["transport.options.shm_nam: unknown key (did you mean 'shm_name'?)"],
+    );
+    assert_problems(
+        &with_section(r#""routing": {"sessionIdField": "sessionId"}"#),
+        &["routing.sessionIdField: unknown key (did you mean 'session_id_field'?)"],
+    );
+}
+
+#[test]
+fn unknown_keys_without_a_close_match_list_the_known_ones() {
+    assert_problems(
+        &with_pools(r#"[{"id": "a", "command": "cat", "instances": 1, "restart_policy": "always"}]"#),
+        &["pools[0].restart_policy: unknown key (known keys: id, command, args, instances, env, cwd)"],
+    );
+}
+
+#[test]
+fn routing_default_pool_must_exist() {
+    assert_problems(
+        &format!(
+            r#"{{"pools": [{POOL}, {{"id": "b", "command": "cat", "instances": 1}}], "routing": {{"default_pool": "x"}}}}"#
+        ),
+        &["routing.default_pool: no pool named 'x' (pools: a, b)"],
+    );
+}
+
+#[test]
+fn routing_session_id_field_must_be_a_dotted_path() {
+    for bad in ["", "a..b", ".a", "a."] {
+        assert_problems(
+            &with_section(&format!(r#""routing": {{"session_id_field": "{bad}"}}"#)),
+            &[&format!(
+                r#"routing.session_id_field: must be a dotted path without empty segments, like "sessionId" or "params.sessionId", got "{bad}""#
+            )],
+        );
+    }
+    assert_problems(
+        &with_section(r#""routing": {"session_id_field": 1}"#),
+        &["routing.session_id_field: must be a string, got 1"],
+    );
+}
+
+#[test]
+fn unsupported_transports_are_rejected_by_name() {
+    assert_problems(
+        &with_section(r#""transport": {"mode": "shm"}"#),
+        &["transport.mode: 'shm' is not supported by codex-stdio-bus (supported: stdio, unix, tcp)"],
+    );
+    assert_problems(
+        &with_section(r#""transport": {"mode": "udp"}"#),
+        &["transport.mode: unknown mode 'udp' (supported: stdio, unix, tcp)"],
+    );
+    assert_problems(
+        &with_section(r#""transport": {"framing": "length"}"#),
+        &["transport.framing: 'length' is not supported by codex-stdio-bus (only 'ndjson' framing is supported)"],
+    );
+    assert_problems(
+        &with_section(r#""transport": {"protocol": "binary"}"#),
+        &["transport.protocol: 'binary' is not supported by codex-stdio-bus (only 'json' protocol is supported)"],
+    );
+}
+
+#[test]
+fn tcp_address_must_be_host_port() {
+    assert_problems(
+        &with_section(r#""transport": {"mode": "tcp", "address": "localhost"}"#),
+        &[r#"transport.address: must be HOST:PORT (port 0 to 65535) in tcp mode, got "localhost""#],
+    );
+    assert_problems(
+        &with_section(r#""transport": {"mode": "tcp", "address": "127.0.0.1:99999"}"#),
+        &[
+            r#"transport.address: must be HOST:PORT (port 0 to 65535) in tcp mode, got "127.0.0.1:99999""#,
+        ],
+    );
+}
+
+#[test]
+fn invalid_json_reports_line_and_column() {
+    assert_problems(
+        "{\n  \"pools\": [\n    {\"id\": \"a\" \"command\": \"cat\"}\n  ]\n}",
+        &["invalid JSON at line 3 column 16: expected `,` or `}`"],
+    );
+    assert_problems(
+        "",
+        &["invalid JSON at line 1 column 0: EOF while parsing a value"],
+    );
+    assert_problems("[]", &["top level: must be an object, got an array"]);
+}
+
+#[test]
+fn stdio_bus_leniencies_are_errors() {
+    assert_problems(
+        &format!("{{\"pools\": [{POOL},]}}"),
+        &["invalid JSON at line 1 column 58: trailing comma \
+           (stdio Bus tolerated this; codex-stdio-bus requires strict JSON)"],
+    );
+    assert_problems(
+        &format!("{{\"pools\": [{POOL}]}} trailing"),
+        &["invalid JSON at line 1 column 60: trailing characters \
+           (stdio Bus tolerated this; codex-stdio-bus requires strict JSON)"],
+    );
+    assert_problems(
+        "{\"pools\": [{\"id\": \"a\", \"command\": \"cat\", \"instances\": 1, \"instances\": 3}]}",
+        &["pools[0]: duplicate key 'instances' at line 1 column 68 \
+           (stdio Bus kept the last value; codex-stdio-bus rejects duplicates)"],
+    );
+}
+
+#[test]
+fn several_problems_are_reported_at_once() {
+    let text = r#"{
+        "pools": [
+            {"id": "a", "command": "", "instances": 0},
+            {"id": "a", "command": "cat", "instances": 1, "agrs": []}
+        ],
+        "limits": {"max_restarts": -1, "drain_timout_sec": 1},
+        "transport": {"mode": "mqueue"},
+        "routing": {"default_pool": "zzz"},
+        "extra": true
+    }"#;
+    assert_problems(
+        text,
+        &[
+            "extra: unknown key (known keys: pools, limits, transport, routing)",
+            r#"pools[0].command: must be a non-empty string, got """#,
+            "pools[0].instances: must be an integer ≥ 1, got 0",
+            "pools[1].agrs: unknown key (did you mean 'args'?)",
+            "pools[1].id: duplicate pool id 'a' (also pools[0])",
+            "limits.max_restarts: must be a non-negative integer, got -1",
+            "limits.drain_timout_sec: unknown key (did you mean 'drain_timeout_sec'?)",
+            "transport.mode: 'mqueue' is not supported by codex-stdio-bus (supported: stdio, unix, tcp)",
+            "routing.default_pool: no pool named 'zzz' (pools: a)",
+        ],
+    );
+}
