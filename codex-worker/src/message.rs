@@ -1,0 +1,207 @@
+//! Classification of one input line, borrowing every token so it can be echoed byte for byte.
+
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// What one input line turned out to be.
+#[derive(Debug)]
+pub enum Message<'a> {
+    /// A request (with `id`) or a notification (without).
+    Call(Call<'a>),
+    /// The client's answer to a request the worker sent.
+    Response(Response<'a>),
+    /// Valid JSON that is not a JSON-RPC message.
+    Invalid {
+        /// The `id` member, when there was one to answer to.
+        id: Option<&'a RawValue>,
+        /// The `sessionId` member, echoed so the bus can route the error.
+        session: Option<&'a RawValue>,
+    },
+    /// Not JSON at all.
+    Malformed(serde_json::Error),
+}
+
+/// A request or notification.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// `None` for a notification.
+    pub id: Option<&'a RawValue>,
+    /// The method as its JSON string token, echoed without re-escaping.
+    pub method: &'a RawValue,
+    /// The method decoded, for dispatch.
+    pub name: Cow<'a, str>,
+    /// `params`, absent or `null` alike.
+    pub params: Option<&'a RawValue>,
+    /// `sessionId`, when the input had one.
+    pub session: Option<&'a RawValue>,
+}
+
+/// A client response to a worker-initiated request.
+#[derive(Debug)]
+pub struct Response<'a> {
+    /// The id the worker gave its request.
+    pub id: &'a RawValue,
+    /// `result`, or `error` when there is no result.
+    pub outcome: &'a RawValue,
+}
+
+/// The members the worker looks at; the rest are skipped unparsed.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(rename = "sessionId", default, borrow, deserialize_with = "present")]
+    session: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` as `Some`, because `"id": null` still makes a request, not a notification.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// Classifies one line (without its line ending).
+pub fn classify(line: &[u8]) -> Message<'_> {
+    // A derived struct also accepts a JSON array positionally; only objects can be messages.
+    let is_object = line.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{');
+    let envelope = match serde_json::from_slice::<Envelope<'_>>(line) {
+        Ok(envelope) if is_object => envelope,
+        Ok(_) => return invalid(None, None),
+        Err(err) => {
+            return match serde_json::from_slice::<IgnoredAny>(line) {
+                Ok(_) => invalid(None, None),
+                Err(_) => Message::Malformed(err),
+            };
+        }
+    };
+    match envelope {
+        Envelope {
+            method: Some(method),
+            id,
+            params,
+            session,
+            ..
+        } => match method_name(method) {
+            Some(name) => Message::Call(Call {
+                id,
+                method,
+                name,
+                params,
+                session,
+            }),
+            None => invalid(id, session),
+        },
+        Envelope {
+            id: Some(id),
+            result: Some(outcome),
+            ..
+        }
+        | Envelope {
+            id: Some(id),
+            error: Some(outcome),
+            ..
+        } => Message::Response(Response { id, outcome }),
+        Envelope { id, session, .. } => invalid(id, session),
+    }
+}
+
+fn invalid<'a>(id: Option<&'a RawValue>, session: Option<&'a RawValue>) -> Message<'a> {
+    Message::Invalid { id, session }
+}
+
+/// Decodes a method token, borrowing unless it contains escapes.
+fn method_name(raw: &RawValue) -> Option<Cow<'_, str>> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(name) => Some(Cow::Borrowed(name)),
+        Err(_) => serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(Cow::Owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(line: &str) -> Call<'_> {
+        match classify(line.as_bytes()) {
+            Message::Call(call) => call,
+            other => panic!("expected a call, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_keeps_exact_tokens() {
+        let call = call(
+            r#"{"jsonrpc":"2.0","id":1.5e3,"method":"a/b","params":{"x":2.50},"sessionId":"s"}"#,
+        );
+        assert_eq!(call.id.unwrap().get(), "1.5e3");
+        assert_eq!(call.method.get(), r#""a/b""#);
+        assert_eq!(call.name, "a/b");
+        assert_eq!(call.params.unwrap().get(), r#"{"x":2.50}"#);
+        assert_eq!(call.session.unwrap().get(), r#""s""#);
+    }
+
+    #[test]
+    fn notification_has_no_id_but_null_id_is_a_request() {
+        assert!(call(r#"{"method":"m"}"#).id.is_none());
+        assert_eq!(
+            call(r#"{"id":null,"method":"m"}"#).id.unwrap().get(),
+            "null"
+        );
+    }
+
+    #[test]
+    fn escaped_method_is_decoded() {
+        let call = call(r#"{"id":1,"method":"mock\/echo"}"#);
+        assert_eq!(call.name, "mock/echo");
+        assert_eq!(call.method.get(), r#""mock\/echo""#);
+    }
+
+    #[test]
+    fn response_prefers_result_then_error() {
+        let Message::Response(response) = classify(br#"{"id":0,"result":{"ok":true}}"#) else {
+            panic!("expected a response");
+        };
+        assert_eq!(response.id.get(), "0");
+        assert_eq!(response.outcome.get(), r#"{"ok":true}"#);
+        let Message::Response(response) = classify(br#"{"id":0,"error":{"code":1}}"#) else {
+            panic!("expected a response");
+        };
+        assert_eq!(response.outcome.get(), r#"{"code":1}"#);
+    }
+
+    #[test]
+    fn valid_json_that_is_not_a_message_is_invalid() {
+        for line in [r#"[1,"m"]"#, "42", r#"{"id":3}"#, r#"{"id":3,"method":7}"#] {
+            assert!(
+                matches!(classify(line.as_bytes()), Message::Invalid { .. }),
+                "{line}"
+            );
+        }
+        let Message::Invalid { id, .. } = classify(br#"{"id":3,"method":7}"#) else {
+            panic!("expected invalid");
+        };
+        assert_eq!(id.unwrap().get(), "3");
+    }
+
+    #[test]
+    fn non_json_is_malformed() {
+        for line in ["not json", r#"{"id":1"#, r#"{"id":1,"method":"m"} x"#] {
+            assert!(
+                matches!(classify(line.as_bytes()), Message::Malformed(_)),
+                "{line}"
+            );
+        }
+    }
+}

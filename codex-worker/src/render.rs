@@ -1,0 +1,167 @@
+//! Writers of outgoing JSON-RPC lines, spliced from raw tokens so nothing is re-serialised.
+
+use std::io::Write;
+
+/// The exact reply to a line that is not JSON; it can carry no `sessionId` since none was readable.
+pub const PARSE_ERROR: &[u8] =
+    b"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"Parse error\"}}\n";
+
+/// JSON-RPC code for valid JSON that is not a request, notification or response.
+pub const INVALID_REQUEST: i32 = -32600;
+
+/// JSON-RPC code for a `mock/*` hook whose params do not fit.
+pub const INVALID_PARAMS: i32 = -32602;
+
+/// Appends a success response; `body` writes the result value.
+pub fn result(
+    out: &mut Vec<u8>,
+    id: &[u8],
+    session: Option<&[u8]>,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b",\"result\":");
+    body(out);
+    end(out, session);
+}
+
+/// Appends an error response.
+pub fn error(
+    out: &mut Vec<u8>,
+    id: &[u8],
+    session: Option<&[u8]>,
+    code: i32,
+    message: &str,
+    data: Option<&str>,
+) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id);
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        ",\"error\":{{\"code\":{code},\"message\":{}",
+        json_string(message)
+    );
+    if let Some(data) = data {
+        let _ = write!(out, ",\"data\":{}", json_string(data));
+    }
+    out.push(b'}');
+    end(out, session);
+}
+
+/// Appends a worker-initiated request with an integer id.
+pub fn request(
+    out: &mut Vec<u8>,
+    id: u64,
+    method: &str,
+    session: Option<&[u8]>,
+    params: impl FnOnce(&mut Vec<u8>),
+) {
+    let _ = write!(
+        out,
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"{method}\",\"params\":"
+    );
+    params(out);
+    end(out, session);
+}
+
+/// Appends a notification.
+pub fn notification(
+    out: &mut Vec<u8>,
+    method: &str,
+    session: Option<&[u8]>,
+    params: impl FnOnce(&mut Vec<u8>),
+) {
+    let _ = write!(
+        out,
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"{method}\",\"params\":"
+    );
+    params(out);
+    end(out, session);
+}
+
+/// Quotes free text as a JSON string; its Display form is the escaped token.
+fn json_string(text: &str) -> serde_json::Value {
+    serde_json::Value::from(text)
+}
+
+/// Closes a line, adding `sessionId` last because the bus routes by it.
+fn end(out: &mut Vec<u8>, session: Option<&[u8]>) {
+    if let Some(session) = session {
+        out.extend_from_slice(b",\"sessionId\":");
+        out.extend_from_slice(session);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(out: Vec<u8>) -> String {
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn result_with_and_without_session() {
+        let mut out = Vec::new();
+        result(&mut out, b"1.5e3", Some(b"\"s\""), |out| {
+            out.extend_from_slice(b"{}")
+        });
+        result(&mut out, b"\"x\"", None, |out| out.extend_from_slice(b"7"));
+        assert_eq!(
+            text(out),
+            "{\"jsonrpc\":\"2.0\",\"id\":1.5e3,\"result\":{},\"sessionId\":\"s\"}\n\
+             {\"jsonrpc\":\"2.0\",\"id\":\"x\",\"result\":7}\n"
+        );
+    }
+
+    #[test]
+    fn error_with_data() {
+        let mut out = Vec::new();
+        error(
+            &mut out,
+            b"null",
+            None,
+            INVALID_PARAMS,
+            "Invalid params",
+            Some("need \"ms\""),
+        );
+        assert_eq!(
+            text(out),
+            "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32602,\"message\":\"Invalid params\",\"data\":\"need \\\"ms\\\"\"}}\n"
+        );
+    }
+
+    #[test]
+    fn request_and_notification() {
+        let mut out = Vec::new();
+        request(&mut out, 4, "m/a", Some(b"9"), |out| {
+            out.extend_from_slice(b"[]")
+        });
+        notification(&mut out, "m/e", None, |out| out.extend_from_slice(b"{}"));
+        assert_eq!(
+            text(out),
+            "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"m/a\",\"params\":[],\"sessionId\":9}\n\
+             {\"jsonrpc\":\"2.0\",\"method\":\"m/e\",\"params\":{}}\n"
+        );
+    }
+
+    #[test]
+    fn every_line_is_valid_json() {
+        let mut out = Vec::new();
+        error(
+            &mut out,
+            b"1",
+            Some(b"\"s\""),
+            INVALID_REQUEST,
+            "Invalid Request",
+            None,
+        );
+        out.extend_from_slice(PARSE_ERROR);
+        for line in text(out).lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! A guarded worker child: every read is bounded in time and the child dies with the guard.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Upper bound for any single wait on the worker.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Pool id the default spawn puts in the environment.
+pub const POOL: &str = "test-pool";
+
+/// Slot number the default spawn puts in the environment.
+pub const SLOT: &str = "7";
+
+/// A running worker; dropping it kills and reaps the child, whatever the test outcome.
+pub struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+}
+
+impl Worker {
+    /// Spawns with `CODEX_BUS_POOL=test-pool` and `CODEX_BUS_SLOT=7`.
+    pub fn spawn() -> Self {
+        Self::spawn_with_env(&[("CODEX_BUS_POOL", POOL), ("CODEX_BUS_SLOT", SLOT)])
+    }
+
+    /// Spawns with exactly these bus variables (others removed).
+    pub fn spawn_with_env(vars: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_codex-worker"));
+        command
+            .env_remove("CODEX_BUS_POOL")
+            .env_remove("CODEX_BUS_SLOT")
+            .envs(vars.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn codex-worker");
+        let stdout = forward_lines(child.stdout.take().expect("stdout"));
+        let stderr = forward_lines(child.stderr.take().expect("stderr"));
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The child's process id, as it reports it in results.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Writes `text` to the worker's stdin at once.
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin.write_all(text.as_bytes()).expect("write to worker");
+        stdin.flush().expect("flush to worker");
+    }
+
+    /// Hands stdin over, e.g. to a writer thread; the worker sees EOF when it is dropped.
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().expect("stdin already taken")
+    }
+
+    /// Closes stdin so the worker reads EOF.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// The next stdout line, failing the test after `TIMEOUT`.
+    pub fn line(&self) -> String {
+        next_line(&self.stdout, "stdout")
+    }
+
+    /// The next stdout line parsed as JSON.
+    pub fn json(&self) -> Value {
+        let line = self.line();
+        serde_json::from_str(&line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+    }
+
+    /// Skips stderr lines until one contains `needle`, failing the test after `TIMEOUT`.
+    pub fn stderr_line_containing(&self, needle: &str) -> String {
+        loop {
+            let line = next_line(&self.stderr, "stderr");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGTERM to the worker.
+    pub fn sigterm(&self) {
+        let pid = Pid::from_raw(i32::try_from(self.pid()).expect("pid fits i32"));
+        signal::kill(pid, Signal::SIGTERM).expect("send SIGTERM");
+    }
+
+    /// Waits for the worker to exit, failing the test after `TIMEOUT`.
+    pub fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "worker did not exit within {TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for exit and asserts the status code.
+    pub fn expect_exit_code(&mut self, code: i32) {
+        let status = self.wait();
+        assert_eq!(status.code(), Some(code), "exit status {status:?}");
+    }
+
+    /// Waits for stdout to close and asserts nothing more was written.
+    pub fn expect_no_more_output(&self) {
+        match self.stdout.recv_timeout(TIMEOUT) {
+            Err(RecvTimeoutError::Disconnected) => {}
+            Ok(line) => panic!("unexpected stdout line: {line}"),
+            Err(RecvTimeoutError::Timeout) => panic!("stdout still open after {TIMEOUT:?}"),
+        }
+    }
+
+    /// Waits for exit and asserts death by `signal`.
+    pub fn expect_killed_by(&mut self, signal: Signal) {
+        let status = self.wait();
+        assert_eq!(
+            status.signal(),
+            Some(signal as i32),
+            "exit status {status:?}"
+        );
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The default result the worker gives `method` for request `id`, as an exact line.
+pub fn default_reply(worker: &Worker, id: &str, method: &str, session: Option<&str>) -> String {
+    let session = session.map_or_else(String::new, |session| format!(",\"sessionId\":{session}"));
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"pool\":\"{POOL}\",\"slot\":{SLOT},\"pid\":{},\"method\":\"{method}\"}}{session}}}",
+        worker.pid()
+    )
+}
+
+fn forward_lines(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+fn next_line(lines: &Receiver<String>, stream: &str) -> String {
+    match lines.recv_timeout(TIMEOUT) {
+        Ok(line) => line,
+        Err(RecvTimeoutError::Timeout) => panic!("no {stream} line within {TIMEOUT:?}"),
+        Err(RecvTimeoutError::Disconnected) => panic!("{stream} closed"),
+    }
+}
