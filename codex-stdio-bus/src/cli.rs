@@ -1,0 +1,48 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Routes NDJSON JSON-RPC sessions from many clients onto a supervised pool of worker processes.
+#[derive(Debug, Parser)]
+#[command(name = "codex-stdio-bus", version, about)]
+pub struct Cli {
+    /// What to do; without a subcommand the daemon runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of the daemon itself.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file and print the effective config (defaults filled in).
+    Check {
+        /// Config file (stdio Bus format); without it, the built-in default is checked.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Options for running the daemon.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config file (stdio Bus format); without it, the built-in default pool of mock codex-workers.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve one client on stdin/stdout (the default).
+    #[arg(long, group = "endpoint")]
+    pub stdio: bool,
+    /// Listen on a Unix socket at PATH (created with mode 0600, removed on exit).
+    #[arg(long, value_name = "PATH", group = "endpoint")]
+    pub unix: Option<PathBuf>,
+    /// Listen on TCP at HOST:PORT (IPv4, `[IPv6]` or a host name; port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT", group = "endpoint")]
+    pub tcp: Option<String>,
+    /// Log filter, e.g. `info` or `codex_stdio_bus=debug` (overrides RUST_LOG).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}

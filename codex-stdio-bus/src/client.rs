@@ -1,0 +1,160 @@
+//! A connected client: its output queue and the worker requests it has been asked to answer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use codex_bus_protocol::{append_error_reply, append_with_bus_id, ErrorKind};
+
+use crate::outbox::Outbox;
+use crate::slot::Slot;
+
+/// How a client is connected (for logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// The daemon's own stdin/stdout.
+    Stdio,
+    /// A Unix domain socket connection.
+    Unix,
+    /// A TCP connection.
+    Tcp,
+}
+
+impl Transport {
+    /// The lower-case name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Stdio => "stdio",
+            Transport::Unix => "unix",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// A request a worker sent to this client, awaiting the client's answer.
+pub struct WorkerRequest {
+    /// The slot whose worker asked.
+    pub slot: Arc<Slot>,
+    /// The worker process that asked; a restarted successor must not get the answer.
+    pub generation: u64,
+    /// The worker's own id token, restored on the answer.
+    pub id: Box<[u8]>,
+}
+
+/// Requests from workers awaiting this client's answer, keyed by the id the client saw.
+///
+/// Worker ids are namespaced per client exactly like client ids are per worker: two workers may both
+/// send request id 0 to the same client.
+#[derive(Default)]
+pub struct ClientBook {
+    asked: HashMap<u64, WorkerRequest>,
+    next_id: u64,
+}
+
+/// One client connection.
+pub struct Client {
+    /// Unique for the life of the daemon; sessions remember their last client by it.
+    pub id: u64,
+    /// How it is connected.
+    pub transport: Transport,
+    /// Lines toward the client, plus the worker requests it holds.
+    pub out: Outbox<ClientBook>,
+    /// Requests of this client that no one has answered yet (a closing client waits for them).
+    in_flight: AtomicUsize,
+    /// Signalled when `in_flight` drops to zero.
+    idle: Notify,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client#{}({})", self.id, self.transport.as_str())
+    }
+}
+
+impl Client {
+    /// A client whose output queue holds about `output_limit` bytes before its reads pause.
+    pub fn new(id: u64, transport: Transport, output_limit: usize) -> Self {
+        Client {
+            id,
+            transport,
+            out: Outbox::new(output_limit, ClientBook::default()),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Counts a request of this client as sent to a worker.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request of this client as answered (by the worker or by the bus).
+    pub fn request_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until every request of this client has been answered.
+    pub async fn wait_idle(&self) {
+        loop {
+            let mut notified = pin!(self.idle.notified());
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Queues an error reply; false if the client is gone.
+    pub fn send_error(&self, id: Option<&[u8]>, kind: ErrorKind, detail: Option<&str>) -> bool {
+        self.out
+            .push(|buf| append_error_reply(buf, id, kind, detail))
+    }
+
+    /// Queues a worker's request with its id replaced by one unique to this client, remembering
+    /// where the answer must go; false if the client is gone.
+    pub fn forward_worker_request(
+        &self,
+        line: &[u8],
+        id: Range<usize>,
+        slot: &Arc<Slot>,
+        generation: u64,
+    ) -> bool {
+        {
+            let mut q = self.out.lock();
+            if q.closed {
+                return false;
+            }
+            let client_id = q.state.next_id;
+            q.state.next_id += 1;
+            let request = WorkerRequest {
+                slot: slot.clone(),
+                generation,
+                id: line[id.clone()].into(),
+            };
+            q.state.asked.insert(client_id, request);
+            append_with_bus_id(&mut q.buf, line, id, client_id);
+        }
+        self.out.wake_writer();
+        true
+    }
+
+    /// Takes the worker request this client is answering.
+    pub fn take_worker_request(&self, client_id: u64) -> Option<WorkerRequest> {
+        self.out.lock().state.asked.remove(&client_id)
+    }
+
+    /// Closes the output queue and returns the worker requests left unanswered.
+    pub fn disconnect(&self) -> Vec<WorkerRequest> {
+        self.out.close();
+        let mut q = self.out.lock();
+        q.state.asked.drain().map(|(_, r)| r).collect()
+    }
+}

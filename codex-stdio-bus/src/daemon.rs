@@ -1,0 +1,105 @@
+//! The daemon's life: bind, spawn the pools, serve clients, then drain and stop in order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codex_bus_config::Config;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::router::Router;
+use crate::signals::Signals;
+use crate::supervisor::{self, spawn::resolve_command};
+use crate::transport::{self, listen::Endpoint};
+
+/// Workers get at least this long between SIGTERM and SIGKILL, even when the drain ran out.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the drain checks whether every in-flight request has been answered.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// How long queued replies may take to reach clients once the workers are stopped.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until it has drained; `Err` is a startup failure, reported before any worker ran.
+pub async fn run(config: Config, endpoint: Endpoint) -> Result<(), String> {
+    check_commands(&config)?;
+    let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // Bind first: a bad address must fail before a single worker is spawned.
+    let bound = transport::listen::bind(&endpoint).await?;
+    let limits = config.limits;
+    let router = Arc::new(Router::new(&config));
+
+    let (stop, stop_order) = watch::channel(None);
+    let supervisors = TaskTracker::new();
+    for (pool_index, pool) in router.pools().iter().enumerate() {
+        for slot_index in 0..pool.slots.len() {
+            let task = supervisor::supervise(
+                router.clone(),
+                pool_index,
+                slot_index,
+                limits,
+                stop_order.clone(),
+            );
+            supervisors.spawn(task);
+        }
+    }
+    supervisors.close();
+    let workers: usize = router.pools().iter().map(|p| p.slots.len()).sum();
+    tracing::info!(
+        pools = router.pools().len(),
+        workers,
+        version = env!("CARGO_PKG_VERSION"),
+        "codex-stdio-bus started"
+    );
+
+    let drain = CancellationToken::new();
+    tokio::spawn(signals.watch(drain.clone(), router.clone()));
+    let writers = TaskTracker::new();
+    let serving = tokio::spawn(transport::serve(
+        bound,
+        router.clone(),
+        limits,
+        writers.clone(),
+        drain.clone(),
+    ));
+
+    drain.cancelled().await;
+    // Stop accepting (dropping the listener removes a Unix socket file), refuse new requests, and
+    // keep routing replies to the requests already in flight.
+    let _ = serving.await;
+    router.begin_drain();
+    let deadline = Instant::now() + Duration::from_secs(limits.drain_timeout_sec);
+    while router.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let unanswered = router.in_flight();
+    tracing::info!(unanswered, "drain finished; stopping workers");
+    let _ = stop.send(Some(deadline.max(Instant::now() + STOP_GRACE)));
+    supervisors.wait().await;
+
+    router.close_clients();
+    writers.close();
+    if tokio::time::timeout(FLUSH_TIMEOUT, writers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some clients did not take their last replies in time");
+    }
+    tracing::info!("codex-stdio-bus stopped");
+    Ok(())
+}
+
+/// Refuses to start a pool whose program does not exist, rather than crash-looping it.
+fn check_commands(config: &Config) -> Result<(), String> {
+    for (i, pool) in config.pools.iter().enumerate() {
+        if resolve_command(&pool.command, pool.cwd.as_deref()).is_none() {
+            return Err(format!(
+                "pools[{i}].command: '{}' (pool '{}') is not an executable file or not on PATH",
+                pool.command, pool.id
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The `codex-stdio-bus` executable.
+
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use codex_bus_config::{Config, TransportMode};
+use codex_stdio_bus::cli::{Cli, Command, RunArgs};
+use codex_stdio_bus::transport::listen::Endpoint;
+use codex_stdio_bus::{daemon, defaults, hygiene, logging};
+
+fn main() -> ExitCode {
+    hygiene::cloexec_inherited_fds();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => check(config.as_deref()),
+        None => run(cli.run),
+    }
+}
+
+/// `check`: validate, print the effective config, warn about programs that cannot be found.
+fn check(path: Option<&Path>) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", config.to_pretty_json());
+    for (i, pool) in config.pools.iter().enumerate() {
+        let found =
+            codex_stdio_bus::supervisor::spawn::resolve_command(&pool.command, pool.cwd.as_deref());
+        if found.is_none() {
+            eprintln!(
+                "warning: pools[{i}].command '{}' is not an executable file or not on PATH here",
+                pool.command
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs the daemon.
+fn run(args: RunArgs) -> ExitCode {
+    let config = match load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let endpoint = match endpoint(&args, &config) {
+        Ok(endpoint) => endpoint,
+        Err(message) => {
+            eprintln!("codex-stdio-bus: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _log = logging::init(args.log_level.as_deref());
+    // One thread: the router's work per message is a few hundred nanoseconds, and on a small
+    // machine cross-thread wake-ups would cost more than they buy. Workers run in their own
+    // processes. This thread also lives as long as the daemon, which PDEATHSIG relies on.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("codex-stdio-bus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config, endpoint)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("codex-stdio-bus: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config from `path`, or the built-in default.
+fn load(path: Option<&Path>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => defaults::built_in(),
+    }
+}
+
+/// The endpoint: a CLI flag wins over `transport.mode`/`transport.address` in the file.
+fn endpoint(args: &RunArgs, config: &Config) -> Result<Endpoint, String> {
+    if let Some(path) = &args.unix {
+        return Ok(Endpoint::Unix(path.clone()));
+    }
+    if let Some(address) = &args.tcp {
+        return Ok(Endpoint::Tcp(address.clone()));
+    }
+    if args.stdio {
+        return Ok(Endpoint::Stdio);
+    }
+    let address = config.transport.address.clone();
+    match (config.transport.mode, address) {
+        (TransportMode::Stdio, _) => Ok(Endpoint::Stdio),
+        (TransportMode::Unix, Some(path)) => Ok(Endpoint::Unix(path.into())),
+        (TransportMode::Tcp, Some(address)) => Ok(Endpoint::Tcp(address)),
+        (mode, None) => Err(format!(
+            "transport.mode is {mode:?} but no address is set: pass --unix PATH or --tcp HOST:PORT, or set transport.address"
+        )),
+    }
+}

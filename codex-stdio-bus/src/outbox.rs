@@ -1,0 +1,237 @@
+//! A bounded byte queue with one writer task draining it.
+//!
+//! Producers append whole NDJSON lines straight into the queue's buffer (the id rewrite writes into it
+//! directly, so a message costs no allocation of its own). The single consumer swaps the whole buffer
+//! out and writes it with as few syscalls as the kernel allows: every message queued since the last
+//! write goes out in one batch.
+//!
+//! The bound is soft on purpose: a push never fails and never drops (nothing is lost). Producers that
+//! can wait (client readers feeding a worker) call [`Outbox::wait_for_space`] first, which is the
+//! backpressure; producers that must not wait (a worker's reply to a slow client) push anyway, and the
+//! owner of the queue stops reading new input while it is over the limit.
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// Queued bytes plus state `S` that must change atomically with them.
+pub struct Queued<S> {
+    /// Complete lines not yet taken by the writer.
+    pub buf: Vec<u8>,
+    /// Set once the queue stops taking lines (its writer is gone for good).
+    pub closed: bool,
+    /// The owner's state guarded by the same lock (e.g. a worker slot's pending requests).
+    pub state: S,
+}
+
+/// A bounded, never-dropping byte queue drained by one writer.
+pub struct Outbox<S = ()> {
+    queued: Mutex<Queued<S>>,
+    /// Wakes the writer when bytes arrive or the queue closes.
+    readable: Notify,
+    /// Wakes producers waiting for the queue to fall below its limit.
+    writable: Notify,
+    limit: usize,
+}
+
+/// Batches larger than this are not kept around between writes: one huge message must not pin its
+/// buffer for the life of the connection.
+const KEEP_CAPACITY: usize = 1 << 20;
+
+impl<S> Outbox<S> {
+    /// A queue holding about `limit` bytes before producers are asked to wait.
+    pub fn new(limit: usize, state: S) -> Self {
+        Outbox {
+            queued: Mutex::new(Queued {
+                buf: Vec::new(),
+                closed: false,
+                state,
+            }),
+            readable: Notify::new(),
+            writable: Notify::new(),
+            limit,
+        }
+    }
+
+    /// Locks the queue and its state; call [`Outbox::wake_writer`] after appending.
+    pub fn lock(&self) -> MutexGuard<'_, Queued<S>> {
+        // A poisoned lock means a panic elsewhere already; the data is plain bytes and counters, still
+        // consistent enough to keep routing other clients' traffic.
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the writer that bytes were appended.
+    pub fn wake_writer(&self) {
+        self.readable.notify_one();
+    }
+
+    /// Appends with `fill` unless the queue is closed; returns whether it was appended.
+    pub fn push(&self, fill: impl FnOnce(&mut Vec<u8>)) -> bool {
+        {
+            let mut q = self.lock();
+            if q.closed {
+                return false;
+            }
+            fill(&mut q.buf);
+        }
+        self.wake_writer();
+        true
+    }
+
+    /// True while the queued bytes exceed the limit.
+    pub fn over_limit(&self) -> bool {
+        let q = self.lock();
+        !q.closed && q.buf.len() >= self.limit
+    }
+
+    /// Waits until the queue is below its limit (or closed).
+    pub async fn wait_for_space(&self) {
+        loop {
+            let mut notified = pin!(self.writable.notified());
+            // Registered before the check, so a writer that drains in between still wakes us.
+            notified.as_mut().enable();
+            if !self.over_limit() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the queue: later pushes are refused; the writer finishes what is queued, then stops.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.readable.notify_one();
+        self.writable.notify_waiters();
+    }
+
+    /// Wakes producers after bytes were discarded under [`Outbox::lock`].
+    pub fn wake_producers(&self) {
+        self.writable.notify_waiters();
+    }
+
+    /// Waits for queued bytes and swaps them into `batch`; false once closed and empty.
+    async fn take_batch(&self, batch: &mut Vec<u8>) -> bool {
+        loop {
+            let notified = self.readable.notified();
+            {
+                let mut q = self.lock();
+                if !q.buf.is_empty() {
+                    std::mem::swap(&mut q.buf, batch);
+                    drop(q);
+                    self.writable.notify_waiters();
+                    return true;
+                }
+                if q.closed {
+                    return false;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Drains the queue into `sink` until it is closed and empty, or a write fails.
+    ///
+    /// With `stall`, a single write that makes no progress for that long fails with `TimedOut`: a
+    /// peer that reads nothing must not hold its queue (and our memory) forever.
+    pub async fn drain_into<W>(&self, sink: &mut W, stall: Option<Duration>) -> io::Result<()>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        let mut batch = Vec::new();
+        while self.take_batch(&mut batch).await {
+            let mut written = 0;
+            while written < batch.len() {
+                let n = with_stall(stall, sink.write(&batch[written..])).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                written += n;
+            }
+            sink.flush().await?;
+            batch.clear();
+            if batch.capacity() > KEEP_CAPACITY {
+                batch = Vec::new();
+            }
+        }
+        sink.flush().await
+    }
+}
+
+/// Runs `io` under the stall deadline, if there is one.
+async fn with_stall<T>(
+    stall: Option<Duration>,
+    io: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match stall {
+        None => io.await,
+        Some(limit) => tokio::time::timeout(limit, io)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn batches_everything_queued_in_order() {
+        let out = Arc::new(Outbox::new(1024, ()));
+        for i in 0..100 {
+            assert!(out.push(|b| b.extend_from_slice(format!("{i}\n").as_bytes())));
+        }
+        out.close();
+        let mut sink = Vec::new();
+        out.drain_into(&mut sink, None).await.unwrap();
+        let expected: String = (0..100).map(|i| format!("{i}\n")).collect();
+        assert_eq!(String::from_utf8(sink).unwrap(), expected);
+        assert!(!out.push(|b| b.push(b'x')), "closed queue refuses pushes");
+    }
+
+    #[tokio::test]
+    async fn producers_wait_until_the_writer_drains() {
+        let out = Arc::new(Outbox::new(4, ()));
+        out.push(|b| b.extend_from_slice(b"abcdef\n"));
+        assert!(out.over_limit());
+        let waiter = tokio::spawn({
+            let out = out.clone();
+            async move { out.wait_for_space().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "must wait while over the limit");
+        let (mut near, mut far) = tokio::io::duplex(64);
+        let writer = tokio::spawn({
+            let out = out.clone();
+            async move { out.drain_into(&mut near, None).await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once drained")
+            .unwrap();
+        out.close();
+        writer.await.unwrap().unwrap();
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut far, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, b"abcdef\n");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_times_out() {
+        let out = Outbox::new(1 << 20, ());
+        out.push(|b| b.resize(256 * 1024, b'x'));
+        let (mut near, _far) = tokio::io::duplex(1024);
+        let err = out
+            .drain_into(&mut near, Some(Duration::from_millis(50)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

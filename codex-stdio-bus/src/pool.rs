@@ -1,0 +1,41 @@
+//! A pool: the configured worker command and its numbered slots.
+
+use std::sync::Arc;
+
+use codex_bus_config::PoolConfig;
+
+use crate::slot::{Slot, SlotState};
+
+/// One configured pool and its slots.
+pub struct Pool {
+    /// The pool's id, as clients name it in a top-level `pool` field.
+    pub id: Arc<str>,
+    /// How to start its workers.
+    pub config: PoolConfig,
+    /// One slot per instance, numbered from 0.
+    pub slots: Vec<Arc<Slot>>,
+}
+
+impl Pool {
+    /// A pool with `config.instances` slots, each queueing about `queue_limit` bytes.
+    pub fn new(config: PoolConfig, queue_limit: usize) -> Self {
+        let id: Arc<str> = config.id.as_str().into();
+        let slots = (0..config.instances)
+            .map(|i| Arc::new(Slot::new(id.clone(), i, queue_limit)))
+            .collect();
+        Pool { id, config, slots }
+    }
+
+    /// The slot for a message without a session: the running worker with the fewest requests in
+    /// flight, else one that is (re)starting and will take the message when it is up.
+    pub fn least_loaded(&self) -> Option<&Arc<Slot>> {
+        let pick = |wanted: fn(SlotState) -> bool| {
+            self.slots
+                .iter()
+                .filter(|s| wanted(s.state()))
+                .min_by_key(|s| s.in_flight())
+        };
+        pick(|s| s == SlotState::Ready)
+            .or_else(|| pick(|s| matches!(s, SlotState::Starting | SlotState::Backoff)))
+    }
+}

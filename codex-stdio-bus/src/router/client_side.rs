@@ -1,0 +1,209 @@
+//! Messages from clients: parse, choose a slot, rewrite the id, queue toward the worker.
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::Arc;
+
+use codex_bus_protocol::{
+    append_with_token, key_bytes, parse, parse_bus_id, Envelope, EnvelopeError, ErrorKind, Kind,
+    Message,
+};
+
+use super::placement::slot_for;
+use super::Router;
+use crate::client::Client;
+use crate::slot::Slot;
+
+/// Why a message cannot be routed, with a human detail for the error reply.
+struct Refusal {
+    kind: ErrorKind,
+    detail: Option<String>,
+}
+
+impl From<ErrorKind> for Refusal {
+    fn from(kind: ErrorKind) -> Self {
+        Refusal { kind, detail: None }
+    }
+}
+
+impl Router {
+    /// Handles one complete line from a client.
+    pub async fn client_line(&self, client: &Arc<Client>, line: &[u8]) {
+        let envelope = match parse(line, &self.session_path) {
+            Ok(Message::Object(envelope)) => envelope,
+            Ok(Message::Batch(elements)) => return self.refuse_batch(client, line, &elements),
+            Err(error) => {
+                let detail = match error {
+                    EnvelopeError::Parse => "the line is not valid JSON",
+                    EnvelopeError::NotObject => "a message must be a JSON object",
+                    EnvelopeError::DuplicateId => "the message has more than one \"id\" member",
+                };
+                let kind = match error {
+                    EnvelopeError::Parse => ErrorKind::ParseError,
+                    _ => ErrorKind::InvalidRequest,
+                };
+                client.send_error(None, kind, Some(detail));
+                return;
+            }
+        };
+        match envelope.kind() {
+            Kind::Request => self.route_request(client, line, &envelope).await,
+            Kind::Notification => self.route_notification(client, line, &envelope).await,
+            Kind::Response => self.route_answer(client, line, &envelope).await,
+            Kind::Invalid => {
+                let id = envelope.id.map(|span| &line[span]);
+                let detail =
+                    "a message needs a \"method\", or an \"id\" with a \"result\" or \"error\"";
+                client.send_error(id, ErrorKind::InvalidRequest, Some(detail));
+            }
+        }
+    }
+
+    /// A request: recorded as pending in its slot, forwarded with a bus id.
+    async fn route_request(&self, client: &Arc<Client>, line: &[u8], envelope: &Envelope) {
+        let Some(id) = envelope.id.clone() else {
+            return;
+        };
+        let slot = match self.target(client.id, line, envelope) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                client.send_error(Some(&line[id]), refusal.kind, refusal.detail.as_deref());
+                return;
+            }
+        };
+        // Backpressure: while the worker's queue is full this client is not read any further.
+        slot.queue.wait_for_space().await;
+        if let Err(kind) = slot.enqueue_request(client, line, id.clone()) {
+            client.send_error(Some(&line[id]), kind, None);
+        } else {
+            tracing::debug!(client = client.id, ?slot, "request queued");
+        }
+    }
+
+    /// A notification: forwarded unchanged to the session's slot. Nobody can be told if it fails.
+    async fn route_notification(&self, client: &Arc<Client>, line: &[u8], envelope: &Envelope) {
+        let slot = match self.target(client.id, line, envelope) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(
+                    client = client.id,
+                    reason = refusal.kind.reason(),
+                    "notification dropped"
+                );
+                return;
+            }
+        };
+        slot.queue.wait_for_space().await;
+        let queued = slot.enqueue_line(None, |buf| {
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+        });
+        if let Err(kind) = queued {
+            tracing::debug!(
+                client = client.id,
+                ?slot,
+                reason = kind.reason(),
+                "notification dropped"
+            );
+        }
+    }
+
+    /// A client's answer to a worker's request: back to the worker that asked, with its id restored.
+    async fn route_answer(&self, client: &Arc<Client>, line: &[u8], envelope: &Envelope) {
+        let Some(id) = envelope.id.clone() else {
+            return;
+        };
+        let Some(asked) =
+            parse_bus_id(&line[id.clone()]).and_then(|n| client.take_worker_request(n))
+        else {
+            tracing::debug!(
+                client = client.id,
+                "answer to no pending worker request dropped"
+            );
+            return;
+        };
+        asked.slot.queue.wait_for_space().await;
+        let queued = asked.slot.enqueue_line(Some(asked.generation), |buf| {
+            append_with_token(buf, line, id, &asked.id)
+        });
+        if queued.is_err() {
+            tracing::debug!(client = client.id, slot = ?asked.slot, "answer dropped: the worker that asked is gone");
+        }
+    }
+
+    /// Batches are refused element by element, so that every request in one still gets a reply.
+    fn refuse_batch(&self, client: &Client, line: &[u8], elements: &[Range<usize>]) {
+        if elements.is_empty() {
+            client.send_error(None, ErrorKind::InvalidRequest, Some("empty batch"));
+            return;
+        }
+        for span in elements {
+            let element = &line[span.clone()];
+            let id = match parse(element, &self.session_path) {
+                Ok(Message::Object(envelope)) => envelope.id.map(|s| &element[s]),
+                _ => None,
+            };
+            client.send_error(id, ErrorKind::BatchNotSupported, None);
+        }
+    }
+
+    /// The slot a message goes to: its session's (placing a new session), or for a message without
+    /// a session the least-loaded running worker of its pool.
+    fn target(&self, client: u64, line: &[u8], envelope: &Envelope) -> Result<&Arc<Slot>, Refusal> {
+        let session = envelope
+            .session
+            .clone()
+            .and_then(|span| key_bytes(&line[span]));
+        let (pool, slot) = match session {
+            Some(key) => self.sessions.locate(&key, client, || {
+                let pool = self.choose_pool(line, envelope)?;
+                let slots = self.pools[pool].slots.len() as u32;
+                Ok::<_, Refusal>((pool, slot_for(&key, slots)))
+            })?,
+            None => {
+                let pool = &self.pools[self.choose_pool(line, envelope)?];
+                return pool.least_loaded().ok_or_else(|| Refusal {
+                    kind: ErrorKind::NoWorker,
+                    detail: Some(format!("pool '{}' has no live worker", pool.id)),
+                });
+            }
+        };
+        Ok(&self.pools[pool].slots[slot as usize])
+    }
+
+    /// The pool a message names, else the default pool, else the only pool.
+    fn choose_pool(&self, line: &[u8], envelope: &Envelope) -> Result<usize, Refusal> {
+        if let Some(span) = envelope.pool.clone() {
+            let name = key_bytes(&line[span]).unwrap_or(Cow::Borrowed(b""));
+            return self
+                .pools
+                .iter()
+                .position(|p| p.id.as_bytes() == &*name)
+                .ok_or_else(|| Refusal {
+                    kind: ErrorKind::UnknownPool,
+                    detail: Some(format!(
+                        "no pool named '{}' (pools: {})",
+                        String::from_utf8_lossy(&name),
+                        self.pool_names()
+                    )),
+                });
+        }
+        match (self.default_pool, self.pools.len()) {
+            (Some(pool), _) => Ok(pool),
+            (None, 1) => Ok(0),
+            (None, _) => Err(Refusal {
+                kind: ErrorKind::PoolRequired,
+                detail: Some(format!(
+                    "several pools and no routing.default_pool: name one in a top-level \"pool\" field (pools: {})",
+                    self.pool_names()
+                )),
+            }),
+        }
+    }
+
+    /// The pool ids, comma-separated, for error details.
+    fn pool_names(&self) -> String {
+        let names: Vec<&str> = self.pools.iter().map(|p| &*p.id).collect();
+        names.join(", ")
+    }
+}

@@ -1,0 +1,108 @@
+//! Messages from workers: replies back to the client that asked; worker-initiated messages to the
+//! client that last spoke on the session.
+//!
+//! Nothing here waits: a worker's reader must never stall on one slow client, so lines toward
+//! clients are pushed without waiting (the client's own reader pauses instead).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use codex_bus_protocol::{
+    append_error_reply, append_with_token, key_bytes, parse, parse_bus_id, Envelope, ErrorKind,
+    Kind, Message,
+};
+
+use super::Router;
+use crate::client::Client;
+use crate::slot::Slot;
+
+/// How much of a bad worker line goes into the log.
+const LOGGED_PREFIX: usize = 200;
+
+impl Router {
+    /// Handles one complete line from the worker running as `generation` in `slot`.
+    pub fn worker_line(&self, slot: &Arc<Slot>, generation: u64, line: &[u8]) {
+        let envelope = match parse(line, &self.session_path) {
+            Ok(Message::Object(envelope)) => envelope,
+            _ => return skip(slot, line, "not a JSON-RPC object"),
+        };
+        match (envelope.kind(), envelope.id.clone()) {
+            (Kind::Response, Some(id)) => deliver_reply(slot, line, id),
+            (Kind::Request, Some(id)) => {
+                self.forward_request(slot, generation, line, &envelope, id)
+            }
+            (Kind::Notification, _) => self.forward_notification(slot, line, &envelope),
+            _ => skip(
+                slot,
+                line,
+                "neither a request, a notification nor a response",
+            ),
+        }
+    }
+
+    /// The client that last spoke on the line's session.
+    fn session_client(&self, line: &[u8], envelope: &Envelope) -> Option<Arc<Client>> {
+        let key = key_bytes(&line[envelope.session.clone()?])?;
+        let client = self.sessions.last_client(&key)?;
+        self.clients.get(&client).map(|c| c.clone())
+    }
+
+    /// A worker's request (e.g. an approval): to the session's client, with an id unique to it.
+    fn forward_request(
+        &self,
+        slot: &Arc<Slot>,
+        generation: u64,
+        line: &[u8],
+        envelope: &Envelope,
+        id: Range<usize>,
+    ) {
+        if let Some(client) = self.session_client(line, envelope) {
+            if client.forward_worker_request(line, id.clone(), slot, generation) {
+                return;
+            }
+        }
+        tracing::debug!(?slot, "worker request has no client; refused");
+        let refused = slot.enqueue_line(Some(generation), |buf| {
+            append_error_reply(buf, Some(&line[id]), ErrorKind::NoClient, None)
+        });
+        if refused.is_err() {
+            tracing::debug!(?slot, "worker gone before its refusal");
+        }
+    }
+
+    /// A worker's notification: to the session's client, unchanged.
+    fn forward_notification(&self, slot: &Arc<Slot>, line: &[u8], envelope: &Envelope) {
+        let delivered = self.session_client(line, envelope).is_some_and(|client| {
+            client.out.push(|buf| {
+                buf.extend_from_slice(line);
+                buf.push(b'\n');
+            })
+        });
+        if !delivered {
+            tracing::debug!(?slot, "worker notification has no client; dropped");
+        }
+    }
+}
+
+/// A reply: found by bus id, sent to the client that asked with its original id restored.
+fn deliver_reply(slot: &Slot, line: &[u8], id: Range<usize>) {
+    let Some(pending) = parse_bus_id(&line[id.clone()]).and_then(|n| slot.take_pending(n)) else {
+        // Late replies to requests already answered (worker restart, client gone) and replies to
+        // ids the bus never sent both land here; neither has anyone waiting.
+        return skip(slot, line, "reply to no pending request");
+    };
+    if !pending
+        .client
+        .out
+        .push(|buf| append_with_token(buf, line, id, &pending.id))
+    {
+        tracing::debug!(client = pending.client.id, "reply dropped: client gone");
+    }
+    pending.client.request_finished();
+}
+
+/// Logs and skips a worker line the bus cannot route; the worker keeps running.
+fn skip(slot: &Slot, line: &[u8], why: &str) {
+    let shown = String::from_utf8_lossy(&line[..line.len().min(LOGGED_PREFIX)]);
+    tracing::warn!(?slot, why, line = %shown, "worker line skipped");
+}

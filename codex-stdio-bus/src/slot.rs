@@ -1,0 +1,254 @@
+//! One numbered place in a pool where a worker process runs.
+//!
+//! Sessions are hashed onto slots, not onto processes: a worker that dies and restarts comes back in
+//! the same slot, so its sessions keep their placement. The slot owns what must survive a restart:
+//! the queue of bytes toward the worker's stdin and the table of requests awaiting a reply, both
+//! under one lock so that a request is either queued-and-pending or refused, never half of each.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use codex_bus_protocol::{append_with_bus_id, ErrorKind};
+
+use crate::client::Client;
+use crate::outbox::Outbox;
+
+/// Lifecycle of a slot, as the supervisor sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Spawned, not yet known to be serving.
+    Starting,
+    /// A worker process is running.
+    Ready,
+    /// The worker exited; waiting before the next start. Requests queue meanwhile.
+    Backoff,
+    /// The restart limit was exceeded; requests are refused.
+    Failed,
+    /// The daemon is draining: new requests are refused, the worker still finishes what it holds.
+    Draining,
+    /// The daemon stopped the worker; everything is refused.
+    Stopped,
+}
+
+impl SlotState {
+    /// The lower-case name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Starting => "starting",
+            SlotState::Ready => "ready",
+            SlotState::Backoff => "backoff",
+            SlotState::Failed => "failed",
+            SlotState::Draining => "draining",
+            SlotState::Stopped => "stopped",
+        }
+    }
+
+    /// Whether new work (requests, notifications) routed here waits in the queue.
+    fn takes_work(self) -> bool {
+        matches!(
+            self,
+            SlotState::Starting | SlotState::Ready | SlotState::Backoff
+        )
+    }
+
+    /// Whether answers to the worker's own requests are still delivered: during a drain they are,
+    /// since the worker may need them to finish the requests it holds.
+    fn takes_answers(self) -> bool {
+        self.takes_work() || self == SlotState::Draining
+    }
+
+    /// The refusal for a state that takes no work.
+    fn refusal(self) -> ErrorKind {
+        match self {
+            SlotState::Draining | SlotState::Stopped => ErrorKind::ShuttingDown,
+            _ => ErrorKind::WorkerFailed,
+        }
+    }
+}
+
+/// A client request the worker has not answered yet.
+pub struct Pending {
+    /// Who asked: the reply goes to this client's output queue.
+    pub client: Arc<Client>,
+    /// The client's original id token, restored byte for byte on the reply.
+    pub id: Box<[u8]>,
+    /// When the request was queued (request latency, timeouts).
+    pub since: Instant,
+}
+
+/// The slot's bookkeeping, guarded together with its input queue.
+pub struct SlotBook {
+    pending: HashMap<u64, Pending>,
+    next_bus_id: u64,
+    state: SlotState,
+    /// Counts worker processes started in this slot; answers from a client to an older process's
+    /// request must not reach its successor.
+    generation: u64,
+}
+
+/// A numbered worker place in a pool.
+pub struct Slot {
+    /// The pool's id, for logs.
+    pub pool: Arc<str>,
+    /// The slot number, 0-based.
+    pub index: u32,
+    /// Bytes toward the worker's stdin, plus the pending table.
+    pub queue: Outbox<SlotBook>,
+    /// Mirror of the pending table's size, read lock-free for least-loaded placement.
+    in_flight: AtomicUsize,
+    /// The running worker's pid (its process group id too), 0 when none runs.
+    pid: AtomicU32,
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.pool, self.index)
+    }
+}
+
+impl Slot {
+    /// A slot in `Starting` state whose input queue holds about `queue_limit` bytes.
+    pub fn new(pool: Arc<str>, index: u32, queue_limit: usize) -> Self {
+        let book = SlotBook {
+            pending: HashMap::new(),
+            next_bus_id: 1,
+            state: SlotState::Starting,
+            generation: 0,
+        };
+        Slot {
+            pool,
+            index,
+            queue: Outbox::new(queue_limit, book),
+            in_flight: AtomicUsize::new(0),
+            pid: AtomicU32::new(0),
+        }
+    }
+
+    /// The running worker's pid, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.pid.load(Ordering::Relaxed)).filter(|&p| p != 0)
+    }
+
+    /// Records the running worker's pid (None once it has exited).
+    pub fn set_pid(&self, pid: Option<u32>) {
+        self.pid.store(pid.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Requests sent to the worker and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> SlotState {
+        self.queue.lock().state.state
+    }
+
+    /// The current worker generation.
+    pub fn generation(&self) -> u64 {
+        self.queue.lock().state.generation
+    }
+
+    /// Queues a client request with its id replaced by a fresh bus id, and records it as pending.
+    pub fn enqueue_request(
+        &self,
+        client: &Arc<Client>,
+        line: &[u8],
+        id: Range<usize>,
+    ) -> Result<(), ErrorKind> {
+        {
+            let mut q = self.queue.lock();
+            if !q.state.state.takes_work() {
+                return Err(q.state.state.refusal());
+            }
+            let bus_id = q.state.next_bus_id;
+            q.state.next_bus_id += 1;
+            let original = line[id.clone()].into();
+            q.state.pending.insert(
+                bus_id,
+                Pending {
+                    client: client.clone(),
+                    id: original,
+                    since: Instant::now(),
+                },
+            );
+            append_with_bus_id(&mut q.buf, line, id, bus_id);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        client.request_started();
+        self.queue.wake_writer();
+        Ok(())
+    }
+
+    /// Queues a line that needs no reply bookkeeping (a notification, or an answer to the worker).
+    ///
+    /// `generation`, when given, must match the running worker: an answer meant for a process that
+    /// has since exited is refused rather than handed to its successor.
+    pub fn enqueue_line(
+        &self,
+        generation: Option<u64>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), ErrorKind> {
+        {
+            let mut q = self.queue.lock();
+            let state = q.state.state;
+            let open = match generation {
+                Some(_) => state.takes_answers(),
+                None => state.takes_work(),
+            };
+            if !open {
+                return Err(state.refusal());
+            }
+            if generation.is_some_and(|g| g != q.state.generation) {
+                return Err(ErrorKind::WorkerExited);
+            }
+            fill(&mut q.buf);
+        }
+        self.queue.wake_writer();
+        Ok(())
+    }
+
+    /// Removes and returns the pending request with this bus id.
+    pub fn take_pending(&self, bus_id: u64) -> Option<Pending> {
+        let taken = self.queue.lock().state.pending.remove(&bus_id);
+        if taken.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Moves to `state`, discarding the queue and returning every pending request when the worker
+    /// that was meant to answer them is gone (`Backoff`, `Failed`, `Stopped`).
+    pub fn transition(&self, state: SlotState) -> Vec<Pending> {
+        let mut q = self.queue.lock();
+        q.state.state = state;
+        match state {
+            SlotState::Starting => {
+                q.state.generation += 1;
+                Vec::new()
+            }
+            SlotState::Ready | SlotState::Draining => Vec::new(),
+            SlotState::Backoff | SlotState::Failed | SlotState::Stopped => {
+                q.buf.clear();
+                let failed: Vec<Pending> = q.state.pending.drain().map(|(_, p)| p).collect();
+                drop(q);
+                self.in_flight.fetch_sub(failed.len(), Ordering::Relaxed);
+                self.queue.wake_producers();
+                failed
+            }
+        }
+    }
+
+    /// Starts the drain: new work is refused while what is queued or pending is untouched, so the
+    /// worker still gets its input and its replies are still delivered.
+    pub fn begin_drain(&self) {
+        let mut q = self.queue.lock();
+        if q.state.state != SlotState::Failed {
+            q.state.state = SlotState::Draining;
+        }
+    }
+}
