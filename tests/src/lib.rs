@@ -1,0 +1,448 @@
+//! Helpers for end-to-end tests: start the real `codex-stdio-bus` with a config, talk to it over
+//! stdio, a Unix socket or TCP on loopback, and always end every process started.
+//!
+//! The binaries are the ones cargo built beside the test executable (`cargo test --workspace`
+//! builds them: the daemon and worker crates have integration tests of their own).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// How long one daemon may live in a test before the watchdog kills it.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Path of a binary built by this workspace.
+pub fn bin(name: &str) -> PathBuf {
+    // target/debug/deps/<test-exe> → target/debug/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A config document for the daemon, built in JSON.
+pub struct BusConfig(pub Value);
+
+impl BusConfig {
+    /// One pool `codex` of `instances` mock codex-workers.
+    pub fn mock(instances: u32) -> Self {
+        BusConfig(json!({
+            "pools": [{
+                "id": "codex",
+                "command": bin("codex-worker").to_str().unwrap(),
+                "args": ["--backend", "mock"],
+                "instances": instances
+            }]
+        }))
+    }
+
+    /// Sets `limits.<name>`.
+    pub fn limit(mut self, name: &str, value: u64) -> Self {
+        let limits = self
+            .0
+            .as_object_mut()
+            .unwrap()
+            .entry("limits")
+            .or_insert(json!({}));
+        limits[name] = json!(value);
+        self
+    }
+
+    /// Writes the config as `bus.json` into `dir`; returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("bus.json");
+        std::fs::write(&path, self.0.to_string()).unwrap();
+        path
+    }
+
+    /// Sets a top-level section, e.g. `routing`.
+    pub fn section(mut self, name: &str, value: Value) -> Self {
+        self.0[name] = value;
+        self
+    }
+}
+
+/// How the daemon under test takes clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `--stdio`: the test holds the daemon's stdin and stdout.
+    Stdio,
+    /// `--unix <tempdir>/bus.sock`.
+    Unix,
+    /// `--tcp 127.0.0.1:0`; the port is read from the daemon's log.
+    Tcp,
+}
+
+/// A running daemon; killed (with its process group's workers) when dropped.
+pub struct Bus {
+    child: Child,
+    /// Scratch directory holding the config, the log and the socket.
+    pub dir: tempfile::TempDir,
+    mode: Mode,
+    tcp: Option<String>,
+    stdio: Option<Conn>,
+    done: Arc<AtomicBool>,
+}
+
+/// Kills the daemon if a test is still running after [`DEADLINE`]: reads from its stdout cannot
+/// time out, and a hung test must fail rather than hang the suite.
+fn watchdog(pid: u32, done: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !done.load(Ordering::SeqCst) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    });
+}
+
+impl Bus {
+    /// Starts the daemon with `config` in `mode`, and waits until it listens.
+    pub fn start(config: &BusConfig, mode: Mode) -> Bus {
+        Bus::start_with(config, mode, &[])
+    }
+
+    /// Like [`Bus::start`], with extra command-line arguments.
+    pub fn start_with(config: &BusConfig, mode: Mode, extra: &[&str]) -> Bus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = config.write(dir.path());
+        let log = std::fs::File::create(dir.path().join("bus.log")).unwrap();
+        let mut cmd = Command::new(bin("codex-stdio-bus"));
+        cmd.arg("--config").arg(&config_path).args(extra);
+        match mode {
+            Mode::Stdio => cmd.arg("--stdio"),
+            Mode::Unix => cmd.arg("--unix").arg(dir.path().join("bus.sock")),
+            Mode::Tcp => cmd.args(["--tcp", "127.0.0.1:0"]),
+        };
+        cmd.env("RUST_LOG", "info")
+            .stdin(if mode == Mode::Stdio {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if mode == Mode::Stdio {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(log);
+        let mut child = cmd.spawn().expect("spawn codex-stdio-bus");
+        let done = Arc::new(AtomicBool::new(false));
+        watchdog(child.id(), done.clone());
+        let stdio = (mode == Mode::Stdio).then(|| {
+            let stdin = child.stdin.take().unwrap();
+            let stdout = child.stdout.take().unwrap();
+            Conn::from_stdio(stdin, stdout)
+        });
+        let mut bus = Bus {
+            child,
+            dir,
+            mode,
+            tcp: None,
+            stdio,
+            done,
+        };
+        match mode {
+            Mode::Tcp => {
+                let line = bus.wait_log("transport=\"tcp\"");
+                let addr = line.split("addr=").nth(1).expect("addr in listening line");
+                bus.tcp = Some(addr.split_whitespace().next().unwrap().to_owned());
+            }
+            Mode::Unix => {
+                bus.wait_log("transport=\"unix\"");
+            }
+            Mode::Stdio => {}
+        }
+        bus
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The Unix socket path (Unix mode).
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("bus.sock")
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bus.log")).unwrap_or_default()
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_count(needle, 1)
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns the last of them.
+    pub fn wait_log_count(&self, needle: &str, count: usize) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            let found: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+            if found.len() >= count {
+                return found[count - 1].to_owned();
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "no {count}× {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A new client connection (the daemon's stdio in stdio mode, once).
+    pub fn connect(&mut self) -> Conn {
+        match self.mode {
+            Mode::Stdio => self.stdio.take().expect("stdio mode has one client"),
+            Mode::Unix => Conn::unix(&self.socket_path()),
+            Mode::Tcp => Conn::tcp(self.tcp.as_deref().unwrap()),
+        }
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal).unwrap();
+    }
+
+    /// Waits for the daemon to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "daemon did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pids of the daemon's live worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+
+    /// Waits until the daemon has `n` live workers; returns their pids.
+    pub fn wait_workers(&self, n: usize) -> Vec<u32> {
+        let start = Instant::now();
+        loop {
+            let pids = self.worker_pids();
+            if pids.len() == n {
+                return pids;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "expected {n} workers, have {pids:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let workers = self.worker_pids();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.done.store(true, Ordering::SeqCst);
+        // PDEATHSIG ends the workers; this makes sure even if a test broke that.
+        for pid in workers {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Direct children of `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let mut pids: Vec<u32> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    // Threads other than the main one may have spawned some; include theirs too.
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let tid = task.file_name();
+            if tid.to_str() == Some(&pid.to_string()) {
+                continue;
+            }
+            let more = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(
+                more.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A line-oriented client connection with bounded waits.
+pub struct Conn {
+    reader: BufReader<Box<dyn Read + Send>>,
+    writer: Box<dyn Write + Send>,
+}
+
+impl Conn {
+    /// Connects to a Unix socket.
+    pub fn unix(path: &Path) -> Conn {
+        let stream = UnixStream::connect(path).expect("connect unix");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let writer = stream.try_clone().unwrap();
+        Conn {
+            reader: BufReader::new(Box::new(stream)),
+            writer: Box::new(writer),
+        }
+    }
+
+    /// Connects over TCP.
+    pub fn tcp(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).expect("connect tcp");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let writer = stream.try_clone().unwrap();
+        Conn {
+            reader: BufReader::new(Box::new(stream)),
+            writer: Box::new(writer),
+        }
+    }
+
+    /// Wraps the daemon's stdin/stdout (reads are bounded by the test's own timeouts on the child).
+    fn from_stdio(stdin: ChildStdin, stdout: std::process::ChildStdout) -> Conn {
+        Conn {
+            reader: BufReader::new(Box::new(stdout)),
+            writer: Box::new(stdin),
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+        self.writer.flush().unwrap();
+    }
+
+    /// Sends one JSON value as a line.
+    pub fn send(&mut self, value: &Value) {
+        let mut line = value.to_string().into_bytes();
+        line.push(b'\n');
+        self.send_raw(&line);
+    }
+
+    /// Sends a request `{jsonrpc, id, method, params?, sessionId?}`.
+    pub fn request(&mut self, id: Value, method: &str, params: Value, session: Option<&str>) {
+        let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
+        if !params.is_null() {
+            msg["params"] = params;
+        }
+        if let Some(session) = session {
+            msg["sessionId"] = json!(session);
+        }
+        self.send(&msg);
+    }
+
+    /// Receives one raw line (without the newline); panics on timeout or EOF.
+    pub fn recv_line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .expect("read a line in time");
+        assert!(n > 0, "connection closed while a line was expected");
+        line.truncate(line.trim_end_matches(['\n', '\r']).len());
+        line
+    }
+
+    /// Receives one JSON line.
+    pub fn recv(&mut self) -> Value {
+        let line = self.recv_line();
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad JSON from the bus ({e}): {line}"))
+    }
+
+    /// Reads until EOF; returns what came.
+    pub fn read_to_end(&mut self) -> String {
+        let mut rest = String::new();
+        self.reader
+            .read_to_string(&mut rest)
+            .expect("read to EOF in time");
+        rest
+    }
+
+    /// Closes the sending side (EOF for the daemon) but keeps reading.
+    pub fn close_send(&mut self) {
+        self.writer = Box::new(std::io::sink());
+    }
+
+    /// Splits into independently usable reading and writing halves.
+    pub fn split(self) -> (BufReader<Box<dyn Read + Send>>, Box<dyn Write + Send>) {
+        (self.reader, self.writer)
+    }
+}
+
+/// The error reason of a reply, if it is an error.
+pub fn reason(reply: &Value) -> Option<&str> {
+    reply["error"]["data"]["reason"].as_str()
+}
+
+/// Runs `codex-stdio-bus` with `args` to completion; returns (status, stdout, stderr).
+pub fn run_bus(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(bin("codex-stdio-bus"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run codex-stdio-bus");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

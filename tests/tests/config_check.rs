@@ -1,0 +1,118 @@
+//! stdio Bus config files are accepted unchanged; `check` prints the effective config.
+
+use std::path::PathBuf;
+
+use codex_bus_tests::{run_bus, Bus, BusConfig, Mode};
+use serde_json::Value;
+
+/// The shared stdio Bus fixtures (`../shared` beside the repository).
+fn fixtures() -> Vec<PathBuf> {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/stdio-bus-configs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "fixtures found: {files:?}");
+    files
+}
+
+#[test]
+fn every_stdio_bus_fixture_passes_check() {
+    for file in fixtures() {
+        let (status, out, err) = run_bus(&["check", "--config", file.to_str().unwrap()]);
+        assert!(status.success(), "{}: {err}", file.display());
+        let effective: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}\n{out}", file.display()));
+        let limits = &effective["limits"];
+        for field in [
+            "max_input_buffer",
+            "max_output_queue",
+            "max_restarts",
+            "restart_window_sec",
+            "drain_timeout_sec",
+            "backpressure_timeout_sec",
+        ] {
+            assert!(
+                limits[field].is_u64(),
+                "{}: limits.{field} filled in",
+                file.display()
+            );
+        }
+        assert!(effective["pools"].as_array().is_some_and(|p| !p.is_empty()));
+    }
+}
+
+#[test]
+fn the_daemon_starts_on_fixtures_whose_commands_exist() {
+    for file in fixtures() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let config: Value = serde_json::from_str(&text).unwrap();
+        let runnable = config["pools"].as_array().unwrap().iter().all(|p| {
+            let command = p["command"].as_str().unwrap();
+            command.starts_with('/')
+                && std::path::Path::new(command).exists()
+                && p["args"].as_array().is_none_or(|a| a.is_empty())
+        });
+        if !runnable {
+            eprintln!(
+                "{}: its worker program is not here; check only",
+                file.display()
+            );
+            continue;
+        }
+        let instances: u64 = config["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["instances"].as_u64().unwrap())
+            .sum();
+        let mut bus = Bus::start(&BusConfig(config), Mode::Tcp);
+        bus.wait_workers(instances as usize);
+        bus.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(
+            bus.wait_exit().success(),
+            "{}: {}",
+            file.display(),
+            bus.log()
+        );
+    }
+}
+
+#[test]
+fn check_without_config_shows_the_built_in_default() {
+    let (status, out, _) = run_bus(&["check"]);
+    assert!(status.success());
+    let effective: Value = serde_json::from_str(&out).unwrap();
+    let pool = &effective["pools"][0];
+    assert_eq!(pool["id"], "codex");
+    assert!(pool["command"].as_str().unwrap().ends_with("/codex-worker"));
+    assert_eq!(pool["args"], serde_json::json!(["--backend", "mock"]));
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(pool["instances"].as_u64(), Some(cpus));
+}
+
+#[test]
+fn check_names_the_field_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"pools":[{"id":"a","command":"/bin/cat","instances":0},{"id":"a","command":"/bin/cat","instances":1}],"limits":{"drain_timout_sec":3}}"#).unwrap();
+    let (status, out, err) = run_bus(&["check", "--config", bad.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(out.is_empty());
+    for expected in [
+        "pools[0].instances",
+        "pools[1].id",
+        "duplicate",
+        "limits.drain_timout_sec",
+        "drain_timeout_sec",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    let (status, _, err) = run_bus(&["--config", bad.to_str().unwrap()]);
+    assert!(!status.success(), "the daemon refuses to start on it too");
+    assert!(err.contains("pools[0].instances"), "{err}");
+}

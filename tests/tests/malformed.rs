@@ -1,0 +1,126 @@
+//! Bad input never ends the daemon, nor the connection: each bad line gets an error reply.
+
+use codex_bus_tests::{reason, Bus, BusConfig, Conn, Mode};
+use serde_json::{json, Value};
+
+/// The connection still routes a real request.
+fn still_works(conn: &mut Conn, id: i64) {
+    conn.request(json!(id), "ping", Value::Null, Some("alive"));
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!(id), "{reply}");
+    assert!(reply.get("result").is_some(), "{reply}");
+}
+
+#[test]
+fn malformed_lines_get_error_replies_and_the_connection_survives() {
+    let mut bus = Bus::start(&BusConfig::mock(2), Mode::Tcp);
+    let mut conn = bus.connect();
+    let mut bystander = bus.connect();
+    let deep_array = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep_object = format!(
+        "{{\"id\":1,\"method\":\"m\",\"params\":{}1{}}}",
+        "{\"a\":".repeat(10_000),
+        "}".repeat(10_000)
+    );
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"not json".to_vec(), "parse_error"),
+        (b"{\"id\":1,".to_vec(), "parse_error"),
+        (b"   ".to_vec(), "parse_error"),
+        (
+            b"{\"id\":\"a\0b\",\"method\":\"m\"}".to_vec(),
+            "parse_error",
+        ),
+        (b"\xff\xfe{}".to_vec(), "parse_error"),
+        (
+            b"{\"id\":1,\"method\":\"m\"} trailing".to_vec(),
+            "parse_error",
+        ),
+        (b"\"str\"".to_vec(), "invalid_request"),
+        (b"42".to_vec(), "invalid_request"),
+        (b"null".to_vec(), "invalid_request"),
+        (b"{}".to_vec(), "invalid_request"),
+        (
+            b"{\"id\":1,\"id\":2,\"method\":\"m\"}".to_vec(),
+            "invalid_request",
+        ),
+        (deep_array.clone().into_bytes(), "batch_not_supported"),
+    ];
+    for (n, (line, expected)) in cases.iter().enumerate() {
+        let mut bytes = line.clone();
+        bytes.push(b'\n');
+        conn.send_raw(&bytes);
+        let reply = conn.recv();
+        assert_eq!(reply["jsonrpc"], json!("2.0"));
+        assert_eq!(reason(&reply), Some(*expected), "case {n}: {reply}");
+        assert!(reply["error"]["data"]["retryable"].is_boolean());
+        still_works(&mut conn, n as i64);
+    }
+    // 10,000-deep nesting inside a valid request is valid JSON: forwarded, answered.
+    conn.send_raw(format!("{deep_object}\n").as_bytes());
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!(1), "deep but valid request served");
+    still_works(&mut bystander, 1000);
+}
+
+#[test]
+fn a_batch_gets_one_error_per_element() {
+    let mut bus = Bus::start(&BusConfig::mock(1), Mode::Tcp);
+    let mut conn = bus.connect();
+    conn.send_raw(
+        b"[{\"id\":\"a\",\"method\":\"m\"},{\"method\":\"n\"},{\"id\":3,\"method\":\"m\"}]\n",
+    );
+    let replies: Vec<Value> = (0..3).map(|_| conn.recv()).collect();
+    let ids: Vec<Value> = replies.iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("a"), Value::Null, json!(3)]);
+    assert!(replies
+        .iter()
+        .all(|r| reason(r) == Some("batch_not_supported")));
+    conn.send_raw(b"[]\n");
+    assert_eq!(reason(&conn.recv()), Some("invalid_request"));
+    conn.send_raw(b"[1,2]\n");
+    assert_eq!(reason(&conn.recv()), Some("batch_not_supported"));
+    assert_eq!(reason(&conn.recv()), Some("batch_not_supported"));
+    still_works(&mut conn, 9);
+}
+
+#[test]
+fn an_oversize_line_is_refused_and_skipped_without_breaking_the_stream() {
+    let config = BusConfig::mock(1).limit("max_input_buffer", 4096);
+    let mut bus = Bus::start(&config, Mode::Unix);
+    let mut conn = bus.connect();
+    let big = format!(
+        "{{\"id\":1,\"method\":\"m\",\"params\":\"{}\"}}\n",
+        "x".repeat(100_000)
+    );
+    // The oversize line and a good one in the same write: the good one must survive intact.
+    let mut bytes = big.into_bytes();
+    bytes.extend_from_slice(b"{\"id\":2,\"method\":\"m\"}\n");
+    conn.send_raw(&bytes);
+    let reply = conn.recv();
+    assert_eq!(reason(&reply), Some("message_too_large"), "{reply}");
+    assert_eq!(reply["error"]["code"], json!(-32600));
+    assert_eq!(conn.recv()["id"], json!(2));
+    // A line of exactly the limit is accepted.
+    let filler = 4096 - "{\"id\":3,\"method\":\"m\",\"params\":\"\"}".len();
+    conn.send_raw(
+        format!(
+            "{{\"id\":3,\"method\":\"m\",\"params\":\"{}\"}}\n",
+            "y".repeat(filler)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(conn.recv()["id"], json!(3));
+}
+
+#[test]
+fn a_client_that_disconnects_mid_line_or_mid_request_hurts_no_one() {
+    let mut bus = Bus::start(&BusConfig::mock(1), Mode::Tcp);
+    let mut stable = bus.connect();
+    for round in 0..5 {
+        let mut rude = bus.connect();
+        rude.request(json!(1), "mock/delay", json!({"ms": 100}), Some("rude"));
+        rude.send_raw(b"{\"id\":2,\"meth");
+        drop(rude);
+        still_works(&mut stable, round);
+    }
+}
