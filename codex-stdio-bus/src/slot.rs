@@ -223,9 +223,16 @@ impl Slot {
 
     /// Moves to `state`, discarding the queue and returning every pending request when the worker
     /// that was meant to answer them is gone (`Backoff`, `Failed`, `Stopped`).
+    ///
+    /// Once draining, a slot never takes new work again: a worker (re)started during the drain
+    /// reports `Draining`, not `Starting` or `Ready`.
     pub fn transition(&self, state: SlotState) -> Vec<Pending> {
         let mut q = self.queue.lock();
-        q.state.state = state;
+        let draining = q.state.state == SlotState::Draining;
+        q.state.state = match state {
+            SlotState::Starting | SlotState::Ready if draining => SlotState::Draining,
+            other => other,
+        };
         match state {
             SlotState::Starting => {
                 q.state.generation += 1;
@@ -250,5 +257,87 @@ impl Slot {
         if q.state.state != SlotState::Failed {
             q.state.state = SlotState::Draining;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Transport;
+
+    fn slot() -> Slot {
+        Slot::new("p".into(), 0, 1024)
+    }
+
+    #[test]
+    fn requests_are_pending_until_taken_and_failed_when_the_worker_goes() {
+        let slot = slot();
+        let client = Arc::new(Client::new(1, Transport::Tcp, 1024));
+        slot.transition(SlotState::Starting);
+        slot.enqueue_request(&client, br#"{"id":"a","method":"m"}"#, 6..9)
+            .unwrap();
+        slot.enqueue_request(&client, br#"{"id":"b","method":"m"}"#, 6..9)
+            .unwrap();
+        assert_eq!(slot.in_flight(), 2);
+        assert_eq!(
+            slot.queue.lock().buf,
+            b"{\"id\":1,\"method\":\"m\"}\n{\"id\":2,\"method\":\"m\"}\n"
+        );
+        let taken = slot.take_pending(1).unwrap();
+        assert_eq!(&*taken.id, b"\"a\"");
+        assert!(slot.take_pending(1).is_none(), "a reply is matched once");
+        let failed = slot.transition(SlotState::Backoff);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(&*failed[0].id, b"\"b\"");
+        assert_eq!(slot.in_flight(), 0);
+        assert!(
+            slot.queue.lock().buf.is_empty(),
+            "the dead worker's input is discarded"
+        );
+    }
+
+    #[test]
+    fn a_draining_slot_refuses_new_work_even_after_a_restart_but_takes_answers() {
+        let slot = slot();
+        let client = Arc::new(Client::new(1, Transport::Tcp, 1024));
+        slot.transition(SlotState::Starting);
+        slot.transition(SlotState::Ready);
+        slot.begin_drain();
+        let line = br#"{"id":1,"method":"m"}"#;
+        assert_eq!(
+            slot.enqueue_request(&client, line, 6..7),
+            Err(ErrorKind::ShuttingDown)
+        );
+        slot.transition(SlotState::Starting);
+        slot.transition(SlotState::Ready);
+        assert_eq!(slot.state(), SlotState::Draining);
+        assert_eq!(
+            slot.enqueue_request(&client, line, 6..7),
+            Err(ErrorKind::ShuttingDown)
+        );
+        let generation = slot.generation();
+        assert!(slot
+            .enqueue_line(Some(generation), |b| b.push(b'x'))
+            .is_ok());
+        assert_eq!(
+            slot.enqueue_line(Some(generation - 1), |b| b.push(b'x')),
+            Err(ErrorKind::WorkerExited)
+        );
+        assert_eq!(
+            slot.enqueue_line(None, |b| b.push(b'x')),
+            Err(ErrorKind::ShuttingDown)
+        );
+    }
+
+    #[test]
+    fn a_failed_slot_refuses_with_worker_failed() {
+        let slot = slot();
+        let client = Arc::new(Client::new(1, Transport::Tcp, 1024));
+        slot.transition(SlotState::Failed);
+        let line = br#"{"id":1,"method":"m"}"#;
+        assert_eq!(
+            slot.enqueue_request(&client, line, 6..7),
+            Err(ErrorKind::WorkerFailed)
+        );
     }
 }

@@ -74,6 +74,12 @@ pub async fn supervise(
             tracing::info!(?slot, status = %describe(ended.status), "worker stopped");
             return;
         }
+        if router.draining() {
+            // Nothing new will be routed here; a replacement would only be stopped again.
+            fail_pending(slot.transition(SlotState::Stopped), ErrorKind::WorkerExited);
+            tracing::warn!(?slot, status = %describe(ended.status), "worker exited during the drain; not restarted");
+            return;
+        }
         fail_pending(slot.transition(SlotState::Backoff), ErrorKind::WorkerExited);
         tracing::warn!(?slot, status = %describe(ended.status), uptime_ms = uptime.as_millis() as u64, "worker exited");
         if uptime >= STABLE_UPTIME {

@@ -1,0 +1,70 @@
+//! Shutdown: SIGTERM drains (replies in flight are delivered, new requests refused, exit 0, no
+//! worker left); a second signal stops at once.
+
+use codex_bus_tests::{alive, reason, Bus, BusConfig, Mode};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+#[test]
+fn sigterm_delivers_replies_in_flight_refuses_new_work_and_exits_zero() {
+    let mut bus = Bus::start(&BusConfig::mock(2), Mode::Tcp);
+    let workers = bus.wait_workers(2);
+    let mut conn = bus.connect();
+    for id in 0..4 {
+        conn.request(
+            json!(id),
+            "mock/delay",
+            json!({"ms": 700}),
+            Some(&format!("s{id}")),
+        );
+    }
+    conn.request(json!("sync"), "ping", Value::Null, Some("s0"));
+    bus.signal(Signal::SIGTERM);
+    bus.wait_log("draining");
+    conn.request(json!("late"), "ping", Value::Null, Some("s0"));
+    let mut delivered = Vec::new();
+    let mut refused = None;
+    for _ in 0..6 {
+        let reply = conn.recv();
+        if reply["id"] == json!("late") {
+            refused = Some(reply);
+        } else {
+            assert!(reply.get("result").is_some(), "{reply}");
+            delivered.push(reply["id"].clone());
+        }
+    }
+    assert_eq!(
+        delivered.len(),
+        5,
+        "every request in flight answered: {delivered:?}"
+    );
+    assert_eq!(reason(refused.as_ref().unwrap()), Some("shutting_down"));
+    assert!(bus.wait_exit().success(), "log:\n{}", bus.log());
+    assert!(workers.iter().all(|p| !alive(*p)), "no worker left");
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let config = BusConfig::mock(1).limit("drain_timeout_sec", 60);
+    let mut bus = Bus::start(&config, Mode::Unix);
+    let workers = bus.wait_workers(1);
+    let mut conn = bus.connect();
+    conn.request(json!(1), "mock/delay", json!({"ms": 50_000}), None);
+    conn.request(json!(2), "ping", Value::Null, None);
+    assert_eq!(conn.recv()["id"], json!(2));
+    bus.signal(Signal::SIGTERM);
+    bus.wait_log("draining");
+    let started = std::time::Instant::now();
+    bus.signal(Signal::SIGINT);
+    let status = bus.wait_exit();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while workers.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        workers.iter().all(|p| !alive(*p)),
+        "workers killed with the daemon"
+    );
+}
