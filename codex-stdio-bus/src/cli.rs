@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Routes NDJSON JSON-RPC sessions from many clients onto a supervised pool of worker processes.
 #[derive(Debug, Parser)]
@@ -19,6 +19,12 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print a running daemon's pools and slots as a table (from its `/status` endpoint).
+    Status {
+        /// The daemon's metrics endpoint, as given to its `--metrics`.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: String,
+    },
     /// Validate a config file and print the effective config (defaults filled in).
     Check {
         /// Config file (stdio Bus format); without it, the built-in default is checked.
@@ -42,7 +48,23 @@ pub struct RunArgs {
     /// Listen on TCP at HOST:PORT (IPv4, `[IPv6]` or a host name; port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT", group = "endpoint")]
     pub tcp: Option<String>,
+    /// Serve /metrics, /healthz, /readyz and /status over HTTP at HOST:PORT (overrides
+    /// `metrics.listen`; bind to loopback unless a firewall protects it).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
     /// Log filter, e.g. `info` or `codex_stdio_bus=debug` (overrides RUST_LOG).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
 }

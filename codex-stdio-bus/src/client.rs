@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use codex_bus_protocol::{append_error_reply, append_with_bus_id, ErrorKind};
 
+use crate::metrics::{self, Discard};
 use crate::outbox::Outbox;
 use crate::slot::Slot;
 
@@ -114,8 +115,15 @@ impl Client {
 
     /// Queues an error reply; false if the client is gone.
     pub fn send_error(&self, id: Option<&[u8]>, kind: ErrorKind, detail: Option<&str>) -> bool {
-        self.out
-            .push(|buf| append_error_reply(buf, id, kind, detail))
+        let sent = self
+            .out
+            .push(|buf| append_error_reply(buf, id, kind, detail));
+        if sent {
+            metrics::get().error_reply(kind);
+        } else {
+            metrics::get().dropped(Discard::ClientGone);
+        }
+        sent
     }
 
     /// Queues a worker's request with its id replaced by one unique to this client, remembering

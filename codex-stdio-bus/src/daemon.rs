@@ -8,6 +8,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
+use crate::metrics::exporter;
 use crate::router::Router;
 use crate::signals::Signals;
 use crate::supervisor::{self, spawn::resolve_command};
@@ -23,13 +25,28 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until it has drained; `Err` is a startup failure, reported before any worker ran.
-pub async fn run(config: Config, endpoint: Endpoint) -> Result<(), String> {
+///
+/// `metrics` is the admin endpoint's HOST:PORT, if any.
+pub async fn run(
+    config: Config,
+    endpoint: Endpoint,
+    metrics: Option<String>,
+) -> Result<(), String> {
     check_commands(&config)?;
     let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     // Bind first: a bad address must fail before a single worker is spawned.
     let bound = transport::listen::bind(&endpoint).await?;
+    let admin = match &metrics {
+        // The recorder goes in before the router resolves its metric handles.
+        Some(address) => Some((admin::bind(address).await?, exporter::install()?)),
+        None => None,
+    };
     let limits = config.limits;
     let router = Arc::new(Router::new(&config));
+    if let Some((listener, handle)) = admin {
+        tokio::spawn(exporter::upkeep(handle.clone()));
+        tokio::spawn(admin::serve(listener, router.clone(), handle));
+    }
 
     let (stop, stop_order) = watch::channel(None);
     let supervisors = TaskTracker::new();

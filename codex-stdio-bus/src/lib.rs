@@ -8,16 +8,19 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod defaults;
 pub mod hygiene;
 pub mod logging;
+pub mod metrics;
 pub mod outbox;
 pub mod pool;
 pub mod router;
 pub mod signals;
 pub mod slot;
+pub mod status;
 pub mod supervisor;
 pub mod transport;

@@ -4,10 +4,12 @@
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
+use crate::cli::LogFormat;
+
 /// Installs the global subscriber; keep the guard alive until exit so queued lines are flushed.
 ///
 /// `level` (from `--log-level`) wins over `RUST_LOG`; with neither, INFO.
-pub fn init(level: Option<&str>) -> WorkerGuard {
+pub fn init(level: Option<&str>, format: LogFormat) -> WorkerGuard {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .finish(std::io::stderr());
@@ -15,10 +17,13 @@ pub fn init(level: Option<&str>) -> WorkerGuard {
         Some(level) => EnvFilter::new(level),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
     guard
 }

@@ -9,14 +9,32 @@ use clap::Parser;
 use codex_bus_config::{Config, TransportMode};
 use codex_stdio_bus::cli::{Cli, Command, RunArgs};
 use codex_stdio_bus::transport::listen::Endpoint;
-use codex_stdio_bus::{daemon, defaults, hygiene, logging};
+use codex_stdio_bus::{admin, daemon, defaults, hygiene, logging};
 
 fn main() -> ExitCode {
     hygiene::cloexec_inherited_fds();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config }) => check(config.as_deref()),
+        Some(Command::Status { metrics }) => status(&metrics),
         None => run(cli.run),
+    }
+}
+
+/// `status`: a running daemon's slots as a table.
+fn status(address: &str) -> ExitCode {
+    let document = admin::fetch(address, "/status").and_then(|body| {
+        serde_json::from_str(&body).map_err(|e| format!("bad /status document: {e}"))
+    });
+    match document {
+        Ok(document) => {
+            print!("{}", codex_stdio_bus::status::table(&document));
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("codex-stdio-bus status: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -59,7 +77,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _log = logging::init(args.log_level.as_deref());
+    let _log = logging::init(args.log_level.as_deref(), args.log_format);
+    let metrics = args
+        .metrics
+        .clone()
+        .or_else(|| config.metrics.listen.clone());
     // One thread: the router's work per message is a few hundred nanoseconds, and on a small
     // machine cross-thread wake-ups would cost more than they buy. Workers run in their own
     // processes. This thread also lives as long as the daemon, which PDEATHSIG relies on.
@@ -73,7 +95,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, endpoint)) {
+    match runtime.block_on(daemon::run(config, endpoint, metrics)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");

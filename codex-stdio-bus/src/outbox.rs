@@ -16,6 +16,7 @@ use std::pin::pin;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use metrics::Counter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -134,11 +135,17 @@ impl<S> Outbox<S> {
         }
     }
 
-    /// Drains the queue into `sink` until it is closed and empty, or a write fails.
+    /// Drains the queue into `sink` until it is closed and empty, or a write fails; counts the
+    /// bytes written into `counted`.
     ///
     /// With `stall`, a single write that makes no progress for that long fails with `TimedOut`: a
     /// peer that reads nothing must not hold its queue (and our memory) forever.
-    pub async fn drain_into<W>(&self, sink: &mut W, stall: Option<Duration>) -> io::Result<()>
+    pub async fn drain_into<W>(
+        &self,
+        sink: &mut W,
+        stall: Option<Duration>,
+        counted: &Counter,
+    ) -> io::Result<()>
     where
         W: AsyncWrite + Unpin,
     {
@@ -153,6 +160,7 @@ impl<S> Outbox<S> {
                 written += n;
             }
             sink.flush().await?;
+            counted.increment(batch.len() as u64);
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
                 batch = Vec::new();
@@ -188,7 +196,9 @@ mod tests {
         }
         out.close();
         let mut sink = Vec::new();
-        out.drain_into(&mut sink, None).await.unwrap();
+        out.drain_into(&mut sink, None, &Counter::noop())
+            .await
+            .unwrap();
         let expected: String = (0..100).map(|i| format!("{i}\n")).collect();
         assert_eq!(String::from_utf8(sink).unwrap(), expected);
         assert!(!out.push(|b| b.push(b'x')), "closed queue refuses pushes");
@@ -208,7 +218,7 @@ mod tests {
         let (mut near, mut far) = tokio::io::duplex(64);
         let writer = tokio::spawn({
             let out = out.clone();
-            async move { out.drain_into(&mut near, None).await }
+            async move { out.drain_into(&mut near, None, &Counter::noop()).await }
         });
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
@@ -229,7 +239,7 @@ mod tests {
         out.push(|b| b.resize(256 * 1024, b'x'));
         let (mut near, _far) = tokio::io::duplex(1024);
         let err = out
-            .drain_into(&mut near, Some(Duration::from_millis(50)))
+            .drain_into(&mut near, Some(Duration::from_millis(50)), &Counter::noop())
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);

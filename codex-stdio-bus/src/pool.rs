@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use codex_bus_config::PoolConfig;
 
+use crate::metrics::PoolMetrics;
 use crate::slot::{Slot, SlotState};
 
 /// One configured pool and its slots.
@@ -14,16 +15,27 @@ pub struct Pool {
     pub config: PoolConfig,
     /// One slot per instance, numbered from 0.
     pub slots: Vec<Arc<Slot>>,
+    /// The pool's metric handles.
+    pub metrics: PoolMetrics,
 }
 
 impl Pool {
     /// A pool with `config.instances` slots, each queueing about `queue_limit` bytes.
     pub fn new(config: PoolConfig, queue_limit: usize) -> Self {
         let id: Arc<str> = config.id.as_str().into();
+        let metrics = PoolMetrics::new(&id);
         let slots = (0..config.instances)
-            .map(|i| Arc::new(Slot::new(id.clone(), i, queue_limit)))
+            .map(|i| {
+                let duration = metrics.request_duration.clone();
+                Arc::new(Slot::new(id.clone(), i, queue_limit, duration))
+            })
             .collect();
-        Pool { id, config, slots }
+        Pool {
+            id,
+            config,
+            slots,
+            metrics,
+        }
     }
 
     /// The slot for a message without a session: the running worker with the fewest requests in

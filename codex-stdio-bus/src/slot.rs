@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use codex_bus_protocol::{append_with_bus_id, ErrorKind};
+use metrics::Histogram;
 
 use crate::client::Client;
 use crate::outbox::Outbox;
@@ -88,6 +89,27 @@ pub struct SlotBook {
     /// Counts worker processes started in this slot; answers from a client to an older process's
     /// request must not reach its successor.
     generation: u64,
+    /// When the running worker became ready.
+    ready_since: Option<Instant>,
+}
+
+/// What a slot looks like at one moment (for status and metrics).
+#[derive(Clone, Copy, Debug)]
+pub struct SlotSnapshot {
+    /// Its state.
+    pub state: SlotState,
+    /// The running worker's pid.
+    pub pid: Option<u32>,
+    /// How long the running worker has been ready.
+    pub uptime: Option<Duration>,
+    /// Requests awaiting a reply.
+    pub in_flight: usize,
+    /// Bytes queued toward the worker.
+    pub queued_bytes: usize,
+    /// Sessions placed on this slot.
+    pub sessions: usize,
+    /// Workers restarted in this slot so far.
+    pub restarts: u64,
 }
 
 /// A numbered worker place in a pool.
@@ -102,6 +124,12 @@ pub struct Slot {
     in_flight: AtomicUsize,
     /// The running worker's pid (its process group id too), 0 when none runs.
     pid: AtomicU32,
+    /// Sessions placed here (they are never moved away).
+    sessions: AtomicUsize,
+    /// Restarts so far.
+    restarts: AtomicU64,
+    /// The pool's request-duration histogram, resolved once.
+    request_duration: Histogram,
 }
 
 impl fmt::Debug for Slot {
@@ -111,13 +139,20 @@ impl fmt::Debug for Slot {
 }
 
 impl Slot {
-    /// A slot in `Starting` state whose input queue holds about `queue_limit` bytes.
-    pub fn new(pool: Arc<str>, index: u32, queue_limit: usize) -> Self {
+    /// A slot in `Starting` state whose input queue holds about `queue_limit` bytes; replies
+    /// are timed into `request_duration`.
+    pub fn new(
+        pool: Arc<str>,
+        index: u32,
+        queue_limit: usize,
+        request_duration: Histogram,
+    ) -> Self {
         let book = SlotBook {
             pending: HashMap::new(),
             next_bus_id: 1,
             state: SlotState::Starting,
             generation: 0,
+            ready_since: None,
         };
         Slot {
             pool,
@@ -125,6 +160,33 @@ impl Slot {
             queue: Outbox::new(queue_limit, book),
             in_flight: AtomicUsize::new(0),
             pid: AtomicU32::new(0),
+            sessions: AtomicUsize::new(0),
+            restarts: AtomicU64::new(0),
+            request_duration,
+        }
+    }
+
+    /// Counts a session newly placed here.
+    pub fn count_session(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a restart of this slot's worker.
+    pub fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The slot's figures at this moment.
+    pub fn snapshot(&self) -> SlotSnapshot {
+        let q = self.queue.lock();
+        SlotSnapshot {
+            state: q.state.state,
+            pid: self.pid(),
+            uptime: q.state.ready_since.map(|t| t.elapsed()),
+            in_flight: self.in_flight(),
+            queued_bytes: q.buf.len(),
+            sessions: self.sessions.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
         }
     }
 
@@ -212,11 +274,12 @@ impl Slot {
         Ok(())
     }
 
-    /// Removes and returns the pending request with this bus id.
+    /// Removes and returns the pending request with this bus id, timing it as answered.
     pub fn take_pending(&self, bus_id: u64) -> Option<Pending> {
         let taken = self.queue.lock().state.pending.remove(&bus_id);
-        if taken.is_some() {
+        if let Some(pending) = &taken {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.request_duration.record(pending.since.elapsed());
         }
         taken
     }
@@ -238,8 +301,13 @@ impl Slot {
                 q.state.generation += 1;
                 Vec::new()
             }
-            SlotState::Ready | SlotState::Draining => Vec::new(),
+            SlotState::Ready => {
+                q.state.ready_since = Some(Instant::now());
+                Vec::new()
+            }
+            SlotState::Draining => Vec::new(),
             SlotState::Backoff | SlotState::Failed | SlotState::Stopped => {
+                q.state.ready_since = None;
                 q.buf.clear();
                 let failed: Vec<Pending> = q.state.pending.drain().map(|(_, p)| p).collect();
                 drop(q);
@@ -266,7 +334,7 @@ mod tests {
     use crate::client::Transport;
 
     fn slot() -> Slot {
-        Slot::new("p".into(), 0, 1024)
+        Slot::new("p".into(), 0, 1024, Histogram::noop())
     }
 
     #[test]

@@ -32,7 +32,9 @@ mod validate;
 use std::path::Path;
 
 pub use error::ConfigError;
-pub use model::{Config, Limits, PoolConfig, RoutingConfig, TransportConfig, TransportMode};
+pub use model::{
+    Config, Limits, MetricsConfig, PoolConfig, RoutingConfig, TransportConfig, TransportMode,
+};
 
 impl Config {
     /// Parses and validates a config document. `source_name` (a path or `"<built-in>"`) prefixes messages.
@@ -72,6 +74,7 @@ impl Config {
             limits: Limits::default(),
             transport: TransportConfig::default(),
             routing: RoutingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 

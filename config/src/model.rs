@@ -16,6 +16,8 @@ pub struct Config {
     pub transport: TransportConfig,
     /// How messages are assigned to sessions and pools.
     pub routing: RoutingConfig,
+    /// Metrics and health endpoint (our extension).
+    pub metrics: MetricsConfig,
 }
 
 /// One pool of identical worker processes.
@@ -138,4 +140,12 @@ impl Default for RoutingConfig {
             default_pool: None,
         }
     }
+}
+
+/// The HTTP endpoint for `/metrics`, `/healthz`, `/readyz` and `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MetricsConfig {
+    /// HOST:PORT to listen on; off when absent (the `--metrics` flag overrides it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }

@@ -1,7 +1,7 @@
 //! The known keys of each level: the single list that both the validator and the docs check read.
 
 /// Keys of the top-level object.
-pub(crate) const TOP_KEYS: &[&str] = &["pools", "limits", "transport", "routing"];
+pub(crate) const TOP_KEYS: &[&str] = &["pools", "limits", "transport", "routing", "metrics"];
 
 /// Keys of one `pools[]` object; `env` and `cwd` are our extensions.
 pub(crate) const POOL_KEYS: &[&str] = &["id", "command", "args", "instances", "env", "cwd"];
@@ -33,6 +33,9 @@ pub(crate) const TRANSPORT_OPTION_KEYS: &[&str] = &[
 /// Keys of `routing`.
 pub(crate) const ROUTING_KEYS: &[&str] = &["session_id_field", "default_pool"];
 
+/// Keys of `metrics` (our extension).
+pub(crate) const METRICS_KEYS: &[&str] = &["listen"];
+
 /// Most workers a pool may have; far above useful sizes, it catches a typo that would fork thousands.
 pub(crate) const MAX_INSTANCES: u32 = 1024;
 
@@ -56,6 +59,7 @@ mod tests {
             TRANSPORT_KEYS,
             TRANSPORT_OPTION_KEYS,
             ROUTING_KEYS,
+            METRICS_KEYS,
         ];
         let missing: Vec<&str> = levels
             .iter()

@@ -341,7 +341,7 @@ fn several_problems_are_reported_at_once() {
     assert_problems(
         text,
         &[
-            "extra: unknown key (known keys: pools, limits, transport, routing)",
+            "extra: unknown key (known keys: pools, limits, transport, routing, metrics)",
             r#"pools[0].command: must be a non-empty string, got """#,
             "pools[0].instances: must be an integer ≥ 1, got 0",
             "pools[1].agrs: unknown key (did you mean 'args'?)",
@@ -352,4 +352,22 @@ fn several_problems_are_reported_at_once() {
             "routing.default_pool: no pool named 'zzz' (pools: a)",
         ],
     );
+}
+
+#[test]
+fn metrics_listen_must_be_host_port() {
+    assert_problems(
+        &with_section(r#""metrics": {"listen": "9464"}"#),
+        &["metrics.listen: must be HOST:PORT (port 0 to 65535), got \"9464\""],
+    );
+    assert_problems(
+        &with_section(r#""metrics": {"listn": "127.0.0.1:9464"}"#),
+        &["metrics.listn: unknown key (did you mean 'listen'?)"],
+    );
+    let config = Config::from_json_str(
+        &with_section(r#""metrics": {"listen": "127.0.0.1:9464"}"#),
+        "t.json",
+    )
+    .unwrap();
+    assert_eq!(config.metrics.listen.as_deref(), Some("127.0.0.1:9464"));
 }

@@ -446,3 +446,32 @@ pub fn run_bus(args: &[&str]) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+impl Bus {
+    /// The admin endpoint's address (the daemon must run with `--metrics 127.0.0.1:0`).
+    pub fn metrics_addr(&self) -> String {
+        let line = self.wait_log("transport=\"metrics\"");
+        let addr = line.split("addr=").nth(1).expect("addr in listening line");
+        addr.split_whitespace().next().unwrap().to_owned()
+    }
+}
+
+/// A plain HTTP GET on loopback; returns (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_owned())
+}

@@ -12,6 +12,7 @@ use codex_bus_protocol::{
 use super::placement::slot_for;
 use super::Router;
 use crate::client::Client;
+use crate::metrics::{self, Discard};
 use crate::slot::Slot;
 
 /// Why a message cannot be routed, with a human detail for the error reply.
@@ -90,6 +91,7 @@ impl Router {
                     reason = refusal.kind.reason(),
                     "notification dropped"
                 );
+                metrics::get().dropped(Discard::UnroutableNotification);
                 return;
             }
         };
@@ -105,6 +107,7 @@ impl Router {
                 reason = kind.reason(),
                 "notification dropped"
             );
+            metrics::get().dropped(Discard::UnroutableNotification);
         }
     }
 
@@ -120,6 +123,7 @@ impl Router {
                 client = client.id,
                 "answer to no pending worker request dropped"
             );
+            metrics::get().dropped(Discard::UnknownAnswer);
             return;
         };
         asked.slot.queue.wait_for_space().await;
@@ -128,6 +132,7 @@ impl Router {
         });
         if queued.is_err() {
             tracing::debug!(client = client.id, slot = ?asked.slot, "answer dropped: the worker that asked is gone");
+            metrics::get().dropped(Discard::WorkerGone);
         }
     }
 
@@ -157,8 +162,11 @@ impl Router {
         let (pool, slot) = match session {
             Some(key) => self.sessions.locate(&key, client, || {
                 let pool = self.choose_pool(line, envelope)?;
-                let slots = self.pools[pool].slots.len() as u32;
-                Ok::<_, Refusal>((pool, slot_for(&key, slots)))
+                let slots = &self.pools[pool].slots;
+                let slot = slot_for(&key, slots.len() as u32);
+                slots[slot as usize].count_session();
+                metrics::get().session_assigned();
+                Ok::<_, Refusal>((pool, slot))
             })?,
             None => {
                 let pool = &self.pools[self.choose_pool(line, envelope)?];

@@ -11,6 +11,7 @@ mod worker_side;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use codex_bus_config::Config;
 use codex_bus_protocol::{ErrorKind, SessionPath};
@@ -31,6 +32,7 @@ pub struct Router {
     next_client: AtomicU64,
     output_limit: usize,
     draining: AtomicBool,
+    started: Instant,
 }
 
 impl Router {
@@ -57,12 +59,23 @@ impl Router {
             next_client: AtomicU64::new(1),
             output_limit: config.limits.max_output_queue,
             draining: AtomicBool::new(false),
+            started: Instant::now(),
         }
     }
 
     /// The pools, in config order.
     pub fn pools(&self) -> &[Pool] {
         &self.pools
+    }
+
+    /// How long the router has existed.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Clients connected now.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
     }
 
     /// Registers a new client connection.
@@ -114,9 +127,7 @@ impl Router {
 /// Answers a request that no worker will answer now.
 pub fn fail_pending(pending: Vec<Pending>, kind: ErrorKind) {
     for p in pending {
-        if !p.client.send_error(Some(&p.id), kind, None) {
-            tracing::debug!(client = p.client.id, "error reply dropped: client gone");
-        }
+        p.client.send_error(Some(&p.id), kind, None);
         p.client.request_finished();
     }
 }
@@ -126,7 +137,10 @@ fn refuse_worker_request(request: &WorkerRequest, kind: ErrorKind) {
     let queued = request.slot.enqueue_line(Some(request.generation), |buf| {
         codex_bus_protocol::append_error_reply(buf, Some(&request.id), kind, None)
     });
-    if queued.is_err() {
-        tracing::debug!(slot = ?request.slot, "worker gone; its request needs no refusal");
+    match queued {
+        Ok(()) => crate::metrics::get().error_reply(kind),
+        Err(_) => {
+            tracing::debug!(slot = ?request.slot, "worker gone; its request needs no refusal")
+        }
     }
 }

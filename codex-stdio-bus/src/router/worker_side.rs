@@ -14,6 +14,7 @@ use codex_bus_protocol::{
 
 use super::Router;
 use crate::client::Client;
+use crate::metrics::{self, Discard};
 use crate::slot::Slot;
 
 /// How much of a bad worker line goes into the log.
@@ -24,7 +25,14 @@ impl Router {
     pub fn worker_line(&self, slot: &Arc<Slot>, generation: u64, line: &[u8]) {
         let envelope = match parse(line, &self.session_path) {
             Ok(Message::Object(envelope)) => envelope,
-            _ => return skip(slot, line, "not a JSON-RPC object"),
+            _ => {
+                return skip(
+                    slot,
+                    line,
+                    "not a JSON-RPC object",
+                    Discard::InvalidWorkerLine,
+                )
+            }
         };
         match (envelope.kind(), envelope.id.clone()) {
             (Kind::Response, Some(id)) => deliver_reply(slot, line, id),
@@ -36,6 +44,7 @@ impl Router {
                 slot,
                 line,
                 "neither a request, a notification nor a response",
+                Discard::InvalidWorkerLine,
             ),
         }
     }
@@ -65,8 +74,9 @@ impl Router {
         let refused = slot.enqueue_line(Some(generation), |buf| {
             append_error_reply(buf, Some(&line[id]), ErrorKind::NoClient, None)
         });
-        if refused.is_err() {
-            tracing::debug!(?slot, "worker gone before its refusal");
+        match refused {
+            Ok(()) => metrics::get().error_reply(ErrorKind::NoClient),
+            Err(_) => tracing::debug!(?slot, "worker gone before its refusal"),
         }
     }
 
@@ -80,6 +90,7 @@ impl Router {
         });
         if !delivered {
             tracing::debug!(?slot, "worker notification has no client; dropped");
+            metrics::get().dropped(Discard::NoClient);
         }
     }
 }
@@ -89,7 +100,12 @@ fn deliver_reply(slot: &Slot, line: &[u8], id: Range<usize>) {
     let Some(pending) = parse_bus_id(&line[id.clone()]).and_then(|n| slot.take_pending(n)) else {
         // Late replies to requests already answered (worker restart, client gone) and replies to
         // ids the bus never sent both land here; neither has anyone waiting.
-        return skip(slot, line, "reply to no pending request");
+        return skip(
+            slot,
+            line,
+            "reply to no pending request",
+            Discard::LateReply,
+        );
     };
     if !pending
         .client
@@ -97,12 +113,14 @@ fn deliver_reply(slot: &Slot, line: &[u8], id: Range<usize>) {
         .push(|buf| append_with_token(buf, line, id, &pending.id))
     {
         tracing::debug!(client = pending.client.id, "reply dropped: client gone");
+        metrics::get().dropped(Discard::ClientGone);
     }
     pending.client.request_finished();
 }
 
-/// Logs and skips a worker line the bus cannot route; the worker keeps running.
-fn skip(slot: &Slot, line: &[u8], why: &str) {
+/// Counts, logs and skips a worker line the bus cannot route; the worker keeps running.
+fn skip(slot: &Slot, line: &[u8], why: &str, discard: Discard) {
+    metrics::get().dropped(discard);
     let shown = String::from_utf8_lossy(&line[..line.len().min(LOGGED_PREFIX)]);
     tracing::warn!(?slot, why, line = %shown, "worker line skipped");
 }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
 use tokio::sync::watch;
 
+use crate::metrics::{self, Direction, Discard};
 use crate::router::Router;
 use crate::slot::Slot;
 
@@ -49,7 +50,8 @@ pub async fn run(
     let writer = tokio::spawn({
         let slot = slot.clone();
         async move {
-            if let Err(error) = slot.queue.drain_into(&mut stdin, None).await {
+            let written = metrics::get().bytes(Direction::ToWorker);
+            if let Err(error) = slot.queue.drain_into(&mut stdin, None, written).await {
                 tracing::debug!(?slot, %error, "worker stdin closed");
             }
         }
@@ -118,12 +120,20 @@ async fn read_stdout(
     max_line: usize,
 ) {
     let mut framer = LineFramer::new(max_line);
+    let (bytes, messages) = (
+        metrics::get().bytes(Direction::FromWorker),
+        metrics::get().messages(Direction::FromWorker),
+    );
     loop {
         match stdout.read(framer.spare()).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => framer.filled(n),
+            Ok(n) => {
+                bytes.increment(n as u64);
+                framer.filled(n);
+            }
         }
         while let Some(frame) = framer.next_frame() {
+            messages.increment(1);
             match frame {
                 Frame::Line(line) => router.worker_line(&slot, generation, line),
                 Frame::Oversize { seen } => {
@@ -132,7 +142,8 @@ async fn read_stdout(
                         seen,
                         max_line,
                         "worker line over max_worker_line skipped"
-                    )
+                    );
+                    metrics::get().dropped(Discard::OversizeWorkerLine);
                 }
             }
         }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use codex_bus_config::Limits;
 use codex_bus_protocol::ErrorKind;
 
+use crate::metrics::{RestartReason, SlotMetrics};
 use crate::router::{fail_pending, Router};
 use crate::slot::{Slot, SlotState};
 use backoff::Backoff;
@@ -34,6 +35,8 @@ pub async fn supervise(
     let pool = &router.pools()[pool_index];
     let slot: Arc<Slot> = pool.slots[slot_index].clone();
     let config = pool.config.clone();
+    let metrics = SlotMetrics::new(&pool.id, slot.index);
+    let startup = pool.metrics.startup_duration.clone();
     let mut backoff = Backoff::standard();
     let mut limit = RestartLimit::new(
         limits.max_restarts,
@@ -47,6 +50,7 @@ pub async fn supervise(
             Ok(child) => {
                 slot.set_pid(child.id());
                 slot.transition(SlotState::Ready);
+                startup.record(started.elapsed());
                 tracing::info!(?slot, pid = child.id(), "worker started");
                 let max_line = limits.max_worker_line;
                 instance::run(
@@ -86,6 +90,7 @@ pub async fn supervise(
             backoff.reset();
         }
         if !limit.allow(Instant::now()) {
+            metrics.limit_trips.increment(1);
             fail_pending(slot.transition(SlotState::Failed), ErrorKind::WorkerFailed);
             tracing::error!(
                 ?slot,
@@ -95,6 +100,8 @@ pub async fn supervise(
             );
             return;
         }
+        metrics.restarted(restart_reason(ended.status));
+        slot.count_restart();
         let delay = backoff.next_delay();
         tracing::info!(
             ?slot,
@@ -121,6 +128,17 @@ pub async fn stop_requested(stop: &mut StopOrder) -> Instant {
             // The daemon dropped the sender without an order: it is gone, stop at once.
             return Instant::now();
         }
+    }
+}
+
+/// How the previous process ended, as a restart reason (`None`: it never started).
+fn restart_reason(status: Option<ExitStatus>) -> RestartReason {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => RestartReason::SpawnFailed,
+        Some(s) if s.signal().is_some() => RestartReason::Signal,
+        Some(s) if s.success() => RestartReason::ExitZero,
+        Some(_) => RestartReason::ExitNonzero,
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Client, Transport};
+use crate::metrics::{self, Direction};
 use crate::router::Router;
 
 /// Serves a client until it closes its input and every request it sent has been answered, or it
@@ -31,6 +32,7 @@ pub async fn serve<R, W>(
 {
     let client = router.connect(transport);
     tracing::debug!(?client, "client connected");
+    metrics::get().connection(transport, 1);
     // Cancelled when the writer gives up: nothing more can reach this client, so stop reading it.
     let gone = CancellationToken::new();
     let stall = Duration::from_secs(limits.backpressure_timeout_sec);
@@ -38,7 +40,12 @@ pub async fn serve<R, W>(
         let client = client.clone();
         let gone = gone.clone();
         async move {
-            match client.out.drain_into(&mut writer, Some(stall)).await {
+            let written = metrics::get().bytes(Direction::ToClient);
+            match client
+                .out
+                .drain_into(&mut writer, Some(stall), written)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => tracing::warn!(
                     ?client,
@@ -62,6 +69,7 @@ pub async fn serve<R, W>(
         () = gone.cancelled() => {}
     }
     router.disconnect(&client);
+    metrics::get().connection(transport, -1);
     tracing::debug!(?client, "client disconnected");
 }
 
@@ -71,12 +79,16 @@ where
     R: AsyncRead + Unpin,
 {
     let mut framer = LineFramer::new(max_line);
+    let bytes = metrics::get().bytes(Direction::FromClient);
     loop {
         // Backpressure toward a client that does not read its replies: stop reading its requests.
         client.out.wait_for_space().await;
         match reader.read(framer.spare()).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => framer.filled(n),
+            Ok(n) => {
+                bytes.increment(n as u64);
+                framer.filled(n);
+            }
         }
         while let Some(frame) = framer.next_frame() {
             route_frame(router, client, frame, max_line).await;
@@ -90,6 +102,7 @@ where
 
 /// Routes one framed line, or refuses an oversize one.
 async fn route_frame(router: &Router, client: &Arc<Client>, frame: Frame<'_>, max_line: usize) {
+    metrics::get().messages(Direction::FromClient).increment(1);
     match frame {
         Frame::Line(line) => router.client_line(client, line).await,
         Frame::Oversize { .. } => {

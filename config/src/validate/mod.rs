@@ -1,6 +1,7 @@
 //! Turns a parsed document into a [`Config`], collecting every problem rather than stopping at the first.
 
 mod limits;
+mod metrics;
 mod pools;
 mod problems;
 mod routing;
@@ -39,13 +40,17 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         pools.ids.as_deref(),
         &mut problems,
     );
-    match (pools.pools, limits, transport, routing) {
-        (Some(pools), Some(limits), Some(transport), Some(routing)) if problems.count() == 0 => {
+    let metrics = metrics::metrics(&root.key("metrics"), document.get("metrics"), &mut problems);
+    match (pools.pools, limits, transport, routing, metrics) {
+        (Some(pools), Some(limits), Some(transport), Some(routing), Some(metrics))
+            if problems.count() == 0 =>
+        {
             Ok(Config {
                 pools,
                 limits,
                 transport,
                 routing,
+                metrics,
             })
         }
         _ => Err(problems.into_vec()),

@@ -115,7 +115,7 @@ fn options(path: &FieldPath<'_>, value: &Json, problems: &mut Problems) {
     }
 }
 
-fn is_host_port(address: &str) -> bool {
+pub(crate) fn is_host_port(address: &str) -> bool {
     address
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())

@@ -1,0 +1,346 @@
+//! Prometheus metrics: names, label sets and the handles the hot path uses.
+//!
+//! Handles are resolved once (here, per process; per pool and slot in [`PoolMetrics`] and
+//! [`SlotMetrics`]), so routing a message costs an atomic add, never a label lookup. Gauges that
+//! describe state (workers by state, in-flight, queued bytes, sessions, process figures) are read
+//! from the router when scraped instead of being updated per message. Labels come only from bounded
+//! sets: pool, slot, transport, direction, reason, state; never a session id, a request id or a
+//! client-supplied method.
+
+pub mod exporter;
+pub mod process;
+
+use std::sync::OnceLock;
+
+use codex_bus_protocol::ErrorKind;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+use crate::client::Transport;
+
+/// Why the bus discarded a message that no one could be told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// A client notification that could not be routed (unknown pool, failed slot, draining).
+    UnroutableNotification,
+    /// A worker notification whose session has no connected client.
+    NoClient,
+    /// A worker reply whose request was already answered (worker restarted) or never sent.
+    LateReply,
+    /// A reply or error for a client that has disconnected.
+    ClientGone,
+    /// A client response matching no pending worker request.
+    UnknownAnswer,
+    /// A client answer to a worker request whose worker has since exited.
+    WorkerGone,
+    /// A worker stdout line that is not a JSON-RPC object.
+    InvalidWorkerLine,
+    /// A worker stdout line longer than `max_worker_line`.
+    OversizeWorkerLine,
+}
+
+impl Discard {
+    /// Every reason, in declaration order.
+    const ALL: [Discard; 8] = [
+        Discard::UnroutableNotification,
+        Discard::NoClient,
+        Discard::LateReply,
+        Discard::ClientGone,
+        Discard::UnknownAnswer,
+        Discard::WorkerGone,
+        Discard::InvalidWorkerLine,
+        Discard::OversizeWorkerLine,
+    ];
+
+    /// The `reason` label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Discard::UnroutableNotification => "unroutable_notification",
+            Discard::NoClient => "no_client",
+            Discard::LateReply => "late_reply",
+            Discard::ClientGone => "client_gone",
+            Discard::UnknownAnswer => "unknown_answer",
+            Discard::WorkerGone => "worker_gone",
+            Discard::InvalidWorkerLine => "invalid_worker_line",
+            Discard::OversizeWorkerLine => "oversize_worker_line",
+        }
+    }
+}
+
+/// Which way bytes or messages move, seen from the bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Read from a client.
+    FromClient,
+    /// Written to a client.
+    ToClient,
+    /// Read from a worker's stdout.
+    FromWorker,
+    /// Written to a worker's stdin.
+    ToWorker,
+}
+
+impl Direction {
+    /// Every direction, in declaration order.
+    const ALL: [Direction; 4] = [
+        Direction::FromClient,
+        Direction::ToClient,
+        Direction::FromWorker,
+        Direction::ToWorker,
+    ];
+
+    /// The `direction` label.
+    fn label(self) -> &'static str {
+        match self {
+            Direction::FromClient => "from_client",
+            Direction::ToClient => "to_client",
+            Direction::FromWorker => "from_worker",
+            Direction::ToWorker => "to_worker",
+        }
+    }
+}
+
+/// Why a worker is restarted (the `reason` label of restarts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartReason {
+    /// It exited with status 0.
+    ExitZero,
+    /// It exited with a non-zero status.
+    ExitNonzero,
+    /// A signal killed it.
+    Signal,
+    /// It could not be spawned at all.
+    SpawnFailed,
+}
+
+impl RestartReason {
+    /// Every reason, in declaration order.
+    const ALL: [RestartReason; 4] = [
+        RestartReason::ExitZero,
+        RestartReason::ExitNonzero,
+        RestartReason::Signal,
+        RestartReason::SpawnFailed,
+    ];
+
+    /// The `reason` label.
+    fn label(self) -> &'static str {
+        match self {
+            RestartReason::ExitZero => "exit_zero",
+            RestartReason::ExitNonzero => "exit_nonzero",
+            RestartReason::Signal => "signal",
+            RestartReason::SpawnFailed => "spawn_failed",
+        }
+    }
+}
+
+/// Process-wide handles.
+pub struct BusMetrics {
+    errors: Vec<Counter>,
+    drops: Vec<Counter>,
+    messages: Vec<Counter>,
+    bytes: Vec<Counter>,
+    connections: Vec<Gauge>,
+    connections_total: Vec<Counter>,
+    session_assignments: Counter,
+}
+
+static METRICS: OnceLock<BusMetrics> = OnceLock::new();
+
+/// The process-wide handles. Before a recorder is installed (metrics off, unit tests) they are
+/// no-ops; [`exporter::install`] must run first for them to record.
+pub fn get() -> &'static BusMetrics {
+    METRICS.get_or_init(BusMetrics::register)
+}
+
+/// Request latency buckets: 100 µs to 30 s.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Worker startup buckets: 1 ms to 30 s.
+pub const STARTUP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const TRANSPORTS: [Transport; 3] = [Transport::Stdio, Transport::Unix, Transport::Tcp];
+
+impl BusMetrics {
+    fn register() -> Self {
+        BusMetrics {
+            errors: ErrorKind::ALL
+                .iter()
+                .map(|k| counter!("codex_bus_error_replies_total", "reason" => k.reason()))
+                .collect(),
+            drops: Discard::ALL
+                .iter()
+                .map(|d| counter!("codex_bus_dropped_messages_total", "reason" => d.reason()))
+                .collect(),
+            messages: Direction::ALL
+                .iter()
+                .map(|d| counter!("codex_bus_messages_total", "direction" => d.label()))
+                .collect(),
+            bytes: Direction::ALL
+                .iter()
+                .map(|d| counter!("codex_bus_message_bytes_total", "direction" => d.label()))
+                .collect(),
+            connections: TRANSPORTS
+                .iter()
+                .map(|t| gauge!("codex_bus_client_connections", "transport" => t.as_str()))
+                .collect(),
+            connections_total: TRANSPORTS
+                .iter()
+                .map(|t| counter!("codex_bus_client_connections_total", "transport" => t.as_str()))
+                .collect(),
+            session_assignments: counter!("codex_bus_session_assignments_total", "result" => "hashed"),
+        }
+    }
+
+    /// Counts an error reply sent (to a client or to a worker).
+    pub fn error_reply(&self, kind: ErrorKind) {
+        if let Some(i) = ErrorKind::ALL.iter().position(|k| *k == kind) {
+            self.errors[i].increment(1);
+        }
+    }
+
+    /// Counts a discarded message.
+    pub fn dropped(&self, why: Discard) {
+        self.drops[why as usize].increment(1);
+    }
+
+    /// The message counter for a direction (resolve once, increment per line).
+    pub fn messages(&self, direction: Direction) -> &Counter {
+        &self.messages[direction as usize]
+    }
+
+    /// The byte counter for a direction.
+    pub fn bytes(&self, direction: Direction) -> &Counter {
+        &self.bytes[direction as usize]
+    }
+
+    /// Counts a client connecting (`+1`) or leaving (`-1`).
+    pub fn connection(&self, transport: Transport, delta: i8) {
+        let i = TRANSPORTS.iter().position(|t| *t == transport).unwrap_or(0);
+        if delta > 0 {
+            self.connections_total[i].increment(1);
+            self.connections[i].increment(1.0);
+        } else {
+            self.connections[i].decrement(1.0);
+        }
+    }
+
+    /// Counts a new session placed by hashing.
+    pub fn session_assigned(&self) {
+        self.session_assignments.increment(1);
+    }
+}
+
+/// Per-pool handles.
+pub struct PoolMetrics {
+    /// Request in → reply out, matched by bus id.
+    pub request_duration: Histogram,
+    /// Spawn → ready of a worker.
+    pub startup_duration: Histogram,
+}
+
+impl PoolMetrics {
+    /// Handles labelled with `pool`.
+    pub fn new(pool: &str) -> Self {
+        PoolMetrics {
+            request_duration: histogram!("codex_bus_request_duration_seconds", "pool" => pool.to_owned()),
+            startup_duration: histogram!("codex_bus_worker_startup_duration_seconds", "pool" => pool.to_owned()),
+        }
+    }
+}
+
+/// Per-slot handles used by the supervisor.
+pub struct SlotMetrics {
+    restarts: Vec<Counter>,
+    /// Times the slot exceeded its restart limit.
+    pub limit_trips: Counter,
+}
+
+impl SlotMetrics {
+    /// Handles labelled with `pool` and `slot`.
+    pub fn new(pool: &str, slot: u32) -> Self {
+        let slot = slot.to_string();
+        SlotMetrics {
+            restarts: RestartReason::ALL
+                .iter()
+                .map(|r| {
+                    counter!("codex_bus_worker_restarts_total",
+                        "pool" => pool.to_owned(), "slot" => slot.clone(), "reason" => r.label())
+                })
+                .collect(),
+            limit_trips: counter!("codex_bus_worker_restart_limit_exceeded_total",
+                "pool" => pool.to_owned(), "slot" => slot),
+        }
+    }
+
+    /// Counts a restart.
+    pub fn restarted(&self, reason: RestartReason) {
+        self.restarts[reason as usize].increment(1);
+    }
+}
+
+/// Describes every metric (HELP and unit) and sets the build info; call once after installing the
+/// recorder.
+pub fn describe() {
+    describe_gauge!("codex_bus_build_info", "Build information; always 1.");
+    gauge!("codex_bus_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe_gauge!("codex_bus_workers", "Worker slots by state.");
+    describe_counter!(
+        "codex_bus_worker_restarts_total",
+        "Worker restarts, by the way the previous process ended."
+    );
+    describe_counter!(
+        "codex_bus_worker_restart_limit_exceeded_total",
+        "Times a slot exceeded max_restarts within restart_window_sec."
+    );
+    describe_histogram!(
+        "codex_bus_worker_startup_duration_seconds",
+        Unit::Seconds,
+        "Worker spawn to ready."
+    );
+    describe_gauge!("codex_bus_client_connections", "Connected clients.");
+    describe_counter!(
+        "codex_bus_client_connections_total",
+        "Client connections accepted."
+    );
+    describe_counter!(
+        "codex_bus_messages_total",
+        "NDJSON messages read, by direction."
+    );
+    describe_counter!(
+        "codex_bus_message_bytes_total",
+        Unit::Bytes,
+        "Bytes read and written, by direction."
+    );
+    describe_counter!(
+        "codex_bus_error_replies_total",
+        "Error replies sent, by data.reason."
+    );
+    describe_counter!(
+        "codex_bus_dropped_messages_total",
+        "Messages discarded that no one could be told about, by reason."
+    );
+    describe_histogram!(
+        "codex_bus_request_duration_seconds",
+        Unit::Seconds,
+        "Request received to reply sent, by pool."
+    );
+    describe_gauge!(
+        "codex_bus_requests_in_flight",
+        "Requests sent to a slot's worker and not yet answered."
+    );
+    describe_gauge!(
+        "codex_bus_slot_queue_bytes",
+        Unit::Bytes,
+        "Bytes queued toward a slot's worker."
+    );
+    describe_gauge!("codex_bus_sessions", "Sessions placed on a slot.");
+    describe_counter!(
+        "codex_bus_session_assignments_total",
+        "New sessions placed, by how."
+    );
+}
