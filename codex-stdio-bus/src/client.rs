@@ -1,6 +1,5 @@
 //! A connected client: its output queue and the worker requests it has been asked to answer.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::pin::pin;
@@ -11,6 +10,7 @@ use tokio::sync::Notify;
 
 use codex_bus_protocol::{append_error_reply, append_with_bus_id, ErrorKind};
 
+use crate::id_map::IdMap;
 use crate::metrics::{self, Discard};
 use crate::outbox::Outbox;
 use crate::slot::Slot;
@@ -53,7 +53,7 @@ pub struct WorkerRequest {
 /// send request id 0 to the same client.
 #[derive(Default)]
 pub struct ClientBook {
-    asked: HashMap<u64, WorkerRequest>,
+    asked: IdMap<WorkerRequest>,
     next_id: u64,
 }
 

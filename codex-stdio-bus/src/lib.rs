@@ -14,6 +14,7 @@ pub mod client;
 pub mod daemon;
 pub mod defaults;
 pub mod hygiene;
+pub mod id_map;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;

@@ -5,7 +5,6 @@
 //! the queue of bytes toward the worker's stdin and the table of requests awaiting a reply, both
 //! under one lock so that a request is either queued-and-pending or refused, never half of each.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -16,6 +15,7 @@ use codex_bus_protocol::{append_with_bus_id, ErrorKind};
 use metrics::Histogram;
 
 use crate::client::Client;
+use crate::id_map::IdMap;
 use crate::outbox::Outbox;
 
 /// Lifecycle of a slot, as the supervisor sees it.
@@ -83,7 +83,7 @@ pub struct Pending {
 
 /// The slot's bookkeeping, guarded together with its input queue.
 pub struct SlotBook {
-    pending: HashMap<u64, Pending>,
+    pending: IdMap<Pending>,
     next_bus_id: u64,
     state: SlotState,
     /// Counts worker processes started in this slot; answers from a client to an older process's
@@ -148,7 +148,7 @@ impl Slot {
         request_duration: Histogram,
     ) -> Self {
         let book = SlotBook {
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             next_bus_id: 1,
             state: SlotState::Starting,
             generation: 0,
@@ -215,12 +215,14 @@ impl Slot {
         self.queue.lock().state.generation
     }
 
-    /// Queues a client request with its id replaced by a fresh bus id, and records it as pending.
+    /// Queues a client request with its id replaced by a fresh bus id, and records it as pending
+    /// since `received` (when its read completed: one clock read per read, not per message).
     pub fn enqueue_request(
         &self,
         client: &Arc<Client>,
         line: &[u8],
         id: Range<usize>,
+        received: Instant,
     ) -> Result<(), ErrorKind> {
         {
             let mut q = self.queue.lock();
@@ -235,7 +237,7 @@ impl Slot {
                 Pending {
                     client: client.clone(),
                     id: original,
-                    since: Instant::now(),
+                    since: received,
                 },
             );
             append_with_bus_id(&mut q.buf, line, id, bus_id);
@@ -274,12 +276,14 @@ impl Slot {
         Ok(())
     }
 
-    /// Removes and returns the pending request with this bus id, timing it as answered.
-    pub fn take_pending(&self, bus_id: u64) -> Option<Pending> {
+    /// Removes and returns the pending request with this bus id, timing it as answered at
+    /// `answered` (when the worker's reply was read).
+    pub fn take_pending(&self, bus_id: u64, answered: Instant) -> Option<Pending> {
         let taken = self.queue.lock().state.pending.remove(&bus_id);
         if let Some(pending) = &taken {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.request_duration.record(pending.since.elapsed());
+            self.request_duration
+                .record(answered.saturating_duration_since(pending.since));
         }
         taken
     }
@@ -342,18 +346,21 @@ mod tests {
         let slot = slot();
         let client = Arc::new(Client::new(1, Transport::Tcp, 1024));
         slot.transition(SlotState::Starting);
-        slot.enqueue_request(&client, br#"{"id":"a","method":"m"}"#, 6..9)
+        slot.enqueue_request(&client, br#"{"id":"a","method":"m"}"#, 6..9, Instant::now())
             .unwrap();
-        slot.enqueue_request(&client, br#"{"id":"b","method":"m"}"#, 6..9)
+        slot.enqueue_request(&client, br#"{"id":"b","method":"m"}"#, 6..9, Instant::now())
             .unwrap();
         assert_eq!(slot.in_flight(), 2);
         assert_eq!(
             slot.queue.lock().buf,
             b"{\"id\":1,\"method\":\"m\"}\n{\"id\":2,\"method\":\"m\"}\n"
         );
-        let taken = slot.take_pending(1).unwrap();
+        let taken = slot.take_pending(1, Instant::now()).unwrap();
         assert_eq!(&*taken.id, b"\"a\"");
-        assert!(slot.take_pending(1).is_none(), "a reply is matched once");
+        assert!(
+            slot.take_pending(1, Instant::now()).is_none(),
+            "a reply is matched once"
+        );
         let failed = slot.transition(SlotState::Backoff);
         assert_eq!(failed.len(), 1);
         assert_eq!(&*failed[0].id, b"\"b\"");
@@ -373,14 +380,14 @@ mod tests {
         slot.begin_drain();
         let line = br#"{"id":1,"method":"m"}"#;
         assert_eq!(
-            slot.enqueue_request(&client, line, 6..7),
+            slot.enqueue_request(&client, line, 6..7, Instant::now()),
             Err(ErrorKind::ShuttingDown)
         );
         slot.transition(SlotState::Starting);
         slot.transition(SlotState::Ready);
         assert_eq!(slot.state(), SlotState::Draining);
         assert_eq!(
-            slot.enqueue_request(&client, line, 6..7),
+            slot.enqueue_request(&client, line, 6..7, Instant::now()),
             Err(ErrorKind::ShuttingDown)
         );
         let generation = slot.generation();
@@ -404,7 +411,7 @@ mod tests {
         slot.transition(SlotState::Failed);
         let line = br#"{"id":1,"method":"m"}"#;
         assert_eq!(
-            slot.enqueue_request(&client, line, 6..7),
+            slot.enqueue_request(&client, line, 6..7, Instant::now()),
             Err(ErrorKind::WorkerFailed)
         );
     }

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use codex_bus_protocol::{
     append_with_token, key_bytes, parse, parse_bus_id, Envelope, EnvelopeError, ErrorKind, Kind,
@@ -28,8 +29,8 @@ impl From<ErrorKind> for Refusal {
 }
 
 impl Router {
-    /// Handles one complete line from a client.
-    pub async fn client_line(&self, client: &Arc<Client>, line: &[u8]) {
+    /// Handles one complete line from a client, read at `received`.
+    pub async fn client_line(&self, client: &Arc<Client>, line: &[u8], received: Instant) {
         let envelope = match parse(line, &self.session_path) {
             Ok(Message::Object(envelope)) => envelope,
             Ok(Message::Batch(elements)) => return self.refuse_batch(client, line, &elements),
@@ -48,7 +49,7 @@ impl Router {
             }
         };
         match envelope.kind() {
-            Kind::Request => self.route_request(client, line, &envelope).await,
+            Kind::Request => self.route_request(client, line, &envelope, received).await,
             Kind::Notification => self.route_notification(client, line, &envelope).await,
             Kind::Response => self.route_answer(client, line, &envelope).await,
             Kind::Invalid => {
@@ -61,7 +62,13 @@ impl Router {
     }
 
     /// A request: recorded as pending in its slot, forwarded with a bus id.
-    async fn route_request(&self, client: &Arc<Client>, line: &[u8], envelope: &Envelope) {
+    async fn route_request(
+        &self,
+        client: &Arc<Client>,
+        line: &[u8],
+        envelope: &Envelope,
+        received: Instant,
+    ) {
         let Some(id) = envelope.id.clone() else {
             return;
         };
@@ -74,7 +81,7 @@ impl Router {
         };
         // Backpressure: while the worker's queue is full this client is not read any further.
         slot.queue.wait_for_space().await;
-        if let Err(kind) = slot.enqueue_request(client, line, id.clone()) {
+        if let Err(kind) = slot.enqueue_request(client, line, id.clone(), received) {
             client.send_error(Some(&line[id]), kind, None);
         } else {
             tracing::debug!(client = client.id, ?slot, "request queued");

@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use codex_bus_protocol::{
     append_error_reply, append_with_token, key_bytes, parse, parse_bus_id, Envelope, ErrorKind,
@@ -21,8 +22,9 @@ use crate::slot::Slot;
 const LOGGED_PREFIX: usize = 200;
 
 impl Router {
-    /// Handles one complete line from the worker running as `generation` in `slot`.
-    pub fn worker_line(&self, slot: &Arc<Slot>, generation: u64, line: &[u8]) {
+    /// Handles one complete line from the worker running as `generation` in `slot`, read at
+    /// `read_at`.
+    pub fn worker_line(&self, slot: &Arc<Slot>, generation: u64, line: &[u8], read_at: Instant) {
         let envelope = match parse(line, &self.session_path) {
             Ok(Message::Object(envelope)) => envelope,
             _ => {
@@ -35,7 +37,7 @@ impl Router {
             }
         };
         match (envelope.kind(), envelope.id.clone()) {
-            (Kind::Response, Some(id)) => deliver_reply(slot, line, id),
+            (Kind::Response, Some(id)) => deliver_reply(slot, line, id, read_at),
             (Kind::Request, Some(id)) => {
                 self.forward_request(slot, generation, line, &envelope, id)
             }
@@ -96,8 +98,9 @@ impl Router {
 }
 
 /// A reply: found by bus id, sent to the client that asked with its original id restored.
-fn deliver_reply(slot: &Slot, line: &[u8], id: Range<usize>) {
-    let Some(pending) = parse_bus_id(&line[id.clone()]).and_then(|n| slot.take_pending(n)) else {
+fn deliver_reply(slot: &Slot, line: &[u8], id: Range<usize>, read_at: Instant) {
+    let Some(pending) = parse_bus_id(&line[id.clone()]).and_then(|n| slot.take_pending(n, read_at))
+    else {
         // Late replies to requests already answered (worker restart, client gone) and replies to
         // ids the bus never sent both land here; neither has anyone waiting.
         return skip(

@@ -132,10 +132,11 @@ async fn read_stdout(
                 framer.filled(n);
             }
         }
+        let read_at = Instant::now();
         while let Some(frame) = framer.next_frame() {
             messages.increment(1);
             match frame {
-                Frame::Line(line) => router.worker_line(&slot, generation, line),
+                Frame::Line(line) => router.worker_line(&slot, generation, line, read_at),
                 Frame::Oversize { seen } => {
                     tracing::warn!(
                         ?slot,
@@ -149,7 +150,7 @@ async fn read_stdout(
         }
     }
     if let Some(Frame::Line(line)) = framer.finish() {
-        router.worker_line(&slot, generation, line);
+        router.worker_line(&slot, generation, line, Instant::now());
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use codex_bus_config::Limits;
 use codex_bus_protocol::{ErrorKind, Frame, LineFramer};
@@ -90,21 +90,28 @@ where
                 framer.filled(n);
             }
         }
+        let received = Instant::now();
         while let Some(frame) = framer.next_frame() {
-            route_frame(router, client, frame, max_line).await;
+            route_frame(router, client, frame, max_line, received).await;
         }
     }
     // A last line without its newline is still a message.
     if let Some(frame) = framer.finish() {
-        route_frame(router, client, frame, max_line).await;
+        route_frame(router, client, frame, max_line, Instant::now()).await;
     }
 }
 
 /// Routes one framed line, or refuses an oversize one.
-async fn route_frame(router: &Router, client: &Arc<Client>, frame: Frame<'_>, max_line: usize) {
+async fn route_frame(
+    router: &Router,
+    client: &Arc<Client>,
+    frame: Frame<'_>,
+    max_line: usize,
+    received: Instant,
+) {
     metrics::get().messages(Direction::FromClient).increment(1);
     match frame {
-        Frame::Line(line) => router.client_line(client, line).await,
+        Frame::Line(line) => router.client_line(client, line, received).await,
         Frame::Oversize { .. } => {
             let detail = format!("line longer than max_input_buffer ({max_line} bytes); skipped");
             client.send_error(None, ErrorKind::MessageTooLarge, Some(&detail));
