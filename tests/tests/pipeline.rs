@@ -93,3 +93,51 @@ fn a_slow_worker_pauses_its_clients_instead_of_dropping() {
     }
     assert!(expected.is_empty());
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_others_carry_on() {
+    let config = BusConfig::mock(1)
+        .limit("max_output_queue", 64 * 1024)
+        .limit("backpressure_timeout_sec", 1);
+    let mut bus = Bus::start(&config, Mode::Tcp);
+    let (mut stuck_reader, mut stuck_writer) = bus.connect().split();
+    let mut healthy = bus.connect();
+    // Megabytes of replies that `stuck` never reads: its socket buffers fill, then its queue, then
+    // the bus stops reading it, so its writes block too (until the bus cuts it off).
+    let blob = "b".repeat(32 * 1024);
+    let sender = std::thread::spawn(move || {
+        for i in 0..300 {
+            let line = format!(
+                "{}\n",
+                json!({"id": i, "method": "mock/echo", "params": {"blob": blob}, "sessionId": "stuck"})
+            );
+            if stuck_writer.write_all(line.as_bytes()).is_err() {
+                return i;
+            }
+        }
+        300
+    });
+    // The other client on the same worker is served all along.
+    let started = Instant::now();
+    let mut served = 0;
+    while !bus.log().contains("client read nothing") {
+        healthy.request(json!(served), "ping", Value::Null, Some("healthy"));
+        assert_eq!(healthy.recv()["id"], json!(served));
+        served += 1;
+        assert!(
+            started.elapsed() < codex_bus_tests::WAIT,
+            "stuck client never cut off"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(served > 0);
+    // The cut-off client sees its connection end (after whatever its buffers held), well before
+    // all of its replies.
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stuck_reader, &mut sink);
+    let got = sink.iter().filter(|b| **b == b'\n').count();
+    assert!(got < 300, "it was cut off before all replies: got {got}");
+    sender.join().unwrap();
+    healthy.request(json!("after"), "ping", Value::Null, Some("healthy"));
+    assert_eq!(healthy.recv()["id"], json!("after"));
+}
