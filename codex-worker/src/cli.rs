@@ -1,21 +1,96 @@
 //! Command-line interface.
 
-use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::scenario::knobs::Knobs;
 
 /// Command-line arguments of `codex-worker`.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    /// Backend that answers the requests read from stdin.
+    /// Runs a tool instead of a worker.
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+    /// Backend that serves the sessions read from stdin.
     #[arg(long, value_enum, default_value_t = BackendKind::Mock)]
     pub backend: BackendKind,
+    /// Options of the `app-server` backend.
+    #[command(flatten)]
+    pub app_server: AppServerArgs,
+    /// How the `mock` backend's turns unfold.
+    #[command(flatten)]
+    pub scenario: Knobs,
 }
 
-/// The backends a worker can run; the flag exists so that real backends can join `mock` later.
+/// Tools run instead of a worker.
+#[derive(Debug, Subcommand)]
+pub enum Tool {
+    /// A fake `codex app-server` child (the child's wire format, scripted turns), for testing
+    /// `--backend app-server` without Codex: `--codex-cmd "codex-worker mock-app-server"`.
+    MockAppServer(Knobs),
+}
+
+/// The backends a worker can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
     /// Deterministic in-process answers plus `mock/*` test hooks.
     Mock,
+    /// Drives a `codex app-server` child and keeps bus sessions apart on it.
+    AppServer,
+}
+
+/// Options of `--backend app-server`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "app-server backend")]
+pub struct AppServerArgs {
+    /// The child command, split on whitespace (no shell quoting); never pass `--listen`.
+    #[arg(long, default_value = "codex app-server")]
+    pub codex_cmd: String,
+    /// Directory of per-slot state: `<dir>/<pool>/slot-<n>/codex-home` is the child's
+    /// CODEX_HOME. Default: $XDG_STATE_HOME/codex-worker, else ~/.local/state/codex-worker.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Files (e.g. config.toml, auth.json) copied into CODEX_HOME before every child start.
+    #[arg(long)]
+    pub seed_home: Option<PathBuf>,
+    /// Methods to allow besides the thread-scoped ones: an exact name, `prefix/*` or `*`
+    /// (repeatable). Process-global methods let sessions see each other's state.
+    #[arg(long = "allow-method", value_name = "PATTERN")]
+    pub allow_methods: Vec<String>,
+    /// Seconds the child gets to answer one request.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_sec: u64,
+    /// Seconds a drain (SIGTERM or end of input) waits for active turns before interrupting
+    /// them; keep it below the bus's `drain_timeout_sec`.
+    #[arg(long, default_value_t = 20)]
+    pub drain_timeout_sec: u64,
+    /// Seconds before an unanswered approval is declined (0: wait, as Codex does).
+    #[arg(long, default_value_t = 0)]
+    pub approval_timeout_sec: u64,
+    /// Seconds of silence after which a session's approvals are declined, its turns interrupted
+    /// and its threads unsubscribed (0: never).
+    #[arg(long, default_value_t = 3600)]
+    pub session_idle_sec: u64,
+    /// Child restarts allowed within the window; one more and the worker exits with status 3.
+    #[arg(long, default_value_t = 5)]
+    pub max_child_restarts: u32,
+    /// The window of `--max-child-restarts`, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub child_restart_window_sec: u64,
+    /// Most requests in flight to the child (Codex queues 128 and then refuses).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight: u64,
+    /// Bytes queued toward the bus per session before its deltas are merged or dropped.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub session_queue_bytes: usize,
+    /// `clientInfo.name` the worker gives Codex (part of its user agent).
+    #[arg(long, default_value = "codex_worker")]
+    pub client_name: String,
+    /// Initialize the child with `experimentalApi: true`.
+    #[arg(long)]
+    pub experimental_api: bool,
 }
 
 #[cfg(test)]
@@ -26,6 +101,45 @@ mod tests {
     fn mock_is_the_default_backend() {
         let cli = Cli::try_parse_from(["codex-worker"]).unwrap();
         assert_eq!(cli.backend, BackendKind::Mock);
+        assert!(cli.tool.is_none());
+    }
+
+    #[test]
+    fn mock_app_server_takes_the_scenario_knobs() {
+        let cli = Cli::try_parse_from([
+            "codex-worker",
+            "mock-app-server",
+            "--deltas",
+            "3",
+            "--latency-scale",
+            "0",
+        ])
+        .unwrap();
+        let Some(Tool::MockAppServer(knobs)) = cli.tool else {
+            panic!("expected the tool");
+        };
+        assert_eq!(knobs.deltas, 3);
+        assert_eq!(knobs.latency_scale, 0.0);
+    }
+
+    #[test]
+    fn app_server_options_parse() {
+        let cli = Cli::try_parse_from([
+            "codex-worker",
+            "--backend",
+            "app-server",
+            "--codex-cmd",
+            "fake child",
+            "--allow-method",
+            "config/*",
+            "--allow-method",
+            "fs/readFile",
+        ])
+        .unwrap();
+        assert_eq!(cli.backend, BackendKind::AppServer);
+        assert_eq!(cli.app_server.codex_cmd, "fake child");
+        assert_eq!(cli.app_server.allow_methods, ["config/*", "fs/readFile"]);
+        assert_eq!(cli.app_server.request_timeout_sec, 30);
     }
 
     #[test]

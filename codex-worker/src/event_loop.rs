@@ -3,7 +3,6 @@
 //! Output is gathered per read batch and written with one flush, so a busy worker makes a few large
 //! writes rather than one syscall per message.
 
-use std::future;
 use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -12,10 +11,11 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal as unix_signal, SignalKind};
 
-use crate::framing::LineFramer;
 use crate::input;
+use crate::lines::Lines;
 use crate::log;
 use crate::mock::{Mock, Stop};
+use crate::timer::sleep_until;
 
 /// Output buffer capacity kept between batches; a burst beyond it is released afterwards.
 const OUT_CAPACITY: usize = 64 * 1024;
@@ -31,33 +31,27 @@ pub fn run(backend: Mock) -> io::Result<u8> {
 async fn serve(mut mock: Mock) -> io::Result<u8> {
     let mut sigterm = unix_signal(SignalKind::terminate())?;
     let mut chunks = input::spawn_stdin_reader()?;
-    let mut framer = LineFramer::default();
+    let mut framer = Lines::new("stdin");
     let mut out = Vec::with_capacity(OUT_CAPACITY);
     let mut stdout = io::stdout().lock();
     let mut reading = true;
 
-    while reading || mock.has_delayed() {
+    while reading || mock.has_pending() {
         let deadline = mock.next_deadline();
         let flow = tokio::select! {
             // Biased so that a flood of input can delay neither shutdown nor due replies.
             biased;
             _ = sigterm.recv(), if reading => {
-                log::line(format_args!("SIGTERM: no more input, finishing held replies"));
+                log::line(format_args!("SIGTERM: no more input, finishing held replies and turns"));
                 reading = false;
                 ControlFlow::Continue(())
             }
-            () = sleep_until(deadline) => {
-                mock.release_due(Instant::now(), &mut out);
-                ControlFlow::Continue(())
-            }
+            () = sleep_until(deadline) => mock.release_due(Instant::now(), &mut out),
             chunk = chunks.recv(), if reading => match chunk {
                 Some(chunk) => framer.feed(&chunk, |line| mock.handle_line(line, &mut out)),
                 None => {
                     reading = false;
-                    match framer.finish() {
-                        Some(last) => mock.handle_line(&last, &mut out),
-                        None => ControlFlow::Continue(()),
-                    }
+                    framer.finish(|line| mock.handle_line(line, &mut out))
                 }
             },
         };
@@ -79,14 +73,6 @@ async fn serve(mut mock: Mock) -> io::Result<u8> {
     Ok(0)
 }
 
-/// Sleeps until `deadline`, or forever when nothing is held.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => future::pending().await,
-    }
-}
-
 fn flush(stdout: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
@@ -100,7 +86,9 @@ fn flush(stdout: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
 
 /// Dies the way a crashed backend would: SIGKILL, so nothing buffered or held gets out.
 fn crash() -> ! {
-    log::line(format_args!("mock/crash: killing myself with SIGKILL"));
+    log::line(format_args!(
+        "crash (mock/crash or scripted): killing myself with SIGKILL"
+    ));
     let _ = signal::kill(Pid::this(), Signal::SIGKILL);
     // SIGKILL on oneself cannot be blocked; this only runs if the kill call itself failed.
     std::process::abort()

@@ -4,14 +4,17 @@ use std::env;
 
 use crate::log;
 
-/// Pre-rendered `"pool":…,"slot":…,"pid":…` JSON members for splicing into result objects.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    members: Vec<u8>,
+/// Where the bus placed this worker: `CODEX_BUS_POOL` and `CODEX_BUS_SLOT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The pool id, empty when unset.
+    pub pool: String,
+    /// The slot number, `None` when unset or not an integer.
+    pub slot: Option<i64>,
 }
 
-impl Identity {
-    /// Reads `CODEX_BUS_POOL` and `CODEX_BUS_SLOT` as set by the bus for this worker.
+impl Placement {
+    /// Reads the variables the bus sets for each worker.
     pub fn from_env() -> Self {
         let pool = env::var_os("CODEX_BUS_POOL")
             .map(|pool| pool.to_string_lossy().into_owned())
@@ -23,7 +26,20 @@ impl Identity {
             }
             parsed
         });
-        Self::new(&pool, slot, std::process::id())
+        Self { pool, slot }
+    }
+}
+
+/// Pre-rendered `"pool":…,"slot":…,"pid":…` JSON members for splicing into result objects.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    members: Vec<u8>,
+}
+
+impl Identity {
+    /// The identity of this process at `placement`.
+    pub fn of(placement: &Placement) -> Self {
+        Self::new(&placement.pool, placement.slot, std::process::id())
     }
 
     /// Renders the members for an explicit pool, slot and pid.

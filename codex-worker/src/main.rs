@@ -1,32 +1,52 @@
 //! `codex-worker`: the worker process that codex-stdio-bus spawns for each pool slot.
 //!
 //! It reads NDJSON JSON-RPC 2.0 from stdin and writes replies to stdout; the contract is in
-//! `docs/worker-contract.md`. The only backend so far is `mock`, the deterministic load used by the
-//! daemon's end-to-end tests and benchmarks.
+//! `docs/worker-contract.md`, the backends in `docs/codex-worker.md`. `--backend mock` is the
+//! deterministic in-process load used by the daemon's tests and benchmarks; `--backend
+//! app-server` serves bus sessions on a real `codex app-server` child.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod app_server;
 mod cli;
 mod delay_queue;
 mod event_loop;
-mod framing;
 mod identity;
 mod input;
+mod lines;
 mod log;
 mod message;
 mod mock;
+mod mock_app_server;
 mod render;
+mod scenario;
+mod timer;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use identity::{Identity, Placement};
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let backend = match cli.backend {
-        cli::BackendKind::Mock => mock::Mock::new(identity::Identity::from_env()),
+    let placement = Placement::from_env();
+    let status = match (cli.tool, cli.backend) {
+        (Some(cli::Tool::MockAppServer(knobs)), _) => mock_app_server::run(knobs),
+        (None, cli::BackendKind::Mock) => {
+            mock::Mock::new(Identity::of(&placement), cli.scenario).and_then(event_loop::run)
+        }
+        (None, cli::BackendKind::AppServer) => {
+            match app_server::Settings::new(&cli.app_server, &placement.pool, placement.slot) {
+                Ok(settings) => app_server::run(settings),
+                Err(err) => {
+                    log::line(format_args!("{err}"));
+                    return ExitCode::from(2);
+                }
+            }
+        }
     };
-    match event_loop::run(backend) {
+    match status {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             log::line(format_args!("fatal I/O error: {err}"));

@@ -46,6 +46,10 @@ pub struct Response<'a> {
     pub id: &'a RawValue,
     /// `result`, or `error` when there is no result.
     pub outcome: &'a RawValue,
+    /// Whether `outcome` is the `error` member.
+    pub is_error: bool,
+    /// `sessionId`, when the answer carries one.
+    pub session: Option<&'a RawValue>,
 }
 
 /// The members the worker looks at; the rest are skipped unparsed.
@@ -104,13 +108,25 @@ pub fn classify(line: &[u8]) -> Message<'_> {
         Envelope {
             id: Some(id),
             result: Some(outcome),
+            session,
             ..
-        }
-        | Envelope {
+        } => Message::Response(Response {
+            id,
+            outcome,
+            is_error: false,
+            session,
+        }),
+        Envelope {
             id: Some(id),
             error: Some(outcome),
+            session,
             ..
-        } => Message::Response(Response { id, outcome }),
+        } => Message::Response(Response {
+            id,
+            outcome,
+            is_error: true,
+            session,
+        }),
         Envelope { id, session, .. } => invalid(id, session),
     }
 }
@@ -175,10 +191,12 @@ mod tests {
         };
         assert_eq!(response.id.get(), "0");
         assert_eq!(response.outcome.get(), r#"{"ok":true}"#);
+        assert!(!response.is_error);
         let Message::Response(response) = classify(br#"{"id":0,"error":{"code":1}}"#) else {
             panic!("expected a response");
         };
         assert_eq!(response.outcome.get(), r#"{"code":1}"#);
+        assert!(response.is_error);
     }
 
     #[test]

@@ -81,6 +81,23 @@ pub fn notification(
     end(out, session);
 }
 
+/// Appends a notification stamped with `emittedAtMs`, as Codex sends them.
+pub fn timed_notification(
+    out: &mut Vec<u8>,
+    method: &str,
+    session: Option<&[u8]>,
+    at_ms: u64,
+    params: &[u8],
+) {
+    let _ = write!(
+        out,
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"{method}\",\"params\":"
+    );
+    out.extend_from_slice(params);
+    let _ = write!(out, ",\"emittedAtMs\":{at_ms}");
+    end(out, session);
+}
+
 /// Quotes free text as a JSON string; its Display form is the escaped token.
 fn json_string(text: &str) -> serde_json::Value {
     serde_json::Value::from(text)
@@ -141,10 +158,12 @@ mod tests {
             out.extend_from_slice(b"[]")
         });
         notification(&mut out, "m/e", None, |out| out.extend_from_slice(b"{}"));
+        timed_notification(&mut out, "m/t", Some(b"\"s\""), 5, b"{}");
         assert_eq!(
             text(out),
             "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"m/a\",\"params\":[],\"sessionId\":9}\n\
-             {\"jsonrpc\":\"2.0\",\"method\":\"m/e\",\"params\":{}}\n"
+             {\"jsonrpc\":\"2.0\",\"method\":\"m/e\",\"params\":{}}\n\
+             {\"jsonrpc\":\"2.0\",\"method\":\"m/t\",\"params\":{},\"emittedAtMs\":5,\"sessionId\":\"s\"}\n"
         );
     }
 

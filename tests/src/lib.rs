@@ -475,3 +475,31 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .expect("status code");
     (code, body.to_owned())
 }
+
+/// One pool `codex` of `instances` codex-workers started with `args` (e.g. `--backend
+/// app-server --codex-cmd …`).
+pub fn codex_worker_pool(instances: u32, args: &[&str]) -> BusConfig {
+    BusConfig(json!({
+        "pools": [{
+            "id": "codex",
+            "command": bin("codex-worker").to_str().unwrap(),
+            "args": args,
+            "instances": instances
+        }]
+    }))
+}
+
+/// Reads lines from `conn` until one satisfies `last`; returns them all, that one included.
+/// Bounded: every read has the connection's timeout, and at most `max` lines are read.
+pub fn recv_until(conn: &mut Conn, max: usize, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut lines = Vec::new();
+    for _ in 0..max {
+        let line = conn.recv();
+        let done = last(&line);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+    panic!("no matching line within {max} lines: {lines:?}");
+}

@@ -36,8 +36,15 @@ impl Worker {
 
     /// Spawns with exactly these bus variables (others removed).
     pub fn spawn_with_env(vars: &[(&str, &str)]) -> Self {
+        Self::spawn_with(&[], vars)
+    }
+
+    /// Spawns with `args` and exactly these bus variables (others removed, `CODEX_HOME` too).
+    pub fn spawn_with(args: &[&str], vars: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_codex-worker"));
         command
+            .args(args)
+            .env_remove("CODEX_HOME")
             .env_remove("CODEX_BUS_POOL")
             .env_remove("CODEX_BUS_SLOT")
             .envs(vars.iter().copied())

@@ -1,0 +1,251 @@
+//! The session-scoping core of the `app-server` backend, free of I/O so every rule is unit-tested.
+//!
+//! The event loop feeds it lines from the bus and from the child, child life-cycle events and
+//! timer ticks; it answers with lines for the child, lines for the bus (per session) and whether
+//! the child must be killed. `client` handles what sessions send, `child` what the child sends,
+//! `lifecycle` child restarts, timeouts, idle sessions and the drain.
+
+mod child;
+mod client;
+mod lifecycle;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use super::approvals::Approvals;
+use super::errors::WorkerError;
+use super::held::Held;
+use super::outbound::{BusLine, Kind};
+use super::policy::Policy;
+use super::requests::Requests;
+use super::sessions::{SessionKey, Sessions};
+use super::threads::{Queued, Threads};
+use super::wire;
+
+/// How often timers are checked while anything is outstanding; timeouts are seconds long, so
+/// this granularity is invisible and costs nothing when idle.
+const SWEEP_BUSY: Duration = Duration::from_millis(100);
+
+/// How often idle sessions are looked for when nothing else is outstanding.
+const SWEEP_IDLE: Duration = Duration::from_secs(1);
+
+/// The worker's settings that shape the protocol.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Per-request timeout toward the child.
+    pub request_timeout: Duration,
+    /// Limit for the child's answer to the worker's own `initialize`.
+    pub handshake_timeout: Duration,
+    /// Unanswered approvals older than this are declined (`None`: wait like Codex does).
+    pub approval_timeout: Option<Duration>,
+    /// Sessions silent this long lose their subscriptions (`None`: never).
+    pub session_idle: Option<Duration>,
+    /// How long notifications for a thread nobody owns yet are held.
+    pub hold_unknown: Duration,
+    /// Most requests in flight to the child; Codex's own queues hold 128.
+    pub max_in_flight: usize,
+    /// How long a drain waits for active turns before interrupting them.
+    pub drain_timeout: Duration,
+    /// How long interrupted turns get to report `turn/completed` during a drain.
+    pub interrupt_grace: Duration,
+    /// `clientInfo` and capabilities of the worker's own `initialize`.
+    pub handshake: Handshake,
+    /// Which methods are allowed and how they are scoped.
+    pub policy: Policy,
+}
+
+/// What the worker tells the child about itself in `initialize`.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    /// `clientInfo.name` (appears in Codex's user agent and OpenAI's logs).
+    pub name: String,
+    /// `clientInfo.version`.
+    pub version: String,
+    /// `capabilities.experimentalApi`, fixed for the child's life.
+    pub experimental_api: bool,
+}
+
+/// What the bridge wants done after handling an event.
+#[derive(Debug, Default)]
+pub struct Out {
+    /// Bytes for the child's stdin (whole lines).
+    pub child: Vec<u8>,
+    /// Lines for the bus.
+    pub bus: Vec<BusLine>,
+    /// The child misbehaves (e.g. no handshake answer) and must be killed.
+    pub kill_child: bool,
+    /// Persistent threads that just got an owner, for the owner log.
+    pub owned: Vec<(String, SessionKey)>,
+}
+
+/// Where the child is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildState {
+    /// Not running (starting up, backing off before a restart, or given up on).
+    Down,
+    /// Running; the worker's `initialize` is in flight.
+    Handshaking,
+    /// Running and initialized.
+    Ready,
+}
+
+/// Where a drain stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainStage {
+    /// Waiting for active turns and requests in flight, until the deadline.
+    Waiting { deadline: Instant },
+    /// Active turns were interrupted; waiting for their `turn/completed` until `until`.
+    Interrupting { until: Instant },
+    /// Nothing is left: the child's stdin can be closed.
+    Done,
+}
+
+/// The session-scoping state of one child.
+#[derive(Debug)]
+pub struct Bridge {
+    config: BridgeConfig,
+    sessions: Sessions,
+    threads: Threads,
+    requests: Requests,
+    approvals: Approvals,
+    held: Held,
+    /// Requests waiting for the child (not ready, or too many in flight), in arrival order.
+    waiting: VecDeque<Queued>,
+    child: ChildState,
+    generation: u64,
+    /// The child's `InitializeResponse`, answered to every session's `initialize`.
+    init_result: Option<Vec<u8>>,
+    drain: Option<DrainStage>,
+    /// The time of the event being handled.
+    now: Instant,
+    next_sweep: Instant,
+}
+
+impl Bridge {
+    /// A bridge with no child yet.
+    pub fn new(config: BridgeConfig, now: Instant) -> Self {
+        Self {
+            config,
+            sessions: Sessions::default(),
+            threads: Threads::default(),
+            requests: Requests::default(),
+            approvals: Approvals::default(),
+            held: Held::default(),
+            waiting: VecDeque::new(),
+            child: ChildState::Down,
+            generation: 0,
+            init_result: None,
+            drain: None,
+            now,
+            next_sweep: now,
+        }
+    }
+
+    /// Marks threads owned in an earlier worker life (from the owner log) as resumable.
+    pub fn restore_owner(&mut self, thread: &str, session: SessionKey) {
+        self.threads.restore(thread, session);
+    }
+
+    /// When `on_timer` must run next, if anything is outstanding.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let busy = !self.requests.is_empty()
+            || !self.waiting.is_empty()
+            || !self.held.is_empty()
+            || self.drain.is_some_and(|stage| stage != DrainStage::Done)
+            || self.threads.parked() > 0
+            || (self.config.approval_timeout.is_some() && self.approvals.unanswered() > 0);
+        if busy {
+            Some(self.next_sweep.max(self.now).min(self.now + SWEEP_BUSY))
+        } else if self.config.session_idle.is_some() && !self.sessions.is_empty() {
+            Some(self.next_sweep.max(self.now + SWEEP_IDLE))
+        } else {
+            None
+        }
+    }
+
+    /// Whether the drain finished: nothing is in flight and the child's stdin may be closed.
+    pub fn drained(&self) -> bool {
+        self.drain == Some(DrainStage::Done)
+    }
+
+    /// Whether a drain has begun (the child is then not restarted).
+    pub fn draining(&self) -> bool {
+        self.drain.is_some()
+    }
+
+    /// Records that `owner` owns `thread`; new persistent threads go to the owner log.
+    fn claim(
+        &mut self,
+        out: &mut Out,
+        thread: &str,
+        owner: &SessionKey,
+        ephemeral: bool,
+        overrides: Option<serde_json::Map<String, serde_json::Value>>,
+    ) {
+        if self.threads.claim(thread, owner, ephemeral, overrides) && !ephemeral {
+            out.owned.push((thread.to_owned(), owner.clone()));
+        }
+    }
+
+    /// Appends a line for `session` (or for no session), rewriting the id at `id` when given.
+    fn emit(
+        &mut self,
+        out: &mut Out,
+        session: &SessionKey,
+        line: &[u8],
+        id: Option<(Range<usize>, &[u8])>,
+        kind: Kind,
+    ) {
+        let token = self.sessions.token(session);
+        if let Some(known) = self.sessions.get_mut(session) {
+            known.last_activity = self.now;
+        }
+        let mut bytes = Vec::with_capacity(line.len() + token.len() + 32);
+        wire::to_bus(&mut bytes, line, id, &token);
+        out.bus.push(BusLine {
+            session: Some(session.clone()),
+            line: bytes,
+            kind,
+        });
+    }
+
+    /// Appends a line the worker composed itself (already complete, `\n` included).
+    fn emit_own(&mut self, out: &mut Out, session: Option<&SessionKey>, line: Vec<u8>) {
+        out.bus.push(BusLine {
+            session: session.cloned(),
+            line,
+            kind: Kind::Essential,
+        });
+    }
+
+    /// Answers request `id` of `session` with a worker error.
+    fn reply_error(&mut self, out: &mut Out, session: &SessionKey, id: &[u8], error: &WorkerError) {
+        let token = self.sessions.token(session);
+        let mut line = Vec::new();
+        error.write_reply(&mut line, id, Some(&token));
+        self.emit_own(out, Some(session), line);
+    }
+
+    /// Appends a notification the worker composed; `params` is a JSON object.
+    fn notify(&mut self, out: &mut Out, session: &SessionKey, method: &str, params: &str) {
+        let token = self.sessions.token(session);
+        let mut line = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"{method}\",\"params\":{params},\"emittedAtMs\":{},\"sessionId\":",
+            epoch_ms()
+        )
+        .into_bytes();
+        line.extend_from_slice(&token);
+        line.extend_from_slice(b"}\n");
+        self.emit_own(out, Some(session), line);
+    }
+}
+
+/// Milliseconds since the Unix epoch, as Codex stamps `emittedAtMs`.
+fn epoch_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis())
+}

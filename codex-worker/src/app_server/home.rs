@@ -1,0 +1,103 @@
+//! The worker slot's state directory: a stable `CODEX_HOME` (so rollouts survive child
+//! restarts) and the thread-owner log, seeded with the operator's Codex files.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where one worker slot keeps its state.
+#[derive(Debug, Clone)]
+pub struct SlotDir {
+    /// `<state-dir>/<pool>/slot-<n>`.
+    pub root: PathBuf,
+}
+
+impl SlotDir {
+    /// The directory of `slot` in `pool` under `state_dir`; without a slot number (run outside
+    /// the bus) the process id keeps concurrent workers apart.
+    pub fn new(state_dir: &Path, pool: &str, slot: Option<i64>) -> Self {
+        let pool = if pool.is_empty() { "default" } else { pool };
+        let slot = slot.map_or_else(
+            || format!("pid-{}", std::process::id()),
+            |slot| format!("slot-{slot}"),
+        );
+        Self {
+            root: state_dir.join(sanitize(pool)).join(slot),
+        }
+    }
+
+    /// The child's `CODEX_HOME`.
+    pub fn codex_home(&self) -> PathBuf {
+        self.root.join("codex-home")
+    }
+
+    /// The thread-owner log.
+    pub fn owner_log(&self) -> PathBuf {
+        self.root.join("owners.jsonl")
+    }
+
+    /// Creates the directories and copies the regular files of `seed` (e.g. `config.toml`,
+    /// `auth.json`) into `CODEX_HOME`, replacing older copies: the seed is the source of truth.
+    pub fn prepare(&self, seed: Option<&Path>) -> io::Result<()> {
+        let home = self.codex_home();
+        fs::create_dir_all(&home)?;
+        let Some(seed) = seed else {
+            return Ok(());
+        };
+        for entry in fs::read_dir(seed)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                fs::copy(entry.path(), home.join(entry.file_name()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pool id as one safe path component.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_directories_are_stable_and_safe() {
+        let dir = SlotDir::new(Path::new("/s"), "../codex pool", Some(3));
+        assert_eq!(dir.root, Path::new("/s/_codex_pool/slot-3"));
+        assert_eq!(
+            dir.codex_home(),
+            Path::new("/s/_codex_pool/slot-3/codex-home")
+        );
+        let anonymous = SlotDir::new(Path::new("/s"), "", None);
+        assert!(anonymous
+            .root
+            .to_string_lossy()
+            .starts_with("/s/default/pid-"));
+    }
+
+    #[test]
+    fn prepare_copies_the_seed_files() {
+        let state = tempfile::tempdir().unwrap();
+        let seed = tempfile::tempdir().unwrap();
+        fs::write(seed.path().join("config.toml"), "model = \"m\"\n").unwrap();
+        fs::create_dir(seed.path().join("skip")).unwrap();
+        let dir = SlotDir::new(state.path(), "p", Some(0));
+        dir.prepare(Some(seed.path())).unwrap();
+        let copied = fs::read_to_string(dir.codex_home().join("config.toml")).unwrap();
+        assert_eq!(copied, "model = \"m\"\n");
+        assert!(!dir.codex_home().join("skip").exists());
+    }
+}

@@ -1,0 +1,137 @@
+//! Bus sessions as the worker knows them: routing token, handshake state, notification opt-outs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codex_bus_protocol::key_bytes;
+
+/// A session's identity: the bus's routing key (a string's content, or a number's text), so that
+/// `"7"` and `7` are one session, exactly as the bus places them.
+pub type SessionKey = Arc<[u8]>;
+
+/// The routing key of a `sessionId` token; `None` for values the bus does not route by.
+pub fn key_of(token: &[u8]) -> Option<SessionKey> {
+    key_bytes(token).map(|key| Arc::from(key.as_ref()))
+}
+
+/// A `sessionId` token for `key`: the key as a JSON string, from which the bus derives the same
+/// routing key.
+pub fn key_token(key: &[u8]) -> Vec<u8> {
+    serde_json::Value::from(String::from_utf8_lossy(key).into_owned())
+        .to_string()
+        .into_bytes()
+}
+
+/// What the worker remembers about one session.
+#[derive(Debug)]
+pub struct Session {
+    /// The `sessionId` token the session last sent, copied onto every line toward it.
+    pub token: Vec<u8>,
+    /// Whether the session sent `initialize` (answered or waiting for the child's handshake).
+    pub initialized: bool,
+    /// Notification methods the session asked not to receive.
+    pub opt_outs: HashSet<String>,
+    /// Last input from the session or output toward it; idle sessions are reaped.
+    pub last_activity: Instant,
+}
+
+/// Every session seen on this worker.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: HashMap<SessionKey, Session>,
+}
+
+impl Sessions {
+    /// Records input from the session `key` sent with `token`, creating it on first sight.
+    pub fn touch(&mut self, key: &SessionKey, token: &[u8], now: Instant) -> &mut Session {
+        let session = self.map.entry(key.clone()).or_insert_with(|| Session {
+            token: token.to_vec(),
+            initialized: false,
+            opt_outs: HashSet::new(),
+            last_activity: now,
+        });
+        if session.token != token {
+            session.token = token.to_vec();
+        }
+        session.last_activity = now;
+        session
+    }
+
+    /// The session, if known.
+    pub fn get(&self, key: &[u8]) -> Option<&Session> {
+        self.map.get(key)
+    }
+
+    /// The session, if known, for changes.
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Session> {
+        self.map.get_mut(key)
+    }
+
+    /// The token to put on a line for `key`: the last one it sent, else the key as a JSON string
+    /// (the bus derives the same routing key from it).
+    pub fn token(&self, key: &[u8]) -> Vec<u8> {
+        match self.map.get(key) {
+            Some(session) => session.token.clone(),
+            None => key_token(key),
+        }
+    }
+
+    /// Sessions with no activity for `idle`.
+    pub fn idle(&self, now: Instant, idle: Duration) -> Vec<SessionKey> {
+        self.map
+            .iter()
+            .filter(|(_, session)| now.saturating_duration_since(session.last_activity) >= idle)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Forgets a session; its next request must `initialize` again.
+    pub fn remove(&mut self, key: &[u8]) {
+        self.map.remove(key);
+    }
+
+    /// Whether no session is known.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_and_number_tokens_are_one_session() {
+        assert_eq!(key_of(b"\"7\""), key_of(b"7"));
+        assert_eq!(key_of(b"\"a\\u0062\"").as_deref(), Some(&b"ab"[..]));
+        assert_eq!(key_of(b"{\"a\":1}"), None);
+    }
+
+    #[test]
+    fn token_follows_the_last_input_and_falls_back_to_the_key() {
+        let now = Instant::now();
+        let mut sessions = Sessions::default();
+        let key = key_of(b"7").unwrap();
+        assert_eq!(sessions.token(&key), b"\"7\"");
+        sessions.touch(&key, b"7", now);
+        assert_eq!(sessions.token(&key), b"7");
+        sessions.touch(&key, b"\"7\"", now);
+        assert_eq!(sessions.token(&key), b"\"7\"");
+    }
+
+    #[test]
+    fn idle_sessions_are_listed() {
+        let now = Instant::now();
+        let mut sessions = Sessions::default();
+        let old = key_of(b"\"old\"").unwrap();
+        let new = key_of(b"\"new\"").unwrap();
+        sessions.touch(&old, b"\"old\"", now);
+        sessions.touch(&new, b"\"new\"", now + Duration::from_secs(10));
+        let idle = sessions.idle(now + Duration::from_secs(12), Duration::from_secs(5));
+        assert_eq!(idle, vec![old.clone()]);
+        sessions.remove(&old);
+        assert!(sessions.get(&old).is_none());
+        assert!(!sessions.is_empty());
+    }
+}

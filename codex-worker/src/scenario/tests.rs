@@ -1,0 +1,413 @@
+//! The scenario engine driven directly, at latency scale 0 on the virtual clock.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+
+use super::clock::VIRTUAL_EPOCH_MS;
+use super::knobs::Knobs;
+use super::{Emit, Engine, Tag};
+
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct Wrapper {
+    #[command(flatten)]
+    knobs: Knobs,
+}
+
+fn knobs(extra: &[&str]) -> Knobs {
+    let base = [
+        "x",
+        "--clock",
+        "virtual",
+        "--latency-scale",
+        "0",
+        "--jitter-pct",
+        "0",
+        "--deltas",
+        "3",
+    ];
+    Wrapper::try_parse_from(base.iter().chain(extra))
+        .unwrap()
+        .knobs
+}
+
+/// A readable event: `reply <json>`, `error <message>`, `<method> <params>`, `ask …`, `crash`.
+#[derive(Debug, Clone, PartialEq)]
+enum Event {
+    Reply(Value),
+    Error(String),
+    Note(String, Value, u64),
+    Ask(u64, String, Value),
+    Crash,
+}
+
+struct Driver {
+    engine: Engine,
+    now: Instant,
+    tag: Tag,
+}
+
+impl Driver {
+    fn new(knobs: Knobs) -> Self {
+        Self {
+            engine: Engine::new(knobs, None).unwrap(),
+            now: Instant::now(),
+            tag: Tag::from(&b"s"[..]),
+        }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Vec<Event> {
+        let raw = serde_json::value::to_raw_value(&params).unwrap();
+        let mut emits = Vec::new();
+        assert!(self
+            .engine
+            .call(method, Some(&raw), &self.tag, self.now, &mut emits));
+        events(emits)
+    }
+
+    fn run(&mut self) -> Vec<Event> {
+        let mut emits = Vec::new();
+        self.now += Duration::from_millis(1);
+        self.engine.fire_due(self.now, usize::MAX, &mut emits);
+        events(emits)
+    }
+
+    fn answer(&mut self, id: u64, result: Option<Value>) -> Vec<Event> {
+        let raw = result.map(|value| serde_json::value::to_raw_value(&value).unwrap());
+        let mut emits = Vec::new();
+        assert!(self.engine.answer(id, raw.as_deref(), self.now, &mut emits));
+        events(emits)
+    }
+
+    fn thread(&mut self) -> String {
+        let events = self.call("thread/start", json!({"cwd": "/w"}));
+        match &events[0] {
+            Event::Reply(result) => result["thread"]["id"].as_str().unwrap().to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn events(emits: Vec<Emit>) -> Vec<Event> {
+    emits
+        .into_iter()
+        .map(|emit| match emit {
+            Emit::Reply(Ok(result)) => Event::Reply(serde_json::from_str(&result).unwrap()),
+            Emit::Reply(Err(error)) => {
+                assert_eq!(error.code, -32600);
+                Event::Error(error.message)
+            }
+            Emit::Notify {
+                method,
+                params,
+                at_ms,
+                ..
+            } => Event::Note(
+                method.to_owned(),
+                serde_json::from_str(&params).unwrap(),
+                at_ms,
+            ),
+            Emit::Ask {
+                id, method, params, ..
+            } => Event::Ask(
+                id,
+                method.to_owned(),
+                serde_json::from_str(&params).unwrap(),
+            ),
+            Emit::Crash => Event::Crash,
+        })
+        .collect()
+}
+
+fn methods(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|event| match event {
+            Event::Reply(_) => "reply".to_owned(),
+            Event::Error(_) => "error".to_owned(),
+            Event::Note(method, ..) => method.clone(),
+            Event::Ask(_, method, _) => format!("ask {method}"),
+            Event::Crash => "crash".to_owned(),
+        })
+        .collect()
+}
+
+fn note<'a>(events: &'a [Event], wanted: &str) -> &'a Value {
+    events
+        .iter()
+        .find_map(|event| match event {
+            Event::Note(method, params, _) if method == wanted => Some(params),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {wanted} in {events:?}"))
+}
+
+#[test]
+fn a_turn_streams_like_codex() {
+    let mut driver = Driver::new(knobs(&[]));
+    let thread = driver.thread();
+    let started = driver.call(
+        "turn/start",
+        json!({"threadId": thread, "input": [{"type":"text","text":"hi"}]}),
+    );
+    assert_eq!(
+        methods(&started),
+        [
+            "reply",
+            "thread/status/changed",
+            "turn/started",
+            "item/started",
+            "item/completed"
+        ]
+    );
+    let Event::Reply(reply) = &started[0] else {
+        unreachable!()
+    };
+    assert_eq!(reply["turn"]["status"], "inProgress");
+    let streamed = driver.run();
+    assert_eq!(
+        methods(&streamed),
+        [
+            "item/started",
+            "item/agentMessage/delta",
+            "item/agentMessage/delta",
+            "item/agentMessage/delta",
+            "item/completed",
+            "thread/tokenUsage/updated",
+            "thread/status/changed",
+            "turn/completed"
+        ]
+    );
+    let deltas: String = streamed
+        .iter()
+        .filter_map(|event| match event {
+            Event::Note(method, params, _) if method == "item/agentMessage/delta" => {
+                Some(params["delta"].as_str().unwrap().to_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deltas.len(), 3 * 16);
+    assert_eq!(
+        note(&streamed, "item/completed")["item"]["text"],
+        deltas.as_str()
+    );
+    let completed = note(&streamed, "turn/completed");
+    assert_eq!(completed["turn"]["status"], "completed");
+    assert_eq!(completed["turn"]["durationMs"], 800 + 2 * 25);
+    assert!(!driver.engine.has_timers());
+}
+
+#[test]
+fn the_virtual_clock_and_the_seed_make_transcripts_exact() {
+    let transcript = |seed: &str| {
+        let mut driver = Driver::new(knobs(&["--seed", seed, "--jitter-pct", "20"]));
+        let thread = driver.thread();
+        let mut all = driver.call("turn/start", json!({"threadId": thread, "input": []}));
+        all.extend(driver.run());
+        all
+    };
+    let first = transcript("5");
+    assert_eq!(first, transcript("5"));
+    assert_ne!(first, transcript("6"));
+    let Event::Note(_, _, at) = first.last().unwrap() else {
+        unreachable!()
+    };
+    assert!(*at > VIRTUAL_EPOCH_MS && *at < VIRTUAL_EPOCH_MS + 2000);
+}
+
+#[test]
+fn approvals_pause_the_turn_until_answered() {
+    for (decision, status) in [
+        (Some(json!({"decision": "accept"})), "completed"),
+        (Some(json!({"decision": "decline"})), "declined"),
+        (None, "declined"),
+    ] {
+        let mut driver = Driver::new(knobs(&[]));
+        let thread = driver.thread();
+        driver.call(
+            "turn/start",
+            json!({"threadId": thread, "input": [{"type":"text","text":"@approval"}]}),
+        );
+        let asked = driver.run();
+        assert_eq!(
+            methods(&asked),
+            ["item/started", "ask item/commandExecution/requestApproval"]
+        );
+        let Event::Ask(id, _, params) = &asked[1] else {
+            unreachable!()
+        };
+        assert_eq!(params["threadId"], thread.as_str());
+        assert!(!driver.engine.has_timers(), "the turn waits for the answer");
+        let answered = driver.answer(*id, decision);
+        assert_eq!(note(&answered, "serverRequest/resolved")["requestId"], *id);
+        assert_eq!(note(&answered, "item/completed")["item"]["status"], status);
+        let rest = driver.run();
+        assert_eq!(note(&rest, "turn/completed")["turn"]["status"], "completed");
+    }
+}
+
+#[test]
+fn cancel_and_interrupt_end_the_turn_interrupted() {
+    let mut driver = Driver::new(knobs(&[]));
+    let thread = driver.thread();
+    driver.call(
+        "turn/start",
+        json!({"threadId": thread, "input": [{"type":"text","text":"@file-approval"}]}),
+    );
+    let Event::Ask(id, method, _) = driver.run().pop().unwrap() else {
+        panic!()
+    };
+    assert_eq!(method, "item/fileChange/requestApproval");
+    let cancelled = driver.answer(id, Some(json!({"decision": "cancel"})));
+    assert_eq!(
+        note(&cancelled, "turn/completed")["turn"]["status"],
+        "interrupted"
+    );
+
+    let started = driver.call("turn/start", json!({"threadId": thread, "input": []}));
+    let Event::Reply(reply) = &started[0] else {
+        unreachable!()
+    };
+    let turn = reply["turn"]["id"].clone();
+    let interrupted = driver.call(
+        "turn/interrupt",
+        json!({"threadId": thread, "turnId": turn}),
+    );
+    assert_eq!(
+        methods(&interrupted),
+        ["reply", "thread/status/changed", "turn/completed"]
+    );
+    assert_eq!(
+        note(&interrupted, "turn/completed")["turn"]["status"],
+        "interrupted"
+    );
+    assert!(
+        driver.run().is_empty(),
+        "the interrupted turn's timers are stale"
+    );
+    let again = driver.call(
+        "turn/interrupt",
+        json!({"threadId": thread, "turnId": turn}),
+    );
+    assert_eq!(again, [Event::Error("no active turn to interrupt".into())]);
+}
+
+#[test]
+fn steering_and_a_second_turn_start_add_to_the_running_turn() {
+    let mut driver = Driver::new(knobs(&["--deltas", "4"]));
+    let thread = driver.thread();
+    let started = driver.call("turn/start", json!({"threadId": thread, "input": []}));
+    let Event::Reply(reply) = &started[0] else {
+        unreachable!()
+    };
+    let turn = reply["turn"]["id"].clone();
+    let steered = driver.call("turn/steer", json!({"threadId": thread, "expectedTurnId": turn, "input": [{"type":"text","text":"more"}]}));
+    let Event::Reply(steer) = &steered[0] else {
+        unreachable!()
+    };
+    assert_eq!(steer["turnId"], turn);
+    let joined = driver.call(
+        "turn/start",
+        json!({"threadId": thread, "input": [{"type":"text","text":"again"}]}),
+    );
+    let Event::Reply(join) = &joined[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        join["turn"]["id"], turn,
+        "Codex answers with the running turn"
+    );
+    let rest = driver.run();
+    let deltas = methods(&rest)
+        .iter()
+        .filter(|m| *m == "item/agentMessage/delta")
+        .count();
+    assert_eq!(deltas, 4 + 1 + 1);
+    let wrong = driver.call(
+        "turn/steer",
+        json!({"threadId": thread, "expectedTurnId": "x", "input": []}),
+    );
+    assert_eq!(wrong, [Event::Error("no active turn to steer".into())]);
+}
+
+#[test]
+fn knobs_fail_and_crash_turns() {
+    let mut driver = Driver::new(knobs(&["--fail-every", "1"]));
+    let thread = driver.thread();
+    driver.call("turn/start", json!({"threadId": thread, "input": []}));
+    let failed = driver.run();
+    assert_eq!(
+        note(&failed, "error")["error"]["codexErrorInfo"],
+        "serverOverloaded"
+    );
+    assert_eq!(note(&failed, "turn/completed")["turn"]["status"], "failed");
+
+    let mut driver = Driver::new(knobs(&["--crash-after-turns", "1"]));
+    let thread = driver.thread();
+    driver.call("turn/start", json!({"threadId": thread, "input": []}));
+    let crashed = driver.run();
+    assert!(crashed.contains(&Event::Crash));
+}
+
+#[test]
+fn persistent_threads_resume_in_a_new_process_and_ephemeral_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut first = Driver::new(knobs(&[]));
+    first.engine = Engine::new(knobs(&[]), Some(store.clone())).unwrap();
+    let kept = first.thread();
+    let gone = first.call("thread/start", json!({"ephemeral": true}));
+    let Event::Reply(gone) = &gone[0] else {
+        unreachable!()
+    };
+    let gone = gone["thread"]["id"].as_str().unwrap().to_owned();
+
+    let mut second = Driver::new(knobs(&[]));
+    second.engine = Engine::new(knobs(&[]), Some(store)).unwrap();
+    let not_loaded = second.call("turn/start", json!({"threadId": kept, "input": []}));
+    assert_eq!(
+        not_loaded,
+        [Event::Error(format!("thread not found: {kept}"))]
+    );
+    let resumed = second.call("thread/resume", json!({"threadId": kept}));
+    let Event::Reply(resumed) = &resumed[0] else {
+        panic!("{resumed:?}")
+    };
+    assert_eq!(resumed["thread"]["id"], kept.as_str());
+    let lost = second.call("thread/resume", json!({"threadId": gone}));
+    assert_eq!(
+        lost,
+        [Event::Error(format!(
+            "no rollout found for thread id {gone}"
+        ))]
+    );
+    let fresh = second.thread();
+    assert_ne!(fresh, kept, "ids never repeat across processes");
+    let listed = second.call("thread/list", json!({}));
+    let Event::Reply(listed) = &listed[0] else {
+        unreachable!()
+    };
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn thread_started_can_be_sent_before_the_response() {
+    let mut driver = Driver::new(knobs(&["--thread-started-first"]));
+    let events = driver.call("thread/start", json!({}));
+    assert_eq!(methods(&events), ["thread/started", "reply"]);
+    let mut driver = Driver::new(knobs(&[]));
+    let events = driver.call("thread/fork", json!({"threadId": "nope"}));
+    assert_eq!(
+        events,
+        [Event::Error("no rollout found for thread id nope".into())]
+    );
+    let thread = driver.thread();
+    let forked = driver.call("thread/fork", json!({"threadId": thread}));
+    assert_eq!(
+        note(&forked, "thread/started")["thread"]["forkedFromId"],
+        thread.as_str()
+    );
+}
