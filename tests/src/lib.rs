@@ -249,9 +249,15 @@ impl Bus {
         }
     }
 
-    /// The pids of the daemon's live worker processes.
+    /// The pids of the daemon's live worker processes, once they have exec'd their program (right
+    /// after fork a child is still a copy of the daemon, with its environment and fds).
     pub fn worker_pids(&self) -> Vec<u32> {
+        let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let daemon = exe(self.pid());
         children_of(self.pid())
+            .into_iter()
+            .filter(|pid| exe(*pid).is_some_and(|e| Some(&e) != daemon.as_ref()))
+            .collect()
     }
 
     /// Waits until the daemon has `n` live workers; returns their pids.
