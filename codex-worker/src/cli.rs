@@ -91,6 +91,19 @@ pub struct AppServerArgs {
     /// Initialize the child with `experimentalApi: true`.
     #[arg(long)]
     pub experimental_api: bool,
+    /// Give each session a child of its own (spawned on its first request, CODEX_HOME under
+    /// `<slot>/sessions/<hash>`) instead of one child shared by every session.
+    #[arg(long)]
+    pub child_per_session: bool,
+    /// With --child-per-session: most children alive at once; the least recently used idle one
+    /// makes room for a new session, and when all are busy the new session is refused.
+    #[arg(long, default_value_t = 8, requires = "child_per_session",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_children: u64,
+    /// With --child-per-session: seconds a child with no active turn and no request in flight
+    /// lives on before it is stopped (0: until it is evicted).
+    #[arg(long, default_value_t = 300, requires = "child_per_session")]
+    pub child_idle_sec: u64,
 }
 
 #[cfg(test)]
@@ -140,6 +153,36 @@ mod tests {
         assert_eq!(cli.app_server.codex_cmd, "fake child");
         assert_eq!(cli.app_server.allow_methods, ["config/*", "fs/readFile"]);
         assert_eq!(cli.app_server.request_timeout_sec, 30);
+    }
+
+    #[test]
+    fn child_per_session_options_parse_and_need_the_switch() {
+        let shared = Cli::try_parse_from(["codex-worker", "--backend", "app-server"]).unwrap();
+        assert!(!shared.app_server.child_per_session);
+        assert_eq!(shared.app_server.max_children, 8);
+        assert_eq!(shared.app_server.child_idle_sec, 300);
+        let cli = Cli::try_parse_from([
+            "codex-worker",
+            "--backend",
+            "app-server",
+            "--child-per-session",
+            "--max-children",
+            "2",
+            "--child-idle-sec",
+            "0",
+        ])
+        .unwrap();
+        assert!(cli.app_server.child_per_session);
+        assert_eq!(cli.app_server.max_children, 2);
+        assert_eq!(cli.app_server.child_idle_sec, 0);
+        assert!(Cli::try_parse_from(["codex-worker", "--max-children", "2"]).is_err());
+        assert!(Cli::try_parse_from([
+            "codex-worker",
+            "--child-per-session",
+            "--max-children",
+            "0"
+        ])
+        .is_err());
     }
 
     #[test]

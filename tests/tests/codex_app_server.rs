@@ -365,3 +365,119 @@ fn sigterm_lets_active_turns_finish_then_everything_exits() {
         bus.log()
     );
 }
+
+#[test]
+fn a_child_per_session_is_capped_evicted_refused_when_busy_reaped_and_resumed() {
+    let child_args = "--first-delta-ms 5 --deltas 2 --delta-interval-ms 1";
+    let per_session = ["--child-per-session", "--max-children", "2"];
+    // Children never idle out in this part, so what stops them is the cap alone.
+    let (mut bus_1, state) = bus(
+        1,
+        child_args,
+        &[&per_session[..], &["--child-idle-sec", "3600"]].concat(),
+    );
+    let worker = bus_1.wait_workers(1)[0];
+    assert!(children_of(worker).is_empty(), "no child before a session");
+    let sessions_dir = state.path().join("codex/slot-0/sessions");
+    let mut a = bus_1.connect();
+    let home_a = initialize(&mut a, "a")["codexHome"].clone();
+    let thread_a = start_thread(&mut a, "a");
+    start_turn(&mut a, "a", &thread_a, "hello");
+    recv_until(&mut a, MAX_LINES, is_turn_completed);
+    let child_a = children_of(worker);
+    let mut b = bus_1.connect();
+    let home_b = initialize(&mut b, "b")["codexHome"].clone();
+    let both = children_of(worker);
+    assert_eq!(both.len(), 2, "a child each: {both:?}");
+    assert!(both.contains(&child_a[0]));
+    for home in [&home_a, &home_b] {
+        let home = std::path::Path::new(home.as_str().expect("codexHome"));
+        let name = home.parent().and_then(|dir| dir.file_name()).unwrap();
+        assert_eq!(
+            home.parent().and_then(|dir| dir.parent()),
+            Some(&*sessions_dir)
+        );
+        assert!(name
+            .to_str()
+            .unwrap()
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit()));
+    }
+    assert_ne!(home_a, home_b);
+
+    // c finds the cap reached: a, the least recently used idle child, makes room.
+    let mut c = bus_1.connect();
+    let home_c = initialize(&mut c, "c")["codexHome"].clone();
+    assert!(home_c != home_a && home_c != home_b);
+    assert!(!alive(child_a[0]), "a's child was evicted");
+    assert_eq!(children_of(worker).len(), 2);
+
+    // b and c wait for approvals, so no child is idle: d is refused, retryably.
+    let mut asked = Vec::new();
+    for (session, conn) in [("b", &mut b), ("c", &mut c)] {
+        let thread = start_thread(conn, session);
+        start_turn(conn, session, &thread, "run it @approval");
+        let lines = recv_until(conn, MAX_LINES, |line| {
+            line["method"] == "item/commandExecution/requestApproval"
+        });
+        asked.push(lines.last().unwrap()["id"].clone());
+    }
+    let mut d = bus_1.connect();
+    d.request(
+        json!("init"),
+        "initialize",
+        json!({"clientInfo": {"name": "test", "version": "1"}}),
+        Some("d"),
+    );
+    let reply = recv_until(&mut d, MAX_LINES, |line| line["id"] == "init");
+    let error = &reply.last().unwrap()["error"];
+    assert_eq!(error["code"], -32055, "{error}");
+    assert_eq!(error["data"]["reason"], "children_busy");
+    assert_eq!(error["data"]["retryable"], true);
+    for ((session, conn), id) in [("b", &mut b), ("c", &mut c)].into_iter().zip(&asked) {
+        conn.send(&json!({"jsonrpc": "2.0", "id": id, "result": {"decision": "accept"}}));
+        let lines = recv_until(conn, MAX_LINES, is_turn_completed);
+        assert_eq!(lines.last().unwrap()["sessionId"], session);
+    }
+
+    // a comes back: a new child in its own CODEX_HOME resumes its thread, and the turn works.
+    start_turn(&mut a, "a", &thread_a, "again");
+    let lines = recv_until(&mut a, MAX_LINES, is_turn_completed);
+    assert_eq!(
+        lines.last().unwrap()["params"]["turn"]["status"],
+        "completed"
+    );
+    bus_1.wait_log("resuming thread");
+    assert_eq!(children_of(worker).len(), 2);
+    drop(bus_1);
+
+    // Idle children are reaped; the session's next turn brings a new child that resumes.
+    let (mut bus_2, _state) = bus(
+        1,
+        child_args,
+        &[&per_session[..], &["--child-idle-sec", "2"]].concat(),
+    );
+    let worker = bus_2.wait_workers(1)[0];
+    let mut e = bus_2.connect();
+    initialize(&mut e, "e");
+    let thread_e = start_thread(&mut e, "e");
+    let napping = children_of(worker);
+    assert_eq!(napping.len(), 1);
+    bus_2.wait_log("idle for 2 s");
+    let start = std::time::Instant::now();
+    while alive(napping[0]) {
+        assert!(
+            start.elapsed() < codex_bus_tests::WAIT,
+            "the idle child exits"
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    start_turn(&mut e, "e", &thread_e, "after the nap");
+    let lines = recv_until(&mut e, MAX_LINES, is_turn_completed);
+    assert_eq!(
+        lines.last().unwrap()["params"]["turn"]["status"],
+        "completed"
+    );
+    let awake = children_of(worker);
+    assert!(awake.len() == 1 && awake != napping, "{awake:?}");
+}

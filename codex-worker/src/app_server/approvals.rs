@@ -2,9 +2,12 @@
 //! session that owns its thread, and only that session's answer reaches the child.
 //!
 //! The child's own ids are integers from 0 that restart with every child, so forwarding them
-//! would let a stale answer approve the wrong command after a restart.
+//! would let a stale answer approve the wrong command after a restart. With a child per session
+//! the worker ids come from one source for all children, so an answer names one request.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::sessions::SessionKey;
@@ -37,19 +40,40 @@ pub enum Refusal {
     WrongSession,
 }
 
+/// The source of worker ids for server requests, shared by every bridge of a worker: the bus
+/// hands answers back by id alone, so an id must name one request across all children.
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalIds(Rc<Cell<u64>>);
+
+impl ApprovalIds {
+    fn take(&self) -> u64 {
+        let id = self.0.get();
+        self.0.set(id + 1);
+        id
+    }
+}
+
 /// The server requests waiting for, or answered by, sessions.
 #[derive(Debug, Default)]
 pub struct Approvals {
-    next_id: u64,
+    ids: ApprovalIds,
     pending: BTreeMap<u64, ServerRequest>,
     by_child: HashMap<(u64, Vec<u8>), u64>,
 }
 
 impl Approvals {
+    /// Server requests numbered from `ids`.
+    pub fn new(ids: ApprovalIds) -> Self {
+        Self {
+            ids,
+            pending: BTreeMap::new(),
+            by_child: HashMap::new(),
+        }
+    }
+
     /// Registers a forwarded server request; returns its worker-unique id.
     pub fn register(&mut self, request: ServerRequest) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.ids.take();
         self.by_child
             .insert((request.generation, request.child_id.clone()), id);
         self.pending.insert(id, request);
@@ -109,6 +133,11 @@ impl Approvals {
         for id in ids {
             self.take(id);
         }
+    }
+
+    /// Whether `id` names a request of this child's that was forwarded and not yet resolved.
+    pub fn contains(&self, id: u64) -> bool {
+        self.pending.contains_key(&id)
     }
 
     /// How many requests still wait for an answer.
@@ -196,6 +225,18 @@ mod tests {
         assert_eq!(approvals.resolved(2, b"0").map(|(id, _)| id), Some(second));
         assert_eq!(approvals.resolved(2, b"0"), None);
         assert_eq!(approvals.resolved(1, b"0").map(|(id, _)| id), Some(first));
+    }
+
+    #[test]
+    fn approvals_sharing_an_id_source_never_hand_out_one_id_twice() {
+        let ids = ApprovalIds::default();
+        let mut first = Approvals::new(ids.clone());
+        let mut second = Approvals::new(ids);
+        let a = first.register(request(1, "0", "a"));
+        let b = second.register(request(2, "0", "b"));
+        let c = first.register(request(1, "1", "a"));
+        assert!(a != b && b != c && a != c);
+        assert!(first.contains(a) && !first.contains(b) && second.contains(b));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum WorkerError {
     Draining,
     /// The child could not be started or keeps failing.
     ChildUnavailable(String),
+    /// `--child-per-session`: the session needs a child, and every one of the `--max-children`
+    /// running children is busy.
+    ChildrenBusy(usize),
     /// Valid JSON that is not a JSON-RPC message.
     InvalidRequest,
 }
@@ -46,6 +49,7 @@ impl WorkerError {
             Self::ThreadLost(_) => -32052,
             Self::Draining => -32053,
             Self::ChildUnavailable(_) => -32054,
+            Self::ChildrenBusy(_) => -32055,
         }
     }
 
@@ -61,6 +65,7 @@ impl WorkerError {
             Self::ThreadLost(_) => "thread_lost",
             Self::Draining => "worker_draining",
             Self::ChildUnavailable(_) => "child_unavailable",
+            Self::ChildrenBusy(_) => "children_busy",
         })
     }
 
@@ -77,6 +82,7 @@ impl WorkerError {
             Self::ThreadLost(_) => "Thread lost",
             Self::Draining => "Worker draining",
             Self::ChildUnavailable(_) => "codex app-server unavailable",
+            Self::ChildrenBusy(_) => "All codex app-server children are busy",
             Self::InvalidRequest => "Invalid Request",
         }
     }
@@ -85,7 +91,7 @@ impl WorkerError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            Self::ChildExited(_) | Self::RequestTimeout(_) | Self::Draining
+            Self::ChildExited(_) | Self::RequestTimeout(_) | Self::Draining | Self::ChildrenBusy(_)
         )
     }
 
@@ -102,6 +108,7 @@ impl WorkerError {
             ),
             Self::ChildExited(generation) => write!(out, ",\"generation\":{generation}"),
             Self::RequestTimeout(secs) => write!(out, ",\"timeoutSec\":{secs}"),
+            Self::ChildrenBusy(max) => write!(out, ",\"maxChildren\":{max}"),
             Self::ThreadLost(detail) | Self::ChildUnavailable(detail) => {
                 write!(out, ",\"detail\":{}", json_string(detail))
             }
@@ -185,6 +192,10 @@ mod tests {
         assert_eq!(
             reply(&WorkerError::ThreadNotOwned)["error"]["message"],
             "thread not owned by session"
+        );
+        assert_eq!(
+            reply(&WorkerError::ChildrenBusy(2))["error"],
+            json!({"code":-32055,"message":"All codex app-server children are busy","data":{"reason":"children_busy","retryable":true,"maxChildren":2}})
         );
     }
 }

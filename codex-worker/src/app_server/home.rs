@@ -1,9 +1,17 @@
 //! The worker slot's state directory: a stable `CODEX_HOME` (so rollouts survive child
-//! restarts) and the thread-owner log, seeded with the operator's Codex files.
+//! restarts) and the thread-owner log, seeded with the operator's Codex files; with a child per
+//! session, one such directory per session under the slot's.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Hex digits of a session's directory name: 128 bits of SHA-256, so that no client-chosen
+/// session id can be made to share another's directory.
+const SESSION_DIR_HEX: usize = 32;
 
 /// Where one worker slot keeps its state.
 #[derive(Debug, Clone)]
@@ -24,6 +32,25 @@ impl SlotDir {
         Self {
             root: state_dir.join(sanitize(pool)).join(slot),
         }
+    }
+
+    /// The directory of the session with routing key `session`, `<root>/sessions/<hash>`: a
+    /// session id is client text, so it names the directory only through a hash.
+    pub fn session(&self, session: &[u8]) -> Self {
+        let mut name = String::with_capacity(SESSION_DIR_HEX);
+        for byte in &Sha256::digest(session)[..SESSION_DIR_HEX / 2] {
+            let _ = write!(name, "{byte:02x}");
+        }
+        Self {
+            root: self.root.join("sessions").join(name),
+        }
+    }
+
+    /// The name of the directory, enough to tell session directories apart in log lines.
+    pub fn name(&self) -> String {
+        self.root
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
     }
 
     /// The child's `CODEX_HOME`.
@@ -86,6 +113,23 @@ mod tests {
             .root
             .to_string_lossy()
             .starts_with("/s/default/pid-"));
+    }
+
+    #[test]
+    fn session_directories_are_stable_hashes_under_the_slot() {
+        let slot = SlotDir::new(Path::new("/s"), "p", Some(1));
+        let dir = slot.session(b"../../alice");
+        assert_eq!(dir.root, slot.session(b"../../alice").root);
+        assert_ne!(dir.root, slot.session(b"bob").root);
+        assert_eq!(dir.root.parent(), Some(Path::new("/s/p/slot-1/sessions")));
+        let name = dir.name();
+        assert_eq!(name.len(), SESSION_DIR_HEX);
+        assert!(name.bytes().all(|byte| byte.is_ascii_hexdigit()));
+        // SHA-256("bob") begins 81b637d8fcd2c6da6359e6963113a117.
+        assert_eq!(
+            slot.session(b"bob").name(),
+            "81b637d8fcd2c6da6359e6963113a117"
+        );
     }
 
     #[test]

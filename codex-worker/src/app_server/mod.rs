@@ -1,13 +1,16 @@
-//! `--backend app-server`: bus sessions served on one shared `codex app-server` child.
+//! `--backend app-server`: bus sessions served on one shared `codex app-server` child, or with
+//! `--child-per-session` on a child per session.
 //!
-//! The event loop here does the I/O (stdin from the bus, the child's pipes, timers, signals,
-//! restarts); every protocol rule lives in [`bridge`].
+//! The event loop here does the I/O (stdin from the bus, the children's pipes, timers, signals);
+//! which child serves what, and when children start and stop, is decided in [`manager`]; every
+//! protocol rule lives in [`bridge`].
 
 mod approvals;
 mod bridge;
 mod errors;
 mod held;
 mod home;
+mod manager;
 mod outbound;
 mod owners;
 mod policy;
@@ -18,6 +21,8 @@ mod sessions;
 mod threads;
 mod wire;
 
+use std::collections::HashMap;
+use std::fs;
 use std::io;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -31,20 +36,15 @@ use crate::input;
 use crate::lines::Lines;
 use crate::log;
 use crate::timer::sleep_until;
-use bridge::{Bridge, BridgeConfig, Handshake, Out};
+use bridge::{BridgeConfig, Handshake};
 use home::SlotDir;
+use manager::{Effects, Layout, Manager, ManagerConfig};
 use outbound::Outbound;
-use owners::OwnerLog;
 use policy::Policy;
 use process::{ChildEvent, ChildProcess};
-use restart::RestartPolicy;
-use sessions::SessionKey;
 
-/// Exit status when the child keeps dying: the bus supervisor restarts the worker.
+/// Exit status when a child keeps dying: the bus supervisor restarts the worker.
 const EXIT_CHILD_FAILING: u8 = 3;
-
-/// How long a child gets to exit after its stdin closes before its group is killed.
-const CHILD_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything the backend needs, resolved from the command line and the environment.
 #[derive(Debug)]
@@ -52,10 +52,8 @@ pub struct Settings {
     command: Vec<String>,
     slot: SlotDir,
     seed_home: Option<PathBuf>,
-    bridge: BridgeConfig,
+    manager: ManagerConfig,
     queue_bytes: usize,
-    max_restarts: u32,
-    restart_window: Duration,
 }
 
 impl Settings {
@@ -77,29 +75,41 @@ impl Settings {
             None => default_state_dir()?,
         };
         let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+        let layout = if args.child_per_session {
+            Layout::PerSession {
+                max_children: usize::try_from(args.max_children).unwrap_or(usize::MAX),
+                child_idle: seconds(args.child_idle_sec),
+            }
+        } else {
+            Layout::Shared
+        };
+        let bridge = BridgeConfig {
+            request_timeout: Duration::from_secs(args.request_timeout_sec),
+            handshake_timeout: Duration::from_secs(10),
+            approval_timeout: seconds(args.approval_timeout_sec),
+            session_idle: seconds(args.session_idle_sec),
+            hold_unknown: Duration::from_secs(5),
+            max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
+            drain_timeout: Duration::from_secs(args.drain_timeout_sec),
+            interrupt_grace: Duration::from_secs(3),
+            handshake: Handshake {
+                name: args.client_name.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                experimental_api: args.experimental_api,
+            },
+            policy: Policy::new(&args.allow_methods),
+        };
         Ok(Self {
             command,
             slot: SlotDir::new(&state_dir, pool, slot),
             seed_home: args.seed_home.clone(),
-            bridge: BridgeConfig {
-                request_timeout: Duration::from_secs(args.request_timeout_sec),
-                handshake_timeout: Duration::from_secs(10),
-                approval_timeout: seconds(args.approval_timeout_sec),
-                session_idle: seconds(args.session_idle_sec),
-                hold_unknown: Duration::from_secs(5),
-                max_in_flight: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
-                drain_timeout: Duration::from_secs(args.drain_timeout_sec),
-                interrupt_grace: Duration::from_secs(3),
-                handshake: Handshake {
-                    name: args.client_name.clone(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    experimental_api: args.experimental_api,
-                },
-                policy: Policy::new(&args.allow_methods),
+            manager: ManagerConfig {
+                bridge,
+                layout,
+                max_restarts: args.max_child_restarts,
+                restart_window: Duration::from_secs(args.child_restart_window_sec),
             },
             queue_bytes: args.session_queue_bytes,
-            max_restarts: args.max_child_restarts,
-            restart_window: Duration::from_secs(args.child_restart_window_sec),
         })
     }
 }
@@ -124,207 +134,147 @@ pub fn run(settings: Settings) -> io::Result<u8> {
         .block_on(serve(settings))
 }
 
-/// The loop's view of the child.
-struct ChildSlot {
-    process: Option<ChildProcess>,
-    generation: u64,
-    lines: Lines,
-    /// When to start the next child (`None` while one runs or after giving up).
-    start_at: Option<Instant>,
-    restarts: RestartPolicy,
-}
-
 async fn serve(settings: Settings) -> io::Result<u8> {
-    settings.slot.prepare(settings.seed_home.as_deref())?;
-    let (mut owner_log, owners) = OwnerLog::open(&settings.slot.owner_log())?;
-    let outbound = Outbound::start(settings.queue_bytes)?;
-    let mut bridge = Bridge::new(settings.bridge.clone(), Instant::now());
-    for (thread, session) in owners {
-        bridge.restore_owner(&thread, SessionKey::from(session));
+    // A state or seed directory that cannot be used stops the worker now, not at the first child.
+    fs::create_dir_all(&settings.slot.root)?;
+    if let Some(seed) = &settings.seed_home {
+        fs::read_dir(seed)?;
     }
+    let outbound = Outbound::start(settings.queue_bytes)?;
+    let mut manager = Manager::new(
+        settings.manager.clone(),
+        settings.slot.clone(),
+        Instant::now(),
+    )?;
     let (events_tx, mut events) = mpsc::channel(16);
     let mut chunks = input::spawn_stdin_reader()?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut stdin_lines = Lines::new("stdin");
-    let mut child = ChildSlot {
-        process: None,
-        generation: 0,
-        lines: Lines::new("codex app-server"),
-        start_at: Some(Instant::now()),
-        restarts: RestartPolicy::new(settings.max_restarts, settings.restart_window),
-    };
+    let mut children = HashMap::new();
     let mut reading = true;
-    let mut status = 0;
-    loop {
-        let mut out = Out::default();
-        if child.start_at.is_some_and(|at| at <= Instant::now()) && !bridge.draining() {
-            start_child(&settings, &mut child, &mut bridge, &events_tx, &mut out);
+    let mut fx = Effects::default();
+    manager.begin(Instant::now(), &mut fx);
+    let status = loop {
+        apply(
+            &settings,
+            fx,
+            &mut manager,
+            &mut children,
+            &events_tx,
+            &outbound,
+        );
+        if manager.failed() {
+            break EXIT_CHILD_FAILING;
         }
-        let timer = [bridge.next_deadline(), child.start_at]
-            .into_iter()
-            .flatten()
-            .min();
+        if manager.drained() {
+            break 0;
+        }
+        fx = Effects::default();
+        let timer = manager.next_deadline(Instant::now());
         tokio::select! {
             biased;
             _ = sigterm.recv() => {
                 log::line(format_args!("SIGTERM: draining"));
-                bridge.begin_drain(Instant::now(), &mut out);
+                manager.begin_drain(Instant::now(), false, &mut fx);
             }
             event = events.recv() => match event {
-                Some(ChildEvent::Stdout(generation, chunk)) if generation == child.generation => {
-                    let now = Instant::now();
-                    let _: ControlFlow<()> = child.lines.feed(&chunk, |line| {
-                        bridge.child_line(line, now, &mut out);
-                        ControlFlow::Continue(())
-                    });
+                Some(ChildEvent::Stdout(generation, chunk)) => {
+                    manager.child_output(generation, &chunk, Instant::now(), &mut fx);
                 }
-                Some(ChildEvent::Exited(generation, exit)) if generation == child.generation => {
-                    let now = Instant::now();
-                    let _: ControlFlow<()> = child.lines.finish(|line| {
-                        bridge.child_line(line, now, &mut out);
-                        ControlFlow::Continue(())
-                    });
-                    log::line(format_args!("codex app-server generation {generation} exited: {}", describe(&exit)));
-                    child.process = None;
-                    bridge.child_exited(now, &mut out);
-                    if !bridge.draining() && !child_died(&mut child, &mut bridge, now, &mut out) {
-                        status = EXIT_CHILD_FAILING;
-                    }
+                Some(ChildEvent::Exited(generation, exit)) => {
+                    children.remove(&generation);
+                    manager.child_exited(generation, &describe(&exit), Instant::now(), &mut fx);
                 }
-                // Events of an earlier child, or every sender gone (cannot happen: we hold one).
-                Some(_) | None => {}
+                // Every sender gone: cannot happen, we hold one.
+                None => {}
             },
             chunk = chunks.recv(), if reading => {
                 let now = Instant::now();
                 match chunk {
                     Some(chunk) => {
                         let _: ControlFlow<()> = stdin_lines.feed(&chunk, |line| {
-                            bridge.bus_line(line, now, &mut out);
+                            manager.bus_line(line, now, &mut fx);
                             ControlFlow::Continue(())
                         });
                     }
                     None => {
                         reading = false;
                         let _: ControlFlow<()> = stdin_lines.finish(|line| {
-                            bridge.bus_line(line, now, &mut out);
+                            manager.bus_line(line, now, &mut fx);
                             ControlFlow::Continue(())
                         });
                         log::line(format_args!("end of input: draining"));
-                        bridge.input_closed(now, &mut out);
+                        manager.begin_drain(now, true, &mut fx);
                     }
                 }
             }
-            () = sleep_until(timer) => bridge.on_timer(Instant::now(), &mut out),
+            () = sleep_until(timer) => manager.on_timer(Instant::now(), &mut fx),
         }
-        apply(out, &mut child, &outbound, &mut owner_log);
-        if status != 0 || (bridge.drained() && child.process.is_none()) {
-            break;
-        }
-        if bridge.drained() {
-            stop_child(&mut child, &mut events).await;
-            break;
-        }
-    }
+    };
     outbound.finish();
     Ok(status)
 }
 
-/// Starts the next child; a child that cannot even be spawned counts as a death.
-fn start_child(
+/// Carries out what the manager asked for; a child that cannot even be spawned counts as a
+/// death, which the manager handles like any other (and may ask for more).
+fn apply(
     settings: &Settings,
-    child: &mut ChildSlot,
-    bridge: &mut Bridge,
+    mut fx: Effects,
+    manager: &mut Manager,
+    children: &mut HashMap<u64, ChildProcess>,
     events: &mpsc::Sender<ChildEvent>,
-    out: &mut Out,
+    outbound: &Outbound,
 ) {
-    child.start_at = None;
-    child.generation += 1;
-    child.lines = Lines::new("codex app-server");
-    let now = Instant::now();
-    let started = settings
-        .slot
-        .prepare(settings.seed_home.as_deref())
-        .and_then(|()| {
-            ChildProcess::spawn(
-                &settings.command,
-                &settings.slot.codex_home(),
-                child.generation,
-                events.clone(),
-            )
-        });
-    match started {
-        Ok(process) => {
-            child.process = Some(process);
-            bridge.child_started(child.generation, now, out);
-        }
-        Err(err) => {
-            log::line(format_args!(
-                "cannot start {}: {err}",
-                settings.command.join(" ")
-            ));
-            child_died(child, bridge, now, out);
-        }
-    }
-}
-
-/// Schedules a restart after a death; returns `false` when the restart limit is exceeded.
-fn child_died(child: &mut ChildSlot, bridge: &mut Bridge, now: Instant, out: &mut Out) -> bool {
-    match child.restarts.on_death(now) {
-        Some(delay) => {
-            log::line(format_args!(
-                "restarting codex app-server in {} ms",
-                delay.as_millis()
-            ));
-            child.start_at = Some(now + delay);
-            true
-        }
-        None => {
-            log::line(format_args!(
-                "codex app-server keeps dying: giving up, exit status {EXIT_CHILD_FAILING}"
-            ));
-            bridge.give_up("codex app-server keeps exiting", now, out);
-            child.start_at = None;
-            false
-        }
-    }
-}
-
-/// Carries out what the bridge asked for.
-fn apply(out: Out, child: &mut ChildSlot, outbound: &Outbound, owner_log: &mut OwnerLog) {
-    if let Some(process) = &child.process {
-        process.write(out.child);
-        if out.kill_child {
-            process.kill();
-        }
-    }
-    for (thread, session) in &out.owned {
-        owner_log.append(thread, session);
-    }
-    outbound.push_all(out.bus);
-}
-
-/// Closes the child's stdin and waits for it to exit, killing its group if it lingers.
-async fn stop_child(child: &mut ChildSlot, events: &mut mpsc::Receiver<ChildEvent>) {
-    let Some(process) = &mut child.process else {
-        return;
-    };
-    process.close_stdin();
-    let deadline = tokio::time::Instant::now() + CHILD_EXIT_GRACE;
     loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(ChildEvent::Exited(generation, exit))) if generation == child.generation => {
-                log::line(format_args!("codex app-server exited: {}", describe(&exit)));
-                return;
+        let mut failed = Vec::new();
+        for spawn in fx.spawn {
+            let started = spawn
+                .dir
+                .prepare(settings.seed_home.as_deref())
+                .and_then(|()| {
+                    ChildProcess::spawn(
+                        &settings.command,
+                        &spawn.dir.codex_home(),
+                        spawn.generation,
+                        events.clone(),
+                    )
+                });
+            match started {
+                Ok(process) => {
+                    children.insert(spawn.generation, process);
+                }
+                Err(err) => {
+                    log::line(format_args!(
+                        "cannot start {}: {err}",
+                        settings.command.join(" ")
+                    ));
+                    failed.push((spawn.generation, err));
+                }
             }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                log::line(format_args!(
-                    "codex app-server still running {} s after its stdin closed; killing it",
-                    CHILD_EXIT_GRACE.as_secs()
-                ));
-                process.kill();
-                return;
+        }
+        for (generation, bytes) in fx.to_child {
+            if let Some(process) = children.get(&generation) {
+                process.write(bytes);
             }
+        }
+        for generation in fx.close_stdin {
+            if let Some(process) = children.get_mut(&generation) {
+                process.close_stdin();
+            }
+        }
+        for (generation, signal) in fx.signal {
+            if let Some(process) = children.get(&generation) {
+                process.signal(signal);
+            }
+        }
+        outbound.push_all(fx.bus);
+        if failed.is_empty() {
+            return;
+        }
+        fx = Effects::default();
+        for (generation, err) in failed {
+            let how = format!("could not start ({err})");
+            manager.child_exited(generation, &how, Instant::now(), &mut fx);
         }
     }
 }

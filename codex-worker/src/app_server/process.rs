@@ -129,10 +129,10 @@ impl ChildProcess {
         self.stdin = None;
     }
 
-    /// SIGKILLs the child's process group.
-    pub fn kill(&self) {
+    /// Sends `signal` to the child's process group (its tools included).
+    pub fn signal(&self, signal: Signal) {
         if let Some(pid) = self.pid {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(pid), signal);
         }
     }
 }

@@ -91,6 +91,11 @@ impl Sessions {
         self.map.remove(key);
     }
 
+    /// Whether some session has sent `initialize` (and so must not have to send it again).
+    pub fn any_initialized(&self) -> bool {
+        self.map.values().any(|session| session.initialized)
+    }
+
     /// Whether no session is known.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
@@ -118,6 +123,9 @@ mod tests {
         assert_eq!(sessions.token(&key), b"7");
         sessions.touch(&key, b"\"7\"", now);
         assert_eq!(sessions.token(&key), b"\"7\"");
+        assert!(!sessions.any_initialized());
+        sessions.touch(&key, b"7", now).initialized = true;
+        assert!(sessions.any_initialized());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use super::{Bridge, ChildState, Out};
 use crate::app_server::approvals::{write_decline, Refusal};
 use crate::app_server::errors::WorkerError;
+use crate::app_server::outbound::{BusLine, Kind};
 use crate::app_server::policy::{starts_work, Class};
 use crate::app_server::requests::{Creation, Forwarded, Purpose};
 use crate::app_server::sessions::{key_of, SessionKey};
@@ -49,52 +50,78 @@ struct Capabilities {
     opt_out_notification_methods: Option<Vec<String>>,
 }
 
+/// The routing key of a call's `sessionId`, when it has a usable one.
+pub fn session_of(call: &Call<'_>) -> Option<SessionKey> {
+    call.session
+        .and_then(|token| key_of(token.get().as_bytes()))
+}
+
+/// Answers a line from the bus that belongs to no session: unreadable, not a message, or a call
+/// without a usable `sessionId`. Returns `false` (doing nothing) for every other line.
+pub fn refuse_unscoped(message: &Message<'_>, line: &[u8], out: &mut Out) -> bool {
+    let (reply, session) = match message {
+        Message::Call(call) if session_of(call).is_none() => {
+            let Some(id) = call.id else {
+                log::line(format_args!(
+                    "notification {} without a sessionId dropped",
+                    call.name
+                ));
+                return true;
+            };
+            let mut reply = Vec::new();
+            WorkerError::SessionRequired.write_reply(&mut reply, id.get().as_bytes(), None);
+            (reply, None)
+        }
+        Message::Invalid { id, session } => {
+            log::line(format_args!(
+                "invalid request from the bus: {}",
+                preview(line)
+            ));
+            let Some(id) = id else {
+                return true;
+            };
+            let mut reply = Vec::new();
+            WorkerError::InvalidRequest.write_reply(
+                &mut reply,
+                id.get().as_bytes(),
+                session.map(|session| session.get().as_bytes()),
+            );
+            (
+                reply,
+                session.and_then(|session| key_of(session.get().as_bytes())),
+            )
+        }
+        Message::Malformed(err) => {
+            log::line(format_args!("parse error ({err}): {}", preview(line)));
+            (render::PARSE_ERROR.to_vec(), None)
+        }
+        Message::Call(_) | Message::Response(_) => return false,
+    };
+    out.bus.push(BusLine {
+        session,
+        line: reply,
+        kind: Kind::Essential,
+    });
+    true
+}
+
 impl Bridge {
     /// Handles one line from the bus.
     pub fn bus_line(&mut self, line: &[u8], now: Instant, out: &mut Out) {
         self.now = now;
-        match message::classify(line) {
+        let message = message::classify(line);
+        if refuse_unscoped(&message, line, out) {
+            return;
+        }
+        match message {
             Message::Call(call) => self.call(&call, line, out),
             Message::Response(response) => self.session_answer(&response, out),
-            Message::Invalid { id, session } => {
-                log::line(format_args!(
-                    "invalid request from the bus: {}",
-                    preview(line)
-                ));
-                if let Some(id) = id {
-                    let mut reply = Vec::new();
-                    WorkerError::InvalidRequest.write_reply(
-                        &mut reply,
-                        id.get().as_bytes(),
-                        session.map(|session| session.get().as_bytes()),
-                    );
-                    let key = session.and_then(|session| key_of(session.get().as_bytes()));
-                    self.emit_own(out, key.as_ref(), reply);
-                }
-            }
-            Message::Malformed(err) => {
-                log::line(format_args!("parse error ({err}): {}", preview(line)));
-                self.emit_own(out, None, render::PARSE_ERROR.to_vec());
-            }
+            Message::Invalid { .. } | Message::Malformed(_) => {}
         }
     }
 
     fn call(&mut self, call: &Call<'_>, line: &[u8], out: &mut Out) {
-        let session = call
-            .session
-            .and_then(|token| Some((key_of(token.get().as_bytes())?, token)));
-        let Some((key, token)) = session else {
-            match call.id {
-                Some(id) => {
-                    let mut reply = Vec::new();
-                    WorkerError::SessionRequired.write_reply(&mut reply, id.get().as_bytes(), None);
-                    self.emit_own(out, None, reply);
-                }
-                None => log::line(format_args!(
-                    "notification {} without a sessionId dropped",
-                    call.name
-                )),
-            }
+        let (Some(key), Some(token)) = (session_of(call), call.session) else {
             return;
         };
         let state = self.sessions.touch(&key, token.get().as_bytes(), self.now);

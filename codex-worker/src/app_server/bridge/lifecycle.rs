@@ -68,11 +68,23 @@ impl Bridge {
         }
     }
 
-    /// The child will not come back (too many restarts, or it cannot start): fail what waits.
-    pub fn give_up(&mut self, reason: &str, now: Instant, out: &mut Out) {
+    /// The child is being stopped (idle, evicted or drained): from now on requests wait for the
+    /// next child instead of going to one whose stdin is closed.
+    pub fn child_stopping(&mut self, now: Instant) {
         self.now = now;
         self.child = ChildState::Down;
-        self.fail_everything_waiting(&WorkerError::ChildUnavailable(reason.to_owned()), out);
+    }
+
+    /// The child will not come back (too many restarts, or it cannot start): fail what waits.
+    pub fn give_up(&mut self, reason: &str, now: Instant, out: &mut Out) {
+        self.child = ChildState::Down;
+        self.fail_waiting(&WorkerError::ChildUnavailable(reason.to_owned()), now, out);
+    }
+
+    /// Answers every request waiting for the child (or for a lazy resume) with `error`.
+    pub fn fail_waiting(&mut self, error: &WorkerError, now: Instant, out: &mut Out) {
+        self.now = now;
+        self.fail_everything_waiting(error, out);
     }
 
     /// Begins the drain (SIGTERM or end of input): no new work, active turns get

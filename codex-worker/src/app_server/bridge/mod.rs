@@ -11,11 +11,13 @@ mod lifecycle;
 #[cfg(test)]
 mod tests;
 
+pub use client::{refuse_unscoped, session_of};
+
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::approvals::Approvals;
+use super::approvals::{ApprovalIds, Approvals};
 use super::errors::WorkerError;
 use super::held::Held;
 use super::outbound::{BusLine, Kind};
@@ -125,14 +127,14 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// A bridge with no child yet.
-    pub fn new(config: BridgeConfig, now: Instant) -> Self {
+    /// A bridge with no child yet, numbering server requests from `approval_ids`.
+    pub fn new(config: BridgeConfig, approval_ids: ApprovalIds, now: Instant) -> Self {
         Self {
             config,
             sessions: Sessions::default(),
             threads: Threads::default(),
             requests: Requests::default(),
-            approvals: Approvals::default(),
+            approvals: Approvals::new(approval_ids),
             held: Held::default(),
             waiting: VecDeque::new(),
             child: ChildState::Down,
@@ -171,9 +173,31 @@ impl Bridge {
         self.drain == Some(DrainStage::Done)
     }
 
-    /// Whether a drain has begun (the child is then not restarted).
-    pub fn draining(&self) -> bool {
-        self.drain.is_some()
+    /// Whether the child has nothing to do: no request in flight or waiting, no active turn, no
+    /// approval waiting for its session. Only such a child may be stopped to save resources.
+    pub fn is_idle(&self) -> bool {
+        self.requests.is_empty()
+            && self.waiting.is_empty()
+            && self.threads.parked() == 0
+            && !self.threads.any_active()
+            && self.approvals.unanswered() == 0
+            && self.held.is_empty()
+    }
+
+    /// Whether requests wait for a child that is not running.
+    pub fn wants_child(&self) -> bool {
+        self.child == ChildState::Down && (!self.waiting.is_empty() || self.threads.parked() > 0)
+    }
+
+    /// Whether a session depends on this bridge's memory (it sent `initialize`); otherwise the
+    /// bridge can be dropped and rebuilt from the owner log.
+    pub fn holds_sessions(&self) -> bool {
+        self.sessions.any_initialized()
+    }
+
+    /// Whether the server request with worker id `id` is this bridge's.
+    pub fn awaits_answer(&self, id: u64) -> bool {
+        self.approvals.contains(id)
     }
 
     /// Records that `owner` owns `thread`; new persistent threads go to the owner log.

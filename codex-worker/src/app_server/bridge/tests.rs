@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{Bridge, BridgeConfig, Handshake, Out};
+use crate::app_server::approvals::ApprovalIds;
 use crate::app_server::policy::Policy;
 
 const INIT_RESULT: &str =
@@ -44,7 +45,7 @@ impl Harness {
     fn with(config: BridgeConfig) -> Self {
         let now = Instant::now();
         let mut harness = Self {
-            bridge: Bridge::new(config, now),
+            bridge: Bridge::new(config, ApprovalIds::default(), now),
             now,
             out: Out::default(),
         };
@@ -604,7 +605,7 @@ fn in_flight_requests_are_capped_and_the_rest_wait_in_order() {
 #[test]
 fn a_handshake_that_never_comes_kills_the_child() {
     let now = Instant::now();
-    let mut bridge = Bridge::new(config(), now);
+    let mut bridge = Bridge::new(config(), ApprovalIds::default(), now);
     let mut out = Out::default();
     bridge.child_started(1, now, &mut out);
     bridge.on_timer(now + Duration::from_secs(3), &mut out);
