@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod listen;
+pub mod stdio;
 
 use std::io;
 use std::sync::Arc;
@@ -30,14 +31,9 @@ pub async fn serve(
 ) {
     match bound {
         Bound::Stdio => {
-            let serve = connection::serve(
-                router,
-                Transport::Stdio,
-                tokio::io::stdin(),
-                tokio::io::stdout(),
-                limits,
-                &writers,
-            );
+            let (input, output) = stdio::streams();
+            let serve =
+                connection::serve(router, Transport::Stdio, input, output, limits, &writers);
             tokio::select! {
                 () = serve => {
                     tracing::info!("stdin closed; draining");
