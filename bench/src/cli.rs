@@ -1,0 +1,118 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::load::Sessions;
+use crate::scenario::Name;
+use crate::target::{Kind, Transport};
+
+/// Load generator for codex-stdio-bus, or any bus that reads stdio Bus config files: drives it
+/// over TCP, a Unix socket or stdio, checks every reply, and reports throughput, latency, and the
+/// daemon's CPU time and memory.
+#[derive(Debug, Parser)]
+#[command(name = "bus-bench", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Settings shared by every run.
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one load you describe with the options below.
+    Run(RunArgs),
+    /// Run a named scenario (or `all`) as docs/benchmarks.md describes.
+    Scenario(ScenarioArgs),
+}
+
+/// Options of every subcommand.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The bus command (split on spaces); `--config FILE` and `--tcp ADDR`, `--unix PATH` or
+    /// `--stdio` are appended. Default: codex-stdio-bus beside this binary.
+    #[arg(long, global = true, value_name = "CMD")]
+    pub bus_cmd: Option<String>,
+    /// The worker program named in the bus config and run by `direct`. Default: codex-worker
+    /// beside this binary.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub worker_cmd: Option<PathBuf>,
+    /// The worker's arguments (split on spaces).
+    #[arg(
+        long,
+        global = true,
+        value_name = "ARGS",
+        default_value = "--backend mock",
+        allow_hyphen_values = true
+    )]
+    pub worker_args: String,
+    /// Runs per row; tables show median [min–max].
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Give up on a run when no reply arrived for this many seconds (what is missing is lost).
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECONDS")]
+    pub stall_timeout: f64,
+    /// After the last reply, keep reading this many milliseconds to catch duplicates.
+    #[arg(long, global = true, default_value_t = 100, value_name = "MS")]
+    pub linger_ms: u64,
+    /// Also write every figure of every run as JSON to FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// `bus-bench run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What to drive: the bus, the worker directly, or the in-process responder.
+    #[arg(long, value_enum, default_value_t = Kind::Bus)]
+    pub target: Kind,
+    /// Transport to the bus or responder (`direct` always uses the worker's stdin/stdout).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+    /// Concurrent connections (C).
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Requests in flight per connection (W).
+    #[arg(short, long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub window: u32,
+    /// Requests in total (N).
+    #[arg(short = 'n', long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Sessions (S): none, per-connection, unique (one per request) or a number.
+    #[arg(short, long, default_value = "none")]
+    pub sessions: Sessions,
+    /// Request line size in bytes (P), padded inside params; 0 = unpadded (~60 bytes).
+    #[arg(short, long, default_value_t = 0)]
+    pub payload: usize,
+    /// JSON-RPC method of the requests.
+    #[arg(long, default_value = "ping")]
+    pub method: String,
+    /// Worker instances in the bus's pool.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: u32,
+    /// Kill a worker every MS milliseconds during the measured phase.
+    #[arg(long, value_name = "MS")]
+    pub churn_ms: Option<u64>,
+    /// Accept error replies (each request still needs exactly one reply).
+    #[arg(long)]
+    pub allow_errors: bool,
+}
+
+/// `bus-bench scenario`.
+#[derive(Debug, Args)]
+pub struct ScenarioArgs {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub name: Name,
+    /// Multiply request counts (and the connection count of `connections`) by this factor.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Run only the rows that drive the bus (skip the `direct` and `self` baselines).
+    #[arg(long)]
+    pub bus_only: bool,
+}

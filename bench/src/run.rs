@@ -1,0 +1,263 @@
+//! One run: start the target, warm up, measure one phase, read the counters, end the target.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::engine::{Churn, Engine, Outcome, Phase, Tally};
+use crate::ids::{MEASURED, WARMUP};
+use crate::load::{Load, Sessions};
+use crate::procfs;
+use crate::requests;
+use crate::target::{Commands, Kind, Launch, Target, Transport};
+
+/// Warm-up requests before the clock starts: they open the connections' state in the bus, start
+/// the workers' first reads and grow every buffer to its working size.
+const MAX_WARMUP: usize = 10_000;
+
+/// Everything that defines one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSpec {
+    /// What is driven.
+    pub kind: Kind,
+    /// How it is reached.
+    pub transport: Transport,
+    /// The traffic.
+    pub load: Load,
+    /// Worker instances in the bus's pool (`direct` runs one per connection).
+    pub workers: usize,
+    /// Kill a worker this often (ms) during the measured phase.
+    pub churn_ms: Option<u64>,
+    /// Whether error replies are acceptable (they are under churn).
+    pub allow_errors: bool,
+}
+
+/// Settings shared by every run of an invocation.
+pub struct Settings {
+    /// The programs under test.
+    pub commands: Commands,
+    /// Give up when no reply arrived for this long.
+    pub stall: Duration,
+    /// Keep reading this long after the last reply, to catch duplicates.
+    pub linger: Duration,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// Measured requests sent.
+    pub requests: usize,
+    /// Reply counts.
+    pub tally: Tally,
+    /// Reply counts of the warm-up before the clock started.
+    pub warmup: Tally,
+    /// Whether the run stopped waiting for replies that never came.
+    pub stalled: bool,
+    /// Workers killed during the run.
+    pub kills: u64,
+    /// First request written to last reply read, seconds.
+    pub wall_s: f64,
+    /// Replies per second.
+    pub throughput: f64,
+    /// Round-trip latency.
+    pub latency_us: Percentiles,
+    /// Daemon CPU seconds per 100k round trips (bus runs).
+    pub daemon_cpu_s_per_100k: Option<f64>,
+    /// Workers' CPU seconds per 100k round trips (not measurable when workers were killed).
+    pub workers_cpu_s_per_100k: Option<f64>,
+    /// The generator's own CPU seconds per 100k round trips (with the self responder's).
+    pub client_cpu_s_per_100k: f64,
+    /// The daemon's peak resident set, kB.
+    pub daemon_peak_rss_kb: Option<u64>,
+    /// The daemon's resident set before the measured phase, kB.
+    pub daemon_rss_before_kb: Option<u64>,
+    /// The daemon's resident set after the last reply, kB.
+    pub daemon_rss_after_kb: Option<u64>,
+    /// RSS growth per session opened in the measured phase, bytes (`unique` sessions only).
+    pub rss_bytes_per_session: Option<f64>,
+    /// Exactly one reply per request, to the right connection (and no error where none is allowed).
+    pub passed: bool,
+}
+
+/// Counter readings at one instant.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    daemon_cpu: Option<u64>,
+    workers_cpu: Option<u64>,
+    own_cpu: u64,
+    rss_kb: Option<u64>,
+    peak_kb: Option<u64>,
+}
+
+impl Counters {
+    fn read(daemon: Option<u32>, workers: &[u32]) -> Counters {
+        let workers_cpu = workers
+            .iter()
+            .map(|&w| procfs::cpu_ns(w))
+            .sum::<Option<u64>>();
+        Counters {
+            daemon_cpu: daemon.and_then(procfs::cpu_ns),
+            workers_cpu,
+            own_cpu: procfs::own_cpu_ns(),
+            rss_kb: daemon.and_then(|d| procfs::status_kb(d, "VmRSS")),
+            peak_kb: daemon.and_then(|d| procfs::status_kb(d, "VmHWM")),
+        }
+    }
+}
+
+/// Runs `spec` once.
+pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String> {
+    let load = &spec.load;
+    let mut limits = serde_json::Map::new();
+    if spec.churn_ms.is_some() {
+        // Killed workers must come back for the whole run, not fail after the default 5 restarts.
+        limits.insert("max_restarts".into(), 1_000_000.into());
+    }
+    let launch = Launch {
+        kind: spec.kind,
+        transport: spec.transport,
+        connections: load.connections,
+        workers: spec.workers,
+        limits,
+        commands: &settings.commands,
+    };
+    let (target, streams) = Target::start(&launch)?;
+    let mut engine = Engine::new(streams).map_err(|e| format!("event loop: {e}"))?;
+    let io_error = |e: std::io::Error| format!("event loop: {e}");
+
+    let mut warm_load = load.with_requests(load.requests.min(MAX_WARMUP));
+    if load.sessions == Sessions::Unique {
+        // The measured phase is to open every session from an empty table (its RSS growth is
+        // the figure), so the warm-up opens none.
+        warm_load.sessions = Sessions::None;
+    }
+    let warm = engine
+        .run(
+            requests::build(&warm_load, WARMUP),
+            Phase {
+                tag: WARMUP,
+                window: load.window,
+                stall: settings.stall,
+                linger: Duration::ZERO,
+                churn: None,
+                on_done: &mut || {},
+            },
+        )
+        .map_err(io_error)?;
+
+    let measured = requests::build(load, MEASURED);
+    let daemon = target.daemon_pid();
+    let workers = target.worker_pids();
+    let before = Counters::read(daemon, &workers);
+    let mut after = None;
+    let mut victim = 0usize;
+    let mut kill_worker = || {
+        let alive = target.worker_pids();
+        let Some(&pid) = alive.get(victim % alive.len().max(1)) else {
+            return false;
+        };
+        victim += 1;
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
+    };
+    let outcome = engine
+        .run(
+            measured,
+            Phase {
+                tag: MEASURED,
+                window: load.window,
+                stall: settings.stall,
+                linger: settings.linger,
+                churn: spec.churn_ms.map(|ms| Churn {
+                    every: Duration::from_millis(ms),
+                    kill: &mut kill_worker,
+                }),
+                on_done: &mut || after = Some(Counters::read(daemon, &workers)),
+            },
+        )
+        .map_err(io_error)?;
+    let after = after.unwrap_or_else(|| Counters::read(daemon, &workers));
+    drop(engine);
+    target.stop()?;
+    Ok(result(spec, &warm.tally, &outcome, &before, &after))
+}
+
+/// A warm-up that loses replies fails the run, but the measured phase still runs: a bus that
+/// drops messages gets its figures (and its losses) reported rather than a bare failure.
+fn result(
+    spec: &RunSpec,
+    warmup: &Tally,
+    outcome: &Outcome,
+    before: &Counters,
+    after: &Counters,
+) -> RunResult {
+    let n = spec.load.requests;
+    let per_100k = |ns: u64| ns as f64 / 1e9 / n.max(1) as f64 * 100_000.0;
+    let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+    let wall_s = outcome.elapsed.as_secs_f64();
+    let answered = outcome.tally.ok + outcome.tally.errors;
+    let rss_growth = delta(before.rss_kb, after.rss_kb);
+    let tally = outcome.tally;
+    RunResult {
+        requests: n,
+        tally,
+        warmup: *warmup,
+        stalled: outcome.stalled,
+        kills: outcome.kills,
+        wall_s,
+        throughput: answered as f64 / wall_s.max(1e-9),
+        latency_us: Percentiles::of(&outcome.latency),
+        daemon_cpu_s_per_100k: delta(before.daemon_cpu, after.daemon_cpu).map(per_100k),
+        workers_cpu_s_per_100k: if outcome.kills == 0 {
+            delta(before.workers_cpu, after.workers_cpu).map(per_100k)
+        } else {
+            None
+        },
+        client_cpu_s_per_100k: per_100k(after.own_cpu.saturating_sub(before.own_cpu)),
+        daemon_peak_rss_kb: after.peak_kb,
+        daemon_rss_before_kb: before.rss_kb,
+        daemon_rss_after_kb: after.rss_kb,
+        rss_bytes_per_session: match spec.load.sessions {
+            Sessions::Unique => rss_growth.map(|kb| kb as f64 * 1024.0 / n.max(1) as f64),
+            _ => None,
+        },
+        passed: tally.failures() == 0
+            && warmup.failures() == 0
+            && warmup.errors == 0
+            && !outcome.stalled
+            && (spec.allow_errors || tally.errors == 0),
+    }
+}

@@ -1,0 +1,368 @@
+//! Starting what a run drives, and ending it: the bus daemon (from `--bus-cmd` and a config file
+//! written here, so any bus that reads stdio Bus configs runs the same scenarios), the worker alone
+//! over its stdin/stdout (`direct`), or the in-process responder (`self`).
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::io::Io;
+use crate::procfs;
+use crate::responder::{Responder, Source};
+
+/// How long a daemon may take to listen and start its workers.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a daemon may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// The bus daemon from `--bus-cmd`, with a pool of workers.
+    Bus,
+    /// One worker per connection, over its own stdin/stdout: the upper bound for any bus.
+    Direct,
+    /// A responder thread inside the generator: the generator's own ceiling.
+    #[value(name = "self")]
+    #[serde(rename = "self")]
+    SelfResponder,
+}
+
+/// How the generator reaches a bus (or the self responder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// TCP on 127.0.0.1.
+    Tcp,
+    /// A Unix socket in a scratch directory.
+    Unix,
+    /// The process's stdin/stdout (one connection).
+    Stdio,
+}
+
+impl Transport {
+    /// The name used on the command line and in labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+            Transport::Stdio => "stdio",
+        }
+    }
+}
+
+/// The programs under test.
+#[derive(Clone, Debug)]
+pub struct Commands {
+    /// The bus command line; `--config FILE` and the transport flag are appended.
+    pub bus: Vec<String>,
+    /// The worker program the bus config names (and `direct` runs).
+    pub worker: PathBuf,
+    /// Its arguments.
+    pub worker_args: Vec<String>,
+}
+
+/// What to start.
+pub struct Launch<'a> {
+    /// Bus, direct or self.
+    pub kind: Kind,
+    /// Transport to the bus or responder (ignored by `direct`, which always uses pipes).
+    pub transport: Transport,
+    /// Connections to open.
+    pub connections: usize,
+    /// Worker instances in the bus's pool.
+    pub workers: usize,
+    /// Extra `limits` members for the bus config.
+    pub limits: serde_json::Map<String, serde_json::Value>,
+    /// The programs.
+    pub commands: &'a Commands,
+}
+
+/// A started target; every process it started is killed and reaped when it is dropped.
+pub struct Target {
+    dir: tempfile::TempDir,
+    daemon: Option<Child>,
+    direct: Vec<Child>,
+    responder: Option<Responder>,
+}
+
+impl Target {
+    /// Starts the target and opens `launch.connections` connections to it.
+    pub fn start(launch: &Launch<'_>) -> Result<(Target, Vec<Io>), String> {
+        let dir = tempfile::Builder::new()
+            .prefix("bus-bench")
+            .tempdir()
+            .map_err(|e| format!("scratch directory: {e}"))?;
+        let mut target = Target {
+            dir,
+            daemon: None,
+            direct: Vec::new(),
+            responder: None,
+        };
+        if launch.transport == Transport::Stdio
+            && launch.kind != Kind::Direct
+            && launch.connections != 1
+        {
+            return Err("the stdio transport carries exactly one connection".into());
+        }
+        let streams = match launch.kind {
+            Kind::Bus => target.start_bus(launch),
+            Kind::Direct => target.start_direct(launch),
+            Kind::SelfResponder => target.start_self(launch),
+        }?;
+        Ok((target, streams))
+    }
+
+    /// The bus daemon's pid.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// The worker processes alive now (the bus's children, or the direct workers).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        match self.daemon_pid() {
+            Some(pid) => procfs::children(pid),
+            None => self.direct.iter().map(Child::id).collect(),
+        }
+    }
+
+    /// Ends the target; an error if the in-process responder failed.
+    pub fn stop(mut self) -> Result<(), String> {
+        match self.responder.take() {
+            Some(responder) => responder.stop().map_err(|e| format!("responder: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    fn start_bus(&mut self, launch: &Launch<'_>) -> Result<Vec<Io>, String> {
+        let commands = launch.commands;
+        let (program, args) = commands.bus.split_first().ok_or("--bus-cmd is empty")?;
+        let config = self.write_config(launch)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).arg("--config").arg(&config);
+        let endpoint = match launch.transport {
+            Transport::Tcp => {
+                let addr = free_port()?;
+                cmd.arg("--tcp").arg(addr.to_string());
+                Endpoint::Tcp(addr)
+            }
+            Transport::Unix => {
+                let path = self.dir.path().join("bus.sock");
+                cmd.arg("--unix").arg(&path);
+                Endpoint::Unix(path)
+            }
+            Transport::Stdio => {
+                cmd.arg("--stdio");
+                Endpoint::Stdio
+            }
+        };
+        let stdio = launch.transport == Transport::Stdio;
+        let piped = || if stdio { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(piped())
+            .stdout(piped())
+            .stderr(self.log_file("bus.log")?);
+        let daemon = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let pid = daemon.id();
+        self.daemon = Some(daemon);
+        self.wait_ready(&endpoint, pid, launch.workers)?;
+        match endpoint {
+            Endpoint::Tcp(addr) => connect_n(launch.connections, || Io::tcp(addr)),
+            Endpoint::Unix(path) => connect_n(launch.connections, || Io::unix(&path)),
+            Endpoint::Stdio => {
+                let daemon = self.daemon.as_mut().expect("just started");
+                let (stdin, stdout) = (daemon.stdin.take(), daemon.stdout.take());
+                let io = Io::child(stdin.expect("piped"), stdout.expect("piped"));
+                Ok(vec![io.map_err(|e| format!("bus stdio: {e}"))?])
+            }
+        }
+    }
+
+    /// The stdio Bus config format, which codex-stdio-bus reads unchanged.
+    fn write_config(&self, launch: &Launch<'_>) -> Result<PathBuf, String> {
+        let commands = launch.commands;
+        let mut config = json!({
+            "pools": [{
+                "id": "bench",
+                "command": commands.worker,
+                "args": commands.worker_args,
+                "instances": launch.workers,
+            }]
+        });
+        if !launch.limits.is_empty() {
+            config["limits"] = serde_json::Value::Object(launch.limits.clone());
+        }
+        let path = self.dir.path().join("bus.json");
+        std::fs::write(&path, config.to_string()).map_err(|e| format!("write config: {e}"))?;
+        Ok(path)
+    }
+
+    /// Waits until the bus accepts connections and runs `workers` worker processes.
+    fn wait_ready(&mut self, endpoint: &Endpoint, pid: u32, workers: usize) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            let listening = match endpoint {
+                Endpoint::Tcp(addr) => std::net::TcpStream::connect(addr).is_ok(),
+                Endpoint::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+                Endpoint::Stdio => true,
+            };
+            if listening && procfs::children(pid).len() >= workers {
+                return Ok(());
+            }
+            let daemon = self.daemon.as_mut().expect("started");
+            if let Ok(Some(status)) = daemon.try_wait() {
+                return Err(format!("the bus exited ({status}) {}", self.log_tail()));
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(format!(
+                    "the bus was not ready within {READY_TIMEOUT:?} {}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn start_direct(&mut self, launch: &Launch<'_>) -> Result<Vec<Io>, String> {
+        let commands = launch.commands;
+        let mut streams = Vec::with_capacity(launch.connections);
+        for i in 0..launch.connections {
+            let mut worker = Command::new(&commands.worker)
+                .args(&commands.worker_args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(self.log_file(&format!("worker-{i}.log"))?)
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", commands.worker.display()))?;
+            let (stdin, stdout) = (worker.stdin.take(), worker.stdout.take());
+            self.direct.push(worker);
+            let io = Io::child(stdin.expect("piped"), stdout.expect("piped"));
+            streams.push(io.map_err(|e| format!("worker pipes: {e}"))?);
+        }
+        Ok(streams)
+    }
+
+    fn start_self(&mut self, launch: &Launch<'_>) -> Result<Vec<Io>, String> {
+        let fail = |e: std::io::Error| format!("in-process responder: {e}");
+        let n = launch.connections;
+        match launch.transport {
+            Transport::Tcp => {
+                let listener = TcpListener::bind("127.0.0.1:0").map_err(fail)?;
+                let addr = listener.local_addr().map_err(fail)?;
+                listener.set_nonblocking(true).map_err(fail)?;
+                let listener = mio::net::TcpListener::from_std(listener);
+                self.responder = Some(Responder::start(Source::Tcp(listener)).map_err(fail)?);
+                connect_n(n, || Io::tcp(addr))
+            }
+            Transport::Unix => {
+                let path = self.dir.path().join("self.sock");
+                let listener = mio::net::UnixListener::bind(&path).map_err(fail)?;
+                self.responder = Some(Responder::start(Source::Unix(listener)).map_err(fail)?);
+                connect_n(n, || Io::unix(&path))
+            }
+            Transport::Stdio => {
+                let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+                for _ in 0..n {
+                    let (req_tx, req_rx) = mio::unix::pipe::new().map_err(fail)?;
+                    let (rep_tx, rep_rx) = mio::unix::pipe::new().map_err(fail)?;
+                    ours.push(Io::pipes(req_tx, rep_rx).map_err(fail)?);
+                    theirs.push(Io::pipes(rep_tx, req_rx).map_err(fail)?);
+                }
+                self.responder = Some(Responder::start(Source::Pipes(theirs)).map_err(fail)?);
+                Ok(ours)
+            }
+        }
+    }
+
+    fn log_file(&self, name: &str) -> Result<File, String> {
+        File::create(self.dir.path().join(name)).map_err(|e| format!("log file {name}: {e}"))
+    }
+
+    /// The end of the bus's log, for error messages.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("bus.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+        format!("; log tail:\n{tail}")
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(responder) = self.responder.take() {
+            // The run already failed if this is reached with an error: nothing more to report.
+            let _ = responder.stop();
+        }
+        if let Some(daemon) = self.daemon.take() {
+            stop_daemon(daemon);
+        }
+        for mut worker in self.direct.drain(..) {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+        // bus-bench is a child subreaper: the bus's workers were reparented to it when the bus
+        // died, whatever the bus does about its children (stdio Bus does nothing). End them.
+        for pid in procfs::children(std::process::id()) {
+            let pid = Pid::from_raw(pid as i32);
+            if kill(pid, Signal::SIGKILL).is_ok() {
+                let _ = waitpid(pid, None);
+            }
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL if the daemon has not exited within [`STOP_GRACE`]: a daemon (or a
+/// profiler wrapped around it in `--bus-cmd`) gets to exit on its own and write what it holds.
+fn stop_daemon(mut daemon: Child) {
+    let _ = kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < STOP_GRACE {
+        if let Ok(Some(_)) = daemon.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    Stdio,
+}
+
+/// A loopback port free right now (the bus binds it a moment later; stdio Bus cannot report the
+/// port it picked for `:0`, so the generator chooses).
+fn free_port() -> Result<SocketAddr, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn connect_n(
+    n: usize,
+    mut connect: impl FnMut() -> std::io::Result<Io>,
+) -> Result<Vec<Io>, String> {
+    (0..n)
+        .map(|i| connect().map_err(|e| format!("connection {i}: {e}")))
+        .collect()
+}
+
+/// Whether `path` names a program that can be started (for early, clear errors).
+pub fn executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

@@ -1,0 +1,150 @@
+//! Every scenario at a tiny size against the real daemon and worker (the debug builds beside this
+//! test): only the correctness checks are asserted (one reply per request, on the connection that
+//! sent it, no loss), never a timing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest a scenario may take before the test fails (a tiny scenario takes well under a second).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A workspace binary built beside this test (`cargo test --workspace` builds them).
+fn bin(name: &str) -> PathBuf {
+    // target/debug/deps/<test-exe> → target/debug/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `bus-bench scenario NAME` at a tiny scale; returns the scenario's JSON report.
+fn scenario(name: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bus-bench"))
+        .args(["scenario", name, "--scale", "0.005", "--runs", "1"])
+        .args(["--stall-timeout", "10", "--linger-ms", "20"])
+        .arg("--bus-cmd")
+        .arg(bin("codex-stdio-bus"))
+        .arg("--worker-cmd")
+        .arg(bin("codex-worker"))
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bus-bench");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            // bus-bench ends the daemon and its workers itself when it exits.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("scenario {name} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "scenario {name} failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    report["scenarios"][0].clone()
+}
+
+/// Asserts the checks of every row: each request answered exactly once on its own connection.
+fn assert_exact(report: &Value, errors_allowed: bool) {
+    let rows = report["rows"].as_array().expect("rows");
+    assert!(!rows.is_empty());
+    for row in rows {
+        let label = &row["label"];
+        assert!(row["error"].is_null(), "{label}: {}", row["error"]);
+        let run = &row["runs"][0];
+        let tally = &run["tally"];
+        let count = |k: &str| tally[k].as_u64().unwrap();
+        assert_eq!(
+            count("ok") + count("errors"),
+            run["requests"].as_u64().unwrap(),
+            "{label}: {tally}"
+        );
+        for k in ["lost", "duplicates", "misrouted", "stray", "unidentified"] {
+            assert_eq!(count(k), 0, "{label}: {k} in {tally}");
+        }
+        if !errors_allowed {
+            assert_eq!(count("errors"), 0, "{label}: {tally}");
+        }
+        assert_eq!(run["passed"], true, "{label}");
+    }
+}
+
+#[test]
+fn single() {
+    let report = scenario("single");
+    assert_exact(&report, false);
+    let labels: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["bus tcp", "bus unix", "bus stdio", "direct", "self tcp"]
+    );
+}
+
+#[test]
+fn fanout() {
+    assert_exact(&scenario("fanout"), false);
+}
+
+#[test]
+fn large() {
+    assert_exact(&scenario("large"), false);
+}
+
+#[test]
+fn latency() {
+    assert_exact(&scenario("latency"), false);
+}
+
+#[test]
+fn sessions() {
+    let report = scenario("sessions");
+    assert_exact(&report, false);
+    let run = &report["rows"][0]["runs"][0];
+    assert!(run["rss_bytes_per_session"].is_number(), "{run}");
+}
+
+#[test]
+fn connections() {
+    let report = scenario("connections");
+    assert_exact(&report, false);
+    assert!(
+        report["rows"][0]["spec"]["load"]["connections"]
+            .as_u64()
+            .unwrap()
+            >= 4
+    );
+}
+
+#[test]
+fn churn() {
+    let report = scenario("churn");
+    assert_exact(&report, true);
+    let run = &report["rows"][0]["runs"][0];
+    assert!(
+        run["kills"].as_u64().unwrap() >= 1,
+        "a worker was killed: {run}"
+    );
+}
