@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use codex_bus_protocol::{append_error_reply, append_with_bus_id, ErrorKind};
 
 use crate::id_map::IdMap;
+use crate::id_token::IdToken;
 use crate::metrics::{self, Discard};
 use crate::outbox::Outbox;
 use crate::slot::Slot;
@@ -44,7 +45,7 @@ pub struct WorkerRequest {
     /// The worker process that asked; a restarted successor must not get the answer.
     pub generation: u64,
     /// The worker's own id token, restored on the answer.
-    pub id: Box<[u8]>,
+    pub id: IdToken,
 }
 
 /// Requests from workers awaiting this client's answer, keyed by the id the client saw.
@@ -135,8 +136,7 @@ impl Client {
         slot: &Arc<Slot>,
         generation: u64,
     ) -> bool {
-        {
-            let mut q = self.out.lock();
+        self.out.with_queue(|q| {
             if q.closed {
                 return false;
             }
@@ -145,13 +145,12 @@ impl Client {
             let request = WorkerRequest {
                 slot: slot.clone(),
                 generation,
-                id: line[id.clone()].into(),
+                id: IdToken::new(&line[id.clone()]),
             };
             q.state.asked.insert(client_id, request);
             append_with_bus_id(&mut q.buf, line, id, client_id);
-        }
-        self.out.wake_writer();
-        true
+            true
+        })
     }
 
     /// Takes the worker request this client is answering.

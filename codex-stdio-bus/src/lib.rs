@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod defaults;
 pub mod hygiene;
 pub mod id_map;
+pub mod id_token;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;

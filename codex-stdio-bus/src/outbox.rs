@@ -59,29 +59,39 @@ impl<S> Outbox<S> {
         }
     }
 
-    /// Locks the queue and its state; call [`Outbox::wake_writer`] after appending.
+    /// Locks the queue and its state (to read it or take from it; append through
+    /// [`Outbox::with_queue`], which wakes the writer).
     pub fn lock(&self) -> MutexGuard<'_, Queued<S>> {
         // A poisoned lock means a panic elsewhere already; the data is plain bytes and counters, still
         // consistent enough to keep routing other clients' traffic.
         self.queued.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tells the writer that bytes were appended.
-    pub fn wake_writer(&self) {
-        self.readable.notify_one();
+    /// Runs `f` on the locked queue, then wakes the writer if `f` appended to an empty queue.
+    ///
+    /// Only the first line after the writer took the queue needs a wake-up: the writer takes
+    /// whatever has accumulated when it comes back, so later lines ride along for free.
+    pub fn with_queue<R>(&self, f: impl FnOnce(&mut Queued<S>) -> R) -> R {
+        let (result, wake) = {
+            let mut q = self.lock();
+            let was_empty = q.buf.is_empty();
+            let result = f(&mut q);
+            (result, was_empty && !q.buf.is_empty())
+        };
+        if wake {
+            self.readable.notify_one();
+        }
+        result
     }
 
     /// Appends with `fill` unless the queue is closed; returns whether it was appended.
     pub fn push(&self, fill: impl FnOnce(&mut Vec<u8>)) -> bool {
-        {
-            let mut q = self.lock();
-            if q.closed {
-                return false;
+        self.with_queue(|q| {
+            if !q.closed {
+                fill(&mut q.buf);
             }
-            fill(&mut q.buf);
-        }
-        self.wake_writer();
-        true
+            !q.closed
+        })
     }
 
     /// True while the queued bytes exceed the limit.
@@ -92,6 +102,10 @@ impl<S> Outbox<S> {
 
     /// Waits until the queue is below its limit (or closed).
     pub async fn wait_for_space(&self) {
+        // The common case costs one lock and no waiter registration.
+        if !self.over_limit() {
+            return;
+        }
         loop {
             let mut notified = pin!(self.writable.notified());
             // Registered before the check, so a writer that drains in between still wakes us.

@@ -16,6 +16,7 @@ use metrics::Histogram;
 
 use crate::client::Client;
 use crate::id_map::IdMap;
+use crate::id_token::IdToken;
 use crate::outbox::Outbox;
 
 /// Lifecycle of a slot, as the supervisor sees it.
@@ -76,7 +77,7 @@ pub struct Pending {
     /// Who asked: the reply goes to this client's output queue.
     pub client: Arc<Client>,
     /// The client's original id token, restored byte for byte on the reply.
-    pub id: Box<[u8]>,
+    pub id: IdToken,
     /// When the request was queued (request latency, timeouts).
     pub since: Instant,
 }
@@ -224,14 +225,13 @@ impl Slot {
         id: Range<usize>,
         received: Instant,
     ) -> Result<(), ErrorKind> {
-        {
-            let mut q = self.queue.lock();
+        self.queue.with_queue(|q| {
             if !q.state.state.takes_work() {
                 return Err(q.state.state.refusal());
             }
             let bus_id = q.state.next_bus_id;
             q.state.next_bus_id += 1;
-            let original = line[id.clone()].into();
+            let original = IdToken::new(&line[id.clone()]);
             q.state.pending.insert(
                 bus_id,
                 Pending {
@@ -241,10 +241,10 @@ impl Slot {
                 },
             );
             append_with_bus_id(&mut q.buf, line, id, bus_id);
-        }
+            Ok(())
+        })?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         client.request_started();
-        self.queue.wake_writer();
         Ok(())
     }
 
@@ -257,8 +257,7 @@ impl Slot {
         generation: Option<u64>,
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), ErrorKind> {
-        {
-            let mut q = self.queue.lock();
+        self.queue.with_queue(|q| {
             let state = q.state.state;
             let open = match generation {
                 Some(_) => state.takes_answers(),
@@ -271,9 +270,8 @@ impl Slot {
                 return Err(ErrorKind::WorkerExited);
             }
             fill(&mut q.buf);
-        }
-        self.queue.wake_writer();
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Removes and returns the pending request with this bus id, timing it as answered at
