@@ -22,12 +22,6 @@ struct Refusal {
     detail: Option<String>,
 }
 
-impl From<ErrorKind> for Refusal {
-    fn from(kind: ErrorKind) -> Self {
-        Refusal { kind, detail: None }
-    }
-}
-
 impl Router {
     /// Handles one complete line from a client, read at `received`.
     pub async fn client_line(&self, client: &Arc<Client>, line: &[u8], received: Instant) {
@@ -48,11 +42,14 @@ impl Router {
                 return;
             }
         };
-        match envelope.kind() {
-            Kind::Request => self.route_request(client, line, &envelope, received).await,
-            Kind::Notification => self.route_notification(client, line, &envelope).await,
-            Kind::Response => self.route_answer(client, line, &envelope).await,
-            Kind::Invalid => {
+        match (envelope.kind(), envelope.id.clone()) {
+            (Kind::Request, Some(id)) => {
+                self.route_request(client, line, &envelope, id, received)
+                    .await
+            }
+            (Kind::Notification, _) => self.route_notification(client, line, &envelope).await,
+            (Kind::Response, Some(id)) => self.route_answer(client, line, id).await,
+            _ => {
                 let id = envelope.id.map(|span| &line[span]);
                 let detail =
                     "a message needs a \"method\", or an \"id\" with a \"result\" or \"error\"";
@@ -67,11 +64,9 @@ impl Router {
         client: &Arc<Client>,
         line: &[u8],
         envelope: &Envelope,
+        id: Range<usize>,
         received: Instant,
     ) {
-        let Some(id) = envelope.id.clone() else {
-            return;
-        };
         let slot = match self.target(client.id, line, envelope) {
             Ok(slot) => slot,
             Err(refusal) => {
@@ -119,10 +114,7 @@ impl Router {
     }
 
     /// A client's answer to a worker's request: back to the worker that asked, with its id restored.
-    async fn route_answer(&self, client: &Arc<Client>, line: &[u8], envelope: &Envelope) {
-        let Some(id) = envelope.id.clone() else {
-            return;
-        };
+    async fn route_answer(&self, client: &Arc<Client>, line: &[u8], id: Range<usize>) {
         let Some(asked) =
             parse_bus_id(&line[id.clone()]).and_then(|n| client.take_worker_request(n))
         else {

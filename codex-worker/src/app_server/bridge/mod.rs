@@ -9,7 +9,7 @@ mod child;
 mod client;
 mod lifecycle;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use client::{refuse_unscoped, session_of};
 

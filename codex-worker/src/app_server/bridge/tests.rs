@@ -17,7 +17,8 @@ struct Harness {
     out: Out,
 }
 
-fn config() -> BridgeConfig {
+/// The bridge settings the tests use (the manager's tests start from them too).
+pub(crate) fn config() -> BridgeConfig {
     BridgeConfig {
         request_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(2),

@@ -6,9 +6,8 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use super::{Effects, Layout, Manager, ManagerConfig};
-use crate::app_server::bridge::{BridgeConfig, Handshake};
+use crate::app_server::bridge::BridgeConfig;
 use crate::app_server::home::SlotDir;
-use crate::app_server::policy::Policy;
 
 struct Harness {
     manager: Manager,
@@ -23,18 +22,7 @@ fn config(layout: Layout) -> ManagerConfig {
         bridge: BridgeConfig {
             request_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
-            approval_timeout: None,
-            session_idle: None,
-            hold_unknown: Duration::from_secs(1),
-            max_in_flight: 100,
-            drain_timeout: Duration::from_secs(10),
-            interrupt_grace: Duration::from_secs(2),
-            handshake: Handshake {
-                name: "codex_worker".into(),
-                version: "0.1.0".into(),
-                experimental_api: false,
-            },
-            policy: Policy::default(),
+            ..crate::app_server::bridge::tests::config()
         },
         layout,
         max_restarts: 2,
