@@ -33,7 +33,8 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use model::{
-    Config, Limits, MetricsConfig, PoolConfig, RoutingConfig, TransportConfig, TransportMode,
+    Config, Limits, MetricsConfig, PoolConfig, ReadyProbe, RestartPolicy, RoutingConfig,
+    Supervision, TransportConfig, TransportMode,
 };
 
 impl Config {
@@ -70,6 +71,7 @@ impl Config {
                 instances,
                 env: Default::default(),
                 cwd: None,
+                supervision: Supervision::default(),
             }],
             limits: Limits::default(),
             transport: TransportConfig::default(),

@@ -39,6 +39,79 @@ pub struct PoolConfig {
         serialize_with = "serialize_path_lossy"
     )]
     pub cwd: Option<PathBuf>,
+    /// How the pool's workers are restarted, timed out and checked for readiness.
+    #[serde(flatten)]
+    pub supervision: Supervision,
+}
+
+/// Which worker exits the supervisor answers with a restart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Every exit, clean or not (what stdio Bus does).
+    #[default]
+    Always,
+    /// Only an exit with a non-zero status or by a signal; a clean exit leaves the slot empty.
+    OnFailure,
+    /// No exit: the slot stays empty once its worker is gone.
+    Never,
+}
+
+/// A request the supervisor sends a new worker; the worker counts as ready once it answers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReadyProbe {
+    /// The request's method.
+    pub method: String,
+    /// The request's params, sent as given; omitted when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+}
+
+/// Per-pool supervision settings (our extension; each key sits directly in the pool object).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Supervision {
+    /// Which exits are followed by a restart.
+    pub restart_policy: RestartPolicy,
+    /// First restart delay; each further restart doubles it.
+    pub backoff_initial_ms: u64,
+    /// Longest restart delay.
+    pub backoff_max_ms: u64,
+    /// Each delay is randomised by ± this percentage, so a pool does not restart in lockstep.
+    pub backoff_jitter_pct: u8,
+    /// A worker that stayed up this long resets the delay to `backoff_initial_ms`.
+    pub stable_after_sec: u64,
+    /// Exit the daemon (status 3) once every slot of this pool has failed, instead of retrying.
+    pub escalate: bool,
+    /// A request unanswered this long gets a `timeout` error; 0 waits for ever.
+    pub request_timeout_sec: u64,
+    /// How long a request may wait for its slot's worker to (re)start before a `timeout` error.
+    pub queue_timeout_sec: u64,
+    /// Without a probe, a worker still running this long after spawn counts as ready.
+    pub ready_grace_ms: u64,
+    /// A request that a new worker must answer before it counts as ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_probe: Option<ReadyProbe>,
+    /// How long a new worker may take to answer the probe before it is killed and restarted.
+    pub ready_timeout_sec: u64,
+}
+
+impl Default for Supervision {
+    /// Restart always; 100 ms doubling to 30 s ±20 %; ready after 1 s up; no request timeout.
+    fn default() -> Self {
+        Supervision {
+            restart_policy: RestartPolicy::Always,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+            backoff_jitter_pct: 20,
+            stable_after_sec: 60,
+            escalate: false,
+            request_timeout_sec: 0,
+            queue_timeout_sec: 30,
+            ready_grace_ms: 1_000,
+            ready_probe: None,
+            ready_timeout_sec: 30,
+        }
+    }
 }
 
 /// Paths built by hand may not be UTF-8; printing them lossily keeps `to_pretty_json` infallible.

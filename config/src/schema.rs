@@ -3,8 +3,29 @@
 /// Keys of the top-level object.
 pub(crate) const TOP_KEYS: &[&str] = &["pools", "limits", "transport", "routing", "metrics"];
 
-/// Keys of one `pools[]` object; `env` and `cwd` are our extensions.
-pub(crate) const POOL_KEYS: &[&str] = &["id", "command", "args", "instances", "env", "cwd"];
+/// Keys of one `pools[]` object; all but the first four are our extensions.
+pub(crate) const POOL_KEYS: &[&str] = &[
+    "id",
+    "command",
+    "args",
+    "instances",
+    "env",
+    "cwd",
+    "restart_policy",
+    "backoff_initial_ms",
+    "backoff_max_ms",
+    "backoff_jitter_pct",
+    "stable_after_sec",
+    "escalate",
+    "request_timeout_sec",
+    "queue_timeout_sec",
+    "ready_grace_ms",
+    "ready_probe",
+    "ready_timeout_sec",
+];
+
+/// Keys of a pool's `ready_probe` object.
+pub(crate) const PROBE_KEYS: &[&str] = &["method", "params"];
 
 /// Keys of `limits`; the last two are our extensions.
 pub(crate) const LIMIT_KEYS: &[&str] = &[
@@ -55,6 +76,7 @@ mod tests {
         let levels = [
             TOP_KEYS,
             POOL_KEYS,
+            PROBE_KEYS,
             LIMIT_KEYS,
             TRANSPORT_KEYS,
             TRANSPORT_OPTION_KEYS,

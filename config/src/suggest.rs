@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn offers_nothing_for_unrelated_keys() {
         assert_eq!(closest("x", POOL_KEYS), None);
-        assert_eq!(closest("restart_policy", POOL_KEYS), None);
+        assert_eq!(closest("hostname", POOL_KEYS), None);
         assert_eq!(closest("name", POOL_KEYS), None);
     }
 }

@@ -35,6 +35,24 @@ impl Json {
         }
     }
 
+    /// The same value as a `serde_json::Value`, for settings passed on verbatim (a probe's params).
+    pub(crate) fn to_value(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(n) => Value::Number(n.clone()),
+            Json::String(s) => Value::String(s.clone()),
+            Json::Array(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            Json::Object(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+
     /// The entry named `key`, if this is an object that has one.
     pub(crate) fn get(&self, key: &str) -> Option<&Json> {
         match self {

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use codex_bus_config::{Config, Limits, RoutingConfig, TransportConfig, TransportMode};
+use codex_bus_config::{
+    Config, Limits, RestartPolicy, RoutingConfig, Supervision, TransportConfig, TransportMode,
+};
 
 fn parse(text: &str) -> Config {
     Config::from_json_str(text, "test.json").unwrap_or_else(|e| panic!("{e}"))
@@ -77,6 +79,44 @@ fn extensions_are_read() {
 }
 
 #[test]
+fn supervision_keys_are_read_and_default_to_the_documented_values() {
+    let config = parse(
+        r#"{"pools": [{"id": "a", "command": "cat", "instances": 1},
+                      {"id": "b", "command": "cat", "instances": 1, "restart_policy": "never", "escalate": true,
+                       "request_timeout_sec": 30, "ready_probe": {"method": "initialize"}}]}"#,
+    );
+    let defaults = &config.pools[0].supervision;
+    assert_eq!(defaults, &Supervision::default());
+    assert_eq!(defaults.restart_policy, RestartPolicy::Always);
+    assert_eq!(
+        (
+            defaults.backoff_initial_ms,
+            defaults.backoff_max_ms,
+            defaults.backoff_jitter_pct
+        ),
+        (100, 30_000, 20)
+    );
+    assert_eq!(defaults.stable_after_sec, 60);
+    assert_eq!(
+        defaults.request_timeout_sec, 0,
+        "timeouts are off by default"
+    );
+    assert_eq!(defaults.queue_timeout_sec, 30);
+    assert_eq!(defaults.ready_grace_ms, 1_000);
+    assert_eq!(defaults.ready_timeout_sec, 30);
+    assert!(!defaults.escalate && defaults.ready_probe.is_none());
+    let set = &config.pools[1].supervision;
+    assert_eq!(set.restart_policy, RestartPolicy::Never);
+    assert!(set.escalate);
+    assert_eq!(set.request_timeout_sec, 30);
+    let probe = set.ready_probe.as_ref().expect("probe");
+    assert_eq!(
+        (probe.method.as_str(), &probe.params),
+        ("initialize", &None)
+    );
+}
+
+#[test]
 fn single_pool_uses_the_defaults() {
     let config = Config::single_pool("codex", "codex", &["app-server"], 3);
     assert_eq!(config.pools.len(), 1);
@@ -99,7 +139,11 @@ fn pretty_json_round_trips_a_minimal_config() {
 #[test]
 fn pretty_json_round_trips_every_field() {
     let config = parse(
-        r#"{"pools": [{"id": "a", "command": "cat", "args": ["-u"], "instances": 2, "cwd": "/tmp", "env": {"K": "v"}},
+        r#"{"pools": [{"id": "a", "command": "cat", "args": ["-u"], "instances": 2, "cwd": "/tmp", "env": {"K": "v"},
+                       "restart_policy": "on-failure", "backoff_initial_ms": 5, "backoff_max_ms": 6,
+                       "backoff_jitter_pct": 0, "stable_after_sec": 0, "escalate": true, "request_timeout_sec": 3,
+                       "queue_timeout_sec": 4, "ready_grace_ms": 0, "ready_timeout_sec": 2,
+                       "ready_probe": {"method": "ping", "params": {"deep": [1, "x", null, true]}}},
                       {"id": "b", "command": "cat", "instances": 1}],
             "limits": {"max_input_buffer": 10, "max_output_queue": 20, "max_restarts": 0, "restart_window_sec": 9,
                        "drain_timeout_sec": 0, "backpressure_timeout_sec": 7, "max_worker_queue": 30, "max_worker_line": 40},

@@ -229,8 +229,8 @@ fn unknown_keys_at_every_level_get_a_hint() {
 #[test]
 fn unknown_keys_without_a_close_match_list_the_known_ones() {
     assert_problems(
-        &with_pools(r#"[{"id": "a", "command": "cat", "instances": 1, "restart_policy": "always"}]"#),
-        &["pools[0].restart_policy: unknown key (known keys: id, command, args, instances, env, cwd)"],
+        &with_section(r#""routing": {"hostname": "x"}"#),
+        &["routing.hostname: unknown key (known keys: session_id_field, default_pool)"],
     );
 }
 
@@ -370,4 +370,32 @@ fn metrics_listen_must_be_host_port() {
     )
     .unwrap();
     assert_eq!(config.metrics.listen.as_deref(), Some("127.0.0.1:9464"));
+}
+
+#[test]
+fn supervision_keys_are_checked() {
+    assert_problems(
+        &with_pools(
+            r#"[{"id": "a", "command": "cat", "instances": 1, "restart_policy": "sometimes",
+                 "backoff_initial_ms": 0, "backoff_jitter_pct": 101, "escalate": "yes",
+                 "queue_timeout_sec": 0, "ready_probe": {"params": 1, "metod": "x"}, "restart_polcy": "never"}]"#,
+        ),
+        &[
+            r#"pools[0].restart_policy: must be one of always, on-failure, never; got "sometimes""#,
+            "pools[0].backoff_initial_ms: must be an integer ≥ 1, got 0",
+            "pools[0].backoff_jitter_pct: must be at most 100, got 101",
+            r#"pools[0].escalate: must be true or false, got "yes""#,
+            "pools[0].queue_timeout_sec: must be an integer ≥ 1, got 0",
+            "pools[0].ready_probe.params: must be an object or an array, got 1",
+            "pools[0].ready_probe.metod: unknown key (did you mean 'method'?)",
+            "pools[0].ready_probe.method: missing (required: a non-empty string)",
+            "pools[0].restart_polcy: unknown key (did you mean 'restart_policy'?)",
+        ],
+    );
+    assert_problems(
+        &with_pools(
+            r#"[{"id": "a", "command": "cat", "instances": 1, "backoff_initial_ms": 500, "backoff_max_ms": 100}]"#,
+        ),
+        &["pools[0].backoff_max_ms: must be at least backoff_initial_ms (500), got 100"],
+    );
 }

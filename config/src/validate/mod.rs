@@ -5,6 +5,7 @@ mod metrics;
 mod pools;
 mod problems;
 mod routing;
+mod supervision;
 mod transport;
 mod values;
 

@@ -7,8 +7,9 @@ use crate::path::FieldPath;
 use crate::schema::{MAX_INSTANCES, POOL_KEYS};
 use crate::tree::Json;
 use crate::validate::problems::Problems;
+use crate::validate::supervision;
 use crate::validate::values::{exec_string, integer, non_empty_string, object};
-use crate::PoolConfig;
+use crate::{PoolConfig, Supervision};
 
 /// What the rest of validation needs from the pools section.
 pub(crate) struct Pools {
@@ -87,6 +88,7 @@ fn pool(
     let mut instances = None;
     let mut env = BTreeMap::new();
     let mut cwd = None;
+    let mut supervision = Supervision::default();
     for (key, value) in entries {
         let path = path.key(key);
         match key.as_str() {
@@ -96,9 +98,14 @@ fn pool(
             "instances" => instances = integer(&path, value, 1, MAX_INSTANCES, problems),
             "env" => env = environment(&path, value, problems),
             "cwd" => cwd = exec_string(&path, value, true, problems).map(PathBuf::from),
-            _ => problems.unknown_key(&path, key, POOL_KEYS),
+            _ => {
+                if !supervision::field(&path, key, value, &mut supervision, problems) {
+                    problems.unknown_key(&path, key, POOL_KEYS);
+                }
+            }
         }
     }
+    supervision::check(path, &supervision, problems);
     let required = [
         ("id", "a non-empty string", value.get("id").is_some()),
         (
@@ -129,6 +136,7 @@ fn pool(
                 instances,
                 env,
                 cwd,
+                supervision,
             })
         }
         _ => None,
