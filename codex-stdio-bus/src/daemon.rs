@@ -24,6 +24,21 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// How long queued replies may take to reach clients once the workers are stopped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why the daemon ended after a clean start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A signal or stdin EOF asked for the drain: exit status 0.
+    Drained,
+    /// Every slot of an escalating pool was down: exit status [`Outcome::ESCALATED_STATUS`], so the
+    /// service manager restarts the daemon.
+    Escalated,
+}
+
+impl Outcome {
+    /// The exit status after an escalation.
+    pub const ESCALATED_STATUS: u8 = 3;
+}
+
 /// Runs the daemon until it has drained; `Err` is a startup failure, reported before any worker ran.
 ///
 /// `metrics` is the admin endpoint's HOST:PORT, if any.
@@ -31,7 +46,7 @@ pub async fn run(
     config: Config,
     endpoint: Endpoint,
     metrics: Option<String>,
-) -> Result<(), String> {
+) -> Result<Outcome, String> {
     check_commands(&config)?;
     let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     // Bind first: a bad address must fail before a single worker is spawned.
@@ -61,6 +76,9 @@ pub async fn run(
             );
             supervisors.spawn(task);
         }
+        let deadlines =
+            supervisor::deadlines::enforce(router.clone(), pool_index, stop_order.clone());
+        supervisors.spawn(deadlines);
     }
     supervisors.close();
     let workers: usize = router.pools().iter().map(|p| p.slots.len()).sum();
@@ -82,7 +100,13 @@ pub async fn run(
         drain.clone(),
     ));
 
-    drain.cancelled().await;
+    let outcome = tokio::select! {
+        () = drain.cancelled() => Outcome::Drained,
+        () = router.escalated() => {
+            drain.cancel();
+            Outcome::Escalated
+        }
+    };
     // Stop accepting (dropping the listener removes a Unix socket file), refuse new requests, and
     // keep routing replies to the requests already in flight.
     let _ = serving.await;
@@ -104,8 +128,8 @@ pub async fn run(
     {
         tracing::warn!("some clients did not take their last replies in time");
     }
-    tracing::info!("codex-stdio-bus stopped");
-    Ok(())
+    tracing::info!(?outcome, "codex-stdio-bus stopped");
+    Ok(outcome)
 }
 
 /// Refuses to start a pool whose program does not exist, rather than crash-looping it.

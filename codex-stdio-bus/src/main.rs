@@ -96,7 +96,8 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     match runtime.block_on(daemon::run(config, endpoint, metrics)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(daemon::Outcome::Drained) => ExitCode::SUCCESS,
+        Ok(daemon::Outcome::Escalated) => ExitCode::from(daemon::Outcome::ESCALATED_STATUS),
         Err(message) => {
             tracing::error!("{message}");
             eprintln!("codex-stdio-bus: {message}");

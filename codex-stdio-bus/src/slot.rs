@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use codex_bus_protocol::{append_with_bus_id, ErrorKind};
 use metrics::Histogram;
+use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::id_map::IdMap;
@@ -28,8 +29,10 @@ pub enum SlotState {
     Ready,
     /// The worker exited; waiting before the next start. Requests queue meanwhile.
     Backoff,
-    /// The restart limit was exceeded; requests are refused.
+    /// The restart limit was exceeded; requests are refused until the slot is tried again.
     Failed,
+    /// The worker exited and the pool's restart policy leaves the slot empty; requests are refused.
+    Exited,
     /// The daemon is draining: new requests are refused, the worker still finishes what it holds.
     Draining,
     /// The daemon stopped the worker; everything is refused.
@@ -44,9 +47,20 @@ impl SlotState {
             SlotState::Ready => "ready",
             SlotState::Backoff => "backoff",
             SlotState::Failed => "failed",
+            SlotState::Exited => "exited",
             SlotState::Draining => "draining",
             SlotState::Stopped => "stopped",
         }
+    }
+
+    /// Whether no worker will come back without the supervisor trying again (counts toward escalation).
+    pub fn is_down(self) -> bool {
+        matches!(self, SlotState::Failed | SlotState::Exited)
+    }
+
+    /// Whether the worker is not (yet) running, so requests wait in the queue for a start.
+    fn is_restarting(self) -> bool {
+        matches!(self, SlotState::Starting | SlotState::Backoff)
     }
 
     /// Whether new work (requests, notifications) routed here waits in the queue.
@@ -67,7 +81,27 @@ impl SlotState {
     fn refusal(self) -> ErrorKind {
         match self {
             SlotState::Draining | SlotState::Stopped => ErrorKind::ShuttingDown,
+            SlotState::Exited => ErrorKind::NoWorker,
             _ => ErrorKind::WorkerFailed,
+        }
+    }
+}
+
+/// Which setting a request outlived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deadline {
+    /// `request_timeout_sec`: the worker took too long to answer.
+    Request,
+    /// `queue_timeout_sec`: no worker started in time to take it.
+    Queue,
+}
+
+impl Deadline {
+    /// The `data.detail` of the timeout error.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Deadline::Request => "no reply within request_timeout_sec",
+            Deadline::Queue => "no worker started within queue_timeout_sec",
         }
     }
 }
@@ -131,6 +165,8 @@ pub struct Slot {
     restarts: AtomicU64,
     /// The pool's request-duration histogram, resolved once.
     request_duration: Histogram,
+    /// The latest worker generation that answered the pool's readiness probe.
+    probe_answered: watch::Sender<u64>,
 }
 
 impl fmt::Debug for Slot {
@@ -164,7 +200,20 @@ impl Slot {
             sessions: AtomicUsize::new(0),
             restarts: AtomicU64::new(0),
             request_duration,
+            probe_answered: watch::Sender::new(0),
         }
+    }
+
+    /// Records that the worker running as `generation` answered the readiness probe.
+    pub fn probe_answered(&self, generation: u64) {
+        self.probe_answered.send_replace(generation);
+    }
+
+    /// Waits until the worker running as `generation` has answered the readiness probe.
+    pub async fn wait_probe(&self, generation: u64) {
+        let mut answered = self.probe_answered.subscribe();
+        // The sender lives in `self`, so the wait cannot fail while we borrow it.
+        let _ = answered.wait_for(|&g| g == generation).await;
     }
 
     /// Counts a session newly placed here.
@@ -286,8 +335,50 @@ impl Slot {
         taken
     }
 
+    /// Whether `bus_id` was ever handed out here (a reply to it that finds nothing pending is late,
+    /// not invented).
+    pub fn issued(&self, bus_id: u64) -> bool {
+        bus_id < self.queue.lock().state.next_bus_id
+    }
+
+    /// Removes and returns the pending requests past their deadline at `now`: older than
+    /// `request_timeout` (if any), or older than `queue_timeout` while no worker is up to take
+    /// them. Each comes with the setting it exceeded, for the error's detail.
+    pub fn expire(
+        &self,
+        now: Instant,
+        request_timeout: Option<Duration>,
+        queue_timeout: Duration,
+    ) -> Vec<(Pending, Deadline)> {
+        let mut q = self.queue.lock();
+        let waiting = q.state.state.is_restarting();
+        let over = |since: Instant| {
+            let age = now.saturating_duration_since(since);
+            if request_timeout.is_some_and(|t| age >= t) {
+                Some(Deadline::Request)
+            } else if waiting && age >= queue_timeout {
+                Some(Deadline::Queue)
+            } else {
+                None
+            }
+        };
+        let late: Vec<(u64, Deadline)> = q
+            .state
+            .pending
+            .iter()
+            .filter_map(|(&id, p)| over(p.since).map(|d| (id, d)))
+            .collect();
+        let expired: Vec<(Pending, Deadline)> = late
+            .into_iter()
+            .filter_map(|(id, d)| q.state.pending.remove(&id).map(|p| (p, d)))
+            .collect();
+        drop(q);
+        self.in_flight.fetch_sub(expired.len(), Ordering::Relaxed);
+        expired
+    }
+
     /// Moves to `state`, discarding the queue and returning every pending request when the worker
-    /// that was meant to answer them is gone (`Backoff`, `Failed`, `Stopped`).
+    /// that was meant to answer them is gone (`Backoff`, `Failed`, `Exited`, `Stopped`).
     ///
     /// Once draining, a slot never takes new work again: a worker (re)started during the drain
     /// reports `Draining`, not `Starting` or `Ready`.
@@ -308,7 +399,7 @@ impl Slot {
                 Vec::new()
             }
             SlotState::Draining => Vec::new(),
-            SlotState::Backoff | SlotState::Failed | SlotState::Stopped => {
+            SlotState::Backoff | SlotState::Failed | SlotState::Exited | SlotState::Stopped => {
                 q.state.ready_since = None;
                 q.buf.clear();
                 let failed: Vec<Pending> = q.state.pending.drain().map(|(_, p)| p).collect();
@@ -324,7 +415,7 @@ impl Slot {
     /// worker still gets its input and its replies are still delivered.
     pub fn begin_drain(&self) {
         let mut q = self.queue.lock();
-        if q.state.state != SlotState::Failed {
+        if !q.state.state.is_down() {
             q.state.state = SlotState::Draining;
         }
     }

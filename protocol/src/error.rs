@@ -32,6 +32,9 @@ pub enum ErrorKind {
     WorkerExited,
     /// The slot of the request's session exceeded its restart limit and is marked failed.
     WorkerFailed,
+    /// No reply came within the pool's `request_timeout_sec`, or no worker started within its
+    /// `queue_timeout_sec`.
+    Timeout,
     /// The bus is shutting down and accepts no new requests.
     ShuttingDown,
     /// Sent to a worker whose request names a session without a client.
@@ -52,6 +55,7 @@ impl ErrorKind {
         ErrorKind::NoWorker,
         ErrorKind::WorkerExited,
         ErrorKind::WorkerFailed,
+        ErrorKind::Timeout,
         ErrorKind::ShuttingDown,
         ErrorKind::NoClient,
         ErrorKind::ClientDisconnected,
@@ -108,6 +112,7 @@ impl ErrorKind {
             NoWorker => (-32020, "No worker available", "no_worker", true, Bus),
             WorkerExited => (-32021, "Worker exited", "worker_exited", true, Worker),
             WorkerFailed => (-32022, "Worker failed", "worker_failed", true, Worker),
+            Timeout => (-32023, "Request timed out", "timeout", true, Worker),
             ShuttingDown => (-32030, "Shutting down", "shutting_down", true, Bus),
             NoClient => (-32040, "No client for session", "no_client", true, Client),
             ClientDisconnected => (

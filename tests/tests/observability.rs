@@ -249,6 +249,8 @@ fn status_prints_every_slot() {
     let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
     let addr = bus.metrics_addr();
     let pids = bus.wait_workers(5);
+    // A worker counts as ready once it has stayed up for the pool's grace period.
+    bus.wait_log_count("worker ready", 5);
     let mut conn = bus.connect();
     conn.request(json!(1), "ping", Value::Null, Some("one-session"));
     conn.recv();

@@ -13,11 +13,12 @@ use crate::slot::SlotState;
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Every state a slot reports, so that `codex_bus_workers` always shows all of them (zeros too).
-const STATES: [SlotState; 6] = [
+const STATES: [SlotState; 7] = [
     SlotState::Starting,
     SlotState::Ready,
     SlotState::Backoff,
     SlotState::Failed,
+    SlotState::Exited,
     SlotState::Draining,
     SlotState::Stopped,
 ];

@@ -111,15 +111,18 @@ pub enum RestartReason {
     Signal,
     /// It could not be spawned at all.
     SpawnFailed,
+    /// It was killed for not answering its readiness probe in time.
+    NotReady,
 }
 
 impl RestartReason {
     /// Every reason, in declaration order.
-    const ALL: [RestartReason; 4] = [
+    const ALL: [RestartReason; 5] = [
         RestartReason::ExitZero,
         RestartReason::ExitNonzero,
         RestartReason::Signal,
         RestartReason::SpawnFailed,
+        RestartReason::NotReady,
     ];
 
     /// The `reason` label.
@@ -129,6 +132,7 @@ impl RestartReason {
             RestartReason::ExitNonzero => "exit_nonzero",
             RestartReason::Signal => "signal",
             RestartReason::SpawnFailed => "spawn_failed",
+            RestartReason::NotReady => "not_ready",
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use codex_bus_config::Config;
 use codex_bus_protocol::{ErrorKind, SessionPath};
 use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, Transport, WorkerRequest};
 use crate::pool::Pool;
@@ -31,7 +32,9 @@ pub struct Router {
     clients: DashMap<u64, Arc<Client>>,
     next_client: AtomicU64,
     output_limit: usize,
+    max_worker_line: usize,
     draining: AtomicBool,
+    escalation: CancellationToken,
     started: Instant,
 }
 
@@ -58,7 +61,9 @@ impl Router {
             clients: DashMap::new(),
             next_client: AtomicU64::new(1),
             output_limit: config.limits.max_output_queue,
+            max_worker_line: config.limits.max_worker_line,
             draining: AtomicBool::new(false),
+            escalation: CancellationToken::new(),
             started: Instant::now(),
         }
     }
@@ -92,6 +97,30 @@ impl Router {
         for request in client.disconnect() {
             refuse_worker_request(&request, ErrorKind::ClientDisconnected);
         }
+    }
+
+    /// Longest worker stdout line accepted.
+    pub fn max_worker_line(&self) -> usize {
+        self.max_worker_line
+    }
+
+    /// Asks the daemon to drain and exit non-zero if every slot of pool `pool_index` is down and the
+    /// pool is configured to escalate; true if it did.
+    pub fn escalate_if_pool_down(&self, pool_index: usize) -> bool {
+        let pool = &self.pools[pool_index];
+        if !pool.config.supervision.escalate || !pool.slots.iter().all(|s| s.state().is_down()) {
+            return false;
+        }
+        if !self.escalation.is_cancelled() {
+            tracing::error!(pool = %pool.id, "every worker of the pool is down; escalating: the daemon exits");
+            self.escalation.cancel();
+        }
+        true
+    }
+
+    /// Resolves once some pool has escalated.
+    pub async fn escalated(&self) {
+        self.escalation.cancelled().await
     }
 
     /// Starts the drain: from now on new requests are refused with `shutting_down`.

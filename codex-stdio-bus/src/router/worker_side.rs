@@ -17,6 +17,7 @@ use super::Router;
 use crate::client::Client;
 use crate::metrics::{self, Discard};
 use crate::slot::Slot;
+use crate::supervisor::readiness;
 
 /// How much of a bad worker line goes into the log.
 const LOGGED_PREFIX: usize = 200;
@@ -37,6 +38,10 @@ impl Router {
             }
         };
         match (envelope.kind(), envelope.id.clone()) {
+            (Kind::Response, Some(id)) if line[id.clone()] == *readiness::PROBE_ID => {
+                tracing::debug!(?slot, "readiness probe answered");
+                slot.probe_answered(generation);
+            }
             (Kind::Response, Some(id)) => deliver_reply(slot, line, id, read_at),
             (Kind::Request, Some(id)) => {
                 self.forward_request(slot, generation, line, &envelope, id)
@@ -99,14 +104,19 @@ impl Router {
 
 /// A reply: found by bus id, sent to the client that asked with its original id restored.
 fn deliver_reply(slot: &Slot, line: &[u8], id: Range<usize>, read_at: Instant) {
-    let Some(pending) = parse_bus_id(&line[id.clone()]).and_then(|n| slot.take_pending(n, read_at))
-    else {
-        // Late replies to requests already answered (worker restart, client gone) and replies to
-        // ids the bus never sent both land here; neither has anyone waiting.
+    let bus_id = parse_bus_id(&line[id.clone()]);
+    let Some(pending) = bus_id.and_then(|n| slot.take_pending(n, read_at)) else {
+        // Late replies (the request timed out, or its worker was replaced) and replies to ids the
+        // bus never sent both land here; neither has anyone waiting. Only the latter is a worker
+        // bug worth a warning: a hung worker's late replies would otherwise flood the log.
+        if bus_id.is_some_and(|n| slot.issued(n)) {
+            tracing::debug!(?slot, "late reply dropped");
+            return metrics::get().dropped(Discard::LateReply);
+        }
         return skip(
             slot,
             line,
-            "reply to no pending request",
+            "reply to an id the bus never sent",
             Discard::LateReply,
         );
     };

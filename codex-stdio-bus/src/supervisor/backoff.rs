@@ -14,11 +14,6 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// 100 ms doubling to 30 s with ±20 % jitter: fast first retry, gentle in a crash loop.
-    pub fn standard() -> Self {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(30), 0.2)
-    }
-
     /// A schedule from explicit bounds; `jitter` is clamped to 0..=1.
     pub fn new(initial: Duration, max: Duration, jitter: f64) -> Self {
         Backoff {
@@ -52,7 +47,8 @@ mod tests {
 
     #[test]
     fn doubles_within_jitter_and_caps() {
-        let mut b = Backoff::standard();
+        // The documented default: 100 ms doubling to 30 s with ±20 % jitter.
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30), 0.2);
         let mut base = 0.1;
         for _ in 0..12 {
             let d = b.next_delay().as_secs_f64();

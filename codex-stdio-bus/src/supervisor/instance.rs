@@ -4,13 +4,15 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use codex_bus_config::Supervision;
 use codex_bus_protocol::{Frame, LineFramer};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 use tokio::sync::watch;
 
+use super::readiness::{self, NotReady};
 use crate::metrics::{self, Direction, Discard};
 use crate::router::Router;
 use crate::slot::Slot;
@@ -31,15 +33,19 @@ pub struct Ended {
     pub status: Option<ExitStatus>,
     /// Whether the daemon stopped it (rather than it exiting on its own).
     pub stopped: bool,
+    /// Whether it was killed for not answering its readiness probe in time.
+    pub not_ready: bool,
 }
 
-/// Runs `child` in `slot` until it exits or the daemon stops it.
+/// Runs `child` in `slot` until it exits or the daemon stops it; `on_ready` runs once the worker
+/// counts as ready under `supervision`.
 pub async fn run(
     router: Arc<Router>,
     slot: Arc<Slot>,
     generation: u64,
     mut child: Child,
-    max_line: usize,
+    supervision: &Supervision,
+    on_ready: impl FnOnce(),
     stop: &mut StopOrder,
 ) -> Ended {
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
@@ -47,6 +53,14 @@ pub async fn run(
     else {
         unreachable!("spawn_worker pipes all three");
     };
+    if let Some(probe) = &supervision.ready_probe {
+        // First on the fresh pipe, before anything queued for the slot: the pipe is empty, so
+        // this write completes at once; if the worker is already gone, its exit is handled below.
+        if let Err(error) = stdin.write_all(&readiness::probe_line(probe)).await {
+            tracing::debug!(?slot, %error, "could not send the readiness probe");
+        }
+    }
+    let max_line = router.max_worker_line();
     let writer = tokio::spawn({
         let slot = slot.clone();
         async move {
@@ -65,12 +79,26 @@ pub async fn run(
     ));
     tokio::spawn(log_stderr(slot.clone(), stderr));
 
-    let mut stopped = false;
-    let status = tokio::select! {
-        status = child.wait() => status.ok(),
-        deadline = super::stop_requested(stop) => {
-            stopped = true;
-            stop_worker(&slot, &mut child, deadline).await
+    let (mut stopped, mut not_ready) = (false, false);
+    let ready = readiness::wait_ready(&slot, generation, supervision);
+    tokio::pin!(ready);
+    let mut on_ready = Some(on_ready);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.ok(),
+            deadline = super::stop_requested(stop) => {
+                stopped = true;
+                break stop_worker(&slot, &mut child, deadline).await;
+            }
+            result = &mut ready, if on_ready.is_some() => match result {
+                Ok(()) => on_ready.take().map_or((), |f| f()),
+                Err(NotReady) => {
+                    tracing::warn!(?slot, timeout_sec = supervision.ready_timeout_sec, "worker did not answer its readiness probe; killing it");
+                    not_ready = true;
+                    signal_group(&slot, Signal::SIGKILL);
+                    break child.wait().await.ok();
+                }
+            },
         }
     };
     // Replies the worker wrote just before exiting are still in the pipe: deliver them before its
@@ -82,7 +110,11 @@ pub async fn run(
         );
     }
     writer.abort();
-    Ended { status, stopped }
+    Ended {
+        status,
+        stopped,
+        not_ready,
+    }
 }
 
 /// Stops a worker: EOF on its stdin once its queue is flushed, SIGTERM to its group, SIGKILL to the

@@ -1,8 +1,11 @@
-//! Keeps one worker running in each slot: spawn, watch, restart with backoff, give up past the
-//! restart limit, stop on the daemon's order.
+//! Keeps one worker running in each slot: spawn, watch, restart per the pool's policy with
+//! jittered backoff, mark the slot failed past the restart limit and try it again after the
+//! window (or escalate), stop on the daemon's order.
 
 mod backoff;
+pub mod deadlines;
 pub mod instance;
+pub mod readiness;
 mod restart_limit;
 pub mod spawn;
 
@@ -10,21 +13,17 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_config::Limits;
+use codex_bus_config::{Limits, RestartPolicy, Supervision};
 use codex_bus_protocol::ErrorKind;
 
 use crate::metrics::{RestartReason, SlotMetrics};
 use crate::router::{fail_pending, Router};
 use crate::slot::{Slot, SlotState};
 use backoff::Backoff;
-use instance::StopOrder;
+use instance::{Ended, StopOrder};
 use restart_limit::RestartLimit;
 
-/// A worker that stayed up this long is considered healthy again: the backoff starts over.
-const STABLE_UPTIME: Duration = Duration::from_secs(60);
-
-/// Supervises slot `slot_index` of pool `pool_index` until the daemon orders the workers to stop
-/// or the slot fails for good.
+/// Supervises slot `slot_index` of pool `pool_index` until the daemon orders the workers to stop.
 pub async fn supervise(
     router: Arc<Router>,
     pool_index: usize,
@@ -35,9 +34,10 @@ pub async fn supervise(
     let pool = &router.pools()[pool_index];
     let slot: Arc<Slot> = pool.slots[slot_index].clone();
     let config = pool.config.clone();
+    let settings = &config.supervision;
     let metrics = SlotMetrics::new(&pool.id, slot.index);
     let startup = pool.metrics.startup_duration.clone();
-    let mut backoff = Backoff::standard();
+    let mut backoff = backoff_of(settings);
     let mut limit = RestartLimit::new(
         limits.max_restarts,
         Duration::from_secs(limits.restart_window_sec),
@@ -49,25 +49,29 @@ pub async fn supervise(
         let ended = match spawn::spawn_worker(&config, slot.index) {
             Ok(child) => {
                 slot.set_pid(child.id());
-                slot.transition(SlotState::Ready);
-                startup.record(started.elapsed());
                 tracing::info!(?slot, pid = child.id(), "worker started");
-                let max_line = limits.max_worker_line;
-                instance::run(
+                let on_ready = || {
+                    slot.transition(SlotState::Ready);
+                    startup.record(started.elapsed());
+                    tracing::info!(?slot, "worker ready");
+                };
+                let run = instance::run(
                     router.clone(),
                     slot.clone(),
                     generation,
                     child,
-                    max_line,
+                    settings,
+                    on_ready,
                     &mut stop,
-                )
-                .await
+                );
+                run.await
             }
             Err(error) => {
                 tracing::error!(?slot, command = %config.command, %error, "worker failed to start");
-                instance::Ended {
+                Ended {
                     status: None,
                     stopped: false,
+                    not_ready: false,
                 }
             }
         };
@@ -84,37 +88,84 @@ pub async fn supervise(
             tracing::warn!(?slot, status = %describe(ended.status), "worker exited during the drain; not restarted");
             return;
         }
+        if !restarts(settings.restart_policy, ended.status) {
+            fail_pending(slot.transition(SlotState::Exited), ErrorKind::WorkerExited);
+            tracing::warn!(?slot, status = %describe(ended.status), policy = ?settings.restart_policy, "worker exited; not restarted by the pool's restart policy");
+            router.escalate_if_pool_down(pool_index);
+            return;
+        }
         fail_pending(slot.transition(SlotState::Backoff), ErrorKind::WorkerExited);
         tracing::warn!(?slot, status = %describe(ended.status), uptime_ms = uptime.as_millis() as u64, "worker exited");
-        if uptime >= STABLE_UPTIME {
+        if uptime >= Duration::from_secs(settings.stable_after_sec) {
             backoff.reset();
         }
+        let reason = restart_reason(&ended);
         if !limit.allow(Instant::now()) {
             metrics.limit_trips.increment(1);
             fail_pending(slot.transition(SlotState::Failed), ErrorKind::WorkerFailed);
+            if router.escalate_if_pool_down(pool_index) || settings.escalate {
+                // The outer supervisor (systemd, Kubernetes) recovers an escalating pool.
+                tracing::error!(
+                    ?slot,
+                    max_restarts = limits.max_restarts,
+                    window_sec = limits.restart_window_sec,
+                    "restart limit exceeded; slot failed"
+                );
+                return;
+            }
+            let retry = limit.next_allowed(Instant::now());
             tracing::error!(
                 ?slot,
                 max_restarts = limits.max_restarts,
                 window_sec = limits.restart_window_sec,
-                "restart limit exceeded; slot failed"
+                retry_in_ms = retry.saturating_duration_since(Instant::now()).as_millis() as u64,
+                "restart limit exceeded; slot failed until the window allows a restart"
             );
-            return;
-        }
-        metrics.restarted(restart_reason(ended.status));
-        slot.count_restart();
-        let delay = backoff.next_delay();
-        tracing::info!(
-            ?slot,
-            delay_ms = delay.as_millis() as u64,
-            "restarting worker after backoff"
-        );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = stop_requested(&mut stop) => {
-                fail_pending(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown);
+            if !rest_until(&router, retry, &mut stop).await {
+                return;
+            }
+            limit.allow(Instant::now());
+            backoff.reset();
+        } else {
+            let delay = backoff.next_delay();
+            tracing::info!(
+                ?slot,
+                delay_ms = delay.as_millis() as u64,
+                "restarting worker after backoff"
+            );
+            if !rest_until(&router, Instant::now() + delay, &mut stop).await {
                 return;
             }
         }
+        metrics.restarted(reason);
+        slot.count_restart();
+    }
+}
+
+/// Waits until `until` unless the daemon stops or drains first; false means: do not restart.
+async fn rest_until(router: &Router, until: Instant, stop: &mut StopOrder) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep_until(until.into()) => !router.draining(),
+        _ = stop_requested(stop) => false,
+    }
+}
+
+/// The pool's backoff schedule.
+fn backoff_of(settings: &Supervision) -> Backoff {
+    Backoff::new(
+        Duration::from_millis(settings.backoff_initial_ms),
+        Duration::from_millis(settings.backoff_max_ms),
+        f64::from(settings.backoff_jitter_pct) / 100.0,
+    )
+}
+
+/// Whether `policy` restarts a worker that ended with `status` (`None`: it never started, or its
+/// status was lost; both count as failures).
+fn restarts(policy: RestartPolicy, status: Option<ExitStatus>) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => !status.is_some_and(|s| s.success()),
+        RestartPolicy::Never => false,
     }
 }
 
@@ -131,10 +182,11 @@ pub async fn stop_requested(stop: &mut StopOrder) -> Instant {
     }
 }
 
-/// How the previous process ended, as a restart reason (`None`: it never started).
-fn restart_reason(status: Option<ExitStatus>) -> RestartReason {
+/// How the previous process ended, as a restart reason (no status: it never started).
+fn restart_reason(ended: &Ended) -> RestartReason {
     use std::os::unix::process::ExitStatusExt;
-    match status {
+    match ended.status {
+        _ if ended.not_ready => RestartReason::NotReady,
         None => RestartReason::SpawnFailed,
         Some(s) if s.signal().is_some() => RestartReason::Signal,
         Some(s) if s.success() => RestartReason::ExitZero,

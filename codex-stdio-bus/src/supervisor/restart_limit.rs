@@ -23,6 +23,30 @@ impl RestartLimit {
 
     /// Records a restart wanted at `now`; false if it would exceed the limit.
     pub fn allow(&mut self, now: Instant) -> bool {
+        self.forget_before(now);
+        if self.recent.len() >= self.max_restarts as usize {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+
+    /// The earliest moment from `now` at which `allow` would succeed: when the oldest restart
+    /// leaves the window (with `max_restarts` 0, one window from now).
+    pub fn next_allowed(&mut self, now: Instant) -> Instant {
+        self.forget_before(now);
+        match self.recent.front() {
+            Some(oldest) if self.recent.len() >= self.max_restarts as usize => {
+                *oldest + self.window
+            }
+            Some(_) => now,
+            None if self.max_restarts == 0 => now + self.window,
+            None => now,
+        }
+    }
+
+    /// Drops the restarts that have left the window at `now`.
+    fn forget_before(&mut self, now: Instant) {
         while self
             .recent
             .front()
@@ -30,11 +54,6 @@ impl RestartLimit {
         {
             self.recent.pop_front();
         }
-        if self.recent.len() >= self.max_restarts as usize {
-            return false;
-        }
-        self.recent.push_back(now);
-        true
     }
 }
 
@@ -56,5 +75,22 @@ mod tests {
     fn zero_means_never() {
         let mut limit = RestartLimit::new(0, Duration::from_secs(10));
         assert!(!limit.allow(Instant::now()));
+    }
+
+    #[test]
+    fn next_allowed_is_when_the_oldest_restart_leaves_the_window() {
+        let start = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut limit = RestartLimit::new(2, window);
+        assert_eq!(limit.next_allowed(start), start);
+        assert!(limit.allow(start));
+        assert!(limit.allow(start + Duration::from_secs(3)));
+        let at = start + Duration::from_secs(4);
+        assert!(!limit.allow(at));
+        assert_eq!(limit.next_allowed(at), start + window);
+        let next = limit.next_allowed(at);
+        assert!(limit.allow(next));
+        let mut never = RestartLimit::new(0, window);
+        assert_eq!(never.next_allowed(start), start + window);
     }
 }

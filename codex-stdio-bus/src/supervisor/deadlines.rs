@@ -1,0 +1,52 @@
+//! Request deadlines of one pool: a request past `request_timeout_sec`, or waiting longer than
+//! `queue_timeout_sec` for its slot's worker to start, gets a `timeout` error reply.
+//!
+//! One task per pool scans the pending tables on a tick rather than arming a timer per request:
+//! the hot path stays free of timer bookkeeping, and a deadline is met within one tick.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codex_bus_protocol::ErrorKind;
+use tokio::time::MissedTickBehavior;
+
+use super::instance::StopOrder;
+use crate::router::Router;
+
+/// Shortest scan period: a 1 s timeout is met within 10 %.
+const MIN_TICK: Duration = Duration::from_millis(100);
+
+/// Longest scan period, so a 30 s queue deadline is met within about a second.
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// Enforces the deadlines of pool `pool_index` until the daemon orders the workers to stop.
+pub async fn enforce(router: Arc<Router>, pool_index: usize, mut stop: StopOrder) {
+    let pool = &router.pools()[pool_index];
+    let settings = &pool.config.supervision;
+    let request = (settings.request_timeout_sec > 0)
+        .then(|| Duration::from_secs(settings.request_timeout_sec));
+    let queue = Duration::from_secs(settings.queue_timeout_sec);
+    let tick = (request.map_or(queue, |r| r.min(queue)) / 10).clamp(MIN_TICK, MAX_TICK);
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = super::stop_requested(&mut stop) => return,
+        }
+        let now = Instant::now();
+        for slot in pool.slots.iter().filter(|s| s.in_flight() > 0) {
+            let expired = slot.expire(now, request, queue);
+            if !expired.is_empty() {
+                tracing::warn!(?slot, requests = expired.len(), "requests timed out");
+            }
+            for (pending, deadline) in expired {
+                let detail = Some(deadline.detail());
+                pending
+                    .client
+                    .send_error(Some(&pending.id), ErrorKind::Timeout, detail);
+                pending.client.request_finished();
+            }
+        }
+    }
+}
