@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod defaults;
+pub mod fd_limit;
 pub mod hygiene;
 pub mod id_map;
 pub mod id_token;

@@ -9,7 +9,7 @@ use clap::Parser;
 use codex_bus_config::{Config, TransportMode};
 use codex_stdio_bus::cli::{Cli, Command, RunArgs};
 use codex_stdio_bus::transport::listen::Endpoint;
-use codex_stdio_bus::{admin, daemon, defaults, hygiene, logging};
+use codex_stdio_bus::{admin, daemon, defaults, fd_limit, hygiene, logging};
 
 fn main() -> ExitCode {
     hygiene::cloexec_inherited_fds();
@@ -78,6 +78,10 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let _log = logging::init(args.log_level.as_deref(), args.log_format);
+    match fd_limit::raise() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     let metrics = args
         .metrics
         .clone()

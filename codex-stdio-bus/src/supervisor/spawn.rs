@@ -29,22 +29,32 @@ pub fn spawn_worker(pool: &PoolConfig, slot: u32) -> io::Result<Child> {
     if let Some(cwd) = &pool.cwd {
         command.current_dir(cwd);
     }
-    die_with_parent(&mut command);
+    before_exec(&mut command);
     command.spawn()
 }
 
-/// Makes the kernel SIGKILL the worker when the thread that spawned it dies.
+/// Makes the kernel SIGKILL the worker when the thread that spawned it dies, and gives the worker
+/// the open-file limit the daemon was started with.
 ///
 /// The daemon spawns workers from its runtime's main thread, which lives as long as the process
 /// (PDEATHSIG fires on the death of the parent *thread*). Workers also exit on stdin EOF; this
 /// covers the ones that ignore it.
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
+fn before_exec(command: &mut Command) {
     let parent = std::process::id();
+    let fd_limit = crate::fd_limit::for_workers();
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
-    // (prctl, getppid); it allocates nothing.
+    // (prctl, getppid, setrlimit); it allocates nothing.
     unsafe {
         command.pre_exec(move || {
+            if let Some((soft, hard)) = fd_limit {
+                // The daemon raised its own limit; the worker starts with the one it was given.
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                )?;
+            }
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // The parent may have died before prctl: then nobody would ever send the signal.
             if nix::unistd::getppid().as_raw() as u32 != parent {
