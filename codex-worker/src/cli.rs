@@ -19,6 +19,10 @@ pub struct Cli {
     /// Options of the `app-server` backend.
     #[command(flatten)]
     pub app_server: AppServerArgs,
+    /// Ignore SIGTERM and end of input from the start, as `mock/stubborn` does: only SIGKILL
+    /// ends the worker.
+    #[arg(long, help_heading = "mock backend")]
+    pub stubborn: bool,
     /// How the `mock` backend's turns unfold.
     #[command(flatten)]
     pub scenario: Knobs,
@@ -183,6 +187,17 @@ mod tests {
             "0"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn stubborn_is_off_by_default_and_not_a_tool_option() {
+        assert!(!Cli::try_parse_from(["codex-worker"]).unwrap().stubborn);
+        assert!(
+            Cli::try_parse_from(["codex-worker", "--stubborn"])
+                .unwrap()
+                .stubborn
+        );
+        assert!(Cli::try_parse_from(["codex-worker", "mock-app-server", "--stubborn"]).is_err());
     }
 
     #[test]

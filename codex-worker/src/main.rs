@@ -20,6 +20,7 @@ mod mock;
 mod mock_app_server;
 mod render;
 mod scenario;
+mod sigterm;
 mod timer;
 
 use std::process::ExitCode;
@@ -33,8 +34,16 @@ fn main() -> ExitCode {
     let placement = Placement::from_env();
     let status = match (cli.tool, cli.backend) {
         (Some(cli::Tool::MockAppServer(knobs)), _) => mock_app_server::run(knobs),
-        (None, cli::BackendKind::Mock) => {
-            mock::Mock::new(Identity::of(&placement), cli.scenario).and_then(event_loop::run)
+        (None, cli::BackendKind::Mock) => mock::Mock::new(Identity::of(&placement), cli.scenario)
+            .and_then(|mut mock| {
+                if cli.stubborn {
+                    mock.become_stubborn();
+                }
+                event_loop::run(mock)
+            }),
+        (None, cli::BackendKind::AppServer) if cli.stubborn => {
+            log::line(format_args!("--stubborn is an option of the mock backend"));
+            return ExitCode::from(2);
         }
         (None, cli::BackendKind::AppServer) => {
             match app_server::Settings::new(&cli.app_server, &placement.pool, placement.slot) {

@@ -68,6 +68,13 @@ impl Mock {
                 None => invalid_params(out, call, "mock/exit needs params {\"code\": <0..=255>}"),
             },
             "mock/crash" => return ControlFlow::Break(Stop::Crash),
+            "mock/segv" => return ControlFlow::Break(Stop::Segv),
+            "mock/hang" => return ControlFlow::Break(Stop::Hang),
+            "mock/stubborn" => {
+                self.become_stubborn();
+                // The reply tells the test that SIGTERM is ignored from here on.
+                self.default_reply(out, call);
+            }
             "mock/notify" => match params::<NotifyParams>(call.params) {
                 Some(notify) => {
                     let session = call.session.map(raw);

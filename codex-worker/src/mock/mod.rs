@@ -31,6 +31,10 @@ pub enum Stop {
     Exit(u8),
     /// `mock/crash` or a scripted crash: die by SIGKILL without flushing anything.
     Crash,
+    /// `mock/segv`: die by SIGSEGV without flushing anything, like a segfaulting program.
+    Segv,
+    /// `mock/hang`: flush what is written so far, then do nothing ever again.
+    Hang,
 }
 
 /// State of the mock backend across lines.
@@ -40,6 +44,8 @@ pub struct Mock {
     delayed: DelayQueue,
     asks: HashMap<u64, PendingAsk>,
     engine: Engine,
+    /// Set by `mock/stubborn` or `--stubborn`: SIGTERM and end of input no longer stop the worker.
+    stubborn: bool,
 }
 
 /// A `mock/ask` request waiting for the client's answer; owned because the input buffer moves on.
@@ -57,7 +63,23 @@ impl Mock {
             delayed: DelayQueue::default(),
             asks: HashMap::new(),
             engine: Engine::new(knobs, None)?,
+            stubborn: false,
         })
+    }
+
+    /// From now on SIGTERM and end of input are ignored; only SIGKILL ends the worker.
+    pub fn become_stubborn(&mut self) {
+        if !self.stubborn {
+            log::line(format_args!(
+                "stubborn: ignoring SIGTERM and end of input from now on (only SIGKILL ends me)"
+            ));
+        }
+        self.stubborn = true;
+    }
+
+    /// Whether SIGTERM and end of input are to be ignored.
+    pub fn is_stubborn(&self) -> bool {
+        self.stubborn
     }
 
     /// Handles one input line, appending any output lines to `out`.

@@ -124,6 +124,62 @@ fn exit_and_crash_stop_processing() {
 }
 
 #[test]
+fn exit_zero_is_a_plain_exit() {
+    let (out, flow) = run(
+        &mut mock(),
+        r#"{"id":1,"method":"mock/exit","params":{"code":0}}"#,
+    );
+    assert_eq!(
+        (out.as_str(), flow),
+        ("", ControlFlow::Break(Stop::Exit(0)))
+    );
+}
+
+#[test]
+fn segv_and_hang_stop_without_a_reply() {
+    let mut mock = mock();
+    for (line, stop) in [
+        (r#"{"id":1,"method":"mock/segv"}"#, Stop::Segv),
+        (
+            r#"{"method":"mock/segv","params":{"ignored":1}}"#,
+            Stop::Segv,
+        ),
+        (
+            r#"{"id":2,"method":"mock/hang","sessionId":"s"}"#,
+            Stop::Hang,
+        ),
+        (r#"{"method":"mock/hang"}"#, Stop::Hang),
+    ] {
+        let (out, flow) = run(&mut mock, line);
+        assert_eq!(
+            (out.as_str(), flow),
+            ("", ControlFlow::Break(stop)),
+            "{line}"
+        );
+    }
+    assert!(!mock.is_stubborn());
+}
+
+#[test]
+fn stubborn_replies_and_stays_stubborn() {
+    let mut mock = mock();
+    assert!(!mock.is_stubborn());
+    let out = output(
+        &mut mock,
+        r#"{"id":1,"method":"mock/stubborn","sessionId":"s"}"#,
+    );
+    assert_eq!(
+        out,
+        format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{{ME},\"method\":\"mock/stubborn\"}},\"sessionId\":\"s\"}}\n")
+    );
+    assert!(mock.is_stubborn());
+    // Nothing undoes it, and it holds no reply back: the worker has nothing pending.
+    assert_eq!(output(&mut mock, r#"{"method":"mock/stubborn"}"#), "");
+    assert!(mock.is_stubborn());
+    assert!(!mock.has_pending());
+}
+
+#[test]
 fn notify_emits_events_then_replies() {
     let out = output(
         &mut mock(),

@@ -3,6 +3,7 @@
 
 mod app_server;
 mod contract;
+mod faults;
 mod hooks;
 mod lifecycle;
 mod mock_app_server;

@@ -107,8 +107,37 @@ impl Worker {
 
     /// Sends SIGTERM to the worker.
     pub fn sigterm(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Sends SIGKILL to the worker.
+    pub fn sigkill(&self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    fn signal(&self, signal: Signal) {
         let pid = Pid::from_raw(i32::try_from(self.pid()).expect("pid fits i32"));
-        signal::kill(pid, Signal::SIGTERM).expect("send SIGTERM");
+        signal::kill(pid, signal).unwrap_or_else(|err| panic!("send {signal}: {err}"));
+    }
+
+    /// Asserts that the worker is still running `period` from now.
+    pub fn expect_alive_for(&mut self, period: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < period {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("worker exited within {period:?}: {status:?}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Asserts that no stdout line comes within `period` (and that stdout stays open).
+    pub fn expect_silence_for(&self, period: Duration) {
+        match self.stdout.recv_timeout(period) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(line) => panic!("unexpected stdout line: {line}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("stdout closed within {period:?}"),
+        }
     }
 
     /// Waits for the worker to exit, failing the test after `TIMEOUT`.
