@@ -73,6 +73,14 @@ impl BusConfig {
         path
     }
 
+    /// Sets `key` on every pool, e.g. `request_timeout_sec`.
+    pub fn pool_key(mut self, key: &str, value: Value) -> Self {
+        for pool in self.0["pools"].as_array_mut().unwrap() {
+            pool[key] = value.clone();
+        }
+        self
+    }
+
     /// Sets a top-level section, e.g. `routing`.
     pub fn section(mut self, name: &str, value: Value) -> Self {
         self.0[name] = value;
@@ -508,4 +516,30 @@ pub fn recv_until(conn: &mut Conn, max: usize, last: impl Fn(&Value) -> bool) ->
         }
     }
     panic!("no matching line within {max} lines: {lines:?}");
+}
+
+/// The sum of the `/metrics` samples named `name` whose labels include every pair of `labels`, as
+/// scraped now from the admin endpoint at `addr` (the daemon must run with `--metrics`). Panics if
+/// no sample matches or one of them is a histogram or summary. For tests that check exact counts
+/// (drops, gauges back to zero) without a copy of the scrape code each.
+pub fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::{Scrape, Value as PromValue};
+    let (code, body) = http_get(addr, "/metrics");
+    assert_eq!(code, 200, "/metrics answered {code}: {body}");
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid Prometheus exposition format");
+    let values: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => *v,
+            PromValue::Histogram(_) | PromValue::Summary(_) => panic!("{name} is not a scalar"),
+        })
+        .collect();
+    assert!(
+        !values.is_empty(),
+        "no sample {name} {labels:?} in:\n{body}"
+    );
+    values.iter().sum()
 }
