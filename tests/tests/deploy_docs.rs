@@ -1,0 +1,68 @@
+//! The deployment examples in docs/deploy stay consistent with the daemon: the service manager's
+//! stop deadline covers the longest drain, and the embedded config is valid.
+
+use std::path::PathBuf;
+
+use codex_bus_tests::run_bus;
+
+/// The longest shutdown with the default `drain_timeout_sec` (30): the drain, then at least 2 s
+/// between SIGTERM and SIGKILL of the workers, then up to 5 s to flush replies (daemon.rs).
+const LONGEST_SHUTDOWN_SEC: u64 = 30 + 2 + 5;
+
+fn deploy(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/deploy")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The value of the first `key=value` (systemd) or `key: value` (YAML) line for `key`.
+fn setting<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .map(str::trim)
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix('=').or_else(|| rest.strip_prefix(':')))
+        })
+        .unwrap_or_else(|| panic!("no {key}"))
+        .trim()
+}
+
+#[test]
+fn systemd_unit_kills_mixed_and_waits_longer_than_the_drain() {
+    let unit = deploy("codex-stdio-bus.service");
+    assert_eq!(setting(&unit, "KillMode"), "mixed");
+    let stop: u64 = setting(&unit, "TimeoutStopSec").parse().unwrap();
+    assert!(stop > LONGEST_SHUTDOWN_SEC, "TimeoutStopSec={stop}");
+    assert_eq!(
+        setting(&unit, "Restart"),
+        "on-failure",
+        "restarts after an escalation"
+    );
+}
+
+#[test]
+fn kubernetes_grace_period_covers_the_drain_and_its_config_is_valid() {
+    let manifest = deploy("kubernetes.yaml");
+    let grace: u64 = setting(&manifest, "terminationGracePeriodSeconds")
+        .parse()
+        .unwrap();
+    assert!(
+        grace > LONGEST_SHUTDOWN_SEC,
+        "terminationGracePeriodSeconds: {grace}"
+    );
+    // The ConfigMap's block scalar: the lines indented below `config.json: |`.
+    let config: String = manifest
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("config.json: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, &config).unwrap();
+    let (status, out, err) = run_bus(&["check", "--config", path.to_str().unwrap()]);
+    assert!(status.success(), "{config}\n{out}{err}");
+    assert!(out.contains("\"drain_timeout_sec\": 30"), "{out}");
+}
