@@ -68,3 +68,16 @@ fn a_second_signal_stops_at_once() {
         "workers killed with the daemon"
     );
 }
+
+#[test]
+fn sighup_is_logged_as_not_supported_and_changes_nothing() {
+    let mut bus = Bus::start(&BusConfig::mock(1), Mode::Tcp);
+    let workers = bus.wait_workers(1);
+    let mut conn = bus.connect();
+    bus.signal(Signal::SIGHUP);
+    bus.wait_log("reload is not supported yet");
+    conn.request(json!(1), "ping", Value::Null, Some("s"));
+    assert!(conn.recv().get("result").is_some(), "still serving");
+    assert_eq!(bus.worker_pids(), workers, "no worker was touched");
+    assert!(!bus.log().contains("draining"));
+}
