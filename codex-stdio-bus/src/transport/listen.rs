@@ -62,7 +62,10 @@ async fn bind_tcp(address: &str) -> io::Result<TcpListener> {
     let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address resolved");
     for candidate in tokio::net::lookup_host(address).await? {
         match TcpListener::bind(candidate).await {
-            Ok(listener) => return Ok(listener),
+            Ok(listener) => {
+                deepen_backlog(&listener)?;
+                return Ok(listener);
+            }
             Err(e) => last = e,
         }
     }
@@ -94,5 +97,15 @@ fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(previous);
-    bound
+    let listener = bound?;
+    deepen_backlog(&listener)?;
+    Ok(listener)
+}
+
+/// Raises the accept backlog from std's 128 to the system maximum (`somaxconn`), so a burst of
+/// connections (a fleet reconnecting after a deploy) queues instead of having SYNs dropped and
+/// retried a second later. Linux lets `listen` be called again on a listening socket to do this.
+fn deepen_backlog(listener: &impl std::os::fd::AsFd) -> io::Result<()> {
+    nix::sys::socket::listen(listener, nix::sys::socket::Backlog::MAXCONN)?;
+    Ok(())
 }
