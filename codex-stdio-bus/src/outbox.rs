@@ -30,6 +30,15 @@ pub struct Queued<S> {
     pub state: S,
 }
 
+/// A write to the queue's sink failed: the error, and how many lines it leaves undelivered.
+#[derive(Debug)]
+pub struct WriteFailed {
+    /// Why the write failed.
+    pub error: io::Error,
+    /// Lines taken from the queue but not (completely) written.
+    pub unsent: usize,
+}
+
 /// A bounded, never-dropping byte queue drained by one writer.
 pub struct Outbox<S = ()> {
     queued: Mutex<Queued<S>>,
@@ -124,6 +133,20 @@ impl<S> Outbox<S> {
         self.writable.notify_waiters();
     }
 
+    /// Closes the queue after its writer failed and discards what it holds; returns how many lines
+    /// were discarded, so the loss is counted rather than silent.
+    pub fn close_discarding(&self) -> usize {
+        let discarded = {
+            let mut q = self.lock();
+            q.closed = true;
+            let lines = count_lines(&q.buf);
+            q.buf = Vec::new();
+            lines
+        };
+        self.writable.notify_waiters();
+        discarded
+    }
+
     /// Wakes producers after bytes were discarded under [`Outbox::lock`].
     pub fn wake_producers(&self) {
         self.writable.notify_waiters();
@@ -159,29 +182,44 @@ impl<S> Outbox<S> {
         sink: &mut W,
         stall: Option<Duration>,
         counted: &Counter,
-    ) -> io::Result<()>
+    ) -> Result<(), WriteFailed>
     where
         W: AsyncWrite + Unpin,
     {
         let mut batch = Vec::new();
         while self.take_batch(&mut batch).await {
             let mut written = 0;
+            let failed = |error, written: usize, batch: &[u8]| WriteFailed {
+                error,
+                unsent: count_lines(&batch[written..]),
+            };
             while written < batch.len() {
-                let n = with_stall(stall, sink.write(&batch[written..])).await?;
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
+                let n = match with_stall(stall, sink.write(&batch[written..])).await {
+                    Ok(0) => return Err(failed(io::ErrorKind::WriteZero.into(), written, &batch)),
+                    Ok(n) => n,
+                    Err(error) => return Err(failed(error, written, &batch)),
+                };
                 written += n;
             }
-            sink.flush().await?;
+            // Flushing an unbuffered sink (pipe, socket) writes nothing: the batch is delivered.
+            sink.flush()
+                .await
+                .map_err(|e| failed(e, batch.len(), &batch))?;
             counted.increment(batch.len() as u64);
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
                 batch = Vec::new();
             }
         }
-        sink.flush().await
+        sink.flush()
+            .await
+            .map_err(|error| WriteFailed { error, unsent: 0 })
     }
+}
+
+/// Complete lines (or a line's unwritten tail) in `bytes`.
+fn count_lines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
 /// Runs `io` under the stall deadline, if there is one.
@@ -250,12 +288,33 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_reads_nothing_times_out() {
         let out = Outbox::new(1 << 20, ());
-        out.push(|b| b.resize(256 * 1024, b'x'));
+        out.push(|b| {
+            b.resize(256 * 1024, b'x');
+            b.push(b'\n');
+        });
         let (mut near, _far) = tokio::io::duplex(1024);
         let err = out
             .drain_into(&mut near, Some(Duration::from_millis(50)), &Counter::noop())
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.unsent, 1, "the one line was not delivered");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_reports_the_lines_it_could_not_deliver() {
+        let out = Outbox::new(1 << 20, ());
+        out.push(|b| b.extend_from_slice(b"one\ntwo\nthree\n"));
+        let (mut near, far) = tokio::io::duplex(4);
+        drop(far);
+        let err = out
+            .drain_into(&mut near, None, &Counter::noop())
+            .await
+            .unwrap_err();
+        assert_eq!(err.unsent, 3);
+        out.push(|b| b.extend_from_slice(b"four\nfive\n"));
+        assert_eq!(out.close_discarding(), 2);
+        assert!(!out.push(|b| b.push(b'x')), "closed");
+        assert_eq!(out.close_discarding(), 0);
     }
 }

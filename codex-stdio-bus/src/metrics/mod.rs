@@ -212,6 +212,11 @@ impl BusMetrics {
         self.drops[why as usize].increment(1);
     }
 
+    /// Counts `n` messages discarded at once for `why`.
+    pub fn dropped_many(&self, why: Discard, n: usize) {
+        self.drops[why as usize].increment(n as u64);
+    }
+
     /// The message counter for a direction (resolve once, increment per line).
     pub fn messages(&self, direction: Direction) -> &Counter {
         &self.messages[direction as usize]

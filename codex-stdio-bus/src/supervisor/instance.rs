@@ -65,8 +65,9 @@ pub async fn run(
         let slot = slot.clone();
         async move {
             let written = metrics::get().bytes(Direction::ToWorker);
-            if let Err(error) = slot.queue.drain_into(&mut stdin, None, written).await {
-                tracing::debug!(?slot, %error, "worker stdin closed");
+            // What the worker could not take is answered when it exits: its requests are pending.
+            if let Err(failed) = slot.queue.drain_into(&mut stdin, None, written).await {
+                tracing::debug!(?slot, error = %failed.error, "worker stdin closed");
             }
         }
     });

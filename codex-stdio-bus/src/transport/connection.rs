@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{Client, Transport};
-use crate::metrics::{self, Direction};
+use crate::metrics::{self, Direction, Discard};
 use crate::router::Router;
 
 /// Serves a client until it closes its input and every request it sent has been answered, or it
@@ -47,12 +47,21 @@ pub async fn serve<R, W>(
                 .await
             {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => tracing::warn!(
-                    ?client,
-                    timeout_sec = stall.as_secs(),
-                    "client read nothing for backpressure_timeout_sec; disconnecting"
-                ),
-                Err(error) => tracing::debug!(?client, %error, "client write failed"),
+                Err(failed) => {
+                    // Replies that can no longer reach the client are counted, never silently lost.
+                    let lost = failed.unsent + client.out.close_discarding();
+                    metrics::get().dropped_many(Discard::ClientGone, lost);
+                    if failed.error.kind() == io::ErrorKind::TimedOut {
+                        tracing::warn!(
+                            ?client,
+                            timeout_sec = stall.as_secs(),
+                            lost,
+                            "client read nothing for backpressure_timeout_sec; disconnecting"
+                        );
+                    } else {
+                        tracing::debug!(?client, error = %failed.error, lost, "client write failed");
+                    }
+                }
             }
             gone.cancel();
         }
