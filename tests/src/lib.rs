@@ -543,3 +543,10 @@ pub fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     );
     values.iter().sum()
 }
+
+/// The daemon's `/status` document, from the admin endpoint at `addr`.
+pub fn status(addr: &str) -> Value {
+    let (code, body) = http_get(addr, "/status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("/status is JSON")
+}
