@@ -234,6 +234,7 @@ mod tests {
                     true,
                     Fault::Worker
                 ),
+                (-32023, "Request timed out", "timeout", true, Fault::Worker),
                 (-32030, "Shutting down", "shutting_down", true, Fault::Bus),
                 (
                     -32040,
