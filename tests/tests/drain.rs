@@ -81,3 +81,26 @@ fn sighup_is_logged_as_not_supported_and_changes_nothing() {
     assert_eq!(bus.worker_pids(), workers, "no worker was touched");
     assert!(!bus.log().contains("draining"));
 }
+
+#[test]
+fn a_request_queued_during_a_backoff_is_answered_when_the_drain_starts_meanwhile() {
+    let config = BusConfig::mock(1)
+        .pool_key("backoff_initial_ms", json!(1500))
+        .pool_key("backoff_max_ms", json!(1500));
+    let mut bus = Bus::start(&config, Mode::Tcp);
+    let mut conn = bus.connect();
+    conn.request(json!(1), "mock/crash", Value::Null, Some("s"));
+    assert_eq!(reason(&conn.recv()), Some("worker_exited"));
+    bus.wait_log("restarting worker after backoff");
+    // Accepted while the slot waits for its next worker, then the drain begins.
+    conn.request(json!(2), "ping", Value::Null, Some("s"));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    bus.signal(Signal::SIGTERM);
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!(2));
+    assert!(
+        reply.get("result").is_some(),
+        "served by the worker started during the drain: {reply}"
+    );
+    assert!(bus.wait_exit().success(), "log:\n{}", bus.log());
+}

@@ -121,7 +121,8 @@ pub async fn supervise(
                 retry_in_ms = retry.saturating_duration_since(Instant::now()).as_millis() as u64,
                 "restart limit exceeded; slot failed until the window allows a restart"
             );
-            if !rest_until(&router, retry, &mut stop).await {
+            // A failed slot holds no request (it refuses them), so a drain has nothing to wait for.
+            if !rest_until(&slot, retry, &mut stop).await || router.draining() {
                 return;
             }
             limit.allow(Instant::now());
@@ -133,7 +134,9 @@ pub async fn supervise(
                 delay_ms = delay.as_millis() as u64,
                 "restarting worker after backoff"
             );
-            if !rest_until(&router, Instant::now() + delay, &mut stop).await {
+            // Requests queued during the backoff were accepted: even during a drain, the next
+            // worker starts (as `Draining`) to answer them.
+            if !rest_until(&slot, Instant::now() + delay, &mut stop).await {
                 return;
             }
         }
@@ -142,11 +145,15 @@ pub async fn supervise(
     }
 }
 
-/// Waits until `until` unless the daemon stops or drains first; false means: do not restart.
-async fn rest_until(router: &Router, until: Instant, stop: &mut StopOrder) -> bool {
+/// Waits until `until`; false if the daemon's stop order came first, in which case the requests
+/// queued in `slot` are refused with `shutting_down` (no worker will come to answer them).
+async fn rest_until(slot: &Slot, until: Instant, stop: &mut StopOrder) -> bool {
     tokio::select! {
-        () = tokio::time::sleep_until(until.into()) => !router.draining(),
-        _ = stop_requested(stop) => false,
+        () = tokio::time::sleep_until(until.into()) => true,
+        _ = stop_requested(stop) => {
+            fail_pending(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown);
+            false
+        }
     }
 }
 
