@@ -1,25 +1,33 @@
-//! The daemon's life: bind, spawn the pools, serve clients, then drain and stop in order.
+//! Layer 5, the daemon's life: spawn the pools, serve clients on listeners bound beforehand, then
+//! drain and stop in order when the [`Shutdown`] asks (mini-redis's `run(listener, shutdown)`).
+//!
+//! Imports every layer below: the router, the client transports (io), the supervisors and the
+//! admin endpoint.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_config::Config;
+use codex_bus_config::{Config, Limits};
+use nix::sys::signal::Signal;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::metrics::exporter;
+use crate::core::sink::WorkerSink;
+use crate::error::{Error, Kind};
+use crate::io::{self, listen::Bound, listen::Endpoint};
+use crate::metrics::recorder;
 use crate::router::Router;
-use crate::signals::Signals;
-use crate::supervisor::{self, spawn::resolve_command};
-use crate::transport::{self, listen::Endpoint};
+use crate::supervisor::instance::signal_group;
+use crate::supervisor::{self, deadlines, spawn::resolve_command};
 
 /// Workers get at least this long between SIGTERM and SIGKILL, even when the drain ran out.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-
-/// How often the drain checks whether every in-flight request has been answered.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// How long queued replies may take to reach clients once the workers are stopped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,118 +35,212 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the daemon ended after a clean start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// A signal or stdin EOF asked for the drain: exit status 0.
+    /// A shutdown request or stdin's end drained the daemon: exit status 0.
     Drained,
-    /// Every slot of an escalating pool was down: exit status [`Outcome::ESCALATED_STATUS`], so the
-    /// service manager restarts the daemon.
+    /// Every slot of an escalating pool was down: exit status 3, so the service manager restarts
+    /// the daemon.
     Escalated,
+    /// A second request cut the drain short and the workers were killed: exit status 1.
+    Stopped,
 }
 
 impl Outcome {
-    /// The exit status after an escalation.
-    pub const ESCALATED_STATUS: u8 = 3;
+    /// The process exit status for this outcome (documented in docs/operations.md).
+    pub fn exit_status(self) -> u8 {
+        match self {
+            Outcome::Drained => 0,
+            Outcome::Stopped => 1,
+            Outcome::Escalated => 3,
+        }
+    }
 }
 
-/// Runs the daemon until it has drained; `Err` is a startup failure, reported before any worker ran.
-///
-/// `metrics` is the admin endpoint's HOST:PORT, if any.
+/// When to stop: `drain` resolves when the daemon should stop accepting and drain; `now`, once
+/// draining, when it should kill its workers and return at once. The `signals` module makes one from SIGTERM and SIGINT.
+pub struct Shutdown {
+    drain: Pin<Box<dyn Future<Output = ()> + Send>>,
+    now: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Shutdown {
+    /// A shutdown driven by two futures: the drain request and the stop-at-once request.
+    pub fn new(
+        drain: impl Future<Output = ()> + Send + 'static,
+        now: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Shutdown {
+            drain: Box::pin(drain),
+            now: Box::pin(now),
+        }
+    }
+}
+
+/// Everything the daemon listens on, bound before it starts (a bad address costs no worker).
+pub struct Listeners {
+    clients: Bound,
+    admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the client `endpoint` and, if given, the admin endpoint at `admin` (HOST:PORT).
+    pub async fn bind(endpoint: &Endpoint, admin: Option<&str>) -> Result<Self, Error> {
+        let clients = io::listen::bind(endpoint).await?;
+        let admin = match admin {
+            Some(address) => Some(admin::bind(address).await?),
+            None => None,
+        };
+        Ok(Listeners { clients, admin })
+    }
+}
+
+/// Runs the daemon on `listeners` until `shutdown` (or stdin's end, or an escalation) has it
+/// drained; `Err` is a startup failure, reported before any worker ran.
 pub async fn run(
     config: Config,
-    endpoint: Endpoint,
-    metrics: Option<String>,
-) -> Result<Outcome, String> {
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<Outcome, Error> {
     check_commands(&config)?;
-    let signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    // Bind first: a bad address must fail before a single worker is spawned.
-    let bound = transport::listen::bind(&endpoint).await?;
-    let admin = match &metrics {
+    let admin = match listeners.admin {
         // The recorder goes in before the router resolves its metric handles.
-        Some(address) => Some((admin::bind(address).await?, exporter::install()?)),
+        Some(listener) => {
+            let handle = recorder::install().map_err(|e| {
+                Error::because(Kind::Metrics, "cannot install the metrics recorder", e)
+            })?;
+            Some((listener, handle))
+        }
         None => None,
     };
     let limits = config.limits;
     let router = Arc::new(Router::new(&config));
     if let Some((listener, handle)) = admin {
-        tokio::spawn(exporter::upkeep(handle.clone()));
+        tokio::spawn(recorder::upkeep(handle.clone()));
         tokio::spawn(admin::serve(listener, router.clone(), handle));
     }
 
+    let sink: Arc<dyn WorkerSink> = router.clone();
+    let escalation = CancellationToken::new();
+    let context = supervisor::Context {
+        sink: sink.clone(),
+        limits,
+        escalation: escalation.clone(),
+    };
     let (stop, stop_order) = watch::channel(None);
     let supervisors = TaskTracker::new();
-    for (pool_index, pool) in router.pools().iter().enumerate() {
-        for slot_index in 0..pool.slots.len() {
-            let task = supervisor::supervise(
-                router.clone(),
-                pool_index,
-                slot_index,
-                limits,
-                stop_order.clone(),
-            );
+    for pool in router.pools() {
+        for slot in 0..pool.slots.len() {
+            let task =
+                supervisor::supervise(context.clone(), pool.clone(), slot, stop_order.clone());
             supervisors.spawn(task);
         }
-        let deadlines =
-            supervisor::deadlines::enforce(router.clone(), pool_index, stop_order.clone());
-        supervisors.spawn(deadlines);
+        supervisors.spawn(deadlines::enforce(
+            pool.clone(),
+            sink.clone(),
+            stop_order.clone(),
+        ));
     }
     supervisors.close();
-    let workers: usize = router.pools().iter().map(|p| p.slots.len()).sum();
     tracing::info!(
         pools = router.pools().len(),
-        workers,
+        workers = router.slots().count(),
         version = env!("CARGO_PKG_VERSION"),
         "codex-stdio-bus started"
     );
 
     let drain = CancellationToken::new();
-    tokio::spawn(signals.watch(drain.clone(), router.clone()));
     let writers = TaskTracker::new();
-    let serving = tokio::spawn(transport::serve(
-        bound,
+    let serving = tokio::spawn(io::serve(
+        listeners.clients,
         router.clone(),
         limits,
         writers.clone(),
         drain.clone(),
     ));
-
+    let Shutdown {
+        drain: requested,
+        mut now,
+    } = shutdown;
     let outcome = tokio::select! {
+        () = requested => Outcome::Drained,
         () = drain.cancelled() => Outcome::Drained,
-        () = router.escalated() => {
-            drain.cancel();
-            Outcome::Escalated
-        }
+        () = escalation.cancelled() => Outcome::Escalated,
     };
-    // Stop accepting (dropping the listener removes a Unix socket file), refuse new requests, and
-    // keep routing replies to the requests already in flight.
-    let _ = serving.await;
-    router.begin_drain();
-    let deadline = Instant::now() + Duration::from_secs(limits.drain_timeout_sec);
-    while router.in_flight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-    let unanswered = router.in_flight();
-    tracing::info!(unanswered, "drain finished; stopping workers");
-    let _ = stop.send(Some(deadline.max(Instant::now() + STOP_GRACE)));
-    supervisors.wait().await;
-
-    router.close_clients();
-    writers.close();
-    if tokio::time::timeout(FLUSH_TIMEOUT, writers.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some clients did not take their last replies in time");
+    drain.cancel();
+    let stages = Stages {
+        router: &router,
+        limits,
+        stop: &stop,
+        supervisors: &supervisors,
+        writers: &writers,
+    };
+    tokio::select! {
+        () = stages.drain(serving) => {}
+        () = &mut now => {
+            // Whatever stage the drain is in, nothing more is waited for.
+            for slot in router.slots() {
+                signal_group(slot, Signal::SIGKILL);
+            }
+            tracing::warn!("workers killed; stopping at once");
+            return Ok(Outcome::Stopped);
+        }
     }
     tracing::info!(?outcome, "codex-stdio-bus stopped");
     Ok(outcome)
 }
 
+/// What the drain works through, in order.
+struct Stages<'a> {
+    router: &'a Router,
+    limits: Limits,
+    stop: &'a watch::Sender<Option<Instant>>,
+    supervisors: &'a TaskTracker,
+    writers: &'a TaskTracker,
+}
+
+impl Stages<'_> {
+    /// Stops accepting (dropping the listener removes a Unix socket file), refuses new requests
+    /// while replies to those in flight are still routed, waits for them up to
+    /// `drain_timeout_sec`, stops the workers (SIGKILL no earlier than [`STOP_GRACE`] after
+    /// SIGTERM), then lets clients take their last replies for up to [`FLUSH_TIMEOUT`].
+    async fn drain(self, serving: JoinHandle<()>) {
+        let _ = serving.await;
+        self.router.begin_drain();
+        let deadline = Instant::now() + Duration::from_secs(self.limits.drain_timeout_sec);
+        let idle = async {
+            // New work is refused now, so a slot that went idle stays idle.
+            for slot in self.router.slots() {
+                slot.wait_idle().await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline.into(), idle).await;
+        let unanswered = self.router.in_flight();
+        tracing::info!(unanswered, "drain finished; stopping workers");
+        let _ = self
+            .stop
+            .send(Some(deadline.max(Instant::now() + STOP_GRACE)));
+        self.supervisors.wait().await;
+
+        self.router.close_clients();
+        self.writers.close();
+        if tokio::time::timeout(FLUSH_TIMEOUT, self.writers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some clients did not take their last replies in time");
+        }
+    }
+}
+
 /// Refuses to start a pool whose program does not exist, rather than crash-looping it.
-fn check_commands(config: &Config) -> Result<(), String> {
+fn check_commands(config: &Config) -> Result<(), Error> {
     for (i, pool) in config.pools.iter().enumerate() {
         if resolve_command(&pool.command, pool.cwd.as_deref()).is_none() {
-            return Err(format!(
-                "pools[{i}].command: '{}' (pool '{}') is not an executable file or not on PATH",
-                pool.command, pool.id
+            return Err(Error::new(
+                Kind::Config,
+                format!(
+                    "pools[{i}].command: '{}' (pool '{}') is not an executable file or not on PATH",
+                    pool.command, pool.id
+                ),
             ));
         }
     }

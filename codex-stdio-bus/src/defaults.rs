@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use codex_bus_config::Config;
 
+use crate::error::{Error, Kind};
+
 /// One pool `codex` running the `codex-worker` binary beside this executable in its mock mode, one
 /// instance per available CPU.
-pub fn built_in() -> Result<Config, String> {
+pub fn built_in() -> Result<Config, Error> {
     let worker = worker_beside_executable()?;
     let instances = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     Ok(Config::single_pool(
@@ -18,8 +20,8 @@ pub fn built_in() -> Result<Config, String> {
 }
 
 /// The `codex-worker` executable in the daemon's own directory.
-fn worker_beside_executable() -> Result<PathBuf, String> {
+fn worker_beside_executable() -> Result<PathBuf, Error> {
     let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot locate the daemon's executable: {e}"))?;
+        .map_err(|e| Error::because(Kind::Config, "cannot locate the daemon's executable", e))?;
     Ok(exe.with_file_name("codex-worker"))
 }

@@ -1,29 +1,34 @@
 //! codex-stdio-bus: a daemon that owns pools of worker processes and routes NDJSON JSON-RPC traffic
 //! from many clients to them, keeping each session on one worker and every reply with its client.
 //!
-//! Module map: [`daemon`] (life cycle) starts the [`supervisor`]s (one per [`slot`] of each
-//! [`pool`]) and serves clients through [`transport`]; the [`router`] moves lines between
-//! [`client`]s and slots through bounded [`outbox`]es.
+//! The daemon is built in layers, each importing only those below it (docs/architecture.md; a test
+//! runs `module-cycles` on this crate):
+//!
+//! 1. `core`: the outbox, id tables, a client's output side, slots with their pending requests;
+//! 2. `router`: placement and the two directions of routing;
+//! 3. [`io`]: client transports and worker pipes, over one frame-reading loop;
+//! 4. `supervisor`: the restart policy loop, driving workers through a `WorkerSink`;
+//! 5. [`daemon`] (`run(config, listeners, shutdown)`) and [`admin`] (metrics, health, status).
+//!
+//! `metrics` and [`error`] are leaves that any layer may use; [`signals`] makes the [`Shutdown`]
+//! that `main` hands to [`daemon::run`].
+//!
+//! [`Shutdown`]: daemon::Shutdown
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod cli;
-pub mod client;
+mod core;
 pub mod daemon;
 pub mod defaults;
+pub mod error;
 pub mod fd_limit;
 pub mod hygiene;
-pub mod id_map;
-pub mod id_token;
+pub mod io;
 pub mod logging;
-pub mod metrics;
-pub mod outbox;
-pub mod pool;
+mod metrics;
 pub mod router;
 pub mod signals;
-pub mod slot;
-pub mod status;
 pub mod supervisor;
-pub mod transport;

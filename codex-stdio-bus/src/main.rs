@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use codex_bus_config::{Config, TransportMode};
 use codex_stdio_bus::cli::{Cli, Command, RunArgs};
-use codex_stdio_bus::transport::listen::Endpoint;
-use codex_stdio_bus::{admin, daemon, defaults, fd_limit, hygiene, logging};
+use codex_stdio_bus::daemon::Listeners;
+use codex_stdio_bus::error::{Error, Kind};
+use codex_stdio_bus::io::listen::Endpoint;
+use codex_stdio_bus::{admin, daemon, defaults, fd_limit, hygiene, logging, signals};
 
 fn main() -> ExitCode {
     hygiene::cloexec_inherited_fds();
@@ -24,11 +26,12 @@ fn main() -> ExitCode {
 /// `status`: a running daemon's slots as a table.
 fn status(address: &str) -> ExitCode {
     let document = admin::fetch(address, "/status").and_then(|body| {
-        serde_json::from_str(&body).map_err(|e| format!("bad /status document: {e}"))
+        serde_json::from_str(&body)
+            .map_err(|e| Error::because(Kind::Admin, "bad /status document", e))
     });
     match document {
         Ok(document) => {
-            print!("{}", codex_stdio_bus::status::table(&document));
+            print!("{}", admin::status::table(&document));
             ExitCode::SUCCESS
         }
         Err(message) => {
@@ -99,27 +102,35 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, endpoint, metrics)) {
-        Ok(daemon::Outcome::Drained) => ExitCode::SUCCESS,
-        Ok(daemon::Outcome::Escalated) => ExitCode::from(daemon::Outcome::ESCALATED_STATUS),
-        Err(message) => {
-            tracing::error!("{message}");
-            eprintln!("codex-stdio-bus: {message}");
+    let outcome = runtime.block_on(async {
+        // Signals first: from here a SIGTERM during startup drains instead of killing.
+        let shutdown = signals::shutdown()?;
+        // Bind before anything starts: a bad address must cost no worker.
+        let listeners = Listeners::bind(&endpoint, metrics.as_deref()).await?;
+        daemon::run(config, listeners, shutdown).await
+    });
+    // The runtime goes first (its tasks may still log), then the log guard flushes every line.
+    drop(runtime);
+    match outcome {
+        Ok(outcome) => ExitCode::from(outcome.exit_status()),
+        Err(error) => {
+            error.log();
+            eprintln!("codex-stdio-bus: {error}");
             ExitCode::FAILURE
         }
     }
 }
 
 /// The config from `path`, or the built-in default.
-fn load(path: Option<&Path>) -> Result<Config, String> {
+fn load(path: Option<&Path>) -> Result<Config, Error> {
     match path {
-        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        Some(path) => Config::load(path).map_err(|e| Error::new(Kind::Config, e.to_string())),
         None => defaults::built_in(),
     }
 }
 
 /// The endpoint: a CLI flag wins over `transport.mode`/`transport.address` in the file.
-fn endpoint(args: &RunArgs, config: &Config) -> Result<Endpoint, String> {
+fn endpoint(args: &RunArgs, config: &Config) -> Result<Endpoint, Error> {
     if let Some(path) = &args.unix {
         return Ok(Endpoint::Unix(path.clone()));
     }
@@ -134,8 +145,8 @@ fn endpoint(args: &RunArgs, config: &Config) -> Result<Endpoint, String> {
         (TransportMode::Stdio, _) => Ok(Endpoint::Stdio),
         (TransportMode::Unix, Some(path)) => Ok(Endpoint::Unix(path.into())),
         (TransportMode::Tcp, Some(address)) => Ok(Endpoint::Tcp(address)),
-        (mode, None) => Err(format!(
+        (mode, None) => Err(Error::new(Kind::Config, format!(
             "transport.mode is {mode:?} but no address is set: pass --unix PATH or --tcp HOST:PORT, or set transport.address"
-        )),
+        ))),
     }
 }

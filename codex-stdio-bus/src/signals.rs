@@ -1,42 +1,39 @@
-//! Signals: the first SIGTERM/SIGINT drains, a second stops at once; SIGHUP is reserved for reload.
+//! Signals as shutdown requests: the first SIGTERM or SIGINT asks for a drain, a second one for an
+//! immediate stop; SIGHUP is reserved for reload.
+//!
+//! The daemon itself knows no signals: [`daemon::run`](crate::daemon::run) takes a [`Shutdown`],
+//! and this module makes one from the process's signals (tests and embedders make their own).
 
-use std::sync::Arc;
-
-use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::router::Router;
-use crate::supervisor::instance::signal_group;
+use crate::daemon::Shutdown;
+use crate::error::{Error, Kind};
 
-/// Exit status after a second signal cut the drain short.
-pub const STOPPED_AT_ONCE: i32 = 1;
-
-/// The daemon's signal handlers, installed before anything else starts.
-pub struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Installs the handlers. From here on these signals no longer kill the process by default
-    /// (tokio replaces the default action for good), so the second-signal rule is ours to keep.
-    pub fn install() -> std::io::Result<Self> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// Handles signals for the life of the daemon.
-    pub async fn watch(mut self, drain: CancellationToken, router: Arc<Router>) {
+/// Installs the handlers and returns the shutdown they drive. From here on these signals no longer
+/// kill the process by default (tokio replaces the default action for good), so the second-signal
+/// rule is ours to keep; it is, through [`Shutdown`]'s second future. Must run inside the runtime.
+pub fn shutdown() -> Result<Shutdown, Error> {
+    let install = |kind: SignalKind| {
+        signal(kind)
+            .map_err(|e| Error::because(Kind::Environment, "cannot install signal handlers", e))
+    };
+    let (mut term, mut int, mut hup) = (
+        install(SignalKind::terminate())?,
+        install(SignalKind::interrupt())?,
+        install(SignalKind::hangup())?,
+    );
+    let (drain, now) = (CancellationToken::new(), CancellationToken::new());
+    let shutdown = Shutdown::new(
+        drain.clone().cancelled_owned(),
+        now.clone().cancelled_owned(),
+    );
+    tokio::spawn(async move {
         loop {
             let name = tokio::select! {
-                _ = self.term.recv() => "SIGTERM",
-                _ = self.int.recv() => "SIGINT",
-                _ = self.hup.recv() => {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
                     tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignored");
                     continue;
                 }
@@ -44,13 +41,12 @@ impl Signals {
             if !drain.is_cancelled() {
                 tracing::info!(signal = name, "shutdown requested; draining");
                 drain.cancel();
-                continue;
+            } else {
+                tracing::warn!(signal = name, "second signal; stopping at once");
+                now.cancel();
+                return;
             }
-            tracing::warn!(signal = name, "second signal; stopping at once");
-            for slot in router.pools().iter().flat_map(|p| &p.slots) {
-                signal_group(slot, Signal::SIGKILL);
-            }
-            std::process::exit(STOPPED_AT_ONCE);
         }
-    }
+    });
+    Ok(shutdown)
 }

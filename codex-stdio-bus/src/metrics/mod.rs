@@ -1,22 +1,23 @@
 //! Prometheus metrics: names, label sets and the handles the hot path uses.
 //!
 //! Handles are resolved once (here, per process; per pool and slot in [`PoolMetrics`] and
-//! [`SlotMetrics`]), so routing a message costs an atomic add, never a label lookup. Gauges that
-//! describe state (workers by state, in-flight, queued bytes, sessions, process figures) are read
-//! from the router when scraped instead of being updated per message. Labels come only from bounded
-//! sets: pool, slot, transport, direction, reason, state; never a session id, a request id or a
-//! client-supplied method.
+//! [`SlotMetrics`]; per listener in [`ConnectionMetrics`]), so routing a message costs an atomic
+//! add, never a label lookup. Gauges that describe state (workers by state, in-flight, queued
+//! bytes, sessions, process figures) are read from the slots when scraped (the admin layer does
+//! that) instead of being updated per message. Labels come only from bounded sets: pool, slot,
+//! transport, direction, reason, state; never a session id, a request id or a client-supplied
+//! method.
+//!
+//! A leaf: this module imports nothing of the daemon, so every layer may record through it.
 
-pub mod exporter;
-pub mod process;
+pub(crate) mod process;
+pub(crate) mod recorder;
 
 use std::sync::OnceLock;
 
 use codex_bus_protocol::ErrorKind;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram, Unit};
-
-use crate::client::Transport;
 
 /// Why the bus discarded a message that no one could be told about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,15 +144,13 @@ pub struct BusMetrics {
     drops: Vec<Counter>,
     messages: Vec<Counter>,
     bytes: Vec<Counter>,
-    connections: Vec<Gauge>,
-    connections_total: Vec<Counter>,
     session_assignments: Counter,
 }
 
 static METRICS: OnceLock<BusMetrics> = OnceLock::new();
 
 /// The process-wide handles. Before a recorder is installed (metrics off, unit tests) they are
-/// no-ops; [`exporter::install`] must run first for them to record.
+/// no-ops; [`recorder::install`] must run first for them to record.
 pub fn get() -> &'static BusMetrics {
     METRICS.get_or_init(BusMetrics::register)
 }
@@ -166,8 +165,6 @@ pub const REQUEST_BUCKETS: &[f64] = &[
 pub const STARTUP_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-
-const TRANSPORTS: [Transport; 3] = [Transport::Stdio, Transport::Unix, Transport::Tcp];
 
 impl BusMetrics {
     fn register() -> Self {
@@ -187,14 +184,6 @@ impl BusMetrics {
             bytes: Direction::ALL
                 .iter()
                 .map(|d| counter!("codex_bus_message_bytes_total", "direction" => d.label()))
-                .collect(),
-            connections: TRANSPORTS
-                .iter()
-                .map(|t| gauge!("codex_bus_client_connections", "transport" => t.as_str()))
-                .collect(),
-            connections_total: TRANSPORTS
-                .iter()
-                .map(|t| counter!("codex_bus_client_connections_total", "transport" => t.as_str()))
                 .collect(),
             session_assignments: counter!("codex_bus_session_assignments_total", "result" => "hashed"),
         }
@@ -227,20 +216,36 @@ impl BusMetrics {
         &self.bytes[direction as usize]
     }
 
-    /// Counts a client connecting (`+1`) or leaving (`-1`).
-    pub fn connection(&self, transport: Transport, delta: i8) {
-        let i = TRANSPORTS.iter().position(|t| *t == transport).unwrap_or(0);
-        if delta > 0 {
-            self.connections_total[i].increment(1);
-            self.connections[i].increment(1.0);
-        } else {
-            self.connections[i].decrement(1.0);
-        }
-    }
-
     /// Counts a new session placed by hashing.
     pub fn session_assigned(&self) {
         self.session_assignments.increment(1);
+    }
+}
+
+/// Per-listener handles: clients connected over one transport.
+pub struct ConnectionMetrics {
+    open: Gauge,
+    accepted: Counter,
+}
+
+impl ConnectionMetrics {
+    /// Handles labelled with `transport` (`stdio`, `unix`, `tcp`).
+    pub fn new(transport: &'static str) -> Self {
+        ConnectionMetrics {
+            open: gauge!("codex_bus_client_connections", "transport" => transport),
+            accepted: counter!("codex_bus_client_connections_total", "transport" => transport),
+        }
+    }
+
+    /// Counts a client connecting.
+    pub fn connected(&self) {
+        self.accepted.increment(1);
+        self.open.increment(1.0);
+    }
+
+    /// Counts a client leaving.
+    pub fn disconnected(&self) {
+        self.open.decrement(1.0);
     }
 }
 

@@ -11,10 +11,10 @@ use codex_bus_protocol::{
 };
 
 use super::placement::slot_for;
-use super::Router;
-use crate::client::Client;
+use super::{send_error, Router};
+use crate::core::client::Client;
+use crate::core::slot::Slot;
 use crate::metrics::{self, Discard};
-use crate::slot::Slot;
 
 /// Why a message cannot be routed, with a human detail for the error reply.
 struct Refusal {
@@ -23,8 +23,14 @@ struct Refusal {
 }
 
 impl Router {
-    /// Handles one complete line from a client, read at `received`.
-    pub async fn client_line(&self, client: &Arc<Client>, line: &[u8], received: Instant) {
+    /// Handles one complete message from a client (its bytes, without any framing), read at
+    /// `received`. Waits only for room in the target worker's queue (backpressure).
+    pub(crate) async fn client_message(
+        &self,
+        client: &Arc<Client>,
+        line: &[u8],
+        received: Instant,
+    ) {
         let envelope = match parse(line, &self.session_path) {
             Ok(Message::Object(envelope)) => envelope,
             Ok(Message::Batch(elements)) => return self.refuse_batch(client, line, &elements),
@@ -38,7 +44,7 @@ impl Router {
                     EnvelopeError::Parse => ErrorKind::ParseError,
                     _ => ErrorKind::InvalidRequest,
                 };
-                client.send_error(None, kind, Some(detail));
+                send_error(client, None, kind, Some(detail));
                 return;
             }
         };
@@ -53,7 +59,7 @@ impl Router {
                 let id = envelope.id.map(|span| &line[span]);
                 let detail =
                     "a message needs a \"method\", or an \"id\" with a \"result\" or \"error\"";
-                client.send_error(id, ErrorKind::InvalidRequest, Some(detail));
+                send_error(client, id, ErrorKind::InvalidRequest, Some(detail));
             }
         }
     }
@@ -67,17 +73,22 @@ impl Router {
         id: Range<usize>,
         received: Instant,
     ) {
-        let slot = match self.target(client.id, line, envelope) {
+        let slot = match self.target(client, line, envelope) {
             Ok(slot) => slot,
             Err(refusal) => {
-                client.send_error(Some(&line[id]), refusal.kind, refusal.detail.as_deref());
+                send_error(
+                    client,
+                    Some(&line[id]),
+                    refusal.kind,
+                    refusal.detail.as_deref(),
+                );
                 return;
             }
         };
         // Backpressure: while the worker's queue is full this client is not read any further.
         slot.queue.wait_for_space().await;
         if let Err(kind) = slot.enqueue_request(client, line, id.clone(), received) {
-            client.send_error(Some(&line[id]), kind, None);
+            send_error(client, Some(&line[id]), kind, None);
         } else {
             tracing::debug!(client = client.id, ?slot, "request queued");
         }
@@ -85,7 +96,7 @@ impl Router {
 
     /// A notification: forwarded unchanged to the session's slot. Nobody can be told if it fails.
     async fn route_notification(&self, client: &Arc<Client>, line: &[u8], envelope: &Envelope) {
-        let slot = match self.target(client.id, line, envelope) {
+        let slot = match self.target(client, line, envelope) {
             Ok(slot) => slot,
             Err(refusal) => {
                 tracing::debug!(
@@ -125,12 +136,17 @@ impl Router {
             metrics::get().dropped(Discard::UnknownAnswer);
             return;
         };
-        asked.slot.queue.wait_for_space().await;
-        let queued = asked.slot.enqueue_line(Some(asked.generation), |buf| {
+        let slot = self.slot(asked.slot);
+        slot.queue.wait_for_space().await;
+        let queued = slot.enqueue_line(Some(asked.generation), |buf| {
             append_with_token(buf, line, id, &asked.id)
         });
         if queued.is_err() {
-            tracing::debug!(client = client.id, slot = ?asked.slot, "answer dropped: the worker that asked is gone");
+            tracing::debug!(
+                client = client.id,
+                ?slot,
+                "answer dropped: the worker that asked is gone"
+            );
             metrics::get().dropped(Discard::WorkerGone);
         }
     }
@@ -138,7 +154,7 @@ impl Router {
     /// Batches are refused element by element, so that every request in one still gets a reply.
     fn refuse_batch(&self, client: &Client, line: &[u8], elements: &[Range<usize>]) {
         if elements.is_empty() {
-            client.send_error(None, ErrorKind::InvalidRequest, Some("empty batch"));
+            send_error(client, None, ErrorKind::InvalidRequest, Some("empty batch"));
             return;
         }
         for span in elements {
@@ -147,19 +163,25 @@ impl Router {
                 Ok(Message::Object(envelope)) => envelope.id.map(|s| &element[s]),
                 _ => None,
             };
-            client.send_error(id, ErrorKind::BatchNotSupported, None);
+            send_error(client, id, ErrorKind::BatchNotSupported, None);
         }
     }
 
     /// The slot a message goes to: its session's (placing a new session), or for a message without
-    /// a session the least-loaded running worker of its pool.
-    fn target(&self, client: u64, line: &[u8], envelope: &Envelope) -> Result<&Arc<Slot>, Refusal> {
-        let session = envelope
-            .session
-            .clone()
-            .and_then(|span| key_bytes(&line[span]));
+    /// a session the least-loaded running worker of its pool. The session is the one the message
+    /// names, else the one the client's connection is bound to.
+    fn target(
+        &self,
+        client: &Client,
+        line: &[u8],
+        envelope: &Envelope,
+    ) -> Result<&Arc<Slot>, Refusal> {
+        let session = match envelope.session.clone() {
+            Some(span) => key_bytes(&line[span]),
+            None => client.bound_session.as_deref().map(Cow::Borrowed),
+        };
         let (pool, slot) = match session {
-            Some(key) => self.sessions.locate(&key, client, || {
+            Some(key) => self.sessions.locate(&key, client.id, || {
                 let pool = self.choose_pool(line, envelope)?;
                 let slots = &self.pools[pool].slots;
                 let slot = slot_for(&key, slots.len() as u32);

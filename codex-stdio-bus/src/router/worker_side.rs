@@ -13,19 +13,17 @@ use codex_bus_protocol::{
     Kind, Message,
 };
 
-use super::Router;
-use crate::client::Client;
+use super::{fail_pending, Router};
+use crate::core::client::Client;
+use crate::core::sink::WorkerSink;
+use crate::core::slot::{Pending, Slot, PROBE_ID};
 use crate::metrics::{self, Discard};
-use crate::slot::Slot;
-use crate::supervisor::readiness;
 
 /// How much of a bad worker line goes into the log.
 const LOGGED_PREFIX: usize = 200;
 
-impl Router {
-    /// Handles one complete line from the worker running as `generation` in `slot`, read at
-    /// `read_at`.
-    pub fn worker_line(&self, slot: &Arc<Slot>, generation: u64, line: &[u8], read_at: Instant) {
+impl WorkerSink for Router {
+    fn worker_line(&self, slot: &Arc<Slot>, generation: u64, line: &[u8], read_at: Instant) {
         let envelope = match parse(line, &self.session_path) {
             Ok(Message::Object(envelope)) => envelope,
             _ => {
@@ -38,11 +36,11 @@ impl Router {
             }
         };
         match (envelope.kind(), envelope.id.clone()) {
-            (Kind::Response, Some(id)) if line[id.clone()] == *readiness::PROBE_ID => {
+            (Kind::Response, Some(id)) if line[id.clone()] == *PROBE_ID => {
                 tracing::debug!(?slot, "readiness probe answered");
                 slot.probe_answered(generation);
             }
-            (Kind::Response, Some(id)) => deliver_reply(slot, line, id, read_at),
+            (Kind::Response, Some(id)) => self.deliver_reply(slot, line, id, read_at),
             (Kind::Request, Some(id)) => {
                 self.forward_request(slot, generation, line, &envelope, id)
             }
@@ -56,6 +54,12 @@ impl Router {
         }
     }
 
+    fn fail(&self, pending: Vec<Pending>, kind: ErrorKind, detail: Option<&str>) {
+        fail_pending(pending, kind, detail);
+    }
+}
+
+impl Router {
     /// The client that last spoke on the line's session.
     fn session_client(&self, line: &[u8], envelope: &Envelope) -> Option<Arc<Client>> {
         let key = key_bytes(&line[envelope.session.clone()?])?;
@@ -73,7 +77,7 @@ impl Router {
         id: Range<usize>,
     ) {
         if let Some(client) = self.session_client(line, envelope) {
-            if client.forward_worker_request(line, id.clone(), slot, generation) {
+            if client.forward_worker_request(line, id.clone(), slot.address, generation) {
                 return;
             }
         }
@@ -89,46 +93,48 @@ impl Router {
 
     /// A worker's notification: to the session's client, unchanged.
     fn forward_notification(&self, slot: &Arc<Slot>, line: &[u8], envelope: &Envelope) {
-        let delivered = self.session_client(line, envelope).is_some_and(|client| {
-            client.out.push(|buf| {
-                buf.extend_from_slice(line);
-                buf.push(b'\n');
-            })
-        });
+        let delivered = self
+            .session_client(line, envelope)
+            .is_some_and(|client| client.send_line(line));
         if !delivered {
             tracing::debug!(?slot, "worker notification has no client; dropped");
             metrics::get().dropped(Discard::NoClient);
         }
     }
-}
 
-/// A reply: found by bus id, sent to the client that asked with its original id restored.
-fn deliver_reply(slot: &Slot, line: &[u8], id: Range<usize>, read_at: Instant) {
-    let bus_id = parse_bus_id(&line[id.clone()]);
-    let Some(pending) = bus_id.and_then(|n| slot.take_pending(n, read_at)) else {
-        // Late replies (the request timed out, or its worker was replaced) and replies to ids the
-        // bus never sent both land here; neither has anyone waiting. Only the latter is a worker
-        // bug worth a warning: a hung worker's late replies would otherwise flood the log.
-        if bus_id.is_some_and(|n| slot.issued(n)) {
-            tracing::debug!(?slot, "late reply dropped");
-            return metrics::get().dropped(Discard::LateReply);
+    /// A reply: found by bus id, sent to the client that asked with its original id restored, and
+    /// timed from the request's arrival to `read_at`.
+    fn deliver_reply(&self, slot: &Slot, line: &[u8], id: Range<usize>, read_at: Instant) {
+        let bus_id = parse_bus_id(&line[id.clone()]);
+        let Some(pending) = bus_id.and_then(|n| slot.take_pending(n)) else {
+            // Late replies (the request timed out, or its worker was replaced) and replies to ids the
+            // bus never sent both land here; neither has anyone waiting. Only the latter is a worker
+            // bug worth a warning: a hung worker's late replies would otherwise flood the log.
+            if bus_id.is_some_and(|n| slot.issued(n)) {
+                tracing::debug!(?slot, "late reply dropped");
+                return metrics::get().dropped(Discard::LateReply);
+            }
+            return skip(
+                slot,
+                line,
+                "reply to an id the bus never sent",
+                Discard::LateReply,
+            );
+        };
+        self.pools[slot.address.pool as usize]
+            .metrics
+            .request_duration
+            .record(read_at.saturating_duration_since(pending.since));
+        if !pending
+            .client
+            .out
+            .push(|buf| append_with_token(buf, line, id, &pending.id))
+        {
+            tracing::debug!(client = pending.client.id, "reply dropped: client gone");
+            metrics::get().dropped(Discard::ClientGone);
         }
-        return skip(
-            slot,
-            line,
-            "reply to an id the bus never sent",
-            Discard::LateReply,
-        );
-    };
-    if !pending
-        .client
-        .out
-        .push(|buf| append_with_token(buf, line, id, &pending.id))
-    {
-        tracing::debug!(client = pending.client.id, "reply dropped: client gone");
-        metrics::get().dropped(Discard::ClientGone);
+        pending.client.request_finished();
     }
-    pending.client.request_finished();
 }
 
 /// Counts, logs and skips a worker line the bus cannot route; the worker keeps running.

@@ -11,7 +11,9 @@ use codex_bus_protocol::ErrorKind;
 use tokio::time::MissedTickBehavior;
 
 use super::instance::StopOrder;
-use crate::router::Router;
+use crate::core::sink::WorkerSink;
+use crate::core::slot::Deadline;
+use crate::router::pool::Pool;
 
 /// Shortest scan period: a 1 s timeout is met within 10 %.
 const MIN_TICK: Duration = Duration::from_millis(100);
@@ -19,9 +21,9 @@ const MIN_TICK: Duration = Duration::from_millis(100);
 /// Longest scan period, so a 30 s queue deadline is met within about a second.
 const MAX_TICK: Duration = Duration::from_secs(1);
 
-/// Enforces the deadlines of pool `pool_index` until the daemon orders the workers to stop.
-pub async fn enforce(router: Arc<Router>, pool_index: usize, mut stop: StopOrder) {
-    let pool = &router.pools()[pool_index];
+/// Enforces the deadlines of `pool` until the daemon orders the workers to stop; expired requests
+/// are answered through `sink`.
+pub(crate) async fn enforce(pool: Arc<Pool>, sink: Arc<dyn WorkerSink>, mut stop: StopOrder) {
     let settings = &pool.config.supervision;
     let request = (settings.request_timeout_sec > 0)
         .then(|| Duration::from_secs(settings.request_timeout_sec));
@@ -36,16 +38,24 @@ pub async fn enforce(router: Arc<Router>, pool_index: usize, mut stop: StopOrder
         }
         let now = Instant::now();
         for slot in pool.slots.iter().filter(|s| s.in_flight() > 0) {
-            let expired = slot.expire(now, request, queue);
-            if !expired.is_empty() {
-                tracing::warn!(?slot, requests = expired.len(), "requests timed out");
-            }
-            for (pending, deadline) in expired {
-                let detail = Some(deadline.detail());
-                pending
-                    .client
-                    .send_error(Some(&pending.id), ErrorKind::Timeout, detail);
-                pending.client.request_finished();
+            let (by_request, by_queue): (Vec<_>, Vec<_>) = slot
+                .expire(now, request, queue)
+                .into_iter()
+                .partition(|(_, deadline)| *deadline == Deadline::Request);
+            for (expired, deadline) in
+                [(by_request, Deadline::Request), (by_queue, Deadline::Queue)]
+            {
+                if expired.is_empty() {
+                    continue;
+                }
+                tracing::warn!(
+                    ?slot,
+                    requests = expired.len(),
+                    detail = deadline.detail(),
+                    "requests timed out"
+                );
+                let pending = expired.into_iter().map(|(p, _)| p).collect();
+                sink.fail(pending, ErrorKind::Timeout, Some(deadline.detail()));
             }
         }
     }

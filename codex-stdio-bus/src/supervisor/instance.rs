@@ -1,53 +1,76 @@
-//! One running worker process: its stdin writer, stdout reader and stderr logger, until it exits.
+//! One running worker process, from its pipes being attached until it exits or is stopped.
 
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_config::Supervision;
-use codex_bus_protocol::{Frame, LineFramer};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio::sync::watch;
 
 use super::readiness::{self, NotReady};
-use crate::metrics::{self, Direction, Discard};
-use crate::router::Router;
-use crate::slot::Slot;
-
-/// Longest worker stderr line logged; a longer one is replaced by a note (it is not buffered).
-const STDERR_LINE: usize = 16 * 1024;
+use crate::core::sink::WorkerSink;
+use crate::core::slot::Slot;
+use crate::io::worker::{self, WorkerStdio};
 
 /// How long replies already in the worker's stdout pipe may take to be read after it exits.
 const STDOUT_LINGER: Duration = Duration::from_secs(2);
 
 /// The daemon's order to its workers: `None` while running; `Some(deadline)` once they must stop,
 /// with SIGKILL at the deadline.
-pub type StopOrder = watch::Receiver<Option<Instant>>;
+pub(crate) type StopOrder = watch::Receiver<Option<Instant>>;
 
-/// How a worker process ended.
-pub struct Ended {
-    /// Its exit status, if it could be collected.
-    pub status: Option<ExitStatus>,
-    /// Whether the daemon stopped it (rather than it exiting on its own).
-    pub stopped: bool,
-    /// Whether it was killed for not answering its readiness probe in time.
-    pub not_ready: bool,
+/// Why a worker process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// It exited (or never started) on its own.
+    Exited,
+    /// The daemon stopped it.
+    Stopped,
+    /// It was killed for not answering its readiness probe in time.
+    NotReady,
 }
 
-/// Runs `child` in `slot` until it exits or the daemon stops it; `on_ready` runs once the worker
-/// counts as ready under `supervision`.
-pub async fn run(
-    router: Arc<Router>,
-    slot: Arc<Slot>,
-    generation: u64,
+/// How a worker process ended.
+pub(crate) struct Ended {
+    /// Its exit status, if it could be collected (`None`: it never started, or the status was lost).
+    pub status: Option<ExitStatus>,
+    /// Why.
+    pub ending: Ending,
+}
+
+/// What a running worker's supervisor hands it.
+pub(crate) struct Instance<'a> {
+    /// Where it runs.
+    pub slot: &'a Arc<Slot>,
+    /// Which process of the slot it is.
+    pub generation: u64,
+    /// Where its stdout lines and unanswerable requests go.
+    pub sink: &'a Arc<dyn WorkerSink>,
+    /// `limits.max_worker_line`: its longest stdout line accepted, in bytes.
+    pub max_line: usize,
+    /// The pool's supervision settings (readiness).
+    pub supervision: &'a Supervision,
+}
+
+/// Runs `child` until it exits or the daemon stops it; `on_ready` runs once the worker counts as
+/// ready under the pool's supervision settings.
+pub(crate) async fn run(
+    instance: Instance<'_>,
     mut child: Child,
-    supervision: &Supervision,
     on_ready: impl FnOnce(),
     stop: &mut StopOrder,
 ) -> Ended {
+    let Instance {
+        slot,
+        generation,
+        sink,
+        max_line,
+        supervision,
+    } = instance;
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -60,43 +83,30 @@ pub async fn run(
             tracing::debug!(?slot, %error, "could not send the readiness probe");
         }
     }
-    let max_line = router.max_worker_line();
-    let writer = tokio::spawn({
-        let slot = slot.clone();
-        async move {
-            let written = metrics::get().bytes(Direction::ToWorker);
-            // What the worker could not take is answered when it exits: its requests are pending.
-            if let Err(failed) = slot.queue.drain_into(&mut stdin, None, written).await {
-                tracing::debug!(?slot, error = %failed.error, "worker stdin closed");
-            }
-        }
-    });
-    let reader = tokio::spawn(read_stdout(
-        router,
-        slot.clone(),
-        generation,
+    let stdio = WorkerStdio {
+        stdin,
         stdout,
-        max_line,
-    ));
-    tokio::spawn(log_stderr(slot.clone(), stderr));
+        stderr,
+    };
+    let pipes = worker::attach(slot, generation, stdio, sink.clone(), max_line);
 
-    let (mut stopped, mut not_ready) = (false, false);
-    let ready = readiness::wait_ready(&slot, generation, supervision);
+    let mut ending = Ending::Exited;
+    let ready = readiness::wait_ready(slot, generation, supervision);
     tokio::pin!(ready);
     let mut on_ready = Some(on_ready);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.ok(),
             deadline = super::stop_requested(stop) => {
-                stopped = true;
-                break stop_worker(&slot, &mut child, deadline).await;
+                ending = Ending::Stopped;
+                break stop_worker(slot, &mut child, deadline).await;
             }
             result = &mut ready, if on_ready.is_some() => match result {
                 Ok(()) => on_ready.take().map_or((), |f| f()),
                 Err(NotReady) => {
                     tracing::warn!(?slot, timeout_sec = supervision.ready_timeout_sec, "worker did not answer its readiness probe; killing it");
-                    not_ready = true;
-                    signal_group(&slot, Signal::SIGKILL);
+                    ending = Ending::NotReady;
+                    signal_group(slot, Signal::SIGKILL);
                     break child.wait().await.ok();
                 }
             },
@@ -104,18 +114,13 @@ pub async fn run(
     };
     // Replies the worker wrote just before exiting are still in the pipe: deliver them before its
     // pending requests are failed.
-    if tokio::time::timeout(STDOUT_LINGER, reader).await.is_err() {
+    if !pipes.finish(STDOUT_LINGER).await {
         tracing::warn!(
             ?slot,
             "worker stdout still open after exit (a child of the worker holds it?)"
         );
     }
-    writer.abort();
-    Ended {
-        status,
-        stopped,
-        not_ready,
-    }
+    Ended { status, ending }
 }
 
 /// Stops a worker: EOF on its stdin once its queue is flushed, SIGTERM to its group, SIGKILL to the
@@ -136,85 +141,10 @@ async fn stop_worker(slot: &Slot, child: &mut Child, deadline: Instant) -> Optio
 }
 
 /// Sends `signal` to the slot's worker process group, if a worker runs.
-pub fn signal_group(slot: &Slot, signal: Signal) {
+pub(crate) fn signal_group(slot: &Slot, signal: Signal) {
     if let Some(pid) = slot.pid() {
         if let Err(error) = killpg(Pid::from_raw(pid as i32), signal) {
             tracing::debug!(?slot, %error, ?signal, "could not signal the worker group");
-        }
-    }
-}
-
-/// Routes every line the worker writes on stdout until it closes.
-async fn read_stdout(
-    router: Arc<Router>,
-    slot: Arc<Slot>,
-    generation: u64,
-    mut stdout: impl AsyncRead + Unpin,
-    max_line: usize,
-) {
-    let mut framer = LineFramer::new(max_line);
-    let (bytes, messages) = (
-        metrics::get().bytes(Direction::FromWorker),
-        metrics::get().messages(Direction::FromWorker),
-    );
-    loop {
-        match stdout.read(framer.spare()).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                bytes.increment(n as u64);
-                framer.filled(n);
-            }
-        }
-        let read_at = Instant::now();
-        while let Some(frame) = framer.next_frame() {
-            messages.increment(1);
-            match frame {
-                Frame::Line(line) => router.worker_line(&slot, generation, line, read_at),
-                Frame::Oversize { seen } => {
-                    tracing::warn!(
-                        ?slot,
-                        seen,
-                        max_line,
-                        "worker line over max_worker_line skipped"
-                    );
-                    metrics::get().dropped(Discard::OversizeWorkerLine);
-                }
-            }
-        }
-    }
-    if let Some(Frame::Line(line)) = framer.finish() {
-        router.worker_line(&slot, generation, line, Instant::now());
-    }
-}
-
-/// Copies the worker's stderr into the daemon's log, one event per line, prefixed by pool and slot.
-async fn log_stderr(slot: Arc<Slot>, mut stderr: impl AsyncRead + Unpin) {
-    let mut framer = LineFramer::new(STDERR_LINE);
-    let pool = slot.pool.clone();
-    let pool = &*pool;
-    loop {
-        match stderr.read(framer.spare()).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => framer.filled(n),
-        }
-        while let Some(frame) = framer.next_frame() {
-            log_stderr_line(pool, slot.index, frame);
-        }
-    }
-    if let Some(frame) = framer.finish() {
-        log_stderr_line(pool, slot.index, frame);
-    }
-}
-
-/// Logs one framed stderr line of a worker.
-fn log_stderr_line(pool: &str, slot: u32, frame: Frame<'_>) {
-    match frame {
-        Frame::Line(line) => {
-            let text = String::from_utf8_lossy(line);
-            tracing::info!(target: "worker", pool, slot, "{text}");
-        }
-        Frame::Oversize { .. } => {
-            tracing::info!(target: "worker", pool, slot, "(stderr line over {STDERR_LINE} bytes skipped)");
         }
     }
 }

@@ -1,11 +1,17 @@
-//! Keeps one worker running in each slot: spawn, watch, restart per the pool's policy with
-//! jittered backoff, mark the slot failed past the restart limit and try it again after the
-//! window (or escalate), stop on the daemon's order.
+//! Layer 4, supervision: keeps one worker running in each slot: spawn, watch, restart per the
+//! pool's policy with jittered backoff, mark the slot failed past the restart limit and try it
+//! again after the window (or escalate), stop on the daemon's order.
+//!
+//! A supervisor does not hold the router: it drives its slot's state (core), attaches the worker's
+//! pipes (io), and hands what the worker writes, and the requests it will never answer, to a
+//! [`WorkerSink`].
+//!
+//! Imports: the core, the pools (router), the worker pipes (io) and the metrics leaf.
 
 mod backoff;
-pub mod deadlines;
-pub mod instance;
-pub mod readiness;
+pub(crate) mod deadlines;
+pub(crate) mod instance;
+mod readiness;
 mod restart_limit;
 pub mod spawn;
 
@@ -15,23 +21,40 @@ use std::time::{Duration, Instant};
 
 use codex_bus_config::{Limits, RestartPolicy, Supervision};
 use codex_bus_protocol::ErrorKind;
+use tokio_util::sync::CancellationToken;
 
+use crate::core::sink::WorkerSink;
+use crate::core::slot::{Pending, Slot, SlotState};
 use crate::metrics::{RestartReason, SlotMetrics};
-use crate::router::{fail_pending, Router};
-use crate::slot::{Slot, SlotState};
+use crate::router::pool::Pool;
 use backoff::Backoff;
-use instance::{Ended, StopOrder};
+use instance::{Ended, Ending, Instance, StopOrder};
 use restart_limit::RestartLimit;
 
-/// Supervises slot `slot_index` of pool `pool_index` until the daemon orders the workers to stop.
-pub async fn supervise(
-    router: Arc<Router>,
-    pool_index: usize,
+/// What every supervisor of the daemon shares.
+#[derive(Clone)]
+pub(crate) struct Context {
+    /// Where workers' output and their unanswerable requests go.
+    pub sink: Arc<dyn WorkerSink>,
+    /// The restart limit and line limits.
+    pub limits: Limits,
+    /// Cancelled when a pool escalates: every slot of it is down and it is set to `escalate`.
+    pub escalation: CancellationToken,
+}
+
+/// Supervises slot `slot_index` of `pool` until the daemon orders the workers to stop.
+pub(crate) async fn supervise(
+    context: Context,
+    pool: Arc<Pool>,
     slot_index: usize,
-    limits: Limits,
     mut stop: StopOrder,
 ) {
-    let pool = &router.pools()[pool_index];
+    let Context {
+        sink,
+        limits,
+        escalation,
+    } = context;
+    let fail = |pending: Vec<Pending>, kind| sink.fail(pending, kind, None);
     let slot: Arc<Slot> = pool.slots[slot_index].clone();
     let config = pool.config.clone();
     let settings = &config.supervision;
@@ -55,46 +78,43 @@ pub async fn supervise(
                     startup.record(started.elapsed());
                     tracing::info!(?slot, "worker ready");
                 };
-                let run = instance::run(
-                    router.clone(),
-                    slot.clone(),
+                let instance = Instance {
+                    slot: &slot,
                     generation,
-                    child,
-                    settings,
-                    on_ready,
-                    &mut stop,
-                );
-                run.await
+                    sink: &sink,
+                    max_line: limits.max_worker_line,
+                    supervision: settings,
+                };
+                instance::run(instance, child, on_ready, &mut stop).await
             }
             Err(error) => {
                 tracing::error!(?slot, command = %config.command, %error, "worker failed to start");
                 Ended {
                     status: None,
-                    stopped: false,
-                    not_ready: false,
+                    ending: Ending::Exited,
                 }
             }
         };
         slot.set_pid(None);
         let uptime = started.elapsed();
-        if ended.stopped || stop.borrow().is_some() {
-            fail_pending(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown);
+        if ended.ending == Ending::Stopped || stop.borrow().is_some() {
+            fail(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown);
             tracing::info!(?slot, status = %describe(ended.status), "worker stopped");
             return;
         }
-        if router.draining() {
+        if slot.draining() {
             // Nothing new will be routed here; a replacement would only be stopped again.
-            fail_pending(slot.transition(SlotState::Stopped), ErrorKind::WorkerExited);
+            fail(slot.transition(SlotState::Stopped), ErrorKind::WorkerExited);
             tracing::warn!(?slot, status = %describe(ended.status), "worker exited during the drain; not restarted");
             return;
         }
         if !restarts(settings.restart_policy, ended.status) {
-            fail_pending(slot.transition(SlotState::Exited), ErrorKind::WorkerExited);
+            fail(slot.transition(SlotState::Exited), ErrorKind::WorkerExited);
             tracing::warn!(?slot, status = %describe(ended.status), policy = ?settings.restart_policy, "worker exited; not restarted by the pool's restart policy");
-            router.escalate_if_pool_down(pool_index);
+            escalate_if_down(&pool, &escalation);
             return;
         }
-        fail_pending(slot.transition(SlotState::Backoff), ErrorKind::WorkerExited);
+        fail(slot.transition(SlotState::Backoff), ErrorKind::WorkerExited);
         tracing::warn!(?slot, status = %describe(ended.status), uptime_ms = uptime.as_millis() as u64, "worker exited");
         if uptime >= Duration::from_secs(settings.stable_after_sec) {
             backoff.reset();
@@ -102,8 +122,8 @@ pub async fn supervise(
         let reason = restart_reason(&ended);
         if !limit.allow(Instant::now()) {
             metrics.limit_trips.increment(1);
-            fail_pending(slot.transition(SlotState::Failed), ErrorKind::WorkerFailed);
-            if router.escalate_if_pool_down(pool_index) || settings.escalate {
+            fail(slot.transition(SlotState::Failed), ErrorKind::WorkerFailed);
+            if escalate_if_down(&pool, &escalation) || settings.escalate {
                 // The outer supervisor (systemd, Kubernetes) recovers an escalating pool.
                 tracing::error!(
                     ?slot,
@@ -122,7 +142,7 @@ pub async fn supervise(
                 "restart limit exceeded; slot failed until the window allows a restart"
             );
             // A failed slot holds no request (it refuses them), so a drain has nothing to wait for.
-            if !rest_until(&slot, retry, &mut stop).await || router.draining() {
+            if !rest_until(&slot, &*sink, retry, &mut stop).await || slot.draining() {
                 return;
             }
             limit.allow(Instant::now());
@@ -136,7 +156,7 @@ pub async fn supervise(
             );
             // Requests queued during the backoff were accepted: even during a drain, the next
             // worker starts (as `Draining`) to answer them.
-            if !rest_until(&slot, Instant::now() + delay, &mut stop).await {
+            if !rest_until(&slot, &*sink, Instant::now() + delay, &mut stop).await {
                 return;
             }
         }
@@ -146,15 +166,34 @@ pub async fn supervise(
 }
 
 /// Waits until `until`; false if the daemon's stop order came first, in which case the requests
-/// queued in `slot` are refused with `shutting_down` (no worker will come to answer them).
-async fn rest_until(slot: &Slot, until: Instant, stop: &mut StopOrder) -> bool {
+/// queued in `slot` are refused through `sink` with `shutting_down` (no worker will come to
+/// answer them).
+async fn rest_until(
+    slot: &Slot,
+    sink: &dyn WorkerSink,
+    until: Instant,
+    stop: &mut StopOrder,
+) -> bool {
     tokio::select! {
         () = tokio::time::sleep_until(until.into()) => true,
         _ = stop_requested(stop) => {
-            fail_pending(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown);
+            sink.fail(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown, None);
             false
         }
     }
+}
+
+/// Escalates if every slot of `pool` is down and the pool is configured to: cancels `escalation`,
+/// which makes the daemon drain and exit non-zero. True if the pool escalates.
+fn escalate_if_down(pool: &Pool, escalation: &CancellationToken) -> bool {
+    if !pool.config.supervision.escalate || !pool.all_down() {
+        return false;
+    }
+    if !escalation.is_cancelled() {
+        tracing::error!(pool = %pool.id, "every worker of the pool is down; escalating: the daemon exits");
+        escalation.cancel();
+    }
+    true
 }
 
 /// The pool's backoff schedule.
@@ -177,7 +216,7 @@ fn restarts(policy: RestartPolicy, status: Option<ExitStatus>) -> bool {
 }
 
 /// Waits for the daemon's stop order; returns the SIGKILL deadline.
-pub async fn stop_requested(stop: &mut StopOrder) -> Instant {
+pub(crate) async fn stop_requested(stop: &mut StopOrder) -> Instant {
     loop {
         if let Some(deadline) = *stop.borrow_and_update() {
             return deadline;
@@ -193,7 +232,7 @@ pub async fn stop_requested(stop: &mut StopOrder) -> Instant {
 fn restart_reason(ended: &Ended) -> RestartReason {
     use std::os::unix::process::ExitStatusExt;
     match ended.status {
-        _ if ended.not_ready => RestartReason::NotReady,
+        _ if ended.ending == Ending::NotReady => RestartReason::NotReady,
         None => RestartReason::SpawnFailed,
         Some(s) if s.signal().is_some() => RestartReason::Signal,
         Some(s) if s.success() => RestartReason::ExitZero,

@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use codex_bus_config::{ReadyProbe, Supervision};
 
-use crate::slot::Slot;
+use crate::core::slot::Slot;
 
-/// The probe's request id, as it appears on the wire. Bus ids are integers, so a string cannot be
-/// mistaken for a client's request.
-pub const PROBE_ID: &[u8] = b"\"codex-stdio-bus:ready\"";
-
-/// The probe request line (with its newline) sent to every new worker before anything else.
-pub fn probe_line(probe: &ReadyProbe) -> Vec<u8> {
+/// The probe request line (with its newline) sent to every new worker before anything else; its
+/// id is [`PROBE_ID`](crate::core::slot::PROBE_ID).
+pub(crate) fn probe_line(probe: &ReadyProbe) -> Vec<u8> {
     let mut request = serde_json::json!({
         "jsonrpc": "2.0",
         "id": "codex-stdio-bus:ready",
@@ -32,10 +29,10 @@ pub fn probe_line(probe: &ReadyProbe) -> Vec<u8> {
 
 /// The worker never answered its probe in time.
 #[derive(Debug)]
-pub struct NotReady;
+pub(crate) struct NotReady;
 
 /// Resolves once the worker running as `generation` in `slot` counts as ready.
-pub async fn wait_ready(
+pub(crate) async fn wait_ready(
     slot: &Slot,
     generation: u64,
     supervision: &Supervision,
@@ -57,6 +54,7 @@ pub async fn wait_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::slot::PROBE_ID;
 
     #[test]
     fn the_probe_line_carries_the_reserved_id_and_the_params() {

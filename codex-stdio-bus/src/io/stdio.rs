@@ -12,12 +12,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
 
 /// Reading half of the stdio client.
-pub type Input = Pin<Box<dyn AsyncRead + Send>>;
+pub(crate) type Input = Pin<Box<dyn AsyncRead + Send>>;
 /// Writing half of the stdio client.
-pub type Output = Pin<Box<dyn AsyncWrite + Send>>;
+pub(crate) type Output = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// stdin and stdout, polled directly when they are pipes.
-pub fn streams() -> (Input, Output) {
+pub(crate) fn streams() -> (Input, Output) {
     let input: Input = match stdin_pipe() {
         Ok(pipe) => Box::pin(pipe),
         Err(_) => Box::pin(tokio::io::stdin()),

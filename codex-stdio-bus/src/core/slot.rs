@@ -7,22 +7,27 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_protocol::{append_with_bus_id, ErrorKind};
-use metrics::Histogram;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
-use crate::client::Client;
-use crate::id_map::IdMap;
-use crate::id_token::IdToken;
-use crate::outbox::Outbox;
+use super::address::SlotAddress;
+use super::client::Client;
+use super::id_map::IdMap;
+use super::id_token::IdToken;
+use super::outbox::Outbox;
+
+/// The readiness probe's request id, as it appears on the wire. Bus ids are integers, so a string
+/// cannot be mistaken for a client's request; the router recognises the probe's answer by it.
+pub(crate) const PROBE_ID: &[u8] = b"\"codex-stdio-bus:ready\"";
 
 /// Lifecycle of a slot, as the supervisor sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SlotState {
+pub(crate) enum SlotState {
     /// Spawned, not yet known to be serving.
     Starting,
     /// A worker process is running.
@@ -41,7 +46,7 @@ pub enum SlotState {
 
 impl SlotState {
     /// The lower-case name used in logs.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SlotState::Starting => "starting",
             SlotState::Ready => "ready",
@@ -54,7 +59,7 @@ impl SlotState {
     }
 
     /// Whether no worker will come back without the supervisor trying again (counts toward escalation).
-    pub fn is_down(self) -> bool {
+    pub(crate) fn is_down(self) -> bool {
         matches!(self, SlotState::Failed | SlotState::Exited)
     }
 
@@ -89,7 +94,7 @@ impl SlotState {
 
 /// Which setting a request outlived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Deadline {
+pub(crate) enum Deadline {
     /// `request_timeout_sec`: the worker took too long to answer.
     Request,
     /// `queue_timeout_sec`: no worker started in time to take it.
@@ -98,7 +103,7 @@ pub enum Deadline {
 
 impl Deadline {
     /// The `data.detail` of the timeout error.
-    pub fn detail(self) -> &'static str {
+    pub(crate) fn detail(self) -> &'static str {
         match self {
             Deadline::Request => "no reply within request_timeout_sec",
             Deadline::Queue => "no worker started within queue_timeout_sec",
@@ -107,7 +112,7 @@ impl Deadline {
 }
 
 /// A client request the worker has not answered yet.
-pub struct Pending {
+pub(crate) struct Pending {
     /// Who asked: the reply goes to this client's output queue.
     pub client: Arc<Client>,
     /// The client's original id token, restored byte for byte on the reply.
@@ -117,10 +122,12 @@ pub struct Pending {
 }
 
 /// The slot's bookkeeping, guarded together with its input queue.
-pub struct SlotBook {
+pub(crate) struct SlotBook {
     pending: IdMap<Pending>,
     next_bus_id: u64,
     state: SlotState,
+    /// Set once the daemon drains: no worker (re)started here takes new work again.
+    draining: bool,
     /// Counts worker processes started in this slot; answers from a client to an older process's
     /// request must not reach its successor.
     generation: u64,
@@ -130,7 +137,7 @@ pub struct SlotBook {
 
 /// What a slot looks like at one moment (for status and metrics).
 #[derive(Clone, Copy, Debug)]
-pub struct SlotSnapshot {
+pub(crate) struct SlotSnapshot {
     /// Its state.
     pub state: SlotState,
     /// The running worker's pid.
@@ -148,11 +155,13 @@ pub struct SlotSnapshot {
 }
 
 /// A numbered worker place in a pool.
-pub struct Slot {
+pub(crate) struct Slot {
     /// The pool's id, for logs.
     pub pool: Arc<str>,
     /// The slot number, 0-based.
     pub index: u32,
+    /// Where the slot sits among the pools.
+    pub address: SlotAddress,
     /// Bytes toward the worker's stdin, plus the pending table.
     pub queue: Outbox<SlotBook>,
     /// Mirror of the pending table's size, read lock-free for least-loaded placement.
@@ -163,8 +172,8 @@ pub struct Slot {
     sessions: AtomicUsize,
     /// Restarts so far.
     restarts: AtomicU64,
-    /// The pool's request-duration histogram, resolved once.
-    request_duration: Histogram,
+    /// Signalled when `in_flight` drops to zero during a drain (and whenever the worker goes).
+    idle: Notify,
     /// The latest worker generation that answered the pool's readiness probe.
     probe_answered: watch::Sender<u64>,
 }
@@ -176,58 +185,55 @@ impl fmt::Debug for Slot {
 }
 
 impl Slot {
-    /// A slot in `Starting` state whose input queue holds about `queue_limit` bytes; replies
-    /// are timed into `request_duration`.
-    pub fn new(
-        pool: Arc<str>,
-        index: u32,
-        queue_limit: usize,
-        request_duration: Histogram,
-    ) -> Self {
+    /// A slot in `Starting` state at `address` of pool `pool`, whose input queue holds about
+    /// `queue_limit` bytes.
+    pub(crate) fn new(pool: Arc<str>, address: SlotAddress, queue_limit: usize) -> Self {
         let book = SlotBook {
             pending: IdMap::default(),
             next_bus_id: 1,
             state: SlotState::Starting,
+            draining: false,
             generation: 0,
             ready_since: None,
         };
         Slot {
             pool,
-            index,
+            index: address.slot,
+            address,
             queue: Outbox::new(queue_limit, book),
             in_flight: AtomicUsize::new(0),
             pid: AtomicU32::new(0),
             sessions: AtomicUsize::new(0),
             restarts: AtomicU64::new(0),
-            request_duration,
+            idle: Notify::new(),
             probe_answered: watch::Sender::new(0),
         }
     }
 
     /// Records that the worker running as `generation` answered the readiness probe.
-    pub fn probe_answered(&self, generation: u64) {
+    pub(crate) fn probe_answered(&self, generation: u64) {
         self.probe_answered.send_replace(generation);
     }
 
     /// Waits until the worker running as `generation` has answered the readiness probe.
-    pub async fn wait_probe(&self, generation: u64) {
+    pub(crate) async fn wait_probe(&self, generation: u64) {
         let mut answered = self.probe_answered.subscribe();
         // The sender lives in `self`, so the wait cannot fail while we borrow it.
         let _ = answered.wait_for(|&g| g == generation).await;
     }
 
     /// Counts a session newly placed here.
-    pub fn count_session(&self) {
+    pub(crate) fn count_session(&self) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a restart of this slot's worker.
-    pub fn count_restart(&self) {
+    pub(crate) fn count_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The slot's figures at this moment.
-    pub fn snapshot(&self) -> SlotSnapshot {
+    pub(crate) fn snapshot(&self) -> SlotSnapshot {
         let q = self.queue.lock();
         SlotSnapshot {
             state: q.state.state,
@@ -241,33 +247,33 @@ impl Slot {
     }
 
     /// The running worker's pid, if one runs.
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         Some(self.pid.load(Ordering::Relaxed)).filter(|&p| p != 0)
     }
 
     /// Records the running worker's pid (None once it has exited).
-    pub fn set_pid(&self, pid: Option<u32>) {
+    pub(crate) fn set_pid(&self, pid: Option<u32>) {
         self.pid.store(pid.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Requests sent to the worker and not yet answered.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// The current state.
-    pub fn state(&self) -> SlotState {
+    pub(crate) fn state(&self) -> SlotState {
         self.queue.lock().state.state
     }
 
     /// The current worker generation.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.queue.lock().state.generation
     }
 
     /// Queues a client request with its id replaced by a fresh bus id, and records it as pending
     /// since `received` (when its read completed: one clock read per read, not per message).
-    pub fn enqueue_request(
+    pub(crate) fn enqueue_request(
         &self,
         client: &Arc<Client>,
         line: &[u8],
@@ -301,7 +307,7 @@ impl Slot {
     ///
     /// `generation`, when given, must match the running worker: an answer meant for a process that
     /// has since exited is refused rather than handed to its successor.
-    pub fn enqueue_line(
+    pub(crate) fn enqueue_line(
         &self,
         generation: Option<u64>,
         fill: impl FnOnce(&mut Vec<u8>),
@@ -323,28 +329,50 @@ impl Slot {
         })
     }
 
-    /// Removes and returns the pending request with this bus id, timing it as answered at
-    /// `answered` (when the worker's reply was read).
-    pub fn take_pending(&self, bus_id: u64, answered: Instant) -> Option<Pending> {
-        let taken = self.queue.lock().state.pending.remove(&bus_id);
-        if let Some(pending) = &taken {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.request_duration
-                .record(answered.saturating_duration_since(pending.since));
+    /// Removes and returns the pending request with this bus id (its `since` times the reply).
+    pub(crate) fn take_pending(&self, bus_id: u64) -> Option<Pending> {
+        let (taken, draining) = {
+            let mut q = self.queue.lock();
+            (q.state.pending.remove(&bus_id), q.state.draining)
+        };
+        if taken.is_some() {
+            let was = self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            // Only a drain waits for the slot to go idle: the hot path skips the wake-up.
+            if was == 1 && draining {
+                self.idle.notify_waiters();
+            }
         }
         taken
     }
 
+    /// Waits until no request is in flight here. Meant for the drain: wake-ups come from replies
+    /// only once [`Slot::begin_drain`] has run, and from expiries and worker exits at any time.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let mut notified = pin!(self.idle.notified());
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the daemon has started draining this slot.
+    pub(crate) fn draining(&self) -> bool {
+        self.queue.lock().state.draining
+    }
+
     /// Whether `bus_id` was ever handed out here (a reply to it that finds nothing pending is late,
     /// not invented).
-    pub fn issued(&self, bus_id: u64) -> bool {
+    pub(crate) fn issued(&self, bus_id: u64) -> bool {
         bus_id < self.queue.lock().state.next_bus_id
     }
 
     /// Removes and returns the pending requests past their deadline at `now`: older than
     /// `request_timeout` (if any), or older than `queue_timeout` while no worker is up to take
     /// them. Each comes with the setting it exceeded, for the error's detail.
-    pub fn expire(
+    pub(crate) fn expire(
         &self,
         now: Instant,
         request_timeout: Option<Duration>,
@@ -373,8 +401,15 @@ impl Slot {
             .filter_map(|(id, d)| q.state.pending.remove(&id).map(|p| (p, d)))
             .collect();
         drop(q);
-        self.in_flight.fetch_sub(expired.len(), Ordering::Relaxed);
+        self.forget(expired.len());
         expired
+    }
+
+    /// Takes `n` requests off the in-flight count after they were removed from the table.
+    fn forget(&self, n: usize) {
+        if n > 0 && self.in_flight.fetch_sub(n, Ordering::Relaxed) == n {
+            self.idle.notify_waiters();
+        }
     }
 
     /// Moves to `state`, discarding the queue and returning every pending request when the worker
@@ -382,9 +417,9 @@ impl Slot {
     ///
     /// Once draining, a slot never takes new work again: a worker (re)started during the drain
     /// reports `Draining`, not `Starting` or `Ready`.
-    pub fn transition(&self, state: SlotState) -> Vec<Pending> {
+    pub(crate) fn transition(&self, state: SlotState) -> Vec<Pending> {
         let mut q = self.queue.lock();
-        let draining = q.state.state == SlotState::Draining;
+        let draining = q.state.draining;
         q.state.state = match state {
             SlotState::Starting | SlotState::Ready if draining => SlotState::Draining,
             other => other,
@@ -404,7 +439,7 @@ impl Slot {
                 q.buf.clear();
                 let failed: Vec<Pending> = q.state.pending.drain().map(|(_, p)| p).collect();
                 drop(q);
-                self.in_flight.fetch_sub(failed.len(), Ordering::Relaxed);
+                self.forget(failed.len());
                 self.queue.wake_producers();
                 failed
             }
@@ -413,8 +448,9 @@ impl Slot {
 
     /// Starts the drain: new work is refused while what is queued or pending is untouched, so the
     /// worker still gets its input and its replies are still delivered.
-    pub fn begin_drain(&self) {
+    pub(crate) fn begin_drain(&self) {
         let mut q = self.queue.lock();
+        q.state.draining = true;
         if !q.state.state.is_down() {
             q.state.state = SlotState::Draining;
         }
@@ -424,16 +460,22 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Transport;
+    use crate::core::client::Transport;
+    use crate::core::principal::Principal;
 
     fn slot() -> Slot {
-        Slot::new("p".into(), 0, 1024, Histogram::noop())
+        Slot::new("p".into(), SlotAddress { pool: 0, slot: 0 }, 1024)
+    }
+
+    fn client() -> Arc<Client> {
+        let principal = Principal::anonymous("tcp");
+        Arc::new(Client::new(1, Transport::Tcp, principal, None, 1024))
     }
 
     #[test]
     fn requests_are_pending_until_taken_and_failed_when_the_worker_goes() {
         let slot = slot();
-        let client = Arc::new(Client::new(1, Transport::Tcp, 1024));
+        let client = client();
         slot.transition(SlotState::Starting);
         slot.enqueue_request(&client, br#"{"id":"a","method":"m"}"#, 6..9, Instant::now())
             .unwrap();
@@ -444,12 +486,9 @@ mod tests {
             slot.queue.lock().buf,
             b"{\"id\":1,\"method\":\"m\"}\n{\"id\":2,\"method\":\"m\"}\n"
         );
-        let taken = slot.take_pending(1, Instant::now()).unwrap();
+        let taken = slot.take_pending(1).unwrap();
         assert_eq!(&*taken.id, b"\"a\"");
-        assert!(
-            slot.take_pending(1, Instant::now()).is_none(),
-            "a reply is matched once"
-        );
+        assert!(slot.take_pending(1).is_none(), "a reply is matched once");
         let failed = slot.transition(SlotState::Backoff);
         assert_eq!(failed.len(), 1);
         assert_eq!(&*failed[0].id, b"\"b\"");
@@ -463,7 +502,7 @@ mod tests {
     #[test]
     fn a_draining_slot_refuses_new_work_even_after_a_restart_but_takes_answers() {
         let slot = slot();
-        let client = Arc::new(Client::new(1, Transport::Tcp, 1024));
+        let client = client();
         slot.transition(SlotState::Starting);
         slot.transition(SlotState::Ready);
         slot.begin_drain();
@@ -496,7 +535,7 @@ mod tests {
     #[test]
     fn a_failed_slot_refuses_with_worker_failed() {
         let slot = slot();
-        let client = Arc::new(Client::new(1, Transport::Tcp, 1024));
+        let client = client();
         slot.transition(SlotState::Failed);
         let line = br#"{"id":1,"method":"m"}"#;
         assert_eq!(

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use codex_bus_config::PoolConfig;
 
+use crate::core::address::SlotAddress;
+use crate::core::slot::{Slot, SlotState};
 use crate::metrics::PoolMetrics;
-use crate::slot::{Slot, SlotState};
 
 /// One configured pool and its slots.
-pub struct Pool {
+pub(crate) struct Pool {
     /// The pool's id, as clients name it in a top-level `pool` field.
     pub id: Arc<str>,
     /// How to start its workers.
@@ -20,14 +21,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool with `config.instances` slots, each queueing about `queue_limit` bytes.
-    pub fn new(config: PoolConfig, queue_limit: usize) -> Self {
+    /// Pool number `index` (config order) with `config.instances` slots, each queueing about
+    /// `queue_limit` bytes toward its worker.
+    pub(crate) fn new(index: u32, config: PoolConfig, queue_limit: usize) -> Self {
         let id: Arc<str> = config.id.as_str().into();
         let metrics = PoolMetrics::new(&id);
         let slots = (0..config.instances)
-            .map(|i| {
-                let duration = metrics.request_duration.clone();
-                Arc::new(Slot::new(id.clone(), i, queue_limit, duration))
+            .map(|slot| {
+                let address = SlotAddress { pool: index, slot };
+                Arc::new(Slot::new(id.clone(), address, queue_limit))
             })
             .collect();
         Pool {
@@ -40,7 +42,7 @@ impl Pool {
 
     /// The slot for a message without a session: the running worker with the fewest requests in
     /// flight, else one that is (re)starting and will take the message when it is up.
-    pub fn least_loaded(&self) -> Option<&Arc<Slot>> {
+    pub(crate) fn least_loaded(&self) -> Option<&Arc<Slot>> {
         let pick = |wanted: fn(SlotState) -> bool| {
             self.slots
                 .iter()
@@ -49,5 +51,10 @@ impl Pool {
         };
         pick(|s| s == SlotState::Ready)
             .or_else(|| pick(|s| matches!(s, SlotState::Starting | SlotState::Backoff)))
+    }
+
+    /// Whether no slot of the pool will get a worker back without the supervisor trying again.
+    pub(crate) fn all_down(&self) -> bool {
+        self.slots.iter().all(|s| s.state().is_down())
     }
 }

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::core::client::Transport;
+use crate::error::{Error, Kind};
+
 /// Where clients come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -27,6 +30,17 @@ pub enum Bound {
     Tcp(TcpListener),
 }
 
+impl Bound {
+    /// The transport its clients come in on.
+    pub(crate) fn transport(&self) -> Transport {
+        match self {
+            Bound::Stdio => Transport::Stdio,
+            Bound::Unix(..) => Transport::Unix,
+            Bound::Tcp(_) => Transport::Tcp,
+        }
+    }
+}
+
 /// Removes the socket file when the daemon is done with it.
 pub struct SocketFile(PathBuf);
 
@@ -36,21 +50,23 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds `endpoint`.
-pub async fn bind(endpoint: &Endpoint) -> Result<Bound, String> {
+/// Binds `endpoint`; fails with [`Kind::Bind`].
+pub async fn bind(endpoint: &Endpoint) -> Result<Bound, Error> {
     match endpoint {
         Endpoint::Stdio => Ok(Bound::Stdio),
         Endpoint::Tcp(address) => {
-            let listener = bind_tcp(address)
-                .await
-                .map_err(|e| format!("cannot listen on TCP {address}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            let cannot =
+                |e| Error::because(Kind::Bind, format!("cannot listen on TCP {address}"), e);
+            let listener = bind_tcp(address).await.map_err(cannot)?;
+            let local = listener.local_addr().map_err(cannot)?;
             tracing::info!(transport = "tcp", addr = %local, "listening");
             Ok(Bound::Tcp(listener))
         }
         Endpoint::Unix(path) => {
-            let listener = bind_unix(path)
-                .map_err(|e| format!("cannot listen on Unix socket {}: {e}", path.display()))?;
+            let listener = bind_unix(path).map_err(|e| {
+                let context = format!("cannot listen on Unix socket {}", path.display());
+                Error::because(Kind::Bind, context, e)
+            })?;
             tracing::info!(transport = "unix", path = %path.display(), "listening");
             Ok(Bound::Unix(listener, SocketFile(path.clone())))
         }

@@ -1,7 +1,13 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/status`.
+//! Layer 5, the admin endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/status`,
+//! rendered from the state the lower layers keep.
 //!
 //! A deliberately tiny HTTP/1.1 server (GET only, one request per connection): the exporter's own
 //! listener answers every path with metrics, and probes need their own paths on the same port.
+//!
+//! Imports: the router (to read pools, slots and clients), the core and the metrics leaf.
+
+mod scrape;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +16,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::metrics::exporter;
+use crate::error::{Error, Kind};
+use crate::io::ACCEPT_RETRY;
 use crate::router::Router;
-use crate::status;
 
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -21,24 +27,29 @@ const MAX_HEAD: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the admin endpoint (before workers start, like the client listener).
-pub async fn bind(address: &str) -> Result<TcpListener, String> {
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|e| format!("cannot listen for metrics on {address}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+pub async fn bind(address: &str) -> Result<TcpListener, Error> {
+    let cannot = |e| {
+        Error::because(
+            Kind::Bind,
+            format!("cannot listen for metrics on {address}"),
+            e,
+        )
+    };
+    let listener = TcpListener::bind(address).await.map_err(cannot)?;
+    let local = listener.local_addr().map_err(cannot)?;
     tracing::info!(transport = "metrics", addr = %local, "listening");
     Ok(listener)
 }
 
 /// Serves admin requests for the life of the daemon (through the drain too: `/readyz` then says
 /// 503, which is what an orchestrator needs to see).
-pub async fn serve(listener: TcpListener, router: Arc<Router>, handle: PrometheusHandle) {
+pub(crate) async fn serve(listener: TcpListener, router: Arc<Router>, handle: PrometheusHandle) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
                 tracing::warn!(%error, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_RETRY).await;
                 continue;
             }
         };
@@ -88,7 +99,7 @@ fn route(path: &str, router: &Router, handle: &PrometheusHandle) -> (u16, &'stat
         "/metrics" => (
             200,
             "text/plain; version=0.0.4",
-            exporter::render(handle, router),
+            scrape::render(handle, router),
         ),
         "/healthz" => (200, "text/plain", "ok\n".to_owned()),
         "/readyz" => match status::readiness(router) {
@@ -126,30 +137,29 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(line).trim_end().to_owned())
 }
 
-/// Fetches `path` from an admin endpoint (for `codex-stdio-bus status`).
-pub fn fetch(address: &str, path: &str) -> Result<String, String> {
+/// Fetches `path` from an admin endpoint (for `codex-stdio-bus status`); fails with
+/// [`Kind::Admin`] when it cannot be reached or does not answer 200.
+pub fn fetch(address: &str, path: &str) -> Result<String, Error> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address)
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        .map_err(|e| Error::because(Kind::Admin, format!("cannot connect to {address}"), e))?;
+    let failed = |e| Error::because(Kind::Admin, format!("GET {path} from {address}"), e);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(failed)?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
+    stream.read_to_string(&mut response).map_err(failed)?;
+    let answer =
+        |what: String| Error::new(Kind::Admin, format!("GET {path} from {address}: {what}"));
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
+        .ok_or_else(|| answer("malformed HTTP response".to_owned()))?;
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!(
-            "{}: {}",
-            head.lines().next().unwrap_or(""),
-            body.trim()
-        ));
+        let status = head.lines().next().unwrap_or("");
+        return Err(answer(format!("{status}: {}", body.trim())));
     }
     Ok(body.to_owned())
 }

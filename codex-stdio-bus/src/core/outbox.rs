@@ -16,12 +16,11 @@ use std::pin::pin;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use metrics::Counter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// Queued bytes plus state `S` that must change atomically with them.
-pub struct Queued<S> {
+pub(crate) struct Queued<S> {
     /// Complete lines not yet taken by the writer.
     pub buf: Vec<u8>,
     /// Set once the queue stops taking lines (its writer is gone for good).
@@ -32,7 +31,7 @@ pub struct Queued<S> {
 
 /// A write to the queue's sink failed: the error, and how many lines it leaves undelivered.
 #[derive(Debug)]
-pub struct WriteFailed {
+pub(crate) struct WriteFailed {
     /// Why the write failed.
     pub error: io::Error,
     /// Lines taken from the queue but not (completely) written.
@@ -40,7 +39,7 @@ pub struct WriteFailed {
 }
 
 /// A bounded, never-dropping byte queue drained by one writer.
-pub struct Outbox<S = ()> {
+pub(crate) struct Outbox<S = ()> {
     queued: Mutex<Queued<S>>,
     /// Wakes the writer when bytes arrive or the queue closes.
     readable: Notify,
@@ -55,7 +54,7 @@ const KEEP_CAPACITY: usize = 1 << 20;
 
 impl<S> Outbox<S> {
     /// A queue holding about `limit` bytes before producers are asked to wait.
-    pub fn new(limit: usize, state: S) -> Self {
+    pub(crate) fn new(limit: usize, state: S) -> Self {
         Outbox {
             queued: Mutex::new(Queued {
                 buf: Vec::new(),
@@ -70,7 +69,7 @@ impl<S> Outbox<S> {
 
     /// Locks the queue and its state (to read it or take from it; append through
     /// [`Outbox::with_queue`], which wakes the writer).
-    pub fn lock(&self) -> MutexGuard<'_, Queued<S>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Queued<S>> {
         // A poisoned lock means a panic elsewhere already; the data is plain bytes and counters, still
         // consistent enough to keep routing other clients' traffic.
         self.queued.lock().unwrap_or_else(|e| e.into_inner())
@@ -80,7 +79,7 @@ impl<S> Outbox<S> {
     ///
     /// Only the first line after the writer took the queue needs a wake-up: the writer takes
     /// whatever has accumulated when it comes back, so later lines ride along for free.
-    pub fn with_queue<R>(&self, f: impl FnOnce(&mut Queued<S>) -> R) -> R {
+    pub(crate) fn with_queue<R>(&self, f: impl FnOnce(&mut Queued<S>) -> R) -> R {
         let (result, wake) = {
             let mut q = self.lock();
             let was_empty = q.buf.is_empty();
@@ -94,7 +93,7 @@ impl<S> Outbox<S> {
     }
 
     /// Appends with `fill` unless the queue is closed; returns whether it was appended.
-    pub fn push(&self, fill: impl FnOnce(&mut Vec<u8>)) -> bool {
+    pub(crate) fn push(&self, fill: impl FnOnce(&mut Vec<u8>)) -> bool {
         self.with_queue(|q| {
             if !q.closed {
                 fill(&mut q.buf);
@@ -104,13 +103,13 @@ impl<S> Outbox<S> {
     }
 
     /// True while the queued bytes exceed the limit.
-    pub fn over_limit(&self) -> bool {
+    pub(crate) fn over_limit(&self) -> bool {
         let q = self.lock();
         !q.closed && q.buf.len() >= self.limit
     }
 
     /// Waits until the queue is below its limit (or closed).
-    pub async fn wait_for_space(&self) {
+    pub(crate) async fn wait_for_space(&self) {
         // The common case costs one lock and no waiter registration.
         if !self.over_limit() {
             return;
@@ -127,7 +126,7 @@ impl<S> Outbox<S> {
     }
 
     /// Closes the queue: later pushes are refused; the writer finishes what is queued, then stops.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.readable.notify_one();
         self.writable.notify_waiters();
@@ -135,7 +134,7 @@ impl<S> Outbox<S> {
 
     /// Closes the queue after its writer failed and discards what it holds; returns how many lines
     /// were discarded, so the loss is counted rather than silent.
-    pub fn close_discarding(&self) -> usize {
+    pub(crate) fn close_discarding(&self) -> usize {
         let discarded = {
             let mut q = self.lock();
             q.closed = true;
@@ -148,7 +147,7 @@ impl<S> Outbox<S> {
     }
 
     /// Wakes producers after bytes were discarded under [`Outbox::lock`].
-    pub fn wake_producers(&self) {
+    pub(crate) fn wake_producers(&self) {
         self.writable.notify_waiters();
     }
 
@@ -172,40 +171,40 @@ impl<S> Outbox<S> {
         }
     }
 
-    /// Drains the queue into `sink` until it is closed and empty, or a write fails; counts the
-    /// bytes written into `counted`.
+    /// Drains the queue into `sink` until it is closed and empty, or a write fails; reports the
+    /// size of every batch delivered to `written` (bytes).
     ///
     /// With `stall`, a single write that makes no progress for that long fails with `TimedOut`: a
     /// peer that reads nothing must not hold its queue (and our memory) forever.
-    pub async fn drain_into<W>(
+    pub(crate) async fn drain_into<W>(
         &self,
         sink: &mut W,
         stall: Option<Duration>,
-        counted: &Counter,
+        mut written: impl FnMut(usize),
     ) -> Result<(), WriteFailed>
     where
         W: AsyncWrite + Unpin,
     {
         let mut batch = Vec::new();
         while self.take_batch(&mut batch).await {
-            let mut written = 0;
-            let failed = |error, written: usize, batch: &[u8]| WriteFailed {
+            let mut done = 0;
+            let failed = |error, done: usize, batch: &[u8]| WriteFailed {
                 error,
-                unsent: count_lines(&batch[written..]),
+                unsent: count_lines(&batch[done..]),
             };
-            while written < batch.len() {
-                let n = match with_stall(stall, sink.write(&batch[written..])).await {
-                    Ok(0) => return Err(failed(io::ErrorKind::WriteZero.into(), written, &batch)),
+            while done < batch.len() {
+                let n = match with_stall(stall, sink.write(&batch[done..])).await {
+                    Ok(0) => return Err(failed(io::ErrorKind::WriteZero.into(), done, &batch)),
                     Ok(n) => n,
-                    Err(error) => return Err(failed(error, written, &batch)),
+                    Err(error) => return Err(failed(error, done, &batch)),
                 };
-                written += n;
+                done += n;
             }
             // Flushing an unbuffered sink (pipe, socket) writes nothing: the batch is delivered.
             sink.flush()
                 .await
                 .map_err(|e| failed(e, batch.len(), &batch))?;
-            counted.increment(batch.len() as u64);
+            written(batch.len());
             batch.clear();
             if batch.capacity() > KEEP_CAPACITY {
                 batch = Vec::new();
@@ -248,9 +247,7 @@ mod tests {
         }
         out.close();
         let mut sink = Vec::new();
-        out.drain_into(&mut sink, None, &Counter::noop())
-            .await
-            .unwrap();
+        out.drain_into(&mut sink, None, |_| {}).await.unwrap();
         let expected: String = (0..100).map(|i| format!("{i}\n")).collect();
         assert_eq!(String::from_utf8(sink).unwrap(), expected);
         assert!(!out.push(|b| b.push(b'x')), "closed queue refuses pushes");
@@ -270,7 +267,7 @@ mod tests {
         let (mut near, mut far) = tokio::io::duplex(64);
         let writer = tokio::spawn({
             let out = out.clone();
-            async move { out.drain_into(&mut near, None, &Counter::noop()).await }
+            async move { out.drain_into(&mut near, None, |_| {}).await }
         });
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
@@ -294,7 +291,7 @@ mod tests {
         });
         let (mut near, _far) = tokio::io::duplex(1024);
         let err = out
-            .drain_into(&mut near, Some(Duration::from_millis(50)), &Counter::noop())
+            .drain_into(&mut near, Some(Duration::from_millis(50)), |_| {})
             .await
             .unwrap_err();
         assert_eq!(err.error.kind(), io::ErrorKind::TimedOut);
@@ -307,10 +304,7 @@ mod tests {
         out.push(|b| b.extend_from_slice(b"one\ntwo\nthree\n"));
         let (mut near, far) = tokio::io::duplex(4);
         drop(far);
-        let err = out
-            .drain_into(&mut near, None, &Counter::noop())
-            .await
-            .unwrap_err();
+        let err = out.drain_into(&mut near, None, |_| {}).await.unwrap_err();
         assert_eq!(err.unsent, 3);
         out.push(|b| b.extend_from_slice(b"four\nfive\n"));
         assert_eq!(out.close_discarding(), 2);

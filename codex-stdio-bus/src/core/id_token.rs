@@ -9,7 +9,7 @@ use std::ops::Deref;
 const INLINE: usize = 38;
 
 /// The raw bytes of a JSON id token.
-pub enum IdToken {
+pub(crate) enum IdToken {
     /// A short token, stored in place.
     Inline {
         /// Bytes used in `bytes`.
@@ -23,7 +23,7 @@ pub enum IdToken {
 
 impl IdToken {
     /// Copies `token`.
-    pub fn new(token: &[u8]) -> Self {
+    pub(crate) fn new(token: &[u8]) -> Self {
         if token.len() <= INLINE {
             let mut bytes = [0u8; INLINE];
             bytes[..token.len()].copy_from_slice(token);

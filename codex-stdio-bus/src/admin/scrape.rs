@@ -1,16 +1,12 @@
-//! The Prometheus recorder, and the scrape: state gauges refreshed from the router, then rendered.
-
-use std::time::Duration;
+//! The scrape: state gauges refreshed from the slots, then the recorder's text plus the standard
+//! `process_*` figures.
 
 use metrics::gauge;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
-use super::{process, REQUEST_BUCKETS, STARTUP_BUCKETS};
+use crate::core::slot::SlotState;
+use crate::metrics::process;
 use crate::router::Router;
-use crate::slot::SlotState;
-
-/// How often histogram samples are folded into buckets (the exporter does not do it by itself).
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Every state a slot reports, so that `codex_bus_workers` always shows all of them (zeros too).
 const STATES: [SlotState; 7] = [
@@ -23,38 +19,8 @@ const STATES: [SlotState; 7] = [
     SlotState::Stopped,
 ];
 
-/// Installs the global recorder with histogram buckets, describes every metric, and returns the
-/// handle that renders them. Must run before any metric handle is resolved.
-pub fn install() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("codex_bus_request_duration_seconds".into()),
-            REQUEST_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full("codex_bus_worker_startup_duration_seconds".into()),
-                STARTUP_BUCKETS,
-            )
-        })
-        .map_err(|e| format!("metrics: {e}"))?
-        .install_recorder()
-        .map_err(|e| format!("metrics: {e}"))?;
-    super::describe();
-    Ok(handle)
-}
-
-/// Keeps histogram memory bounded by folding samples into buckets periodically.
-pub async fn upkeep(handle: PrometheusHandle) {
-    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
-    loop {
-        tick.tick().await;
-        handle.run_upkeep();
-    }
-}
-
 /// Refreshes the state gauges from the router and renders the exposition text.
-pub fn render(handle: &PrometheusHandle, router: &Router) -> String {
+pub(crate) fn render(handle: &PrometheusHandle, router: &Router) -> String {
     for pool in router.pools() {
         let mut by_state = [0u32; STATES.len()];
         for slot in &pool.slots {

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::core::slot::SlotState;
 use crate::router::Router;
-use crate::slot::SlotState;
 
 /// The status document.
-pub fn snapshot(router: &Router) -> Value {
+pub(crate) fn snapshot(router: &Router) -> Value {
     let mut totals = (0usize, 0usize, 0usize, 0usize);
     let pools: Vec<Value> = router
         .pools()
@@ -57,7 +57,7 @@ pub fn snapshot(router: &Router) -> Value {
 
 /// Readiness: every pool has a ready worker and the daemon is not draining. `Err` carries the
 /// JSON body naming what is not ready.
-pub fn readiness(router: &Router) -> Result<(), Value> {
+pub(crate) fn readiness(router: &Router) -> Result<(), Value> {
     let not_ready: Vec<Value> = router
         .pools()
         .iter()

@@ -1,24 +1,28 @@
-//! A connected client: its output queue and the worker requests it has been asked to answer.
+//! A connected client's output side: the queue of messages toward it, the worker requests it has
+//! been asked to answer, and its requests still in flight.
+//!
+//! This is what routing sees of a client, whatever its framing: messages are queued as complete
+//! lines (each ends in `\n`, which no NDJSON message contains) and the client's writer frames them
+//! for its transport.
 
 use std::fmt;
 use std::ops::Range;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use tokio::sync::Notify;
 
 use codex_bus_protocol::{append_error_reply, append_with_bus_id, ErrorKind};
 
-use crate::id_map::IdMap;
-use crate::id_token::IdToken;
-use crate::metrics::{self, Discard};
-use crate::outbox::Outbox;
-use crate::slot::Slot;
+use super::address::SlotAddress;
+use super::id_map::IdMap;
+use super::id_token::IdToken;
+use super::outbox::Outbox;
+use super::principal::Principal;
 
-/// How a client is connected (for logs).
+/// How a client is connected (for logs and the connection metrics' `transport` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// The daemon's own stdin/stdout.
     Stdio,
     /// A Unix domain socket connection.
@@ -28,8 +32,8 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// The lower-case name used in logs.
-    pub fn as_str(self) -> &'static str {
+    /// The lower-case name used in logs and labels.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Stdio => "stdio",
             Transport::Unix => "unix",
@@ -39,9 +43,9 @@ impl Transport {
 }
 
 /// A request a worker sent to this client, awaiting the client's answer.
-pub struct WorkerRequest {
+pub(crate) struct WorkerRequest {
     /// The slot whose worker asked.
-    pub slot: Arc<Slot>,
+    pub slot: SlotAddress,
     /// The worker process that asked; a restarted successor must not get the answer.
     pub generation: u64,
     /// The worker's own id token, restored on the answer.
@@ -53,17 +57,23 @@ pub struct WorkerRequest {
 /// Worker ids are namespaced per client exactly like client ids are per worker: two workers may both
 /// send request id 0 to the same client.
 #[derive(Default)]
-pub struct ClientBook {
+pub(crate) struct ClientBook {
     asked: IdMap<WorkerRequest>,
     next_id: u64,
 }
 
 /// One client connection.
-pub struct Client {
+pub(crate) struct Client {
     /// Unique for the life of the daemon; sessions remember their last client by it.
     pub id: u64,
     /// How it is connected.
     pub transport: Transport,
+    /// Who it is, fixed at connect time.
+    pub principal: Principal,
+    /// The session every message of this connection belongs to when the transport binds one
+    /// (e.g. a WebSocket connection per session); `None` for NDJSON streams, whose messages
+    /// name their session themselves.
+    pub bound_session: Option<Box<[u8]>>,
     /// Lines toward the client, plus the worker requests it holds.
     pub out: Outbox<ClientBook>,
     /// Requests of this client that no one has answered yet (a closing client waits for them).
@@ -74,16 +84,30 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "client#{}({})", self.id, self.transport.as_str())
+        write!(
+            f,
+            "client#{}({}, {})",
+            self.id,
+            self.transport.as_str(),
+            self.principal
+        )
     }
 }
 
 impl Client {
     /// A client whose output queue holds about `output_limit` bytes before its reads pause.
-    pub fn new(id: u64, transport: Transport, output_limit: usize) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        transport: Transport,
+        principal: Principal,
+        bound_session: Option<Box<[u8]>>,
+        output_limit: usize,
+    ) -> Self {
         Client {
             id,
             transport,
+            principal,
+            bound_session,
             out: Outbox::new(output_limit, ClientBook::default()),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -91,19 +115,19 @@ impl Client {
     }
 
     /// Counts a request of this client as sent to a worker.
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request of this client as answered (by the worker or by the bus).
-    pub fn request_finished(&self) {
+    pub(crate) fn request_finished(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
     }
 
     /// Waits until every request of this client has been answered.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let mut notified = pin!(self.idle.notified());
             notified.as_mut().enable();
@@ -114,26 +138,32 @@ impl Client {
         }
     }
 
-    /// Queues an error reply; false if the client is gone.
-    pub fn send_error(&self, id: Option<&[u8]>, kind: ErrorKind, detail: Option<&str>) -> bool {
-        let sent = self
-            .out
-            .push(|buf| append_error_reply(buf, id, kind, detail));
-        if sent {
-            metrics::get().error_reply(kind);
-        } else {
-            metrics::get().dropped(Discard::ClientGone);
-        }
-        sent
+    /// Queues an error reply; false if the client is gone (the caller counts either outcome).
+    pub(crate) fn send_error(
+        &self,
+        id: Option<&[u8]>,
+        kind: ErrorKind,
+        detail: Option<&str>,
+    ) -> bool {
+        self.out
+            .push(|buf| append_error_reply(buf, id, kind, detail))
+    }
+
+    /// Queues a message unchanged; false if the client is gone.
+    pub(crate) fn send_line(&self, line: &[u8]) -> bool {
+        self.out.push(|buf| {
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+        })
     }
 
     /// Queues a worker's request with its id replaced by one unique to this client, remembering
     /// where the answer must go; false if the client is gone.
-    pub fn forward_worker_request(
+    pub(crate) fn forward_worker_request(
         &self,
         line: &[u8],
         id: Range<usize>,
-        slot: &Arc<Slot>,
+        slot: SlotAddress,
         generation: u64,
     ) -> bool {
         self.out.with_queue(|q| {
@@ -143,7 +173,7 @@ impl Client {
             let client_id = q.state.next_id;
             q.state.next_id += 1;
             let request = WorkerRequest {
-                slot: slot.clone(),
+                slot,
                 generation,
                 id: IdToken::new(&line[id.clone()]),
             };
@@ -154,12 +184,12 @@ impl Client {
     }
 
     /// Takes the worker request this client is answering.
-    pub fn take_worker_request(&self, client_id: u64) -> Option<WorkerRequest> {
+    pub(crate) fn take_worker_request(&self, client_id: u64) -> Option<WorkerRequest> {
         self.out.lock().state.asked.remove(&client_id)
     }
 
     /// Closes the output queue and returns the worker requests left unanswered.
-    pub fn disconnect(&self) -> Vec<WorkerRequest> {
+    pub(crate) fn disconnect(&self) -> Vec<WorkerRequest> {
         self.out.close();
         let mut q = self.out.lock();
         q.state.asked.drain().map(|(_, r)| r).collect()

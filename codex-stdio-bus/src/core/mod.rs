@@ -1,0 +1,19 @@
+//! Layer 1, the core: the state that routing and supervision share, and nothing that acts on it.
+//!
+//! [`outbox`] is the one bounded byte queue; [`id_map`] and [`id_token`] keep ids; [`client`] is
+//! a client's output side with the worker requests it must answer; [`slot`] is a worker place
+//! with its input queue and the requests awaiting its replies (together, the pending book in both
+//! directions); [`address`] names a slot without holding it; [`principal`] is who a connection
+//! is; [`sink`] is how a worker's output leaves the core.
+//!
+//! Imports: the protocol crate and std/tokio only. No metrics, no router, no supervisor: whoever
+//! acts on this state counts what it does.
+
+pub(crate) mod address;
+pub(crate) mod client;
+pub(crate) mod id_map;
+pub(crate) mod id_token;
+pub(crate) mod outbox;
+pub(crate) mod principal;
+pub(crate) mod sink;
+pub(crate) mod slot;

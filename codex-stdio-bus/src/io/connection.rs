@@ -1,0 +1,114 @@
+//! One client connection, whatever its framing: register it with the router, write what is queued
+//! for it, read and route its messages, and forget it once it is done.
+//!
+//! The seam is [`MessageSource`] and [`MessageSink`]: a connection is a source and a sink of
+//! JSON-RPC messages with a principal (and, for transports that bind one, a session). NDJSON over a
+//! byte stream (the `ndjson` module) is one framing; nothing above this layer knows which one a
+//! client uses.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::core::client::{Client, Transport};
+use crate::core::outbox::WriteFailed;
+use crate::core::principal::Principal;
+use crate::metrics::{self, ConnectionMetrics, Discard};
+use crate::router::Router;
+
+/// The reading half of a connection: cuts whole messages out of what the peer sends.
+pub(crate) trait MessageSource: Send {
+    /// Hands every message the peer sends to `router` as `client`'s, until the peer's input ends
+    /// or fails. Waits while `client` has more replies queued than it may (backpressure).
+    fn pump(&mut self, router: &Router, client: &Arc<Client>) -> impl Future<Output = ()> + Send;
+}
+
+/// The writing half of a connection: frames the messages queued for the client.
+pub(crate) trait MessageSink: Send + 'static {
+    /// Writes `client`'s queued messages until its queue is closed and empty; fails when a write
+    /// fails or makes no progress for `stall`.
+    fn drain(
+        self,
+        client: &Client,
+        stall: Duration,
+    ) -> impl Future<Output = Result<(), WriteFailed>> + Send;
+}
+
+/// How a connection is served: who it is and the limits it lives under.
+pub(crate) struct Peer<'a> {
+    /// How it is connected.
+    pub transport: Transport,
+    /// Who it is.
+    pub principal: Principal,
+    /// Its listener's connection counters.
+    pub counts: &'a ConnectionMetrics,
+    /// `backpressure_timeout_sec`: how long a write may make no progress.
+    pub stall: Duration,
+}
+
+/// Serves a client until it closes its input and every request it sent has been answered, or it
+/// stops reading, or its connection fails.
+///
+/// The writer runs as its own task on `writers`, so the daemon can wait at exit until every reply
+/// it has queued is flushed.
+pub(crate) async fn serve<S, K>(
+    router: Arc<Router>,
+    peer: Peer<'_>,
+    mut source: S,
+    sink: K,
+    writers: &TaskTracker,
+) where
+    S: MessageSource,
+    K: MessageSink,
+{
+    let client = router.connect(peer.transport, peer.principal, None);
+    tracing::debug!(?client, "client connected");
+    peer.counts.connected();
+    // Cancelled when the writer gives up: nothing more can reach this client, so stop reading it.
+    let gone = CancellationToken::new();
+    let stall = peer.stall;
+    writers.spawn({
+        let client = client.clone();
+        let gone = gone.clone();
+        async move {
+            if let Err(failed) = sink.drain(&client, stall).await {
+                writer_failed(&client, failed, stall);
+            }
+            gone.cancel();
+        }
+    });
+
+    tokio::select! {
+        () = source.pump(&router, &client) => {
+            // End of input: the requests already sent still get their replies.
+            tokio::select! {
+                () = client.wait_idle() => {}
+                () = gone.cancelled() => {}
+            }
+        }
+        () = gone.cancelled() => {}
+    }
+    router.disconnect(&client);
+    peer.counts.disconnected();
+    tracing::debug!(?client, "client disconnected");
+}
+
+/// Counts the replies a failed writer leaves undelivered (never silently lost) and says why.
+fn writer_failed(client: &Client, failed: WriteFailed, stall: Duration) {
+    let lost = failed.unsent + client.out.close_discarding();
+    metrics::get().dropped_many(Discard::ClientGone, lost);
+    if failed.error.kind() == io::ErrorKind::TimedOut {
+        tracing::warn!(
+            ?client,
+            timeout_sec = stall.as_secs(),
+            lost,
+            "client read nothing for backpressure_timeout_sec; disconnecting"
+        );
+    } else {
+        tracing::debug!(?client, error = %failed.error, lost, "client write failed");
+    }
+}

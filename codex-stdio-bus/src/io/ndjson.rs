@@ -1,0 +1,85 @@
+//! NDJSON over a byte stream: one JSON-RPC message per line, each way.
+//!
+//! Reading cuts lines with the shared frame loop and refuses an oversize line with
+//! `message_too_large` (without buffering it); writing hands the client's queue, which already
+//! holds newline-terminated messages, to the stream in batches.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codex_bus_protocol::{ErrorKind, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connection::{MessageSink, MessageSource};
+use super::frames::{read_frames, FrameHandler};
+use crate::core::client::Client;
+use crate::core::outbox::WriteFailed;
+use crate::metrics::{self, Direction};
+use crate::router::{send_error, Router};
+
+/// The reading half of an NDJSON stream.
+pub(crate) struct NdjsonSource<R> {
+    reader: R,
+    /// `max_input_buffer`: the longest line accepted, in bytes.
+    max_line: usize,
+}
+
+impl<R> NdjsonSource<R> {
+    /// Reads lines of at most `max_line` bytes from `reader`.
+    pub(crate) fn new(reader: R, max_line: usize) -> Self {
+        NdjsonSource { reader, max_line }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> MessageSource for NdjsonSource<R> {
+    async fn pump(&mut self, router: &Router, client: &Arc<Client>) {
+        let mut handler = ToRouter {
+            router,
+            client,
+            max_line: self.max_line,
+        };
+        let bytes = metrics::get().bytes(Direction::FromClient);
+        read_frames(&mut self.reader, self.max_line, bytes, &mut handler).await;
+    }
+}
+
+/// Routes a client's lines.
+struct ToRouter<'a> {
+    router: &'a Router,
+    client: &'a Arc<Client>,
+    max_line: usize,
+}
+
+impl FrameHandler for ToRouter<'_> {
+    async fn ready(&mut self) {
+        // Backpressure toward a client that does not read its replies: stop reading its requests.
+        self.client.out.wait_for_space().await;
+    }
+
+    async fn frame(&mut self, frame: Frame<'_>, read_at: Instant) {
+        metrics::get().messages(Direction::FromClient).increment(1);
+        match frame {
+            Frame::Line(line) => self.router.client_message(self.client, line, read_at).await,
+            Frame::Oversize { .. } => {
+                let detail = format!(
+                    "line longer than max_input_buffer ({} bytes); skipped",
+                    self.max_line
+                );
+                send_error(self.client, None, ErrorKind::MessageTooLarge, Some(&detail));
+            }
+        }
+    }
+}
+
+/// The writing half of an NDJSON stream.
+pub(crate) struct NdjsonSink<W>(pub W);
+
+impl<W: AsyncWrite + Unpin + Send + 'static> MessageSink for NdjsonSink<W> {
+    async fn drain(mut self, client: &Client, stall: Duration) -> Result<(), WriteFailed> {
+        let written = metrics::get().bytes(Direction::ToClient);
+        client
+            .out
+            .drain_into(&mut self.0, Some(stall), |n| written.increment(n as u64))
+            .await
+    }
+}

@@ -1,0 +1,150 @@
+//! A worker's pipes: the slot's input queue written to its stdin, its stdout lines handed to the
+//! [`WorkerSink`], its stderr lines logged.
+//!
+//! The stdout reader never waits on a client: lines toward clients are pushed whatever their queues
+//! hold (a slow client's own reader pauses instead), so one slow client cannot stall a worker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::metrics::Counter;
+use codex_bus_protocol::Frame;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
+
+use super::frames::{read_frames, FrameHandler};
+use crate::core::sink::WorkerSink;
+use crate::core::slot::Slot;
+use crate::metrics::{self, Direction, Discard};
+
+/// Longest worker stderr line logged; a longer one is replaced by a note (it is not buffered).
+const STDERR_LINE: usize = 16 * 1024;
+
+/// The tasks serving one worker process's pipes.
+pub(crate) struct Pipes {
+    writer: JoinHandle<()>,
+    reader: JoinHandle<()>,
+}
+
+/// The three pipes of the worker running as `generation` in `slot`.
+pub(crate) struct WorkerStdio<I, O, E> {
+    /// Its stdin.
+    pub stdin: I,
+    /// Its stdout.
+    pub stdout: O,
+    /// Its stderr.
+    pub stderr: E,
+}
+
+/// Starts serving the pipes of the worker running as `generation` in `slot`: stdout lines of at
+/// most `max_line` bytes go to `sink`.
+pub(crate) fn attach<I, O, E>(
+    slot: &Arc<Slot>,
+    generation: u64,
+    pipes: WorkerStdio<I, O, E>,
+    sink: Arc<dyn WorkerSink>,
+    max_line: usize,
+) -> Pipes
+where
+    I: AsyncWrite + Unpin + Send + 'static,
+    O: AsyncRead + Unpin + Send + 'static,
+    E: AsyncRead + Unpin + Send + 'static,
+{
+    let WorkerStdio {
+        mut stdin,
+        mut stdout,
+        mut stderr,
+    } = pipes;
+    let writer = tokio::spawn({
+        let slot = slot.clone();
+        async move {
+            let written = metrics::get().bytes(Direction::ToWorker);
+            let counted = |n: usize| written.increment(n as u64);
+            // What the worker could not take is answered when it exits: its requests are pending.
+            if let Err(failed) = slot.queue.drain_into(&mut stdin, None, counted).await {
+                tracing::debug!(?slot, error = %failed.error, "worker stdin closed");
+            }
+        }
+    });
+    let reader = tokio::spawn({
+        let mut handler = ToSink {
+            slot: slot.clone(),
+            generation,
+            sink,
+            max_line,
+            messages: metrics::get().messages(Direction::FromWorker),
+        };
+        async move {
+            let bytes = metrics::get().bytes(Direction::FromWorker);
+            read_frames(&mut stdout, max_line, bytes, &mut handler).await;
+        }
+    });
+    tokio::spawn({
+        let mut handler = ToLog { slot: slot.clone() };
+        async move {
+            read_frames(&mut stderr, STDERR_LINE, &Counter::noop(), &mut handler).await;
+        }
+    });
+    Pipes { writer, reader }
+}
+
+impl Pipes {
+    /// Once the worker has exited: waits up to `linger` for its stdout to be read to the end (the
+    /// replies it wrote just before exiting are still in the pipe), then stops writing its stdin.
+    /// False if stdout stayed open (a process the worker left behind holds it).
+    pub(crate) async fn finish(self, linger: Duration) -> bool {
+        let closed = tokio::time::timeout(linger, self.reader).await.is_ok();
+        self.writer.abort();
+        closed
+    }
+}
+
+/// Hands a worker's stdout lines to the sink.
+struct ToSink {
+    slot: Arc<Slot>,
+    generation: u64,
+    sink: Arc<dyn WorkerSink>,
+    max_line: usize,
+    messages: &'static Counter,
+}
+
+impl FrameHandler for ToSink {
+    async fn frame(&mut self, frame: Frame<'_>, read_at: Instant) {
+        self.messages.increment(1);
+        match frame {
+            Frame::Line(line) => self
+                .sink
+                .worker_line(&self.slot, self.generation, line, read_at),
+            Frame::Oversize { seen } => {
+                let (slot, max_line) = (&self.slot, self.max_line);
+                tracing::warn!(
+                    ?slot,
+                    seen,
+                    max_line,
+                    "worker line over max_worker_line skipped"
+                );
+                metrics::get().dropped(Discard::OversizeWorkerLine);
+            }
+        }
+    }
+}
+
+/// Copies a worker's stderr into the daemon's log, one event per line, with pool and slot.
+struct ToLog {
+    slot: Arc<Slot>,
+}
+
+impl FrameHandler for ToLog {
+    async fn frame(&mut self, frame: Frame<'_>, _: Instant) {
+        let (pool, slot) = (&*self.slot.pool, self.slot.index);
+        match frame {
+            Frame::Line(line) => {
+                let text = String::from_utf8_lossy(line);
+                tracing::info!(target: "worker", pool, slot, "{text}");
+            }
+            Frame::Oversize { .. } => {
+                tracing::info!(target: "worker", pool, slot, "(stderr line over {STDERR_LINE} bytes skipped)");
+            }
+        }
+    }
+}
