@@ -67,6 +67,13 @@ fn a_second_signal_stops_at_once() {
         workers.iter().all(|p| !alive(*p)),
         "workers killed with the daemon"
     );
+    // The daemon returns through main rather than exiting from the signal task, so its last
+    // log lines are flushed.
+    assert!(
+        bus.log().contains("workers killed; stopping at once"),
+        "log:\n{}",
+        bus.log()
+    );
 }
 
 #[test]

@@ -532,6 +532,33 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_draining_slot_wakes_its_drain_when_the_last_reply_is_taken() {
+        let slot = Arc::new(slot());
+        let client = client();
+        slot.transition(SlotState::Ready);
+        let line = br#"{"id":1,"method":"m"}"#;
+        slot.enqueue_request(&client, line, 6..7, Instant::now())
+            .unwrap();
+        slot.enqueue_request(&client, line, 6..7, Instant::now())
+            .unwrap();
+        slot.begin_drain();
+        assert!(slot.draining());
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.wait_idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(slot.take_pending(1).is_some());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one request is still in flight");
+        assert!(slot.take_pending(2).is_some());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the last reply wakes the drain")
+            .unwrap();
+    }
+
     #[test]
     fn a_failed_slot_refuses_with_worker_failed() {
         let slot = slot();

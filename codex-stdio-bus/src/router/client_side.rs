@@ -236,3 +236,39 @@ impl Router {
         names.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use codex_bus_config::Config;
+
+    use super::slot_for;
+    use crate::core::client::Transport;
+    use crate::core::principal::Principal;
+    use crate::router::Router;
+
+    #[tokio::test]
+    async fn a_connection_bound_to_a_session_routes_messages_that_name_none_there() {
+        let router = Router::new(&Config::single_pool("p", "cat", &[], 8));
+        let principal = Principal::anonymous("tcp");
+        let client = router.connect(Transport::Tcp, principal, Some(b"bound".as_slice().into()));
+        router
+            .client_message(&client, br#"{"id":1,"method":"m"}"#, Instant::now())
+            .await;
+        let slots = &router.pools()[0].slots;
+        let home = slot_for(b"bound", 8) as usize;
+        assert_eq!(slots[home].in_flight(), 1, "the bound session's slot");
+        assert_eq!(router.in_flight(), 1, "and no other");
+        // A session named in the message wins over the bound one.
+        let other = slot_for(b"other", 8) as usize;
+        assert_ne!(
+            home, other,
+            "the test needs two sessions on different slots"
+        );
+        let named = br#"{"id":2,"method":"m","sessionId":"other"}"#;
+        router.client_message(&client, named, Instant::now()).await;
+        assert_eq!(slots[other].in_flight(), 1);
+        assert_eq!(router.in_flight(), 2);
+    }
+}

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::sink::WorkerSink;
 use crate::core::slot::{Pending, Slot, SlotState};
+use crate::error::{Error, Kind};
 use crate::metrics::{RestartReason, SlotMetrics};
 use crate::router::pool::Pool;
 use backoff::Backoff;
@@ -88,7 +89,8 @@ pub(crate) async fn supervise(
                 instance::run(instance, child, on_ready, &mut stop).await
             }
             Err(error) => {
-                tracing::error!(?slot, command = %config.command, %error, "worker failed to start");
+                let context = format!("{slot:?}: worker '{}' failed to start", config.command);
+                Error::because(Kind::Spawn, context, error).log();
                 Ended {
                     status: None,
                     ending: Ending::Exited,
