@@ -1,9 +1,9 @@
 //! Layer 3, I/O: client transports (stdio, Unix socket, TCP) and worker pipes, all reading through
-//! the one frame loop in [`frames`].
+//! the one frame loop in `frames`.
 //!
-//! A client connection is a source and sink of messages ([`connection`]); NDJSON is its framing on
-//! every transport today ([`ndjson`]). Worker pipes ([`worker`]) feed a slot's queue to the
-//! worker's stdin and hand its stdout lines to a [`WorkerSink`](crate::core::sink::WorkerSink).
+//! A client connection is a source and sink of messages (`connection`); NDJSON is its framing on
+//! every transport today (`ndjson`). Worker pipes (`worker`) feed a slot's queue to the
+//! worker's stdin and hand its stdout lines to a `WorkerSink`.
 //!
 //! Imports: the core, the router (to route client messages) and the metrics leaf.
 

@@ -5,10 +5,10 @@
 //! notifications follow their session; answers to worker requests go back to the worker that asked.
 //! Worker side (`worker_side`): replies find their request by bus id and get the client's id back;
 //! messages a worker starts go to the client that last spoke on the session. Where a session lives
-//! is [`placement`]; the pools and their slots are [`pool`].
+//! is [`placement`]; the pools and their slots are `pool`.
 //!
 //! Imports: the core and the metrics leaf. The router counts every error reply it sends here, in
-//! [`send_error`], whoever asked for it.
+//! `send_error`, whoever asked for it.
 
 mod client_side;
 pub mod placement;

@@ -4,7 +4,7 @@
 //!
 //! A supervisor does not hold the router: it drives its slot's state (core), attaches the worker's
 //! pipes (io), and hands what the worker writes, and the requests it will never answer, to a
-//! [`WorkerSink`].
+//! `WorkerSink`.
 //!
 //! Imports: the core, the pools (router), the worker pipes (io) and the metrics leaf.
 
