@@ -2,11 +2,9 @@
 //! jittered backoff, mark the slot failed past the restart limit and try it again after the
 //! window (or escalate), stop on the daemon's order.
 
-mod backoff;
 pub mod deadlines;
 pub mod instance;
 pub mod readiness;
-mod restart_limit;
 pub mod spawn;
 
 use std::process::ExitStatus;
@@ -14,14 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_config::{Limits, RestartPolicy, Supervision};
+use codex_bus_process::{Backoff, RestartLimit};
 use codex_bus_protocol::ErrorKind;
 
 use crate::metrics::{RestartReason, SlotMetrics};
 use crate::router::{fail_pending, Router};
 use crate::slot::{Slot, SlotState};
-use backoff::Backoff;
 use instance::{Ended, StopOrder};
-use restart_limit::RestartLimit;
 
 /// Supervises slot `slot_index` of pool `pool_index` until the daemon orders the workers to stop.
 pub async fn supervise(
@@ -164,6 +161,7 @@ fn backoff_of(settings: &Supervision) -> Backoff {
         Duration::from_millis(settings.backoff_max_ms),
         f64::from(settings.backoff_jitter_pct) / 100.0,
     )
+    .expect("the config checks backoff_max_ms >= backoff_initial_ms and backoff_jitter_pct <= 100")
 }
 
 /// Whether `policy` restarts a worker that ended with `status` (`None`: it never started, or its
