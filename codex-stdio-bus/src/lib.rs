@@ -5,7 +5,7 @@
 //! [`pool`]) and serves clients through [`transport`]; the [`router`] moves lines between
 //! [`client`]s and slots through bounded [`outbox`]es.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -13,8 +13,6 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod defaults;
-pub mod fd_limit;
-pub mod hygiene;
 pub mod id_map;
 pub mod id_token;
 pub mod logging;
