@@ -5,6 +5,9 @@
 //!   the spawning thread dies, with the open-file limit this process was started with
 //!   ([`fd_limit`]); [`resolve_command`] finds a program as `execvp` would.
 //! - [`cloexec_inherited_fds`] keeps fds this process inherited out of its children.
+//! - [`stop`] ends a child (stdin closed, SIGTERM to its group, SIGKILL at a deadline, reaped);
+//!   [`signal_group`] signals a group.
+//! - [`capture_stderr`] reads a child's stderr as lines of bounded length.
 //! - [`Backoff`] (jittered exponential delays) and [`RestartLimit`] (at most N restarts in a
 //!   window) decide when a dead child starts again.
 //!
@@ -21,6 +24,8 @@ pub mod fd_limit;
 mod inherit;
 mod restart_limit;
 mod spawn;
+mod stderr;
+mod stop;
 #[cfg(test)]
 mod testing;
 
@@ -28,3 +33,5 @@ pub use backoff::{Backoff, InvalidBackoff};
 pub use inherit::cloexec_inherited_fds;
 pub use restart_limit::RestartLimit;
 pub use spawn::{resolve_command, Spec};
+pub use stderr::capture_stderr;
+pub use stop::{signal_group, stop, Stopped};

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use codex_bus_config::Supervision;
 use codex_bus_protocol::{Frame, LineFramer};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -122,23 +121,20 @@ pub async fn run(
 /// group at `deadline`.
 async fn stop_worker(slot: &Slot, child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
     slot.queue.close();
-    signal_group(slot, Signal::SIGTERM);
-    tokio::select! {
-        status = child.wait() => return status.ok(),
-        () = tokio::time::sleep_until(deadline.into()) => {}
+    let stopped = codex_bus_process::stop(child, deadline).await;
+    if stopped.killed {
+        tracing::warn!(
+            ?slot,
+            "worker did not stop in time; killing its process group"
+        );
     }
-    tracing::warn!(
-        ?slot,
-        "worker did not stop in time; killing its process group"
-    );
-    signal_group(slot, Signal::SIGKILL);
-    child.wait().await.ok()
+    stopped.status.ok()
 }
 
 /// Sends `signal` to the slot's worker process group, if a worker runs.
 pub fn signal_group(slot: &Slot, signal: Signal) {
     if let Some(pid) = slot.pid() {
-        if let Err(error) = killpg(Pid::from_raw(pid as i32), signal) {
+        if let Err(error) = codex_bus_process::signal_group(pid, signal) {
             tracing::debug!(?slot, %error, ?signal, "could not signal the worker group");
         }
     }
@@ -187,34 +183,11 @@ async fn read_stdout(
     }
 }
 
-/// Copies the worker's stderr into the daemon's log, one event per line, prefixed by pool and slot.
-async fn log_stderr(slot: Arc<Slot>, mut stderr: impl AsyncRead + Unpin) {
-    let mut framer = LineFramer::new(STDERR_LINE);
-    let pool = slot.pool.clone();
-    let pool = &*pool;
-    loop {
-        match stderr.read(framer.spare()).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => framer.filled(n),
-        }
-        while let Some(frame) = framer.next_frame() {
-            log_stderr_line(pool, slot.index, frame);
-        }
-    }
-    if let Some(frame) = framer.finish() {
-        log_stderr_line(pool, slot.index, frame);
-    }
-}
-
-/// Logs one framed stderr line of a worker.
-fn log_stderr_line(pool: &str, slot: u32, frame: Frame<'_>) {
-    match frame {
-        Frame::Line(line) => {
-            let text = String::from_utf8_lossy(line);
-            tracing::info!(target: "worker", pool, slot, "{text}");
-        }
-        Frame::Oversize { .. } => {
-            tracing::info!(target: "worker", pool, slot, "(stderr line over {STDERR_LINE} bytes skipped)");
-        }
-    }
+/// Copies the worker's stderr into the daemon's log, one event per line, with pool and slot.
+async fn log_stderr(slot: Arc<Slot>, stderr: impl AsyncRead + Unpin) {
+    let (pool, index) = (&*slot.pool, slot.index);
+    codex_bus_process::capture_stderr(stderr, STDERR_LINE, |line| {
+        tracing::info!(target: "worker", pool, slot = index, "{line}");
+    })
+    .await;
 }
