@@ -15,7 +15,7 @@
 //!
 //! [`Shutdown`]: daemon::Shutdown
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -24,8 +24,6 @@ mod core;
 pub mod daemon;
 pub mod defaults;
 pub mod error;
-pub mod fd_limit;
-pub mod hygiene;
 pub mod io;
 pub mod logging;
 mod metrics;

@@ -7,14 +7,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use codex_bus_config::{Config, TransportMode};
+use codex_bus_process::{cloexec_inherited_fds, fd_limit};
 use codex_stdio_bus::cli::{Cli, Command, RunArgs};
 use codex_stdio_bus::daemon::Listeners;
 use codex_stdio_bus::error::{Error, Kind};
 use codex_stdio_bus::io::listen::Endpoint;
-use codex_stdio_bus::{admin, daemon, defaults, fd_limit, hygiene, logging, signals};
+use codex_stdio_bus::{admin, daemon, defaults, logging, signals};
 
 fn main() -> ExitCode {
-    hygiene::cloexec_inherited_fds();
+    cloexec_inherited_fds();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config }) => check(config.as_deref()),

@@ -77,9 +77,10 @@ fn every_request_gets_exactly_one_reply_while_workers_are_killed_every_50_ms() {
 
     let done = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
     let started = Instant::now();
     let chaos = std::thread::spawn({
-        let (done, kills) = (done.clone(), kills.clone());
+        let (done, kills, killed) = (done.clone(), kills.clone(), killed.clone());
         let pid = bus.pid();
         move || {
             let mut rng = fastrand::Rng::with_seed(7);
@@ -89,6 +90,7 @@ fn every_request_gets_exactly_one_reply_while_workers_are_killed_every_50_ms() {
                 if let Some(&victim) = rng.choice(workers.iter()) {
                     if kill(Pid::from_raw(victim as i32), Signal::SIGKILL).is_ok() {
                         kills.fetch_add(1, Ordering::SeqCst);
+                        killed.lock().unwrap().push(victim);
                     }
                 }
             }
@@ -129,12 +131,27 @@ fn every_request_gets_exactly_one_reply_while_workers_are_killed_every_50_ms() {
     );
     assert!(results > 0, "requests were served between the kills");
 
-    // Healthy afterwards: four workers, every session answered, a clean drain.
-    let workers = bus.wait_workers(4);
+    // Healthy afterwards: four workers, every session answered, a clean drain. The last kill may
+    // have been a moment ago: wait until all four workers are replacements, not a dying victim
+    // (whose /proc entry lingers until it is reaped) that would still take a ping.
+    let killed = killed.lock().unwrap().clone();
+    let settle = Instant::now();
+    let workers = loop {
+        let workers = bus.wait_workers(4);
+        if !workers.iter().any(|p| killed.contains(p)) {
+            break workers;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(20),
+            "workers never replaced"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let mut conn = bus.connect();
     for i in 0..CLIENTS {
         conn.request(json!(i), "ping", Value::Null, Some(&format!("chaos-{i}")));
-        assert!(conn.recv().get("result").is_some());
+        let reply = conn.recv();
+        assert!(reply.get("result").is_some(), "{reply}");
     }
     assert!(!bus.log().contains("panicked"), "{}", bus.log());
     bus.signal(Signal::SIGTERM);

@@ -1,5 +1,5 @@
 //! A worker's pipes: the slot's input queue written to its stdin, its stdout lines handed to the
-//! [`WorkerSink`], its stderr lines logged.
+//! [`WorkerSink`], its stderr lines logged (captured by the process crate, capped per line).
 //!
 //! The stdout reader never waits on a client: lines toward clients are pushed whatever their queues
 //! hold (a slow client's own reader pauses instead), so one slow client cannot stall a worker.
@@ -80,9 +80,13 @@ where
         }
     });
     tokio::spawn({
-        let mut handler = ToLog { slot: slot.clone() };
+        let slot = slot.clone();
         async move {
-            read_frames(&mut stderr, STDERR_LINE, &Counter::noop(), &mut handler).await;
+            let (pool, index) = (&*slot.pool, slot.index);
+            codex_bus_process::capture_stderr(&mut stderr, STDERR_LINE, |line| {
+                tracing::info!(target: "worker", pool, slot = index, "{line}");
+            })
+            .await;
         }
     });
     Pipes { writer, reader }
@@ -124,26 +128,6 @@ impl FrameHandler for ToSink {
                     "worker line over max_worker_line skipped"
                 );
                 metrics::get().dropped(Discard::OversizeWorkerLine);
-            }
-        }
-    }
-}
-
-/// Copies a worker's stderr into the daemon's log, one event per line, with pool and slot.
-struct ToLog {
-    slot: Arc<Slot>,
-}
-
-impl FrameHandler for ToLog {
-    async fn frame(&mut self, frame: Frame<'_>, _: Instant) {
-        let (pool, slot) = (&*self.slot.pool, self.slot.index);
-        match frame {
-            Frame::Line(line) => {
-                let text = String::from_utf8_lossy(line);
-                tracing::info!(target: "worker", pool, slot, "{text}");
-            }
-            Frame::Oversize { .. } => {
-                tracing::info!(target: "worker", pool, slot, "(stderr line over {STDERR_LINE} bytes skipped)");
             }
         }
     }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_config::Supervision;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -127,23 +126,20 @@ pub(crate) async fn run(
 /// group at `deadline`.
 async fn stop_worker(slot: &Slot, child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
     slot.queue.close();
-    signal_group(slot, Signal::SIGTERM);
-    tokio::select! {
-        status = child.wait() => return status.ok(),
-        () = tokio::time::sleep_until(deadline.into()) => {}
+    let stopped = codex_bus_process::stop(child, deadline).await;
+    if stopped.killed {
+        tracing::warn!(
+            ?slot,
+            "worker did not stop in time; killing its process group"
+        );
     }
-    tracing::warn!(
-        ?slot,
-        "worker did not stop in time; killing its process group"
-    );
-    signal_group(slot, Signal::SIGKILL);
-    child.wait().await.ok()
+    stopped.status.ok()
 }
 
 /// Sends `signal` to the slot's worker process group, if a worker runs.
 pub(crate) fn signal_group(slot: &Slot, signal: Signal) {
     if let Some(pid) = slot.pid() {
-        if let Err(error) = killpg(Pid::from_raw(pid as i32), signal) {
+        if let Err(error) = codex_bus_process::signal_group(pid, signal) {
             tracing::debug!(?slot, %error, ?signal, "could not signal the worker group");
         }
     }

@@ -8,11 +8,9 @@
 //!
 //! Imports: the core, the pools (router), the worker pipes (io) and the metrics leaf.
 
-mod backoff;
 pub(crate) mod deadlines;
 pub(crate) mod instance;
 mod readiness;
-mod restart_limit;
 pub mod spawn;
 
 use std::process::ExitStatus;
@@ -20,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_config::{Limits, RestartPolicy, Supervision};
+use codex_bus_process::{Backoff, RestartLimit};
 use codex_bus_protocol::ErrorKind;
 use tokio_util::sync::CancellationToken;
 
@@ -28,9 +27,7 @@ use crate::core::slot::{Pending, Slot, SlotState};
 use crate::error::{Error, Kind};
 use crate::metrics::{RestartReason, SlotMetrics};
 use crate::router::pool::Pool;
-use backoff::Backoff;
 use instance::{Ended, Ending, Instance, StopOrder};
-use restart_limit::RestartLimit;
 
 /// What every supervisor of the daemon shares.
 #[derive(Clone)]
@@ -205,6 +202,7 @@ fn backoff_of(settings: &Supervision) -> Backoff {
         Duration::from_millis(settings.backoff_max_ms),
         f64::from(settings.backoff_jitter_pct) / 100.0,
     )
+    .expect("the config checks backoff_max_ms >= backoff_initial_ms and backoff_jitter_pct <= 100")
 }
 
 /// Whether `policy` restarts a worker that ended with `status` (`None`: it never started, or its

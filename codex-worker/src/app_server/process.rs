@@ -1,20 +1,24 @@
-//! One `codex app-server` child process: spawned in its own process group with piped stdio,
-//! stdout forwarded to the event loop as chunks, stdin fed from a queue, stderr logged.
+//! One `codex app-server` child process: spawned (in its own process group, with piped stdio)
+//! by [`codex_bus_process::Spec`], stdout forwarded to the event loop as chunks, stdin fed from a
+//! queue, stderr logged.
 
 use std::io;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use codex_bus_process::{capture_stderr, signal_group, Spec};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::log;
 
 /// Bytes read from the child's stdout per read call.
 const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Longest stderr line of the child logged; a longer one is replaced by a note. Our own stderr
+/// lines are logged by the bus up to 16 KiB each, prefix included.
+const STDERR_LINE: usize = 8 * 1024;
 
 /// What a child reports to the event loop; each event carries the child's generation, so that
 /// a late event of a dead child is never mistaken for the current one's.
@@ -29,7 +33,7 @@ pub enum ChildEvent {
 /// A running child.
 #[derive(Debug)]
 pub struct ChildProcess {
-    pid: Option<i32>,
+    pid: Option<u32>,
     stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
 }
 
@@ -44,22 +48,17 @@ impl ChildProcess {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty --codex-cmd"))?;
-        let mut builder = Command::new(program);
-        builder
-            .args(args)
-            .env("CODEX_HOME", home)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group, so a lingering child and its tools can be killed together, and the
-            // bus's signals to our group do not hit it before we drained it.
-            .process_group(0)
-            .kill_on_drop(false);
+        // Its own group (as every `Spec`), so a lingering child and its tools can be killed
+        // together, and the bus's signals to our group do not hit it before we drained it. It is
+        // spawned from the event loop's thread, the main thread, so its PDEATHSIG fires only when
+        // the worker itself dies.
+        let mut spec = Spec::new(program);
+        spec.args(args).env("CODEX_HOME", home);
         if std::env::var_os("RUST_LOG").is_none() {
-            builder.env("RUST_LOG", "warn");
+            spec.env("RUST_LOG", "warn");
         }
-        let mut child = builder.spawn()?;
-        let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
+        let mut child = spec.spawn()?;
+        let pid = child.id();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let stdin = child.stdin.take();
@@ -85,12 +84,9 @@ impl ChildProcess {
             });
         }
         if let Some(stderr) = stderr {
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log::line(format_args!("codex[{generation}]: {line}"));
-                }
-            });
+            tokio::spawn(capture_stderr(stderr, STDERR_LINE, move |line| {
+                log::line(format_args!("codex[{generation}]: {line}"));
+            }));
         }
         let (sender, mut receiver) = mpsc::unbounded_channel::<Vec<u8>>();
         if let Some(mut stdin) = stdin {
@@ -106,7 +102,7 @@ impl ChildProcess {
         log::line(format_args!(
             "started {} (generation {generation}, pid {})",
             command.join(" "),
-            pid.unwrap_or(-1)
+            pid.map_or(-1, i64::from)
         ));
         Ok(Self {
             pid,
@@ -132,7 +128,7 @@ impl ChildProcess {
     /// Sends `signal` to the child's process group (its tools included).
     pub fn signal(&self, signal: Signal) {
         if let Some(pid) = self.pid {
-            let _ = killpg(Pid::from_raw(pid), signal);
+            let _ = signal_group(pid, signal);
         }
     }
 }

@@ -1,64 +1,43 @@
-//! When to restart a dead child: jittered exponential backoff, and a limit on restarts within a
-//! window, past which the worker exits and leaves recovery to the bus's supervisor.
+//! When to restart a dead child: the worker's policy, expressed with the shared
+//! [`Backoff`] and [`RestartLimit`]. Past the limit the worker exits and leaves recovery to the
+//! bus's supervisor.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Backoff before the first restart; doubled for each further death in the window.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+use codex_bus_process::{Backoff, RestartLimit};
 
-/// Longest backoff.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// 200 ms before the first restart, doubled for each further death in the window, at most 30 s,
+/// each ±20 % so the workers of a pool do not restart their children in lockstep. Checked when
+/// the worker is compiled.
+const BACKOFF: Backoff =
+    match Backoff::new(Duration::from_millis(200), Duration::from_secs(30), 0.2) {
+        Ok(backoff) => backoff,
+        Err(_) => panic!("the worker's backoff bounds are invalid"),
+    };
 
-/// Restart bookkeeping.
+/// Restart bookkeeping of one child.
 #[derive(Debug)]
 pub struct RestartPolicy {
-    max_restarts: u32,
-    window: Duration,
-    deaths: VecDeque<Instant>,
-    jitter: u64,
+    limit: RestartLimit,
 }
 
 impl RestartPolicy {
     /// Allows `max_restarts` restarts within `window`.
     pub fn new(max_restarts: u32, window: Duration) -> Self {
         Self {
-            max_restarts,
-            window,
-            deaths: VecDeque::new(),
-            // Seeded per process so the workers of a pool do not restart in lockstep.
-            jitter: u64::from(std::process::id()) | 1,
+            limit: RestartLimit::new(max_restarts, window),
         }
     }
 
     /// Records a child death at `now`; returns the delay before the next start, or `None` when
     /// the limit is exceeded.
     pub fn on_death(&mut self, now: Instant) -> Option<Duration> {
-        while self
-            .deaths
-            .front()
-            .is_some_and(|&death| now.saturating_duration_since(death) >= self.window)
-        {
-            self.deaths.pop_front();
-        }
-        self.deaths.push_back(now);
-        let count = u32::try_from(self.deaths.len()).unwrap_or(u32::MAX);
-        if count > self.max_restarts {
+        if !self.limit.allow(now) {
             return None;
         }
-        let base = FIRST_BACKOFF
-            .saturating_mul(1 << (count - 1).min(16))
-            .min(MAX_BACKOFF);
-        Some(self.jittered(base))
-    }
-
-    /// `base` ±20 %, from a xorshift sequence.
-    fn jittered(&mut self, base: Duration) -> Duration {
-        self.jitter ^= self.jitter << 13;
-        self.jitter ^= self.jitter >> 7;
-        self.jitter ^= self.jitter << 17;
-        let percent = 80 + self.jitter % 41;
-        base * u32::try_from(percent).unwrap_or(100) / 100
+        // The backoff grows with the deaths still in the window (this one included), so it falls
+        // back as old deaths leave the window.
+        Some(BACKOFF.delay(self.limit.restarts_in_window() - 1))
     }
 }
 

@@ -1,9 +1,12 @@
 //! OTP-style restart intensity: at most `max_restarts` restarts within `window`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Remembers recent restarts of one slot.
+/// Remembers the recent restarts of one child (a daemon slot, a worker's Codex child): Erlang/OTP's
+/// MaxR restarts in MaxT, past which the supervisor gives up.
 #[derive(Debug)]
 pub struct RestartLimit {
     max_restarts: u32,
@@ -21,7 +24,8 @@ impl RestartLimit {
         }
     }
 
-    /// Records a restart wanted at `now`; false if it would exceed the limit.
+    /// Records a restart wanted at `now`; false (and nothing recorded) if it would exceed the
+    /// limit.
     pub fn allow(&mut self, now: Instant) -> bool {
         self.forget_before(now);
         if self.recent.len() >= self.max_restarts as usize {
@@ -43,6 +47,12 @@ impl RestartLimit {
             None if self.max_restarts == 0 => now + self.window,
             None => now,
         }
+    }
+
+    /// The restarts recorded within the window as of the last [`allow`](Self::allow) or
+    /// [`next_allowed`](Self::next_allowed): after a successful `allow`, this one included.
+    pub fn restarts_in_window(&self) -> u32 {
+        u32::try_from(self.recent.len()).unwrap_or(u32::MAX)
     }
 
     /// Drops the restarts that have left the window at `now`.
@@ -67,8 +77,15 @@ mod tests {
         let mut limit = RestartLimit::new(2, Duration::from_secs(10));
         assert!(limit.allow(start));
         assert!(limit.allow(start + Duration::from_secs(1)));
+        assert_eq!(limit.restarts_in_window(), 2);
         assert!(!limit.allow(start + Duration::from_secs(2)));
+        assert_eq!(
+            limit.restarts_in_window(),
+            2,
+            "a refused restart is not recorded"
+        );
         assert!(limit.allow(start + Duration::from_secs(11)));
+        assert_eq!(limit.restarts_in_window(), 1);
     }
 
     #[test]

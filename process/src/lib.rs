@@ -1,0 +1,37 @@
+//! Process supervision shared by `codex-stdio-bus` (its workers) and `codex-worker` (its
+//! `codex app-server` children), so each rule exists once.
+//!
+//! - [`Spec`] spawns a child with piped stdio into its own process group, killed by the kernel when
+//!   the spawning thread dies, with the open-file limit this process was started with
+//!   ([`fd_limit`]); [`resolve_command`] finds a program as `execvp` would.
+//! - [`cloexec_inherited_fds`] keeps fds this process inherited out of its children.
+//! - [`stop`] ends a child (stdin closed, SIGTERM to its group, SIGKILL at a deadline, reaped);
+//!   [`signal_group`] signals a group.
+//! - [`capture_stderr`] reads a child's stderr as lines of bounded length.
+//! - [`Backoff`] (jittered exponential delays) and [`RestartLimit`] (at most N restarts in a
+//!   window) decide when a dead child starts again.
+//!
+//! Linux only: the parent-death signal is `prctl(PR_SET_PDEATHSIG)` and fd hygiene reads
+//! `/proc/self/fd`.
+
+// Unsafe code lives in `inherit` only (`pre_exec`, and borrowing fds known by number); every
+// other module forbids it.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod backoff;
+pub mod fd_limit;
+mod inherit;
+mod restart_limit;
+mod spawn;
+mod stderr;
+mod stop;
+#[cfg(test)]
+mod testing;
+
+pub use backoff::{Backoff, InvalidBackoff};
+pub use inherit::cloexec_inherited_fds;
+pub use restart_limit::RestartLimit;
+pub use spawn::{resolve_command, Spec};
+pub use stderr::capture_stderr;
+pub use stop::{signal_group, stop, Stopped};
