@@ -13,12 +13,13 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::{self, Pid};
 use tokio::sync::mpsc;
 
-use crate::input;
-use crate::lines::Lines;
-use crate::log;
+use codex_bus_worker_io::input;
+use codex_bus_worker_io::lines::Lines;
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::timer::sleep_until;
+
 use crate::mock::{Mock, Stop};
 use crate::sigterm;
-use crate::timer::sleep_until;
 
 /// Output buffer capacity kept between batches; a burst beyond it is released afterwards.
 const OUT_CAPACITY: usize = 64 * 1024;

@@ -12,22 +12,19 @@ mod cli;
 mod delay_queue;
 mod event_loop;
 mod identity;
-mod input;
-mod lines;
-mod log;
-mod message;
 mod mock;
 mod mock_app_server;
-mod render;
 mod scenario;
 mod sigterm;
-mod timer;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use identity::{Identity, Placement};
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::placement::Placement;
+
+use identity::Identity;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -13,13 +13,14 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::input;
-use crate::lines::Lines;
-use crate::log;
-use crate::message::{self, Call, Message};
+use codex_bus_worker_io::input;
+use codex_bus_worker_io::lines::Lines;
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::message::{self, Call, Message};
+use codex_bus_worker_io::timer::sleep_until;
+
 use crate::scenario::knobs::Knobs;
 use crate::scenario::{Emit, Engine, RpcError, Tag, STEPS_PER_RELEASE};
-use crate::timer::sleep_until;
 
 /// Exit status of a scripted crash, like a child that died of an error.
 const CRASH_STATUS: u8 = 1;

@@ -14,7 +14,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tokio::sync::mpsc;
 
-use crate::log;
+use codex_bus_worker_io::log;
 
 /// Blocks SIGTERM in the calling thread and starts a thread that reports every SIGTERM on the
 /// returned channel.

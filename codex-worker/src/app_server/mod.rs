@@ -31,11 +31,12 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use codex_bus_worker_io::input;
+use codex_bus_worker_io::lines::Lines;
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::timer::sleep_until;
+
 use crate::cli::AppServerArgs;
-use crate::input;
-use crate::lines::Lines;
-use crate::log;
-use crate::timer::sleep_until;
 use bridge::{BridgeConfig, Handshake};
 use home::SlotDir;
 use manager::{Effects, Layout, Manager, ManagerConfig};

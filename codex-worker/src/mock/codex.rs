@@ -4,9 +4,10 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use codex_bus_worker_io::message::Call;
+use codex_bus_worker_io::render;
+
 use super::{raw, Mock, Stop};
-use crate::message::Call;
-use crate::render;
 use crate::scenario::{self, Emit, Tag};
 
 /// What `initialize` answers: the shape of Codex's `InitializeResponse`.

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::message::Call;
+use codex_bus_worker_io::render;
+
 use super::{params, raw, Mock, PendingAsk, Stop};
-use crate::log;
-use crate::message::Call;
-use crate::render;
 
 #[derive(Deserialize)]
 struct DelayParams {

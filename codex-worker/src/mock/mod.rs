@@ -16,11 +16,12 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::message::{self, Call, Message, Response};
+use codex_bus_worker_io::render;
+
 use crate::delay_queue::DelayQueue;
 use crate::identity::Identity;
-use crate::log;
-use crate::message::{self, Call, Message, Response};
-use crate::render;
 use crate::scenario::knobs::Knobs;
 use crate::scenario::{Engine, STEPS_PER_RELEASE};
 

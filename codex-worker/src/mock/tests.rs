@@ -6,9 +6,10 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::{json, Value};
 
+use codex_bus_worker_io::render;
+
 use super::{Mock, Stop};
 use crate::identity::Identity;
-use crate::render;
 use crate::scenario::knobs::Knobs;
 
 #[derive(Parser)]

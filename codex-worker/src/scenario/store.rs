@@ -5,8 +5,9 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
+use codex_bus_worker_io::log;
+
 use super::shapes::ThreadMeta;
-use crate::log;
 
 /// Ids reserved per counter write, so the counter file is written once per block.
 const ID_BLOCK: u64 = 1000;
