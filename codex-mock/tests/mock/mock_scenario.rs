@@ -1,14 +1,12 @@
-//! `--backend mock` playing Codex turns: an exact transcript on the virtual clock, in the bus's
+//! The mock worker playing Codex turns: an exact transcript on the virtual clock, in the bus's
 //! format, and a worker that waits for running turns before exiting at end of input.
 
 use serde_json::Value;
 
-use crate::support::Worker;
+use crate::support::{self, Worker};
 
 fn mock(args: &[&str]) -> Worker {
-    let mut all = vec!["--backend", "mock"];
-    all.extend_from_slice(args);
-    Worker::spawn_with(&all, &[("CODEX_BUS_POOL", "p"), ("CODEX_BUS_SLOT", "0")])
+    support::spawn_with(args, &[("CODEX_BUS_POOL", "p"), ("CODEX_BUS_SLOT", "0")])
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! Shutdown: end of input and SIGTERM both deliver held replies before exiting 0.
 
-use crate::support::{default_reply, Worker};
+use crate::support::{self, default_reply};
 
 #[test]
 fn eof_waits_for_delayed_replies_then_exits_zero() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/delay\",\"params\":{\"ms\":200},\"sessionId\":\"s\"}\n");
     worker.close_stdin();
     assert_eq!(
@@ -17,7 +17,7 @@ fn eof_waits_for_delayed_replies_then_exits_zero() {
 
 #[test]
 fn unterminated_last_line_is_answered_at_eof() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"last\"}");
     worker.close_stdin();
     assert_eq!(worker.line(), default_reply(&worker, "1", "last", None));
@@ -26,7 +26,7 @@ fn unterminated_last_line_is_answered_at_eof() {
 
 #[test]
 fn sigterm_finishes_the_pending_delay_then_exits_zero() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker
         .send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/delay\",\"params\":{\"ms\":300}}\n");
     // The delay is registered once a later request on the same stream has been answered.

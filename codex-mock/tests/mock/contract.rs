@@ -2,11 +2,11 @@
 
 use serde_json::json;
 
-use crate::support::{default_reply, Worker};
+use crate::support::{self, default_reply};
 
 #[test]
 fn int_string_and_exponent_ids_come_back_as_the_same_token() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send(concat!(
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\",\"sessionId\":\"s-1\"}\n",
         "{\"jsonrpc\":\"2.0\",\"id\":\"two\",\"method\":\"b\",\"sessionId\":\"s-2\"}\n",
@@ -28,7 +28,7 @@ fn int_string_and_exponent_ids_come_back_as_the_same_token() {
 
 #[test]
 fn session_id_is_copied_as_any_json_value_and_never_invented() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\",\"sessionId\":{\"n\":[1, 2.0]},\"extra\":true}\n");
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"a\"}\n");
     assert_eq!(
@@ -42,7 +42,7 @@ fn session_id_is_copied_as_any_json_value_and_never_invented() {
 
 #[test]
 fn notification_gets_no_output() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"method\":\"note\",\"sessionId\":\"s\"}\n");
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"after\"}\n");
     assert_eq!(worker.line(), default_reply(&worker, "9", "after", None));
@@ -54,7 +54,7 @@ fn notification_gets_no_output() {
 #[test]
 fn pool_and_slot_come_from_the_environment() {
     let mut worker =
-        Worker::spawn_with_env(&[("CODEX_BUS_POOL", "alpha"), ("CODEX_BUS_SLOT", "12")]);
+        support::spawn_with_env(&[("CODEX_BUS_POOL", "alpha"), ("CODEX_BUS_SLOT", "12")]);
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"who\"}\n");
     let reply = worker.json();
     assert_eq!(
@@ -65,7 +65,7 @@ fn pool_and_slot_come_from_the_environment() {
 
 #[test]
 fn missing_environment_gives_empty_pool_and_null_slot() {
-    let mut worker = Worker::spawn_with_env(&[]);
+    let mut worker = support::spawn_with_env(&[]);
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"who\"}\n");
     let reply = worker.json();
     assert_eq!(
@@ -76,14 +76,14 @@ fn missing_environment_gives_empty_pool_and_null_slot() {
 
 #[test]
 fn crlf_and_empty_lines_are_tolerated() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("\r\n\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\"}\r\n\n");
     assert_eq!(worker.line(), default_reply(&worker, "1", "a", None));
 }
 
 #[test]
 fn parse_error_is_answered_logged_and_survived() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("not json\n");
     assert_eq!(
         worker.line(),
@@ -99,7 +99,7 @@ fn parse_error_is_answered_logged_and_survived() {
 
 #[test]
 fn json_that_is_not_a_message_is_an_invalid_request() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":5,\"sessionId\":\"s\"}\n[1,2]\n");
     assert_eq!(
         worker.line(),

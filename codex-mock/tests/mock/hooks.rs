@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::support::{default_reply, Worker, POOL};
+use crate::support::{self, default_reply, POOL};
 
 #[test]
 fn echo_returns_params_as_given() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/echo\",\"params\":{\"x\":[1, 2.50]},\"sessionId\":\"s\"}\n");
     assert_eq!(
         worker.line(),
@@ -22,7 +22,7 @@ fn echo_returns_params_as_given() {
 
 #[test]
 fn delays_reply_out_of_order_while_serving_others() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     let start = Instant::now();
     worker.send(concat!(
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/delay\",\"params\":{\"ms\":300}}\n",
@@ -43,7 +43,7 @@ fn delays_reply_out_of_order_while_serving_others() {
 
 #[test]
 fn ask_round_trips_through_the_client() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":10,\"method\":\"mock/ask\",\"sessionId\":\"s\"}\n");
     let ask = worker.json();
     assert_eq!(ask["id"], json!(0));
@@ -76,7 +76,7 @@ fn ask_round_trips_through_the_client() {
 
 #[test]
 fn notify_sends_count_events_then_the_reply() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/notify\",\"params\":{\"count\":3},\"sessionId\":\"s\"}\n");
     for seq in 0..3 {
         assert_eq!(
@@ -92,7 +92,7 @@ fn notify_sends_count_events_then_the_reply() {
 
 #[test]
 fn garbage_line_precedes_the_reply() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/garbage\"}\n");
     assert_eq!(worker.line(), "this is not json");
     assert_eq!(
@@ -103,7 +103,7 @@ fn garbage_line_precedes_the_reply() {
 
 #[test]
 fn stderr_hook_writes_the_text_then_replies() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/stderr\",\"params\":{\"text\":\"hello from the mock\"}}\n");
     assert_eq!(
         worker.line(),
@@ -117,7 +117,7 @@ fn stderr_hook_writes_the_text_then_replies() {
 
 #[test]
 fn hook_with_bad_params_is_an_invalid_params_error() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send(
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/delay\",\"params\":{\"ms\":\"soon\"}}\n",
     );
@@ -128,7 +128,7 @@ fn hook_with_bad_params_is_an_invalid_params_error() {
 
 #[test]
 fn exit_flushes_earlier_replies_then_exits_with_the_code() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send(concat!(
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"before\"}\n",
         "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"mock/exit\",\"params\":{\"code\":3}}\n",
@@ -141,7 +141,7 @@ fn exit_flushes_earlier_replies_then_exits_with_the_code() {
 
 #[test]
 fn crash_dies_by_sigkill() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/crash\"}\n");
     worker.expect_killed_by(Signal::SIGKILL);
 }

@@ -1,30 +1,34 @@
-//! `--backend app-server` on its own (no bus), over a `mock-app-server` child: the drain and
-//! the restart limit, which the bus would otherwise mask.
+//! End-to-end tests of the real `codex-worker` binary on its own (no bus) over its stdin/stdout
+//! pipes, with fake children (`codex-mock app-server`, built beside it by `cargo test
+//! --workspace`): the drain and the restart limit, which the bus would otherwise mask.
+#![forbid(unsafe_code)]
 
+use std::path::Path;
+
+use codex_bus_tests::bin;
+use codex_bus_tests::worker::Worker;
 use serde_json::{json, Value};
-
-use crate::support::Worker;
 
 /// Most lines one wait reads.
 const MAX_LINES: usize = 1_000;
 
-/// A worker on the app-server backend whose child is `codex-worker mock-app-server <child>`.
+/// Starts `codex-worker` with `args` and exactly these bus variables.
+fn spawn_with(args: &[&str], vars: &[(&str, &str)]) -> Worker {
+    Worker::start(Path::new(env!("CARGO_BIN_EXE_codex-worker")), args, vars)
+}
+
+/// A worker whose child is `codex-mock app-server <child>`.
 fn worker(child: &str, extra: &[&str]) -> (Worker, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
-    let command = format!(
-        "{} mock-app-server {child}",
-        env!("CARGO_BIN_EXE_codex-worker")
-    );
+    let command = format!("{} app-server {child}", bin("codex-mock").display());
     let mut args = vec![
-        "--backend",
-        "app-server",
         "--codex-cmd",
         &command,
         "--state-dir",
         state.path().to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    (Worker::spawn_with(&args, &[("CODEX_BUS_SLOT", "0")]), state)
+    (spawn_with(&args, &[("CODEX_BUS_SLOT", "0")]), state)
 }
 
 fn send(worker: &mut Worker, message: &Value) {
@@ -119,10 +123,8 @@ fn the_drain_deadline_interrupts_a_turn_that_will_not_finish() {
 #[test]
 fn a_child_that_keeps_dying_makes_the_worker_exit_3() {
     let state = tempfile::tempdir().unwrap();
-    let mut worker = Worker::spawn_with(
+    let mut worker = spawn_with(
         &[
-            "--backend",
-            "app-server",
             "--codex-cmd",
             "/bin/false",
             "--state-dir",
@@ -145,15 +147,7 @@ fn a_child_that_keeps_dying_makes_the_worker_exit_3() {
 
 #[test]
 fn a_listen_flag_in_the_child_command_is_refused_at_start() {
-    let mut worker = Worker::spawn_with(
-        &[
-            "--backend",
-            "app-server",
-            "--codex-cmd",
-            "codex app-server --listen off",
-        ],
-        &[],
-    );
+    let mut worker = spawn_with(&["--codex-cmd", "codex app-server --listen off"], &[]);
     worker.stderr_line_containing("--listen");
     worker.expect_exit_code(2);
 }

@@ -1,18 +1,18 @@
-//! `codex-worker mock-app-server`: the child's exact wire format, and an exact transcript on the
+//! `codex-mock app-server`: the child's exact wire format, and an exact transcript on the
 //! virtual clock.
 
 use serde_json::{json, Value};
 
-use crate::support::Worker;
+use crate::support::{self, Worker};
 
 fn send(child: &mut Worker, message: &Value) {
     child.send(&format!("{message}\n"));
 }
 
 fn fake_child(args: &[&str]) -> Worker {
-    let mut all = vec!["mock-app-server"];
+    let mut all = vec!["app-server"];
     all.extend_from_slice(args);
-    Worker::spawn_with(&all, &[])
+    support::spawn_with(&all, &[])
 }
 
 #[test]

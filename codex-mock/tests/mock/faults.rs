@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::{default_reply, Worker, POOL, SLOT};
+use crate::support::{self, default_reply, POOL, SLOT};
 
 /// Long enough for a worker that was going to answer or exit to have done it.
 const QUIET: Duration = Duration::from_millis(300);
@@ -15,7 +15,7 @@ const STUBBORN: Duration = Duration::from_millis(500);
 
 #[test]
 fn exit_zero_flushes_earlier_replies_then_exits_zero() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send(concat!(
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"before\"}\n",
         "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"mock/exit\",\"params\":{\"code\":0}}\n",
@@ -28,14 +28,14 @@ fn exit_zero_flushes_earlier_replies_then_exits_zero() {
 
 #[test]
 fn segv_dies_by_sigsegv() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/segv\"}\n");
     worker.expect_killed_by(Signal::SIGSEGV);
 }
 
 #[test]
 fn hang_answers_nothing_and_outlives_eof_but_not_sigterm() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send(concat!(
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/delay\",\"params\":{\"ms\":50}}\n",
         "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"before\"}\n",
@@ -54,7 +54,7 @@ fn hang_answers_nothing_and_outlives_eof_but_not_sigterm() {
 
 #[test]
 fn stubborn_answers_then_outlives_sigterm_and_eof_until_sigkill() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/stubborn\"}\n");
     assert_eq!(
         worker.line(),
@@ -75,7 +75,7 @@ fn stubborn_answers_then_outlives_sigterm_and_eof_until_sigkill() {
 
 #[test]
 fn stubborn_flag_ignores_sigterm_and_eof_from_the_start() {
-    let mut worker = Worker::spawn_with(
+    let mut worker = support::spawn_with(
         &["--stubborn"],
         &[("CODEX_BUS_POOL", POOL), ("CODEX_BUS_SLOT", SLOT)],
     );
@@ -91,7 +91,7 @@ fn stubborn_flag_ignores_sigterm_and_eof_from_the_start() {
 
 #[test]
 fn stubborn_hang_outlives_sigterm() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     worker.send(concat!(
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mock/stubborn\"}\n",
         "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"mock/hang\"}\n",

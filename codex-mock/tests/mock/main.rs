@@ -1,7 +1,7 @@
-//! End-to-end tests of the real `codex-worker` binary over its stdin/stdout pipes.
+//! End-to-end tests of the real `codex-mock` binary over its stdin/stdout pipes: the mock worker
+//! and the fake `codex app-server` child.
 #![forbid(unsafe_code)]
 
-mod app_server;
 mod contract;
 mod faults;
 mod hooks;

@@ -3,13 +3,13 @@
 use std::io::{BufWriter, Write};
 use std::thread;
 
-use crate::support::Worker;
+use crate::support;
 
 const REQUESTS: u64 = 100_000;
 
 #[test]
 fn hundred_thousand_pipelined_requests_all_answered_in_order() {
-    let mut worker = Worker::spawn();
+    let mut worker = support::spawn();
     let stdin = worker.take_stdin();
     let writer = thread::spawn(move || {
         let mut stdin = BufWriter::new(stdin);

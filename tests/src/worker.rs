@@ -1,7 +1,10 @@
-//! A guarded worker child: every read is bounded in time and the child dies with the guard.
+//! A worker program run on its own, without the bus (`codex-worker`, `codex-mock`, or the fake
+//! child `codex-mock app-server`): the test holds its stdin, stdout and stderr, every read is
+//! bounded in time, and the child dies with the guard.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
@@ -11,14 +14,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// Upper bound for any single wait on the worker.
-pub const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Pool id the default spawn puts in the environment.
-pub const POOL: &str = "test-pool";
-
-/// Slot number the default spawn puts in the environment.
-pub const SLOT: &str = "7";
+use crate::WAIT;
 
 /// A running worker; dropping it kills and reaps the child, whatever the test outcome.
 pub struct Worker {
@@ -29,19 +25,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Spawns with `CODEX_BUS_POOL=test-pool` and `CODEX_BUS_SLOT=7`.
-    pub fn spawn() -> Self {
-        Self::spawn_with_env(&[("CODEX_BUS_POOL", POOL), ("CODEX_BUS_SLOT", SLOT)])
-    }
-
-    /// Spawns with exactly these bus variables (others removed).
-    pub fn spawn_with_env(vars: &[(&str, &str)]) -> Self {
-        Self::spawn_with(&[], vars)
-    }
-
-    /// Spawns with `args` and exactly these bus variables (others removed, `CODEX_HOME` too).
-    pub fn spawn_with(args: &[&str], vars: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_codex-worker"));
+    /// Starts `program` with `args` and exactly these bus variables (`CODEX_BUS_POOL`,
+    /// `CODEX_BUS_SLOT` and `CODEX_HOME` are removed from the inherited environment first).
+    pub fn start(program: &Path, args: &[&str], vars: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(program);
         command
             .args(args)
             .env_remove("CODEX_HOME")
@@ -51,7 +38,9 @@ impl Worker {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("spawn codex-worker");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {}: {err}", program.display()));
         let stdout = forward_lines(child.stdout.take().expect("stdout"));
         let stderr = forward_lines(child.stderr.take().expect("stderr"));
         Self {
@@ -84,7 +73,7 @@ impl Worker {
         self.stdin = None;
     }
 
-    /// The next stdout line, failing the test after `TIMEOUT`.
+    /// The next stdout line, failing the test after [`WAIT`].
     pub fn line(&self) -> String {
         next_line(&self.stdout, "stdout")
     }
@@ -95,7 +84,7 @@ impl Worker {
         serde_json::from_str(&line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
     }
 
-    /// Skips stderr lines until one contains `needle`, failing the test after `TIMEOUT`.
+    /// Skips stderr lines until one contains `needle`, failing the test after [`WAIT`].
     pub fn stderr_line_containing(&self, needle: &str) -> String {
         loop {
             let line = next_line(&self.stderr, "stderr");
@@ -140,7 +129,7 @@ impl Worker {
         }
     }
 
-    /// Waits for the worker to exit, failing the test after `TIMEOUT`.
+    /// Waits for the worker to exit, failing the test after [`WAIT`].
     pub fn wait(&mut self) -> ExitStatus {
         let start = Instant::now();
         loop {
@@ -148,8 +137,8 @@ impl Worker {
                 return status;
             }
             assert!(
-                start.elapsed() < TIMEOUT,
-                "worker did not exit within {TIMEOUT:?}"
+                start.elapsed() < WAIT,
+                "worker did not exit within {WAIT:?}"
             );
             thread::sleep(Duration::from_millis(5));
         }
@@ -163,10 +152,10 @@ impl Worker {
 
     /// Waits for stdout to close and asserts nothing more was written.
     pub fn expect_no_more_output(&self) {
-        match self.stdout.recv_timeout(TIMEOUT) {
+        match self.stdout.recv_timeout(WAIT) {
             Err(RecvTimeoutError::Disconnected) => {}
             Ok(line) => panic!("unexpected stdout line: {line}"),
-            Err(RecvTimeoutError::Timeout) => panic!("stdout still open after {TIMEOUT:?}"),
+            Err(RecvTimeoutError::Timeout) => panic!("stdout still open after {WAIT:?}"),
         }
     }
 
@@ -188,15 +177,6 @@ impl Drop for Worker {
     }
 }
 
-/// The default result the worker gives `method` for request `id`, as an exact line.
-pub fn default_reply(worker: &Worker, id: &str, method: &str, session: Option<&str>) -> String {
-    let session = session.map_or_else(String::new, |session| format!(",\"sessionId\":{session}"));
-    format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"pool\":\"{POOL}\",\"slot\":{SLOT},\"pid\":{},\"method\":\"{method}\"}}{session}}}",
-        worker.pid()
-    )
-}
-
 fn forward_lines(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
@@ -211,9 +191,9 @@ fn forward_lines(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> 
 }
 
 fn next_line(lines: &Receiver<String>, stream: &str) -> String {
-    match lines.recv_timeout(TIMEOUT) {
+    match lines.recv_timeout(WAIT) {
         Ok(line) => line,
-        Err(RecvTimeoutError::Timeout) => panic!("no {stream} line within {TIMEOUT:?}"),
+        Err(RecvTimeoutError::Timeout) => panic!("no {stream} line within {WAIT:?}"),
         Err(RecvTimeoutError::Disconnected) => panic!("{stream} closed"),
     }
 }

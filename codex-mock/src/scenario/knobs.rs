@@ -1,11 +1,11 @@
-//! The scenario knobs (command-line options shared by `--backend mock` and `mock-app-server`)
+//! The scenario knobs (command-line options shared by the mock worker and `codex-mock app-server`)
 //! and the per-turn directives a test can put in a turn's input text.
 
 use clap::{Args, ValueEnum};
 
 /// How turns unfold.
 #[derive(Debug, Clone, PartialEq, Args)]
-#[command(next_help_heading = "scenario (mock backend and mock-app-server)")]
+#[command(next_help_heading = "scenario (mock worker and app-server)")]
 pub struct Knobs {
     /// Milliseconds from `turn/start` to the first agent-message delta.
     #[arg(long, default_value_t = 800)]
