@@ -2,15 +2,14 @@
 
 use std::io::Write;
 
-/// The exact reply to a line that is not JSON; it can carry no `sessionId` since none was readable.
+/// The exact reply to a line that is not JSON (worker contract); it can carry no `sessionId` since
+/// none was readable.
 pub const PARSE_ERROR: &[u8] =
     b"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"Parse error\"}}\n";
 
-/// JSON-RPC code for valid JSON that is not a request, notification or response.
-pub const INVALID_REQUEST: i32 = -32600;
-
-/// JSON-RPC code for a `mock/*` hook whose params do not fit.
-pub const INVALID_PARAMS: i32 = -32602;
+/// The error object of the reply to valid JSON that is not a request, notification or response
+/// (worker contract): JSON-RPC's own code and message, no `data`.
+const INVALID_REQUEST: &[u8] = b"{\"code\":-32600,\"message\":\"Invalid Request\"}";
 
 /// Appends a success response; `body` writes the result value.
 pub fn result(
@@ -19,14 +18,21 @@ pub fn result(
     session: Option<&[u8]>,
     body: impl FnOnce(&mut Vec<u8>),
 ) {
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id);
-    out.extend_from_slice(b",\"result\":");
-    body(out);
-    end(out, session);
+    response(out, id, "result", session, body);
 }
 
-/// Appends an error response.
+/// Appends an error response; `object` writes the `error` object.
+pub fn error_reply(
+    out: &mut Vec<u8>,
+    id: &[u8],
+    session: Option<&[u8]>,
+    object: impl FnOnce(&mut Vec<u8>),
+) {
+    response(out, id, "error", session, object);
+}
+
+/// Appends an error response `{"code":code,"message":message}`, with `"data":data` (a string)
+/// when given.
 pub fn error(
     out: &mut Vec<u8>,
     id: &[u8],
@@ -35,19 +41,26 @@ pub fn error(
     message: &str,
     data: Option<&str>,
 ) {
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id);
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        ",\"error\":{{\"code\":{code},\"message\":{}",
-        json_string(message)
-    );
-    if let Some(data) = data {
-        let _ = write!(out, ",\"data\":{}", json_string(data));
-    }
-    out.push(b'}');
-    end(out, session);
+    error_reply(out, id, session, |out| {
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            "{{\"code\":{code},\"message\":{}",
+            json_string(message)
+        );
+        if let Some(data) = data {
+            let _ = write!(out, ",\"data\":{}", json_string(data));
+        }
+        out.push(b'}');
+    });
+}
+
+/// Appends the `-32600 Invalid Request` reply to a line that is valid JSON but no JSON-RPC
+/// message; `id` and `session` are the line's own, when they could be read (`null` otherwise).
+pub fn invalid_request(out: &mut Vec<u8>, id: &[u8], session: Option<&[u8]>) {
+    error_reply(out, id, session, |out| {
+        out.extend_from_slice(INVALID_REQUEST);
+    });
 }
 
 /// Appends a worker-initiated request with an integer id.
@@ -98,9 +111,25 @@ pub fn timed_notification(
     end(out, session);
 }
 
-/// Quotes free text as a JSON string; its Display form is the escaped token.
-fn json_string(text: &str) -> serde_json::Value {
+/// Quotes free text as a JSON string: the returned value's `Display` form is the quoted, escaped
+/// token, ready to splice into a line.
+pub fn json_string(text: &str) -> serde_json::Value {
     serde_json::Value::from(text)
+}
+
+/// Appends a response whose `member` (`result` or `error`) `body` writes.
+fn response(
+    out: &mut Vec<u8>,
+    id: &[u8],
+    member: &str,
+    session: Option<&[u8]>,
+    body: impl FnOnce(&mut Vec<u8>),
+) {
+    let _ = write!(out, "{{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id);
+    let _ = write!(out, ",\"{member}\":");
+    body(out);
+    end(out, session);
 }
 
 /// Closes a line, adding `sessionId` last because the bus routes by it.
@@ -141,7 +170,7 @@ mod tests {
             &mut out,
             b"null",
             None,
-            INVALID_PARAMS,
+            -32602,
             "Invalid params",
             Some("need \"ms\""),
         );
@@ -170,14 +199,7 @@ mod tests {
     #[test]
     fn every_line_is_valid_json() {
         let mut out = Vec::new();
-        error(
-            &mut out,
-            b"1",
-            Some(b"\"s\""),
-            INVALID_REQUEST,
-            "Invalid Request",
-            None,
-        );
+        invalid_request(&mut out, b"1", Some(b"\"s\""));
         out.extend_from_slice(PARSE_ERROR);
         for line in text(out).lines() {
             serde_json::from_str::<serde_json::Value>(line).unwrap();

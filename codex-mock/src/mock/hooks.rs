@@ -37,6 +37,9 @@ struct StderrParams<'a> {
 /// The line `mock/garbage` writes before its reply.
 const GARBAGE: &[u8] = b"this is not json\n";
 
+/// JSON-RPC's code for params that do not fit, which a hook answers with its expected shape.
+const INVALID_PARAMS: i32 = -32602;
+
 /// What the mock asks the client in its `mock/approval` request.
 const QUESTION: &[u8] = br#"{"question":"Allow the mock action?"}"#;
 
@@ -135,7 +138,7 @@ fn invalid_params(out: &mut Vec<u8>, call: &Call<'_>, expected: &str) {
             out,
             raw(id),
             call.session.map(raw),
-            render::INVALID_PARAMS,
+            INVALID_PARAMS,
             "Invalid params",
             Some(expected),
         ),

@@ -91,14 +91,7 @@ impl Mock {
             Message::Response(response) => self.answer(&response, out),
             Message::Invalid { id, session } => {
                 log::line(format_args!("invalid request: {}", preview(line)));
-                render::error(
-                    out,
-                    id.map_or(b"null", raw),
-                    session.map(raw),
-                    render::INVALID_REQUEST,
-                    "Invalid Request",
-                    None,
-                );
+                render::invalid_request(out, id.map_or(b"null", raw), session.map(raw));
             }
             Message::Malformed(err) => {
                 log::line(format_args!("parse error ({err}): {}", preview(line)));

@@ -82,7 +82,7 @@ pub fn refuse_unscoped(message: &Message<'_>, line: &[u8], out: &mut Out) -> boo
                 return true;
             };
             let mut reply = Vec::new();
-            WorkerError::InvalidRequest.write_reply(
+            render::invalid_request(
                 &mut reply,
                 id.get().as_bytes(),
                 session.map(|session| session.get().as_bytes()),
