@@ -26,13 +26,13 @@ const OUT_CAPACITY: usize = 64 * 1024;
 
 /// Runs the worker until end of input, SIGTERM or an exit hook (a stubborn one: until SIGKILL),
 /// and returns the exit status.
-pub fn run(backend: Mock) -> io::Result<u8> {
+pub fn run(mock: Mock) -> io::Result<u8> {
     // Before the runtime and the stdin reader start, so that every thread inherits the mask.
     let sigterm = sigterm::watch()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(serve(backend, sigterm))
+        .block_on(serve(mock, sigterm))
 }
 
 async fn serve(mut mock: Mock, mut sigterm: mpsc::Receiver<()>) -> io::Result<u8> {
@@ -100,7 +100,9 @@ async fn serve(mut mock: Mock, mut sigterm: mpsc::Receiver<()>) -> io::Result<u8
     Ok(0)
 }
 
-fn flush(stdout: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
+/// Writes what a batch gathered in `out` with one write and one flush, then empties `out`,
+/// releasing what a burst grew it beyond [`OUT_CAPACITY`]. The fake child writes this way too.
+pub fn flush(stdout: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
@@ -111,7 +113,7 @@ fn flush(stdout: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Dies the way a crashed backend would: SIGKILL, so nothing buffered or held gets out.
+/// Dies the way a crashed worker would: SIGKILL, so nothing buffered or held gets out.
 fn crash() -> ! {
     log::line(format_args!(
         "crash (mock/crash or scripted): killing myself with SIGKILL"

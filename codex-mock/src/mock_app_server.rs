@@ -1,12 +1,12 @@
-//! `codex-worker mock-app-server`: a stand-in for `codex app-server` with the child's exact wire
+//! `codex-mock app-server`: a stand-in for `codex app-server` with the child's exact wire
 //! format (no `jsonrpc` member, integer server-request ids from 0, `emittedAtMs` on
 //! notifications, `Not initialized`/`Already initialized`, exit at end of input), driven by the
-//! scenario engine, so the `app-server` backend is tested without Codex.
+//! scenario engine, so `codex-worker` is tested without Codex.
 //!
 //! Persistent threads are kept under `$CODEX_HOME/mock-app-server`, so that a restarted fake
 //! child can resume them as Codex resumes its rollouts.
 
-use std::io::{self, Write};
+use std::io;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,6 +19,7 @@ use codex_bus_worker_io::log;
 use codex_bus_worker_io::message::{self, Call, Message};
 use codex_bus_worker_io::timer::sleep_until;
 
+use crate::event_loop::flush;
 use crate::scenario::knobs::Knobs;
 use crate::scenario::{Emit, Engine, RpcError, Tag, STEPS_PER_RELEASE};
 
@@ -84,13 +85,13 @@ impl FakeChild {
                     Some(chunk) => lines.feed(&chunk, |line| self.handle_line(line, &mut out)),
                     None => {
                         let flow = lines.finish(|line| self.handle_line(line, &mut out));
-                        write(&mut stdout, &mut out)?;
+                        flush(&mut stdout, &mut out)?;
                         // Codex in stdio mode serves one client and exits when it leaves.
                         return Ok(if flow.is_break() { CRASH_STATUS } else { 0 });
                     }
                 },
             };
-            write(&mut stdout, &mut out)?;
+            flush(&mut stdout, &mut out)?;
             if flow.is_break() {
                 log::line(format_args!("mock-app-server: scripted crash"));
                 return Ok(CRASH_STATUS);
@@ -267,14 +268,4 @@ fn notification(out: &mut Vec<u8>, method: &str, params: &str, at_ms: u128) {
         format!("{{\"method\":\"{method}\",\"params\":{params},\"emittedAtMs\":{at_ms}}}\n")
             .as_bytes(),
     );
-}
-
-fn write(stdout: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    stdout.write_all(out)?;
-    stdout.flush()?;
-    out.clear();
-    Ok(())
 }

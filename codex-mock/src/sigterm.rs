@@ -1,4 +1,4 @@
-//! SIGTERM for the mock backend, read from a signalfd instead of caught by a handler.
+//! SIGTERM for the mock worker, read from a signalfd instead of caught by a handler.
 //!
 //! A handler (tokio's) would replace SIGTERM's default action for the life of the process, and
 //! only an `unsafe` `sigaction` could put it back. Blocking the signal and reading it from a

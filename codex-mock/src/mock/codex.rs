@@ -1,4 +1,4 @@
-//! The Codex methods of the mock backend: `initialize` answered at once, everything the
+//! The Codex methods of the mock worker: `initialize` answered at once, everything the
 //! scenario engine implements rendered in the bus's format (`jsonrpc`, `sessionId`).
 
 use std::ops::ControlFlow;

@@ -1,4 +1,4 @@
-//! The mock backend: Codex-like threads and turns from the scenario engine, the `mock/*` test
+//! The mock worker: Codex-like threads and turns from the scenario engine, the `mock/*` test
 //! hooks, and a default answer for every other request, all at once unless a delay says
 //! otherwise (it is the daemon's benchmark load, so it stays cheap).
 
@@ -38,7 +38,7 @@ pub enum Stop {
     Hang,
 }
 
-/// State of the mock backend across lines.
+/// State of the mock worker across lines.
 #[derive(Debug)]
 pub struct Mock {
     identity: Identity,
@@ -57,7 +57,7 @@ struct PendingAsk {
 }
 
 impl Mock {
-    /// A backend that reports `identity` in its results and plays turns by `knobs`.
+    /// A mock that reports `identity` in its results and plays turns by `knobs`.
     pub fn new(identity: Identity, knobs: Knobs) -> io::Result<Self> {
         Ok(Self {
             identity,

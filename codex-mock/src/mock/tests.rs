@@ -1,4 +1,4 @@
-//! The mock backend: hooks, default results and the Codex scenario in the bus's format.
+//! The mock worker: hooks, default results and the Codex scenario in the bus's format.
 
 use std::ops::ControlFlow;
 use std::time::Duration;

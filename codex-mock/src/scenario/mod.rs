@@ -1,4 +1,4 @@
-//! The scenario engine shared by `--backend mock` and `mock-app-server`: threads and turns that
+//! The scenario engine shared by the mock worker and the fake child: threads and turns that
 //! unfold like Codex v0.169.0's (`turn/started`, items, `item/agentMessage/delta`s, token usage,
 //! `turn/completed`), with approvals, failures and crashes, on a seeded, optionally virtual clock.
 //!
@@ -54,7 +54,7 @@ pub fn implements(method: &str) -> bool {
     METHODS.contains(&method)
 }
 
-/// Who a thread's events go to: the session token in the mock backend, nothing in the fake child.
+/// Who a thread's events go to: the session token in the mock worker, nothing in the fake child.
 pub type Tag = Arc<[u8]>;
 
 /// A JSON-RPC error the scenario answers with.

@@ -152,7 +152,7 @@ pub fn model_list() -> Value {
             "id": "mock-model",
             "model": "mock-model",
             "displayName": "Mock model",
-            "description": "Deterministic scenario model of codex-worker",
+            "description": "Deterministic scenario model of codex-mock",
             "hidden": false,
             "isDefault": true,
             "defaultReasoningEffort": "medium",
