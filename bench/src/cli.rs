@@ -38,16 +38,17 @@ pub struct Common {
     /// `--stdio` are appended. Default: codex-stdio-bus beside this binary.
     #[arg(long, global = true, value_name = "CMD")]
     pub bus_cmd: Option<String>,
-    /// The worker program named in the bus config and run by `direct`. Default: codex-worker
-    /// beside this binary.
+    /// The worker program named in the bus config and run by `direct`. Default: codex-mock (the
+    /// mock worker) beside this binary.
     #[arg(long, global = true, value_name = "PATH")]
     pub worker_cmd: Option<PathBuf>,
-    /// The worker's arguments (split on spaces).
+    /// The worker's arguments (split on spaces); none by default.
     #[arg(
         long,
         global = true,
         value_name = "ARGS",
-        default_value = "--backend mock",
+        default_value = "",
+        hide_default_value = true,
         allow_hyphen_values = true
     )]
     pub worker_args: String,

@@ -209,7 +209,7 @@ fn settings(common: &Common) -> Result<Settings, String> {
     }
     let worker = match &common.worker_cmd {
         Some(path) => path.clone(),
-        None => beside("codex-worker")?,
+        None => beside("codex-mock")?,
     };
     if !target::executable(&worker) {
         return Err(format!(

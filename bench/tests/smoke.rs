@@ -35,7 +35,7 @@ fn scenario(name: &str) -> Value {
         .arg("--bus-cmd")
         .arg(bin("codex-stdio-bus"))
         .arg("--worker-cmd")
-        .arg(bin("codex-worker"))
+        .arg(bin("codex-mock"))
         .arg("--json")
         .arg(&json)
         .stdout(Stdio::null())

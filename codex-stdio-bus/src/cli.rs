@@ -36,7 +36,7 @@ pub enum Command {
 /// Options for running the daemon.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Config file (stdio Bus format); without it, the built-in default pool of mock codex-workers.
+    /// Config file (stdio Bus format); without it, the built-in default pool of codex-mock workers.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Serve one client on stdin/stdout (the default).

@@ -118,7 +118,13 @@ fn no_module_imports_one_that_imports_it_back() {
         "{} is missing: the repository needs the shared folder beside it",
         tool.display()
     );
-    let crates = ["codex-stdio-bus", "codex-worker", "codex-mock", "process"];
+    let crates = [
+        "codex-stdio-bus",
+        "codex-worker",
+        "codex-mock",
+        "process",
+        "worker-io",
+    ];
     let mut checked = 0;
     for name in crates {
         let dir = workspace.join(name).join("src");

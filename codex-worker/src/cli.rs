@@ -2,53 +2,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Parser;
 
-use crate::scenario::knobs::Knobs;
-
-/// Command-line arguments of `codex-worker`.
-#[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+/// Command-line arguments of `codex-worker`: how it runs and bridges onto its `codex app-server`
+/// children (see `docs/codex-worker.md`).
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
 pub struct Cli {
-    /// Runs a tool instead of a worker.
-    #[command(subcommand)]
-    pub tool: Option<Tool>,
-    /// Backend that serves the sessions read from stdin.
-    #[arg(long, value_enum, default_value_t = BackendKind::Mock)]
-    pub backend: BackendKind,
-    /// Options of the `app-server` backend.
-    #[command(flatten)]
-    pub app_server: AppServerArgs,
-    /// Ignore SIGTERM and end of input from the start, as `mock/stubborn` does: only SIGKILL
-    /// ends the worker.
-    #[arg(long, help_heading = "mock backend")]
-    pub stubborn: bool,
-    /// How the `mock` backend's turns unfold.
-    #[command(flatten)]
-    pub scenario: Knobs,
-}
-
-/// Tools run instead of a worker.
-#[derive(Debug, Subcommand)]
-pub enum Tool {
-    /// A fake `codex app-server` child (the child's wire format, scripted turns), for testing
-    /// `--backend app-server` without Codex: `--codex-cmd "codex-worker mock-app-server"`.
-    MockAppServer(Knobs),
-}
-
-/// The backends a worker can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
-    /// Deterministic in-process answers plus `mock/*` test hooks.
-    Mock,
-    /// Drives a `codex app-server` child and keeps bus sessions apart on it.
-    AppServer,
-}
-
-/// Options of `--backend app-server`.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "app-server backend")]
-pub struct AppServerArgs {
     /// The child command, split on whitespace (no shell quoting); never pass `--listen`.
     #[arg(long, default_value = "codex app-server")]
     pub codex_cmd: String,
@@ -115,36 +75,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mock_is_the_default_backend() {
-        let cli = Cli::try_parse_from(["codex-worker"]).unwrap();
-        assert_eq!(cli.backend, BackendKind::Mock);
-        assert!(cli.tool.is_none());
-    }
-
-    #[test]
-    fn mock_app_server_takes_the_scenario_knobs() {
-        let cli = Cli::try_parse_from([
-            "codex-worker",
-            "mock-app-server",
-            "--deltas",
-            "3",
-            "--latency-scale",
-            "0",
-        ])
-        .unwrap();
-        let Some(Tool::MockAppServer(knobs)) = cli.tool else {
-            panic!("expected the tool");
-        };
-        assert_eq!(knobs.deltas, 3);
-        assert_eq!(knobs.latency_scale, 0.0);
-    }
-
-    #[test]
     fn app_server_options_parse() {
         let cli = Cli::try_parse_from([
             "codex-worker",
-            "--backend",
-            "app-server",
             "--codex-cmd",
             "fake child",
             "--allow-method",
@@ -153,22 +86,19 @@ mod tests {
             "fs/readFile",
         ])
         .unwrap();
-        assert_eq!(cli.backend, BackendKind::AppServer);
-        assert_eq!(cli.app_server.codex_cmd, "fake child");
-        assert_eq!(cli.app_server.allow_methods, ["config/*", "fs/readFile"]);
-        assert_eq!(cli.app_server.request_timeout_sec, 30);
+        assert_eq!(cli.codex_cmd, "fake child");
+        assert_eq!(cli.allow_methods, ["config/*", "fs/readFile"]);
+        assert_eq!(cli.request_timeout_sec, 30);
     }
 
     #[test]
     fn child_per_session_options_parse_and_need_the_switch() {
-        let shared = Cli::try_parse_from(["codex-worker", "--backend", "app-server"]).unwrap();
-        assert!(!shared.app_server.child_per_session);
-        assert_eq!(shared.app_server.max_children, 8);
-        assert_eq!(shared.app_server.child_idle_sec, 300);
+        let shared = Cli::try_parse_from(["codex-worker"]).unwrap();
+        assert!(!shared.child_per_session);
+        assert_eq!(shared.max_children, 8);
+        assert_eq!(shared.child_idle_sec, 300);
         let cli = Cli::try_parse_from([
             "codex-worker",
-            "--backend",
-            "app-server",
             "--child-per-session",
             "--max-children",
             "2",
@@ -176,9 +106,9 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert!(cli.app_server.child_per_session);
-        assert_eq!(cli.app_server.max_children, 2);
-        assert_eq!(cli.app_server.child_idle_sec, 0);
+        assert!(cli.child_per_session);
+        assert_eq!(cli.max_children, 2);
+        assert_eq!(cli.child_idle_sec, 0);
         assert!(Cli::try_parse_from(["codex-worker", "--max-children", "2"]).is_err());
         assert!(Cli::try_parse_from([
             "codex-worker",
@@ -190,19 +120,16 @@ mod tests {
     }
 
     #[test]
-    fn stubborn_is_off_by_default_and_not_a_tool_option() {
-        assert!(!Cli::try_parse_from(["codex-worker"]).unwrap().stubborn);
-        assert!(
-            Cli::try_parse_from(["codex-worker", "--stubborn"])
-                .unwrap()
-                .stubborn
-        );
-        assert!(Cli::try_parse_from(["codex-worker", "mock-app-server", "--stubborn"]).is_err());
-    }
-
-    #[test]
-    fn unknown_backend_is_rejected() {
-        assert!(Cli::try_parse_from(["codex-worker", "--backend", "nope"]).is_err());
+    fn the_mock_lives_in_codex_mock() {
+        // `--backend mock`, `--stubborn` and the fake child moved to the `codex-mock` binary.
+        for args in [
+            &["codex-worker", "--backend", "app-server"][..],
+            &["codex-worker", "--stubborn"],
+            &["codex-worker", "mock-app-server"],
+            &["codex-worker", "--deltas", "3"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

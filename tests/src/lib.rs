@@ -1,11 +1,15 @@
 //! Helpers for end-to-end tests: start the real `codex-stdio-bus` with a config, talk to it over
-//! stdio, a Unix socket or TCP on loopback, and always end every process started.
+//! stdio, a Unix socket or TCP on loopback, run a worker program on its own ([`worker`]), and
+//! always end every process started.
 //!
 //! The binaries are the ones cargo built beside the test executable (`cargo test --workspace`
-//! builds them: the daemon and worker crates have integration tests of their own).
+//! builds them: the daemon, `codex-worker` and `codex-mock` crates have integration tests of
+//! their own).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod worker;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -42,16 +46,9 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct BusConfig(pub Value);
 
 impl BusConfig {
-    /// One pool `codex` of `instances` mock codex-workers.
+    /// One pool `codex` of `instances` mock workers (`codex-mock`).
     pub fn mock(instances: u32) -> Self {
-        BusConfig(json!({
-            "pools": [{
-                "id": "codex",
-                "command": bin("codex-worker").to_str().unwrap(),
-                "args": ["--backend", "mock"],
-                "instances": instances
-            }]
-        }))
+        worker_pool("codex-mock", instances, &[])
     }
 
     /// Sets `limits.<name>`.
@@ -490,13 +487,13 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body.to_owned())
 }
 
-/// One pool `codex` of `instances` codex-workers started with `args` (e.g. `--backend
-/// app-server --codex-cmd …`).
-pub fn codex_worker_pool(instances: u32, args: &[&str]) -> BusConfig {
+/// One pool `codex` of `instances` workers running the workspace binary `program` with `args`
+/// (e.g. `codex-worker` with `--codex-cmd …`, or `codex-mock` with `--stubborn`).
+pub fn worker_pool(program: &str, instances: u32, args: &[&str]) -> BusConfig {
     BusConfig(json!({
         "pools": [{
             "id": "codex",
-            "command": bin("codex-worker").to_str().unwrap(),
+            "command": bin(program).to_str().unwrap(),
             "args": args,
             "instances": instances
         }]

@@ -129,7 +129,7 @@ fn requests_without_a_session_spread_over_live_workers() {
 
 #[test]
 fn pools_by_name_default_and_errors() {
-    let worker = codex_bus_tests::bin("codex-worker");
+    let worker = codex_bus_tests::bin("codex-mock");
     let pool =
         |id: &str, n: u32| json!({"id": id, "command": worker.to_str().unwrap(), "instances": n});
     let two = BusConfig(json!({"pools": [pool("alpha", 1), pool("beta", 2)]}));

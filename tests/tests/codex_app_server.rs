@@ -1,11 +1,11 @@
-//! The daemon driving `codex-worker --backend app-server` over a `codex-worker mock-app-server`
-//! child: concurrent isolated sessions, approvals, interrupt, a child crash with restart and lazy
-//! resume, and the SIGTERM drain.
+//! The daemon driving `codex-worker` over fake `codex app-server` children (`codex-mock
+//! app-server`): concurrent isolated sessions, approvals, interrupt, a child crash with restart and
+//! lazy resume, and the SIGTERM drain.
 
 use std::thread;
 
 use codex_bus_tests::{
-    alive, bin, children_of, codex_worker_pool, recv_until, Bus, BusConfig, Conn, Mode,
+    alive, bin, children_of, recv_until, worker_pool, Bus, BusConfig, Conn, Mode,
 };
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -13,24 +13,19 @@ use serde_json::{json, Value};
 /// Most lines any one wait in these tests reads before giving up.
 const MAX_LINES: usize = 2_000;
 
-/// A bus whose workers run the app-server backend over a fake child with `child_args`; the
-/// state directory lives as long as the returned guard.
+/// A bus whose `codex-worker`s bridge onto fake children with `child_args`; the state directory
+/// lives as long as the returned guard.
 fn bus(instances: u32, child_args: &str, worker_args: &[&str]) -> (Bus, tempfile::TempDir) {
     let state = tempfile::tempdir().expect("state dir");
-    let child = format!(
-        "{} mock-app-server {child_args}",
-        bin("codex-worker").display()
-    );
+    let child = format!("{} app-server {child_args}", bin("codex-mock").display());
     let mut args = vec![
-        "--backend",
-        "app-server",
         "--codex-cmd",
         &child,
         "--state-dir",
         state.path().to_str().unwrap(),
     ];
     args.extend_from_slice(worker_args);
-    let config: BusConfig = codex_worker_pool(instances, &args);
+    let config: BusConfig = worker_pool("codex-worker", instances, &args);
     (Bus::start(&config, Mode::Unix), state)
 }
 

@@ -1,7 +1,7 @@
-//! The real-Codex tier: the daemon, `codex-worker --backend app-server` and the real
-//! `codex app-server` (npm `@openai/codex@0.169.0`), offline against a loopback mock of the
-//! Responses API written here. Two sessions each run `initialize`, `thread/start` and one
-//! `turn/start` streamed to `turn/completed`.
+//! The real-Codex tier: the daemon, `codex-worker` and the real `codex app-server` (npm
+//! `@openai/codex@0.169.0`), offline against a loopback mock of the Responses API written here.
+//! Two sessions each run `initialize`, `thread/start` and one `turn/start` streamed to
+//! `turn/completed`.
 //!
 //! Codex is found through `CODEX_BIN`, else under `~/.cache/codex-npm` (where `.ci/run`
 //! installs it with `CODEX_REAL=1`); without it the test says why and passes. Where
@@ -83,7 +83,6 @@ fn run(codex: &Path) {
             "id": "codex",
             "command": bin("codex-worker").to_str().unwrap(),
             "args": [
-                "--backend", "app-server",
                 "--codex-cmd", command,
                 "--state-dir", state_dir.to_str().unwrap(),
                 "--seed-home", seed.to_str().unwrap(),

@@ -89,8 +89,8 @@ fn check_without_config_shows_the_built_in_default() {
     let effective: Value = serde_json::from_str(&out).unwrap();
     let pool = &effective["pools"][0];
     assert_eq!(pool["id"], "codex");
-    assert!(pool["command"].as_str().unwrap().ends_with("/codex-worker"));
-    assert_eq!(pool["args"], serde_json::json!(["--backend", "mock"]));
+    assert!(pool["command"].as_str().unwrap().ends_with("/codex-mock"));
+    assert_eq!(pool["args"], serde_json::json!([]));
     let cpus = std::thread::available_parallelism().unwrap().get() as u64;
     assert_eq!(pool["instances"].as_u64(), Some(cpus));
 }

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{alive, codex_worker_pool, reason, status, Bus, BusConfig, Conn, Mode, WAIT};
+use codex_bus_tests::{alive, reason, status, worker_pool, Bus, BusConfig, Conn, Mode, WAIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -23,7 +23,7 @@ const WORKERS_GONE: Duration = Duration::from_secs(2);
 
 /// A pool of `n` mock workers that ignore SIGTERM and end of input from their start.
 fn stubborn_pool(n: u32) -> BusConfig {
-    codex_worker_pool(n, &["--backend", "mock", "--stubborn"])
+    worker_pool("codex-mock", n, &["--stubborn"])
 }
 
 /// Polls `/status` until `check` holds; panics after [`WAIT`].
@@ -59,9 +59,9 @@ struct Reaper(Vec<u32>);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let worker = codex_bus_tests::bin("codex-worker");
+        let worker = codex_bus_tests::bin("codex-mock");
         for pid in &self.0 {
-            // Only a live codex-worker: the pid may have been reused by now.
+            // Only a live codex-mock: the pid may have been reused by now.
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
             if alive(*pid) && exe.as_deref() == Some(worker.as_path()) {
                 let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);

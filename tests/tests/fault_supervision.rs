@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use codex_bus_tests::{alive, bin, http_get, reason, Bus, BusConfig, Mode};
 use serde_json::{json, Value};
 
-/// A pool whose workers exit 1 at once until the file `flag` exists, then run codex-worker.
+/// A pool whose workers exit 1 at once until the file `flag` exists, then run codex-mock.
 fn crash_loop_pool(id: &str, instances: u32, flag: &Path) -> Value {
     let script = format!(
         "if [ -e \"$FLAG\" ]; then exec '{}'; fi; exit 1",
-        bin("codex-worker").display()
+        bin("codex-mock").display()
     );
     json!({
         "id": id,
@@ -90,7 +90,7 @@ fn escalate_drains_and_exits_3_when_every_slot_of_the_pool_has_failed() {
     crashing["backoff_max_ms"] = json!(300);
     let healthy = json!({
         "id": "healthy",
-        "command": bin("codex-worker").to_str().unwrap(),
+        "command": bin("codex-mock").to_str().unwrap(),
         "instances": 1
     });
     let config = BusConfig(json!({
@@ -129,7 +129,7 @@ fn escalate_drains_and_exits_3_when_every_slot_of_the_pool_has_failed() {
 
 #[test]
 fn restart_policy_on_failure_and_never_leave_the_slot_empty() {
-    let worker = bin("codex-worker");
+    let worker = bin("codex-mock");
     let pool = |id: &str, policy: &str| {
         json!({"id": id, "command": worker.to_str().unwrap(), "instances": 1,
                "restart_policy": policy, "backoff_initial_ms": 10})
@@ -173,7 +173,7 @@ fn restart_policy_on_failure_and_never_leave_the_slot_empty() {
 
 #[test]
 fn a_worker_is_ready_when_it_answers_the_probe_and_replaced_when_it_does_not() {
-    let worker = bin("codex-worker");
+    let worker = bin("codex-mock");
     let pool = |id: &str, method: &str| {
         json!({"id": id, "command": worker.to_str().unwrap(), "instances": 1,
                "ready_probe": {"method": method, "params": {"probe": true}},

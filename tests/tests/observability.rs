@@ -240,7 +240,7 @@ fn readyz_is_503_while_the_only_worker_is_in_backoff_and_200_after() {
 
 #[test]
 fn status_prints_every_slot() {
-    let worker = codex_bus_tests::bin("codex-worker");
+    let worker = codex_bus_tests::bin("codex-mock");
     let pool =
         |id: &str, n: u32| json!({"id": id, "command": worker.to_str().unwrap(), "instances": n});
     let config = BusConfig(

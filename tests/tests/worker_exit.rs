@@ -119,7 +119,7 @@ fn worker_stderr_goes_to_the_log_with_pool_and_slot() {
 #[test]
 fn workers_get_pool_env_cwd_and_their_own_process_group() {
     let dir = tempfile::tempdir().unwrap();
-    let worker = codex_bus_tests::bin("codex-worker");
+    let worker = codex_bus_tests::bin("codex-mock");
     let config = BusConfig(json!({"pools": [{
         "id": "envy", "command": worker.to_str().unwrap(), "instances": 1,
         "env": {"CODEX_TEST_MARKER": "m1"}, "cwd": dir.path().to_str().unwrap()

@@ -4,6 +4,8 @@
 
 use std::io::Write;
 
+use codex_bus_worker_io::render::{self, json_string};
+
 /// Why the worker answered a request itself with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerError {
@@ -30,129 +32,113 @@ pub enum WorkerError {
     /// `--child-per-session`: the session needs a child, and every one of the `--max-children`
     /// running children is busy.
     ChildrenBusy(usize),
-    /// Valid JSON that is not a JSON-RPC message.
-    InvalidRequest,
 }
 
 impl WorkerError {
-    /// The JSON-RPC error code.
-    pub fn code(&self) -> i32 {
-        match self {
-            Self::AlreadyInitialized
-            | Self::NotInitialized
-            | Self::SessionRequired
-            | Self::ThreadNotOwned
-            | Self::InvalidRequest => -32600,
-            Self::MethodNotAllowed(_) => -32601,
-            Self::ChildExited(_) => -32050,
-            Self::RequestTimeout(_) => -32051,
-            Self::ThreadLost(_) => -32052,
-            Self::Draining => -32053,
-            Self::ChildUnavailable(_) => -32054,
-            Self::ChildrenBusy(_) => -32055,
-        }
-    }
-
-    /// The stable `data.reason` word, or `None` for the errors that mirror Codex exactly.
-    pub fn reason(&self) -> Option<&'static str> {
-        Some(match self {
-            Self::AlreadyInitialized | Self::NotInitialized | Self::InvalidRequest => return None,
-            Self::SessionRequired => "session_required",
-            Self::ThreadNotOwned => "thread_not_owned",
-            Self::MethodNotAllowed(_) => "method_not_allowed",
-            Self::ChildExited(_) => "child_exited",
-            Self::RequestTimeout(_) => "request_timeout",
-            Self::ThreadLost(_) => "thread_lost",
-            Self::Draining => "worker_draining",
-            Self::ChildUnavailable(_) => "child_unavailable",
-            Self::ChildrenBusy(_) => "children_busy",
-        })
-    }
-
-    /// The JSON-RPC error message.
-    pub fn message(&self) -> &'static str {
-        match self {
-            Self::AlreadyInitialized => "Already initialized",
-            Self::NotInitialized => "Not initialized",
-            Self::SessionRequired => "sessionId required",
-            Self::ThreadNotOwned => "thread not owned by session",
-            Self::MethodNotAllowed(_) => "Method not allowed by codex-worker",
-            Self::ChildExited(_) => "codex app-server exited",
-            Self::RequestTimeout(_) => "Request timed out",
-            Self::ThreadLost(_) => "Thread lost",
-            Self::Draining => "Worker draining",
-            Self::ChildUnavailable(_) => "codex app-server unavailable",
-            Self::ChildrenBusy(_) => "All codex app-server children are busy",
-            Self::InvalidRequest => "Invalid Request",
-        }
-    }
-
-    /// Whether sending the same request again may succeed.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::ChildExited(_) | Self::RequestTimeout(_) | Self::Draining | Self::ChildrenBusy(_)
-        )
-    }
-
-    /// Appends the members of `data` after `reason` and `retryable`.
-    fn detail(&self, out: &mut Vec<u8>) {
-        // Writing into a Vec cannot fail.
-        let _ = match self {
-            Self::MethodNotAllowed(method) => write!(
-                out,
-                ",\"detail\":{}",
-                json_string(&format!(
-                    "{method} is process-global; enable it with --allow-method"
-                ))
-            ),
-            Self::ChildExited(generation) => write!(out, ",\"generation\":{generation}"),
-            Self::RequestTimeout(secs) => write!(out, ",\"timeoutSec\":{secs}"),
-            Self::ChildrenBusy(max) => write!(out, ",\"maxChildren\":{max}"),
-            Self::ThreadLost(detail) | Self::ChildUnavailable(detail) => {
-                write!(out, ",\"detail\":{}", json_string(detail))
-            }
-            _ => Ok(()),
-        };
+    /// Appends a whole error reply line for the bus:
+    /// `{"jsonrpc":"2.0","id":<id>,"error":{"code":C,"message":"M"[,"data":{"reason":"r","retryable":b[,<detail>]}]}[,"sessionId":<session>]}`
+    /// with `data` only for the worker's own errors (those that mirror Codex have none).
+    pub fn write_reply(&self, out: &mut Vec<u8>, id: &[u8], session: Option<&[u8]>) {
+        render::error_reply(out, id, session, |out| self.write_object(out));
     }
 
     /// Appends the `error` object.
-    pub fn write_object(&self, out: &mut Vec<u8>) {
-        let _ = write!(
-            out,
-            "{{\"code\":{},\"message\":\"{}\"",
-            self.code(),
-            self.message()
-        );
-        if let Some(reason) = self.reason() {
+    fn write_object(&self, out: &mut Vec<u8>) {
+        let (code, message, data) = self.row();
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{{\"code\":{code},\"message\":\"{message}\"");
+        if let Some((reason, retryable, detail)) = data {
             let _ = write!(
                 out,
-                ",\"data\":{{\"reason\":\"{reason}\",\"retryable\":{}",
-                self.retryable()
+                ",\"data\":{{\"reason\":\"{reason}\",\"retryable\":{retryable}"
             );
-            self.detail(out);
+            let _ = match detail {
+                Detail::None => Ok(()),
+                Detail::Text(text) => write!(out, ",\"detail\":{}", json_string(text)),
+                Detail::NotAllowed(method) => write!(
+                    out,
+                    ",\"detail\":{}",
+                    json_string(&format!(
+                        "{method} is process-global; enable it with --allow-method"
+                    ))
+                ),
+                Detail::Number(name, value) => write!(out, ",\"{name}\":{value}"),
+            };
             out.push(b'}');
         }
         out.push(b'}');
     }
 
-    /// Appends a whole error reply line for the bus.
-    pub fn write_reply(&self, out: &mut Vec<u8>, id: &[u8], session: Option<&[u8]>) {
-        out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-        out.extend_from_slice(id);
-        out.extend_from_slice(b",\"error\":");
-        self.write_object(out);
-        if let Some(session) = session {
-            out.extend_from_slice(b",\"sessionId\":");
-            out.extend_from_slice(session);
+    /// The whole contract of one kind in one place, as in `codex_bus_protocol::ErrorKind`'s
+    /// table, so no column can drift from the others: the JSON-RPC code, the message, and the
+    /// `data` of the worker's own errors (`None` for those that mirror Codex, which carry none):
+    /// its stable `reason` word, whether sending the same request again may succeed, and what the
+    /// kind adds to it.
+    fn row(&self) -> (i32, &'static str, Option<(&'static str, bool, Detail<'_>)>) {
+        use Detail::{Number, Text};
+        use WorkerError::*;
+        match self {
+            AlreadyInitialized => (-32600, "Already initialized", None),
+            NotInitialized => (-32600, "Not initialized", None),
+            SessionRequired => (
+                -32600,
+                "sessionId required",
+                Some(("session_required", false, Detail::None)),
+            ),
+            ThreadNotOwned => (
+                -32600,
+                "thread not owned by session",
+                Some(("thread_not_owned", false, Detail::None)),
+            ),
+            MethodNotAllowed(method) => (
+                -32601,
+                "Method not allowed by codex-worker",
+                Some(("method_not_allowed", false, Detail::NotAllowed(method))),
+            ),
+            ChildExited(generation) => (
+                -32050,
+                "codex app-server exited",
+                Some(("child_exited", true, Number("generation", *generation))),
+            ),
+            RequestTimeout(secs) => (
+                -32051,
+                "Request timed out",
+                Some(("request_timeout", true, Number("timeoutSec", *secs))),
+            ),
+            ThreadLost(detail) => (
+                -32052,
+                "Thread lost",
+                Some(("thread_lost", false, Text(detail))),
+            ),
+            Draining => (
+                -32053,
+                "Worker draining",
+                Some(("worker_draining", true, Detail::None)),
+            ),
+            ChildUnavailable(detail) => (
+                -32054,
+                "codex app-server unavailable",
+                Some(("child_unavailable", false, Text(detail))),
+            ),
+            ChildrenBusy(max) => (
+                -32055,
+                "All codex app-server children are busy",
+                Some(("children_busy", true, Number("maxChildren", *max as u64))),
+            ),
         }
-        out.extend_from_slice(b"}\n");
     }
 }
 
-/// Quotes free text as a JSON string.
-pub fn json_string(text: &str) -> String {
-    serde_json::Value::from(text).to_string()
+/// What one kind adds to its `data`, after `reason` and `retryable`.
+enum Detail<'a> {
+    /// Nothing.
+    None,
+    /// `"detail"`: free text.
+    Text(&'a str),
+    /// `"detail"`: why the named method is refused, and the option that enables it.
+    NotAllowed(&'a str),
+    /// A number under its own member name.
+    Number(&'static str, u64),
 }
 
 #[cfg(test)]
@@ -165,6 +151,57 @@ mod tests {
         error.write_reply(&mut out, b"7", Some(b"\"s\""));
         assert_eq!(out.last(), Some(&b'\n'));
         serde_json::from_slice(&out).unwrap()
+    }
+
+    /// One error of every kind, with its exact `error` object on the wire.
+    fn every_kind() -> Vec<(WorkerError, Value)> {
+        use WorkerError::*;
+        vec![
+            (
+                AlreadyInitialized,
+                json!({"code":-32600,"message":"Already initialized"}),
+            ),
+            (
+                NotInitialized,
+                json!({"code":-32600,"message":"Not initialized"}),
+            ),
+            (
+                SessionRequired,
+                json!({"code":-32600,"message":"sessionId required","data":{"reason":"session_required","retryable":false}}),
+            ),
+            (
+                ThreadNotOwned,
+                json!({"code":-32600,"message":"thread not owned by session","data":{"reason":"thread_not_owned","retryable":false}}),
+            ),
+            (
+                MethodNotAllowed("config/read".into()),
+                json!({"code":-32601,"message":"Method not allowed by codex-worker","data":{"reason":"method_not_allowed","retryable":false,"detail":"config/read is process-global; enable it with --allow-method"}}),
+            ),
+            (
+                ChildExited(3),
+                json!({"code":-32050,"message":"codex app-server exited","data":{"reason":"child_exited","retryable":true,"generation":3}}),
+            ),
+            (
+                RequestTimeout(30),
+                json!({"code":-32051,"message":"Request timed out","data":{"reason":"request_timeout","retryable":true,"timeoutSec":30}}),
+            ),
+            (
+                ThreadLost("no \"rollout\"".into()),
+                json!({"code":-32052,"message":"Thread lost","data":{"reason":"thread_lost","retryable":false,"detail":"no \"rollout\""}}),
+            ),
+            (
+                Draining,
+                json!({"code":-32053,"message":"Worker draining","data":{"reason":"worker_draining","retryable":true}}),
+            ),
+            (
+                ChildUnavailable("spawn failed".into()),
+                json!({"code":-32054,"message":"codex app-server unavailable","data":{"reason":"child_unavailable","retryable":false,"detail":"spawn failed"}}),
+            ),
+            (
+                ChildrenBusy(2),
+                json!({"code":-32055,"message":"All codex app-server children are busy","data":{"reason":"children_busy","retryable":true,"maxChildren":2}}),
+            ),
+        ]
     }
 
     #[test]
@@ -197,5 +234,55 @@ mod tests {
             reply(&WorkerError::ChildrenBusy(2))["error"],
             json!({"code":-32055,"message":"All codex app-server children are busy","data":{"reason":"children_busy","retryable":true,"maxChildren":2}})
         );
+    }
+
+    #[test]
+    fn every_kind_has_its_exact_wire_form() {
+        for (error, object) in every_kind() {
+            assert_eq!(
+                reply(&error),
+                json!({"jsonrpc":"2.0","id":7,"error":object,"sessionId":"s"}),
+                "{error:?}"
+            );
+        }
+        let mut out = Vec::new();
+        WorkerError::Draining.write_reply(&mut out, b"1.5e3", None);
+        assert!(out.starts_with(b"{\"jsonrpc\":\"2.0\",\"id\":1.5e3,\"error\":"));
+        assert!(!out.windows(11).any(|w| w == b"\"sessionId\""));
+    }
+
+    #[test]
+    fn reasons_are_unique_and_only_codex_mirrors_lack_them() {
+        let kinds = every_kind();
+        let mut reasons: Vec<_> = kinds
+            .iter()
+            .filter_map(|(error, _)| error.row().2.map(|(reason, _, _)| reason))
+            .collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        assert_eq!(reasons.len(), kinds.len() - 2, "{reasons:?}");
+    }
+
+    /// docs/codex-worker.md's table of the worker's own errors says exactly what the code sends.
+    #[test]
+    fn docs_codex_worker_md_has_every_row() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/codex-worker.md");
+        let doc = std::fs::read_to_string(path).expect("docs/codex-worker.md");
+        let rows: Vec<&str> = doc.lines().filter(|l| l.starts_with("| -32")).collect();
+        for (error, _) in every_kind() {
+            let (code, message, data) = error.row();
+            let found = match data {
+                Some((reason, retryable, _)) => {
+                    let prefix = format!("| {code} | {message} | `{reason}` | {retryable} |");
+                    rows.iter().any(|row| row.starts_with(&prefix))
+                }
+                None => rows.iter().any(|row| {
+                    row.starts_with(&format!("| {code} | "))
+                        && row.contains(message)
+                        && row.contains("(none, as Codex)")
+                }),
+            };
+            assert!(found, "no row for {error:?} in docs/codex-worker.md");
+        }
     }
 }

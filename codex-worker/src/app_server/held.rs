@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use crate::log;
+use codex_bus_worker_io::log;
 
 /// Most lines held at once; beyond it the oldest are dropped, so a child that chatters about
 /// threads the worker never learns of cannot grow memory without bound.

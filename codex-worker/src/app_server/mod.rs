@@ -1,4 +1,4 @@
-//! `--backend app-server`: bus sessions served on one shared `codex app-server` child, or with
+//! The bridge: bus sessions served on one shared `codex app-server` child, or with
 //! `--child-per-session` on a child per session.
 //!
 //! The event loop here does the I/O (stdin from the bus, the children's pipes, timers, signals);
@@ -31,11 +31,12 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::cli::AppServerArgs;
-use crate::input;
-use crate::lines::Lines;
-use crate::log;
-use crate::timer::sleep_until;
+use codex_bus_worker_io::input;
+use codex_bus_worker_io::lines::Lines;
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::timer::sleep_until;
+
+use crate::cli::Cli;
 use bridge::{BridgeConfig, Handshake};
 use home::SlotDir;
 use manager::{Effects, Layout, Manager, ManagerConfig};
@@ -46,7 +47,7 @@ use process::{ChildEvent, ChildProcess};
 /// Exit status when a child keeps dying: the bus supervisor restarts the worker.
 const EXIT_CHILD_FAILING: u8 = 3;
 
-/// Everything the backend needs, resolved from the command line and the environment.
+/// Everything the bridge needs, resolved from the command line and the environment.
 #[derive(Debug)]
 pub struct Settings {
     command: Vec<String>,
@@ -58,7 +59,7 @@ pub struct Settings {
 
 impl Settings {
     /// Resolves `args` for the worker of `pool`/`slot`.
-    pub fn new(args: &AppServerArgs, pool: &str, slot: Option<i64>) -> Result<Self, String> {
+    pub fn new(args: &Cli, pool: &str, slot: Option<i64>) -> Result<Self, String> {
         let command: Vec<String> = args
             .codex_cmd
             .split_whitespace()
@@ -126,7 +127,7 @@ fn default_state_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "no --state-dir, and neither XDG_STATE_HOME nor HOME is set".to_owned())
 }
 
-/// Runs the backend until the drain completes; returns the exit status.
+/// Runs the bridge until the drain completes; returns the exit status.
 pub fn run(settings: Settings) -> io::Result<u8> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

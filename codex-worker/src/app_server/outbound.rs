@@ -14,8 +14,9 @@ use std::thread::{self, JoinHandle};
 
 use serde_json::Value;
 
+use codex_bus_worker_io::log;
+
 use super::sessions::{key_token, SessionKey};
-use crate::log;
 
 /// Bytes handed to one `write` call at most; large enough to amortise syscalls.
 const BATCH_BYTES: usize = 256 * 1024;

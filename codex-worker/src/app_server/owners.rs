@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log;
+use codex_bus_worker_io::log;
 
 #[derive(Serialize, Deserialize)]
 struct Record {

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::log;
+use codex_bus_worker_io::log;
 
 /// Bytes read from the child's stdout per read call.
 const CHUNK_BYTES: usize = 64 * 1024;

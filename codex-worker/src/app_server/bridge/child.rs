@@ -4,6 +4,9 @@
 
 use serde_json::Value;
 
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::message::{self, Call, Message, Response};
+
 use super::client::preview;
 use super::{Bridge, ChildState, Out};
 use crate::app_server::approvals::{write_decline, ServerRequest};
@@ -13,8 +16,6 @@ use crate::app_server::requests::{Creation, Forwarded, Lookup, Purpose};
 use crate::app_server::sessions::SessionKey;
 use crate::app_server::threads::{Residency, Standing};
 use crate::app_server::wire::{self, span_of, ParamsRefs};
-use crate::log;
-use crate::message::{self, Call, Message, Response};
 
 impl Bridge {
     /// Handles one line from the child of the current generation.

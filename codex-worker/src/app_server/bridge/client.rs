@@ -7,6 +7,10 @@ use codex_bus_protocol::{append_with_bus_id, parse_bus_id};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::message::{self, Call, Message, Response};
+use codex_bus_worker_io::render;
+
 use super::{Bridge, ChildState, Out};
 use crate::app_server::approvals::{write_decline, Refusal};
 use crate::app_server::errors::WorkerError;
@@ -16,9 +20,6 @@ use crate::app_server::requests::{Creation, Forwarded, Purpose};
 use crate::app_server::sessions::{key_of, SessionKey};
 use crate::app_server::threads::{Queued, Residency, Standing};
 use crate::app_server::wire::{self, span_of};
-use crate::log;
-use crate::message::{self, Call, Message, Response};
-use crate::render;
 
 /// The `thread/start` parameters a lazy `thread/resume` replays (the resume params that share
 /// their meaning), so a resumed thread keeps its model, cwd and policies.
@@ -81,7 +82,7 @@ pub fn refuse_unscoped(message: &Message<'_>, line: &[u8], out: &mut Out) -> boo
                 return true;
             };
             let mut reply = Vec::new();
-            WorkerError::InvalidRequest.write_reply(
+            render::invalid_request(
                 &mut reply,
                 id.get().as_bytes(),
                 session.map(|session| session.get().as_bytes()),

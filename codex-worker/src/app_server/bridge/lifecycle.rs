@@ -4,13 +4,15 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::render::json_string;
+
 use super::{Bridge, ChildState, DrainStage, Out, SWEEP_BUSY, SWEEP_IDLE};
 use crate::app_server::approvals::write_decline;
-use crate::app_server::errors::{json_string, WorkerError};
+use crate::app_server::errors::WorkerError;
 use crate::app_server::requests::Purpose;
 use crate::app_server::sessions::SessionKey;
 use crate::app_server::threads::Residency;
-use crate::log;
 
 impl Bridge {
     /// A new child (generation `generation`) is running: send the worker's `initialize`.

@@ -1,4 +1,4 @@
-//! The session-scoping core of the `app-server` backend, free of I/O so every rule is unit-tested.
+//! The session-scoping core of the bridge, free of I/O so every rule is unit-tested.
 //!
 //! The event loop feeds it lines from the bus and from the child, child life-cycle events and
 //! timer ticks; it answers with lines for the child, lines for the bus (per session) and whether

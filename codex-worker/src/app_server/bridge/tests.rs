@@ -700,5 +700,5 @@ fn lines_without_a_session_are_refused() {
     assert_eq!(reply["error"]["data"]["reason"], "session_required");
     h.bridge.bus_line(b"not json", h.now, &mut h.out);
     let out = std::mem::take(&mut h.out.bus);
-    assert_eq!(out[0].line, crate::render::PARSE_ERROR);
+    assert_eq!(out[0].line, codex_bus_worker_io::render::PARSE_ERROR);
 }

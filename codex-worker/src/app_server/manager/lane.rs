@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use codex_bus_worker_io::lines::Lines;
+use codex_bus_worker_io::log;
+
 use super::{Effects, ManagerConfig};
 use crate::app_server::approvals::ApprovalIds;
 use crate::app_server::bridge::{Bridge, Out};
@@ -15,8 +18,6 @@ use crate::app_server::home::SlotDir;
 use crate::app_server::owners::OwnerLog;
 use crate::app_server::restart::RestartPolicy;
 use crate::app_server::sessions::SessionKey;
-use crate::lines::Lines;
-use crate::log;
 
 /// How long a child gets to exit after its stdin closes (Codex exits at end of input) before its
 /// group is sent SIGTERM.

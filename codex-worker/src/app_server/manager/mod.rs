@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use codex_bus_protocol::parse_bus_id;
 use nix::sys::signal::Signal;
 
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::message::{self, Message};
+
 use super::approvals::ApprovalIds;
 use super::bridge::{refuse_unscoped, session_of, BridgeConfig, Out};
 use super::errors::WorkerError;
@@ -27,8 +30,6 @@ use super::home::SlotDir;
 use super::outbound::{BusLine, Kind};
 use super::sessions::SessionKey;
 use super::EXIT_CHILD_FAILING;
-use crate::log;
-use crate::message::{self, Message};
 use lane::{Lane, Phase};
 
 /// How children are laid out over sessions.

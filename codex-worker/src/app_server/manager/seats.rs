@@ -5,11 +5,12 @@
 
 use std::time::Instant;
 
+use codex_bus_worker_io::log;
+
 use super::lane::Phase;
 use super::{Effects, LaneKey, Layout, Manager};
 use crate::app_server::bridge::Out;
 use crate::app_server::errors::WorkerError;
-use crate::log;
 
 impl Manager {
     /// Gives the waiting lanes children, in the order they began to wait.
