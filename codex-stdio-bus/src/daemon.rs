@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_config::{Config, Limits};
+use codex_bus_process::resolve_command;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,7 +25,7 @@ use crate::io::{self, listen::Bound, listen::Endpoint};
 use crate::metrics::recorder;
 use crate::router::Router;
 use crate::supervisor::instance::signal_group;
-use crate::supervisor::{self, deadlines, spawn::resolve_command};
+use crate::supervisor::{self, deadlines};
 
 /// Workers get at least this long between SIGTERM and SIGKILL, even when the drain ran out.
 const STOP_GRACE: Duration = Duration::from_secs(2);

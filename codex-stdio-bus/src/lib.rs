@@ -29,4 +29,4 @@ pub mod logging;
 mod metrics;
 pub mod router;
 pub mod signals;
-pub mod supervisor;
+mod supervisor;

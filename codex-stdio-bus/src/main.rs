@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use codex_bus_config::{Config, TransportMode};
-use codex_bus_process::{cloexec_inherited_fds, fd_limit};
+use codex_bus_process::{cloexec_inherited_fds, fd_limit, resolve_command};
 use codex_stdio_bus::cli::{Cli, Command, RunArgs};
 use codex_stdio_bus::daemon::Listeners;
 use codex_stdio_bus::error::{Error, Kind};
@@ -53,8 +53,7 @@ fn check(path: Option<&Path>) -> ExitCode {
     };
     println!("{}", config.to_pretty_json());
     for (i, pool) in config.pools.iter().enumerate() {
-        let found =
-            codex_stdio_bus::supervisor::spawn::resolve_command(&pool.command, pool.cwd.as_deref());
+        let found = resolve_command(&pool.command, pool.cwd.as_deref());
         if found.is_none() {
             eprintln!(
                 "warning: pools[{i}].command '{}' is not an executable file or not on PATH here",

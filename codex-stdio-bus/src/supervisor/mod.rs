@@ -11,7 +11,7 @@
 pub(crate) mod deadlines;
 pub(crate) mod instance;
 mod readiness;
-pub mod spawn;
+mod spawn;
 
 use std::process::ExitStatus;
 use std::sync::Arc;

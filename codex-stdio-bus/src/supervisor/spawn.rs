@@ -8,8 +8,6 @@ use codex_bus_config::PoolConfig;
 use codex_bus_process::Spec;
 use tokio::process::Child;
 
-pub use codex_bus_process::resolve_command;
-
 /// Spawns a worker for `slot` of `pool`.
 ///
 /// Every fd Rust and tokio open is close-on-exec, so the worker inherits only its three pipes: no
@@ -17,7 +15,7 @@ pub use codex_bus_process::resolve_command;
 /// spawns workers from its runtime's main thread, which lives as long as the process, as
 /// PDEATHSIG requires; workers also exit on stdin EOF, and PDEATHSIG covers the ones that ignore
 /// it.
-pub fn spawn_worker(pool: &PoolConfig, slot: u32) -> io::Result<Child> {
+pub(crate) fn spawn_worker(pool: &PoolConfig, slot: u32) -> io::Result<Child> {
     let mut spec = Spec::new(&pool.command);
     spec.args(&pool.args)
         .envs(&pool.env)
