@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bus_config;
 mod cli;
 mod engine;
 mod ids;

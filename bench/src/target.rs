@@ -13,8 +13,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use serde::Serialize;
-use serde_json::json;
 
+use crate::bus_config::{BusConfig, PoolConfig};
 use crate::io::Io;
 use crate::procfs;
 use crate::responder::{Responder, Source};
@@ -193,19 +193,17 @@ impl Target {
     /// The stdio Bus config format, which codex-stdio-bus reads unchanged.
     fn write_config(&self, launch: &Launch<'_>) -> Result<PathBuf, String> {
         let commands = launch.commands;
-        let mut config = json!({
-            "pools": [{
-                "id": "bench",
-                "command": commands.worker,
-                "args": commands.worker_args,
-                "instances": launch.workers,
-            }]
-        });
-        if !launch.limits.is_empty() {
-            config["limits"] = serde_json::Value::Object(launch.limits.clone());
-        }
+        let config = BusConfig {
+            pools: vec![PoolConfig {
+                id: "bench".into(),
+                command: commands.worker.clone(),
+                args: commands.worker_args.clone(),
+                instances: launch.workers,
+            }],
+            limits: launch.limits.clone(),
+        };
         let path = self.dir.path().join("bus.json");
-        std::fs::write(&path, config.to_string()).map_err(|e| format!("write config: {e}"))?;
+        config.write(&path)?;
         Ok(path)
     }
 
