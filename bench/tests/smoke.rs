@@ -27,11 +27,18 @@ fn bin(name: &str) -> PathBuf {
 
 /// Runs `bus-bench scenario NAME` at a tiny scale; returns the scenario's JSON report.
 fn scenario(name: &str) -> Value {
+    bench(&["scenario", name, "--scale", "0.005"])["scenarios"][0].clone()
+}
+
+/// Runs bus-bench with `args` (one run per row) against the debug daemon and worker; returns
+/// its JSON report.
+fn bench(args: &[&str]) -> Value {
+    let name = args.join(" ");
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bus-bench"))
-        .args(["scenario", name, "--scale", "0.005", "--runs", "1"])
-        .args(["--stall-timeout", "10", "--linger-ms", "20"])
+        .args(args)
+        .args(["--runs", "1", "--stall-timeout", "10", "--linger-ms", "20"])
         .arg("--bus-cmd")
         .arg(bin("codex-stdio-bus"))
         .arg("--worker-cmd")
@@ -51,15 +58,14 @@ fn scenario(name: &str) -> Value {
             // bus-bench ends the daemon and its workers itself when it exits.
             let _ = child.kill();
             let _ = child.wait();
-            panic!("scenario {name} did not finish within {DEADLINE:?}");
+            panic!("bus-bench {name} did not finish within {DEADLINE:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "scenario {name} failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    report["scenarios"][0].clone()
+    assert!(status.success(), "bus-bench {name} failed:\n{stderr}");
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
 }
 
 /// Asserts the checks of every row: each request answered exactly once on its own connection.
@@ -106,6 +112,33 @@ fn single() {
 #[test]
 fn fanout() {
     assert_exact(&scenario("fanout"), false);
+}
+
+#[test]
+fn relay_over_unix_gives_each_connection_its_own_worker() {
+    let report = bench(&[
+        "run",
+        "--target",
+        "relay",
+        "--transport",
+        "unix",
+        "-c",
+        "3",
+        "--workers",
+        "3",
+        "-w",
+        "20",
+        "-n",
+        "600",
+        "-s",
+        "per-connection",
+    ]);
+    let run = &report["scenarios"][0];
+    assert_exact(run, false);
+    assert_eq!(
+        run["rows"][0]["label"],
+        "relay unix c=3 w=20 n=600 s=per-connection p=0"
+    );
 }
 
 #[test]
