@@ -93,6 +93,32 @@ fn assert_exact(report: &Value, errors_allowed: bool) {
     }
 }
 
+/// The relay row ran as its own process, with as many workers as the bus row, and its CPU was
+/// measured like the daemon's; the bus / relay ratio is among the derived figures.
+fn assert_relay_measured(report: &Value) {
+    let rows = report["rows"].as_array().unwrap();
+    let find = |label: &str| {
+        rows.iter()
+            .find(|r| r["label"] == label)
+            .unwrap_or_else(|| panic!("no {label} row"))
+    };
+    let (relay, bus) = (find("relay tcp"), find("bus tcp"));
+    assert_eq!(relay["spec"]["workers"], bus["spec"]["workers"]);
+    let run = &relay["runs"][0];
+    assert!(
+        run["daemon_cpu_s_per_100k"].as_f64().unwrap() > 0.0,
+        "{run}"
+    );
+    assert!(run["daemon_peak_rss_kb"].as_u64().unwrap() > 0, "{run}");
+    let derived = report["derived"].as_array().unwrap();
+    assert!(
+        derived
+            .iter()
+            .any(|d| d["name"] == "daemon CPU per round trip, bus tcp / relay tcp"),
+        "{derived:?}"
+    );
+}
+
 #[test]
 fn single() {
     let report = scenario("single");
@@ -105,13 +131,23 @@ fn single() {
         .collect();
     assert_eq!(
         labels,
-        ["bus tcp", "bus unix", "bus stdio", "direct", "self tcp"]
+        [
+            "bus tcp",
+            "bus unix",
+            "bus stdio",
+            "relay tcp",
+            "direct",
+            "self tcp"
+        ]
     );
+    assert_relay_measured(&report);
 }
 
 #[test]
 fn fanout() {
-    assert_exact(&scenario("fanout"), false);
+    let report = scenario("fanout");
+    assert_exact(&report, false);
+    assert_relay_measured(&report);
 }
 
 #[test]
@@ -148,7 +184,19 @@ fn large() {
 
 #[test]
 fn latency() {
-    assert_exact(&scenario("latency"), false);
+    let report = scenario("latency");
+    assert_exact(&report, false);
+    assert_relay_measured(&report);
+    let derived: Vec<&str> = report["derived"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        derived.contains(&"added p50, bus tcp / relay tcp"),
+        "{derived:?}"
+    );
 }
 
 #[test]
