@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::load::Sessions;
 use crate::scenario::Name;
@@ -29,6 +29,10 @@ pub enum Command {
     Run(RunArgs),
     /// Run a named scenario (or `all`) as docs/benchmarks.md describes.
     Scenario(ScenarioArgs),
+    /// The `relay` target's process: takes a bus's command line, starts its workers and copies
+    /// bytes between each client and a worker of its own (started by `--target relay`).
+    #[command(hide = true)]
+    Relay(RelayArgs),
 }
 
 /// Options of every subcommand.
@@ -116,4 +120,19 @@ pub struct ScenarioArgs {
     /// Run only the rows that drive the bus (skip the `direct` and `self` baselines).
     #[arg(long)]
     pub bus_only: bool,
+}
+
+/// `bus-bench relay`: the part of a bus's command line the relay understands.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("endpoint").required(true)))]
+pub struct RelayArgs {
+    /// The stdio Bus config bus-bench wrote (its one pool names the workers).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Listen on this TCP address (HOST:PORT).
+    #[arg(long, group = "endpoint", value_name = "ADDR")]
+    pub tcp: Option<String>,
+    /// Listen on this Unix socket path.
+    #[arg(long, group = "endpoint", value_name = "PATH")]
+    pub unix: Option<PathBuf>,
 }

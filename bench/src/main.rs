@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bus_config;
 mod cli;
 mod engine;
 mod ids;
@@ -16,6 +17,7 @@ mod io;
 mod lines;
 mod load;
 mod procfs;
+mod relay;
 mod report;
 mod requests;
 mod responder;
@@ -24,7 +26,7 @@ mod scenario;
 mod summary;
 mod target;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,6 +42,9 @@ use target::Commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Relay(args) = &cli.command {
+        return relay::main(args);
+    }
     let settings = match settings(&cli.common) {
         Ok(s) => s,
         Err(e) => {
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
                 })
                 .collect()
         }
+        Command::Relay(_) => unreachable!("handled above"),
     };
     let runs = cli.common.runs as usize;
     let mut report = Report {
@@ -180,6 +186,7 @@ fn row_of(args: &RunArgs) -> Row {
     };
     let target = match spec.kind {
         target::Kind::Bus => format!("bus {}", spec.transport.as_str()),
+        target::Kind::Relay => format!("relay {}", spec.transport.as_str()),
         target::Kind::Direct => "direct".to_owned(),
         target::Kind::SelfResponder => format!("self {}", spec.transport.as_str()),
     };
@@ -195,13 +202,11 @@ fn row_of(args: &RunArgs) -> Row {
 }
 
 fn settings(common: &Common) -> Result<Settings, String> {
-    let beside = |name: &str| -> Result<PathBuf, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
-        Ok(exe.with_file_name(name))
-    };
+    let own = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    let beside = |name: &str| own.with_file_name(name);
     let bus: Vec<String> = match &common.bus_cmd {
         Some(cmd) => cmd.split_whitespace().map(str::to_owned).collect(),
-        None => vec![beside("codex-stdio-bus")?.display().to_string()],
+        None => vec![beside("codex-stdio-bus").display().to_string()],
     };
     let program = bus.first().ok_or("--bus-cmd is empty")?;
     if program.contains('/') && !target::executable(Path::new(program)) {
@@ -209,7 +214,7 @@ fn settings(common: &Common) -> Result<Settings, String> {
     }
     let worker = match &common.worker_cmd {
         Some(path) => path.clone(),
-        None => beside("codex-mock")?,
+        None => beside("codex-mock"),
     };
     if !target::executable(&worker) {
         return Err(format!(
@@ -223,6 +228,7 @@ fn settings(common: &Common) -> Result<Settings, String> {
     Ok(Settings {
         commands: Commands {
             bus,
+            relay: vec![own.display().to_string(), "relay".to_owned()],
             worker: std::path::absolute(&worker).map_err(|e| format!("worker path: {e}"))?,
             worker_args: common
                 .worker_args

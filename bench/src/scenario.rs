@@ -74,7 +74,7 @@ pub struct Row {
 /// Which rows to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rows {
-    /// The bus rows and the `direct` and `self` baselines.
+    /// The bus rows and the `relay`, `direct` and `self` baselines.
     All,
     /// Only the rows that drive the bus (e.g. when comparing another bus binary).
     BusOnly,
@@ -103,7 +103,7 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
             allow_errors: false,
         },
     };
-    use Kind::{Bus, Direct, SelfResponder};
+    use Kind::{Bus, Direct, Relay, SelfResponder};
     use Transport::{Stdio, Tcp, Unix};
     let mut rows = match name {
         Name::Single => {
@@ -112,6 +112,7 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
                 row("bus tcp", Bus, Tcp, l.clone(), 1),
                 row("bus unix", Bus, Unix, l.clone(), 1),
                 row("bus stdio", Bus, Stdio, l.clone(), 1),
+                row("relay tcp", Relay, Tcp, l.clone(), 1),
                 row("direct", Direct, Stdio, l.clone(), 1),
                 row("self tcp", SelfResponder, Tcp, l, 1),
             ]
@@ -120,6 +121,7 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
             let l = load(4, 1000, n(100_000), Sessions::PerConnection, 0);
             vec![
                 row("bus tcp", Bus, Tcp, l.clone(), 4),
+                row("relay tcp", Relay, Tcp, l.clone(), 4),
                 row("direct", Direct, Stdio, l.clone(), 4),
                 row("self tcp", SelfResponder, Tcp, l, 4),
             ]
@@ -139,6 +141,7 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
             vec![
                 row("bus tcp", Bus, Tcp, l.clone(), 1),
                 row("bus unix", Bus, Unix, l.clone(), 1),
+                row("relay tcp", Relay, Tcp, l.clone(), 1),
                 row("direct", Direct, Stdio, l.clone(), 1),
                 row("self tcp", SelfResponder, Tcp, l, 1),
             ]
@@ -198,18 +201,30 @@ pub fn derived(name: Name, rows: &[(String, Option<Summary>)]) -> Vec<Derived> {
     let ratio = |bus: &str, direct: &str| {
         Some(get(bus)?.throughput.median / get(direct)?.throughput.median * 100.0)
     };
+    let cpu_us = |label: &str| Some(get(label)?.daemon_cpu_s_per_100k?.median * 10.0);
+    // The relay's figures are the floor: the bus's own cost is how far above them it lands.
+    let cpu_vs_relay = |push: &mut dyn FnMut(String, f64, &'static str)| {
+        for label in ["bus tcp", "relay tcp"] {
+            if let Some(cpu) = cpu_us(label) {
+                push(format!("daemon CPU per round trip ({label})"), cpu, "µs");
+            }
+        }
+        if let (Some(bus), Some(relay)) = (cpu_us("bus tcp"), cpu_us("relay tcp")) {
+            push(
+                "daemon CPU per round trip, bus tcp / relay tcp".into(),
+                bus / relay,
+                "×",
+            );
+        }
+    };
     match name {
         Name::Single | Name::Fanout => {
-            if let Some(r) = ratio("bus tcp", "direct") {
-                push("bus tcp throughput / direct".into(), r, "%");
+            for label in ["bus tcp", "relay tcp"] {
+                if let Some(r) = ratio(label, "direct") {
+                    push(format!("{label} throughput / direct"), r, "%");
+                }
             }
-            if let Some(cpu) = get("bus tcp").and_then(|s| s.daemon_cpu_s_per_100k) {
-                push(
-                    "daemon CPU per round trip (bus tcp)".into(),
-                    cpu.median * 10.0,
-                    "µs",
-                );
-            }
+            cpu_vs_relay(&mut push);
         }
         Name::Large => {
             for size in ["1 KiB", "64 KiB"] {
@@ -219,18 +234,31 @@ pub fn derived(name: Name, rows: &[(String, Option<Summary>)]) -> Vec<Derived> {
             }
         }
         Name::Latency => {
-            if let (Some(bus), Some(direct)) = (get("bus tcp"), get("direct")) {
-                push(
-                    "added p50 (bus tcp - direct)".into(),
-                    bus.p50_us.median - direct.p50_us.median,
-                    "µs",
-                );
-                push(
-                    "added p99 (bus tcp - direct)".into(),
-                    bus.p99_us.median - direct.p99_us.median,
-                    "µs",
-                );
+            let added = |label: &str, p99: bool| {
+                let at = |s: &Summary| {
+                    if p99 {
+                        s.p99_us.median
+                    } else {
+                        s.p50_us.median
+                    }
+                };
+                Some(at(get(label)?) - at(get("direct")?))
+            };
+            for (name, p99) in [("p50", false), ("p99", true)] {
+                for label in ["bus tcp", "relay tcp"] {
+                    if let Some(v) = added(label, p99) {
+                        push(format!("added {name} ({label} - direct)"), v, "µs");
+                    }
+                }
+                if let (Some(bus), Some(relay)) = (added("bus tcp", p99), added("relay tcp", p99)) {
+                    push(
+                        format!("added {name}, bus tcp / relay tcp"),
+                        bus / relay,
+                        "×",
+                    );
+                }
             }
+            cpu_vs_relay(&mut push);
         }
         Name::Sessions => {
             if let Some(b) = get("bus tcp").and_then(|s| s.rss_bytes_per_session) {

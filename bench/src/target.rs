@@ -1,6 +1,7 @@
 //! Starting what a run drives, and ending it: the bus daemon (from `--bus-cmd` and a config file
-//! written here, so any bus that reads stdio Bus configs runs the same scenarios), the worker alone
-//! over its stdin/stdout (`direct`), or the in-process responder (`self`).
+//! written here, so any bus that reads stdio Bus configs runs the same scenarios), the relay in the
+//! bus's place (started the same way), the worker alone over its stdin/stdout (`direct`), or the
+//! in-process responder (`self`).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -13,8 +14,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use serde::Serialize;
-use serde_json::json;
 
+use crate::bus_config::{BusConfig, PoolConfig};
 use crate::io::Io;
 use crate::procfs;
 use crate::responder::{Responder, Source};
@@ -31,6 +32,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub enum Kind {
     /// The bus daemon from `--bus-cmd`, with a pool of workers.
     Bus,
+    /// bus-bench's own byte-copying relay in the bus's place (one worker per connection, nothing
+    /// parsed): the floor for any bus's CPU and added latency.
+    Relay,
     /// One worker per connection, over its own stdin/stdout: the upper bound for any bus.
     Direct,
     /// A responder thread inside the generator: the generator's own ceiling.
@@ -67,6 +71,8 @@ impl Transport {
 pub struct Commands {
     /// The bus command line; `--config FILE` and the transport flag are appended.
     pub bus: Vec<String>,
+    /// The relay's command line (this binary's hidden `relay` subcommand), completed the same way.
+    pub relay: Vec<String>,
     /// The worker program the bus config names (and `direct` runs).
     pub worker: PathBuf,
     /// Its arguments.
@@ -75,7 +81,7 @@ pub struct Commands {
 
 /// What to start.
 pub struct Launch<'a> {
-    /// Bus, direct or self.
+    /// Bus, relay, direct or self.
     pub kind: Kind,
     /// Transport to the bus or responder (ignored by `direct`, which always uses pipes).
     pub transport: Transport,
@@ -116,15 +122,28 @@ impl Target {
         {
             return Err("the stdio transport carries exactly one connection".into());
         }
+        if launch.kind == Kind::Relay {
+            if launch.transport == Transport::Stdio {
+                return Err("the relay listens on tcp or unix, not stdio".into());
+            }
+            if launch.connections > launch.workers {
+                return Err(format!(
+                    "the relay gives each connection a worker of its own: {} connections need \
+                     at least as many workers, not {}",
+                    launch.connections, launch.workers
+                ));
+            }
+        }
         let streams = match launch.kind {
-            Kind::Bus => target.start_bus(launch),
+            Kind::Bus => target.start_daemon(launch, &launch.commands.bus),
+            Kind::Relay => target.start_daemon(launch, &launch.commands.relay),
             Kind::Direct => target.start_direct(launch),
             Kind::SelfResponder => target.start_self(launch),
         }?;
         Ok((target, streams))
     }
 
-    /// The bus daemon's pid.
+    /// The pid of the bus daemon (or of the relay in its place).
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Child::id)
     }
@@ -145,9 +164,9 @@ impl Target {
         }
     }
 
-    fn start_bus(&mut self, launch: &Launch<'_>) -> Result<Vec<Io>, String> {
-        let commands = launch.commands;
-        let (program, args) = commands.bus.split_first().ok_or("--bus-cmd is empty")?;
+    /// Starts `command` (the bus, or the relay in its place) with a config and an endpoint.
+    fn start_daemon(&mut self, launch: &Launch<'_>, command: &[String]) -> Result<Vec<Io>, String> {
+        let (program, args) = command.split_first().ok_or("--bus-cmd is empty")?;
         let config = self.write_config(launch)?;
         let mut cmd = Command::new(program);
         cmd.args(args).arg("--config").arg(&config);
@@ -193,19 +212,17 @@ impl Target {
     /// The stdio Bus config format, which codex-stdio-bus reads unchanged.
     fn write_config(&self, launch: &Launch<'_>) -> Result<PathBuf, String> {
         let commands = launch.commands;
-        let mut config = json!({
-            "pools": [{
-                "id": "bench",
-                "command": commands.worker,
-                "args": commands.worker_args,
-                "instances": launch.workers,
-            }]
-        });
-        if !launch.limits.is_empty() {
-            config["limits"] = serde_json::Value::Object(launch.limits.clone());
-        }
+        let config = BusConfig {
+            pools: vec![PoolConfig {
+                id: "bench".into(),
+                command: commands.worker.clone(),
+                args: commands.worker_args.clone(),
+                instances: launch.workers,
+            }],
+            limits: launch.limits.clone(),
+        };
         let path = self.dir.path().join("bus.json");
-        std::fs::write(&path, config.to_string()).map_err(|e| format!("write config: {e}"))?;
+        config.write(&path)?;
         Ok(path)
     }
 
@@ -365,4 +382,35 @@ fn connect_n(
 pub fn executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(commands: &Commands, transport: Transport, connections: usize) -> Launch<'_> {
+        Launch {
+            kind: Kind::Relay,
+            transport,
+            connections,
+            workers: 2,
+            limits: serde_json::Map::new(),
+            commands,
+        }
+    }
+
+    #[test]
+    fn the_relay_refuses_loads_it_cannot_carry_before_starting_anything() {
+        let commands = Commands {
+            bus: vec!["/nonexistent/bus".into()],
+            relay: vec!["/nonexistent/bus-bench".into(), "relay".into()],
+            worker: "/nonexistent/worker".into(),
+            worker_args: Vec::new(),
+        };
+        let error = |l: &Launch<'_>| Target::start(l).err().expect("refused");
+        assert!(error(&launch(&commands, Transport::Tcp, 3)).contains("3 connections"));
+        assert!(error(&launch(&commands, Transport::Stdio, 1)).contains("not stdio"));
+        // Within its limits it gets as far as starting the (missing) relay program.
+        assert!(error(&launch(&commands, Transport::Tcp, 2)).contains("cannot start"));
+    }
 }

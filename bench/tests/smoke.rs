@@ -27,11 +27,18 @@ fn bin(name: &str) -> PathBuf {
 
 /// Runs `bus-bench scenario NAME` at a tiny scale; returns the scenario's JSON report.
 fn scenario(name: &str) -> Value {
+    bench(&["scenario", name, "--scale", "0.005"])["scenarios"][0].clone()
+}
+
+/// Runs bus-bench with `args` (one run per row) against the debug daemon and worker; returns
+/// its JSON report.
+fn bench(args: &[&str]) -> Value {
+    let name = args.join(" ");
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bus-bench"))
-        .args(["scenario", name, "--scale", "0.005", "--runs", "1"])
-        .args(["--stall-timeout", "10", "--linger-ms", "20"])
+        .args(args)
+        .args(["--runs", "1", "--stall-timeout", "10", "--linger-ms", "20"])
         .arg("--bus-cmd")
         .arg(bin("codex-stdio-bus"))
         .arg("--worker-cmd")
@@ -51,15 +58,14 @@ fn scenario(name: &str) -> Value {
             // bus-bench ends the daemon and its workers itself when it exits.
             let _ = child.kill();
             let _ = child.wait();
-            panic!("scenario {name} did not finish within {DEADLINE:?}");
+            panic!("bus-bench {name} did not finish within {DEADLINE:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "scenario {name} failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    report["scenarios"][0].clone()
+    assert!(status.success(), "bus-bench {name} failed:\n{stderr}");
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
 }
 
 /// Asserts the checks of every row: each request answered exactly once on its own connection.
@@ -87,6 +93,32 @@ fn assert_exact(report: &Value, errors_allowed: bool) {
     }
 }
 
+/// The relay row ran as its own process, with as many workers as the bus row, and its CPU was
+/// measured like the daemon's; the bus / relay ratio is among the derived figures.
+fn assert_relay_measured(report: &Value) {
+    let rows = report["rows"].as_array().unwrap();
+    let find = |label: &str| {
+        rows.iter()
+            .find(|r| r["label"] == label)
+            .unwrap_or_else(|| panic!("no {label} row"))
+    };
+    let (relay, bus) = (find("relay tcp"), find("bus tcp"));
+    assert_eq!(relay["spec"]["workers"], bus["spec"]["workers"]);
+    let run = &relay["runs"][0];
+    assert!(
+        run["daemon_cpu_s_per_100k"].as_f64().unwrap() > 0.0,
+        "{run}"
+    );
+    assert!(run["daemon_peak_rss_kb"].as_u64().unwrap() > 0, "{run}");
+    let derived = report["derived"].as_array().unwrap();
+    assert!(
+        derived
+            .iter()
+            .any(|d| d["name"] == "daemon CPU per round trip, bus tcp / relay tcp"),
+        "{derived:?}"
+    );
+}
+
 #[test]
 fn single() {
     let report = scenario("single");
@@ -99,13 +131,50 @@ fn single() {
         .collect();
     assert_eq!(
         labels,
-        ["bus tcp", "bus unix", "bus stdio", "direct", "self tcp"]
+        [
+            "bus tcp",
+            "bus unix",
+            "bus stdio",
+            "relay tcp",
+            "direct",
+            "self tcp"
+        ]
     );
+    assert_relay_measured(&report);
 }
 
 #[test]
 fn fanout() {
-    assert_exact(&scenario("fanout"), false);
+    let report = scenario("fanout");
+    assert_exact(&report, false);
+    assert_relay_measured(&report);
+}
+
+#[test]
+fn relay_over_unix_gives_each_connection_its_own_worker() {
+    let report = bench(&[
+        "run",
+        "--target",
+        "relay",
+        "--transport",
+        "unix",
+        "-c",
+        "3",
+        "--workers",
+        "3",
+        "-w",
+        "20",
+        "-n",
+        "600",
+        "-s",
+        "per-connection",
+    ]);
+    let run = &report["scenarios"][0];
+    assert_exact(run, false);
+    assert_eq!(
+        run["rows"][0]["label"],
+        "relay unix c=3 w=20 n=600 s=per-connection p=0"
+    );
 }
 
 #[test]
@@ -115,7 +184,19 @@ fn large() {
 
 #[test]
 fn latency() {
-    assert_exact(&scenario("latency"), false);
+    let report = scenario("latency");
+    assert_exact(&report, false);
+    assert_relay_measured(&report);
+    let derived: Vec<&str> = report["derived"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        derived.contains(&"added p50, bus tcp / relay tcp"),
+        "{derived:?}"
+    );
 }
 
 #[test]
