@@ -15,11 +15,12 @@
 //! leaves reach the worker's next client; bus-bench never leaves with replies outstanding.
 
 use std::io;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 
+use codex_bus_process::{capture_stderr, Spec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -29,6 +30,9 @@ use crate::cli::RelayArgs;
 /// Bytes asked for per read: the daemon's read size (`LineFramer`'s minimum spare room), so the
 /// two batch alike.
 const CHUNK: usize = 64 * 1024;
+
+/// Longest worker stderr line copied whole (the daemon's cap).
+const STDERR_LINE: usize = 16 * 1024;
 
 /// Runs the relay until SIGTERM or SIGINT (exit 0), or until a worker exits or a socket fails
 /// to bind or accept (exit 1, the reason on stderr).
@@ -164,20 +168,22 @@ enum End {
 }
 
 impl Worker {
-    /// Starts slot `slot` of `pool` the way the bus does: same program and arguments, the pool
-    /// and slot in the environment, its own process group; stderr goes to the relay's.
+    /// Starts slot `slot` of `pool` the way the bus does, through the same process crate: same
+    /// program and arguments, the pool and slot in the environment, its own process group, dead
+    /// with the relay; its stderr lines are copied to the relay's.
     fn spawn(pool: &PoolConfig, slot: usize) -> Result<Worker, String> {
-        let mut child = Command::new(&pool.command)
+        let mut child = Spec::new(&pool.command)
             .args(&pool.args)
             .env("CODEX_BUS_POOL", &pool.id)
             .env("CODEX_BUS_SLOT", slot.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", pool.command.display()))?;
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(capture_stderr(stderr, STDERR_LINE, move |line| {
+                eprintln!("worker {slot}: {line}")
+            }));
+        }
         Ok(Worker {
             slot,
             stdin: child.stdin.take().expect("piped"),
