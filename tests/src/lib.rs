@@ -39,7 +39,67 @@ pub fn bin(name: &str) -> PathBuf {
         "{} is missing: run the suite with `cargo test --workspace`",
         path.display()
     );
+    // `cargo test -p codex-bus-tests` alone does not rebuild the binaries it runs: refuse to
+    // test yesterday's daemon in silence.
+    let built = modified(&path);
+    if let Some(source) = newest_source(name).filter(|(time, _)| Some(*time) > built) {
+        panic!(
+            "{} is older than {}: run `cargo build --workspace --bins` (or the whole suite, \
+             `cargo test --workspace`) first",
+            path.display(),
+            source.1.display()
+        );
+    }
     path
+}
+
+/// The workspace crates whose code ends up in each binary the end-to-end tests run.
+fn sources_of(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "codex-stdio-bus" => &["codex-stdio-bus", "protocol", "config", "process"],
+        "codex-worker" => &["codex-worker", "protocol", "process", "worker-io"],
+        "codex-mock" => &["codex-mock", "protocol", "worker-io"],
+        _ => &[],
+    }
+}
+
+/// When `path` was last modified.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The most recently modified `.rs` file in the `src/` folders of `binary`'s crates.
+fn newest_source(binary: &str) -> Option<(std::time::SystemTime, PathBuf)> {
+    fn walk(dir: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                if let Some(time) = modified(&path) {
+                    if newest.as_ref().is_none_or(|(t, _)| time > *t) {
+                        *newest = Some((time, path));
+                    }
+                }
+            }
+        }
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut newest = None;
+    for name in sources_of(binary) {
+        walk(&workspace.join(name).join("src"), &mut newest);
+    }
+    newest
+}
+
+/// Writes a line the runner must show (why a test skipped, what a tier measured) to the real
+/// stderr: the test harness captures `eprintln!` of a test that passes, so a skip printed that way
+/// would pass in silence.
+pub fn say(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// A config document for the daemon, built in JSON.

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{bin, recv_until, Bus, BusConfig, Conn, Mode};
+use codex_bus_tests::{bin, recv_until, say, Bus, BusConfig, Conn, Mode};
 use serde_json::{json, Value};
 
 /// Set in the re-run inside the network namespace.
@@ -219,11 +219,6 @@ fn namespace_available() -> bool {
         .args(["-n", "sh", "-c", "ip link set lo up"])
         .status()
         .is_ok_and(|status| status.success())
-}
-
-/// Prints past the test harness's capture, so the tier's outcome shows in every run.
-fn say(text: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// A loopback HTTP server that answers `POST …/responses` with a streamed Responses API turn.

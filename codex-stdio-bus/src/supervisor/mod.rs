@@ -6,7 +6,7 @@
 //! pipes (io), and hands what the worker writes, and the requests it will never answer, to a
 //! `WorkerSink`.
 //!
-//! Imports: the core, the pools (router), the worker pipes (io) and the metrics leaf.
+//! Imports: the core, the pools (router), the worker pipes (io) and the metrics and error leaves.
 
 pub(crate) mod deadlines;
 pub(crate) mod instance;
