@@ -4,6 +4,7 @@
 //! The stdout reader never waits on a client: lines toward clients are pushed whatever their queues
 //! hold (a slow client's own reader pauses instead), so one slow client cannot stall a worker.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,7 +114,9 @@ struct ToSink {
 }
 
 impl FrameHandler for ToSink {
-    async fn frame(&mut self, frame: Frame<'_>, read_at: Instant) {
+    /// Handles the line at once and returns a future that is already done: nothing here waits,
+    /// and a future that holds the frame across its first poll would cost every reply more.
+    fn frame(&mut self, frame: Frame<'_>, read_at: Instant) -> impl Future<Output = ()> + Send {
         self.messages.increment(1);
         match frame {
             Frame::Line(line) => self
@@ -130,5 +133,6 @@ impl FrameHandler for ToSink {
                 metrics::get().dropped(Discard::OversizeWorkerLine);
             }
         }
+        std::future::ready(())
     }
 }
