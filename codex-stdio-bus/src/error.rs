@@ -15,7 +15,7 @@ pub use codex_bus_protocol::Fault;
 pub enum Kind {
     /// The configuration (file, flags, built-in default) is unusable.
     Config,
-    /// A listener could not be bound.
+    /// A listener could not be bound to a valid address (it is in use).
     Bind,
     /// The metrics recorder could not be installed.
     Metrics,
@@ -82,6 +82,17 @@ impl Error {
         }
     }
 
+    /// A listener at the address `context` names could not be bound: [`Kind::Bind`] when the
+    /// address is in use (a previous daemon may still be draining; retrying can succeed), else
+    /// [`Kind::Config`] (no such address here, a bad port, no permission: the operator's to fix).
+    pub fn bind(context: impl Into<Cow<'static, str>>, cause: std::io::Error) -> Self {
+        let kind = match cause.kind() {
+            std::io::ErrorKind::AddrInUse => Kind::Bind,
+            _ => Kind::Config,
+        };
+        Error::because(kind, context, cause)
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> Kind {
         self.kind
@@ -99,12 +110,18 @@ impl Error {
 
     /// Logs the error at the level its fault calls for: the daemon's own failures are errors, a
     /// worker's are warnings (the supervisor copes), the operator's input is reported as a warning
-    /// too (it is also printed to stderr by the caller).
-    pub fn log(&self) {
+    /// too. Returns whether the log filter let the line through.
+    pub fn log(&self) -> bool {
         let (kind, retryable) = (self.kind.as_str(), self.retryable());
         match self.fault() {
-            Fault::Bus => tracing::error!(kind, retryable, "{self}"),
-            Fault::Worker | Fault::Client => tracing::warn!(kind, retryable, "{self}"),
+            Fault::Bus => {
+                tracing::error!(kind, retryable, "{self}");
+                tracing::enabled!(tracing::Level::ERROR)
+            }
+            Fault::Worker | Fault::Client => {
+                tracing::warn!(kind, retryable, "{self}");
+                tracing::enabled!(tracing::Level::WARN)
+            }
         }
     }
 }
@@ -139,6 +156,14 @@ mod tests {
         assert_eq!(error.fault(), Fault::Bus);
         assert!(error.retryable());
         assert!(std::error::Error::source(&error).is_some());
+        let invalid = std::io::Error::from(std::io::ErrorKind::InvalidInput);
+        let bad_port = Error::bind("cannot listen on TCP 127.0.0.1:99999", invalid);
+        assert_eq!(
+            (bad_port.fault(), bad_port.retryable()),
+            (Fault::Client, false)
+        );
+        let busy = Error::bind("x", std::io::Error::from(std::io::ErrorKind::AddrInUse));
+        assert_eq!(busy.kind(), Kind::Bind);
         let config = Error::new(Kind::Config, "pools[0].command: not found");
         assert_eq!(config.to_string(), "pools[0].command: not found");
         assert_eq!((config.fault(), config.retryable()), (Fault::Client, false));

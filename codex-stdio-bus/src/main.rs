@@ -113,9 +113,12 @@ fn run(args: RunArgs) -> ExitCode {
     drop(runtime);
     match outcome {
         Ok(outcome) => ExitCode::from(outcome.exit_status()),
+        // Logged once, at the level its fault calls for (the log is the daemon's stderr); a
+        // fatal error still reaches stderr when the log filter hides that level.
         Err(error) => {
-            error.log();
-            eprintln!("codex-stdio-bus: {error}");
+            if !error.log() {
+                eprintln!("codex-stdio-bus: {error}");
+            }
             ExitCode::FAILURE
         }
     }

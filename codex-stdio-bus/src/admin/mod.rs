@@ -28,13 +28,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds the admin endpoint (before workers start, like the client listener).
 pub async fn bind(address: &str) -> Result<TcpListener, Error> {
-    let cannot = |e| {
-        Error::because(
-            Kind::Bind,
-            format!("cannot listen for metrics on {address}"),
-            e,
-        )
-    };
+    let cannot = |e| Error::bind(format!("cannot listen for metrics on {address}"), e);
     let listener = TcpListener::bind(address).await.map_err(cannot)?;
     let local = listener.local_addr().map_err(cannot)?;
     tracing::info!(transport = "metrics", addr = %local, "listening");

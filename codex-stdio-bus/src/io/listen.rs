@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::core::client::Transport;
-use crate::error::{Error, Kind};
+use crate::error::Error;
 
 /// Where clients come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,13 +50,12 @@ impl Drop for SocketFile {
     }
 }
 
-/// Binds `endpoint`; fails with [`Kind::Bind`].
+/// Binds `endpoint`; fails as [`Error::bind`] says.
 pub async fn bind(endpoint: &Endpoint) -> Result<Bound, Error> {
     match endpoint {
         Endpoint::Stdio => Ok(Bound::Stdio),
         Endpoint::Tcp(address) => {
-            let cannot =
-                |e| Error::because(Kind::Bind, format!("cannot listen on TCP {address}"), e);
+            let cannot = |e| Error::bind(format!("cannot listen on TCP {address}"), e);
             let listener = bind_tcp(address).await.map_err(cannot)?;
             let local = listener.local_addr().map_err(cannot)?;
             tracing::info!(transport = "tcp", addr = %local, "listening");
@@ -65,7 +64,7 @@ pub async fn bind(endpoint: &Endpoint) -> Result<Bound, Error> {
         Endpoint::Unix(path) => {
             let listener = bind_unix(path).map_err(|e| {
                 let context = format!("cannot listen on Unix socket {}", path.display());
-                Error::because(Kind::Bind, context, e)
+                Error::bind(context, e)
             })?;
             tracing::info!(transport = "unix", path = %path.display(), "listening");
             Ok(Bound::Unix(listener, SocketFile(path.clone())))

@@ -87,7 +87,7 @@ pub(crate) async fn supervise(
             }
             Err(error) => {
                 let context = format!("{slot:?}: worker '{}' failed to start", config.command);
-                Error::because(Kind::Spawn, context, error).log();
+                let _ = Error::because(Kind::Spawn, context, error).log();
                 Ended {
                     status: None,
                     ending: Ending::Exited,
