@@ -399,3 +399,27 @@ fn supervision_keys_are_checked() {
         &["pools[0].backoff_max_ms: must be at least backoff_initial_ms (500), got 100"],
     );
 }
+
+#[test]
+fn durations_are_bounded_by_a_day() {
+    for key in [
+        "restart_window_sec",
+        "drain_timeout_sec",
+        "backpressure_timeout_sec",
+    ] {
+        let text = format!(
+            r#"{{"pools":[{{"id":"a","command":"w","instances":1}}],"limits":{{"{key}":9223372036854775808}}}}"#
+        );
+        let err = codex_bus_config::Config::from_json_str(&text, "bus.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("limits.{key}")), "{err}");
+        let ok = format!(
+            r#"{{"pools":[{{"id":"a","command":"w","instances":1}}],"limits":{{"{key}":86400}}}}"#
+        );
+        assert!(
+            codex_bus_config::Config::from_json_str(&ok, "bus.json").is_ok(),
+            "{key}"
+        );
+    }
+}

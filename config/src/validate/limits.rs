@@ -4,7 +4,7 @@ use crate::path::FieldPath;
 use crate::schema::LIMIT_KEYS;
 use crate::tree::Json;
 use crate::validate::problems::Problems;
-use crate::validate::values::{integer, object};
+use crate::validate::values::{integer, object, DAY_SEC};
 use crate::Limits;
 
 /// Validates `limits`; absent fields keep their defaults.
@@ -37,16 +37,16 @@ pub(crate) fn limits(
             ),
             "restart_window_sec" => set(
                 &mut limits.restart_window_sec,
-                integer(p, value, 1, u64::MAX, problems),
+                integer(p, value, 1, DAY_SEC, problems),
             ),
             "drain_timeout_sec" => set(
                 &mut limits.drain_timeout_sec,
-                integer(p, value, 0, u64::MAX, problems),
+                integer(p, value, 0, DAY_SEC, problems),
             ),
             "backpressure_timeout_sec" => {
                 set(
                     &mut limits.backpressure_timeout_sec,
-                    integer(p, value, 1, u64::MAX, problems),
+                    integer(p, value, 1, DAY_SEC, problems),
                 );
             }
             "max_worker_queue" => set(

@@ -4,11 +4,8 @@ use crate::path::FieldPath;
 use crate::schema::PROBE_KEYS;
 use crate::tree::Json;
 use crate::validate::problems::Problems;
-use crate::validate::values::{integer, non_empty_string, object, string};
+use crate::validate::values::{integer, non_empty_string, object, string, DAY_SEC};
 use crate::{ReadyProbe, RestartPolicy, Supervision};
-
-/// Longest backoff, grace or timeout accepted: a day. Anything longer is almost surely a unit mistake.
-const DAY_SEC: u64 = 86_400;
 
 /// Reads one supervision key into `into`; false if `key` is not a supervision key.
 pub(crate) fn field(

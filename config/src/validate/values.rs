@@ -4,6 +4,11 @@ use crate::path::FieldPath;
 use crate::tree::Json;
 use crate::validate::problems::Problems;
 
+/// One day in seconds: the ceiling of every duration in the config. Anything longer is almost surely
+/// a unit mistake, and the bound keeps `Instant + duration` from overflowing (an unbounded
+/// `drain_timeout_sec` of 2^63 panicked the drain).
+pub(crate) const DAY_SEC: u64 = 86_400;
+
 /// The entries of an object, or a problem naming what was found instead.
 pub(crate) fn object<'j>(
     path: &FieldPath<'_>,
