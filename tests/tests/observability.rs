@@ -335,3 +335,24 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_worker_that_serves_before_it_counts_as_ready_shows_its_uptime() {
+    // A long grace period: the worker serves at once but stays `starting` for a while.
+    let config = BusConfig::mock(1).pool_key("ready_grace_ms", json!(60_000));
+    let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let addr = bus.metrics_addr();
+    bus.wait_workers(1);
+    let mut conn = bus.connect();
+    conn.request(json!(1), "ping", Value::Null, Some("s"));
+    assert!(
+        conn.recv().get("result").is_some(),
+        "it serves while starting"
+    );
+    let slot = &codex_bus_tests::status(&addr)["pools"][0]["slots"][0];
+    assert_eq!(slot["state"], "starting", "{slot}");
+    assert!(
+        slot["uptime_sec"].as_f64().is_some_and(|u| u > 0.0),
+        "uptime counts from the spawn, not from readiness: {slot}"
+    );
+}

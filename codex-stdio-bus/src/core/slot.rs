@@ -131,8 +131,8 @@ pub(crate) struct SlotBook {
     /// Counts worker processes started in this slot; answers from a client to an older process's
     /// request must not reach its successor.
     generation: u64,
-    /// When the running worker became ready.
-    ready_since: Option<Instant>,
+    /// When the running worker was started (spawned), for its uptime.
+    started_at: Option<Instant>,
 }
 
 /// What a slot looks like at one moment (for status and metrics).
@@ -142,7 +142,7 @@ pub(crate) struct SlotSnapshot {
     pub state: SlotState,
     /// The running worker's pid.
     pub pid: Option<u32>,
-    /// How long the running worker has been ready.
+    /// How long the running worker has been running (since it was spawned).
     pub uptime: Option<Duration>,
     /// Requests awaiting a reply.
     pub in_flight: usize,
@@ -194,7 +194,7 @@ impl Slot {
             state: SlotState::Starting,
             draining: false,
             generation: 0,
-            ready_since: None,
+            started_at: None,
         };
         Slot {
             pool,
@@ -238,7 +238,7 @@ impl Slot {
         SlotSnapshot {
             state: q.state.state,
             pid: self.pid(),
-            uptime: q.state.ready_since.map(|t| t.elapsed()),
+            uptime: q.state.started_at.map(|t| t.elapsed()),
             in_flight: self.in_flight(),
             queued_bytes: q.buf.len(),
             sessions: self.sessions.load(Ordering::Relaxed),
@@ -427,15 +427,13 @@ impl Slot {
         match state {
             SlotState::Starting => {
                 q.state.generation += 1;
+                q.state.started_at = Some(Instant::now());
                 Vec::new()
             }
-            SlotState::Ready => {
-                q.state.ready_since = Some(Instant::now());
-                Vec::new()
-            }
+            SlotState::Ready => Vec::new(),
             SlotState::Draining => Vec::new(),
             SlotState::Backoff | SlotState::Failed | SlotState::Exited | SlotState::Stopped => {
-                q.state.ready_since = None;
+                q.state.started_at = None;
                 q.buf.clear();
                 let failed: Vec<Pending> = q.state.pending.drain().map(|(_, p)| p).collect();
                 drop(q);
