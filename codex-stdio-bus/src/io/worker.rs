@@ -12,6 +12,7 @@ use ::metrics::Counter;
 use codex_bus_protocol::Frame;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
+use tracing::Level;
 
 use super::frames::{read_frames, FrameHandler};
 use crate::core::sink::WorkerSink;
@@ -85,7 +86,14 @@ where
         async move {
             let (pool, index) = (&*slot.pool, slot.index);
             codex_bus_process::capture_stderr(&mut stderr, STDERR_LINE, |line| {
-                tracing::info!(target: "worker", pool, slot = index, "{line}");
+                // The worker's own level word decides the level (INFO when it names none).
+                match level_of(line) {
+                    Level::ERROR => tracing::error!(target: "worker", pool, slot = index, "{line}"),
+                    Level::WARN => tracing::warn!(target: "worker", pool, slot = index, "{line}"),
+                    Level::DEBUG => tracing::debug!(target: "worker", pool, slot = index, "{line}"),
+                    Level::TRACE => tracing::trace!(target: "worker", pool, slot = index, "{line}"),
+                    _ => tracing::info!(target: "worker", pool, slot = index, "{line}"),
+                }
             })
             .await;
         }
@@ -102,6 +110,27 @@ impl Pipes {
         self.writer.abort();
         closed
     }
+}
+
+/// How far into a stderr line its level word is looked for: past a prefix such as
+/// `codex-worker[123]: codex[1]: 2026-11-30T20:00:00.123456Z`, not into the message.
+const LEVEL_WITHIN: usize = 96;
+
+/// The level a worker's stderr line names (`ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE` as a word
+/// near its start, as tracing and most loggers write it); INFO when it names none.
+fn level_of(line: &str) -> Level {
+    let head = &line.as_bytes()[..line.len().min(LEVEL_WITHIN)];
+    for word in head.split(|b| !b.is_ascii_alphabetic()) {
+        match word {
+            b"ERROR" => return Level::ERROR,
+            b"WARN" | b"WARNING" => return Level::WARN,
+            b"INFO" => return Level::INFO,
+            b"DEBUG" => return Level::DEBUG,
+            b"TRACE" => return Level::TRACE,
+            _ => {}
+        }
+    }
+    Level::INFO
 }
 
 /// Hands a worker's stdout lines to the sink.
@@ -134,5 +163,23 @@ impl FrameHandler for ToSink {
             }
         }
         std::future::ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stderr_line_is_logged_at_the_level_it_names() {
+        let codex = "codex-worker[7]: codex[1]: 2026-11-30T20:00:00.123456Z  WARN codex_core::plugins: sync failed";
+        assert_eq!(level_of(codex), Level::WARN);
+        assert_eq!(level_of("ERROR: disk full"), Level::ERROR);
+        assert_eq!(level_of("[DEBUG] x"), Level::DEBUG);
+        assert_eq!(level_of("codex-mock[3]: started"), Level::INFO);
+        // A level word deep in the message is not the line's level.
+        let deep = format!("{} ERROR in a quoted message", "x".repeat(LEVEL_WITHIN));
+        assert_eq!(level_of(&deep), Level::INFO);
+        assert_eq!(level_of("WARNINGS are words too"), Level::INFO);
     }
 }

@@ -7,6 +7,7 @@
 
 mod approvals;
 mod bridge;
+mod child_log;
 mod errors;
 mod held;
 mod home;

@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 
 use codex_bus_worker_io::log;
 
+use super::child_log::ChildLog;
+
 /// Bytes read from the child's stdout per read call.
 const CHUNK_BYTES: usize = 64 * 1024;
 
@@ -84,9 +86,11 @@ impl ChildProcess {
             });
         }
         if let Some(stderr) = stderr {
-            tokio::spawn(capture_stderr(stderr, STDERR_LINE, move |line| {
-                log::line(format_args!("codex[{generation}]: {line}"));
-            }));
+            tokio::spawn(async move {
+                let mut log = ChildLog::new(generation);
+                capture_stderr(stderr, STDERR_LINE, |line| log.line(line)).await;
+                log.flush();
+            });
         }
         let (sender, mut receiver) = mpsc::unbounded_channel::<Vec<u8>>();
         if let Some(mut stdin) = stdin {
