@@ -5,6 +5,12 @@
 //! The binaries are the ones cargo built beside the test executable (`cargo test --workspace`
 //! builds them: the daemon, `codex-worker` and `codex-mock` crates have integration tests of
 //! their own).
+//!
+//! **Tiers.** A test that needs a component the machine may lack (promtool, real Codex) is a
+//! tier: it is marked `#[ignore = "tier NAME: needs …; how to run it"]`, so a plain
+//! `cargo test --workspace` reports it as ignored with that reason (the runner's own term for a
+//! skip), and `.ci/run` runs each tier whose component is present with `-- --ignored`, or says
+//! why it did not. Inside, a tier fails if its component is missing: when it runs, it runs for real.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

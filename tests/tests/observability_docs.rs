@@ -103,13 +103,12 @@ fn docs_dashboard_and_alerts_match_the_exported_metrics() {
 }
 
 #[test]
+#[ignore = "tier promtool: needs promtool (Debian package `prometheus`); .ci/run installs it and runs this tier"]
 fn alert_rules_pass_promtool() {
-    let Ok(version) = Command::new("promtool").arg("--version").output() else {
-        codex_bus_tests::say(
-            "alert_rules_pass_promtool SKIPPED: promtool is not installed (Debian package `prometheus`; .ci/run installs it as root)",
-        );
-        return;
-    };
+    let version = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .expect("the promtool tier runs only where promtool is installed");
     assert!(version.status.success());
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus/alerts.yml");
     let out = Command::new("promtool")
