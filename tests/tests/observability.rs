@@ -356,3 +356,60 @@ fn a_worker_that_serves_before_it_counts_as_ready_shows_its_uptime() {
         "uptime counts from the spawn, not from readiness: {slot}"
     );
 }
+
+/// Sends `request` (a whole HTTP/1.1 request head) to the admin endpoint; returns the response.
+fn raw_http(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+#[test]
+fn the_admin_endpoint_speaks_http_as_clients_expect() {
+    let bus = Bus::start_with(
+        &BusConfig::mock(1),
+        Mode::Tcp,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let addr = bus.metrics_addr();
+    let head = raw_http(
+        &addr,
+        "HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head:?}");
+    let post = raw_http(
+        &addr,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    assert!(
+        post.to_ascii_lowercase().contains("allow: get,head"),
+        "{post}"
+    );
+    let metrics = raw_http(
+        &addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        metrics
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{metrics}"
+    );
+    // A head larger than the limit is refused, and the endpoint goes on serving.
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let refused = raw_http(&addr, &huge);
+    assert!(!refused.starts_with("HTTP/1.1 200"), "{refused}");
+    let (code, body) = codex_bus_tests::http_get(&addr, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+}

@@ -1,8 +1,10 @@
 //! Layer 5, the admin endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/status`,
 //! rendered from the state the lower layers keep.
 //!
-//! A deliberately tiny HTTP/1.1 server (GET only, one request per connection): the exporter's own
-//! listener answers every path with metrics, and probes need their own paths on the same port.
+//! Served by axum over hyper (HTTP/1.1): the exporter's own listener answers every path with
+//! metrics, probes need their own paths on the same port, and the WebSocket front and the
+//! dashboard of later issues share this stack. `GET` and `HEAD` are answered; other methods get
+//! 405 with an `Allow` header.
 //!
 //! Imports: the router (to read pools, slots and clients), the core and the metrics leaf.
 
@@ -12,19 +14,38 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::error::{Error, Kind};
 use crate::io::ACCEPT_RETRY;
 use crate::router::Router;
 
-/// Longest request head accepted.
+/// How long a client may take to send its request head (a connection that sends nothing is
+/// closed then, so idle connections cannot pile up).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Smallest read buffer hyper allows; a request head larger than this is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
 
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Content type of the plain-text answers.
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
+/// What every admin request reads.
+#[derive(Clone)]
+struct Admin {
+    router: Arc<Router>,
+    handle: PrometheusHandle,
+}
 
 /// Binds the admin endpoint (before workers start, like the client listener).
 pub async fn bind(address: &str) -> Result<TcpListener, Error> {
@@ -38,6 +59,19 @@ pub async fn bind(address: &str) -> Result<TcpListener, Error> {
 /// Serves admin requests for the life of the daemon (through the drain too: `/readyz` then says
 /// 503, which is what an orchestrator needs to see).
 pub(crate) async fn serve(listener: TcpListener, router: Arc<Router>, handle: PrometheusHandle) {
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status_document))
+        .fallback(not_found)
+        .with_state(Admin { router, handle });
+    let service = TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -47,88 +81,55 @@ pub(crate) async fn serve(listener: TcpListener, router: Arc<Router>, handle: Pr
                 continue;
             }
         };
-        let (router, handle) = (router.clone(), handle.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
         tokio::spawn(async move {
-            if let Err(error) = answer(stream, &router, &handle).await {
+            if let Err(error) = connection.await {
                 tracing::debug!(%error, "metrics request failed");
             }
         });
     }
 }
 
-/// Reads one request and writes its response.
-async fn answer(
-    mut stream: TcpStream,
-    router: &Router,
-    handle: &PrometheusHandle,
-) -> std::io::Result<()> {
-    let head = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let mut parts = head.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = if method != "GET" {
-        (405, "text/plain", "only GET is supported\n".to_owned())
-    } else {
-        route(path, router, handle)
-    };
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+/// `GET /metrics`: the exposition text, with the state gauges refreshed first.
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let text = scrape::render(&admin.handle, &admin.router);
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
 }
 
-/// The response (status, content type, body) for a GET of `path`.
-fn route(path: &str, router: &Router, handle: &PrometheusHandle) -> (u16, &'static str, String) {
-    match path {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4",
-            scrape::render(handle, router),
-        ),
-        "/healthz" => (200, "text/plain", "ok\n".to_owned()),
-        "/readyz" => match status::readiness(router) {
-            Ok(()) => (200, "application/json", "{\"ready\":true}\n".to_owned()),
-            Err(body) => (503, "application/json", format!("{body}\n")),
-        },
-        "/status" => (
-            200,
-            "application/json",
-            format!("{}\n", status::snapshot(router)),
-        ),
-        _ => (
-            404,
-            "text/plain",
-            "not found: try /metrics, /healthz, /readyz or /status\n".to_owned(),
-        ),
+/// `GET /healthz`: the process answers.
+async fn healthz() -> Response {
+    ([(header::CONTENT_TYPE, PLAIN_TEXT)], "ok\n").into_response()
+}
+
+/// `GET /readyz`: 200 while every pool has a ready worker and no drain runs, else 503 with what
+/// is not ready.
+async fn readyz(State(admin): State<Admin>) -> Response {
+    match status::readiness(&admin.router) {
+        Ok(()) => json(StatusCode::OK, "{\"ready\":true}\n".to_owned()),
+        Err(body) => json(StatusCode::SERVICE_UNAVAILABLE, format!("{body}\n")),
     }
 }
 
-/// Reads the request line (the rest of the head is not needed, but is consumed up to its end).
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        if head.len() > MAX_HEAD {
-            return Err(std::io::ErrorKind::InvalidData.into());
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    let line = head.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    Ok(String::from_utf8_lossy(line).trim_end().to_owned())
+/// `GET /status`: the status document.
+async fn status_document(State(admin): State<Admin>) -> Response {
+    let body = format!("{}\n", status::snapshot(&admin.router));
+    json(StatusCode::OK, body)
+}
+
+/// Any other path.
+async fn not_found() -> Response {
+    let body = "not found: try /metrics, /healthz, /readyz or /status\n";
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, PLAIN_TEXT)],
+        body,
+    )
+        .into_response()
+}
+
+/// A JSON answer with `status`.
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Fetches `path` from an admin endpoint (for `codex-stdio-bus status`); fails with
