@@ -196,3 +196,58 @@ fn a_restarted_worker_holds_no_fd_of_the_daemon_but_its_pipes() {
         );
     }
 }
+
+/// A worker's first generation leaves a ghost behind that holds its stdout and, a while later,
+/// writes replies with the small integer ids the bus hands out; the next generation reads three
+/// requests, waits two seconds and answers each with `"real"`. Bus ids are per slot and
+/// sequential, so the ghost's lines name exactly the ids of the replacement's requests, and it
+/// writes them while those requests are pending (the daemon waits up to 2 s for a dead worker's
+/// stdout before restarting it).
+const GHOST_WORKER: &str = r#"
+if [ ! -e "$MARKER" ]; then
+    : > "$MARKER"
+    (sleep 3.5; i=1; while [ $i -le 20 ]; do echo "{\"id\":$i,\"result\":\"ghost\"}"; i=$((i+1)); done; sleep 5) &
+    exit 1
+fi
+ids=""
+for n in 1 2 3; do
+    IFS= read -r line || exit 0
+    ids="$ids $(printf '%s' "$line" | sed 's/.*"id":\([0-9]*\).*/\1/')"
+done
+sleep 2
+for id in $ids; do echo "{\"id\":$id,\"result\":\"real\"}"; done
+cat > /dev/null
+"#;
+
+#[test]
+fn a_dead_workers_leftover_cannot_answer_for_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("first-generation-ran");
+    let config = BusConfig(json!({
+        "pools": [{
+            "id": "ghosts",
+            "command": "/bin/sh",
+            "args": ["-c", GHOST_WORKER],
+            "instances": 1,
+            "env": {"MARKER": marker.to_str().unwrap()},
+            "backoff_initial_ms": 100,
+            "backoff_max_ms": 100
+        }]
+    }));
+    let mut bus = Bus::start(&config, Mode::Tcp);
+    bus.wait_log("restarting worker after backoff");
+    bus.wait_log_count("worker started", 2);
+    let mut conn = bus.connect();
+    for id in 1..=3 {
+        conn.request(json!(id), "work", Value::Null, Some("s"));
+    }
+    // The ghost writes at about 3.5 s; the real worker answers at about 4 s.
+    for _ in 1..=3 {
+        let reply = conn.recv();
+        assert_eq!(
+            reply["result"],
+            json!("real"),
+            "only the running worker answers its requests: {reply}"
+        );
+    }
+}

@@ -329,10 +329,16 @@ impl Slot {
         })
     }
 
-    /// Removes and returns the pending request with this bus id (its `since` times the reply).
-    pub(crate) fn take_pending(&self, bus_id: u64) -> Option<Pending> {
+    /// Removes and returns the pending request with this bus id (its `since` times the reply),
+    /// if the reply comes from the worker running now: `generation` is the process whose stdout
+    /// the reply was read from. Anything a dead worker left behind (a child holding its stdout)
+    /// must not answer for its successor, whose bus ids continue the same sequence.
+    pub(crate) fn take_pending(&self, bus_id: u64, generation: u64) -> Option<Pending> {
         let (taken, draining) = {
             let mut q = self.queue.lock();
+            if q.state.generation != generation {
+                return None;
+            }
             (q.state.pending.remove(&bus_id), q.state.draining)
         };
         if taken.is_some() {
@@ -484,9 +490,12 @@ mod tests {
             slot.queue.lock().buf,
             b"{\"id\":1,\"method\":\"m\"}\n{\"id\":2,\"method\":\"m\"}\n"
         );
-        let taken = slot.take_pending(1).unwrap();
+        let taken = slot.take_pending(1, slot.generation()).unwrap();
         assert_eq!(&*taken.id, b"\"a\"");
-        assert!(slot.take_pending(1).is_none(), "a reply is matched once");
+        assert!(
+            slot.take_pending(1, slot.generation()).is_none(),
+            "a reply is matched once"
+        );
         let failed = slot.transition(SlotState::Backoff);
         assert_eq!(failed.len(), 1);
         assert_eq!(&*failed[0].id, b"\"b\"");
@@ -547,10 +556,10 @@ mod tests {
             async move { slot.wait_idle().await }
         });
         tokio::task::yield_now().await;
-        assert!(slot.take_pending(1).is_some());
+        assert!(slot.take_pending(1, slot.generation()).is_some());
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "one request is still in flight");
-        assert!(slot.take_pending(2).is_some());
+        assert!(slot.take_pending(2, slot.generation()).is_some());
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("the last reply wakes the drain")

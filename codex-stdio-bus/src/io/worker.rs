@@ -103,10 +103,14 @@ where
 
 impl Pipes {
     /// Once the worker has exited: waits up to `linger` for its stdout to be read to the end (the
-    /// replies it wrote just before exiting are still in the pipe), then stops writing its stdin.
-    /// False if stdout stayed open (a process the worker left behind holds it).
-    pub(crate) async fn finish(self, linger: Duration) -> bool {
-        let closed = tokio::time::timeout(linger, self.reader).await.is_ok();
+    /// replies it wrote just before exiting are still in the pipe), then stops reading its stdout
+    /// and writing its stdin. False if stdout stayed open (a process the worker left behind holds
+    /// it).
+    pub(crate) async fn finish(mut self, linger: Duration) -> bool {
+        let closed = tokio::time::timeout(linger, &mut self.reader).await.is_ok();
+        // Stopped for real, not just forgotten: whatever still holds the pipe is not this
+        // worker, and nothing it writes may be routed.
+        self.reader.abort();
         self.writer.abort();
         closed
     }

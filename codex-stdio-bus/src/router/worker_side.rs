@@ -40,7 +40,7 @@ impl WorkerSink for Router {
                 tracing::debug!(?slot, "readiness probe answered");
                 slot.probe_answered(generation);
             }
-            (Kind::Response, Some(id)) => self.deliver_reply(slot, line, id, read_at),
+            (Kind::Response, Some(id)) => self.deliver_reply(slot, generation, line, id, read_at),
             (Kind::Request, Some(id)) => {
                 self.forward_request(slot, generation, line, &envelope, id)
             }
@@ -104,11 +104,18 @@ impl Router {
 
     /// A reply: found by bus id, sent to the client that asked with its original id restored, and
     /// timed from the request's arrival to `read_at`.
-    fn deliver_reply(&self, slot: &Slot, line: &[u8], id: Range<usize>, read_at: Instant) {
+    fn deliver_reply(
+        &self,
+        slot: &Slot,
+        generation: u64,
+        line: &[u8],
+        id: Range<usize>,
+        read_at: Instant,
+    ) {
         let bus_id = parse_bus_id(&line[id.clone()]);
-        let Some(pending) = bus_id.and_then(|n| slot.take_pending(n)) else {
-            // Late replies (the request timed out, or its worker was replaced) and replies to ids the
-            // bus never sent both land here; neither has anyone waiting. Only the latter is a worker
+        let Some(pending) = bus_id.and_then(|n| slot.take_pending(n, generation)) else {
+            // Late replies (the request timed out, or its worker was replaced: a reply read from a
+            // dead worker's stdout never matches) and replies to ids the bus never sent land here; neither has anyone waiting. Only the latter is a worker
             // bug worth a warning: a hung worker's late replies would otherwise flood the log.
             if bus_id.is_some_and(|n| slot.issued(n)) {
                 tracing::debug!(?slot, "late reply dropped");
