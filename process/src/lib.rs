@@ -6,7 +6,8 @@
 //!   ([`fd_limit`]); [`resolve_command`] finds a program as `execvp` would.
 //! - [`cloexec_inherited_fds`] keeps fds this process inherited out of its children.
 //! - [`stop`] ends a child (stdin closed, SIGTERM to its group, SIGKILL at a deadline, reaped);
-//!   [`signal_group`] signals a group.
+//!   [`reap`] waits for a child that ends on its own and kills what is left of its group before
+//!   reaping it; [`signal_group`] signals a group.
 //! - [`capture_stderr`] reads a child's stderr as lines of bounded length.
 //! - [`Backoff`] (jittered exponential delays) and [`RestartLimit`] (at most N restarts in a
 //!   window) decide when a dead child starts again.
@@ -14,12 +15,13 @@
 //! Linux only: the parent-death signal is `prctl(PR_SET_PDEATHSIG)` and fd hygiene reads
 //! `/proc/self/fd`.
 
-// Unsafe code lives in `inherit` only (`pre_exec`, and borrowing fds known by number); every
-// other module forbids it.
+// Unsafe code lives in `inherit` (`pre_exec`, and borrowing fds known by number) and `exit`
+// (opening a pidfd); every other module forbids it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod backoff;
+mod exit;
 pub mod fd_limit;
 mod inherit;
 mod restart_limit;
@@ -30,6 +32,7 @@ mod stop;
 mod testing;
 
 pub use backoff::{Backoff, InvalidBackoff};
+pub use exit::reap;
 pub use inherit::cloexec_inherited_fds;
 pub use restart_limit::RestartLimit;
 pub use spawn::{resolve_command, Spec};

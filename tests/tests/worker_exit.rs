@@ -251,3 +251,44 @@ fn a_dead_workers_leftover_cannot_answer_for_its_successor() {
         );
     }
 }
+
+#[test]
+fn a_crashed_workers_children_die_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("children");
+    // Every generation starts a long sleep in its own process group, says its pid, and crashes.
+    let script = r#"sleep 300 & echo $! >> "$PIDS"; exit 1"#;
+    let config = BusConfig(json!({
+        "pools": [{
+            "id": "leaky",
+            "command": "/bin/sh",
+            "args": ["-c", script],
+            "instances": 1,
+            "env": {"PIDS": pids.to_str().unwrap()},
+            "backoff_initial_ms": 100,
+            "backoff_max_ms": 100
+        }]
+    }));
+    let bus = Bus::start(&config, Mode::Tcp);
+    bus.wait_log_count("worker started", 3);
+    let children: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(children.len() >= 2, "{children:?}");
+    // Every child but the newest generation's (which may still be running) is gone.
+    let older = &children[..children.len() - 1];
+    let alive: Vec<_> = older
+        .iter()
+        .filter(|&&pid| codex_bus_tests::alive(pid as u32))
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "a crashed worker's children outlived it: {alive:?}"
+    );
+    drop(bus);
+    for pid in children {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}

@@ -95,7 +95,7 @@ pub(crate) async fn run(
     let mut on_ready = Some(on_ready);
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status.ok(),
+            status = codex_bus_process::reap(&mut child) => break status.ok(),
             deadline = super::stop_requested(stop) => {
                 ending = Ending::Stopped;
                 break stop_worker(slot, &mut child, deadline).await;

@@ -81,7 +81,7 @@ impl ChildProcess {
                         }
                     }
                 }
-                let status = child.wait().await;
+                let status = codex_bus_process::reap(&mut child).await;
                 let _ = events.send(ChildEvent::Exited(generation, status)).await;
             });
         }
