@@ -197,6 +197,21 @@ fn a_restarted_worker_holds_no_fd_of_the_daemon_but_its_pipes() {
     }
 }
 
+/// One worker running the shell `script` with `env`, restarted 100 ms after each exit.
+fn shell_pool(script: &str, env: Value) -> BusConfig {
+    BusConfig(json!({
+        "pools": [{
+            "id": "shell",
+            "command": "/bin/sh",
+            "args": ["-c", script],
+            "instances": 1,
+            "env": env,
+            "backoff_initial_ms": 100,
+            "backoff_max_ms": 100
+        }]
+    }))
+}
+
 /// A worker's first generation leaves a ghost behind that holds its stdout and, a while later,
 /// writes replies with the small integer ids the bus hands out; the next generation reads three
 /// requests, waits two seconds and answers each with `"real"`. Bus ids are per slot and
@@ -223,17 +238,7 @@ cat > /dev/null
 fn a_dead_workers_leftover_cannot_answer_for_its_successor() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("first-generation-ran");
-    let config = BusConfig(json!({
-        "pools": [{
-            "id": "ghosts",
-            "command": "/bin/sh",
-            "args": ["-c", GHOST_WORKER],
-            "instances": 1,
-            "env": {"MARKER": marker.to_str().unwrap()},
-            "backoff_initial_ms": 100,
-            "backoff_max_ms": 100
-        }]
-    }));
+    let config = shell_pool(GHOST_WORKER, json!({"MARKER": marker.to_str().unwrap()}));
     let mut bus = Bus::start(&config, Mode::Tcp);
     bus.wait_log("restarting worker after backoff");
     bus.wait_log_count("worker started", 2);
@@ -258,17 +263,7 @@ fn a_crashed_workers_children_die_with_it() {
     let pids = dir.path().join("children");
     // Every generation starts a long sleep in its own process group, says its pid, and crashes.
     let script = r#"sleep 300 & echo $! >> "$PIDS"; exit 1"#;
-    let config = BusConfig(json!({
-        "pools": [{
-            "id": "leaky",
-            "command": "/bin/sh",
-            "args": ["-c", script],
-            "instances": 1,
-            "env": {"PIDS": pids.to_str().unwrap()},
-            "backoff_initial_ms": 100,
-            "backoff_max_ms": 100
-        }]
-    }));
+    let config = shell_pool(script, json!({"PIDS": pids.to_str().unwrap()}));
     let bus = Bus::start(&config, Mode::Tcp);
     bus.wait_log_count("worker started", 3);
     let children: Vec<i32> = std::fs::read_to_string(&pids)
