@@ -13,7 +13,7 @@ use codex_bus_config::{Config, Limits};
 use codex_bus_process::resolve_command;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,10 +57,13 @@ impl Outcome {
 }
 
 /// When to stop: `drain` resolves when the daemon should stop accepting and drain; `now`, once
-/// draining, when it should kill its workers and return at once. The `signals` module makes one from SIGTERM and SIGINT.
+/// draining, when it should kill its workers and return at once (both resolving stops at once,
+/// with no drain). Also carries requests to log the daemon's status ([`Shutdown::status_requests`]).
+/// The `signals` module makes one from the process's signals.
 pub struct Shutdown {
     drain: Pin<Box<dyn Future<Output = ()> + Send>>,
     now: Pin<Box<dyn Future<Output = ()> + Send>>,
+    status: Arc<Notify>,
 }
 
 impl Shutdown {
@@ -72,7 +75,15 @@ impl Shutdown {
         Shutdown {
             drain: Box::pin(drain),
             now: Box::pin(now),
+            status: Arc::new(Notify::new()),
         }
+    }
+
+    /// Each `notify_one` on this asks the running daemon to log its status: one INFO line per
+    /// slot (state, pid, in-flight requests, queued bytes, sessions, restarts) and the totals, the
+    /// figures of `GET /status`. A request made before the daemon runs is logged once it does.
+    pub fn status_requests(&self) -> Arc<Notify> {
+        self.status.clone()
     }
 }
 
@@ -160,7 +171,17 @@ pub async fn run(
     let Shutdown {
         drain: requested,
         mut now,
+        status,
     } = shutdown;
+    tokio::spawn({
+        let router = router.clone();
+        async move {
+            loop {
+                status.notified().await;
+                admin::status::log(&router);
+            }
+        }
+    });
     let outcome = tokio::select! {
         () = requested => Outcome::Drained,
         () = drain.cancelled() => Outcome::Drained,
