@@ -253,8 +253,13 @@ impl Stages<'_> {
     }
 }
 
-/// Refuses to start a pool whose program does not exist, rather than crash-looping it.
-fn check_commands(config: &Config) -> Result<(), Error> {
+/// Refuses a pool whose program does not exist here, rather than crash-looping it: `run` before it
+/// spawns anything, and `codex-stdio-bus check`, so the two agree.
+///
+/// # Errors
+///
+/// [`Kind::Config`] naming the first such pool (`pools[i].command`).
+pub fn check_commands(config: &Config) -> Result<(), Error> {
     for (i, pool) in config.pools.iter().enumerate() {
         if resolve_command(&pool.command, pool.cwd.as_deref()).is_none() {
             return Err(Error::new(

@@ -2,8 +2,9 @@
 //! stop deadline covers the longest drain, and the embedded config is valid.
 
 use std::path::PathBuf;
+use std::process::Command;
 
-use codex_bus_tests::run_bus;
+use codex_bus_tests::bin;
 
 /// The longest shutdown with the default `drain_timeout_sec` (30): the drain, then at least 2 s
 /// between SIGTERM and SIGKILL of the workers, then up to 5 s to flush replies (daemon.rs).
@@ -39,6 +40,11 @@ fn systemd_unit_kills_mixed_and_waits_longer_than_the_drain() {
         "on-failure",
         "restarts after an escalation"
     );
+    assert_eq!(
+        setting(&unit, "RestartPreventExitStatus"),
+        "78",
+        "a config error (EX_CONFIG) is not restarted in a loop"
+    );
 }
 
 #[test]
@@ -62,7 +68,24 @@ fn kubernetes_grace_period_covers_the_drain_and_its_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
     std::fs::write(&path, &config).unwrap();
-    let (status, out, err) = run_bus(&["check", "--config", path.to_str().unwrap()]);
-    assert!(status.success(), "{config}\n{out}{err}");
+    // `check` refuses a pool program it cannot find, as the daemon does: the image has
+    // `codex-worker` on PATH, and so has this run, from the workspace's build.
+    let daemon = bin("codex-stdio-bus");
+    let built = daemon.parent().unwrap();
+    let path_var = format!(
+        "{}:{}",
+        built.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let checked = Command::new(&daemon)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env("PATH", path_var)
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr),
+    );
+    assert!(checked.status.success(), "{config}\n{out}{err}");
     assert!(out.contains("\"drain_timeout_sec\": 30"), "{out}");
 }
