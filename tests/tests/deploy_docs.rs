@@ -89,3 +89,50 @@ fn kubernetes_grace_period_covers_the_drain_and_its_config_is_valid() {
     assert!(checked.status.success(), "{config}\n{out}{err}");
     assert!(out.contains("\"drain_timeout_sec\": 30"), "{out}");
 }
+
+#[test]
+fn systemd_unit_verifies_and_its_exposure_is_at_most_4() {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        codex_bus_tests::say(
+            "systemd_unit_verifies_and_its_exposure_is_at_most_4 SKIPPED: systemd-analyze is not installed (Debian package `systemd`; .ci/run installs it as root)",
+        );
+        return;
+    };
+    assert!(version.status.success());
+    // A copy whose ExecStart is the binary just built: verify checks that it is executable.
+    let unit = deploy("codex-stdio-bus.service").replace(
+        "/usr/local/bin/codex-stdio-bus",
+        bin("codex-stdio-bus").to_str().unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("codex-stdio-bus.service");
+    std::fs::write(&path, unit).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // verify prints what it ignores (a key in the wrong section) but still exits 0: no output
+    // at all is the pass.
+    let (ok, text) = run(&["verify"]);
+    assert!(
+        ok && text.trim().is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
+    // --threshold is the exposure times 10.
+    let (ok, text) = run(&["security", "--offline=true", "--threshold=40"]);
+    let overall = text
+        .lines()
+        .find(|l| l.contains("Overall exposure"))
+        .unwrap_or("");
+    assert!(ok, "exposure above 4:\n{text}");
+    codex_bus_tests::say(&format!("systemd unit: {}", overall.trim()));
+}
