@@ -41,7 +41,8 @@ pub enum Outcome {
     /// Every slot of an escalating pool was down: exit status 3, so the service manager restarts
     /// the daemon.
     Escalated,
-    /// A second request cut the drain short and the workers were killed: exit status 1.
+    /// A stop-at-once request (a second SIGTERM/SIGINT, or SIGQUIT) cut the drain short or
+    /// skipped it, and the workers were killed: exit status 1.
     Stopped,
 }
 
@@ -57,8 +58,8 @@ impl Outcome {
 }
 
 /// When to stop: `drain` resolves when the daemon should stop accepting and drain; `now`, once
-/// draining, when it should kill its workers and return at once (both resolving stops at once,
-/// with no drain). Also carries requests to log the daemon's status ([`Shutdown::status_requests`]).
+/// draining, when it should kill its workers and return at once (both resolving together stops
+/// at once, no drain waited for). Also carries requests to log the daemon's status ([`Shutdown::status_requests`]).
 /// The `signals` module makes one from the process's signals.
 pub struct Shutdown {
     drain: Pin<Box<dyn Future<Output = ()> + Send>>,
