@@ -13,7 +13,7 @@ use codex_bus_config::{Config, Limits};
 use codex_bus_process::resolve_command;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,7 +41,8 @@ pub enum Outcome {
     /// Every slot of an escalating pool was down: exit status 3, so the service manager restarts
     /// the daemon.
     Escalated,
-    /// A second request cut the drain short and the workers were killed: exit status 1.
+    /// A stop-at-once request (a second SIGTERM/SIGINT, or SIGQUIT) cut the drain short or
+    /// skipped it, and the workers were killed: exit status 1.
     Stopped,
 }
 
@@ -57,10 +58,13 @@ impl Outcome {
 }
 
 /// When to stop: `drain` resolves when the daemon should stop accepting and drain; `now`, once
-/// draining, when it should kill its workers and return at once. The `signals` module makes one from SIGTERM and SIGINT.
+/// draining, when it should kill its workers and return at once (both resolving together stops
+/// at once, no drain waited for). Also carries requests to log the daemon's status ([`Shutdown::status_requests`]).
+/// The `signals` module makes one from the process's signals.
 pub struct Shutdown {
     drain: Pin<Box<dyn Future<Output = ()> + Send>>,
     now: Pin<Box<dyn Future<Output = ()> + Send>>,
+    status: Arc<Notify>,
 }
 
 impl Shutdown {
@@ -72,7 +76,15 @@ impl Shutdown {
         Shutdown {
             drain: Box::pin(drain),
             now: Box::pin(now),
+            status: Arc::new(Notify::new()),
         }
+    }
+
+    /// Each `notify_one` on this asks the running daemon to log its status: one INFO line per
+    /// slot (state, pid, in-flight requests, queued bytes, sessions, restarts) and the totals, the
+    /// figures of `GET /status`. A request made before the daemon runs is logged once it does.
+    pub fn status_requests(&self) -> Arc<Notify> {
+        self.status.clone()
     }
 }
 
@@ -160,7 +172,17 @@ pub async fn run(
     let Shutdown {
         drain: requested,
         mut now,
+        status,
     } = shutdown;
+    tokio::spawn({
+        let router = router.clone();
+        async move {
+            loop {
+                status.notified().await;
+                admin::status::log(&router);
+            }
+        }
+    });
     let outcome = tokio::select! {
         () = requested => Outcome::Drained,
         () = drain.cancelled() => Outcome::Drained,
@@ -232,8 +254,13 @@ impl Stages<'_> {
     }
 }
 
-/// Refuses to start a pool whose program does not exist, rather than crash-looping it.
-fn check_commands(config: &Config) -> Result<(), Error> {
+/// Refuses a pool whose program does not exist here, rather than crash-looping it: `run` before it
+/// spawns anything, and `codex-stdio-bus check`, so the two agree.
+///
+/// # Errors
+///
+/// [`Kind::Config`] naming the first such pool (`pools[i].command`).
+pub fn check_commands(config: &Config) -> Result<(), Error> {
     for (i, pool) in config.pools.iter().enumerate() {
         if resolve_command(&pool.command, pool.cwd.as_deref()).is_none() {
             return Err(Error::new(

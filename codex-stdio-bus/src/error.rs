@@ -10,6 +10,11 @@ use std::fmt;
 
 pub use codex_bus_protocol::Fault;
 
+/// The exit status for an unusable configuration: `EX_CONFIG` of BSD's sysexits.h, which service
+/// managers know (systemd's `RestartPreventExitStatus=78` in docs/deploy/codex-stdio-bus.service),
+/// so a daemon that cannot start until someone edits its config is not restarted in a loop.
+pub const EX_CONFIG: u8 = 78;
+
 /// What went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -103,6 +108,15 @@ impl Error {
         self.kind.row().1
     }
 
+    /// The process exit status for a daemon stopped by this error (docs/operations.md, "Exit
+    /// statuses"): [`EX_CONFIG`] for [`Kind::Config`], which no restart can fix, else 1.
+    pub fn exit_status(&self) -> u8 {
+        match self.kind {
+            Kind::Config => EX_CONFIG,
+            _ => 1,
+        }
+    }
+
     /// Whether the same attempt may succeed if made again later.
     pub fn retryable(&self) -> bool {
         self.kind.row().2
@@ -167,5 +181,7 @@ mod tests {
         let config = Error::new(Kind::Config, "pools[0].command: not found");
         assert_eq!(config.to_string(), "pools[0].command: not found");
         assert_eq!((config.fault(), config.retryable()), (Fault::Client, false));
+        assert_eq!(config.exit_status(), EX_CONFIG);
+        assert_eq!(busy.exit_status(), 1);
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use codex_bus_config::{Config, TransportMode};
-use codex_bus_process::{cloexec_inherited_fds, fd_limit, resolve_command};
+use codex_bus_process::{cloexec_inherited_fds, fd_limit};
 use codex_stdio_bus::cli::{Cli, Command, RunArgs};
 use codex_stdio_bus::daemon::Listeners;
 use codex_stdio_bus::error::{Error, Kind};
@@ -42,43 +42,35 @@ fn status(address: &str) -> ExitCode {
     }
 }
 
-/// `check`: validate, print the effective config, warn about programs that cannot be found.
+/// `check`: validate, print the effective config, and refuse (like `run`) a pool whose program
+/// cannot be found here.
 fn check(path: Option<&Path>) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&error),
     };
     println!("{}", config.to_pretty_json());
-    for (i, pool) in config.pools.iter().enumerate() {
-        let found = resolve_command(&pool.command, pool.cwd.as_deref());
-        if found.is_none() {
-            eprintln!(
-                "warning: pools[{i}].command '{}' is not an executable file or not on PATH here",
-                pool.command
-            );
-        }
+    match daemon::check_commands(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
     }
-    ExitCode::SUCCESS
+}
+
+/// Reports an error that stops the program before the log exists, and its exit status.
+fn fail(error: &Error) -> ExitCode {
+    eprintln!("codex-stdio-bus: {error}");
+    ExitCode::from(error.exit_status())
 }
 
 /// Runs the daemon.
 fn run(args: RunArgs) -> ExitCode {
     let config = match load(args.config.as_deref()) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&error),
     };
     let endpoint = match endpoint(&args, &config) {
         Ok(endpoint) => endpoint,
-        Err(message) => {
-            eprintln!("codex-stdio-bus: {message}");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&error),
     };
     let _log = logging::init(args.log_level.as_deref(), args.log_format);
     match fd_limit::raise() {
@@ -119,7 +111,7 @@ fn run(args: RunArgs) -> ExitCode {
             if !error.log() {
                 eprintln!("codex-stdio-bus: {error}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(error.exit_status())
         }
     }
 }

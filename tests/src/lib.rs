@@ -505,6 +505,14 @@ impl Conn {
     }
 }
 
+/// Asserts that `conn` still routes a request: a `ping` with `id` gets its result.
+pub fn still_works(conn: &mut Conn, id: i64) {
+    conn.request(json!(id), "ping", Value::Null, Some("alive"));
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!(id), "{reply}");
+    assert!(reply.get("result").is_some(), "{reply}");
+}
+
 /// The error reason of a reply, if it is an error.
 pub fn reason(reply: &Value) -> Option<&str> {
     reply["error"]["data"]["reason"].as_str()

@@ -1,9 +1,17 @@
-//! stdio Bus config files are accepted unchanged; `check` prints the effective config.
+//! stdio Bus config files are accepted unchanged; `check` prints the effective config. A config
+//! error exits 78 (`EX_CONFIG`) from `check` and `run` alike, so systemd's
+//! `RestartPreventExitStatus=78` does not restart a daemon that cannot start.
 
 use std::path::PathBuf;
 
 use codex_bus_tests::{run_bus, Bus, BusConfig, Mode};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+/// The exit status of a config error (`EX_CONFIG` of sysexits.h).
+const EX_CONFIG: i32 = 78;
+
+/// What `check` and `run` say of a pool whose program is not here.
+const NOT_HERE: &str = "is not an executable file or not on PATH";
 
 /// The shared stdio Bus fixtures (`../shared` beside the repository).
 fn fixtures() -> Vec<PathBuf> {
@@ -21,10 +29,15 @@ fn fixtures() -> Vec<PathBuf> {
 }
 
 #[test]
-fn every_stdio_bus_fixture_passes_check() {
+fn every_stdio_bus_fixture_passes_check_where_its_programs_exist() {
     for file in fixtures() {
         let (status, out, err) = run_bus(&["check", "--config", file.to_str().unwrap()]);
-        assert!(status.success(), "{}: {err}", file.display());
+        // The schema is accepted either way; a program missing here is refused as `run` would.
+        assert!(
+            status.success() || (status.code() == Some(EX_CONFIG) && err.contains(NOT_HERE)),
+            "{}: {status} {err}",
+            file.display()
+        );
         let effective: Value =
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{}: {e}\n{out}", file.display()));
         let limits = &effective["limits"];
@@ -101,7 +114,7 @@ fn check_names_the_field_and_the_reason() {
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"pools":[{"id":"a","command":"/bin/cat","instances":0},{"id":"a","command":"/bin/cat","instances":1}],"limits":{"drain_timout_sec":3}}"#).unwrap();
     let (status, out, err) = run_bus(&["check", "--config", bad.to_str().unwrap()]);
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(EX_CONFIG), "{err}");
     assert!(out.is_empty());
     for expected in [
         "pools[0].instances",
@@ -113,6 +126,33 @@ fn check_names_the_field_and_the_reason() {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
     let (status, _, err) = run_bus(&["--config", bad.to_str().unwrap()]);
-    assert!(!status.success(), "the daemon refuses to start on it too");
+    assert_eq!(
+        status.code(),
+        Some(EX_CONFIG),
+        "the daemon refuses to start on it too: {err}"
+    );
     assert!(err.contains("pools[0].instances"), "{err}");
+}
+
+#[test]
+fn check_and_run_both_refuse_a_pool_whose_program_is_missing_with_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-worker");
+    let config = json!({"pools": [{"id": "codex", "command": missing, "instances": 1}]});
+    let path = dir.path().join("missing.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let path = path.to_str().unwrap();
+
+    let (checked, out, check_err) = run_bus(&["check", "--config", path]);
+    assert_eq!(checked.code(), Some(EX_CONFIG), "{check_err}");
+    assert!(
+        serde_json::from_str::<Value>(&out).is_ok(),
+        "the effective config is still shown: {out}"
+    );
+    let (ran, _, run_err) = run_bus(&["--config", path, "--tcp", "127.0.0.1:0"]);
+    assert_eq!(ran.code(), Some(EX_CONFIG), "{run_err}");
+    let message = format!("pools[0].command: '{}'", missing.display());
+    for err in [&check_err, &run_err] {
+        assert!(err.contains(&message) && err.contains(NOT_HERE), "{err}");
+    }
 }

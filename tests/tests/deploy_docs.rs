@@ -2,8 +2,9 @@
 //! stop deadline covers the longest drain, and the embedded config is valid.
 
 use std::path::PathBuf;
+use std::process::Command;
 
-use codex_bus_tests::run_bus;
+use codex_bus_tests::bin;
 
 /// The longest shutdown with the default `drain_timeout_sec` (30): the drain, then at least 2 s
 /// between SIGTERM and SIGKILL of the workers, then up to 5 s to flush replies (daemon.rs).
@@ -39,6 +40,11 @@ fn systemd_unit_kills_mixed_and_waits_longer_than_the_drain() {
         "on-failure",
         "restarts after an escalation"
     );
+    assert_eq!(
+        setting(&unit, "RestartPreventExitStatus"),
+        "78",
+        "a config error (EX_CONFIG) is not restarted in a loop"
+    );
 }
 
 #[test]
@@ -62,7 +68,70 @@ fn kubernetes_grace_period_covers_the_drain_and_its_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
     std::fs::write(&path, &config).unwrap();
-    let (status, out, err) = run_bus(&["check", "--config", path.to_str().unwrap()]);
-    assert!(status.success(), "{config}\n{out}{err}");
+    // `check` refuses a pool program it cannot find, as the daemon does: the image has
+    // `codex-worker` on PATH, and so has this run, from the workspace's build.
+    let daemon = bin("codex-stdio-bus");
+    let built = daemon.parent().unwrap();
+    let path_var = format!(
+        "{}:{}",
+        built.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let checked = Command::new(&daemon)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env("PATH", path_var)
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr),
+    );
+    assert!(checked.status.success(), "{config}\n{out}{err}");
     assert!(out.contains("\"drain_timeout_sec\": 30"), "{out}");
+}
+
+#[test]
+#[ignore = "tier systemd: needs systemd-analyze (Debian package `systemd`); .ci/run installs it and runs this tier"]
+fn systemd_unit_verifies_and_its_exposure_is_at_most_4() {
+    let version = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .expect("the systemd tier runs only where systemd-analyze is installed");
+    assert!(version.status.success());
+    // A copy whose ExecStart is the binary just built: verify checks that it is executable.
+    let unit = deploy("codex-stdio-bus.service").replace(
+        "/usr/local/bin/codex-stdio-bus",
+        bin("codex-stdio-bus").to_str().unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("codex-stdio-bus.service");
+    std::fs::write(&path, unit).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // verify prints what it ignores (a key in the wrong section) but still exits 0: no output
+    // at all is the pass.
+    let (ok, text) = run(&["verify"]);
+    assert!(
+        ok && text.trim().is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
+    // --threshold is the exposure times 10.
+    let (ok, text) = run(&["security", "--offline=true", "--threshold=40"]);
+    let overall = text
+        .lines()
+        .find(|l| l.contains("Overall exposure"))
+        .unwrap_or("");
+    assert!(ok, "exposure above 4:\n{text}");
+    codex_bus_tests::say(&format!("systemd unit: {}", overall.trim()));
 }

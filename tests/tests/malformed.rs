@@ -1,15 +1,7 @@
 //! Bad input never ends the daemon, nor the connection: each bad line gets an error reply.
 
-use codex_bus_tests::{reason, Bus, BusConfig, Conn, Mode};
+use codex_bus_tests::{reason, still_works, Bus, BusConfig, Mode};
 use serde_json::{json, Value};
-
-/// The connection still routes a real request.
-fn still_works(conn: &mut Conn, id: i64) {
-    conn.request(json!(id), "ping", Value::Null, Some("alive"));
-    let reply = conn.recv();
-    assert_eq!(reply["id"], json!(id), "{reply}");
-    assert!(reply.get("result").is_some(), "{reply}");
-}
 
 #[test]
 fn malformed_lines_get_error_replies_and_the_connection_survives() {

@@ -145,6 +145,14 @@ fn metrics_show_exactly_the_known_workload() {
     for (name, labels, expected) in exact {
         assert_eq!(value(&scrape, name, &labels), expected, "{name} {labels:?}");
     }
+    // Lines are counted where they are read; written ones only in bytes (docs/metrics.md).
+    let directions: HashSet<&str> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "codex_bus_messages_total")
+        .filter_map(|s| s.labels.get("direction"))
+        .collect();
+    assert_eq!(directions, HashSet::from(["from_client", "from_worker"]));
     let request_duration = scrape
         .samples
         .iter()

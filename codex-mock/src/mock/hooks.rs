@@ -29,6 +29,11 @@ struct NotifyParams {
 }
 
 #[derive(Deserialize)]
+struct SpewParams {
+    count: u64,
+}
+
+#[derive(Deserialize)]
 struct StderrParams<'a> {
     #[serde(borrow)]
     text: Cow<'a, str>,
@@ -90,6 +95,20 @@ impl Mock {
                     self.default_reply(out, call);
                 }
                 None => invalid_params(out, call, "mock/notify needs params {\"count\": <u64>}"),
+            },
+            "mock/spew" => match params::<SpewParams>(call.params) {
+                Some(spew) => {
+                    // Replies to string ids: the bus's own ids are integers, so none was issued.
+                    let session = call.session.map(raw);
+                    for seq in 0..spew.count {
+                        let id = format!("\"mock-spew-{seq}\"");
+                        render::result(out, id.as_bytes(), session, |out| {
+                            out.extend_from_slice(b"{}");
+                        });
+                    }
+                    self.default_reply(out, call);
+                }
+                None => invalid_params(out, call, "mock/spew needs params {\"count\": <u64>}"),
             },
             "mock/ask" => self.ask(out, call),
             "mock/stderr" => match params::<StderrParams<'_>>(call.params) {

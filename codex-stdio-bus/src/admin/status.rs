@@ -55,6 +55,38 @@ pub(crate) fn snapshot(router: &Router) -> Value {
     })
 }
 
+/// Logs the status document at INFO: one line per slot, then the totals (what SIGUSR1 asks for).
+pub(crate) fn log(router: &Router) {
+    let status = snapshot(router);
+    for pool in status["pools"].as_array().into_iter().flatten() {
+        let name = pool["pool"].as_str().unwrap_or("?");
+        for slot in pool["slots"].as_array().into_iter().flatten() {
+            tracing::info!(
+                pool = name,
+                slot = %slot["slot"],
+                state = slot["state"].as_str().unwrap_or("?"),
+                pid = %slot["pid"],
+                in_flight = %slot["in_flight"],
+                queued_bytes = %slot["queued_bytes"],
+                sessions = %slot["sessions"],
+                restarts = %slot["restarts"],
+                "status: slot"
+            );
+        }
+    }
+    let totals = &status["totals"];
+    tracing::info!(
+        workers = %totals["workers"],
+        ready = %totals["ready"],
+        in_flight = %totals["in_flight"],
+        sessions = %totals["sessions"],
+        clients = %status["clients"],
+        draining = %status["draining"],
+        uptime_sec = %status["uptime_sec"],
+        "status: totals"
+    );
+}
+
 /// Readiness: every pool has a ready worker and the daemon is not draining. `Err` carries the
 /// JSON body naming what is not ready.
 pub(crate) fn readiness(router: &Router) -> Result<(), Value> {

@@ -4,7 +4,8 @@
 //! a client's output side with the worker requests it must answer; [`slot`] is a worker place
 //! with its input queue and the requests awaiting its replies (together, the pending book in both
 //! directions); [`address`] names a slot without holding it; [`principal`] is who a connection
-//! is; [`sink`] is how a worker's output leaves the core.
+//! is; [`sink`] is how a worker's output leaves the core; [`log_limit`] keeps a repeated warning
+//! from flooding the log.
 //!
 //! Imports: the protocol crate and std/tokio only. No metrics, no router, no supervisor: whoever
 //! acts on this state counts what it does.
@@ -13,6 +14,7 @@ pub(crate) mod address;
 pub(crate) mod client;
 pub(crate) mod id_map;
 pub(crate) mod id_token;
+pub(crate) mod log_limit;
 pub(crate) mod outbox;
 pub(crate) mod principal;
 pub(crate) mod sink;

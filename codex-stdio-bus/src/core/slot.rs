@@ -19,6 +19,7 @@ use super::address::SlotAddress;
 use super::client::Client;
 use super::id_map::IdMap;
 use super::id_token::IdToken;
+use super::log_limit::LogLimit;
 use super::outbox::Outbox;
 
 /// The readiness probe's request id, as it appears on the wire. Bus ids are integers, so a string
@@ -176,6 +177,8 @@ pub(crate) struct Slot {
     idle: Notify,
     /// The latest worker generation that answered the pool's readiness probe.
     probe_answered: watch::Sender<u64>,
+    /// Limits the warnings about this slot's worker lines (bad, unroutable, oversize).
+    pub warnings: LogLimit,
 }
 
 impl fmt::Debug for Slot {
@@ -207,6 +210,7 @@ impl Slot {
             restarts: AtomicU64::new(0),
             idle: Notify::new(),
             probe_answered: watch::Sender::new(0),
+            warnings: LogLimit::default(),
         }
     }
 

@@ -156,14 +156,18 @@ impl FrameHandler for ToSink {
                 .sink
                 .worker_line(&self.slot, self.generation, line, read_at),
             Frame::Oversize { seen } => {
-                let (slot, max_line) = (&self.slot, self.max_line);
-                tracing::warn!(
-                    ?slot,
-                    seen,
-                    max_line,
-                    "worker line over max_worker_line skipped"
-                );
                 metrics::get().dropped(Discard::OversizeWorkerLine);
+                // Rate-limited with the slot's other warnings about its worker's lines.
+                let (slot, max_line) = (&self.slot, self.max_line);
+                if let Some(suppressed) = slot.warnings.admit(read_at) {
+                    tracing::warn!(
+                        ?slot,
+                        seen,
+                        max_line,
+                        suppressed,
+                        "worker line over max_worker_line skipped"
+                    );
+                }
             }
         }
         std::future::ready(())

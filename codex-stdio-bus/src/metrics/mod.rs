@@ -90,6 +90,9 @@ impl Direction {
         Direction::ToWorker,
     ];
 
+    /// The directions whose lines are counted (`codex_bus_messages_total`): those read.
+    const READ: [Direction; 2] = [Direction::FromClient, Direction::FromWorker];
+
     /// The `direction` label.
     fn label(self) -> &'static str {
         match self {
@@ -177,7 +180,7 @@ impl BusMetrics {
                 .iter()
                 .map(|d| counter!("codex_bus_dropped_messages_total", "reason" => d.reason()))
                 .collect(),
-            messages: Direction::ALL
+            messages: Direction::READ
                 .iter()
                 .map(|d| counter!("codex_bus_messages_total", "direction" => d.label()))
                 .collect(),
@@ -206,9 +209,18 @@ impl BusMetrics {
         self.drops[why as usize].increment(n as u64);
     }
 
-    /// The message counter for a direction (resolve once, increment per line).
+    /// The message counter for a read direction (resolve once, increment per line).
+    ///
+    /// Lines written have no message counter, only bytes: a writer sends whole batches of lines,
+    /// and counting them would cost a pass over the bytes on the hot path, or a count at every
+    /// place that queues a line; a series that stays at 0 would mislead.
+    ///
+    /// # Panics
+    ///
+    /// For [`Direction::ToClient`] and [`Direction::ToWorker`]: a programming error.
     pub fn messages(&self, direction: Direction) -> &Counter {
-        &self.messages[direction as usize]
+        let i = Direction::READ.iter().position(|d| *d == direction);
+        &self.messages[i.expect("lines are counted where they are read")]
     }
 
     /// The byte counter for a direction.

@@ -32,6 +32,7 @@ impl WorkerSink for Router {
                     line,
                     "not a JSON-RPC object",
                     Discard::InvalidWorkerLine,
+                    read_at,
                 )
             }
         };
@@ -50,6 +51,7 @@ impl WorkerSink for Router {
                 line,
                 "neither a request, a notification nor a response",
                 Discard::InvalidWorkerLine,
+                read_at,
             ),
         }
     }
@@ -126,6 +128,7 @@ impl Router {
                 line,
                 "reply to an id the bus never sent",
                 Discard::LateReply,
+                read_at,
             );
         };
         self.pools[slot.address.pool as usize]
@@ -144,9 +147,14 @@ impl Router {
     }
 }
 
-/// Counts, logs and skips a worker line the bus cannot route; the worker keeps running.
-fn skip(slot: &Slot, line: &[u8], why: &str, discard: Discard) {
+/// Counts, logs and skips a worker line the bus cannot route (read at `read_at`); the worker keeps
+/// running. Every line is counted, but the slot's warnings are rate-limited (`core::log_limit`):
+/// `suppressed` says how many were not logged since the previous one.
+fn skip(slot: &Slot, line: &[u8], why: &str, discard: Discard, read_at: Instant) {
     metrics::get().dropped(discard);
+    let Some(suppressed) = slot.warnings.admit(read_at) else {
+        return;
+    };
     let shown = String::from_utf8_lossy(&line[..line.len().min(LOGGED_PREFIX)]);
-    tracing::warn!(?slot, why, line = %shown, "worker line skipped");
+    tracing::warn!(?slot, why, line = %shown, suppressed, "worker line skipped");
 }
