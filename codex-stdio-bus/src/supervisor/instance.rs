@@ -18,6 +18,10 @@ use crate::io::worker::{self, WorkerStdio};
 /// How long replies already in the worker's stdout pipe may take to be read after it exits.
 const STDOUT_LINGER: Duration = Duration::from_secs(2);
 
+/// How long a worker whose stdout closed may take to exit on its own before it is killed: a worker
+/// that exits closes its stdout first, and its exit status must stay its own.
+const STDOUT_CLOSED_GRACE: Duration = Duration::from_secs(1);
+
 /// The daemon's order to its workers: `None` while running; `Some(deadline)` once they must stop,
 /// with SIGKILL at the deadline.
 pub(crate) type StopOrder = watch::Receiver<Option<Instant>>;
@@ -31,6 +35,8 @@ pub(crate) enum Ending {
     Stopped,
     /// It was killed for not answering its readiness probe in time.
     NotReady,
+    /// It was killed for closing its stdout while it kept running: it could answer nothing more.
+    StdoutClosed,
 }
 
 /// How a worker process ended.
@@ -87,7 +93,7 @@ pub(crate) async fn run(
         stdout,
         stderr,
     };
-    let pipes = worker::attach(slot, generation, stdio, sink.clone(), max_line);
+    let mut pipes = worker::attach(slot, generation, stdio, sink.clone(), max_line);
 
     let mut ending = Ending::Exited;
     let ready = readiness::wait_ready(slot, generation, supervision);
@@ -96,6 +102,17 @@ pub(crate) async fn run(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.ok(),
+            () = pipes.stdout_closed() => {
+                match tokio::time::timeout(STDOUT_CLOSED_GRACE, child.wait()).await {
+                    Ok(status) => break status.ok(),
+                    Err(_) => {
+                        tracing::warn!(?slot, grace_ms = STDOUT_CLOSED_GRACE.as_millis() as u64, "worker closed its stdout but kept running; killing its process group");
+                        ending = Ending::StdoutClosed;
+                        signal_group(slot, Signal::SIGKILL);
+                        break child.wait().await.ok();
+                    }
+                }
+            }
             deadline = super::stop_requested(stop) => {
                 ending = Ending::Stopped;
                 break stop_worker(slot, &mut child, deadline).await;
