@@ -3,9 +3,12 @@
 //! that closes its input while a worker waits on its answer, duplicate members in a request.
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{alive, reason, Bus, BusConfig, Mode};
+use codex_bus_tests::{alive, reason, Bus, BusConfig, Mode, WAIT};
 use serde_json::{json, Value};
 
 /// Every JSON line of `text`.
@@ -90,6 +93,34 @@ fn a_client_that_closes_its_input_after_the_approval_arrived_refuses_it_at_once(
         "{out:?}"
     );
     assert!(bus.wait_exit().success());
+}
+
+#[test]
+fn a_socket_client_that_half_closes_gets_its_reply_then_eof_and_the_bus_keeps_serving() {
+    let mut bus = Bus::start(&BusConfig::mock(1), Mode::Unix);
+    let mut stream = UnixStream::connect(bus.socket_path()).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"mock/ask\",\"sessionId\":\"h\"}\n")
+        .unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("EOF in time");
+    let out = lines(&text);
+    let reply = out
+        .iter()
+        .find(|line| line["id"] == json!(9))
+        .unwrap_or_else(|| panic!("no reply to 9: {out:?}"));
+    let answer = &reply["result"]["answer"];
+    assert_eq!(
+        reason(&json!({"error": answer})),
+        Some("client_disconnected"),
+        "{reply}"
+    );
+    // The worker and the daemon are unaffected.
+    let mut conn = bus.connect();
+    conn.request(json!(10), "ping", Value::Null, Some("h"));
+    assert_eq!(conn.recv()["id"], json!(10));
 }
 
 #[test]
