@@ -1,6 +1,8 @@
 //! A streaming scan for the bus id of a line too long to buffer: fed the line's bytes in pieces,
 //! it finds the top-level `"id"` member of an object and keeps its token if it is short enough to
-//! be a bus id. It holds a few bytes of state, never the line.
+//! be a bus id. A line with a top-level `"method"` is a worker's own request or notification,
+//! whose id is the worker's and names no request of the bus: it yields none. It holds a few bytes
+//! of state, never the line.
 //!
 //! It validates nothing: the line is being discarded anyway, and a wrong guess only matters if it
 //! names a request in flight, which a well-formed reply of that worker would have answered too.
@@ -9,6 +11,9 @@ use crate::rewrite::parse_bus_id;
 
 /// Longest id token kept: `u64::MAX` has 20 digits.
 const MAX_TOKEN: usize = 20;
+
+/// Longest member name kept: `method`.
+const MAX_NAME: usize = 6;
 
 /// Where the scan stands inside the top-level object (depth 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,10 +39,15 @@ pub(crate) struct TopLevelId {
     in_string: bool,
     escaped: bool,
     expect: Expect,
-    /// While reading a name at depth 1: how many bytes of `id` matched, `None` once it differs.
-    name: Option<u8>,
+    /// Whether a name at depth 1 is being read.
+    in_name: bool,
+    /// Its first bytes; `name_len` past `MAX_NAME` (or an escape) means it is neither name sought.
+    name: [u8; MAX_NAME],
+    name_len: usize,
     /// The name just read was `id`.
     id_member: bool,
+    /// A top-level `method` member was seen: the line is no reply.
+    method: bool,
     /// The top-level `id`'s token while it is read (a number token, at most `MAX_TOKEN` bytes).
     token: [u8; MAX_TOKEN],
     token_len: usize,
@@ -56,8 +66,11 @@ impl Default for TopLevelId {
             in_string: false,
             escaped: false,
             expect: Expect::Key,
-            name: None,
+            in_name: false,
+            name: [0; MAX_NAME],
+            name_len: 0,
             id_member: false,
+            method: false,
             token: [0; MAX_TOKEN],
             token_len: 0,
             in_token: false,
@@ -74,11 +87,11 @@ impl TopLevelId {
         }
     }
 
-    /// The line ended: its top-level `id` as a bus id (see [`parse_bus_id`]), if it had one; the
-    /// scan is reset for the next line.
+    /// The line ended: its top-level `id` as a bus id (see [`parse_bus_id`]), if it had one and
+    /// no top-level `method`; the scan is reset for the next line.
     pub(crate) fn finish(&mut self) -> Option<u64> {
         self.end_token();
-        let found = self.found;
+        let found = self.found.filter(|_| !self.method);
         *self = TopLevelId::default();
         found
     }
@@ -123,7 +136,8 @@ impl TopLevelId {
         match byte {
             b'"' => {
                 self.in_string = true;
-                self.name = (top && self.expect == Expect::Key).then_some(0);
+                self.in_name = top && self.expect == Expect::Key;
+                self.name_len = 0;
             }
             b'{' | b'[' => self.depth = self.depth.saturating_add(1),
             b'}' | b']' => self.depth = self.depth.saturating_sub(1),
@@ -136,24 +150,29 @@ impl TopLevelId {
     fn string_byte(&mut self, byte: u8) {
         if self.escaped {
             self.escaped = false;
-            // An escaped name is never taken for `id`.
-            self.name = None;
+            // An escaped name is never taken for `id` or `method`.
+            self.name_len = MAX_NAME + 1;
             return;
         }
         match byte {
             b'\\' => self.escaped = true,
             b'"' => {
                 self.in_string = false;
-                if let Some(matched) = self.name.take() {
-                    self.id_member = matched == 2;
+                if self.in_name {
+                    self.in_name = false;
+                    let name = self.name.get(..self.name_len).unwrap_or_default();
+                    self.id_member = name == b"id";
+                    self.method |= name == b"method";
                     self.expect = Expect::Colon;
                 }
             }
-            _ => {
-                self.name = self
-                    .name
-                    .and_then(|i| (b"id".get(usize::from(i)) == Some(&byte)).then_some(i + 1));
+            _ if self.in_name => {
+                if let Some(slot) = self.name.get_mut(self.name_len) {
+                    *slot = byte;
+                }
+                self.name_len = (self.name_len + 1).min(MAX_NAME + 1);
             }
+            _ => {}
         }
     }
 
@@ -213,6 +232,11 @@ mod tests {
         assert_eq!(scan(br#"{"result":{"k":"a\\"},"id":9}"#), Some(9));
         // The id token may end the line without a closing brace (a truncated line).
         assert_eq!(scan(br#"{"result":1,"id":12"#), Some(12));
+        // Names near the ones sought are neither.
+        assert_eq!(
+            scan(br#"{"methods":1,"metho":2,"result":{"method":3},"id":8}"#),
+            Some(8)
+        );
     }
 
     #[test]
@@ -233,6 +257,9 @@ mod tests {
             br#"[{"id":1}]"#,
             br#"{"a":{"id":1}}"#,
             br#"{"a":"id","b":1}"#,
+            // A worker's own request: its id is the worker's, not a bus id.
+            br#"{"id":0,"method":"item/commandExecution/requestApproval","params":{}}"#,
+            br#"{"params":{},"id":0,"method":"x"}"#,
             b"",
         ] {
             assert_eq!(scan(line), None, "{}", String::from_utf8_lossy(line));
