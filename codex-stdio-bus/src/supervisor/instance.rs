@@ -35,8 +35,6 @@ pub(crate) enum Ending {
     Stopped,
     /// It was killed for not answering its readiness probe in time.
     NotReady,
-    /// It was killed for closing its stdout while it kept running: it could answer nothing more.
-    StdoutClosed,
 }
 
 /// How a worker process ended.
@@ -102,17 +100,7 @@ pub(crate) async fn run(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.ok(),
-            () = pipes.stdout_closed() => {
-                match tokio::time::timeout(STDOUT_CLOSED_GRACE, child.wait()).await {
-                    Ok(status) => break status.ok(),
-                    Err(_) => {
-                        tracing::warn!(?slot, grace_ms = STDOUT_CLOSED_GRACE.as_millis() as u64, "worker closed its stdout but kept running; killing its process group");
-                        ending = Ending::StdoutClosed;
-                        signal_group(slot, Signal::SIGKILL);
-                        break child.wait().await.ok();
-                    }
-                }
-            }
+            () = pipes.stdout_closed() => break stdout_closed(slot, &mut child).await,
             deadline = super::stop_requested(stop) => {
                 ending = Ending::Stopped;
                 break stop_worker(slot, &mut child, deadline).await;
@@ -137,6 +125,22 @@ pub(crate) async fn run(
         );
     }
     Ended { status, ending }
+}
+
+/// A worker's stdout ended: it can answer nothing more. One that is exiting anyway gets
+/// `STDOUT_CLOSED_GRACE` to do so with its own status; one that keeps running is a failed worker,
+/// killed with its process group (its status then says SIGKILL, a failure to every restart policy).
+async fn stdout_closed(slot: &Slot, child: &mut Child) -> Option<ExitStatus> {
+    if let Ok(status) = tokio::time::timeout(STDOUT_CLOSED_GRACE, child.wait()).await {
+        return status.ok();
+    }
+    tracing::warn!(
+        ?slot,
+        grace_ms = STDOUT_CLOSED_GRACE.as_millis() as u64,
+        "worker closed its stdout but kept running; killing its process group"
+    );
+    signal_group(slot, Signal::SIGKILL);
+    child.wait().await.ok()
 }
 
 /// Stops a worker: EOF on its stdin once its queue is flushed, SIGTERM to its group, SIGKILL to the
