@@ -89,6 +89,10 @@ async fn serve(mut mock: Mock, mut sigterm: mpsc::Receiver<()>) -> io::Result<u8
                 drop(chunks);
                 hang(mock.is_stubborn());
             }
+            ControlFlow::Break(Stop::CloseStdout) => {
+                flush(&mut stdout, &mut out)?;
+                close_stdout()?;
+            }
         }
     }
     if mock.unanswered_asks() > 0 {
@@ -110,6 +114,17 @@ pub fn flush(stdout: &mut impl Write, out: &mut Vec<u8>) -> io::Result<()> {
     stdout.flush()?;
     out.clear();
     out.shrink_to(OUT_CAPACITY);
+    Ok(())
+}
+
+/// Closes the stdout pipe while the process keeps running: `/dev/null` takes fd 1's place, so
+/// later replies are written (and lost) without a write error ending the worker.
+fn close_stdout() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    unistd::dup2_stdout(&null)?;
+    log::line(format_args!(
+        "mock/close-stdout: stdout closed, still serving (replies go to /dev/null)"
+    ));
     Ok(())
 }
 

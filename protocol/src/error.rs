@@ -35,6 +35,8 @@ pub enum ErrorKind {
     /// No reply came within the pool's `request_timeout_sec`, or no worker started within its
     /// `queue_timeout_sec`.
     Timeout,
+    /// The worker's reply was longer than `limits.max_worker_line`, so it was not delivered.
+    ReplyTooLarge,
     /// The bus is shutting down and accepts no new requests.
     ShuttingDown,
     /// Sent to a worker whose request names a session without a client.
@@ -56,6 +58,7 @@ impl ErrorKind {
         ErrorKind::WorkerExited,
         ErrorKind::WorkerFailed,
         ErrorKind::Timeout,
+        ErrorKind::ReplyTooLarge,
         ErrorKind::ShuttingDown,
         ErrorKind::NoClient,
         ErrorKind::ClientDisconnected,
@@ -113,6 +116,7 @@ impl ErrorKind {
             WorkerExited => (-32021, "Worker exited", "worker_exited", true, Worker),
             WorkerFailed => (-32022, "Worker failed", "worker_failed", true, Worker),
             Timeout => (-32023, "Request timed out", "timeout", true, Worker),
+            ReplyTooLarge => (-32024, "Reply too large", "reply_too_large", false, Worker),
             ShuttingDown => (-32030, "Shutting down", "shutting_down", true, Bus),
             NoClient => (-32040, "No client for session", "no_client", true, Client),
             ClientDisconnected => (
@@ -235,6 +239,13 @@ mod tests {
                     Fault::Worker
                 ),
                 (-32023, "Request timed out", "timeout", true, Fault::Worker),
+                (
+                    -32024,
+                    "Reply too large",
+                    "reply_too_large",
+                    false,
+                    Fault::Worker
+                ),
                 (-32030, "Shutting down", "shutting_down", true, Fault::Bus),
                 (
                     -32040,

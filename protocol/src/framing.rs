@@ -6,6 +6,8 @@
 
 use std::ops::Range;
 
+use crate::top_id::TopLevelId;
+
 /// Smallest writable tail handed out by `spare`, so one read syscall can move a useful amount.
 const MIN_SPARE: usize = 64 * 1024;
 
@@ -22,6 +24,11 @@ pub struct LineFramer {
     max_line: usize,
     /// An oversize line was reported and its remainder is being dropped up to its `\n`.
     skipping: bool,
+    /// Set by [`LineFramer::with_ids`]: the scan for an oversize line's top-level id, fed every
+    /// byte of such a line (and no byte of any other).
+    ids: Option<Box<TopLevelId>>,
+    /// With `ids`: bytes of the oversize line being skipped so far.
+    skipped: usize,
 }
 
 /// One unit of framed input.
@@ -31,16 +38,24 @@ pub enum Frame<'a> {
     Line(&'a [u8]),
     /// A line exceeded `max_line`. Emitted ONCE, as soon as the limit is passed; the rest of that line
     /// (up to and including its `\n`) is then discarded without being buffered. `seen` = bytes seen so far.
+    ///
+    /// A framer made by [`LineFramer::with_ids`] emits it once the line has ENDED instead (at its
+    /// `\n` or at end of input), with `seen` = the whole line and `id` = its top-level id.
     Oversize {
-        /// Bytes of the line received when the limit was passed, not counting its `\n`.
+        /// Bytes of the line received when the limit was passed (with `with_ids`: in the whole
+        /// line), not counting its `\n`.
         seen: usize,
+        /// With `with_ids`: the line's top-level `"id"` member when it is a bus id (a plain
+        /// non-negative integer, see [`crate::parse_bus_id`]); the last one if there are several.
+        /// Always `None` otherwise.
+        id: Option<u64>,
     },
 }
 
 /// A frame located in the buffer; resolved to a borrowed [`Frame`] only at the API boundary.
 enum Found {
     Line(Range<usize>),
-    Oversize(usize),
+    Oversize { seen: usize, id: Option<u64> },
 }
 
 impl LineFramer {
@@ -53,6 +68,18 @@ impl LineFramer {
             scan: 0,
             max_line,
             skipping: false,
+            ids: None,
+            skipped: 0,
+        }
+    }
+
+    /// Like [`LineFramer::new`], but an oversize line is reported when it ends, with its top-level
+    /// bus id (found by a streaming scan of every byte of that line, which is still never
+    /// buffered), so the request it answers can be answered. Lines within the limit cost the same.
+    pub fn with_ids(max_line: usize) -> Self {
+        LineFramer {
+            ids: Some(Box::default()),
+            ..LineFramer::new(max_line)
         }
     }
 
@@ -103,7 +130,7 @@ impl LineFramer {
     fn resolve(&self, found: Found) -> Frame<'_> {
         match found {
             Found::Line(range) => Frame::Line(&self.buf[range]),
-            Found::Oversize(seen) => Frame::Oversize { seen },
+            Found::Oversize { seen, id } => Frame::Oversize { seen, id },
         }
     }
 
@@ -113,15 +140,20 @@ impl LineFramer {
             if self.skipping {
                 match memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
                     Some(i) => {
+                        self.skip(self.start, self.start + i);
                         self.start += i + 1;
                         self.scan = self.start;
                         self.skipping = false;
+                        if let Some(found) = self.skipped_line() {
+                            return Some(found);
+                        }
                     }
                     None => {
                         // The remainder of an oversize line is dropped as it arrives, never kept.
+                        self.skip(self.start, self.end);
                         self.skipping = !at_eof;
                         self.reset();
-                        return None;
+                        return if at_eof { self.skipped_line() } else { None };
                     }
                 }
             }
@@ -139,7 +171,7 @@ impl LineFramer {
     }
 
     /// Judges a complete line `from..newline`; `None` for an empty line, which is skipped.
-    fn classify(&self, from: usize, newline: usize) -> Option<Found> {
+    fn classify(&mut self, from: usize, newline: usize) -> Option<Found> {
         let mut to = newline;
         if to > from && self.buf[to - 1] == b'\r' {
             to -= 1;
@@ -147,7 +179,11 @@ impl LineFramer {
         if to == from {
             None
         } else if to - from > self.max_line {
-            Some(Found::Oversize(newline - from))
+            self.skip(from, newline);
+            self.skipped_line().or(Some(Found::Oversize {
+                seen: newline - from,
+                id: None,
+            }))
         } else {
             Some(Found::Line(from..to))
         }
@@ -167,13 +203,37 @@ impl LineFramer {
         let over = pending > slack || (pending == slack && self.buf[self.end - 1] != b'\r');
         if over {
             self.skipping = true;
+            self.skip(self.start, self.end);
             self.reset();
-            return Some(Found::Oversize(pending));
+            // With the id scan, the line is reported when it ends.
+            return self.ids.is_none().then_some(Found::Oversize {
+                seen: pending,
+                id: None,
+            });
         }
         if pending == 0 {
             self.reset();
         }
         None
+    }
+
+    /// With the id scan: feeds `from..to`, bytes of an oversize line, to it.
+    fn skip(&mut self, from: usize, to: usize) {
+        if let Some(ids) = &mut self.ids {
+            ids.feed(&self.buf[from..to]);
+            self.skipped += to - from;
+        }
+    }
+
+    /// With the id scan: the report of the oversize line that just ended (its trailing `\r`, if
+    /// any, counted in `seen`); `None` without the scan.
+    fn skipped_line(&mut self) -> Option<Found> {
+        let ids = self.ids.as_mut()?;
+        let seen = std::mem::take(&mut self.skipped);
+        Some(Found::Oversize {
+            seen,
+            id: ids.finish(),
+        })
     }
 
     /// Forgets all buffered bytes; cheap, so an idle connection costs no compaction on the next read.
@@ -197,7 +257,7 @@ mod tests {
     fn own(frame: Frame<'_>) -> Out {
         match frame {
             Frame::Line(line) => Out::Line(line.to_vec()),
-            Frame::Oversize { seen } => Out::Oversize(seen),
+            Frame::Oversize { seen, .. } => Out::Oversize(seen),
         }
     }
 
@@ -413,6 +473,48 @@ mod tests {
         assert_eq!(f.finish(), None);
         feed(&mut f, b"new\n", &mut out);
         assert_eq!(out, [Out::Oversize(6), line("new")]);
+    }
+
+    #[test]
+    fn with_ids_reports_an_oversize_line_once_it_ends_with_its_id() {
+        let body = "x".repeat(200_000);
+        let stream = format!(
+            "{{\"id\":3,\"result\":\"{body}\"}}\nok\n{{\"result\":\"{body}\",\"id\":4}}\r\n\
+             {{\"method\":\"{body}\"}}\n{{\"result\":\"{body}\",\"id\":5}}"
+        );
+        let len = body.len() + 20;
+        let expected = [
+            (Some(len), None, Some(3)),
+            (None, Some("ok"), None),
+            (Some(len + 1), None, Some(4)),
+            (Some(body.len() + 13), None, None),
+            (Some(len), None, Some(5)),
+        ];
+        for chunk in [1_000, 7_777, MIN_SPARE] {
+            let mut f = LineFramer::with_ids(100);
+            let mut got = Vec::new();
+            let own = |frame: Frame<'_>| match frame {
+                Frame::Line(line) => (None, Some(String::from_utf8(line.to_vec()).unwrap()), None),
+                Frame::Oversize { seen, id } => (Some(seen), None, id),
+            };
+            for piece in stream.as_bytes().chunks(chunk) {
+                f.spare()[..piece.len()].copy_from_slice(piece);
+                f.filled(piece.len());
+                while let Some(frame) = f.next_frame() {
+                    got.push(own(frame));
+                }
+                // Never the line: the buffer stays near one read.
+                assert!(f.buf.capacity() <= 2 * MIN_SPARE);
+            }
+            while let Some(frame) = f.finish() {
+                got.push(own(frame));
+            }
+            let expected: Vec<_> = expected
+                .iter()
+                .map(|&(seen, line, id)| (seen, line.map(str::to_owned), id))
+                .collect();
+            assert_eq!(got, expected, "chunks of {chunk}");
+        }
     }
 
     #[test]

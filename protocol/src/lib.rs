@@ -14,6 +14,7 @@ pub mod error;
 pub mod framing;
 pub mod rewrite;
 mod scan;
+mod top_id;
 
 pub use envelope::{key_bytes, parse, Envelope, EnvelopeError, Kind, Message, SessionPath, Span};
 pub use error::{append_error_reply, ErrorKind, Fault};

@@ -69,7 +69,7 @@ fn deliver<B>(
         // Whitespace-only lines carry no message; treating them as empty avoids spurious errors.
         Frame::Line(line) if line.iter().all(u8::is_ascii_whitespace) => ControlFlow::Continue(()),
         Frame::Line(line) => on_line(line),
-        Frame::Oversize { seen } => {
+        Frame::Oversize { seen, .. } => {
             log::line(format_args!(
                 "{source}: skipping a line longer than {MAX_LINE} bytes ({seen} bytes seen)"
             ));

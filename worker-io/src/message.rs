@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 
-use serde::de::IgnoredAny;
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -52,35 +54,79 @@ pub struct Response<'a> {
     pub session: Option<&'a RawValue>,
 }
 
-/// The members the worker looks at; the rest are skipped unparsed.
-#[derive(Deserialize)]
+/// The members the worker looks at; the rest are skipped unparsed. A member given twice keeps its
+/// last value, as the bus reads it (docs/protocol.md, "Duplicate members"), so a request whose
+/// `method` or `params` is repeated still has its id and gets its one reply.
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
     method: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     params: Option<&'a RawValue>,
-    #[serde(rename = "sessionId", default, borrow, deserialize_with = "present")]
     session: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
     result: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
     error: Option<&'a RawValue>,
 }
 
-/// Keeps an explicit `null` as `Some`, because `"id": null` still makes a request, not a notification.
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(deserializer).map(Some)
+/// A member name of [`Envelope`]; escaped spellings decode to the same field.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum Field {
+    Id,
+    Method,
+    Params,
+    SessionId,
+    Result,
+    Error,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
+        let mut envelope = Envelope::default();
+        while let Some(field) = map.next_key::<Field>()? {
+            // An explicit `null` is kept as `Some`: `"id": null` still makes a request. Only
+            // `params: null` counts as absent, as a call without params.
+            let slot = match field {
+                Field::Id => &mut envelope.id,
+                Field::Method => &mut envelope.method,
+                Field::SessionId => &mut envelope.session,
+                Field::Result => &mut envelope.result,
+                Field::Error => &mut envelope.error,
+                Field::Params => {
+                    let raw: &RawValue = map.next_value()?;
+                    envelope.params = (raw.get() != "null").then_some(raw);
+                    continue;
+                }
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(envelope)
+    }
 }
 
 /// Classifies one line (without its line ending).
 pub fn classify(line: &[u8]) -> Message<'_> {
-    // A derived struct also accepts a JSON array positionally; only objects can be messages.
-    let is_object = line.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{');
     let envelope = match serde_json::from_slice::<Envelope<'_>>(line) {
-        Ok(envelope) if is_object => envelope,
-        Ok(_) => return invalid(None, None),
+        Ok(envelope) => envelope,
         Err(err) => {
             return match serde_json::from_slice::<IgnoredAny>(line) {
                 Ok(_) => invalid(None, None),
@@ -211,6 +257,25 @@ mod tests {
             panic!("expected invalid");
         };
         assert_eq!(id.unwrap().get(), "3");
+    }
+
+    #[test]
+    fn duplicate_members_keep_the_id_and_the_last_value() {
+        let last = call(
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":1},"sessionId":"s","method":"mock/echo","params":[2],"sessionId":"t"}"#,
+        );
+        assert_eq!(last.id.unwrap().get(), "1");
+        assert_eq!(last.name, "mock/echo");
+        assert_eq!(last.params.unwrap().get(), "[2]");
+        assert_eq!(last.session.unwrap().get(), r#""t""#);
+        // An escaped member name is the same member.
+        let call = call(r#"{"id":2,"method":"x","\u006dethod":"y","params":{},"params":null}"#);
+        assert_eq!(call.name, "y");
+        assert!(call.params.is_none());
+        let Message::Response(response) = classify(br#"{"id":0,"result":1,"result":2}"#) else {
+            panic!("expected a response");
+        };
+        assert_eq!(response.outcome.get(), "2");
     }
 
     #[test]

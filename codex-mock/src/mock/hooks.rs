@@ -24,6 +24,14 @@ struct ExitParams {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BigParams {
+    bytes: usize,
+    #[serde(default)]
+    id_last: bool,
+}
+
+#[derive(Deserialize)]
 struct NotifyParams {
     count: u64,
 }
@@ -79,6 +87,15 @@ impl Mock {
             "mock/crash" => return ControlFlow::Break(Stop::Crash),
             "mock/segv" => return ControlFlow::Break(Stop::Segv),
             "mock/hang" => return ControlFlow::Break(Stop::Hang),
+            "mock/close-stdout" => return ControlFlow::Break(Stop::CloseStdout),
+            "mock/big" => match params::<BigParams>(call.params) {
+                Some(big) => big_reply(out, call, &big),
+                None => invalid_params(
+                    out,
+                    call,
+                    "mock/big needs params {\"bytes\": <usize>, \"idLast\": <bool>}",
+                ),
+            },
             "mock/stubborn" => {
                 self.become_stubborn();
                 // The reply tells the test that SIGTERM is ignored from here on.
@@ -148,6 +165,30 @@ impl Mock {
             },
         );
     }
+}
+
+/// `mock/big`'s reply: `result: {"pad": "xx…"}` with `bytes` x's, the `id` member first or, with
+/// `idLast`, after the result and the `sessionId`, where a reader must scan the whole line for it.
+fn big_reply(out: &mut Vec<u8>, call: &Call<'_>, big: &BigParams) {
+    let Some(id) = call.id else { return };
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",");
+    if !big.id_last {
+        out.extend_from_slice(b"\"id\":");
+        out.extend_from_slice(raw(id));
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"result\":{\"pad\":\"");
+    out.resize(out.len() + big.bytes, b'x');
+    out.extend_from_slice(b"\"}");
+    if let Some(session) = call.session {
+        out.extend_from_slice(b",\"sessionId\":");
+        out.extend_from_slice(raw(session));
+    }
+    if big.id_last {
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(raw(id));
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 /// Rejects a hook call whose params do not fit; a notification has nobody to tell but the log.

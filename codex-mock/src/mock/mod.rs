@@ -36,6 +36,9 @@ pub enum Stop {
     Segv,
     /// `mock/hang`: flush what is written so far, then do nothing ever again.
     Hang,
+    /// `mock/close-stdout`: flush what is written so far, close stdout (it becomes `/dev/null`),
+    /// then keep serving: a worker whose output is gone but whose process is not.
+    CloseStdout,
 }
 
 /// State of the mock worker across lines.

@@ -137,6 +137,40 @@ fn exit_zero_is_a_plain_exit() {
 }
 
 #[test]
+fn close_stdout_stops_reading_the_batch_without_a_reply() {
+    let (out, flow) = run(&mut mock(), r#"{"id":1,"method":"mock/close-stdout"}"#);
+    assert_eq!(
+        (out.as_str(), flow),
+        ("", ControlFlow::Break(Stop::CloseStdout))
+    );
+}
+
+#[test]
+fn big_pads_its_result_with_the_id_first_or_last() {
+    let mut mock = mock();
+    assert_eq!(
+        output(
+            &mut mock,
+            r#"{"id":1,"method":"mock/big","params":{"bytes":3}}"#
+        ),
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"pad\":\"xxx\"}}\n"
+    );
+    assert_eq!(
+        output(
+            &mut mock,
+            r#"{"id":"b","method":"mock/big","params":{"bytes":2,"idLast":true},"sessionId":"s"}"#
+        ),
+        "{\"jsonrpc\":\"2.0\",\"result\":{\"pad\":\"xx\"},\"sessionId\":\"s\",\"id\":\"b\"}\n"
+    );
+    assert_eq!(
+        output(&mut mock, r#"{"method":"mock/big","params":{"bytes":2}}"#),
+        ""
+    );
+    let out = output(&mut mock, r#"{"id":2,"method":"mock/big"}"#);
+    assert!(out.contains("-32602"), "{out}");
+}
+
+#[test]
 fn segv_and_hang_stop_without_a_reply() {
     let mut mock = mock();
     for (line, stop) in [

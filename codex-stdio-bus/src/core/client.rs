@@ -60,6 +60,17 @@ pub(crate) struct WorkerRequest {
 pub(crate) struct ClientBook {
     asked: IdMap<WorkerRequest>,
     next_id: u64,
+    /// The client's input ended: it can answer no worker request any more.
+    input_closed: bool,
+}
+
+/// Why a worker request could not be forwarded to a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NotForwarded {
+    /// The client is gone (its output queue is closed).
+    Gone,
+    /// The client's input ended, so it could never answer.
+    InputClosed,
 }
 
 /// One client connection.
@@ -158,17 +169,20 @@ impl Client {
     }
 
     /// Queues a worker's request with its id replaced by one unique to this client, remembering
-    /// where the answer must go; false if the client is gone.
+    /// where the answer must go; refused if the client is gone or its input has ended.
     pub(crate) fn forward_worker_request(
         &self,
         line: &[u8],
         id: Range<usize>,
         slot: SlotAddress,
         generation: u64,
-    ) -> bool {
+    ) -> Result<(), NotForwarded> {
         self.out.with_queue(|q| {
             if q.closed {
-                return false;
+                return Err(NotForwarded::Gone);
+            }
+            if q.state.input_closed {
+                return Err(NotForwarded::InputClosed);
             }
             let client_id = q.state.next_id;
             q.state.next_id += 1;
@@ -179,13 +193,22 @@ impl Client {
             };
             q.state.asked.insert(client_id, request);
             append_with_bus_id(&mut q.buf, line, id, client_id);
-            true
+            Ok(())
         })
     }
 
     /// Takes the worker request this client is answering.
     pub(crate) fn take_worker_request(&self, client_id: u64) -> Option<WorkerRequest> {
         self.out.lock().state.asked.remove(&client_id)
+    }
+
+    /// Records that the client's input ended (its output stays open for its replies) and returns
+    /// the worker requests it can now never answer; later ones are refused by
+    /// [`Client::forward_worker_request`].
+    pub(crate) fn input_closed(&self) -> Vec<WorkerRequest> {
+        let mut q = self.out.lock();
+        q.state.input_closed = true;
+        q.state.asked.drain().map(|(_, r)| r).collect()
     }
 
     /// Closes the output queue and returns the worker requests left unanswered.

@@ -84,7 +84,10 @@ pub(crate) async fn serve<S, K>(
 
     tokio::select! {
         () = source.pump(&router, &client) => {
-            // End of input: the requests already sent still get their replies.
+            // End of input: the requests already sent still get their replies, but the worker
+            // requests this client holds never get its answer; refused now, since a request of
+            // its own may be waiting on one.
+            router.input_closed(&client);
             tokio::select! {
                 () = client.wait_idle() => {}
                 () = gone.cancelled() => {}

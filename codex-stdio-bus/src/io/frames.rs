@@ -24,21 +24,20 @@ pub(crate) trait FrameHandler: Send {
     fn frame(&mut self, frame: Frame<'_>, read_at: Instant) -> impl Future<Output = ()> + Send;
 }
 
-/// Reads `reader` to its end (or first error), cutting lines of at most `max_line` bytes and
-/// handing each to `handler`; every byte read is counted into `bytes`. A last line without its
-/// newline is still handed over.
+/// Reads `reader` to its end (or first error), cutting lines with `framer` (which sets the line
+/// limit and how oversize lines are reported) and handing each to `handler`; every byte read is
+/// counted into `bytes`. A last line without its newline is still handed over.
 ///
 /// One clock read per read call, not per line: a batch of pipelined lines shares its timestamp.
 pub(crate) async fn read_frames<R, H>(
     reader: &mut R,
-    max_line: usize,
+    mut framer: LineFramer,
     bytes: &Counter,
     handler: &mut H,
 ) where
     R: AsyncRead + Unpin + Send,
     H: FrameHandler,
 {
-    let mut framer = LineFramer::new(max_line);
     loop {
         handler.ready().await;
         match reader.read(framer.spare()).await {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_protocol::{ErrorKind, Frame};
+use codex_bus_protocol::{ErrorKind, Frame, LineFramer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{MessageSink, MessageSource};
@@ -39,7 +39,8 @@ impl<R: AsyncRead + Unpin + Send> MessageSource for NdjsonSource<R> {
             max_line: self.max_line,
         };
         let bytes = metrics::get().bytes(Direction::FromClient);
-        read_frames(&mut self.reader, self.max_line, bytes, &mut handler).await;
+        let framer = LineFramer::new(self.max_line);
+        read_frames(&mut self.reader, framer, bytes, &mut handler).await;
     }
 }
 

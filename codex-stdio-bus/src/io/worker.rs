@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::metrics::Counter;
-use codex_bus_protocol::Frame;
+use codex_bus_protocol::{ErrorKind, Frame, LineFramer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tracing::Level;
@@ -25,7 +25,8 @@ const STDERR_LINE: usize = 16 * 1024;
 /// The tasks serving one worker process's pipes.
 pub(crate) struct Pipes {
     writer: JoinHandle<()>,
-    reader: JoinHandle<()>,
+    /// The stdout reader; `None` once [`Pipes::stdout_closed`] saw it end.
+    reader: Option<JoinHandle<()>>,
 }
 
 /// The three pipes of the worker running as `generation` in `slot`.
@@ -78,7 +79,9 @@ where
         };
         async move {
             let bytes = metrics::get().bytes(Direction::FromWorker);
-            read_frames(&mut stdout, max_line, bytes, &mut handler).await;
+            // Worker lines are cut with the id scan, so that an oversize reply can be answered.
+            let framer = LineFramer::with_ids(max_line);
+            read_frames(&mut stdout, framer, bytes, &mut handler).await;
         }
     });
     tokio::spawn({
@@ -98,19 +101,42 @@ where
             .await;
         }
     });
-    Pipes { writer, reader }
+    Pipes {
+        writer,
+        reader: Some(reader),
+    }
 }
 
 impl Pipes {
+    /// Resolves once the worker's stdout is read to its end (EOF or a read error), with every line
+    /// before it handed to the sink; never, if that was already seen. Cancel-safe.
+    pub(crate) async fn stdout_closed(&mut self) {
+        match &mut self.reader {
+            Some(reader) => {
+                // The reader task does not panic (and is never aborted while running); either
+                // way its end is the end of stdout.
+                let _ = reader.await;
+                self.reader = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     /// Once the worker has exited: waits up to `linger` for its stdout to be read to the end (the
     /// replies it wrote just before exiting are still in the pipe), then stops reading its stdout
     /// and writing its stdin. False if stdout stayed open (a process the worker left behind holds
     /// it).
     pub(crate) async fn finish(mut self, linger: Duration) -> bool {
-        let closed = tokio::time::timeout(linger, &mut self.reader).await.is_ok();
-        // Stopped for real, not just forgotten: whatever still holds the pipe is not this
-        // worker, and nothing it writes may be routed.
-        self.reader.abort();
+        let closed = match &mut self.reader {
+            Some(reader) => {
+                let closed = tokio::time::timeout(linger, &mut *reader).await.is_ok();
+                // Stopped for real, not just forgotten: whatever still holds the pipe is not
+                // this worker, and nothing it writes may be routed.
+                reader.abort();
+                closed
+            }
+            None => true,
+        };
         self.writer.abort();
         closed
     }
@@ -155,7 +181,7 @@ impl FrameHandler for ToSink {
             Frame::Line(line) => self
                 .sink
                 .worker_line(&self.slot, self.generation, line, read_at),
-            Frame::Oversize { seen } => {
+            Frame::Oversize { seen, id } => {
                 metrics::get().dropped(Discard::OversizeWorkerLine);
                 // Rate-limited with the slot's other warnings about its worker's lines.
                 let (slot, max_line) = (&self.slot, self.max_line);
@@ -164,9 +190,18 @@ impl FrameHandler for ToSink {
                         ?slot,
                         seen,
                         max_line,
+                        bus_id = id,
                         suppressed,
                         "worker line over max_worker_line skipped"
                     );
+                }
+                // A reply the client can never get: answered in its place rather than left in
+                // flight. Without a readable id (or for a request no longer pending) it is
+                // only skipped.
+                if let Some(pending) = id.and_then(|id| slot.take_pending(id, self.generation)) {
+                    let detail = format!("reply longer than max_worker_line ({max_line} bytes)");
+                    self.sink
+                        .fail(vec![pending], ErrorKind::ReplyTooLarge, Some(&detail));
                 }
             }
         }

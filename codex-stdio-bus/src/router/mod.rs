@@ -122,6 +122,15 @@ impl Router {
         }
     }
 
+    /// `client`'s input ended: the worker requests it holds are refused at once with
+    /// `client_disconnected` (it can never answer them, and a request of its own may be waiting on
+    /// one), and so are those that reach it later; its replies still flow.
+    pub(crate) fn input_closed(&self, client: &Client) {
+        for request in client.input_closed() {
+            self.refuse_worker_request(&request, ErrorKind::ClientDisconnected);
+        }
+    }
+
     /// Starts the drain: from now on new requests are refused with `shutting_down`.
     pub(crate) fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);

@@ -14,7 +14,7 @@ use codex_bus_protocol::{
 };
 
 use super::{fail_pending, Router};
-use crate::core::client::Client;
+use crate::core::client::{Client, NotForwarded};
 use crate::core::sink::WorkerSink;
 use crate::core::slot::{Pending, Slot, PROBE_ID};
 use crate::metrics::{self, Discard};
@@ -78,17 +78,24 @@ impl Router {
         envelope: &Envelope,
         id: Range<usize>,
     ) {
-        if let Some(client) = self.session_client(line, envelope) {
-            if client.forward_worker_request(line, id.clone(), slot.address, generation) {
-                return;
-            }
-        }
-        tracing::debug!(?slot, "worker request has no client; refused");
+        let kind = match self
+            .session_client(line, envelope)
+            .map(|client| client.forward_worker_request(line, id.clone(), slot.address, generation))
+        {
+            Some(Ok(())) => return,
+            Some(Err(NotForwarded::InputClosed)) => ErrorKind::ClientDisconnected,
+            Some(Err(NotForwarded::Gone)) | None => ErrorKind::NoClient,
+        };
+        tracing::debug!(
+            ?slot,
+            ?kind,
+            "worker request has no client to answer it; refused"
+        );
         let refused = slot.enqueue_line(Some(generation), |buf| {
-            append_error_reply(buf, Some(&line[id]), ErrorKind::NoClient, None)
+            append_error_reply(buf, Some(&line[id]), kind, None)
         });
         match refused {
-            Ok(()) => metrics::get().error_reply(ErrorKind::NoClient),
+            Ok(()) => metrics::get().error_reply(kind),
             Err(_) => tracing::debug!(?slot, "worker gone before its refusal"),
         }
     }

@@ -18,6 +18,10 @@ use crate::io::worker::{self, WorkerStdio};
 /// How long replies already in the worker's stdout pipe may take to be read after it exits.
 const STDOUT_LINGER: Duration = Duration::from_secs(2);
 
+/// How long a worker whose stdout closed may take to exit on its own before it is killed: a worker
+/// that exits closes its stdout first, and its exit status must stay its own.
+const STDOUT_CLOSED_GRACE: Duration = Duration::from_secs(1);
+
 /// The daemon's order to its workers: `None` while running; `Some(deadline)` once they must stop,
 /// with SIGKILL at the deadline.
 pub(crate) type StopOrder = watch::Receiver<Option<Instant>>;
@@ -87,7 +91,7 @@ pub(crate) async fn run(
         stdout,
         stderr,
     };
-    let pipes = worker::attach(slot, generation, stdio, sink.clone(), max_line);
+    let mut pipes = worker::attach(slot, generation, stdio, sink.clone(), max_line);
 
     let mut ending = Ending::Exited;
     let ready = readiness::wait_ready(slot, generation, supervision);
@@ -96,6 +100,7 @@ pub(crate) async fn run(
     let status = loop {
         tokio::select! {
             status = codex_bus_process::reap(&mut child) => break status.ok(),
+            () = pipes.stdout_closed() => break stdout_closed(slot, &mut child).await,
             deadline = super::stop_requested(stop) => {
                 ending = Ending::Stopped;
                 break stop_worker(slot, &mut child, deadline).await;
@@ -120,6 +125,24 @@ pub(crate) async fn run(
         );
     }
     Ended { status, ending }
+}
+
+/// A worker's stdout ended: it can answer nothing more. One that is exiting anyway gets
+/// `STDOUT_CLOSED_GRACE` to do so with its own status; one that keeps running is a failed worker,
+/// killed with its process group (its status then says SIGKILL, a failure to every restart policy).
+async fn stdout_closed(slot: &Slot, child: &mut Child) -> Option<ExitStatus> {
+    if let Ok(status) =
+        tokio::time::timeout(STDOUT_CLOSED_GRACE, codex_bus_process::reap(child)).await
+    {
+        return status.ok();
+    }
+    tracing::warn!(
+        ?slot,
+        grace_ms = STDOUT_CLOSED_GRACE.as_millis() as u64,
+        "worker closed its stdout but kept running; killing its process group"
+    );
+    signal_group(slot, Signal::SIGKILL);
+    child.wait().await.ok()
 }
 
 /// Stops a worker: EOF on its stdin once its queue is flushed, SIGTERM to its group, SIGKILL to the

@@ -44,7 +44,7 @@ pub fn run_framer(
             on_line(line);
             frames.push(Out::Line(line.to_vec()));
         }
-        Frame::Oversize { seen } => frames.push(Out::Oversize(seen)),
+        Frame::Oversize { seen, .. } => frames.push(Out::Oversize(seen)),
     };
     let mut at = 0;
     let mut sizes = chunks.iter().copied().map(|n| n.max(1)).cycle();
