@@ -40,6 +40,11 @@ impl IdReferences {
         IdReferences(references)
     }
 
+    /// Whether none is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The path of the id a message with this raw `method` token refers to, if its method is one
     /// of the configured ones. A method written with escapes (`"$\/cancelRequest"`) is not
     /// recognised: clients write method names plainly.

@@ -5,6 +5,8 @@
 //! the queue of bytes toward the worker's stdin and the table of requests awaiting a reply, both
 //! under one lock so that a request is either queued-and-pending or refused, never half of each.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::pin::pin;
@@ -121,9 +123,23 @@ pub(crate) struct Pending {
     pub since: Instant,
 }
 
+/// A request as its client named it: where a cancellation that names the request by the
+/// client's own id finds its bus id.
+#[derive(PartialEq, Eq, Hash)]
+struct Origin {
+    /// The client's connection id.
+    client: u64,
+    /// The request's id token, byte for byte.
+    id: IdToken,
+}
+
 /// The slot's bookkeeping, guarded together with its input queue.
 pub(crate) struct SlotBook {
     pending: IdMap<Pending>,
+    /// The pending table's requests by their clients' ids (the same size as `pending`, entries
+    /// leave with theirs). `None` when no id references are configured, so ordinary requests
+    /// then pay nothing for it. Keyed by client-chosen bytes, so std's keyed hasher.
+    origins: Option<HashMap<Origin, u64>>,
     next_bus_id: u64,
     state: SlotState,
     /// Set once the daemon drains: no worker (re)started here takes new work again.
@@ -133,6 +149,26 @@ pub(crate) struct SlotBook {
     generation: u64,
     /// When the running worker became ready.
     ready_since: Option<Instant>,
+}
+
+impl SlotBook {
+    /// Removes the pending request `bus_id` and its origin entry (unless a later request of the
+    /// same client reused its id and owns the entry now).
+    fn remove(&mut self, bus_id: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&bus_id)?;
+        if let Some(origins) = &mut self.origins {
+            let origin = Origin {
+                client: pending.client.id,
+                id: IdToken::new(&pending.id),
+            };
+            if let Entry::Occupied(entry) = origins.entry(origin) {
+                if *entry.get() == bus_id {
+                    entry.remove();
+                }
+            }
+        }
+        Some(pending)
+    }
 }
 
 /// What a slot looks like at one moment (for status and metrics).
@@ -186,10 +222,17 @@ impl fmt::Debug for Slot {
 
 impl Slot {
     /// A slot in `Starting` state at `address` of pool `pool`, whose input queue holds about
-    /// `queue_limit` bytes.
-    pub(crate) fn new(pool: Arc<str>, address: SlotAddress, queue_limit: usize) -> Self {
+    /// `queue_limit` bytes; `references` says whether notifications may name pending requests
+    /// by their clients' ids (`routing.id_references` is not empty), which needs an index.
+    pub(crate) fn new(
+        pool: Arc<str>,
+        address: SlotAddress,
+        queue_limit: usize,
+        references: bool,
+    ) -> Self {
         let book = SlotBook {
             pending: IdMap::default(),
+            origins: references.then(HashMap::default),
             next_bus_id: 1,
             state: SlotState::Starting,
             draining: false,
@@ -287,6 +330,14 @@ impl Slot {
             let bus_id = q.state.next_bus_id;
             q.state.next_bus_id += 1;
             let original = IdToken::new(&line[id.clone()]);
+            if let Some(origins) = &mut q.state.origins {
+                let origin = Origin {
+                    client: client.id,
+                    id: IdToken::new(&original),
+                };
+                // A client that reuses an in-flight id gets its latest request cancelled.
+                origins.insert(origin, bus_id);
+            }
             q.state.pending.insert(
                 bus_id,
                 Pending {
@@ -329,11 +380,40 @@ impl Slot {
         })
     }
 
+    /// Queues a notification that names one of `client`'s requests in flight here by the id the
+    /// client gave it (the token at `span`, e.g. a cancellation's `params.id`), with that token
+    /// replaced by the request's bus id. `Ok(false)` queues nothing: no such request is in flight
+    /// here (unknown, finished, or sent on another slot, whose bus ids mean nothing to this
+    /// worker), and passing the client's id on could match another client's request. Refused
+    /// like any notification when the slot takes no work.
+    pub(crate) fn enqueue_reference(
+        &self,
+        client: &Client,
+        line: &[u8],
+        span: Range<usize>,
+    ) -> Result<bool, ErrorKind> {
+        self.queue.with_queue(|q| {
+            if !q.state.state.takes_work() {
+                return Err(q.state.state.refusal());
+            }
+            let origin = Origin {
+                client: client.id,
+                id: IdToken::new(&line[span.clone()]),
+            };
+            let bus_id = q.state.origins.as_ref().and_then(|o| o.get(&origin));
+            let Some(&bus_id) = bus_id else {
+                return Ok(false);
+            };
+            append_with_bus_id(&mut q.buf, line, span, bus_id);
+            Ok(true)
+        })
+    }
+
     /// Removes and returns the pending request with this bus id (its `since` times the reply).
     pub(crate) fn take_pending(&self, bus_id: u64) -> Option<Pending> {
         let (taken, draining) = {
             let mut q = self.queue.lock();
-            (q.state.pending.remove(&bus_id), q.state.draining)
+            (q.state.remove(bus_id), q.state.draining)
         };
         if taken.is_some() {
             let was = self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -398,7 +478,7 @@ impl Slot {
             .collect();
         let expired: Vec<(Pending, Deadline)> = late
             .into_iter()
-            .filter_map(|(id, d)| q.state.pending.remove(&id).map(|p| (p, d)))
+            .filter_map(|(id, d)| q.state.remove(id).map(|p| (p, d)))
             .collect();
         drop(q);
         self.forget(expired.len());
@@ -438,6 +518,9 @@ impl Slot {
                 q.state.ready_since = None;
                 q.buf.clear();
                 let failed: Vec<Pending> = q.state.pending.drain().map(|(_, p)| p).collect();
+                if let Some(origins) = &mut q.state.origins {
+                    origins.clear();
+                }
                 drop(q);
                 self.forget(failed.len());
                 self.queue.wake_producers();
@@ -464,7 +547,7 @@ mod tests {
     use crate::core::principal::Principal;
 
     fn slot() -> Slot {
-        Slot::new("p".into(), SlotAddress { pool: 0, slot: 0 }, 1024)
+        Slot::new("p".into(), SlotAddress { pool: 0, slot: 0 }, 1024, true)
     }
 
     fn client() -> Arc<Client> {
@@ -557,6 +640,62 @@ mod tests {
             .await
             .expect("the last reply wakes the drain")
             .unwrap();
+    }
+
+    #[test]
+    fn references_find_the_senders_pending_requests_only() {
+        let slot = slot();
+        let (a, b) = (
+            client(),
+            Arc::new(Client::new(
+                2,
+                Transport::Tcp,
+                Principal::anonymous("tcp"),
+                None,
+                1024,
+            )),
+        );
+        let request = br#"{"id":"x","method":"m"}"#;
+        let cancel = br#"{"params":{"id":"x"}}"#;
+        let named = 16..19;
+        slot.enqueue_request(&a, request, 6..9, Instant::now())
+            .unwrap();
+        slot.queue.lock().buf.clear();
+        assert_eq!(slot.enqueue_reference(&b, cancel, named.clone()), Ok(false));
+        assert_eq!(slot.enqueue_reference(&a, cancel, named.clone()), Ok(true));
+        assert_eq!(slot.queue.lock().buf, b"{\"params\":{\"id\":1}}\n");
+        // A reused id names the latest request; the older one finishing leaves it in place.
+        slot.enqueue_request(&a, request, 6..9, Instant::now())
+            .unwrap();
+        assert!(slot.take_pending(1).is_some());
+        slot.queue.lock().buf.clear();
+        assert_eq!(slot.enqueue_reference(&a, cancel, named.clone()), Ok(true));
+        assert_eq!(slot.queue.lock().buf, b"{\"params\":{\"id\":2}}\n");
+        // Answered, expired or failed requests can no longer be named.
+        assert!(slot.take_pending(2).is_some());
+        assert_eq!(slot.enqueue_reference(&a, cancel, named.clone()), Ok(false));
+        slot.enqueue_request(&a, request, 6..9, Instant::now())
+            .unwrap();
+        assert_eq!(
+            slot.expire(Instant::now(), Some(Duration::ZERO), Duration::MAX)
+                .len(),
+            1
+        );
+        assert_eq!(slot.enqueue_reference(&a, cancel, named.clone()), Ok(false));
+        slot.enqueue_request(&a, request, 6..9, Instant::now())
+            .unwrap();
+        assert_eq!(slot.transition(SlotState::Backoff).len(), 1);
+        assert!(slot.queue.lock().state.origins.as_ref().unwrap().is_empty());
+    }
+
+    #[test]
+    fn without_references_no_index_is_kept() {
+        let slot = Slot::new("p".into(), SlotAddress { pool: 0, slot: 0 }, 1024, false);
+        let line = br#"{"id":1,"method":"m"}"#;
+        slot.enqueue_request(&client(), line, 6..7, Instant::now())
+            .unwrap();
+        assert!(slot.queue.lock().state.origins.is_none());
+        assert_eq!(slot.enqueue_reference(&client(), line, 6..7), Ok(false));
     }
 
     #[test]

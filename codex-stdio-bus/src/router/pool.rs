@@ -22,14 +22,19 @@ pub(crate) struct Pool {
 
 impl Pool {
     /// Pool number `index` (config order) with `config.instances` slots, each queueing about
-    /// `queue_limit` bytes toward its worker.
-    pub(crate) fn new(index: u32, config: PoolConfig, queue_limit: usize) -> Self {
+    /// `queue_limit` bytes toward its worker; `references` as for [`Slot::new`].
+    pub(crate) fn new(
+        index: u32,
+        config: PoolConfig,
+        queue_limit: usize,
+        references: bool,
+    ) -> Self {
         let id: Arc<str> = config.id.as_str().into();
         let metrics = PoolMetrics::new(&id);
         let slots = (0..config.instances)
             .map(|slot| {
                 let address = SlotAddress { pool: index, slot };
-                Arc::new(Slot::new(id.clone(), address, queue_limit))
+                Arc::new(Slot::new(id.clone(), address, queue_limit, references))
             })
             .collect();
         Pool {
