@@ -3,7 +3,7 @@
 //! The bus reads NDJSON JSON-RPC 2.0 from many clients and forwards each line byte for byte to a
 //! worker, swapping only the request `id` for its own integer bus id and restoring it on the reply.
 //! This crate frames lines ([`framing`]), validates them and locates the routing fields in one pass
-//! ([`envelope`]), finds ids inside messages that name earlier requests ([`reference`]), swaps ids
+//! ([`envelope`]), finds ids inside messages that name earlier requests ([`reference`](mod@reference)), swaps ids
 //! ([`rewrite`]) and encodes the bus's own error replies ([`error`]).
 //! Everything here is fed untrusted bytes and never panics on any input.
 
