@@ -316,6 +316,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cancel_on_another_slot_than_its_request_is_dropped() {
+        let router = Router::new(&Config::single_pool("p", "cat", &[], 8));
+        let a = router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
+        let (home, away) = (
+            slot_for(b"bound", 8) as usize,
+            slot_for(b"other", 8) as usize,
+        );
+        assert_ne!(home, away, "the test needs two sessions on different slots");
+        send(&router, &a, r#"{"id":1,"method":"m","sessionId":"bound"}"#).await;
+        let slots = &router.pools()[0].slots;
+        slots[home].queue.lock().buf.clear();
+        // Bus id 1 on the other slot would be someone else's request: nothing may reach it.
+        send(
+            &router,
+            &a,
+            r#"{"method":"$/cancelRequest","params":{"id":1},"sessionId":"other"}"#,
+        )
+        .await;
+        assert!(slots.iter().all(|s| s.queue.lock().buf.is_empty()));
+        assert_eq!(slots[home].in_flight(), 1, "the request is untouched");
+    }
+
+    #[tokio::test]
     async fn cancellations_reach_only_their_senders_requests() {
         let router = Router::new(&Config::single_pool("p", "cat", &[], 1));
         let connect = || router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
