@@ -1,4 +1,5 @@
-//! Replies held back by `mock/delay`, released in deadline order.
+//! Replies held back by `mock/delay`, released in deadline order, or withdrawn when the request is
+//! cancelled.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -16,6 +17,8 @@ pub struct DelayQueue {
 struct Held {
     deadline: Instant,
     seq: u64,
+    /// The request's id token, by which a cancellation names it.
+    id: Vec<u8>,
     line: Vec<u8>,
 }
 
@@ -40,13 +43,14 @@ impl Ord for Held {
 }
 
 impl DelayQueue {
-    /// Holds `line` until `deadline`.
-    pub fn push(&mut self, deadline: Instant, line: Vec<u8>) {
+    /// Holds `line`, the reply to the request whose id token is `id`, until `deadline`.
+    pub fn push(&mut self, deadline: Instant, id: Vec<u8>, line: Vec<u8>) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.heap.push(Reverse(Held {
             deadline,
             seq,
+            id,
             line,
         }));
     }
@@ -69,6 +73,13 @@ impl DelayQueue {
         }
     }
 
+    /// Drops the held reply to the request whose id token is `id`; whether there was one.
+    pub fn withdraw(&mut self, id: &[u8]) -> bool {
+        let before = self.heap.len();
+        self.heap.retain(|Reverse(held)| held.id != id);
+        self.heap.len() != before
+    }
+
     /// Whether any reply is still held.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
@@ -85,10 +96,13 @@ mod tests {
         let start = Instant::now();
         let at = |ms| start + Duration::from_millis(ms);
         let mut queue = DelayQueue::default();
-        queue.push(at(30), b"c\n".to_vec());
-        queue.push(at(10), b"a\n".to_vec());
-        queue.push(at(10), b"b\n".to_vec());
-        queue.push(at(50), b"d\n".to_vec());
+        queue.push(at(30), b"3".to_vec(), b"c\n".to_vec());
+        queue.push(at(10), b"1".to_vec(), b"a\n".to_vec());
+        queue.push(at(10), b"2".to_vec(), b"b\n".to_vec());
+        queue.push(at(50), b"4".to_vec(), b"d\n".to_vec());
+        queue.push(at(20), b"5".to_vec(), b"x\n".to_vec());
+        assert!(queue.withdraw(b"5"));
+        assert!(!queue.withdraw(b"5"), "withdrawn once");
         assert_eq!(queue.next_deadline(), Some(at(10)));
 
         let mut out = Vec::new();

@@ -33,8 +33,8 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use model::{
-    Config, Limits, MetricsConfig, PoolConfig, ReadyProbe, RestartPolicy, RoutingConfig,
-    Supervision, TransportConfig, TransportMode,
+    Config, IdReferenceConfig, Limits, MetricsConfig, PoolConfig, ReadyProbe, RestartPolicy,
+    RoutingConfig, Supervision, TransportConfig, TransportMode,
 };
 
 impl Config {

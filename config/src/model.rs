@@ -203,14 +203,47 @@ pub struct RoutingConfig {
     /// Pool for messages that name none; must be an existing pool id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_pool: Option<String>,
+    /// Notifications whose member names one of the sender's earlier requests by its id
+    /// (cancellations); the bus swaps that id for the bus id like a request's own.
+    pub id_references: Vec<IdReferenceConfig>,
+}
+
+/// One entry of `routing.id_references`: the notification `method` whose member at the dotted
+/// `path` holds the id of one of the sender's in-flight requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IdReferenceConfig {
+    /// The notification's method, non-empty, without quotes, backslashes or control characters.
+    pub method: String,
+    /// Dotted path of the id within the message, e.g. `params.id`; no empty segments.
+    pub path: String,
+}
+
+impl IdReferenceConfig {
+    /// The defaults: LSP's `$/cancelRequest` (`params.id`) and MCP's `notifications/cancelled`
+    /// (`params.requestId`). Codex's `turn/interrupt` names a thread and a turn, not a request
+    /// id, so it needs none.
+    pub fn defaults() -> Vec<IdReferenceConfig> {
+        [
+            ("$/cancelRequest", "params.id"),
+            ("notifications/cancelled", "params.requestId"),
+        ]
+        .into_iter()
+        .map(|(method, path)| IdReferenceConfig {
+            method: method.to_owned(),
+            path: path.to_owned(),
+        })
+        .collect()
+    }
 }
 
 impl Default for RoutingConfig {
-    /// Top-level `sessionId`, as stdio Bus routes, and no default pool.
+    /// Top-level `sessionId`, as stdio Bus routes, no default pool, and the LSP and MCP
+    /// cancellations as id references.
     fn default() -> Self {
         RoutingConfig {
             session_id_field: "sessionId".to_owned(),
             default_pool: None,
+            id_references: IdReferenceConfig::defaults(),
         }
     }
 }

@@ -52,7 +52,10 @@ pub(crate) const TRANSPORT_OPTION_KEYS: &[&str] = &[
 ];
 
 /// Keys of `routing`.
-pub(crate) const ROUTING_KEYS: &[&str] = &["session_id_field", "default_pool"];
+pub(crate) const ROUTING_KEYS: &[&str] = &["session_id_field", "default_pool", "id_references"];
+
+/// Keys of one `routing.id_references[]` object (our extension).
+pub(crate) const ID_REFERENCE_KEYS: &[&str] = &["method", "path"];
 
 /// Keys of `metrics` (our extension).
 pub(crate) const METRICS_KEYS: &[&str] = &["listen"];
@@ -81,6 +84,7 @@ mod tests {
             TRANSPORT_KEYS,
             TRANSPORT_OPTION_KEYS,
             ROUTING_KEYS,
+            ID_REFERENCE_KEYS,
             METRICS_KEYS,
         ];
         let missing: Vec<&str> = levels

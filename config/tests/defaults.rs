@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use codex_bus_config::{
-    Config, Limits, RestartPolicy, RoutingConfig, Supervision, TransportConfig, TransportMode,
+    Config, IdReferenceConfig, Limits, RestartPolicy, RoutingConfig, Supervision, TransportConfig,
+    TransportMode,
 };
 
 fn parse(text: &str) -> Config {
@@ -40,7 +41,21 @@ fn absent_sections_take_their_defaults() {
         RoutingConfig {
             session_id_field: "sessionId".into(),
             default_pool: None,
+            id_references: IdReferenceConfig::defaults(),
         }
+    );
+    let cancels: Vec<(&str, &str)> = config
+        .routing
+        .id_references
+        .iter()
+        .map(|r| (&*r.method, &*r.path))
+        .collect();
+    assert_eq!(
+        cancels,
+        [
+            ("$/cancelRequest", "params.id"),
+            ("notifications/cancelled", "params.requestId")
+        ]
     );
     let pool = &config.pools[0];
     assert!(pool.args.is_empty() && pool.env.is_empty() && pool.cwd.is_none());
@@ -76,6 +91,26 @@ fn extensions_are_read() {
     assert_eq!(config.transport.mode, TransportMode::Tcp);
     assert_eq!(config.transport.address.as_deref(), Some("127.0.0.1:7000"));
     assert_eq!(config.routing.session_id_field, "params.sessionId");
+}
+
+#[test]
+fn id_references_replace_the_defaults_and_may_be_empty() {
+    let config = parse(
+        r#"{"pools": [{"id": "a", "command": "cat", "instances": 1}],
+            "routing": {"id_references": [{"method": "x/cancel", "path": "params.ref"}]}}"#,
+    );
+    assert_eq!(
+        config.routing.id_references,
+        [IdReferenceConfig {
+            method: "x/cancel".into(),
+            path: "params.ref".into()
+        }]
+    );
+    let config = parse(
+        r#"{"pools": [{"id": "a", "command": "cat", "instances": 1}],
+            "routing": {"id_references": []}}"#,
+    );
+    assert!(config.routing.id_references.is_empty());
 }
 
 #[test]

@@ -230,7 +230,7 @@ fn unknown_keys_at_every_level_get_a_hint() {
 fn unknown_keys_without_a_close_match_list_the_known_ones() {
     assert_problems(
         &with_section(r#""routing": {"hostname": "x"}"#),
-        &["routing.hostname: unknown key (known keys: session_id_field, default_pool)"],
+        &["routing.hostname: unknown key (known keys: session_id_field, default_pool, id_references)"],
     );
 }
 
@@ -422,4 +422,33 @@ fn durations_are_bounded_by_a_day() {
             "{key}"
         );
     }
+}
+
+#[test]
+fn routing_id_references_are_checked_entry_by_entry() {
+    assert_problems(
+        &with_section(r#""routing": {"id_references": {"method": "m", "path": "id"}}"#),
+        &[
+            r#"routing.id_references: must be an array of {"method", "path"} objects, got an object"#,
+        ],
+    );
+    assert_problems(
+        &with_section(
+            r#""routing": {"id_references": [
+                {"method": "ok", "path": "params.id"},
+                {"method": "", "path": "params..id", "paht": 1},
+                {"method": "a\"b"},
+                3,
+                {"method": "ok", "path": "params.requestId"}]}"#,
+        ),
+        &[
+            "routing.id_references[1].method: must be a non-empty string, got \"\"",
+            r#"routing.id_references[1].path: must be a dotted path without empty segments, like "sessionId" or "params.sessionId", got "params..id""#,
+            "routing.id_references[1].paht: unknown key (did you mean 'path'?)",
+            r#"routing.id_references[2].method: must not contain quotes, backslashes or control characters, got "a\"b""#,
+            "routing.id_references[2].path: missing (required: a non-empty string)",
+            "routing.id_references[3]: must be an object, got 3",
+            "routing.id_references[4].method: 'ok' is listed twice (first at index 0)",
+        ],
+    );
 }

@@ -9,7 +9,8 @@ use crate::scan::{self, Scalar, Unescape, Visitor};
 /// Byte range into the line.
 pub type Span = Range<usize>;
 
-/// Dotted path of the session key, e.g. "sessionId" or "params.sessionId".
+/// Dotted path of a member, e.g. "sessionId" or "params.sessionId": where the session key sits, and
+/// where an id reference (`crate::reference`) names an earlier request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionPath {
     dotted: String,

@@ -2,7 +2,9 @@
 
 use crate::envelope::Span;
 
-/// Appends `line` to `out` with `span` replaced by the decimal `bus_id`, then `\n`.
+/// Appends `line` to `out` with `span` replaced by the decimal `bus_id`, then `\n`. The span is
+/// any token: the top-level `id` of a request, or an id inside a message that names an earlier
+/// request (see [`crate::reference`](mod@crate::reference)).
 pub fn append_with_bus_id(out: &mut Vec<u8>, line: &[u8], span: Span, bus_id: u64) {
     append_with_token(
         out,

@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use codex_bus_worker_io::log;
 use codex_bus_worker_io::message::Call;
@@ -17,6 +18,19 @@ use super::{params, raw, Mock, PendingAsk, Stop};
 struct DelayParams {
     ms: u64,
 }
+
+/// The params of LSP's `$/cancelRequest` (`id`) and MCP's `notifications/cancelled`
+/// (`requestId`).
+#[derive(Deserialize)]
+struct CancelParams<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "requestId")]
+    request_id: Option<&'a RawValue>,
+}
+
+/// LSP's `RequestCancelled` code, which the mock answers a cancelled `mock/delay` with.
+const REQUEST_CANCELLED: i32 = -32800;
 
 #[derive(Deserialize)]
 struct ExitParams {
@@ -74,7 +88,8 @@ impl Mock {
                     Some(deadline) if call.id.is_some() => {
                         let mut line = Vec::new();
                         self.default_reply(&mut line, call);
-                        self.delayed.push(deadline, line);
+                        let id = call.id.map(raw).unwrap_or_default().to_vec();
+                        self.delayed.push(deadline, id, line);
                     }
                     Some(_) => {}
                     None => invalid_params(out, call, "mock/delay needs params {\"ms\": <u64>}"),
@@ -142,6 +157,27 @@ impl Mock {
             _ => self.default_reply(out, call),
         }
         ControlFlow::Continue(())
+    }
+
+    /// A cancellation notification: a held `mock/delay` reply with the id it names is replaced
+    /// at once by the error `-32800 "Request cancelled"` (`data` `"cancelled"`), so a test sees
+    /// which request a cancellation reached. Anything else is logged and ignored.
+    pub(super) fn cancel(&mut self, call: &Call<'_>, out: &mut Vec<u8>) {
+        let named = params::<CancelParams<'_>>(call.params).and_then(|p| p.id.or(p.request_id));
+        match named {
+            Some(id) if self.delayed.withdraw(raw(id)) => render::error(
+                out,
+                raw(id),
+                call.session.map(raw),
+                REQUEST_CANCELLED,
+                "Request cancelled",
+                Some("cancelled"),
+            ),
+            _ => log::line(format_args!(
+                "cancellation of no held request ignored: {}",
+                call.params.map_or("", RawValue::get)
+            )),
+        }
     }
 
     fn ask(&mut self, out: &mut Vec<u8>, call: &Call<'_>) {

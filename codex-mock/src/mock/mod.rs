@@ -90,6 +90,9 @@ impl Mock {
     pub fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> ControlFlow<Stop> {
         match message::classify(line) {
             Message::Call(call) if call.name.starts_with("mock/") => return self.hook(&call, out),
+            Message::Call(call) if call.id.is_none() && is_cancellation(&call.name) => {
+                self.cancel(&call, out)
+            }
             Message::Call(call) => return self.call(&call, out),
             Message::Response(response) => self.answer(&response, out),
             Message::Invalid { id, session } => {
@@ -193,6 +196,11 @@ impl Mock {
             log::line(format_args!("ignoring response to unknown request id {id}"));
         }
     }
+}
+
+/// LSP's and MCP's cancellation notifications.
+fn is_cancellation(method: &str) -> bool {
+    matches!(method, "$/cancelRequest" | "notifications/cancelled")
 }
 
 fn params<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {

@@ -95,6 +95,36 @@ fn delay_holds_the_reply_until_due() {
 }
 
 #[test]
+fn a_cancellation_answers_its_held_delay_at_once() {
+    let mut mock = mock();
+    for id in [1, 2, 3] {
+        let line = format!(r#"{{"id":{id},"method":"mock/delay","params":{{"ms":60000}}}}"#);
+        assert_eq!(output(&mut mock, &line), "");
+    }
+    let lsp = output(
+        &mut mock,
+        r#"{"method":"$/cancelRequest","params":{"id":2},"sessionId":"s"}"#,
+    );
+    assert_eq!(
+        lsp,
+        "{\"jsonrpc\":\"2.0\",\"id\":2,\"error\":{\"code\":-32800,\"message\":\"Request cancelled\",\"data\":\"cancelled\"},\"sessionId\":\"s\"}\n"
+    );
+    let mcp = output(
+        &mut mock,
+        r#"{"method":"notifications/cancelled","params":{"requestId":3}}"#,
+    );
+    assert!(mcp.starts_with("{\"jsonrpc\":\"2.0\",\"id\":3,"), "{mcp}");
+    for ignored in [
+        r#"{"method":"$/cancelRequest","params":{"id":2}}"#,
+        r#"{"method":"$/cancelRequest","params":{"id":9}}"#,
+        r#"{"method":"$/cancelRequest"}"#,
+    ] {
+        assert_eq!(output(&mut mock, ignored), "", "{ignored}");
+    }
+    assert!(mock.has_pending(), "request 1 is still held");
+}
+
+#[test]
 fn hooks_with_bad_params_answer_invalid_params() {
     let mut mock = mock();
     for line in [

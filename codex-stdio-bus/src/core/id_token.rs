@@ -3,6 +3,7 @@
 //! Almost every id is short (`17`, `"req-42"`, a UUID string), so it is kept inline: one heap
 //! allocation and free less per request on the hot path. Longer ids are boxed.
 
+use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
 /// Longest token kept inline (a quoted 36-character UUID is 38 bytes).
@@ -34,6 +35,21 @@ impl IdToken {
         } else {
             IdToken::Boxed(token.into())
         }
+    }
+}
+
+/// Tokens are equal when their bytes are: how a cancellation's id is matched to a request's.
+impl PartialEq for IdToken {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for IdToken {}
+
+impl Hash for IdToken {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
     }
 }
 

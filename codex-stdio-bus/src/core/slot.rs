@@ -333,6 +333,41 @@ impl Slot {
         })
     }
 
+    /// Queues a notification that names one of `client`'s requests in flight here by the id the
+    /// client gave it (the token at `span`, e.g. a cancellation's `params.id`), with that token
+    /// replaced by the request's bus id. `Ok(false)` queues nothing: no such request is in flight
+    /// here (unknown, finished, or sent on another slot, whose bus ids mean nothing to this
+    /// worker), and passing the client's id on could match another client's request. Refused
+    /// like any notification when the slot takes no work.
+    ///
+    /// The pending table is scanned (the newest match wins when a client reused an id in
+    /// flight): cancellations are rare, and an index by client id would cost every request.
+    pub(crate) fn enqueue_reference(
+        &self,
+        client: &Client,
+        line: &[u8],
+        span: Range<usize>,
+    ) -> Result<bool, ErrorKind> {
+        let token = &line[span.clone()];
+        self.queue.with_queue(|q| {
+            if !q.state.state.takes_work() {
+                return Err(q.state.state.refusal());
+            }
+            let named = q
+                .state
+                .pending
+                .iter()
+                .filter(|(_, p)| p.client.id == client.id && *p.id == *token)
+                .map(|(&bus_id, _)| bus_id)
+                .max();
+            let Some(bus_id) = named else {
+                return Ok(false);
+            };
+            append_with_bus_id(&mut q.buf, line, span, bus_id);
+            Ok(true)
+        })
+    }
+
     /// Removes and returns the pending request with this bus id (its `since` times the reply),
     /// if the reply comes from the worker running now: `generation` is the process whose stdout
     /// the reply was read from. Anything a dead worker left behind (a child holding its stdout)
@@ -568,6 +603,53 @@ mod tests {
             .await
             .expect("the last reply wakes the drain")
             .unwrap();
+    }
+
+    #[test]
+    fn references_find_the_senders_pending_requests_only() {
+        let slot = slot();
+        let (a, b) = (
+            client(),
+            Arc::new(Client::new(
+                2,
+                Transport::Tcp,
+                Principal::anonymous("tcp"),
+                None,
+                1024,
+            )),
+        );
+        let request = br#"{"id":"x","method":"m"}"#;
+        let cancel = br#"{"params":{"id":"x"}}"#;
+        let named = 16..19;
+        slot.enqueue_request(&a, request, 6..9, Instant::now())
+            .unwrap();
+        slot.queue.lock().buf.clear();
+        assert_eq!(slot.enqueue_reference(&b, cancel, named.clone()), Ok(false));
+        assert_eq!(slot.enqueue_reference(&a, cancel, named.clone()), Ok(true));
+        assert_eq!(slot.queue.lock().buf, b"{\"params\":{\"id\":1}}\n");
+        // A reused id names the latest request; the older one finishing leaves it in place.
+        slot.enqueue_request(&a, request, 6..9, Instant::now())
+            .unwrap();
+        assert!(slot.take_pending(1, slot.generation()).is_some());
+        slot.queue.lock().buf.clear();
+        assert_eq!(slot.enqueue_reference(&a, cancel, named.clone()), Ok(true));
+        assert_eq!(slot.queue.lock().buf, b"{\"params\":{\"id\":2}}\n");
+        // Answered, expired or failed requests can no longer be named.
+        assert!(slot.take_pending(2, slot.generation()).is_some());
+        assert_eq!(slot.enqueue_reference(&a, cancel, named.clone()), Ok(false));
+        slot.enqueue_request(&a, request, 6..9, Instant::now())
+            .unwrap();
+        assert_eq!(
+            slot.expire(Instant::now(), Some(Duration::ZERO), Duration::MAX)
+                .len(),
+            1
+        );
+        assert_eq!(slot.enqueue_reference(&a, cancel, named.clone()), Ok(false));
+        slot.enqueue_request(&a, request, 6..9, Instant::now())
+            .unwrap();
+        assert_eq!(slot.transition(SlotState::Backoff).len(), 1);
+        // Failed with its worker: nothing left to name.
+        assert_eq!(slot.enqueue_reference(&a, cancel, named), Ok(false));
     }
 
     #[test]

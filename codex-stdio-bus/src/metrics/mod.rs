@@ -34,6 +34,9 @@ pub enum Discard {
     UnknownAnswer,
     /// A client answer to a worker request whose worker has since exited.
     WorkerGone,
+    /// A client notification naming one of its requests by id (`routing.id_references`, e.g. a
+    /// cancellation) that is not in flight on the slot the notification goes to.
+    UnknownCancel,
     /// A worker stdout line that is not a JSON-RPC object.
     InvalidWorkerLine,
     /// A worker stdout line longer than `max_worker_line`.
@@ -42,13 +45,14 @@ pub enum Discard {
 
 impl Discard {
     /// Every reason, in declaration order.
-    const ALL: [Discard; 8] = [
+    const ALL: [Discard; 9] = [
         Discard::UnroutableNotification,
         Discard::NoClient,
         Discard::LateReply,
         Discard::ClientGone,
         Discard::UnknownAnswer,
         Discard::WorkerGone,
+        Discard::UnknownCancel,
         Discard::InvalidWorkerLine,
         Discard::OversizeWorkerLine,
     ];
@@ -62,6 +66,7 @@ impl Discard {
             Discard::ClientGone => "client_gone",
             Discard::UnknownAnswer => "unknown_answer",
             Discard::WorkerGone => "worker_gone",
+            Discard::UnknownCancel => "unknown_cancel",
             Discard::InvalidWorkerLine => "invalid_worker_line",
             Discard::OversizeWorkerLine => "oversize_worker_line",
         }

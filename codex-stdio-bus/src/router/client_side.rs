@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use codex_bus_protocol::{
-    append_with_token, key_bytes, parse, parse_bus_id, Envelope, EnvelopeError, ErrorKind, Kind,
-    Message,
+    append_with_token, key_bytes, parse, parse_bus_id, value_at, Envelope, EnvelopeError,
+    ErrorKind, Kind, Message, SessionPath,
 };
 
 use super::placement::slot_for;
@@ -94,7 +94,9 @@ impl Router {
         }
     }
 
-    /// A notification: forwarded unchanged to the session's slot. Nobody can be told if it fails.
+    /// A notification: forwarded unchanged to the session's slot, except one naming a request of
+    /// its sender by id (`routing.id_references`), whose id is swapped for the bus id. Nobody can
+    /// be told if it fails.
     async fn route_notification(&self, client: &Arc<Client>, line: &[u8], envelope: &Envelope) {
         let slot = match self.target(client, line, envelope) {
             Ok(slot) => slot,
@@ -109,10 +111,18 @@ impl Router {
             }
         };
         slot.queue.wait_for_space().await;
-        let queued = slot.enqueue_line(None, |buf| {
-            buf.extend_from_slice(line);
-            buf.push(b'\n');
-        });
+        // The one extra comparison ordinary notifications pay: is this a cancellation?
+        let reference = envelope
+            .method
+            .clone()
+            .and_then(|method| self.references.path_for(&line[method]));
+        let queued = match reference {
+            Some(path) => self.queue_reference(client, line, slot, path),
+            None => slot.enqueue_line(None, |buf| {
+                buf.extend_from_slice(line);
+                buf.push(b'\n');
+            }),
+        };
         if let Err(kind) = queued {
             tracing::debug!(
                 client = client.id,
@@ -122,6 +132,32 @@ impl Router {
             );
             metrics::get().dropped(Discard::UnroutableNotification);
         }
+    }
+
+    /// A notification naming one of the client's requests by its id (a cancellation): queued
+    /// with the id at `path` swapped for that request's bus id, if the request is in flight on
+    /// `slot`; otherwise dropped and counted here, since the worker would read the client's id as
+    /// a bus id and could match another client's request. `Err` as for any notification.
+    fn queue_reference(
+        &self,
+        client: &Client,
+        line: &[u8],
+        slot: &Slot,
+        path: &SessionPath,
+    ) -> Result<(), ErrorKind> {
+        let found = match value_at(line, path) {
+            Some(span) => slot.enqueue_reference(client, line, span)?,
+            None => false,
+        };
+        if !found {
+            tracing::debug!(
+                client = client.id,
+                ?slot,
+                "notification names no request of its sender in flight there: dropped"
+            );
+            metrics::get().dropped(Discard::UnknownCancel);
+        }
+        Ok(())
     }
 
     /// A client's answer to a worker's request: back to the worker that asked, with its id restored.
@@ -239,12 +275,13 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Instant;
 
     use codex_bus_config::Config;
 
     use super::slot_for;
-    use crate::core::client::Transport;
+    use crate::core::client::{Client, Transport};
     use crate::core::principal::Principal;
     use crate::router::Router;
 
@@ -270,5 +307,84 @@ mod tests {
         router.client_message(&client, named, Instant::now()).await;
         assert_eq!(slots[other].in_flight(), 1);
         assert_eq!(router.in_flight(), 2);
+    }
+
+    async fn send(router: &Router, client: &Arc<Client>, line: &str) {
+        router
+            .client_message(client, line.as_bytes(), Instant::now())
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_cancel_on_another_slot_than_its_request_is_dropped() {
+        let router = Router::new(&Config::single_pool("p", "cat", &[], 8));
+        let a = router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
+        let (home, away) = (
+            slot_for(b"bound", 8) as usize,
+            slot_for(b"other", 8) as usize,
+        );
+        assert_ne!(home, away, "the test needs two sessions on different slots");
+        send(&router, &a, r#"{"id":1,"method":"m","sessionId":"bound"}"#).await;
+        let slots = &router.pools()[0].slots;
+        slots[home].queue.lock().buf.clear();
+        // Bus id 1 on the other slot would be someone else's request: nothing may reach it.
+        send(
+            &router,
+            &a,
+            r#"{"method":"$/cancelRequest","params":{"id":1},"sessionId":"other"}"#,
+        )
+        .await;
+        assert!(slots.iter().all(|s| s.queue.lock().buf.is_empty()));
+        assert_eq!(slots[home].in_flight(), 1, "the request is untouched");
+    }
+
+    #[tokio::test]
+    async fn cancellations_reach_only_their_senders_requests() {
+        let router = Router::new(&Config::single_pool("p", "cat", &[], 1));
+        let connect = || router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
+        let (a, b) = (connect(), connect());
+        send(&router, &b, r#"{"id":7,"method":"m","sessionId":"B"}"#).await;
+        send(&router, &a, r#"{"id":2,"method":"m","sessionId":"A"}"#).await;
+        send(&router, &a, r#"{"id":"r","method":"m","sessionId":"A"}"#).await;
+        let slot = &router.pools()[0].slots[0];
+        slot.queue.lock().buf.clear();
+        // B names A's id 2, and its own request is 7: dropped, nothing reaches the worker.
+        send(
+            &router,
+            &b,
+            r#"{"method":"$/cancelRequest","params":{"id":2},"sessionId":"B"}"#,
+        )
+        .await;
+        assert!(slot.queue.lock().buf.is_empty());
+        send(
+            &router,
+            &a,
+            r#"{"method":"$/cancelRequest","params":{"id":2},"sessionId":"A"}"#,
+        )
+        .await;
+        send(
+            &router,
+            &a,
+            r#"{"method":"notifications/cancelled","params":{"requestId":"r"},"sessionId":"A"}"#,
+        )
+        .await;
+        send(
+            &router,
+            &a,
+            r#"{"method":"other","params":{"id":2},"sessionId":"A"}"#,
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&slot.queue.lock().buf),
+            concat!(
+                r#"{"method":"$/cancelRequest","params":{"id":2},"sessionId":"A"}"#,
+                "\n",
+                r#"{"method":"notifications/cancelled","params":{"requestId":3},"sessionId":"A"}"#,
+                "\n",
+                r#"{"method":"other","params":{"id":2},"sessionId":"A"}"#,
+                "\n",
+            ),
+            "A's request 2 is bus id 2 (B's 7 came first), \"r\" is bus id 3; other methods pass"
+        );
     }
 }

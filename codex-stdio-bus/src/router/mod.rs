@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_config::Config;
-use codex_bus_protocol::{ErrorKind, SessionPath};
+use codex_bus_protocol::{ErrorKind, IdReference, IdReferences, SessionPath};
 use dashmap::DashMap;
 
 use crate::core::address::SlotAddress;
@@ -36,6 +36,8 @@ pub(crate) struct Router {
     pools: Vec<Arc<Pool>>,
     default_pool: Option<usize>,
     session_path: SessionPath,
+    /// Notifications whose member names a request of their sender (cancellations).
+    references: IdReferences,
     sessions: Sessions,
     clients: DashMap<u64, Arc<Client>>,
     next_client: AtomicU64,
@@ -47,6 +49,15 @@ pub(crate) struct Router {
 impl Router {
     /// A router over the configured pools (every slot starts in `Starting`).
     pub(crate) fn new(config: &Config) -> Self {
+        // The config crate already rejected malformed entries; skipping one keeps this infallible.
+        let references = IdReferences::new(
+            config
+                .routing
+                .id_references
+                .iter()
+                .filter_map(|r| IdReference::new(&r.method, &r.path))
+                .collect(),
+        );
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
@@ -70,6 +81,7 @@ impl Router {
             pools,
             default_pool,
             session_path,
+            references,
             sessions: Sessions::default(),
             clients: DashMap::new(),
             next_client: AtomicU64::new(1),
