@@ -183,12 +183,16 @@ pub async fn run(
             }
         }
     });
+    // Under systemd `Type=notify`, the unit is started once listeners are bound and every
+    // supervisor runs (workers count as ready later; /readyz says when).
+    notify_service_manager(&[sd_notify::NotifyState::Ready]);
     let outcome = tokio::select! {
         () = requested => Outcome::Drained,
         () = drain.cancelled() => Outcome::Drained,
         () = escalation.cancelled() => Outcome::Escalated,
     };
     drain.cancel();
+    notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     let stages = Stages {
         router: &router,
         limits,
@@ -273,4 +277,13 @@ pub fn check_commands(config: &Config) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Tells the service manager (systemd's `NOTIFY_SOCKET`, when set) how the daemon is doing. The
+/// variable is kept, so workers inherit it; the unit's `NotifyAccess=main` makes systemd ignore
+/// anything but the daemon's own messages.
+fn notify_service_manager(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(false, states) {
+        tracing::warn!(%error, "cannot notify the service manager");
+    }
 }

@@ -135,3 +135,44 @@ fn systemd_unit_verifies_and_its_exposure_is_at_most_4() {
     assert!(ok, "exposure above 4:\n{text}");
     codex_bus_tests::say(&format!("systemd unit: {}", overall.trim()));
 }
+
+#[test]
+fn under_type_notify_the_daemon_says_ready_then_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let manager = UnixDatagram::bind(&notify).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let config = codex_bus_tests::BusConfig::mock(1).write(dir.path());
+    let mut daemon = Command::new(codex_bus_tests::bin("codex-stdio-bus"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--tcp", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = manager.recv(&mut buf).expect("READY=1 within 20 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = manager.recv(&mut buf).expect("STOPPING=1 within 20 s");
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let status = daemon.wait().unwrap();
+    assert_eq!(ready.trim(), "READY=1", "{ready:?}");
+    assert_eq!(stopping.trim(), "STOPPING=1", "{stopping:?}");
+    assert!(status.success(), "{status}");
+    // The unit asks for exactly this.
+    let unit = deploy("codex-stdio-bus.service");
+    assert_eq!(setting(&unit, "Type"), "notify");
+    assert_eq!(setting(&unit, "NotifyAccess"), "main");
+}
