@@ -152,6 +152,11 @@ pub async fn run(
             stop_order.clone(),
         ));
     }
+    // Only where main made the daemon the subreaper: an embedder's own children are not orphans.
+    if codex_bus_process::adopting_orphans() {
+        let pools = router.pools().to_vec();
+        supervisors.spawn(supervisor::orphans::clear(pools, stop_order.clone()));
+    }
     supervisors.close();
     tracing::info!(
         pools = router.pools().len(),

@@ -73,6 +73,11 @@ fn run(args: RunArgs) -> ExitCode {
         Err(error) => return fail(&error),
     };
     let _log = logging::init(args.log_level.as_deref(), args.log_format);
+    // What a dead worker leaves outside its process group comes back to the daemon, which kills
+    // it (supervisor/orphans.rs), instead of running on under init.
+    if let Err(error) = codex_bus_process::adopt_orphans() {
+        tracing::warn!(%error, "cannot become the child subreaper; a dead worker's setsid processes may outlive it");
+    }
     match fd_limit::raise() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),

@@ -8,6 +8,8 @@
 //! - [`stop`] ends a child (stdin closed, SIGTERM to its group, SIGKILL at a deadline, reaped);
 //!   [`reap`] waits for a child that ends on its own and kills what is left of its group before
 //!   reaping it; [`signal_group`] signals a group.
+//! - [`adopt_orphans`] makes this process adopt what its children leave behind in other groups,
+//!   and [`kill_orphans`] ends those.
 //! - [`capture_stderr`] reads a child's stderr as lines of bounded length.
 //! - [`Backoff`] (jittered exponential delays) and [`RestartLimit`] (at most N restarts in a
 //!   window) decide when a dead child starts again.
@@ -24,6 +26,7 @@ mod backoff;
 mod exit;
 pub mod fd_limit;
 mod inherit;
+mod orphans;
 mod restart_limit;
 mod spawn;
 mod stderr;
@@ -34,6 +37,7 @@ mod testing;
 pub use backoff::{Backoff, InvalidBackoff};
 pub use exit::reap;
 pub use inherit::cloexec_inherited_fds;
+pub use orphans::{adopt_orphans, adopting_orphans, kill_orphans};
 pub use restart_limit::RestartLimit;
 pub use spawn::{resolve_command, Spec};
 pub use stderr::capture_stderr;

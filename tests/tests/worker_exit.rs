@@ -287,3 +287,34 @@ fn a_crashed_workers_children_die_with_it() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
+
+#[test]
+fn what_a_crashed_worker_left_in_another_session_is_killed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("escaped");
+    // Each generation starts a sleep in a session (and group) of its own, then crashes.
+    let script =
+        r#"setsid sleep 300 < /dev/null > /dev/null 2>&1 & echo $! >> "$PIDS"; sleep 0.2; exit 1"#;
+    let config = shell_pool(script, json!({"PIDS": pids.to_str().unwrap()}));
+    let bus = Bus::start(&config, Mode::Tcp);
+    bus.wait_log_count("worker started", 3);
+    let escaped: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let first = escaped[0];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while codex_bus_tests::alive(first) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let alive = codex_bus_tests::alive(first);
+    drop(bus);
+    for pid in &escaped {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    assert!(
+        !alive,
+        "a process a crashed worker left in its own session outlived it"
+    );
+}

@@ -10,6 +10,7 @@
 
 pub(crate) mod deadlines;
 pub(crate) mod instance;
+pub(crate) mod orphans;
 mod readiness;
 mod spawn;
 

@@ -1,0 +1,92 @@
+//! Orphans: what a dead child left behind in a process group of its own.
+//!
+//! Killing a child's group on its exit ([`reap`](crate::reap)) misses the processes it moved into
+//! another group or session (`setsid`, a daemonizing tool). Once this process is a child
+//! subreaper ([`adopt_orphans`]), the kernel hands such orphans to it instead of to init, and
+//! [`kill_orphans`] ends and reaps every child that is not one it runs on purpose.
+
+#![forbid(unsafe_code)]
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+/// Makes this process the one that adopts its descendants' orphans (`PR_SET_CHILD_SUBREAPER`).
+///
+/// Errors: whatever `prctl` says (Linux only).
+pub fn adopt_orphans() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+/// Whether this process adopts its descendants' orphans (it called [`adopt_orphans`]). Only then
+/// may its children that it did not start be taken for orphans: a process that embeds a
+/// supervisor beside children of its own must not have them killed.
+pub fn adopting_orphans() -> bool {
+    nix::sys::prctl::get_child_subreaper().unwrap_or(false)
+}
+
+/// SIGKILLs every child of this process for which `ours` is false (the adopted orphans) and reaps
+/// those that have already died; returns how many it signalled. Call it from the thread that
+/// spawns children, between spawns, so a child just spawned is always known to `ours`.
+pub fn kill_orphans(ours: impl Fn(u32) -> bool) -> usize {
+    let mut signalled = 0;
+    for pid in children() {
+        if ours(pid) {
+            continue;
+        }
+        let pid = Pid::from_raw(pid as i32);
+        if kill(pid, Signal::SIGKILL).is_ok() {
+            signalled += 1;
+        }
+        // A zombie is reaped now; one still dying is reaped by the next call.
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+    }
+    signalled
+}
+
+/// The pids of this process's children, from every thread's `/proc` children list.
+fn children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_listed_and_strangers_killed() {
+        let mut known = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let listed = children();
+        assert!(listed.contains(&known.id()) && listed.contains(&stranger.id()));
+        let (known_pid, stranger_pid) = (known.id(), stranger.id());
+        // The test harness's other children are ours too: only the stranger may go.
+        let signalled = kill_orphans(|pid| pid != stranger_pid);
+        assert_eq!(signalled, 1);
+        let _ = stranger.wait();
+        assert!(known.try_wait().unwrap().is_none(), "the known child lives");
+        let _ = known.kill();
+        let _ = known.wait();
+        assert_ne!(known_pid, stranger_pid);
+    }
+}
