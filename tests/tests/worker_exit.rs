@@ -197,6 +197,15 @@ fn a_restarted_worker_holds_no_fd_of_the_daemon_but_its_pipes() {
     }
 }
 
+/// SIGKILLs every pid listed in the file at `path`, one per line: read once the daemon is gone,
+/// so the children of generations started after the test looked are ended too.
+fn kill_listed(path: &std::path::Path) {
+    let listed = std::fs::read_to_string(path).unwrap_or_default();
+    for pid in listed.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
 /// One worker running the shell `script` with `env`, restarted 100 ms after each exit.
 fn shell_pool(script: &str, env: Value) -> BusConfig {
     BusConfig(json!({
@@ -283,9 +292,7 @@ fn a_crashed_workers_children_die_with_it() {
         "a crashed worker's children outlived it: {alive:?}"
     );
     drop(bus);
-    for pid in children {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
+    kill_listed(&pids);
 }
 
 #[test]
@@ -310,9 +317,7 @@ fn what_a_crashed_worker_left_in_another_session_is_killed_too() {
     }
     let alive = codex_bus_tests::alive(first);
     drop(bus);
-    for pid in &escaped {
-        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-    }
+    kill_listed(&pids);
     assert!(
         !alive,
         "a process a crashed worker left in its own session outlived it"
