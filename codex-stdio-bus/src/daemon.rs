@@ -263,15 +263,28 @@ impl Stages<'_> {
     }
 }
 
-/// Refuses a pool whose program does not exist here, rather than crash-looping it: `run` before it
+/// Refuses a pool whose program does not exist here (looked up on the PATH its own `env` gives it,
+/// else the daemon's) or whose `cwd` is not a directory, rather than crash-looping it: `run` before it
 /// spawns anything, and `codex-stdio-bus check`, so the two agree.
 ///
 /// # Errors
 ///
-/// [`Kind::Config`] naming the first such pool (`pools[i].command`).
+/// [`Kind::Config`] naming the first such pool (`pools[i].command` or `pools[i].cwd`).
 pub fn check_commands(config: &Config) -> Result<(), Error> {
     for (i, pool) in config.pools.iter().enumerate() {
-        if resolve_command(&pool.command, pool.cwd.as_deref()).is_none() {
+        if let Some(cwd) = pool.cwd.as_deref().filter(|dir| !dir.is_dir()) {
+            return Err(Error::new(
+                Kind::Config,
+                format!(
+                    "pools[{i}].cwd: '{}' (pool '{}') is not a directory",
+                    cwd.display(),
+                    pool.id
+                ),
+            ));
+        }
+        // The worker's own PATH, if its pool sets one, is where its command will be looked up.
+        let search_path = pool.env.get("PATH").map(std::ffi::OsStr::new);
+        if resolve_command(&pool.command, pool.cwd.as_deref(), search_path).is_none() {
             return Err(Error::new(
                 Kind::Config,
                 format!(

@@ -97,9 +97,14 @@ impl Spec {
 }
 
 /// Finds the program `command` names, as `execvp` would (a name with a `/` is a path, relative to
-/// `cwd` if given; any other name is looked up in `PATH`), so a typo fails at startup, not in a
-/// crash loop. `None`: no regular file with an execute bit there.
-pub fn resolve_command(command: &str, cwd: Option<&Path>) -> Option<PathBuf> {
+/// `cwd` if given; any other name is looked up in `search_path`, the `PATH` the child will have,
+/// else this process's `PATH`), so a typo fails at startup, not in a crash loop. `None`: no
+/// regular file with an execute bit there.
+pub fn resolve_command(
+    command: &str,
+    cwd: Option<&Path>,
+    search_path: Option<&OsStr>,
+) -> Option<PathBuf> {
     let candidate = Path::new(command);
     if command.contains('/') {
         let full = match cwd {
@@ -108,7 +113,11 @@ pub fn resolve_command(command: &str, cwd: Option<&Path>) -> Option<PathBuf> {
         };
         return is_executable(&full).then_some(full);
     }
-    std::env::var_os("PATH").and_then(|path| {
+    let path = match search_path {
+        Some(path) => Some(path.to_owned()),
+        None => std::env::var_os("PATH"),
+    };
+    path.and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join(command))
             .find(|p| is_executable(p))
@@ -129,21 +138,24 @@ mod tests {
 
     #[test]
     fn resolves_like_execvp() {
-        assert!(resolve_command("sh", None).is_some());
+        assert!(resolve_command("sh", None, None).is_some());
         assert_eq!(
-            resolve_command("/bin/sh", None),
+            resolve_command("/bin/sh", None, None),
             Some(PathBuf::from("/bin/sh"))
         );
-        assert!(resolve_command("no-such-program-here", None).is_none());
+        assert!(resolve_command("no-such-program-here", None, None).is_none());
         let plain = std::env::temp_dir().join(format!("codex-bus-plain-{}", std::process::id()));
         std::fs::write(&plain, "not a program").unwrap();
-        let found = resolve_command(plain.to_str().unwrap(), None);
+        let found = resolve_command(plain.to_str().unwrap(), None, None);
         std::fs::remove_file(&plain).unwrap();
         assert!(
             found.is_none(),
             "a file without an execute bit is not a program"
         );
-        assert!(resolve_command("./sh", Some(Path::new("/bin"))).is_some());
+        assert!(resolve_command("./sh", Some(Path::new("/bin")), None).is_some());
+        // The child's own PATH decides, not ours.
+        assert!(resolve_command("sh", None, Some(OsStr::new("/nonexistent"))).is_none());
+        assert!(resolve_command("sh", None, Some(OsStr::new("/nonexistent:/bin"))).is_some());
     }
 
     #[tokio::test]

@@ -156,3 +156,41 @@ fn check_and_run_both_refuse_a_pool_whose_program_is_missing_with_one_message() 
         assert!(err.contains(&message) && err.contains(NOT_HERE), "{err}");
     }
 }
+
+#[test]
+fn a_missing_cwd_is_refused_and_a_pools_own_path_is_where_its_command_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, config: Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, config.to_string()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let no_cwd = write(
+        "no-cwd.json",
+        json!({"pools": [{"id": "a", "command": "/bin/cat", "cwd": "/nonexistent-dir", "instances": 1}]}),
+    );
+    let (status, _, err) = run_bus(&["check", "--config", &no_cwd]);
+    assert_eq!(status.code(), Some(EX_CONFIG), "{err}");
+    assert!(err.contains("pools[0].cwd: '/nonexistent-dir'"), "{err}");
+    // `codex-mock` by name: not on the daemon's PATH, but on the PATH the pool gives its worker.
+    let bin_dir = codex_bus_tests::bin("codex-mock")
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let own_path = write(
+        "own-path.json",
+        json!({"pools": [{"id": "a", "command": "codex-mock", "instances": 1,
+                          "env": {"PATH": format!("/nonexistent:{bin_dir}")}}]}),
+    );
+    let (status, _, err) = run_bus(&["check", "--config", &own_path]);
+    assert!(status.success(), "{err}");
+    let not_on_its_path = write(
+        "not-on-its-path.json",
+        json!({"pools": [{"id": "a", "command": "cat", "instances": 1,
+                          "env": {"PATH": "/nonexistent"}}]}),
+    );
+    let (status, _, err) = run_bus(&["check", "--config", &not_on_its_path]);
+    assert_eq!(status.code(), Some(EX_CONFIG), "{err}");
+}
