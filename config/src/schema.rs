@@ -37,6 +37,7 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "backpressure_timeout_sec",
     "max_worker_queue",
     "max_worker_line",
+    "max_connections",
 ];
 
 /// Keys of `transport`; `address` is our extension.
@@ -111,6 +112,7 @@ mod tests {
             d.backpressure_timeout_sec.to_string(),
             d.max_worker_queue.to_string(),
             d.max_worker_line.to_string(),
+            d.max_connections.to_string(),
             MAX_INSTANCES.to_string(),
         ];
         let missing: Vec<&String> = defaults
