@@ -141,6 +141,9 @@ pub struct Limits {
     /// Client connections served at once; the daemon lowers it below its open-file limit so a
     /// worker can always be restarted (see `io::Capacity`). Connections over it are closed.
     pub max_connections: usize,
+    /// Seconds a client connection may complete no line, with no request in flight, before it is
+    /// closed (slowloris).
+    pub client_idle_sec: u64,
 }
 
 impl Default for Limits {
@@ -157,6 +160,7 @@ impl Default for Limits {
             // Codex results such as thread/resume can exceed 1 MiB.
             max_worker_line: 67_108_864,
             max_connections: 10_000,
+            client_idle_sec: 300,
         }
     }
 }

@@ -38,6 +38,7 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "max_worker_queue",
     "max_worker_line",
     "max_connections",
+    "client_idle_sec",
 ];
 
 /// Keys of `transport`; `address` is our extension.
@@ -113,6 +114,7 @@ mod tests {
             d.max_worker_queue.to_string(),
             d.max_worker_line.to_string(),
             d.max_connections.to_string(),
+            d.client_idle_sec.to_string(),
             MAX_INSTANCES.to_string(),
         ];
         let missing: Vec<&String> = defaults

@@ -125,6 +125,9 @@ impl Lines {
             principal: Principal::anonymous(self.transport.as_str()),
             counts: &self.counts,
             stall: Duration::from_secs(self.limits.backpressure_timeout_sec),
+            idle: seat
+                .is_some()
+                .then(|| Duration::from_secs(self.limits.client_idle_sec)),
         };
         let source = NdjsonSource::new(reader, self.limits.max_input_buffer);
         connection::serve(

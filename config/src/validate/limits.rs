@@ -61,6 +61,10 @@ pub(crate) fn limits(
                 &mut limits.max_connections,
                 integer(p, value, 1, usize::MAX, problems),
             ),
+            "client_idle_sec" => set(
+                &mut limits.client_idle_sec,
+                integer(p, value, 1, DAY_SEC, problems),
+            ),
             _ => problems.unknown_key(p, key, LIMIT_KEYS),
         }
     }
