@@ -138,6 +138,12 @@ pub struct Limits {
     pub max_worker_queue: usize,
     /// Longest accepted worker stdout line.
     pub max_worker_line: usize,
+    /// Client connections served at once; the daemon lowers it below its open-file limit so a
+    /// worker can always be restarted (see `io::Capacity`). Connections over it are closed.
+    pub max_connections: usize,
+    /// Seconds a client connection may complete no line, with no request in flight, before it is
+    /// closed (slowloris).
+    pub client_idle_sec: u64,
 }
 
 impl Default for Limits {
@@ -153,6 +159,8 @@ impl Default for Limits {
             max_worker_queue: 1_048_576,
             // Codex results such as thread/resume can exceed 1 MiB.
             max_worker_line: 67_108_864,
+            max_connections: 10_000,
+            client_idle_sec: 300,
         }
     }
 }

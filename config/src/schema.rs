@@ -37,6 +37,8 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "backpressure_timeout_sec",
     "max_worker_queue",
     "max_worker_line",
+    "max_connections",
+    "client_idle_sec",
 ];
 
 /// Keys of `transport`; `address` is our extension.
@@ -111,6 +113,8 @@ mod tests {
             d.backpressure_timeout_sec.to_string(),
             d.max_worker_queue.to_string(),
             d.max_worker_line.to_string(),
+            d.max_connections.to_string(),
+            d.client_idle_sec.to_string(),
             MAX_INSTANCES.to_string(),
         ];
         let missing: Vec<&String> = defaults

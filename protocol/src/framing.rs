@@ -11,6 +11,11 @@ use crate::top_id::TopLevelId;
 /// Smallest writable tail handed out by `spare`, so one read syscall can move a useful amount.
 const MIN_SPARE: usize = 64 * 1024;
 
+/// A buffer grown past this by a long line goes back to [`MIN_SPARE`] once that line is consumed,
+/// so an idle connection holds 64 KiB, not the ~1 MiB its largest line needed (measured). Lines
+/// this long cost far more to handle than the reallocation.
+const SHRINK_ABOVE: usize = 4 * MIN_SPARE;
+
 /// Splits a byte stream into newline-terminated lines with a per-line size limit.
 #[derive(Debug)]
 pub struct LineFramer {
@@ -83,13 +88,18 @@ impl LineFramer {
         }
     }
 
-    /// Writable space at the tail of the buffer (at least 64 KiB; compacts consumed bytes first, grows if needed).
+    /// Writable space at the tail of the buffer (at least 64 KiB; compacts consumed bytes first,
+    /// grows if needed, and shrinks back to 64 KiB once a long line has been consumed).
     pub fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.scan -= self.start;
             self.start = 0;
+        }
+        if self.buf.len() > SHRINK_ABOVE && self.end <= MIN_SPARE {
+            self.buf.truncate(MIN_SPARE);
+            self.buf.shrink_to_fit();
         }
         let need = self.end.saturating_add(MIN_SPARE);
         if self.buf.len() < need {
@@ -284,6 +294,19 @@ mod tests {
         while let Some(frame) = f.finish() {
             out.push(own(frame));
         }
+    }
+
+    #[test]
+    fn the_buffer_shrinks_back_after_a_long_line() {
+        let mut f = LineFramer::new(1 << 20);
+        let mut out = Vec::new();
+        let mut long = vec![b'x'; 900_000];
+        long.push(b'\n');
+        feed(&mut f, &long, &mut out);
+        assert_eq!(out, vec![Out::Line(vec![b'x'; 900_000])]);
+        assert_eq!(f.spare().len(), MIN_SPARE, "the buffer is small again");
+        feed(&mut f, b"next\n", &mut out);
+        assert_eq!(out.last(), Some(&line("next")));
     }
 
     fn frames(max_line: usize, chunks: &[&[u8]]) -> Vec<Out> {

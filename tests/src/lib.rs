@@ -201,10 +201,24 @@ impl Bus {
 
     /// Like [`Bus::start`], with extra command-line arguments.
     pub fn start_with(config: &BusConfig, mode: Mode, extra: &[&str]) -> Bus {
+        Bus::start_under(&[], config, mode, extra)
+    }
+
+    /// Like [`Bus::start_with`], run through `wrapper` (a program and its arguments that execs
+    /// the daemon's command line, such as `prlimit --nofile=N:N`), so the daemon keeps its pid.
+    pub fn start_under(wrapper: &[&str], config: &BusConfig, mode: Mode, extra: &[&str]) -> Bus {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = config.write(dir.path());
         let log = std::fs::File::create(dir.path().join("bus.log")).unwrap();
-        let mut cmd = Command::new(bin("codex-stdio-bus"));
+        let daemon = bin("codex-stdio-bus");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(daemon);
+                cmd
+            }
+            None => Command::new(daemon),
+        };
         cmd.arg("--config").arg(&config_path).args(extra);
         match mode {
             Mode::Stdio => cmd.arg("--stdio"),

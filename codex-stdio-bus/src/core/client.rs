@@ -8,7 +8,8 @@
 use std::fmt;
 use std::ops::Range;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -91,6 +92,11 @@ pub(crate) struct Client {
     in_flight: AtomicUsize,
     /// Signalled when `in_flight` drops to zero.
     idle: Notify,
+    /// When the client connected: the origin of `last_line_ms`.
+    connected_at: Instant,
+    /// When the client last completed a line, in milliseconds after `connected_at`
+    /// (`client_idle_sec`). One relaxed store per line.
+    last_line_ms: AtomicU64,
 }
 
 impl fmt::Debug for Client {
@@ -122,7 +128,26 @@ impl Client {
             out: Outbox::new(output_limit, ClientBook::default()),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            connected_at: Instant::now(),
+            last_line_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Records that the client completed a line read at `at`.
+    pub(crate) fn line_read(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.connected_at).as_millis();
+        self.last_line_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How long the client has been idle at `now`: since it last completed a line (or connected),
+    /// or `None` while a request of its own is in flight (a client waiting for a reply is not idle).
+    pub(crate) fn idle_for(&self, now: Instant) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_line_ms.load(Ordering::Relaxed));
+        Some(now.saturating_duration_since(self.connected_at + last))
     }
 
     /// Counts a request of this client as sent to a worker.

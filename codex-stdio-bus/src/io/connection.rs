@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,6 +48,9 @@ pub(crate) struct Peer<'a> {
     pub counts: &'a ConnectionMetrics,
     /// `backpressure_timeout_sec`: how long a write may make no progress.
     pub stall: Duration,
+    /// `client_idle_sec`: how long the client may complete no line with no request in flight
+    /// before it is closed; `None` for stdio, the daemon's only client.
+    pub idle: Option<Duration>,
 }
 
 /// Serves a client until it closes its input and every request it sent has been answered, or it
@@ -94,10 +97,43 @@ pub(crate) async fn serve<S, K>(
             }
         }
         () = gone.cancelled() => {}
+        () = idle(&client, peer.idle) => {
+            peer.counts.idle_closed();
+            tracing::info!(?client, "client completed no line for client_idle_sec; closing");
+        }
     }
     router.disconnect(&client);
     peer.counts.disconnected();
     tracing::debug!(?client, "client disconnected");
+}
+
+/// Resolves once `client` has been idle for `limit` (never without one): no line completed, and
+/// no request in flight, for that long. Wakes about once per `limit`, not per message (the reader
+/// only stores the time of each line); while a request is in flight, every quarter `limit`, so the
+/// idle time after its reply counts from within a quarter period of that reply.
+async fn idle(client: &Client, limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    // The last check that found a request in flight.
+    let mut busy_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let wait = match client.idle_for(now) {
+            None => {
+                busy_at = Some(now);
+                limit / 4
+            }
+            Some(idle) => {
+                let idle = busy_at.map_or(idle, |busy| idle.min(now - busy));
+                if idle >= limit {
+                    return;
+                }
+                limit - idle
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Counts the replies a failed writer leaves undelivered (never silently lost) and says why.

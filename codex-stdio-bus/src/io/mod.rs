@@ -7,6 +7,7 @@
 //!
 //! Imports: the core, the router (to route client messages) and the metrics leaf.
 
+pub(crate) mod capacity;
 pub(crate) mod connection;
 pub(crate) mod frames;
 pub mod listen;
@@ -28,6 +29,7 @@ use crate::core::client::Transport;
 use crate::core::principal::Principal;
 use crate::metrics::ConnectionMetrics;
 use crate::router::Router;
+use capacity::{Capacity, Seat};
 use connection::Peer;
 use listen::Bound;
 use ndjson::{NdjsonSink, NdjsonSource};
@@ -58,32 +60,44 @@ pub(crate) async fn serve(
         Bound::Stdio => {
             let (input, output) = stdio::streams();
             tokio::select! {
-                () = lines.serve(input, output) => {
+                () = lines.serve(input, output, None) => {
                     tracing::info!("stdin closed; draining");
                     drain.cancel();
                 }
                 () = drain.cancelled() => {}
             }
         }
-        Bound::Tcp(_) | Bound::Unix(..) => loop {
-            tokio::select! {
-                accepted = accept(&bound) => match accepted {
-                    Ok(Accepted::Tcp(stream)) => {
-                        let (reader, writer) = stream.into_split();
-                        tokio::spawn(lines.clone().serve(reader, writer));
-                    }
-                    Ok(Accepted::Unix(stream)) => {
-                        let (reader, writer) = stream.into_split();
-                        tokio::spawn(lines.clone().serve(reader, writer));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(ACCEPT_RETRY).await;
-                    }
-                },
-                () = drain.cancelled() => return,
+        Bound::Tcp(_) | Bound::Unix(..) => {
+            let capacity = Arc::new(Capacity::new(
+                lines.limits.max_connections,
+                lines.router.slots().count(),
+            ));
+            loop {
+                tokio::select! {
+                    accepted = accept(&bound) => match accepted {
+                        // Over the cap, the stream is dropped here: closed at once.
+                        Ok(accepted) => match capacity.take() {
+                            Some(seat) => match accepted {
+                                Accepted::Tcp(stream) => {
+                                    let (reader, writer) = stream.into_split();
+                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat)));
+                                }
+                                Accepted::Unix(stream) => {
+                                    let (reader, writer) = stream.into_split();
+                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat)));
+                                }
+                            },
+                            None => lines.counts.refused(),
+                        },
+                        Err(error) => {
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(ACCEPT_RETRY).await;
+                        }
+                    },
+                    () = drain.cancelled() => return,
+                }
             }
-        },
+        }
     }
 }
 
@@ -98,8 +112,9 @@ struct Lines {
 }
 
 impl Lines {
-    /// Serves one NDJSON connection over `reader` and `writer`.
-    async fn serve<R, W>(self, reader: R, writer: W)
+    /// Serves one NDJSON connection over `reader` and `writer`, holding its `seat` under
+    /// `max_connections` until it is done (stdio takes none: it is the only client).
+    async fn serve<R, W>(self, reader: R, writer: W, seat: Option<Seat>)
     where
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -110,6 +125,9 @@ impl Lines {
             principal: Principal::anonymous(self.transport.as_str()),
             counts: &self.counts,
             stall: Duration::from_secs(self.limits.backpressure_timeout_sec),
+            idle: seat
+                .is_some()
+                .then(|| Duration::from_secs(self.limits.client_idle_sec)),
         };
         let source = NdjsonSource::new(reader, self.limits.max_input_buffer);
         connection::serve(
@@ -119,7 +137,8 @@ impl Lines {
             NdjsonSink(writer),
             &self.writers,
         )
-        .await
+        .await;
+        drop(seat);
     }
 }
 

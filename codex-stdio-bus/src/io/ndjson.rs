@@ -59,6 +59,7 @@ impl FrameHandler for ToRouter<'_> {
 
     async fn frame(&mut self, frame: Frame<'_>, read_at: Instant) {
         metrics::get().messages(Direction::FromClient).increment(1);
+        self.client.line_read(read_at);
         match frame {
             Frame::Line(line) => self.router.client_message(self.client, line, read_at).await,
             Frame::Oversize { .. } => {

@@ -243,6 +243,8 @@ impl BusMetrics {
 pub struct ConnectionMetrics {
     open: Gauge,
     accepted: Counter,
+    refused: Counter,
+    idle_closed: Counter,
 }
 
 impl ConnectionMetrics {
@@ -251,6 +253,8 @@ impl ConnectionMetrics {
         ConnectionMetrics {
             open: gauge!("codex_bus_client_connections", "transport" => transport),
             accepted: counter!("codex_bus_client_connections_total", "transport" => transport),
+            refused: counter!("codex_bus_client_connections_refused_total", "transport" => transport),
+            idle_closed: counter!("codex_bus_client_idle_closed_total", "transport" => transport),
         }
     }
 
@@ -258,6 +262,16 @@ impl ConnectionMetrics {
     pub fn connected(&self) {
         self.accepted.increment(1);
         self.open.increment(1.0);
+    }
+
+    /// Counts a connection closed at once because `max_connections` were being served.
+    pub fn refused(&self) {
+        self.refused.increment(1);
+    }
+
+    /// Counts a connection closed for completing no line for `client_idle_sec`.
+    pub fn idle_closed(&self) {
+        self.idle_closed.increment(1);
     }
 
     /// Counts a client leaving.
@@ -337,6 +351,14 @@ pub fn describe() {
     describe_counter!(
         "codex_bus_client_connections_total",
         "Client connections accepted."
+    );
+    describe_counter!(
+        "codex_bus_client_connections_refused_total",
+        "Client connections closed at once because max_connections were being served."
+    );
+    describe_counter!(
+        "codex_bus_client_idle_closed_total",
+        "Client connections closed for completing no line for client_idle_sec."
     );
     describe_counter!(
         "codex_bus_messages_total",

@@ -57,6 +57,14 @@ pub(crate) fn limits(
                 &mut limits.max_worker_line,
                 integer(p, value, 1, usize::MAX, problems),
             ),
+            "max_connections" => set(
+                &mut limits.max_connections,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            "client_idle_sec" => set(
+                &mut limits.client_idle_sec,
+                integer(p, value, 1, DAY_SEC, problems),
+            ),
             _ => problems.unknown_key(p, key, LIMIT_KEYS),
         }
     }
