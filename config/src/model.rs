@@ -138,6 +138,12 @@ pub struct Limits {
     pub max_worker_queue: usize,
     /// Longest accepted worker stdout line.
     pub max_worker_line: usize,
+    /// Longest session key accepted, in bytes (after JSON unescaping).
+    pub max_session_id_bytes: usize,
+    /// Seconds a session may go without a client message before it leaves the sticky table.
+    pub session_idle_sec: u64,
+    /// Most sessions the sticky table holds; a new session beyond it is refused.
+    pub max_sessions: usize,
 }
 
 impl Default for Limits {
@@ -153,6 +159,9 @@ impl Default for Limits {
             max_worker_queue: 1_048_576,
             // Codex results such as thread/resume can exceed 1 MiB.
             max_worker_line: 67_108_864,
+            max_session_id_bytes: 256,
+            session_idle_sec: 3600,
+            max_sessions: 1_000_000,
         }
     }
 }

@@ -27,7 +27,7 @@ pub(crate) const POOL_KEYS: &[&str] = &[
 /// Keys of a pool's `ready_probe` object.
 pub(crate) const PROBE_KEYS: &[&str] = &["method", "params"];
 
-/// Keys of `limits`; the last two are our extensions.
+/// Keys of `limits`; those from `max_worker_queue` on are our extensions.
 pub(crate) const LIMIT_KEYS: &[&str] = &[
     "max_input_buffer",
     "max_output_queue",
@@ -37,6 +37,9 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "backpressure_timeout_sec",
     "max_worker_queue",
     "max_worker_line",
+    "max_session_id_bytes",
+    "session_idle_sec",
+    "max_sessions",
 ];
 
 /// Keys of `transport`; `address` is our extension.
@@ -111,6 +114,9 @@ mod tests {
             d.backpressure_timeout_sec.to_string(),
             d.max_worker_queue.to_string(),
             d.max_worker_line.to_string(),
+            d.max_session_id_bytes.to_string(),
+            d.session_idle_sec.to_string(),
+            d.max_sessions.to_string(),
             MAX_INSTANCES.to_string(),
         ];
         let missing: Vec<&String> = defaults
