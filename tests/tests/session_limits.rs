@@ -32,8 +32,10 @@ fn a_1_mb_session_id_is_refused_and_leaves_no_entry() {
     let long = "s".repeat(1_000_000);
     conn.request(json!(1), "ping", Value::Null, Some(&long));
     let reply = conn.recv();
-    assert_eq!(reply["id"], json!(1), "{reply}");
-    assert_eq!(reason(&reply), Some("session_id_too_long"), "{reply}");
+    // The reply names no session, so it is short; a routed one would echo the 1 MB id.
+    let shown: String = reply.to_string().chars().take(300).collect();
+    assert_eq!(reply["id"], json!(1), "{shown}");
+    assert_eq!(reason(&reply), Some("session_id_too_long"), "{shown}");
     assert_eq!(reply["error"]["data"]["retryable"], json!(false));
     let dropped = [("reason", "unroutable_notification")];
     let before = metric(&metrics, "codex_bus_dropped_messages_total", &dropped);
