@@ -188,6 +188,18 @@ pub async fn run(
             }
         }
     });
+    // Idle sessions leave the sticky table on a timer, so routing never pays for expiry.
+    tokio::spawn({
+        let router = router.clone();
+        async move {
+            let mut sweep = tokio::time::interval(router.session_sweep_period());
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                sweep.tick().await;
+                router.expire_sessions();
+            }
+        }
+    });
     // Under systemd `Type=notify`, the unit is started once listeners are bound and every
     // supervisor runs (workers count as ready later; /readyz says when).
     notify_service_manager(&[sd_notify::NotifyState::Ready]);

@@ -144,6 +144,12 @@ pub struct Limits {
     /// Seconds a client connection may complete no line, with no request in flight, before it is
     /// closed (slowloris).
     pub client_idle_sec: u64,
+    /// Longest session key accepted, in bytes (after JSON unescaping).
+    pub max_session_id_bytes: usize,
+    /// Seconds a session may go without a client message before it leaves the sticky table.
+    pub session_idle_sec: u64,
+    /// Most sessions the sticky table holds; a new session beyond it is refused.
+    pub max_sessions: usize,
 }
 
 impl Default for Limits {
@@ -161,6 +167,9 @@ impl Default for Limits {
             max_worker_line: 67_108_864,
             max_connections: 10_000,
             client_idle_sec: 300,
+            max_session_id_bytes: 256,
+            session_idle_sec: 3600,
+            max_sessions: 1_000_000,
         }
     }
 }

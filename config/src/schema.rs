@@ -27,7 +27,7 @@ pub(crate) const POOL_KEYS: &[&str] = &[
 /// Keys of a pool's `ready_probe` object.
 pub(crate) const PROBE_KEYS: &[&str] = &["method", "params"];
 
-/// Keys of `limits`; the last two are our extensions.
+/// Keys of `limits`; those from `max_worker_queue` on are our extensions.
 pub(crate) const LIMIT_KEYS: &[&str] = &[
     "max_input_buffer",
     "max_output_queue",
@@ -39,6 +39,9 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "max_worker_line",
     "max_connections",
     "client_idle_sec",
+    "max_session_id_bytes",
+    "session_idle_sec",
+    "max_sessions",
 ];
 
 /// Keys of `transport`; `address` is our extension.
@@ -115,6 +118,9 @@ mod tests {
             d.max_worker_line.to_string(),
             d.max_connections.to_string(),
             d.client_idle_sec.to_string(),
+            d.max_session_id_bytes.to_string(),
+            d.session_idle_sec.to_string(),
+            d.max_sessions.to_string(),
             MAX_INSTANCES.to_string(),
         ];
         let missing: Vec<&String> = defaults

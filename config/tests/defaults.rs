@@ -27,6 +27,9 @@ fn absent_sections_take_their_defaults() {
             max_worker_line: 67_108_864,
             max_connections: 10_000,
             client_idle_sec: 300,
+            max_session_id_bytes: 256,
+            session_idle_sec: 3600,
+            max_sessions: 1_000_000,
         }
     );
     assert_eq!(
@@ -185,7 +188,8 @@ fn pretty_json_round_trips_every_field() {
             "limits": {"max_input_buffer": 10, "max_output_queue": 20, "max_restarts": 0, "restart_window_sec": 9,
                        "drain_timeout_sec": 0, "backpressure_timeout_sec": 7, "max_worker_queue": 30, "max_worker_line": 40,
                        "max_connections": 50,
-                       "client_idle_sec": 60},
+                       "client_idle_sec": 60,
+                       "max_session_id_bytes": 50, "session_idle_sec": 60, "max_sessions": 70},
             "transport": {"mode": "unix", "address": "/run/bus.sock"},
             "routing": {"session_id_field": "params.sessionId", "default_pool": "b"}}"#,
     );

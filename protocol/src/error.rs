@@ -26,6 +26,8 @@ pub enum ErrorKind {
     UnknownPool,
     /// The message names no pool and there is no default.
     PoolRequired,
+    /// The message's session key is longer than `limits.max_session_id_bytes`.
+    SessionIdTooLong,
     /// The pool has no live worker for a message without a session (all failed or stopped).
     NoWorker,
     /// The worker handling the request exited before replying.
@@ -37,6 +39,9 @@ pub enum ErrorKind {
     Timeout,
     /// The worker's reply was longer than `limits.max_worker_line`, so it was not delivered.
     ReplyTooLarge,
+    /// The message starts a new session while the session table holds `limits.max_sessions`;
+    /// sessions idle for `limits.session_idle_sec` leave it, so a retry later may succeed.
+    TooManySessions,
     /// The bus is shutting down and accepts no new requests.
     ShuttingDown,
     /// Sent to a worker whose request names a session without a client.
@@ -54,11 +59,13 @@ impl ErrorKind {
         ErrorKind::MessageTooLarge,
         ErrorKind::UnknownPool,
         ErrorKind::PoolRequired,
+        ErrorKind::SessionIdTooLong,
         ErrorKind::NoWorker,
         ErrorKind::WorkerExited,
         ErrorKind::WorkerFailed,
         ErrorKind::Timeout,
         ErrorKind::ReplyTooLarge,
+        ErrorKind::TooManySessions,
         ErrorKind::ShuttingDown,
         ErrorKind::NoClient,
         ErrorKind::ClientDisconnected,
@@ -112,11 +119,19 @@ impl ErrorKind {
             ),
             UnknownPool => (-32010, "Unknown pool", "unknown_pool", false, Client),
             PoolRequired => (-32011, "Pool required", "pool_required", false, Client),
+            SessionIdTooLong => (
+                -32012,
+                "Session id too long",
+                "session_id_too_long",
+                false,
+                Client,
+            ),
             NoWorker => (-32020, "No worker available", "no_worker", true, Bus),
             WorkerExited => (-32021, "Worker exited", "worker_exited", true, Worker),
             WorkerFailed => (-32022, "Worker failed", "worker_failed", true, Worker),
             Timeout => (-32023, "Request timed out", "timeout", true, Worker),
             ReplyTooLarge => (-32024, "Reply too large", "reply_too_large", false, Worker),
+            TooManySessions => (-32025, "Too many sessions", "too_many_sessions", true, Bus),
             ShuttingDown => (-32030, "Shutting down", "shutting_down", true, Bus),
             NoClient => (-32040, "No client for session", "no_client", true, Client),
             ClientDisconnected => (
@@ -223,6 +238,13 @@ mod tests {
                     false,
                     Fault::Client
                 ),
+                (
+                    -32012,
+                    "Session id too long",
+                    "session_id_too_long",
+                    false,
+                    Fault::Client
+                ),
                 (-32020, "No worker available", "no_worker", true, Fault::Bus),
                 (
                     -32021,
@@ -245,6 +267,13 @@ mod tests {
                     "reply_too_large",
                     false,
                     Fault::Worker
+                ),
+                (
+                    -32025,
+                    "Too many sessions",
+                    "too_many_sessions",
+                    true,
+                    Fault::Bus
                 ),
                 (-32030, "Shutting down", "shutting_down", true, Fault::Bus),
                 (

@@ -55,24 +55,44 @@ fn malformed_lines_get_error_replies_and_the_connection_survives() {
 }
 
 #[test]
-fn a_batch_gets_one_error_per_element() {
+fn a_batch_gets_one_error_for_the_whole_line() {
     let mut bus = Bus::start(&BusConfig::mock(1), Mode::Tcp);
     let mut conn = bus.connect();
     conn.send_raw(
         b"[{\"id\":\"a\",\"method\":\"m\"},{\"method\":\"n\"},{\"id\":3,\"method\":\"m\"}]\n",
     );
-    let replies: Vec<Value> = (0..3).map(|_| conn.recv()).collect();
-    let ids: Vec<Value> = replies.iter().map(|r| r["id"].clone()).collect();
-    assert_eq!(ids, vec![json!("a"), Value::Null, json!(3)]);
-    assert!(replies
-        .iter()
-        .all(|r| reason(r) == Some("batch_not_supported")));
+    let reply = conn.recv();
+    assert_eq!(reply["id"], Value::Null, "{reply}");
+    assert_eq!(reason(&reply), Some("batch_not_supported"));
+    let detail = reply["error"]["data"]["detail"].as_str().unwrap();
+    assert!(detail.contains("a batch of 3 elements"), "{detail}");
     conn.send_raw(b"[]\n");
     assert_eq!(reason(&conn.recv()), Some("invalid_request"));
-    conn.send_raw(b"[1,2]\n");
-    assert_eq!(reason(&conn.recv()), Some("batch_not_supported"));
-    assert_eq!(reason(&conn.recv()), Some("batch_not_supported"));
     still_works(&mut conn, 9);
+}
+
+#[test]
+fn a_1_mib_batch_gets_one_bounded_line() {
+    let mut bus = Bus::start(&BusConfig::mock(1), Mode::Tcp);
+    let mut conn = bus.connect();
+    let elements = 1024 * 1024 / 2 - 1;
+    let mut line = b"[0".to_vec();
+    line.extend(b",0".repeat(elements - 1));
+    line.extend(b"]\n");
+    assert!(line.len() <= 1024 * 1024, "within max_input_buffer");
+    conn.send_raw(&line);
+    let reply = conn.recv_line();
+    assert!(reply.len() < 1024, "one short line: {reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reason(&reply), Some("batch_not_supported"));
+    let detail = reply["error"]["data"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("a batch of {elements} elements")),
+        "{detail}"
+    );
+    // The very next line is the answer to this request: nothing else was queued.
+    conn.request(json!(1), "ping", Value::Null, Some("alive"));
+    assert_eq!(conn.recv()["id"], json!(1));
 }
 
 #[test]

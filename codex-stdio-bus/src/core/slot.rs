@@ -231,6 +231,11 @@ impl Slot {
         self.sessions.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a session of this slot gone from the sticky table (expired).
+    pub(crate) fn forget_session(&self) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Counts a restart of this slot's worker.
     pub(crate) fn count_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);

@@ -153,6 +153,7 @@ pub struct BusMetrics {
     messages: Vec<Counter>,
     bytes: Vec<Counter>,
     session_assignments: Counter,
+    sessions_expired: Counter,
 }
 
 static METRICS: OnceLock<BusMetrics> = OnceLock::new();
@@ -194,6 +195,7 @@ impl BusMetrics {
                 .map(|d| counter!("codex_bus_message_bytes_total", "direction" => d.label()))
                 .collect(),
             session_assignments: counter!("codex_bus_session_assignments_total", "result" => "hashed"),
+            sessions_expired: counter!("codex_bus_sessions_expired_total"),
         }
     }
 
@@ -236,6 +238,11 @@ impl BusMetrics {
     /// Counts a new session placed by hashing.
     pub fn session_assigned(&self) {
         self.session_assignments.increment(1);
+    }
+
+    /// Counts `n` sessions removed from the sticky table for being idle.
+    pub fn sessions_expired(&self, n: usize) {
+        self.sessions_expired.increment(n as u64);
     }
 }
 
@@ -395,5 +402,9 @@ pub fn describe() {
     describe_counter!(
         "codex_bus_session_assignments_total",
         "New sessions placed, by how."
+    );
+    describe_counter!(
+        "codex_bus_sessions_expired_total",
+        "Sessions removed from the sticky table after limits.session_idle_sec without a client message."
     );
 }

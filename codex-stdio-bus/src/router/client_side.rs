@@ -33,7 +33,7 @@ impl Router {
     ) {
         let envelope = match parse(line, &self.session_path) {
             Ok(Message::Object(envelope)) => envelope,
-            Ok(Message::Batch(elements)) => return self.refuse_batch(client, line, &elements),
+            Ok(Message::Batch(elements)) => return refuse_batch(client, elements.len()),
             Err(error) => {
                 let detail = match error {
                     EnvelopeError::Parse => "the line is not valid JSON",
@@ -53,7 +53,10 @@ impl Router {
                 self.route_request(client, line, &envelope, id, received)
                     .await
             }
-            (Kind::Notification, _) => self.route_notification(client, line, &envelope).await,
+            (Kind::Notification, _) => {
+                self.route_notification(client, line, &envelope, received)
+                    .await
+            }
             (Kind::Response, Some(id)) => self.route_answer(client, line, id).await,
             _ => {
                 let id = envelope.id.map(|span| &line[span]);
@@ -73,7 +76,7 @@ impl Router {
         id: Range<usize>,
         received: Instant,
     ) {
-        let slot = match self.target(client, line, envelope) {
+        let slot = match self.target(client, line, envelope, received) {
             Ok(slot) => slot,
             Err(refusal) => {
                 send_error(
@@ -97,8 +100,14 @@ impl Router {
     /// A notification: forwarded unchanged to the session's slot, except one naming a request of
     /// its sender by id (`routing.id_references`), whose id is swapped for the bus id. Nobody can
     /// be told if it fails.
-    async fn route_notification(&self, client: &Arc<Client>, line: &[u8], envelope: &Envelope) {
-        let slot = match self.target(client, line, envelope) {
+    async fn route_notification(
+        &self,
+        client: &Arc<Client>,
+        line: &[u8],
+        envelope: &Envelope,
+        received: Instant,
+    ) {
+        let slot = match self.target(client, line, envelope, received) {
             Ok(slot) => slot,
             Err(refusal) => {
                 tracing::debug!(
@@ -187,44 +196,45 @@ impl Router {
         }
     }
 
-    /// Batches are refused element by element, so that every request in one still gets a reply.
-    fn refuse_batch(&self, client: &Client, line: &[u8], elements: &[Range<usize>]) {
-        if elements.is_empty() {
-            send_error(client, None, ErrorKind::InvalidRequest, Some("empty batch"));
-            return;
-        }
-        for span in elements {
-            let element = &line[span.clone()];
-            let id = match parse(element, &self.session_path) {
-                Ok(Message::Object(envelope)) => envelope.id.map(|s| &element[s]),
-                _ => None,
-            };
-            send_error(client, id, ErrorKind::BatchNotSupported, None);
-        }
-    }
-
     /// The slot a message goes to: its session's (placing a new session), or for a message without
     /// a session the least-loaded running worker of its pool. The session is the one the message
-    /// names, else the one the client's connection is bound to.
+    /// names, else the one the client's connection is bound to; it was last seen at `received`.
     fn target(
         &self,
         client: &Client,
         line: &[u8],
         envelope: &Envelope,
+        received: Instant,
     ) -> Result<&Arc<Slot>, Refusal> {
         let session = match envelope.session.clone() {
             Some(span) => key_bytes(&line[span]),
             None => client.bound_session.as_deref().map(Cow::Borrowed),
         };
         let (pool, slot) = match session {
-            Some(key) => self.sessions.locate(&key, client.id, || {
-                let pool = self.choose_pool(line, envelope)?;
-                let slots = &self.pools[pool].slots;
-                let slot = slot_for(&key, slots.len() as u32);
-                slots[slot as usize].count_session();
-                metrics::get().session_assigned();
-                Ok::<_, Refusal>((pool, slot))
-            })?,
+            Some(key) if key.len() > self.max_session_id => {
+                return Err(Refusal {
+                    kind: ErrorKind::SessionIdTooLong,
+                    detail: Some(format!(
+                        "the session id has {} bytes; limits.max_session_id_bytes is {}",
+                        key.len(),
+                        self.max_session_id
+                    )),
+                });
+            }
+            Some(key) => self.sessions.locate(
+                &key,
+                client.id,
+                self.second(received),
+                || {
+                    let pool = self.choose_pool(line, envelope)?;
+                    let slots = &self.pools[pool].slots;
+                    let slot = slot_for(&key, slots.len() as u32);
+                    slots[slot as usize].count_session();
+                    metrics::get().session_assigned();
+                    Ok::<_, Refusal>((pool, slot))
+                },
+                || self.table_full(),
+            )?,
             None => {
                 let pool = &self.pools[self.choose_pool(line, envelope)?];
                 return pool.least_loaded().ok_or_else(|| Refusal {
@@ -266,11 +276,36 @@ impl Router {
         }
     }
 
+    /// The refusal of a new session while the sticky table is full.
+    fn table_full(&self) -> Refusal {
+        Refusal {
+            kind: ErrorKind::TooManySessions,
+            detail: Some(format!(
+                "the session table holds limits.max_sessions ({}) sessions; one leaves after limits.session_idle_sec ({} s) without a message",
+                self.sessions.count(),
+                self.session_idle
+            )),
+        }
+    }
+
     /// The pool ids, comma-separated, for error details.
     fn pool_names(&self) -> String {
         let names: Vec<&str> = self.pools.iter().map(|p| &*p.id).collect();
         names.join(", ")
     }
+}
+
+/// Refuses a batch of `elements` with one error reply for the whole line: one per element would
+/// let a 1 MiB line of `[0,0,…]` produce some 69 MB of replies.
+fn refuse_batch(client: &Client, elements: usize) {
+    if elements == 0 {
+        send_error(client, None, ErrorKind::InvalidRequest, Some("empty batch"));
+        return;
+    }
+    let plural = if elements == 1 { "" } else { "s" };
+    let detail =
+        format!("a batch of {elements} element{plural}: send each message on its own line");
+    send_error(client, None, ErrorKind::BatchNotSupported, Some(&detail));
 }
 
 #[cfg(test)]

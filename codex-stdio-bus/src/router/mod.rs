@@ -42,7 +42,12 @@ pub(crate) struct Router {
     clients: DashMap<u64, Arc<Client>>,
     next_client: AtomicU64,
     output_limit: usize,
+    /// `limits.max_session_id_bytes`.
+    max_session_id: usize,
+    /// `limits.session_idle_sec`, as the whole seconds the session table counts in.
+    session_idle: u32,
     draining: AtomicBool,
+    /// Also the origin of the session table's clock: [`Router::second`].
     started: Instant,
 }
 
@@ -82,10 +87,12 @@ impl Router {
             default_pool,
             session_path,
             references,
-            sessions: Sessions::default(),
+            sessions: Sessions::new(config.limits.max_sessions),
             clients: DashMap::new(),
             next_client: AtomicU64::new(1),
             output_limit: config.limits.max_output_queue,
+            max_session_id: config.limits.max_session_id_bytes,
+            session_idle: u32::try_from(config.limits.session_idle_sec).unwrap_or(u32::MAX),
             draining: AtomicBool::new(false),
             started: Instant::now(),
         }
@@ -104,6 +111,35 @@ impl Router {
     /// How long the router has existed.
     pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// `at` as whole seconds since the router started: the session table's clock. Computed from
+    /// the instant a read batch was received, so the hot path reads no clock of its own.
+    fn second(&self, at: Instant) -> u32 {
+        u32::try_from(at.saturating_duration_since(self.started).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// How often [`Router::expire_sessions`] should run: a quarter of `limits.session_idle_sec`,
+    /// between 1 and 60 s, so that a session leaves at most about a quarter late.
+    pub(crate) fn session_sweep_period(&self) -> Duration {
+        Duration::from_secs(u64::from(self.session_idle / 4).clamp(1, 60))
+    }
+
+    /// Removes the sessions no client has sent on for longer than `limits.session_idle_sec`, and
+    /// counts them. Run on a timer ([`Router::session_sweep_period`]), never per message.
+    pub(crate) fn expire_sessions(&self) {
+        let now = self.second(Instant::now());
+        let expired = self.sessions.expire(now, self.session_idle, |pool, slot| {
+            self.pools[pool].slots[slot as usize].forget_session();
+        });
+        if expired > 0 {
+            metrics::get().sessions_expired(expired);
+            tracing::debug!(
+                expired,
+                left = self.sessions.count(),
+                "idle sessions expired"
+            );
+        }
     }
 
     /// Clients connected now.

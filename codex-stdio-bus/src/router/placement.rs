@@ -3,9 +3,10 @@
 //! Hashing onto slot *numbers* (not processes) means a restarted worker keeps its sessions. The sticky
 //! table is the source of truth once a session is placed, so a later change in the number of slots
 //! moves no live session; and because jump hashing is deterministic, a daemon that lost its table
-//! places every session where it was before.
+//! places every session where it was before. That same determinism makes expiry free: an idle
+//! session leaves the table (bounding its memory), and on its return is hashed onto the same slot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -37,29 +38,60 @@ pub struct Placement {
     pub slot: u32,
     /// The client that last sent on this session: worker-initiated messages go there.
     last_client: AtomicU64,
+    /// When a client last sent on this session, in whole seconds on the caller's clock (the
+    /// router's: seconds since it started). Written only when the second changes.
+    last_seen: AtomicU32,
 }
 
+/// A new session refused because the table holds its maximum.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TableFull;
+
 /// The sticky session table. Entries outlive connections, so a client that reconnects with the
-/// same session id reaches the same worker.
-#[derive(Default)]
+/// same session id reaches the same worker. Bounded by `limits.max_sessions`; entries idle for
+/// `limits.session_idle_sec` are removed by [`Sessions::expire`].
 pub struct Sessions {
     // SipHash (the default) rather than a fixed-seed hash: keys come from clients, and a fixed seed
     // would let one craft colliding session ids.
     table: DashMap<Box<[u8]>, Placement>,
+    /// Entries in `table`, kept beside it so the cap is checked without visiting every shard.
+    count: AtomicUsize,
+    /// The cap on `count`.
+    max: usize,
 }
 
 impl Sessions {
+    /// An empty table holding at most `max` sessions.
+    pub fn new(max: usize) -> Self {
+        Sessions {
+            table: DashMap::new(),
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Sessions in the table now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
     /// The session's (pool, slot), placing it with `place` on first sight; records `client` as the
-    /// session's latest sender.
+    /// session's latest sender, seen at second `now`. A new session while the table is full is
+    /// refused with `full()`, and `place` is not called.
     pub fn locate<E>(
         &self,
         key: &[u8],
         client: u64,
+        now: u32,
         place: impl FnOnce() -> Result<(usize, u32), E>,
+        full: impl FnOnce() -> E,
     ) -> Result<(usize, u32), E> {
         if let Some(found) = self.table.get(key) {
             if found.last_client.load(Ordering::Relaxed) != client {
                 found.last_client.store(client, Ordering::Relaxed);
+            }
+            if found.last_seen.load(Ordering::Relaxed) != now {
+                found.last_seen.store(now, Ordering::Relaxed);
             }
             return Ok((found.pool, found.slot));
         }
@@ -69,18 +101,47 @@ impl Sessions {
             Entry::Occupied(found) => {
                 let found = found.get();
                 found.last_client.store(client, Ordering::Relaxed);
+                found.last_seen.store(now, Ordering::Relaxed);
                 Ok((found.pool, found.slot))
             }
             Entry::Vacant(vacant) => {
-                let (pool, slot) = place()?;
+                // Reserve the place first, so that concurrent first sights on other shards cannot
+                // together pass the cap.
+                if self.count.fetch_add(1, Ordering::Relaxed) >= self.max {
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                    return Err(full());
+                }
+                let (pool, slot) = place().inspect_err(|_| {
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                })?;
                 vacant.insert(Placement {
                     pool,
                     slot,
                     last_client: AtomicU64::new(client),
+                    last_seen: AtomicU32::new(now),
                 });
                 Ok((pool, slot))
             }
         }
+    }
+
+    /// Removes every session last seen more than `idle` seconds before second `now`, calling
+    /// `gone(pool, slot)` for each; returns how many left. Strictly more, because seconds are
+    /// whole: a session seen at 10.9 s has `last_seen` 10, and must not leave at 11.0 s with
+    /// `idle` 1. Locks one shard of the table at a time, as a write does.
+    pub fn expire(&self, now: u32, idle: u32, mut gone: impl FnMut(usize, u32)) -> usize {
+        let mut removed = 0;
+        self.table.retain(|_, placement| {
+            let seen = placement.last_seen.load(Ordering::Relaxed);
+            let keep = now.saturating_sub(seen) <= idle;
+            if !keep {
+                gone(placement.pool, placement.slot);
+                removed += 1;
+            }
+            keep
+        });
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        removed
     }
 
     /// The client that last sent on this session, if the session is known.
@@ -124,21 +185,69 @@ mod tests {
         assert_eq!(jump_hash(0, 1), 0);
     }
 
+    fn full() -> &'static str {
+        "full"
+    }
+
     #[test]
     fn placement_is_sticky_and_tracks_the_last_client() {
-        let sessions = Sessions::default();
-        let first: Result<_, ()> = sessions.locate(b"s1", 7, || Ok((0, 3)));
+        let sessions = Sessions::new(10);
+        let first: Result<_, &str> = sessions.locate(b"s1", 7, 0, || Ok((0, 3)), full);
         assert_eq!(first, Ok((0, 3)));
-        let again: Result<_, ()> = sessions.locate(b"s1", 9, || panic!("already placed"));
+        let again = sessions.locate(b"s1", 9, 0, || panic!("already placed"), full);
         assert_eq!(again, Ok((0, 3)));
         assert_eq!(sessions.last_client(b"s1"), Some(9));
         assert_eq!(sessions.last_client(b"s2"), None);
-        let refused = sessions.locate(b"s2", 1, || Err("no pool"));
+        let refused = sessions.locate(b"s2", 1, 0, || Err("no pool"), full);
         assert_eq!(refused, Err("no pool"));
         assert_eq!(
             sessions.last_client(b"s2"),
             None,
             "a refused placement leaves nothing behind"
         );
+        assert_eq!(sessions.count(), 1, "nor counts");
+    }
+
+    #[test]
+    fn the_table_never_exceeds_its_cap_and_known_sessions_still_work() {
+        let sessions = Sessions::new(2);
+        for key in [&b"a"[..], b"b"] {
+            assert_eq!(sessions.locate(key, 1, 0, || Ok((0, 1)), full), Ok((0, 1)));
+        }
+        let refused = sessions.locate(b"c", 1, 0, || panic!("not placed when full"), full);
+        assert_eq!(refused, Err("full"));
+        assert_eq!(sessions.count(), 2);
+        assert_eq!(sessions.last_client(b"c"), None);
+        assert_eq!(
+            sessions.locate(b"a", 2, 0, || panic!("already placed"), full),
+            Ok((0, 1))
+        );
+    }
+
+    #[test]
+    fn idle_sessions_expire_and_a_returning_one_is_placed_again() {
+        let sessions = Sessions::new(2);
+        let place = || Ok((0, 5));
+        sessions.locate(b"old", 1, 10, place, full).unwrap();
+        sessions.locate(b"new", 1, 10, place, full).unwrap();
+        sessions
+            .locate(b"new", 1, 12, || panic!("placed"), full)
+            .unwrap();
+        let mut gone = Vec::new();
+        assert_eq!(
+            sessions.expire(11, 1, |p, s| gone.push((p, s))),
+            0,
+            "1 s is not more than 1 s"
+        );
+        assert_eq!(sessions.expire(12, 1, |p, s| gone.push((p, s))), 1);
+        assert_eq!(gone, [(0, 5)]);
+        assert_eq!(sessions.count(), 1);
+        assert_eq!(sessions.last_client(b"old"), None);
+        // The room it left takes a new session; the old one returns by hashing again.
+        sessions.locate(b"third", 1, 12, place, full).unwrap();
+        assert_eq!(sessions.locate(b"old", 1, 12, place, full), Err("full"));
+        assert_eq!(sessions.expire(20, 1, |_, _| ()), 2);
+        assert_eq!(sessions.count(), 0);
+        assert_eq!(sessions.locate(b"old", 1, 20, place, full), Ok((0, 5)));
     }
 }

@@ -65,6 +65,18 @@ pub(crate) fn limits(
                 &mut limits.client_idle_sec,
                 integer(p, value, 1, DAY_SEC, problems),
             ),
+            "max_session_id_bytes" => set(
+                &mut limits.max_session_id_bytes,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            "session_idle_sec" => set(
+                &mut limits.session_idle_sec,
+                integer(p, value, 1, DAY_SEC * 365, problems),
+            ),
+            "max_sessions" => set(
+                &mut limits.max_sessions,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
             _ => problems.unknown_key(p, key, LIMIT_KEYS),
         }
     }
