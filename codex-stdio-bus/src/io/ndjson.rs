@@ -37,6 +37,7 @@ impl<R: AsyncRead + Unpin + Send> MessageSource for NdjsonSource<R> {
             router,
             client,
             max_line: self.max_line,
+            recorded: None,
         };
         let bytes = metrics::get().bytes(Direction::FromClient);
         let framer = LineFramer::new(self.max_line);
@@ -49,6 +50,9 @@ struct ToRouter<'a> {
     router: &'a Router,
     client: &'a Arc<Client>,
     max_line: usize,
+    /// The read whose time the client's idle clock has: every line of one read shares it, so
+    /// it is recorded once per read, not once per line.
+    recorded: Option<Instant>,
 }
 
 impl FrameHandler for ToRouter<'_> {
@@ -59,7 +63,10 @@ impl FrameHandler for ToRouter<'_> {
 
     async fn frame(&mut self, frame: Frame<'_>, read_at: Instant) {
         metrics::get().messages(Direction::FromClient).increment(1);
-        self.client.line_read(read_at);
+        if self.recorded != Some(read_at) {
+            self.recorded = Some(read_at);
+            self.client.line_read(read_at);
+        }
         match frame {
             Frame::Line(line) => self.router.client_message(self.client, line, read_at).await,
             Frame::Oversize { .. } => {
