@@ -38,6 +38,7 @@ impl<R: AsyncRead + Unpin + Send> MessageSource for NdjsonSource<R> {
             client,
             max_line: self.max_line,
             recorded: None,
+            messages: metrics::get().messages(Direction::FromClient),
         };
         let bytes = metrics::get().bytes(Direction::FromClient);
         let framer = LineFramer::new(self.max_line);
@@ -53,6 +54,8 @@ struct ToRouter<'a> {
     /// The read whose time the client's idle clock has: every line of one read shares it, so
     /// it is recorded once per read, not once per line.
     recorded: Option<Instant>,
+    /// The counter of lines read from clients, resolved once (as the worker side does).
+    messages: &'static ::metrics::Counter,
 }
 
 impl FrameHandler for ToRouter<'_> {
@@ -62,7 +65,7 @@ impl FrameHandler for ToRouter<'_> {
     }
 
     async fn frame(&mut self, frame: Frame<'_>, read_at: Instant) {
-        metrics::get().messages(Direction::FromClient).increment(1);
+        self.messages.increment(1);
         if self.recorded != Some(read_at) {
             self.recorded = Some(read_at);
             self.client.line_read(read_at);
