@@ -48,6 +48,14 @@ pub enum ErrorKind {
     NoClient,
     /// Sent to a worker whose request's client has disconnected.
     ClientDisconnected,
+    /// The connection has not authenticated (`bus/authenticate`) or its credential was refused.
+    Unauthenticated,
+    /// The tenant's request rate (`tenants.*.requests_per_sec`, a token bucket) is exhausted;
+    /// `data.retry_after_ms` says when one more request will be admitted.
+    RateLimited,
+    /// One of the tenant's quotas (sessions, connections, requests in flight) is reached;
+    /// `data.quota` names it and `data.retry_after_ms` suggests a wait.
+    QuotaExceeded,
 }
 
 impl ErrorKind {
@@ -69,6 +77,9 @@ impl ErrorKind {
         ErrorKind::ShuttingDown,
         ErrorKind::NoClient,
         ErrorKind::ClientDisconnected,
+        ErrorKind::Unauthenticated,
+        ErrorKind::RateLimited,
+        ErrorKind::QuotaExceeded,
     ];
 
     /// The JSON-RPC error code.
@@ -141,8 +152,21 @@ impl ErrorKind {
                 true,
                 Client,
             ),
+            Unauthenticated => (-32050, "Unauthenticated", "unauthenticated", false, Client),
+            RateLimited => (-32051, "Rate limited", "rate_limited", true, Client),
+            QuotaExceeded => (-32052, "Quota exceeded", "quota_exceeded", true, Client),
         }
     }
+}
+
+/// Members of an error reply's `data` beyond `reason`, `retryable` and `detail`: the hints a
+/// retryable refusal gives (`rate_limited`, `quota_exceeded`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorHint<'a> {
+    /// `data.quota`: which quota was reached, e.g. `"sessions"`.
+    pub quota: Option<&'a str>,
+    /// `data.retry_after_ms`: how long to wait before a retry may succeed, in milliseconds.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Appends one error reply line (with `\n`) to `out`:
@@ -153,6 +177,17 @@ pub fn append_error_reply(
     id: Option<&[u8]>,
     kind: ErrorKind,
     detail: Option<&str>,
+) {
+    append_error_reply_hinted(out, id, kind, detail, ErrorHint::default());
+}
+
+/// [`append_error_reply`] with the `hint`'s members added to `data` (after `detail`).
+pub fn append_error_reply_hinted(
+    out: &mut Vec<u8>,
+    id: Option<&[u8]>,
+    kind: ErrorKind,
+    detail: Option<&str>,
+    hint: ErrorHint<'_>,
 ) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.unwrap_or(b"null"));
@@ -167,6 +202,14 @@ pub fn append_error_reply(
     if let Some(detail) = detail {
         out.extend_from_slice(b",\"detail\":");
         push_json_string(out, detail);
+    }
+    if let Some(quota) = hint.quota {
+        out.extend_from_slice(b",\"quota\":");
+        push_json_string(out, quota);
+    }
+    if let Some(ms) = hint.retry_after_ms {
+        out.extend_from_slice(b",\"retry_after_ms\":");
+        out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
     }
     out.extend_from_slice(b"}}}\n");
 }
@@ -290,6 +333,21 @@ mod tests {
                     true,
                     Fault::Client
                 ),
+                (
+                    -32050,
+                    "Unauthenticated",
+                    "unauthenticated",
+                    false,
+                    Fault::Client
+                ),
+                (-32051, "Rate limited", "rate_limited", true, Fault::Client),
+                (
+                    -32052,
+                    "Quota exceeded",
+                    "quota_exceeded",
+                    true,
+                    Fault::Client
+                ),
             ]
         );
     }
@@ -336,6 +394,17 @@ mod tests {
                 }
             }
         }
+        let mut out = Vec::new();
+        let hint = ErrorHint {
+            quota: Some("sessions"),
+            retry_after_ms: Some(250),
+        };
+        append_error_reply_hinted(&mut out, Some(b"3"), ErrorKind::QuotaExceeded, None, hint);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["error"]["data"],
+            json!({"reason": "quota_exceeded", "retryable": true, "quota": "sessions", "retry_after_ms": 250})
+        );
         let mut out = Vec::new();
         append_error_reply(&mut out, Some(b"1.5e3"), ErrorKind::NoWorker, None);
         assert!(out.starts_with(b"{\"jsonrpc\":\"2.0\",\"id\":1.5e3,"));

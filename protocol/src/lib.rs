@@ -19,7 +19,7 @@ mod scan;
 mod top_id;
 
 pub use envelope::{key_bytes, parse, Envelope, EnvelopeError, Kind, Message, SessionPath, Span};
-pub use error::{append_error_reply, ErrorKind, Fault};
+pub use error::{append_error_reply, append_error_reply_hinted, ErrorHint, ErrorKind, Fault};
 pub use framing::{Frame, LineFramer};
 pub use reference::{value_at, IdReference, IdReferences};
 pub use rewrite::{append_with_bus_id, append_with_token, parse_bus_id};
