@@ -32,9 +32,10 @@ mod validate;
 use std::path::Path;
 
 pub use error::ConfigError;
+pub use validate::tenants::{is_tenant_name, MAX_TENANT_NAME};
 pub use model::{
     Config, IdReferenceConfig, Limits, MetricsConfig, PoolConfig, ReadyProbe, RestartPolicy,
-    RoutingConfig, Supervision, TransportConfig, TransportMode,
+    RoutingConfig, Supervision, TenantLimits, TransportConfig, TransportMode,
 };
 
 impl Config {
@@ -77,6 +78,7 @@ impl Config {
             transport: TransportConfig::default(),
             routing: RoutingConfig::default(),
             metrics: MetricsConfig::default(),
+            tenants: Default::default(),
         }
     }
 

@@ -18,6 +18,9 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Metrics and health endpoint (our extension).
     pub metrics: MetricsConfig,
+    /// Per-tenant limits that differ from the `limits.tenant_*` defaults, by tenant name (our
+    /// extension). These tenants also get their own metric series.
+    pub tenants: BTreeMap<String, TenantLimits>,
 }
 
 /// One pool of identical worker processes.
@@ -150,6 +153,44 @@ pub struct Limits {
     pub session_idle_sec: u64,
     /// Most sessions the sticky table holds; a new session beyond it is refused.
     pub max_sessions: usize,
+    /// Default per-tenant session quota (a tenant's sessions in the sticky table).
+    pub tenant_max_sessions: usize,
+    /// Default per-tenant quota of client connections served at once.
+    pub tenant_max_connections: usize,
+    /// Default per-tenant quota of requests sent to workers and not yet answered.
+    pub tenant_max_in_flight: usize,
+    /// Default per-tenant request rate (a token bucket refilled at this many per second); 0: none.
+    pub tenant_requests_per_sec: u32,
+    /// Default per-tenant burst: requests the bucket holds; 0 means `tenant_requests_per_sec`.
+    pub tenant_request_burst: u32,
+}
+
+impl Limits {
+    /// The per-tenant limits of a tenant without an entry in `tenants`.
+    pub fn tenant_defaults(&self) -> TenantLimits {
+        TenantLimits {
+            max_sessions: self.tenant_max_sessions,
+            max_connections: self.tenant_max_connections,
+            max_in_flight: self.tenant_max_in_flight,
+            requests_per_sec: self.tenant_requests_per_sec,
+            request_burst: self.tenant_request_burst,
+        }
+    }
+}
+
+/// The limits one tenant lives under (our extension); the global `limits` stand above them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TenantLimits {
+    /// Sessions of the tenant in the sticky table; a new one beyond gets `quota_exceeded`.
+    pub max_sessions: usize,
+    /// Connections of the tenant served at once; one more is refused with `quota_exceeded`.
+    pub max_connections: usize,
+    /// Requests of the tenant in flight at workers; one more gets `quota_exceeded`.
+    pub max_in_flight: usize,
+    /// Requests admitted per second on average (token bucket); 0: no rate limit.
+    pub requests_per_sec: u32,
+    /// Requests the bucket holds (admitted at once after a pause); 0 means `requests_per_sec`.
+    pub request_burst: u32,
 }
 
 impl Default for Limits {
@@ -170,6 +211,12 @@ impl Default for Limits {
             max_session_id_bytes: 256,
             session_idle_sec: 3600,
             max_sessions: 1_000_000,
+            // Sized for one tenant: with a single tenant the per-tenant quotas equal the global caps.
+            tenant_max_sessions: 1_000_000,
+            tenant_max_connections: 10_000,
+            tenant_max_in_flight: 100_000,
+            tenant_requests_per_sec: 0,
+            tenant_request_burst: 0,
         }
     }
 }

@@ -1,7 +1,14 @@
 //! The known keys of each level: the single list that both the validator and the docs check read.
 
 /// Keys of the top-level object.
-pub(crate) const TOP_KEYS: &[&str] = &["pools", "limits", "transport", "routing", "metrics"];
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "pools",
+    "limits",
+    "transport",
+    "routing",
+    "metrics",
+    "tenants",
+];
 
 /// Keys of one `pools[]` object; all but the first four are our extensions.
 pub(crate) const POOL_KEYS: &[&str] = &[
@@ -42,6 +49,20 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "max_session_id_bytes",
     "session_idle_sec",
     "max_sessions",
+    "tenant_max_sessions",
+    "tenant_max_connections",
+    "tenant_max_in_flight",
+    "tenant_requests_per_sec",
+    "tenant_request_burst",
+];
+
+/// Keys of one `tenants` entry (our extension).
+pub(crate) const TENANT_KEYS: &[&str] = &[
+    "max_sessions",
+    "max_connections",
+    "max_in_flight",
+    "requests_per_sec",
+    "request_burst",
 ];
 
 /// Keys of `transport`; `address` is our extension.
@@ -91,6 +112,7 @@ mod tests {
             ROUTING_KEYS,
             ID_REFERENCE_KEYS,
             METRICS_KEYS,
+            TENANT_KEYS,
         ];
         let missing: Vec<&str> = levels
             .iter()
@@ -121,6 +143,7 @@ mod tests {
             d.max_session_id_bytes.to_string(),
             d.session_idle_sec.to_string(),
             d.max_sessions.to_string(),
+            d.tenant_max_in_flight.to_string(),
             MAX_INSTANCES.to_string(),
         ];
         let missing: Vec<&String> = defaults

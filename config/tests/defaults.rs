@@ -30,8 +30,14 @@ fn absent_sections_take_their_defaults() {
             max_session_id_bytes: 256,
             session_idle_sec: 3600,
             max_sessions: 1_000_000,
+            tenant_max_sessions: 1_000_000,
+            tenant_max_connections: 10_000,
+            tenant_max_in_flight: 100_000,
+            tenant_requests_per_sec: 0,
+            tenant_request_burst: 0,
         }
     );
+    assert!(config.tenants.is_empty());
     assert_eq!(
         config.transport,
         TransportConfig {
@@ -200,12 +206,17 @@ fn pretty_json_round_trips_every_field() {
 fn the_example_in_the_docs_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config.md");
     let docs = std::fs::read_to_string(&path).expect("docs/config.md is readable");
-    let example = docs
+    let examples: Vec<Config> = docs
         .split("```json\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("docs/config.md has a json example");
-    let config = parse(example);
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .map(parse)
+        .collect();
+    assert!(
+        examples.iter().any(|c| c.tenants.contains_key("acme")),
+        "the tenants example loads"
+    );
+    let config = examples.last().expect("docs/config.md has a json example");
     assert_eq!(config.transport.mode, TransportMode::Unix);
     assert_eq!(config.routing.default_pool.as_deref(), Some("codex"));
 }
@@ -227,4 +238,32 @@ fn display_prefixes_each_problem_with_the_source() {
         "<built-in>: limitz: unknown key (did you mean 'limits'?)\n\
          <built-in>: pools: must contain at least one pool, got an empty array"
     );
+}
+
+#[test]
+fn a_tenant_entry_overrides_only_what_it_names() {
+    let config = parse(
+        r#"{"pools": [{"id": "a", "command": "cat", "instances": 1}],
+            "limits": {"tenant_max_sessions": 50, "tenant_requests_per_sec": 10},
+            "tenants": {"acme.prod": {"max_in_flight": 7, "request_burst": 3}, "b": {}}}"#,
+    );
+    let acme = config.tenants["acme.prod"];
+    assert_eq!(acme.max_sessions, 50, "from limits.tenant_max_sessions");
+    assert_eq!(acme.requests_per_sec, 10);
+    assert_eq!((acme.max_in_flight, acme.request_burst), (7, 3));
+    assert_eq!(config.tenants["b"], config.limits.tenant_defaults());
+}
+
+#[test]
+fn tenant_names_and_keys_are_checked() {
+    let error = Config::from_json_str(
+        r#"{"pools": [{"id": "a", "command": "cat", "instances": 1}],
+            "tenants": {"a:b": {}, "ok": {"max_sesions": 1, "max_in_flight": 0}}}"#,
+        "t.json",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("tenants.a:b") || error.contains("tenants[\"a:b\"]"), "{error}");
+    assert!(error.contains("max_sesions") && error.contains("max_sessions"), "{error}");
+    assert!(error.contains("max_in_flight"), "{error}");
 }

@@ -77,13 +77,33 @@ pub(crate) fn limits(
                 &mut limits.max_sessions,
                 integer(p, value, 1, usize::MAX, problems),
             ),
+            "tenant_max_sessions" => set(
+                &mut limits.tenant_max_sessions,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            "tenant_max_connections" => set(
+                &mut limits.tenant_max_connections,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            "tenant_max_in_flight" => set(
+                &mut limits.tenant_max_in_flight,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
+            "tenant_requests_per_sec" => set(
+                &mut limits.tenant_requests_per_sec,
+                integer(p, value, 0, u32::MAX, problems),
+            ),
+            "tenant_request_burst" => set(
+                &mut limits.tenant_request_burst,
+                integer(p, value, 0, u32::MAX, problems),
+            ),
             _ => problems.unknown_key(p, key, LIMIT_KEYS),
         }
     }
     (problems.count() == before).then_some(limits)
 }
 
-fn set<T>(field: &mut T, value: Option<T>) {
+pub(crate) fn set<T>(field: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *field = value;
     }

@@ -6,6 +6,7 @@ mod pools;
 mod problems;
 mod routing;
 mod supervision;
+pub(crate) mod tenants;
 mod transport;
 mod values;
 
@@ -42,8 +43,12 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         &mut problems,
     );
     let metrics = metrics::metrics(&root.key("metrics"), document.get("metrics"), &mut problems);
-    match (pools.pools, limits, transport, routing, metrics) {
-        (Some(pools), Some(limits), Some(transport), Some(routing), Some(metrics))
+    let tenants = limits.as_ref().and_then(|limits| {
+        let path = root.key("tenants");
+        tenants::tenants(&path, document.get("tenants"), limits, &mut problems)
+    });
+    match (pools.pools, limits, transport, routing, metrics, tenants) {
+        (Some(pools), Some(limits), Some(transport), Some(routing), Some(metrics), Some(tenants))
             if problems.count() == 0 =>
         {
             Ok(Config {
@@ -52,6 +57,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
                 transport,
                 routing,
                 metrics,
+                tenants,
             })
         }
         _ => Err(problems.into_vec()),
