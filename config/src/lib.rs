@@ -32,11 +32,11 @@ mod validate;
 use std::path::Path;
 
 pub use error::ConfigError;
-pub use validate::tenants::{is_tenant_name, MAX_TENANT_NAME};
 pub use model::{
     Config, IdReferenceConfig, Limits, MetricsConfig, PoolConfig, ReadyProbe, RestartPolicy,
     RoutingConfig, Supervision, TenantLimits, TransportConfig, TransportMode,
 };
+pub use validate::tenants::{is_tenant_name, MAX_TENANT_NAME};
 
 impl Config {
     /// Parses and validates a config document. `source_name` (a path or `"<built-in>"`) prefixes messages.

@@ -263,7 +263,13 @@ fn tenant_names_and_keys_are_checked() {
     )
     .unwrap_err()
     .to_string();
-    assert!(error.contains("tenants.a:b") || error.contains("tenants[\"a:b\"]"), "{error}");
-    assert!(error.contains("max_sesions") && error.contains("max_sessions"), "{error}");
+    assert!(
+        error.contains("tenants.a:b") || error.contains("tenants[\"a:b\"]"),
+        "{error}"
+    );
+    assert!(
+        error.contains("max_sesions") && error.contains("max_sessions"),
+        "{error}"
+    );
     assert!(error.contains("max_in_flight"), "{error}");
 }

@@ -85,6 +85,9 @@ pub struct Envelope {
     pub session: Option<Span>,
     /// Raw token of top-level "pool" (only if a string).
     pub pool: Option<Span>,
+    /// A top-level "tenant" member is present (any value). With authentication the bus sets that
+    /// member itself, so a client's own is refused.
+    pub has_tenant: bool,
 }
 
 /// JSON-RPC role of a message, judged from which members are present.
@@ -199,7 +202,7 @@ enum Field {
 }
 
 /// Top-level keys the envelope cares about; escaped keys are decoded against this list.
-const TOP_KEYS: [&[u8]; 5] = [b"id", b"method", b"pool", b"result", b"error"];
+const TOP_KEYS: [&[u8]; 6] = [b"id", b"method", b"pool", b"result", b"error", b"tenant"];
 
 /// Scanner visitor that fills an [`Envelope`] (or batch spans) in the same pass as validation.
 struct Collector<'a> {
@@ -259,6 +262,10 @@ impl<'a> Collector<'a> {
             }
             b"error" => {
                 self.env.has_error = true;
+                Field::Ignored
+            }
+            b"tenant" => {
+                self.env.has_tenant = true;
                 Field::Ignored
             }
             _ => Field::Ignored,
@@ -461,6 +468,13 @@ mod tests {
         let (env, line) = object(r#"{"method":"m","pool":"gpu"}"#);
         assert_eq!(text(line, &env.pool), Some("\"gpu\""));
         assert_eq!(object(r#"{"pool":3}"#).0.pool, None);
+        assert!(object(r#"{"method":"m","tenant":{"x":1}}"#).0.has_tenant);
+        assert!(object(r#"{"method":"m","ten\u0061nt":1}"#).0.has_tenant);
+        assert!(
+            !object(r#"{"method":"m","params":{"tenant":1}}"#)
+                .0
+                .has_tenant
+        );
         assert_eq!(object(r#"{"pool":"a","pool":{"x":1}}"#).0.pool, None);
     }
 

@@ -16,6 +16,7 @@ pub mod framing;
 pub mod reference;
 pub mod rewrite;
 mod scan;
+pub mod tenant;
 mod top_id;
 
 pub use envelope::{key_bytes, parse, Envelope, EnvelopeError, Kind, Message, SessionPath, Span};
@@ -23,3 +24,6 @@ pub use error::{append_error_reply, append_error_reply_hinted, ErrorHint, ErrorK
 pub use framing::{Frame, LineFramer};
 pub use reference::{value_at, IdReference, IdReferences};
 pub use rewrite::{append_with_bus_id, append_with_token, parse_bus_id};
+pub use tenant::{
+    append_namespaced, append_with_token_without, append_without, session_prefix, TENANT_SEPARATOR,
+};

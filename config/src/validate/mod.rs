@@ -48,18 +48,21 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         tenants::tenants(&path, document.get("tenants"), limits, &mut problems)
     });
     match (pools.pools, limits, transport, routing, metrics, tenants) {
-        (Some(pools), Some(limits), Some(transport), Some(routing), Some(metrics), Some(tenants))
-            if problems.count() == 0 =>
-        {
-            Ok(Config {
-                pools,
-                limits,
-                transport,
-                routing,
-                metrics,
-                tenants,
-            })
-        }
+        (
+            Some(pools),
+            Some(limits),
+            Some(transport),
+            Some(routing),
+            Some(metrics),
+            Some(tenants),
+        ) if problems.count() == 0 => Ok(Config {
+            pools,
+            limits,
+            transport,
+            routing,
+            metrics,
+            tenants,
+        }),
         _ => Err(problems.into_vec()),
     }
 }
