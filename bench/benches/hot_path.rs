@@ -112,25 +112,26 @@ fn placement(c: &mut Criterion) {
         })
     });
     group.bench_function("Sessions::locate, placed session", |b| {
-        let sessions = Sessions::new(usize::MAX);
+        let sessions = Sessions::<()>::new(usize::MAX);
         for key in &keys {
-            let placed = sessions.locate(key, 1, 0, || Ok((0, slot_for(key, 4))), || ());
+            let placed = sessions.locate(key, 1, 0, || Ok((0, slot_for(key, 4), ())), || ());
             assert!(placed.is_ok());
         }
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % keys.len();
-            sessions.locate(black_box(&keys[i]), 1, 0, || Ok((0, 0)), || ())
+            sessions.locate(black_box(&keys[i]), 1, 0, || Ok((0, 0, ())), || ())
         })
     });
     // 64 new sessions per iteration (in a fresh table each time), so time/64 is per session.
     group.throughput(Throughput::Elements(64));
     group.bench_function("Sessions::locate, 64 new sessions", |b| {
         b.iter_batched(
-            || Sessions::new(usize::MAX),
+            || Sessions::<()>::new(usize::MAX),
             |sessions| {
                 for key in &keys[..64] {
-                    let placed = sessions.locate(key, 1, 0, || Ok((0, slot_for(key, 4))), || ());
+                    let placed =
+                        sessions.locate(key, 1, 0, || Ok((0, slot_for(key, 4), ())), || ());
                     black_box(placed.ok());
                 }
                 sessions

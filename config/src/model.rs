@@ -153,6 +153,9 @@ pub struct Limits {
     pub session_idle_sec: u64,
     /// Most sessions the sticky table holds; a new session beyond it is refused.
     pub max_sessions: usize,
+    /// Most tenants known at once: the configured ones, plus those (from JWT claims, Unix uids)
+    /// holding a connection or a session; a connection of one more tenant is refused.
+    pub max_tenants: usize,
     /// Default per-tenant session quota (a tenant's sessions in the sticky table).
     pub tenant_max_sessions: usize,
     /// Default per-tenant quota of client connections served at once.
@@ -212,12 +215,20 @@ impl Default for Limits {
             session_idle_sec: 3600,
             max_sessions: 1_000_000,
             // Sized for one tenant: with a single tenant the per-tenant quotas equal the global caps.
+            max_tenants: 10_000,
             tenant_max_sessions: 1_000_000,
             tenant_max_connections: 10_000,
             tenant_max_in_flight: 100_000,
             tenant_requests_per_sec: 0,
             tenant_request_burst: 0,
         }
+    }
+}
+
+impl Default for TenantLimits {
+    /// The defaults of `limits.tenant_*`.
+    fn default() -> Self {
+        Limits::default().tenant_defaults()
     }
 }
 

@@ -49,6 +49,7 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "max_session_id_bytes",
     "session_idle_sec",
     "max_sessions",
+    "max_tenants",
     "tenant_max_sessions",
     "tenant_max_connections",
     "tenant_max_in_flight",

@@ -30,6 +30,7 @@ fn absent_sections_take_their_defaults() {
             max_session_id_bytes: 256,
             session_idle_sec: 3600,
             max_sessions: 1_000_000,
+            max_tenants: 10_000,
             tenant_max_sessions: 1_000_000,
             tenant_max_connections: 10_000,
             tenant_max_in_flight: 100_000,

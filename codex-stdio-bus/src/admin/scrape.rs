@@ -41,6 +41,14 @@ pub(crate) fn render(handle: &PrometheusHandle, router: &Router) -> String {
                 .set(f64::from(count));
         }
     }
+    let tenants = router.tenants();
+    gauge!("codex_bus_tenants").set(tenants.count() as f64);
+    for (label, holding) in tenants.holding() {
+        let labels = [("tenant", label.to_string())];
+        gauge!("codex_bus_tenant_sessions", &labels).set(holding.sessions as f64);
+        gauge!("codex_bus_tenant_connections", &labels).set(holding.connections as f64);
+        gauge!("codex_bus_tenant_requests_in_flight", &labels).set(holding.in_flight as f64);
+    }
     let mut text = handle.render();
     append_process(&mut text, &process::read());
     text

@@ -9,17 +9,22 @@ use std::fmt;
 use std::ops::Range;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use codex_bus_protocol::{append_error_reply, append_with_bus_id, ErrorKind};
+use codex_bus_protocol::{
+    append_error_reply_hinted, append_with_bus_id, append_with_token_without, ErrorHint, ErrorKind,
+    Span,
+};
 
 use super::address::SlotAddress;
 use super::id_map::IdMap;
 use super::id_token::IdToken;
 use super::outbox::Outbox;
 use super::principal::Principal;
+use super::tenant::Tenant;
 
 /// How a client is connected (for logs and the connection metrics' `transport` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +87,11 @@ pub(crate) struct Client {
     pub transport: Transport,
     /// Who it is, fixed at connect time.
     pub principal: Principal,
+    /// The principal's tenant: what its connections hold against its quotas.
+    pub tenant: Arc<Tenant>,
+    /// Whether the connection was admitted (counted against its tenant's connection quota and
+    /// known to the router); a refused one only carries its refusal to the client.
+    pub admitted: bool,
     /// The session every message of this connection belongs to when the transport binds one
     /// (e.g. a WebSocket connection per session); `None` for NDJSON streams, whose messages
     /// name their session themselves.
@@ -112,11 +122,14 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client whose output queue holds about `output_limit` bytes before its reads pause.
+    /// A client of `tenant` whose output queue holds about `output_limit` bytes before its reads
+    /// pause; `admitted` as the router decided.
     pub(crate) fn new(
         id: u64,
         transport: Transport,
         principal: Principal,
+        tenant: Arc<Tenant>,
+        admitted: bool,
         bound_session: Option<Box<[u8]>>,
         output_limit: usize,
     ) -> Self {
@@ -124,6 +137,8 @@ impl Client {
             id,
             transport,
             principal,
+            tenant,
+            admitted,
             bound_session,
             out: Outbox::new(output_limit, ClientBook::default()),
             in_flight: AtomicUsize::new(0),
@@ -155,8 +170,10 @@ impl Client {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a request of this client as answered (by the worker or by the bus).
+    /// Counts a request of this client as answered (by the worker or by the bus), releasing its
+    /// place among its tenant's requests in flight.
     pub(crate) fn request_finished(&self) {
+        self.tenant.request_finished();
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
@@ -174,15 +191,17 @@ impl Client {
         }
     }
 
-    /// Queues an error reply; false if the client is gone (the caller counts either outcome).
+    /// Queues an error reply with `hint`'s members in its `data`; false if the client is gone (the
+    /// caller counts either outcome).
     pub(crate) fn send_error(
         &self,
         id: Option<&[u8]>,
         kind: ErrorKind,
         detail: Option<&str>,
+        hint: ErrorHint<'_>,
     ) -> bool {
         self.out
-            .push(|buf| append_error_reply(buf, id, kind, detail))
+            .push(|buf| append_error_reply_hinted(buf, id, kind, detail, hint))
     }
 
     /// Queues a message unchanged; false if the client is gone.
@@ -193,12 +212,14 @@ impl Client {
         })
     }
 
-    /// Queues a worker's request with its id replaced by one unique to this client, remembering
-    /// where the answer must go; refused if the client is gone or its input has ended.
+    /// Queues a worker's request with its id replaced by one unique to this client (and the bytes
+    /// at `cut`, its session's tenant prefix, removed), remembering where the answer must go;
+    /// refused if the client is gone or its input has ended.
     pub(crate) fn forward_worker_request(
         &self,
         line: &[u8],
         id: Range<usize>,
+        cut: Option<Span>,
         slot: SlotAddress,
         generation: u64,
     ) -> Result<(), NotForwarded> {
@@ -217,7 +238,13 @@ impl Client {
                 id: IdToken::new(&line[id.clone()]),
             };
             q.state.asked.insert(client_id, request);
-            append_with_bus_id(&mut q.buf, line, id, client_id);
+            match cut {
+                None => append_with_bus_id(&mut q.buf, line, id, client_id),
+                Some(cut) => {
+                    let token = client_id.to_string();
+                    append_with_token_without(&mut q.buf, line, id, token.as_bytes(), cut);
+                }
+            }
             Ok(())
         })
     }

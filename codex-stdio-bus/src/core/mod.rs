@@ -4,7 +4,7 @@
 //! a client's output side with the worker requests it must answer; [`slot`] is a worker place
 //! with its input queue and the requests awaiting its replies (together, the pending book in both
 //! directions); [`address`] names a slot without holding it; [`principal`] is who a connection
-//! is; [`sink`] is how a worker's output leaves the core; [`log_limit`] keeps a repeated warning
+//! is; [`tenant`] is what the principal's tenant holds against its quotas; [`sink`] is how a worker's output leaves the core; [`log_limit`] keeps a repeated warning
 //! from flooding the log.
 //!
 //! Imports: the protocol crate and std/tokio only. No metrics, no router, no supervisor: whoever
@@ -19,3 +19,4 @@ pub(crate) mod outbox;
 pub(crate) mod principal;
 pub(crate) mod sink;
 pub(crate) mod slot;
+pub(crate) mod tenant;

@@ -510,14 +510,28 @@ mod tests {
     use super::*;
     use crate::core::client::Transport;
     use crate::core::principal::Principal;
+    use crate::core::tenant::Tenant;
 
     fn slot() -> Slot {
         Slot::new("p".into(), SlotAddress { pool: 0, slot: 0 }, 1024)
     }
 
-    fn client() -> Arc<Client> {
+    fn client_number(id: u64) -> Arc<Client> {
         let principal = Principal::anonymous("tcp");
-        Arc::new(Client::new(1, Transport::Tcp, principal, None, 1024))
+        let tenant = Arc::new(Tenant::new("default", "default", Default::default()));
+        Arc::new(Client::new(
+            id,
+            Transport::Tcp,
+            principal,
+            tenant,
+            true,
+            None,
+            1024,
+        ))
+    }
+
+    fn client() -> Arc<Client> {
+        client_number(1)
     }
 
     #[test]
@@ -613,16 +627,7 @@ mod tests {
     #[test]
     fn references_find_the_senders_pending_requests_only() {
         let slot = slot();
-        let (a, b) = (
-            client(),
-            Arc::new(Client::new(
-                2,
-                Transport::Tcp,
-                Principal::anonymous("tcp"),
-                None,
-                1024,
-            )),
-        );
+        let (a, b) = (client(), client_number(2));
         let request = br#"{"id":"x","method":"m"}"#;
         let cancel = br#"{"params":{"id":"x"}}"#;
         let named = 16..19;

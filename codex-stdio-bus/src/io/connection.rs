@@ -85,6 +85,11 @@ pub(crate) async fn serve<S, K>(
         }
     });
 
+    if !client.admitted {
+        // Over its tenant's quota: the writer sends the refusal and ends; nothing is read.
+        gone.cancelled().await;
+        return;
+    }
     tokio::select! {
         () = source.pump(&router, &client) => {
             // End of input: the requests already sent still get their replies, but the worker

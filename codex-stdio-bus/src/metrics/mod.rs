@@ -244,6 +244,14 @@ impl BusMetrics {
     pub fn sessions_expired(&self, n: usize) {
         self.sessions_expired.increment(n as u64);
     }
+
+    /// Counts a refusal (`rate_limited` or `quota_exceeded`) of a tenant's request or connection
+    /// under the tenant's metric `label` (bounded: see `router::tenants`). Looked up per refusal,
+    /// which the happy path never pays.
+    pub fn tenant_refused(&self, label: &str, kind: ErrorKind) {
+        counter!("codex_bus_tenant_refusals_total", "tenant" => label.to_owned(), "reason" => kind.reason())
+            .increment(1);
+    }
 }
 
 /// Per-listener handles: clients connected over one transport.
@@ -406,5 +414,22 @@ pub fn describe() {
     describe_counter!(
         "codex_bus_sessions_expired_total",
         "Sessions removed from the sticky table after limits.session_idle_sec without a client message."
+    );
+    describe_gauge!("codex_bus_tenants", "Tenants known to the bus.");
+    describe_gauge!(
+        "codex_bus_tenant_sessions",
+        "Sessions of a tenant in the sticky table (unconfigured tenants summed as other)."
+    );
+    describe_gauge!(
+        "codex_bus_tenant_connections",
+        "Connections of a tenant (unconfigured tenants summed as other)."
+    );
+    describe_gauge!(
+        "codex_bus_tenant_requests_in_flight",
+        "Requests of a tenant at workers (unconfigured tenants summed as other)."
+    );
+    describe_counter!(
+        "codex_bus_tenant_refusals_total",
+        "Requests and connections refused for a tenant's quota or rate, by reason."
     );
 }

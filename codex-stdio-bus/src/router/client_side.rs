@@ -6,20 +6,54 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use codex_bus_protocol::{
-    append_with_token, key_bytes, parse, parse_bus_id, value_at, Envelope, EnvelopeError,
-    ErrorKind, Kind, Message, SessionPath,
+    append_namespaced, append_with_token, key_bytes, parse, parse_bus_id, value_at, Envelope,
+    EnvelopeError, ErrorKind, Kind, Message, SessionPath,
 };
 
 use super::placement::slot_for;
-use super::{send_error, Router};
+use super::{send_error, send_refusal, Router};
 use crate::core::client::Client;
 use crate::core::slot::Slot;
+use crate::core::tenant::Refused;
 use crate::metrics::{self, Discard};
 
 /// Why a message cannot be routed, with a human detail for the error reply.
-struct Refusal {
-    kind: ErrorKind,
-    detail: Option<String>,
+enum Refusal {
+    /// The message itself cannot be routed.
+    Route {
+        kind: ErrorKind,
+        detail: Option<String>,
+    },
+    /// Its tenant's quota is reached.
+    Tenant(Refused),
+}
+
+impl Refusal {
+    /// A refusal of `kind` saying `detail`.
+    fn new(kind: ErrorKind, detail: String) -> Self {
+        Refusal::Route {
+            kind,
+            detail: Some(detail),
+        }
+    }
+
+    /// The reason, for logs.
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Route { kind, .. } => kind.reason(),
+            Refusal::Tenant(refused) => refused.kind().reason(),
+        }
+    }
+
+    /// Answers request `id` of `client` with this refusal.
+    fn send(&self, client: &Client, id: &[u8]) {
+        match self {
+            Refusal::Route { kind, detail } => {
+                send_error(client, Some(id), *kind, detail.as_deref())
+            }
+            Refusal::Tenant(refused) => send_refusal(client, Some(id), *refused),
+        }
+    }
 }
 
 impl Router {
@@ -31,9 +65,30 @@ impl Router {
         line: &[u8],
         received: Instant,
     ) {
-        let envelope = match parse(line, &self.session_path) {
-            Ok(Message::Object(envelope)) => envelope,
-            Ok(Message::Batch(elements)) => return refuse_batch(client, elements.len()),
+        let Some(envelope) = self.envelope(client, line) else {
+            return;
+        };
+        if !self.namespaced {
+            return self.dispatch(client, line, envelope, received).await;
+        }
+        let Some(namespaced) = self.namespace(client, line, &envelope) else {
+            return;
+        };
+        // Parsed again rather than shifting every span by the bytes inserted: a cost paid only
+        // with authentication, and one obviously right envelope.
+        if let Some(envelope) = self.envelope(client, &namespaced) {
+            self.dispatch(client, &namespaced, envelope, received).await;
+        }
+    }
+
+    /// The message's envelope, or `None` once the client has been told why it has none.
+    fn envelope(&self, client: &Client, line: &[u8]) -> Option<Envelope> {
+        match parse(line, &self.session_path) {
+            Ok(Message::Object(envelope)) => Some(envelope),
+            Ok(Message::Batch(elements)) => {
+                refuse_batch(client, elements.len());
+                None
+            }
             Err(error) => {
                 let detail = match error {
                     EnvelopeError::Parse => "the line is not valid JSON",
@@ -45,9 +100,53 @@ impl Router {
                     _ => ErrorKind::InvalidRequest,
                 };
                 send_error(client, None, kind, Some(detail));
-                return;
+                None
             }
+        }
+    }
+
+    /// `line` as a worker sees it with authentication: the sender's tenant in a `tenant` member
+    /// and before its session id. `None` once refused: a message may not carry its own `tenant`
+    /// (it could claim another's), and a session id must be a string to carry a prefix.
+    fn namespace(&self, client: &Client, line: &[u8], envelope: &Envelope) -> Option<Vec<u8>> {
+        let refuse = |detail: &str| {
+            match (envelope.kind(), envelope.id.clone()) {
+                (Kind::Notification, _) | (_, None) => {
+                    tracing::debug!(client = client.id, detail, "message refused");
+                    metrics::get().dropped(Discard::UnroutableNotification);
+                }
+                (_, Some(id)) => send_error(
+                    client,
+                    Some(&line[id]),
+                    ErrorKind::InvalidRequest,
+                    Some(detail),
+                ),
+            }
+            None
         };
+        if envelope.has_tenant {
+            return refuse("the top-level \"tenant\" member is set by the bus, from the connection's principal");
+        }
+        let mut namespaced = Vec::new();
+        if !append_namespaced(
+            &mut namespaced,
+            line,
+            &client.tenant.name,
+            envelope.session.clone(),
+        ) {
+            return refuse("with authentication, a session id must be a JSON string");
+        }
+        Some(namespaced)
+    }
+
+    /// Routes a parsed message by its kind.
+    async fn dispatch(
+        &self,
+        client: &Arc<Client>,
+        line: &[u8],
+        envelope: Envelope,
+        received: Instant,
+    ) {
         match (envelope.kind(), envelope.id.clone()) {
             (Kind::Request, Some(id)) => {
                 self.route_request(client, line, &envelope, id, received)
@@ -67,7 +166,8 @@ impl Router {
         }
     }
 
-    /// A request: recorded as pending in its slot, forwarded with a bus id.
+    /// A request: admitted by its tenant's rate and in-flight quota, recorded as pending in its
+    /// slot, forwarded with a bus id.
     async fn route_request(
         &self,
         client: &Arc<Client>,
@@ -76,21 +176,20 @@ impl Router {
         id: Range<usize>,
         received: Instant,
     ) {
+        if let Err(refused) = client.tenant.reserve_request() {
+            return send_refusal(client, Some(&line[id]), refused);
+        }
         let slot = match self.target(client, line, envelope, received) {
             Ok(slot) => slot,
             Err(refusal) => {
-                send_error(
-                    client,
-                    Some(&line[id]),
-                    refusal.kind,
-                    refusal.detail.as_deref(),
-                );
-                return;
+                client.tenant.request_finished();
+                return refusal.send(client, &line[id]);
             }
         };
         // Backpressure: while the worker's queue is full this client is not read any further.
         slot.queue.wait_for_space().await;
         if let Err(kind) = slot.enqueue_request(client, line, id.clone(), received) {
+            client.tenant.request_finished();
             send_error(client, Some(&line[id]), kind, None);
         } else {
             tracing::debug!(client = client.id, ?slot, "request queued");
@@ -112,7 +211,7 @@ impl Router {
             Err(refusal) => {
                 tracing::debug!(
                     client = client.id,
-                    reason = refusal.kind.reason(),
+                    reason = refusal.reason(),
                     "notification dropped"
                 );
                 metrics::get().dropped(Discard::UnroutableNotification);
@@ -210,36 +309,47 @@ impl Router {
             Some(span) => key_bytes(&line[span]),
             None => client.bound_session.as_deref().map(Cow::Borrowed),
         };
+        // The tenant's prefix is not the client's to count against the id's length.
+        let prefix = if self.namespaced {
+            client.tenant.prefix.len()
+        } else {
+            0
+        };
         let (pool, slot) = match session {
-            Some(key) if key.len() > self.max_session_id => {
-                return Err(Refusal {
-                    kind: ErrorKind::SessionIdTooLong,
-                    detail: Some(format!(
+            Some(key) if key.len() - prefix.min(key.len()) > self.max_session_id => {
+                return Err(Refusal::new(
+                    ErrorKind::SessionIdTooLong,
+                    format!(
                         "the session id has {} bytes; limits.max_session_id_bytes is {}",
-                        key.len(),
+                        key.len() - prefix,
                         self.max_session_id
-                    )),
-                });
+                    ),
+                ));
             }
             Some(key) => self.sessions.locate(
                 &key,
                 client.id,
                 self.second(received),
                 || {
-                    let pool = self.choose_pool(line, envelope)?;
+                    client.tenant.reserve_session().map_err(Refusal::Tenant)?;
+                    let pool = self
+                        .choose_pool(line, envelope)
+                        .inspect_err(|_| client.tenant.session_gone())?;
                     let slots = &self.pools[pool].slots;
                     let slot = slot_for(&key, slots.len() as u32);
                     slots[slot as usize].count_session();
                     metrics::get().session_assigned();
-                    Ok::<_, Refusal>((pool, slot))
+                    Ok::<_, Refusal>((pool, slot, client.tenant.clone()))
                 },
                 || self.table_full(),
             )?,
             None => {
                 let pool = &self.pools[self.choose_pool(line, envelope)?];
-                return pool.least_loaded().ok_or_else(|| Refusal {
-                    kind: ErrorKind::NoWorker,
-                    detail: Some(format!("pool '{}' has no live worker", pool.id)),
+                return pool.least_loaded().ok_or_else(|| {
+                    Refusal::new(
+                        ErrorKind::NoWorker,
+                        format!("pool '{}' has no live worker", pool.id),
+                    )
                 });
             }
         };
@@ -254,38 +364,40 @@ impl Router {
                 .pools
                 .iter()
                 .position(|p| p.id.as_bytes() == &*name)
-                .ok_or_else(|| Refusal {
-                    kind: ErrorKind::UnknownPool,
-                    detail: Some(format!(
-                        "no pool named '{}' (pools: {})",
-                        String::from_utf8_lossy(&name),
-                        self.pool_names()
-                    )),
+                .ok_or_else(|| {
+                    Refusal::new(
+                        ErrorKind::UnknownPool,
+                        format!(
+                            "no pool named '{}' (pools: {})",
+                            String::from_utf8_lossy(&name),
+                            self.pool_names()
+                        ),
+                    )
                 });
         }
         match (self.default_pool, self.pools.len()) {
             (Some(pool), _) => Ok(pool),
             (None, 1) => Ok(0),
-            (None, _) => Err(Refusal {
-                kind: ErrorKind::PoolRequired,
-                detail: Some(format!(
+            (None, _) => Err(Refusal::new(
+                ErrorKind::PoolRequired,
+                format!(
                     "several pools and no routing.default_pool: name one in a top-level \"pool\" field (pools: {})",
                     self.pool_names()
-                )),
-            }),
+                ),
+            )),
         }
     }
 
     /// The refusal of a new session while the sticky table is full.
     fn table_full(&self) -> Refusal {
-        Refusal {
-            kind: ErrorKind::TooManySessions,
-            detail: Some(format!(
+        Refusal::new(
+            ErrorKind::TooManySessions,
+            format!(
                 "the session table holds limits.max_sessions ({}) sessions; one leaves after limits.session_idle_sec ({} s) without a message",
                 self.sessions.count(),
                 self.session_idle
-            )),
-        }
+            ),
+        )
     }
 
     /// The pool ids, comma-separated, for error details.
@@ -316,6 +428,7 @@ mod tests {
     use codex_bus_config::Config;
 
     use super::slot_for;
+    use crate::core::sink::WorkerSink;
     use crate::core::client::{Client, Transport};
     use crate::core::principal::Principal;
     use crate::router::Router;
@@ -421,5 +534,193 @@ mod tests {
             ),
             "A's request 2 is bus id 2 (B's 7 came first), \"r\" is bus id 3; other methods pass"
         );
+    }
+
+    fn principal(tenant: &str) -> Principal {
+        Principal {
+            tenant: tenant.into(),
+            subject: "t".into(),
+        }
+    }
+
+    fn queued(slot: &crate::core::slot::Slot) -> String {
+        String::from_utf8(std::mem::take(&mut slot.queue.lock().buf)).unwrap()
+    }
+
+    fn received(client: &Client) -> String {
+        String::from_utf8(std::mem::take(&mut client.out.lock().buf)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_authentication_a_session_belongs_to_its_tenant() {
+        let mut router = Router::new(&Config::single_pool("p", "cat", &[], 1));
+        router.namespaced = true;
+        let a = router.connect(Transport::Tcp, principal("a"), None);
+        let b = router.connect(Transport::Tcp, principal("b"), None);
+        let slot = &router.pools()[0].slots[0];
+        send(&router, &a, r#"{"id":1,"method":"m","sessionId":"s1"}"#).await;
+        assert_eq!(
+            queued(slot),
+            "{\"tenant\":\"a\",\"id\":1,\"method\":\"m\",\"sessionId\":\"a:s1\"}\n"
+        );
+        // b names the same id: its own session, which the worker sees under b.
+        send(&router, &b, r#"{"method":"n","sessionId":"s1"}"#).await;
+        assert_eq!(
+            queued(slot),
+            "{\"tenant\":\"b\",\"method\":\"n\",\"sessionId\":\"b:s1\"}\n"
+        );
+        assert_eq!(router.sessions.count(), 2);
+        // A message may not claim a tenant, nor carry a session id that cannot take a prefix.
+        send(
+            &router,
+            &b,
+            r#"{"id":2,"method":"m","tenant":"a","sessionId":"s1"}"#,
+        )
+        .await;
+        send(&router, &b, r#"{"id":3,"method":"m","sessionId":7}"#).await;
+        assert!(queued(slot).is_empty());
+        let replies = received(&b);
+        assert!(
+            replies.contains(r#""id":2,"error""#) && replies.contains("set by the bus"),
+            "{replies}"
+        );
+        assert!(
+            replies.contains(r#""id":3,"error""#) && replies.contains("JSON string"),
+            "{replies}"
+        );
+        assert!(received(&a).is_empty());
+
+        // The worker's messages on a's session reach a alone, with a's own id.
+        let notification = br#"{"method":"turn/event","sessionId":"a:s1"}"#;
+        router.worker_line(slot, 0, notification, Instant::now());
+        assert_eq!(
+            received(&a),
+            "{\"method\":\"turn/event\",\"sessionId\":\"s1\"}\n"
+        );
+        assert!(received(&b).is_empty());
+        let reply = br#"{"id":1,"result":{},"sessionId":"a:s1"}"#;
+        router.worker_line(slot, 0, reply, Instant::now());
+        assert_eq!(
+            received(&a),
+            "{\"id\":1,\"result\":{},\"sessionId\":\"s1\"}\n"
+        );
+        let approval = br#"{"id":"w","method":"approve","sessionId":"a:s1"}"#;
+        router.worker_line(slot, 0, approval, Instant::now());
+        assert_eq!(
+            received(&a),
+            "{\"id\":0,\"method\":\"approve\",\"sessionId\":\"s1\"}\n"
+        );
+        // b answering a's approval by its id reaches nothing: it was asked nothing.
+        send(&router, &b, r#"{"id":0,"result":{"decision":"accept"}}"#).await;
+        assert!(queued(slot).is_empty());
+        send(&router, &a, r#"{"id":0,"result":{"decision":"accept"}}"#).await;
+        assert_eq!(
+            queued(slot),
+            "{\"tenant\":\"a\",\"id\":\"w\",\"result\":{\"decision\":\"accept\"}}\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_leaves_does_not_silence_the_others_of_its_session() {
+        let router = Router::new(&Config::single_pool("p", "cat", &[], 1));
+        let connect = || router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
+        let (first, second) = (connect(), connect());
+        let slot = &router.pools()[0].slots[0];
+        send(&router, &first, r#"{"method":"n","sessionId":"s"}"#).await;
+        send(&router, &second, r#"{"method":"n","sessionId":"s"}"#).await;
+        let event = br#"{"method":"e","sessionId":"s"}"#;
+        router.worker_line(slot, 0, event, Instant::now());
+        assert!(received(&first).is_empty(), "the latest sender gets it");
+        assert_eq!(received(&second).len(), event.len() + 1);
+        // The latest sender leaves (a hit and run): the one before it gets what follows.
+        router.disconnect(&second);
+        router.worker_line(slot, 0, event, Instant::now());
+        assert_eq!(received(&first).len(), event.len() + 1);
+        // A worker request skips a client whose input ended (it could never answer).
+        let third = connect();
+        send(&router, &third, r#"{"method":"n","sessionId":"s"}"#).await;
+        router.input_closed(&third);
+        router.worker_line(
+            slot,
+            0,
+            br#"{"id":9,"method":"ask","sessionId":"s"}"#,
+            Instant::now(),
+        );
+        assert!(received(&third).is_empty());
+        assert!(received(&first).contains(r#""method":"ask""#));
+    }
+
+    #[tokio::test]
+    async fn tenant_quotas_are_exact_and_say_when_to_retry() {
+        let mut config = Config::single_pool("p", "cat", &[], 1);
+        config.limits.tenant_max_in_flight = 2;
+        config.limits.tenant_max_sessions = 1;
+        config.limits.tenant_max_connections = 2;
+        let router = Router::new(&config);
+        let connect = || router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
+        let (a, b) = (connect(), connect());
+        let refused = connect();
+        assert!(!refused.admitted);
+        let text = received(&refused);
+        assert!(
+            text.contains(r#""quota":"connections","retry_after_ms":1000"#),
+            "{text}"
+        );
+        router.disconnect(&refused);
+        send(&router, &a, r#"{"id":1,"method":"m","sessionId":"s"}"#).await;
+        send(&router, &b, r#"{"id":2,"method":"m","sessionId":"s"}"#).await;
+        send(&router, &b, r#"{"id":3,"method":"m","sessionId":"s"}"#).await;
+        send(&router, &a, r#"{"id":4,"method":"m","sessionId":"t"}"#).await;
+        let text = received(&b);
+        assert!(
+            text.contains(r#""id":3,"error""#) && text.contains(r#""quota":"in_flight""#),
+            "{text}"
+        );
+        let text = received(&a);
+        assert!(!text.contains(r#""id":1,"#), "{text}");
+        assert!(text.contains(r#""id":4,"error""#), "{text}");
+        assert_eq!(router.in_flight(), 2);
+        let slot = &router.pools()[0].slots[0];
+        router.worker_line(slot, 0, br#"{"id":1,"result":1}"#, Instant::now());
+        assert_eq!(router.in_flight(), 1, "a reply frees a place");
+        send(&router, &a, r#"{"id":5,"method":"m","sessionId":"t"}"#).await;
+        assert_eq!(router.in_flight(), 1, "a new session over the quota is refused");
+        let text = received(&a);
+        assert!(
+            text.contains(r#""id":1,"result""#) && text.contains(r#""quota":"sessions""#),
+            "{text}"
+        );
+        router.disconnect(&a);
+        router.disconnect(&b);
+        let holding = router.tenants().holding();
+        assert_eq!(holding["default"].connections, 0);
+        assert_eq!(holding["default"].sessions, 1);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_is_a_token_bucket() {
+        let mut config = Config::single_pool("p", "cat", &[], 1);
+        config.limits.tenant_requests_per_sec = 1;
+        config.limits.tenant_request_burst = 3;
+        let router = Router::new(&config);
+        let a = router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
+        for id in 0..5 {
+            send(
+                &router,
+                &a,
+                &format!(r#"{{"id":{id},"method":"m","sessionId":"s"}}"#),
+            )
+            .await;
+        }
+        assert_eq!(router.in_flight(), 3, "the burst");
+        let text = received(&a);
+        assert_eq!(text.matches("rate_limited").count(), 2, "{text}");
+        let wait: u64 = text
+            .split("\"retry_after_ms\":")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!((1..=1000).contains(&wait), "{wait}");
     }
 }

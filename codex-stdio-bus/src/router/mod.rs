@@ -4,8 +4,13 @@
 //! Client side (`client_side`): requests get a bus id and are recorded as pending in their slot;
 //! notifications follow their session; answers to worker requests go back to the worker that asked.
 //! Worker side (`worker_side`): replies find their request by bus id and get the client's id back;
-//! messages a worker starts go to the client that last spoke on the session. Where a session lives
-//! is [`placement`]; the pools and their slots are `pool`.
+//! messages a worker starts go to the latest client that spoke on the session and can take them.
+//! Where a session lives is [`placement`]; the pools and their slots are `pool`; the tenants that
+//! own sessions and hold quotas are `tenants`.
+//!
+//! With authentication, sessions are namespaced: the session key is `<tenant>:<session id>`, and
+//! a worker sees that key and a `tenant` member (protocol `tenant` module); without it, every
+//! connection is the default tenant's and messages pass with only their ids swapped.
 //!
 //! Imports: the core and the metrics leaf. The router counts every error reply it sends here, in
 //! `send_error`, whoever asked for it.
@@ -13,6 +18,7 @@
 mod client_side;
 pub mod placement;
 pub(crate) mod pool;
+pub(crate) mod tenants;
 mod worker_side;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,16 +26,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_config::Config;
-use codex_bus_protocol::{ErrorKind, IdReference, IdReferences, SessionPath};
+use codex_bus_protocol::{ErrorHint, ErrorKind, IdReference, IdReferences, SessionPath};
 use dashmap::DashMap;
 
 use crate::core::address::SlotAddress;
 use crate::core::client::{Client, Transport, WorkerRequest};
 use crate::core::principal::Principal;
 use crate::core::slot::{Pending, Slot};
+use crate::core::tenant::{Quota, Refused, Tenant};
 use crate::metrics::{self, Discard};
 use placement::Sessions;
 use pool::Pool;
+use tenants::Tenants;
 
 /// Routes messages between clients and the pools' worker slots.
 pub(crate) struct Router {
@@ -38,7 +46,10 @@ pub(crate) struct Router {
     session_path: SessionPath,
     /// Notifications whose member names a request of their sender (cancellations).
     references: IdReferences,
-    sessions: Sessions,
+    sessions: Sessions<Arc<Tenant>>,
+    tenants: Tenants,
+    /// Whether session keys carry their tenant (authentication is on): see the module docs.
+    namespaced: bool,
     clients: DashMap<u64, Arc<Client>>,
     next_client: AtomicU64,
     output_limit: usize,
@@ -88,6 +99,8 @@ impl Router {
             session_path,
             references,
             sessions: Sessions::new(config.limits.max_sessions),
+            tenants: Tenants::new(config),
+            namespaced: false,
             clients: DashMap::new(),
             next_client: AtomicU64::new(1),
             output_limit: config.limits.max_output_queue,
@@ -126,12 +139,15 @@ impl Router {
     }
 
     /// Removes the sessions no client has sent on for longer than `limits.session_idle_sec`, and
-    /// counts them. Run on a timer ([`Router::session_sweep_period`]), never per message.
+    /// counts them; then forgets the tenants that hold nothing any more. Run on a timer
+    /// ([`Router::session_sweep_period`]), never per message.
     pub(crate) fn expire_sessions(&self) {
         let now = self.second(Instant::now());
-        let expired = self.sessions.expire(now, self.session_idle, |pool, slot| {
-            self.pools[pool].slots[slot as usize].forget_session();
+        let expired = self.sessions.expire(now, self.session_idle, |placement| {
+            self.pools[placement.pool].slots[placement.slot as usize].forget_session();
+            placement.owner.session_gone();
         });
+        self.tenants.prune();
         if expired > 0 {
             metrics::get().sessions_expired(expired);
             tracing::debug!(
@@ -142,6 +158,11 @@ impl Router {
         }
     }
 
+    /// The tenants known now.
+    pub(crate) fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
     /// Clients connected now.
     pub(crate) fn client_count(&self) -> usize {
         self.clients.len()
@@ -149,6 +170,10 @@ impl Router {
 
     /// Registers a new client connection of `principal` over `transport`; `bound_session` is the
     /// session its messages belong to when the transport fixes one.
+    ///
+    /// A connection over its tenant's `max_connections` (or of one tenant more than
+    /// `limits.max_tenants`) is not admitted: the returned client holds only the `quota_exceeded`
+    /// reply and its output is closed, so its writer sends that and ends.
     pub(crate) fn connect(
         &self,
         transport: Transport,
@@ -156,15 +181,43 @@ impl Router {
         bound_session: Option<Box<[u8]>>,
     ) -> Arc<Client> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let client = Client::new(id, transport, principal, bound_session, self.output_limit);
+        let (tenant, refused) = match self.tenants.get(&principal.tenant) {
+            Ok(tenant) => {
+                let refused = tenant.reserve_connection().err();
+                (tenant, refused)
+            }
+            Err((tenant, refused)) => (tenant, Some(refused)),
+        };
+        let admitted = refused.is_none();
+        let client = Client::new(
+            id,
+            transport,
+            principal,
+            tenant,
+            admitted,
+            bound_session,
+            self.output_limit,
+        );
         let client = Arc::new(client);
-        self.clients.insert(id, client.clone());
+        match refused {
+            None => {
+                self.clients.insert(id, client.clone());
+            }
+            Some(refused) => {
+                tracing::info!(?client, quota = ?refused.quota(), "connection over its tenant's quota; refused");
+                send_refusal(&client, None, refused);
+                client.out.close();
+            }
+        }
         client
     }
 
     /// Forgets a client; the worker requests it never answered are refused toward their workers.
     pub(crate) fn disconnect(&self, client: &Client) {
-        self.clients.remove(&client.id);
+        if client.admitted {
+            self.clients.remove(&client.id);
+            client.tenant.connection_closed();
+        }
         for request in client.disconnect() {
             self.refuse_worker_request(&request, ErrorKind::ClientDisconnected);
         }
@@ -229,11 +282,55 @@ pub(crate) fn send_error(
     kind: ErrorKind,
     detail: Option<&str>,
 ) {
-    if client.send_error(id, kind, detail) {
+    send_hinted(client, id, kind, detail, ErrorHint::default());
+}
+
+/// [`send_error`] with hints in the reply's `data`.
+fn send_hinted(
+    client: &Client,
+    id: Option<&[u8]>,
+    kind: ErrorKind,
+    detail: Option<&str>,
+    hint: ErrorHint<'_>,
+) {
+    if client.send_error(id, kind, detail, hint) {
         metrics::get().error_reply(kind);
     } else {
         metrics::get().dropped(Discard::ClientGone);
     }
+}
+
+/// Refuses a request (or, with no `id`, a connection) of `client` for its tenant's `refused`
+/// quota or rate: a retryable reply whose `data` names the quota and when to retry, counted
+/// under the tenant's metric label.
+pub(crate) fn send_refusal(client: &Client, id: Option<&[u8]>, refused: Refused) {
+    let tenant = &client.tenant;
+    let limits = tenant.limits();
+    let detail = match refused {
+        Refused::Rate { .. } => format!(
+            "tenant '{}' is over its request rate ({} per second, burst {})",
+            tenant.name,
+            limits.requests_per_sec,
+            limits.request_burst.max(limits.requests_per_sec)
+        ),
+        Refused::Quota {
+            quota: Quota::Tenants,
+            limit,
+        } => format!("the bus knows limits.max_tenants ({limit}) tenants"),
+        Refused::Quota { quota, limit } => {
+            format!(
+                "tenant '{}' holds its limit of {limit} {}",
+                tenant.name,
+                quota.as_str()
+            )
+        }
+    };
+    let hint = ErrorHint {
+        quota: refused.quota().map(|q| q.as_str()),
+        retry_after_ms: Some(refused.retry_after_ms()),
+    };
+    metrics::get().tenant_refused(&tenant.label, refused.kind());
+    send_hinted(client, id, refused.kind(), Some(&detail), hint);
 }
 
 /// Answers requests that no worker will answer now, with `kind` (and `detail`), and counts each

@@ -12,6 +12,10 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use twox_hash::XxHash3_64;
 
+/// How many of a session's latest senders it remembers: worker-initiated messages go to the
+/// latest that can still take them, so one that leaves does not black-hole the others.
+pub const RECENT_CLIENTS: usize = 3;
+
 /// Jump consistent hash (Lamping & Veach, 2014): maps `key` onto `0..buckets` so that growing the
 /// number of buckets by one moves only 1/(n+1) of the keys, all of them to the new bucket.
 pub fn jump_hash(mut key: u64, buckets: u32) -> u32 {
@@ -30,14 +34,18 @@ pub fn slot_for(key: &[u8], slots: u32) -> u32 {
     jump_hash(XxHash3_64::oneshot(key), slots)
 }
 
-/// Where one session lives, and who spoke on it last.
-pub struct Placement {
+/// Where one session lives, whose it is (`owner`: the router keeps the tenant there), and who
+/// spoke on it last.
+pub struct Placement<T> {
     /// Index of the pool.
     pub pool: usize,
     /// Slot number within the pool.
     pub slot: u32,
-    /// The client that last sent on this session: worker-initiated messages go there.
-    last_client: AtomicU64,
+    /// Who owns the session: for the router, its tenant (whose quota it counts against).
+    pub owner: T,
+    /// The latest distinct clients that sent on this session, latest first; 0 is an empty place
+    /// (client ids start at 1). Updated only when the sender changes.
+    recent: [AtomicU64; RECENT_CLIENTS],
     /// When a client last sent on this session, in whole seconds on the caller's clock (the
     /// router's: seconds since it started). Written only when the second changes.
     last_seen: AtomicU32,
@@ -50,17 +58,17 @@ pub struct TableFull;
 /// The sticky session table. Entries outlive connections, so a client that reconnects with the
 /// same session id reaches the same worker. Bounded by `limits.max_sessions`; entries idle for
 /// `limits.session_idle_sec` are removed by [`Sessions::expire`].
-pub struct Sessions {
+pub struct Sessions<T> {
     // SipHash (the default) rather than a fixed-seed hash: keys come from clients, and a fixed seed
     // would let one craft colliding session ids.
-    table: DashMap<Box<[u8]>, Placement>,
+    table: DashMap<Box<[u8]>, Placement<T>>,
     /// Entries in `table`, kept beside it so the cap is checked without visiting every shard.
     count: AtomicUsize,
     /// The cap on `count`.
     max: usize,
 }
 
-impl Sessions {
+impl<T> Sessions<T> {
     /// An empty table holding at most `max` sessions.
     pub fn new(max: usize) -> Self {
         Sessions {
@@ -75,20 +83,21 @@ impl Sessions {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// The session's (pool, slot), placing it with `place` on first sight; records `client` as the
-    /// session's latest sender, seen at second `now`. A new session while the table is full is
-    /// refused with `full()`, and `place` is not called.
+    /// The session's (pool, slot), placing it with `place` on first sight (which also names the
+    /// tenant that owns it); records `client` as the session's latest sender, seen at second
+    /// `now`. A new session while the table is full is refused with `full()`, and `place` is not
+    /// called.
     pub fn locate<E>(
         &self,
         key: &[u8],
         client: u64,
         now: u32,
-        place: impl FnOnce() -> Result<(usize, u32), E>,
+        place: impl FnOnce() -> Result<(usize, u32, T), E>,
         full: impl FnOnce() -> E,
     ) -> Result<(usize, u32), E> {
         if let Some(found) = self.table.get(key) {
-            if found.last_client.load(Ordering::Relaxed) != client {
-                found.last_client.store(client, Ordering::Relaxed);
+            if found.recent[0].load(Ordering::Relaxed) != client {
+                found.remember(client);
             }
             if found.last_seen.load(Ordering::Relaxed) != now {
                 found.last_seen.store(now, Ordering::Relaxed);
@@ -100,7 +109,7 @@ impl Sessions {
         match self.table.entry(key.into()) {
             Entry::Occupied(found) => {
                 let found = found.get();
-                found.last_client.store(client, Ordering::Relaxed);
+                found.remember(client);
                 found.last_seen.store(now, Ordering::Relaxed);
                 Ok((found.pool, found.slot))
             }
@@ -111,13 +120,14 @@ impl Sessions {
                     self.count.fetch_sub(1, Ordering::Relaxed);
                     return Err(full());
                 }
-                let (pool, slot) = place().inspect_err(|_| {
+                let (pool, slot, owner) = place().inspect_err(|_| {
                     self.count.fetch_sub(1, Ordering::Relaxed);
                 })?;
                 vacant.insert(Placement {
                     pool,
                     slot,
-                    last_client: AtomicU64::new(client),
+                    owner,
+                    recent: [AtomicU64::new(client), AtomicU64::new(0), AtomicU64::new(0)],
                     last_seen: AtomicU32::new(now),
                 });
                 Ok((pool, slot))
@@ -126,16 +136,16 @@ impl Sessions {
     }
 
     /// Removes every session last seen more than `idle` seconds before second `now`, calling
-    /// `gone(pool, slot)` for each; returns how many left. Strictly more, because seconds are
+    /// `gone(placement)` for each; returns how many left. Strictly more, because seconds are
     /// whole: a session seen at 10.9 s has `last_seen` 10, and must not leave at 11.0 s with
     /// `idle` 1. Locks one shard of the table at a time, as a write does.
-    pub fn expire(&self, now: u32, idle: u32, mut gone: impl FnMut(usize, u32)) -> usize {
+    pub fn expire(&self, now: u32, idle: u32, mut gone: impl FnMut(&Placement<T>)) -> usize {
         let mut removed = 0;
         self.table.retain(|_, placement| {
             let seen = placement.last_seen.load(Ordering::Relaxed);
             let keep = now.saturating_sub(seen) <= idle;
             if !keep {
-                gone(placement.pool, placement.slot);
+                gone(placement);
                 removed += 1;
             }
             keep
@@ -144,11 +154,28 @@ impl Sessions {
         removed
     }
 
-    /// The client that last sent on this session, if the session is known.
-    pub fn last_client(&self, key: &[u8]) -> Option<u64> {
+    /// The latest distinct clients that sent on this session, latest first (0: none), if the
+    /// session is known.
+    pub fn recent_clients(&self, key: &[u8]) -> Option<[u64; RECENT_CLIENTS]> {
         self.table
             .get(key)
-            .map(|p| p.last_client.load(Ordering::Relaxed))
+            .map(|p| p.recent.each_ref().map(|c| c.load(Ordering::Relaxed)))
+    }
+}
+
+impl<T> Placement<T> {
+    /// Moves `client` to the front of the recent senders, shifting the others back (the last
+    /// falls off unless `client` was among them). Each place is swapped atomically: two clients
+    /// remembered at the same instant may leave one of them listed twice, never a torn id.
+    fn remember(&self, client: u64) {
+        let mut carry = client;
+        for place in &self.recent {
+            let was = place.swap(carry, Ordering::Relaxed);
+            if was == client || was == 0 {
+                return;
+            }
+            carry = was;
+        }
     }
 }
 
@@ -191,17 +218,17 @@ mod tests {
 
     #[test]
     fn placement_is_sticky_and_tracks_the_last_client() {
-        let sessions = Sessions::new(10);
-        let first: Result<_, &str> = sessions.locate(b"s1", 7, 0, || Ok((0, 3)), full);
+        let sessions = Sessions::<()>::new(10);
+        let first: Result<_, &str> = sessions.locate(b"s1", 7, 0, || Ok((0, 3, ())), full);
         assert_eq!(first, Ok((0, 3)));
         let again = sessions.locate(b"s1", 9, 0, || panic!("already placed"), full);
         assert_eq!(again, Ok((0, 3)));
-        assert_eq!(sessions.last_client(b"s1"), Some(9));
-        assert_eq!(sessions.last_client(b"s2"), None);
+        assert_eq!(sessions.recent_clients(b"s1"), Some([9, 7, 0]));
+        assert_eq!(sessions.recent_clients(b"s2"), None);
         let refused = sessions.locate(b"s2", 1, 0, || Err("no pool"), full);
         assert_eq!(refused, Err("no pool"));
         assert_eq!(
-            sessions.last_client(b"s2"),
+            sessions.recent_clients(b"s2"),
             None,
             "a refused placement leaves nothing behind"
         );
@@ -209,15 +236,48 @@ mod tests {
     }
 
     #[test]
+    fn a_session_remembers_its_latest_distinct_senders() {
+        let sessions = Sessions::<()>::new(10);
+        let send = |client| {
+            sessions
+                .locate(b"s", client, 0, || Ok((0, 0, ())), full)
+                .unwrap();
+        };
+        send(1);
+        send(1);
+        assert_eq!(sessions.recent_clients(b"s"), Some([1, 0, 0]));
+        send(2);
+        send(3);
+        assert_eq!(sessions.recent_clients(b"s"), Some([3, 2, 1]));
+        send(1);
+        assert_eq!(
+            sessions.recent_clients(b"s"),
+            Some([1, 3, 2]),
+            "moved to the front"
+        );
+        send(4);
+        assert_eq!(
+            sessions.recent_clients(b"s"),
+            Some([4, 1, 3]),
+            "the oldest falls off"
+        );
+        send(3);
+        assert_eq!(sessions.recent_clients(b"s"), Some([3, 4, 1]));
+    }
+
+    #[test]
     fn the_table_never_exceeds_its_cap_and_known_sessions_still_work() {
-        let sessions = Sessions::new(2);
+        let sessions = Sessions::<()>::new(2);
         for key in [&b"a"[..], b"b"] {
-            assert_eq!(sessions.locate(key, 1, 0, || Ok((0, 1)), full), Ok((0, 1)));
+            assert_eq!(
+                sessions.locate(key, 1, 0, || Ok((0, 1, ())), full),
+                Ok((0, 1))
+            );
         }
         let refused = sessions.locate(b"c", 1, 0, || panic!("not placed when full"), full);
         assert_eq!(refused, Err("full"));
         assert_eq!(sessions.count(), 2);
-        assert_eq!(sessions.last_client(b"c"), None);
+        assert_eq!(sessions.recent_clients(b"c"), None);
         assert_eq!(
             sessions.locate(b"a", 2, 0, || panic!("already placed"), full),
             Ok((0, 1))
@@ -226,8 +286,8 @@ mod tests {
 
     #[test]
     fn idle_sessions_expire_and_a_returning_one_is_placed_again() {
-        let sessions = Sessions::new(2);
-        let place = || Ok((0, 5));
+        let sessions = Sessions::<()>::new(2);
+        let place = || Ok((0, 5, ()));
         sessions.locate(b"old", 1, 10, place, full).unwrap();
         sessions.locate(b"new", 1, 10, place, full).unwrap();
         sessions
@@ -235,18 +295,18 @@ mod tests {
             .unwrap();
         let mut gone = Vec::new();
         assert_eq!(
-            sessions.expire(11, 1, |p, s| gone.push((p, s))),
+            sessions.expire(11, 1, |p| gone.push((p.pool, p.slot))),
             0,
             "1 s is not more than 1 s"
         );
-        assert_eq!(sessions.expire(12, 1, |p, s| gone.push((p, s))), 1);
+        assert_eq!(sessions.expire(12, 1, |p| gone.push((p.pool, p.slot))), 1);
         assert_eq!(gone, [(0, 5)]);
         assert_eq!(sessions.count(), 1);
-        assert_eq!(sessions.last_client(b"old"), None);
+        assert_eq!(sessions.recent_clients(b"old"), None);
         // The room it left takes a new session; the old one returns by hashing again.
         sessions.locate(b"third", 1, 12, place, full).unwrap();
         assert_eq!(sessions.locate(b"old", 1, 12, place, full), Err("full"));
-        assert_eq!(sessions.expire(20, 1, |_, _| ()), 2);
+        assert_eq!(sessions.expire(20, 1, |_| ()), 2);
         assert_eq!(sessions.count(), 0);
         assert_eq!(sessions.locate(b"old", 1, 20, place, full), Ok((0, 5)));
     }

@@ -1,5 +1,7 @@
 //! Messages from workers: replies back to the client that asked; worker-initiated messages to the
-//! client that last spoke on the session.
+//! latest client that spoke on the session and can still take them (one of the session's tenant,
+//! since with authentication the session key holds the tenant). With authentication the tenant
+//! prefix of the session id is cut on the way, so the client sees its own id.
 //!
 //! Nothing here waits: a worker's reader must never stall on one slow client, so lines toward
 //! clients are pushed without waiting (the client's own reader pauses instead).
@@ -9,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use codex_bus_protocol::{
-    append_error_reply, append_with_token, key_bytes, parse, parse_bus_id, Envelope, ErrorKind,
-    Kind, Message,
+    append_error_reply, append_with_token, append_with_token_without, append_without, key_bytes,
+    parse, parse_bus_id, session_prefix, Envelope, ErrorKind, Kind, Message, Span,
 };
 
 use super::{fail_pending, Router};
@@ -41,7 +43,9 @@ impl WorkerSink for Router {
                 tracing::debug!(?slot, "readiness probe answered");
                 slot.probe_answered(generation);
             }
-            (Kind::Response, Some(id)) => self.deliver_reply(slot, generation, line, id, read_at),
+            (Kind::Response, Some(id)) => {
+                self.deliver_reply(slot, generation, line, &envelope, id, read_at)
+            }
             (Kind::Request, Some(id)) => {
                 self.forward_request(slot, generation, line, &envelope, id)
             }
@@ -62,14 +66,44 @@ impl WorkerSink for Router {
 }
 
 impl Router {
-    /// The client that last spoke on the line's session.
-    fn session_client(&self, line: &[u8], envelope: &Envelope) -> Option<Arc<Client>> {
-        let key = key_bytes(&line[envelope.session.clone()?])?;
-        let client = self.sessions.last_client(&key)?;
-        self.clients.get(&client).map(|c| c.clone())
+    /// Offers a worker-initiated line to the session's latest senders that are still connected,
+    /// latest first, until `take(client, cut)` accepts it (`cut`: the bytes of the tenant prefix
+    /// to remove, when sessions are namespaced). Returns the last refusal, `None` if no client
+    /// of the session is connected.
+    fn offer<E>(
+        &self,
+        line: &[u8],
+        envelope: &Envelope,
+        mut take: impl FnMut(&Client, Option<Span>) -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
+        let span = envelope.session.clone()?;
+        let key = key_bytes(&line[span.clone()])?;
+        let mut outcome = None;
+        for id in self.sessions.recent_clients(&key)? {
+            let Some(client) = self.clients.get(&id).map(|c| c.clone()) else {
+                continue;
+            };
+            let cut = if self.namespaced {
+                // The key holds the tenant, so this is the client's own; checked all the same.
+                match session_prefix(line, span.clone(), &client.tenant.prefix) {
+                    Some(cut) => Some(cut),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            let taken = take(&client, cut);
+            let done = taken.is_ok();
+            outcome = Some(taken);
+            if done {
+                break;
+            }
+        }
+        outcome
     }
 
-    /// A worker's request (e.g. an approval): to the session's client, with an id unique to it.
+    /// A worker's request (e.g. an approval): to the session's latest client that can still
+    /// answer it, with an id unique to that client.
     fn forward_request(
         &self,
         slot: &Arc<Slot>,
@@ -78,10 +112,10 @@ impl Router {
         envelope: &Envelope,
         id: Range<usize>,
     ) {
-        let kind = match self
-            .session_client(line, envelope)
-            .map(|client| client.forward_worker_request(line, id.clone(), slot.address, generation))
-        {
+        let offered = self.offer(line, envelope, |client, cut| {
+            client.forward_worker_request(line, id.clone(), cut, slot.address, generation)
+        });
+        let kind = match offered {
             Some(Ok(())) => return,
             Some(Err(NotForwarded::InputClosed)) => ErrorKind::ClientDisconnected,
             Some(Err(NotForwarded::Gone)) | None => ErrorKind::NoClient,
@@ -100,11 +134,19 @@ impl Router {
         }
     }
 
-    /// A worker's notification: to the session's client, unchanged.
+    /// A worker's notification: to the session's latest client still connected, unchanged but
+    /// for the tenant prefix.
     fn forward_notification(&self, slot: &Arc<Slot>, line: &[u8], envelope: &Envelope) {
-        let delivered = self
-            .session_client(line, envelope)
-            .is_some_and(|client| client.send_line(line));
+        let offered = self.offer(line, envelope, |client, cut| {
+            let queued = match cut {
+                None => client.send_line(line),
+                Some(cut) => client
+                    .out
+                    .push(|buf| append_without(buf, line, cut.clone())),
+            };
+            queued.then_some(()).ok_or(())
+        });
+        let delivered = matches!(offered, Some(Ok(())));
         if !delivered {
             tracing::debug!(?slot, "worker notification has no client; dropped");
             metrics::get().dropped(Discard::NoClient);
@@ -118,6 +160,7 @@ impl Router {
         slot: &Slot,
         generation: u64,
         line: &[u8],
+        envelope: &Envelope,
         id: Range<usize>,
         read_at: Instant,
     ) {
@@ -142,11 +185,16 @@ impl Router {
             .metrics
             .request_duration
             .record(read_at.saturating_duration_since(pending.since));
-        if !pending
-            .client
-            .out
-            .push(|buf| append_with_token(buf, line, id, &pending.id))
-        {
+        let cut = envelope
+            .session
+            .clone()
+            .filter(|_| self.namespaced)
+            .and_then(|span| session_prefix(line, span, &pending.client.tenant.prefix));
+        let queued = pending.client.out.push(|buf| match cut {
+            None => append_with_token(buf, line, id, &pending.id),
+            Some(cut) => append_with_token_without(buf, line, id, &pending.id, cut),
+        });
+        if !queued {
             tracing::debug!(client = pending.client.id, "reply dropped: client gone");
             metrics::get().dropped(Discard::ClientGone);
         }

@@ -77,6 +77,10 @@ pub(crate) fn limits(
                 &mut limits.max_sessions,
                 integer(p, value, 1, usize::MAX, problems),
             ),
+            "max_tenants" => set(
+                &mut limits.max_tenants,
+                integer(p, value, 1, usize::MAX, problems),
+            ),
             "tenant_max_sessions" => set(
                 &mut limits.tenant_max_sessions,
                 integer(p, value, 1, usize::MAX, problems),

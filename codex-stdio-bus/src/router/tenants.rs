@@ -1,0 +1,161 @@
+//! The tenants the router knows: each configured one for the daemon's life, any other while it
+//! holds a connection or a session, at most `limits.max_tenants` at once.
+//!
+//! Metric labels stay bounded the same way: a configured tenant's series carry its name, every
+//! other tenant's are summed under `other` (docs/metrics.md, "Tenants").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use codex_bus_config::{Config, TenantLimits};
+use dashmap::DashMap;
+
+use crate::core::principal::DEFAULT_TENANT;
+use crate::core::tenant::{Quota, Refused, Tenant};
+
+/// The label of the tenants that are not configured.
+pub(crate) const OTHER: &str = "other";
+
+/// What one metric label's tenants hold together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Holding {
+    /// Sessions in the sticky table.
+    pub sessions: usize,
+    /// Connections served.
+    pub connections: usize,
+    /// Requests in flight at workers.
+    pub in_flight: usize,
+}
+
+/// The tenant table.
+pub(crate) struct Tenants {
+    table: DashMap<Arc<str>, Arc<Tenant>>,
+    /// Per-tenant limits of the configured tenants.
+    configured: BTreeMap<String, TenantLimits>,
+    /// Tenants with their own metric label: the configured ones and the default tenant.
+    labelled: BTreeSet<String>,
+    /// The limits of a tenant that is not configured.
+    defaults: TenantLimits,
+    /// `limits.max_tenants`.
+    max: usize,
+}
+
+impl Tenants {
+    /// The table of `config`, holding its configured tenants.
+    pub(crate) fn new(config: &Config) -> Self {
+        let mut labelled: BTreeSet<String> = config.tenants.keys().cloned().collect();
+        labelled.insert(DEFAULT_TENANT.to_owned());
+        let tenants = Tenants {
+            table: DashMap::new(),
+            configured: config.tenants.clone(),
+            labelled,
+            defaults: config.limits.tenant_defaults(),
+            max: config.limits.max_tenants,
+        };
+        for name in config.tenants.keys() {
+            let tenant = tenants.make(name);
+            tenants.table.insert(tenant.name.clone(), tenant);
+        }
+        tenants
+    }
+
+    /// A new tenant `name` with its configured limits and label.
+    fn make(&self, name: &str) -> Arc<Tenant> {
+        let limits = self.configured.get(name).copied().unwrap_or(self.defaults);
+        let label = if self.labelled.contains(name) {
+            name
+        } else {
+            OTHER
+        };
+        Arc::new(Tenant::new(name, label, limits))
+    }
+
+    /// The tenant `name`, known from now on if it was not; refused when `limits.max_tenants`
+    /// tenants are known. The refusal carries a tenant for the refused connection to belong to,
+    /// known to no one else.
+    pub(crate) fn get(&self, name: &str) -> Result<Arc<Tenant>, (Arc<Tenant>, Refused)> {
+        if let Some(found) = self.table.get(name) {
+            return Ok(found.clone());
+        }
+        let tenant = self.make(name);
+        if self.table.len() >= self.max {
+            let refused = Refused::Quota {
+                quota: Quota::Tenants,
+                limit: self.max,
+            };
+            return Err((tenant, refused));
+        }
+        Ok(self
+            .table
+            .entry(tenant.name.clone())
+            .or_insert(tenant)
+            .clone())
+    }
+
+    /// Forgets the tenants that are not configured and hold nothing: no connection, session or
+    /// request refers to them (only the table does). Returns how many are left.
+    pub(crate) fn prune(&self) -> usize {
+        self.table.retain(|name, tenant| {
+            self.configured.contains_key(&**name) || Arc::strong_count(tenant) > 1
+        });
+        self.table.len()
+    }
+
+    /// What the tenants hold, summed by metric label; every labelled tenant appears, zeros too.
+    pub(crate) fn holding(&self) -> BTreeMap<Arc<str>, Holding> {
+        let mut by_label: BTreeMap<Arc<str>, Holding> = self
+            .labelled
+            .iter()
+            .map(|name| (Arc::from(name.as_str()), Holding::default()))
+            .collect();
+        by_label.entry(OTHER.into()).or_default();
+        for tenant in self.table.iter() {
+            let (sessions, connections, in_flight) = tenant.holding();
+            let sum = by_label.entry(tenant.label.clone()).or_default();
+            sum.sessions += sessions;
+            sum.connections += connections;
+            sum.in_flight += in_flight;
+        }
+        by_label
+    }
+
+    /// Tenants known now.
+    pub(crate) fn count(&self) -> usize {
+        self.table.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_json_str(text, "t").unwrap()
+    }
+
+    #[test]
+    fn configured_tenants_have_their_limits_and_labels_and_stay() {
+        let tenants = Tenants::new(&config(
+            r#"{"pools":[{"id":"p","command":"cat","instances":1}],
+                "limits":{"max_tenants":3,"tenant_max_sessions":5},
+                "tenants":{"acme":{"max_sessions":9}}}"#,
+        ));
+        let acme = tenants.get("acme").unwrap();
+        assert_eq!((acme.limits().max_sessions, &*acme.label), (9, "acme"));
+        let jwt = tenants.get("from-a-jwt").unwrap();
+        assert_eq!((jwt.limits().max_sessions, &*jwt.label), (5, OTHER));
+        let default = tenants.get(DEFAULT_TENANT).unwrap();
+        assert_eq!(&*default.label, DEFAULT_TENANT);
+        let (_, refused) = tenants.get("fourth").unwrap_err();
+        assert_eq!(refused.quota(), Some(Quota::Tenants));
+        jwt.reserve_connection().unwrap();
+        let holding = tenants.holding();
+        assert_eq!(holding[OTHER].connections, 1);
+        assert_eq!(holding["acme"], Holding::default());
+        drop((jwt, default));
+        assert_eq!(tenants.prune(), 1, "only the configured tenant stays");
+        assert!(tenants.get("fourth").is_ok());
+        drop(acme);
+        assert_eq!(tenants.count(), 2);
+    }
+}
