@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
+use crate::audit::Audit;
 use crate::core::sink::WorkerSink;
 use crate::error::{Error, Kind};
 use crate::io::{self, listen::Bound, listen::Endpoint};
@@ -65,6 +66,7 @@ pub struct Shutdown {
     drain: Pin<Box<dyn Future<Output = ()> + Send>>,
     now: Pin<Box<dyn Future<Output = ()> + Send>>,
     status: Arc<Notify>,
+    reopen: Arc<Notify>,
 }
 
 impl Shutdown {
@@ -77,6 +79,7 @@ impl Shutdown {
             drain: Box::pin(drain),
             now: Box::pin(now),
             status: Arc::new(Notify::new()),
+            reopen: Arc::new(Notify::new()),
         }
     }
 
@@ -85,6 +88,12 @@ impl Shutdown {
     /// figures of `GET /status`. A request made before the daemon runs is logged once it does.
     pub fn status_requests(&self) -> Arc<Notify> {
         self.status.clone()
+    }
+
+    /// Each `notify_one` on this asks the running daemon to reopen the files it appends to (the
+    /// audit trail, `audit.path`), after a log rotation moved them away.
+    pub fn reopen_requests(&self) -> Arc<Notify> {
+        self.reopen.clone()
     }
 }
 
@@ -125,7 +134,14 @@ pub async fn run(
         None => None,
     };
     let limits = config.limits;
-    let router = Arc::new(Router::new(&config));
+    let audit = Arc::new(match &config.audit.path {
+        Some(path) => Audit::open(path).map_err(|e| {
+            let context = format!("cannot open the audit trail {}", path.display());
+            Error::because(Kind::Config, context, e)
+        })?,
+        None => Audit::off(),
+    });
+    let router = Arc::new(Router::new(&config).audited(audit.clone()));
     if let Some((listener, handle)) = admin {
         tokio::spawn(recorder::upkeep(handle.clone()));
         tokio::spawn(admin::serve(listener, router.clone(), handle));
@@ -178,7 +194,19 @@ pub async fn run(
         drain: requested,
         mut now,
         status,
+        reopen,
     } = shutdown;
+    tokio::spawn(async move {
+        loop {
+            reopen.notified().await;
+            match audit.reopen() {
+                Ok(()) => tracing::info!(path = ?audit.path(), "files reopened"),
+                Err(error) => {
+                    tracing::warn!(path = ?audit.path(), %error, "cannot reopen the audit trail; still appending to the old file")
+                }
+            }
+        }
+    });
     tokio::spawn({
         let router = router.clone();
         async move {

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+mod audit;
 pub mod cli;
 mod core;
 pub mod daemon;

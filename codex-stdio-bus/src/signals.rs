@@ -1,6 +1,7 @@
 //! The daemon's signal table (docs/operations.md, "Signals"): SIGTERM and SIGINT ask for a drain
 //! and a second one for an immediate stop; SIGQUIT stops at once; SIGUSR1 asks for a status dump
-//! in the log; SIGHUP (reserved for reload) and SIGUSR2 are logged and ignored.
+//! in the log; SIGHUP reopens the files the daemon appends to (the audit trail), for log
+//! rotation; SIGUSR2 is logged and ignored.
 //!
 //! The daemon itself knows no signals: [`daemon::run`](crate::daemon::run) takes a [`Shutdown`],
 //! and this module makes one from the process's signals (tests and embedders make their own).
@@ -38,6 +39,7 @@ pub fn shutdown() -> Result<Shutdown, Error> {
         now.clone().cancelled_owned(),
     );
     let status = shutdown.status_requests();
+    let reopen = shutdown.reopen_requests();
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
@@ -51,7 +53,8 @@ pub fn shutdown() -> Result<Shutdown, Error> {
                     return;
                 }
                 _ = hup.recv() => {
-                    tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignored");
+                    tracing::info!(signal = "SIGHUP", "reopening files");
+                    reopen.notify_one();
                     continue;
                 }
                 _ = usr1.recv() => {

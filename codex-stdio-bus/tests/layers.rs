@@ -18,10 +18,10 @@ fn src() -> PathBuf {
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
         // Leaves: nothing of the daemon.
-        "metrics" | "error" | "cli" => &[],
+        "metrics" | "error" | "cli" | "audit" => &[],
         "core" => &[],
-        "router" => &["core", "metrics", "error"],
-        "io" => &["core", "router", "metrics", "error"],
+        "router" => &["core", "metrics", "audit", "error"],
+        "io" => &["core", "router", "metrics", "audit", "error"],
         "supervisor" => &["core", "router", "io", "metrics", "error"],
         "admin" => &["core", "router", "io", "metrics", "error"],
         "daemon" => &[
@@ -31,6 +31,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "supervisor",
             "admin",
             "metrics",
+            "audit",
             "error",
         ],
         "signals" => &["daemon", "error"],

@@ -33,8 +33,8 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use model::{
-    Config, IdReferenceConfig, Limits, MetricsConfig, PoolConfig, ReadyProbe, RestartPolicy,
-    RoutingConfig, Supervision, TenantLimits, TransportConfig, TransportMode,
+    AuditConfig, Config, IdReferenceConfig, Limits, MetricsConfig, PoolConfig, ReadyProbe,
+    RestartPolicy, RoutingConfig, Supervision, TenantLimits, TransportConfig, TransportMode,
 };
 pub use validate::tenants::{is_tenant_name, MAX_TENANT_NAME};
 
@@ -79,6 +79,7 @@ impl Config {
             routing: RoutingConfig::default(),
             metrics: MetricsConfig::default(),
             tenants: Default::default(),
+            audit: AuditConfig::default(),
         }
     }
 

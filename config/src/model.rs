@@ -21,6 +21,19 @@ pub struct Config {
     /// Per-tenant limits that differ from the `limits.tenant_*` defaults, by tenant name (our
     /// extension). These tenants also get their own metric series.
     pub tenants: BTreeMap<String, TenantLimits>,
+    /// The audit trail (our extension).
+    pub audit: AuditConfig,
+}
+
+/// Where security events are recorded (our extension).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AuditConfig {
+    /// The file JSON lines are appended to, one per event; off when absent. Reopened on SIGHUP.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_path_lossy"
+    )]
+    pub path: Option<PathBuf>,
 }
 
 /// One pool of identical worker processes.

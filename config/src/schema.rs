@@ -8,7 +8,11 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "routing",
     "metrics",
     "tenants",
+    "audit",
 ];
+
+/// Keys of `audit` (our extension).
+pub(crate) const AUDIT_KEYS: &[&str] = &["path"];
 
 /// Keys of one `pools[]` object; all but the first four are our extensions.
 pub(crate) const POOL_KEYS: &[&str] = &[
@@ -114,6 +118,7 @@ mod tests {
             ID_REFERENCE_KEYS,
             METRICS_KEYS,
             TENANT_KEYS,
+            AUDIT_KEYS,
         ];
         let missing: Vec<&str> = levels
             .iter()

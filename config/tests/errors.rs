@@ -341,7 +341,7 @@ fn several_problems_are_reported_at_once() {
     assert_problems(
         text,
         &[
-            "extra: unknown key (known keys: pools, limits, transport, routing, metrics, tenants)",
+            "extra: unknown key (known keys: pools, limits, transport, routing, metrics, tenants, audit)",
             r#"pools[0].command: must be a non-empty string, got """#,
             "pools[0].instances: must be an integer ≥ 1, got 0",
             "pools[1].agrs: unknown key (did you mean 'args'?)",

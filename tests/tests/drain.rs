@@ -77,12 +77,12 @@ fn a_second_signal_stops_at_once() {
 }
 
 #[test]
-fn sighup_is_logged_as_not_supported_and_changes_nothing() {
+fn sighup_reopens_files_and_changes_nothing_else() {
     let mut bus = Bus::start(&BusConfig::mock(1), Mode::Tcp);
     let workers = bus.wait_workers(1);
     let mut conn = bus.connect();
     bus.signal(Signal::SIGHUP);
-    bus.wait_log("reload is not supported yet");
+    bus.wait_log("files reopened");
     conn.request(json!(1), "ping", Value::Null, Some("s"));
     assert!(conn.recv().get("result").is_some(), "still serving");
     assert_eq!(bus.worker_pids(), workers, "no worker was touched");

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use codex_bus_config::TenantLimits;
+
+use super::log_limit::LogLimit;
 use codex_bus_protocol::{ErrorKind, TENANT_SEPARATOR};
 use governor::{Quota as RateQuota, RateLimiter};
 
@@ -95,6 +97,8 @@ pub(crate) struct Tenant {
     connections: AtomicUsize,
     in_flight: AtomicUsize,
     bucket: Option<Bucket>,
+    /// Keeps the tenant's refusals from flooding the audit trail: one line a second.
+    pub audit_limit: LogLimit,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -121,6 +125,7 @@ impl Tenant {
             connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             bucket,
+            audit_limit: LogLimit::default(),
         }
     }
 

@@ -416,6 +416,10 @@ pub fn describe() {
         "Sessions removed from the sticky table after limits.session_idle_sec without a client message."
     );
     describe_gauge!("codex_bus_tenants", "Tenants known to the bus.");
+    describe_counter!(
+        "codex_bus_audit_write_errors_total",
+        "Audit trail lines that could not be written."
+    );
     describe_gauge!(
         "codex_bus_tenant_sessions",
         "Sessions of a tenant in the sticky table (unconfigured tenants summed as other)."

@@ -11,7 +11,8 @@ use codex_bus_protocol::{
 };
 
 use super::placement::slot_for;
-use super::{send_error, send_refusal, Router};
+use super::{send_error, Router};
+use crate::audit::Event;
 use crate::core::client::Client;
 use crate::core::slot::Slot;
 use crate::core::tenant::Refused;
@@ -46,12 +47,12 @@ impl Refusal {
     }
 
     /// Answers request `id` of `client` with this refusal.
-    fn send(&self, client: &Client, id: &[u8]) {
+    fn send(&self, router: &Router, client: &Client, id: &[u8]) {
         match self {
             Refusal::Route { kind, detail } => {
                 send_error(client, Some(id), *kind, detail.as_deref())
             }
-            Refusal::Tenant(refused) => send_refusal(client, Some(id), *refused),
+            Refusal::Tenant(refused) => router.refuse(client, Some(id), *refused),
         }
     }
 }
@@ -125,6 +126,10 @@ impl Router {
             None
         };
         if envelope.has_tenant {
+            self.audit.record(&Event::TenantClaimRefused {
+                tenant: &client.tenant.name,
+                subject: &client.principal.subject,
+            });
             return refuse("the top-level \"tenant\" member is set by the bus, from the connection's principal");
         }
         let mut namespaced = Vec::new();
@@ -177,13 +182,13 @@ impl Router {
         received: Instant,
     ) {
         if let Err(refused) = client.tenant.reserve_request() {
-            return send_refusal(client, Some(&line[id]), refused);
+            return self.refuse(client, Some(&line[id]), refused);
         }
         let slot = match self.target(client, line, envelope, received) {
             Ok(slot) => slot,
             Err(refusal) => {
                 client.tenant.request_finished();
-                return refusal.send(client, &line[id]);
+                return refusal.send(self, client, &line[id]);
             }
         };
         // Backpressure: while the worker's queue is full this client is not read any further.
@@ -281,6 +286,15 @@ impl Router {
             return;
         };
         let slot = self.slot(asked.slot);
+        if self.audit.enabled() {
+            self.audit.record(&Event::WorkerRequestAnswered {
+                tenant: &client.tenant.name,
+                subject: &client.principal.subject,
+                pool: &self.pools[asked.slot.pool as usize].id,
+                slot: asked.slot.slot,
+                request_id: String::from_utf8_lossy(&asked.id),
+            });
+        }
         slot.queue.wait_for_space().await;
         let queued = slot.enqueue_line(Some(asked.generation), |buf| {
             append_with_token(buf, line, id, &asked.id)
@@ -339,6 +353,15 @@ impl Router {
                     let slot = slot_for(&key, slots.len() as u32);
                     slots[slot as usize].count_session();
                     metrics::get().session_assigned();
+                    if self.audit.enabled() {
+                        self.audit.record(&Event::SessionCreated {
+                            tenant: &client.tenant.name,
+                            subject: &client.principal.subject,
+                            session: String::from_utf8_lossy(&key[prefix..]),
+                            pool: &self.pools[pool].id,
+                            slot,
+                        });
+                    }
                     Ok::<_, Refusal>((pool, slot, client.tenant.clone()))
                 },
                 || self.table_full(),
@@ -428,9 +451,9 @@ mod tests {
     use codex_bus_config::Config;
 
     use super::slot_for;
-    use crate::core::sink::WorkerSink;
     use crate::core::client::{Client, Transport};
     use crate::core::principal::Principal;
+    use crate::core::sink::WorkerSink;
     use crate::router::Router;
 
     #[tokio::test]
@@ -684,7 +707,11 @@ mod tests {
         router.worker_line(slot, 0, br#"{"id":1,"result":1}"#, Instant::now());
         assert_eq!(router.in_flight(), 1, "a reply frees a place");
         send(&router, &a, r#"{"id":5,"method":"m","sessionId":"t"}"#).await;
-        assert_eq!(router.in_flight(), 1, "a new session over the quota is refused");
+        assert_eq!(
+            router.in_flight(),
+            1,
+            "a new session over the quota is refused"
+        );
         let text = received(&a);
         assert!(
             text.contains(r#""id":1,"result""#) && text.contains(r#""quota":"sessions""#),

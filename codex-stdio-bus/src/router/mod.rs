@@ -29,6 +29,7 @@ use codex_bus_config::Config;
 use codex_bus_protocol::{ErrorHint, ErrorKind, IdReference, IdReferences, SessionPath};
 use dashmap::DashMap;
 
+use crate::audit::{Audit, Event};
 use crate::core::address::SlotAddress;
 use crate::core::client::{Client, Transport, WorkerRequest};
 use crate::core::principal::Principal;
@@ -58,6 +59,8 @@ pub(crate) struct Router {
     /// `limits.session_idle_sec`, as the whole seconds the session table counts in.
     session_idle: u32,
     draining: AtomicBool,
+    /// The audit trail (off unless [`Router::audited`]).
+    audit: Arc<Audit>,
     /// Also the origin of the session table's clock: [`Router::second`].
     started: Instant,
 }
@@ -107,8 +110,15 @@ impl Router {
             max_session_id: config.limits.max_session_id_bytes,
             session_idle: u32::try_from(config.limits.session_idle_sec).unwrap_or(u32::MAX),
             draining: AtomicBool::new(false),
+            audit: Arc::new(Audit::off()),
             started: Instant::now(),
         }
+    }
+
+    /// This router, recording security events to `audit`.
+    pub(crate) fn audited(mut self, audit: Arc<Audit>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// The pools, in config order.
@@ -143,10 +153,24 @@ impl Router {
     /// ([`Router::session_sweep_period`]), never per message.
     pub(crate) fn expire_sessions(&self) {
         let now = self.second(Instant::now());
-        let expired = self.sessions.expire(now, self.session_idle, |placement| {
-            self.pools[placement.pool].slots[placement.slot as usize].forget_session();
-            placement.owner.session_gone();
-        });
+        let expired = self
+            .sessions
+            .expire(now, self.session_idle, |key, placement| {
+                self.pools[placement.pool].slots[placement.slot as usize].forget_session();
+                let tenant = &placement.owner;
+                tenant.session_gone();
+                if self.audit.enabled() {
+                    let own = if self.namespaced {
+                        &key[tenant.prefix.len().min(key.len())..]
+                    } else {
+                        key
+                    };
+                    self.audit.record(&Event::SessionExpired {
+                        tenant: &tenant.name,
+                        session: String::from_utf8_lossy(own),
+                    });
+                }
+            });
         self.tenants.prune();
         if expired > 0 {
             metrics::get().sessions_expired(expired);
@@ -205,7 +229,7 @@ impl Router {
             }
             Some(refused) => {
                 tracing::info!(?client, quota = ?refused.quota(), "connection over its tenant's quota; refused");
-                send_refusal(&client, None, refused);
+                self.refuse(&client, None, refused);
                 client.out.close();
             }
         }
@@ -300,10 +324,30 @@ fn send_hinted(
     }
 }
 
-/// Refuses a request (or, with no `id`, a connection) of `client` for its tenant's `refused`
-/// quota or rate: a retryable reply whose `data` names the quota and when to retry, counted
-/// under the tenant's metric label.
-pub(crate) fn send_refusal(client: &Client, id: Option<&[u8]>, refused: Refused) {
+impl Router {
+    /// Refuses a request (or, with no `id`, a connection) of `client` for its tenant's `refused`
+    /// quota or rate: a retryable reply whose `data` names the quota and when to retry, counted
+    /// under the tenant's metric label and written to the audit trail (at most once a second per
+    /// tenant).
+    pub(crate) fn refuse(&self, client: &Client, id: Option<&[u8]>, refused: Refused) {
+        let tenant = &client.tenant;
+        if self.audit.enabled() {
+            if let Some(suppressed) = tenant.audit_limit.admit(Instant::now()) {
+                self.audit.record(&Event::QuotaRefused {
+                    tenant: &tenant.name,
+                    subject: &client.principal.subject,
+                    reason: refused.kind().reason(),
+                    quota: refused.quota().map(|q| q.as_str()),
+                    suppressed,
+                });
+            }
+        }
+        send_refusal(client, id, refused);
+    }
+}
+
+/// The reply half of [`Router::refuse`].
+fn send_refusal(client: &Client, id: Option<&[u8]>, refused: Refused) {
     let tenant = &client.tenant;
     let limits = tenant.limits();
     let detail = match refused {

@@ -136,16 +136,16 @@ impl<T> Sessions<T> {
     }
 
     /// Removes every session last seen more than `idle` seconds before second `now`, calling
-    /// `gone(placement)` for each; returns how many left. Strictly more, because seconds are
+    /// `gone(key, placement)` for each; returns how many left. Strictly more, because seconds are
     /// whole: a session seen at 10.9 s has `last_seen` 10, and must not leave at 11.0 s with
     /// `idle` 1. Locks one shard of the table at a time, as a write does.
-    pub fn expire(&self, now: u32, idle: u32, mut gone: impl FnMut(&Placement<T>)) -> usize {
+    pub fn expire(&self, now: u32, idle: u32, mut gone: impl FnMut(&[u8], &Placement<T>)) -> usize {
         let mut removed = 0;
-        self.table.retain(|_, placement| {
+        self.table.retain(|key, placement| {
             let seen = placement.last_seen.load(Ordering::Relaxed);
             let keep = now.saturating_sub(seen) <= idle;
             if !keep {
-                gone(placement);
+                gone(key, placement);
                 removed += 1;
             }
             keep
@@ -295,18 +295,21 @@ mod tests {
             .unwrap();
         let mut gone = Vec::new();
         assert_eq!(
-            sessions.expire(11, 1, |p| gone.push((p.pool, p.slot))),
+            sessions.expire(11, 1, |_, p| gone.push((p.pool, p.slot))),
             0,
             "1 s is not more than 1 s"
         );
-        assert_eq!(sessions.expire(12, 1, |p| gone.push((p.pool, p.slot))), 1);
+        assert_eq!(
+            sessions.expire(12, 1, |_, p| gone.push((p.pool, p.slot))),
+            1
+        );
         assert_eq!(gone, [(0, 5)]);
         assert_eq!(sessions.count(), 1);
         assert_eq!(sessions.recent_clients(b"old"), None);
         // The room it left takes a new session; the old one returns by hashing again.
         sessions.locate(b"third", 1, 12, place, full).unwrap();
         assert_eq!(sessions.locate(b"old", 1, 12, place, full), Err("full"));
-        assert_eq!(sessions.expire(20, 1, |_| ()), 2);
+        assert_eq!(sessions.expire(20, 1, |_, _| ()), 2);
         assert_eq!(sessions.count(), 0);
         assert_eq!(sessions.locate(b"old", 1, 20, place, full), Ok((0, 5)));
     }

@@ -16,6 +16,7 @@ use codex_bus_protocol::{
 };
 
 use super::{fail_pending, Router};
+use crate::audit::Event;
 use crate::core::client::{Client, NotForwarded};
 use crate::core::sink::WorkerSink;
 use crate::core::slot::{Pending, Slot, PROBE_ID};
@@ -113,7 +114,17 @@ impl Router {
         id: Range<usize>,
     ) {
         let offered = self.offer(line, envelope, |client, cut| {
-            client.forward_worker_request(line, id.clone(), cut, slot.address, generation)
+            client.forward_worker_request(
+                line,
+                id.clone(),
+                cut.clone(),
+                slot.address,
+                generation,
+            )?;
+            if self.audit.enabled() {
+                self.audit_forwarded(client, slot, line, envelope, id.clone(), cut);
+            }
+            Ok(())
         });
         let kind = match offered {
             Some(Ok(())) => return,
@@ -132,6 +143,34 @@ impl Router {
             Ok(()) => metrics::get().error_reply(kind),
             Err(_) => tracing::debug!(?slot, "worker gone before its refusal"),
         }
+    }
+
+    /// Records that the worker request `line` (id at `id`) went to `client`.
+    fn audit_forwarded(
+        &self,
+        client: &Client,
+        slot: &Slot,
+        line: &[u8],
+        envelope: &Envelope,
+        id: Range<usize>,
+        cut: Option<Span>,
+    ) {
+        let text = |span: Option<Span>| {
+            span.and_then(|s| key_bytes(&line[s]))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let session = text(envelope.session.clone());
+        let skip = cut.map_or(0, |c| c.len()).min(session.len());
+        self.audit.record(&Event::WorkerRequestForwarded {
+            tenant: &client.tenant.name,
+            subject: &client.principal.subject,
+            session: session[skip..].into(),
+            method: text(envelope.method.clone()).into(),
+            pool: &self.pools[slot.address.pool as usize].id,
+            slot: slot.address.slot,
+            request_id: String::from_utf8_lossy(&line[id]),
+        });
     }
 
     /// A worker's notification: to the session's latest client still connected, unchanged but

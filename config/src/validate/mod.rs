@@ -1,5 +1,6 @@
 //! Turns a parsed document into a [`Config`], collecting every problem rather than stopping at the first.
 
+mod audit;
 mod limits;
 mod metrics;
 mod pools;
@@ -47,7 +48,16 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         let path = root.key("tenants");
         tenants::tenants(&path, document.get("tenants"), limits, &mut problems)
     });
-    match (pools.pools, limits, transport, routing, metrics, tenants) {
+    let audit = audit::audit(&root.key("audit"), document.get("audit"), &mut problems);
+    match (
+        pools.pools,
+        limits,
+        transport,
+        routing,
+        metrics,
+        tenants,
+        audit,
+    ) {
         (
             Some(pools),
             Some(limits),
@@ -55,6 +65,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             Some(routing),
             Some(metrics),
             Some(tenants),
+            Some(audit),
         ) if problems.count() == 0 => Ok(Config {
             pools,
             limits,
@@ -62,6 +73,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             routing,
             metrics,
             tenants,
+            audit,
         }),
         _ => Err(problems.into_vec()),
     }

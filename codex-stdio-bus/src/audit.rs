@@ -1,0 +1,310 @@
+//! The audit trail (config `audit.path`): one JSON line per security event, appended to a file
+//! that security reviews and SIEM pipelines read. The events and their fields are documented in
+//! docs/operations.md ("Audit trail"); this module is the one place that writes them.
+//!
+//! A line is written with one `write(2)` on a file opened with `O_APPEND`, so lines never
+//! interleave, and a rotated file is let go on SIGHUP ([`Audit::reopen`]). Secrets never reach
+//! it: an event carries who (tenant, subject), what and where, never a credential. A line that
+//! cannot be written is counted (`codex_bus_audit_write_errors_total`) and warned about once a
+//! second; the daemon keeps serving.
+//!
+//! A leaf: imports nothing of the daemon.
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// At most one warning about failed audit writes per this long.
+const WARN_PERIOD: Duration = Duration::from_secs(1);
+
+/// One security event. Serialized as `{"ts": <RFC 3339 UTC>, "event": <snake_case name>, …fields}`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event<'a> {
+    /// A connection authenticated: its principal is fixed from now on.
+    Authenticated {
+        /// `tcp`, `unix` or `stdio`.
+        transport: &'a str,
+        /// The peer's address, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peer: Option<&'a str>,
+        /// How: `token`, `jwt`, `peer_credentials` or `local`.
+        method: &'a str,
+        /// The principal's tenant.
+        tenant: &'a str,
+        /// The principal's subject.
+        subject: &'a str,
+    },
+    /// A credential was refused (never logged itself).
+    AuthenticationRefused {
+        /// `tcp`, `unix` or `stdio`.
+        transport: &'a str,
+        /// The peer's address, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peer: Option<&'a str>,
+        /// Why, e.g. `unknown token`, `expired`, `bad signature`, `no bus/authenticate`.
+        reason: &'a str,
+    },
+    /// A session entered the session table (first message naming it).
+    SessionCreated {
+        /// The tenant that owns it.
+        tenant: &'a str,
+        /// The principal whose message created it.
+        subject: &'a str,
+        /// The session id as the client sent it (lossy UTF-8).
+        session: Cow<'a, str>,
+        /// The pool and slot it was placed on.
+        pool: &'a str,
+        /// The slot number.
+        slot: u32,
+    },
+    /// A session left the table after `limits.session_idle_sec` without a client message.
+    SessionExpired {
+        /// The tenant that owned it.
+        tenant: &'a str,
+        /// The session id as its clients sent it (lossy UTF-8).
+        session: Cow<'a, str>,
+    },
+    /// A message tried to name a tenant itself (a top-level `tenant` member) and was refused.
+    TenantClaimRefused {
+        /// The sender's tenant.
+        tenant: &'a str,
+        /// The sender's subject.
+        subject: &'a str,
+    },
+    /// A worker's request (e.g. an approval) was forwarded to a client.
+    WorkerRequestForwarded {
+        /// The session's tenant.
+        tenant: &'a str,
+        /// The principal of the connection it was sent to.
+        subject: &'a str,
+        /// The session id as the client knows it (lossy UTF-8).
+        session: Cow<'a, str>,
+        /// The request's method (lossy UTF-8, as the worker sent it).
+        method: Cow<'a, str>,
+        /// The pool of the worker that asked.
+        pool: &'a str,
+        /// Its slot number.
+        slot: u32,
+        /// The worker's id of the request (its raw JSON token).
+        request_id: Cow<'a, str>,
+    },
+    /// A client answered a worker's request; the answer went to the worker that asked.
+    WorkerRequestAnswered {
+        /// The answering principal's tenant.
+        tenant: &'a str,
+        /// The answering principal's subject.
+        subject: &'a str,
+        /// The pool of the worker that asked.
+        pool: &'a str,
+        /// Its slot number.
+        slot: u32,
+        /// The worker's id of the request (its raw JSON token).
+        request_id: Cow<'a, str>,
+    },
+    /// A request or connection was refused for the tenant's rate or a quota. At most one line per
+    /// tenant per second; `suppressed` counts the refusals since the previous line.
+    QuotaRefused {
+        /// The tenant.
+        tenant: &'a str,
+        /// The principal refused.
+        subject: &'a str,
+        /// `rate_limited` or `quota_exceeded`.
+        reason: &'a str,
+        /// The quota reached (`sessions`, `connections`, `in_flight`, `tenants`), if one was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        quota: Option<&'a str>,
+        /// Refusals of this tenant not written since the previous line.
+        suppressed: u64,
+    },
+}
+
+/// One line: the time, then the event's own members.
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    #[serde(flatten)]
+    event: &'a Event<'a>,
+}
+
+/// The audit trail: off, or a file that lines are appended to.
+#[derive(Debug, Default)]
+pub struct Audit {
+    sink: Option<Sink>,
+}
+
+#[derive(Debug)]
+struct Sink {
+    path: PathBuf,
+    file: Mutex<File>,
+    /// When a failed write was last warned about, and how many failed since.
+    failures: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Audit {
+    /// An audit trail that records nothing (no `audit.path`).
+    pub fn off() -> Self {
+        Audit::default()
+    }
+
+    /// Opens (creating with mode 0600) the file at `path` for appending.
+    ///
+    /// # Errors
+    ///
+    /// The `open(2)` error, e.g. a missing directory or no permission.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(Audit {
+            sink: Some(Sink {
+                path: path.to_owned(),
+                file: Mutex::new(open(path)?),
+                failures: Mutex::new((None, 0)),
+            }),
+        })
+    }
+
+    /// Whether events are recorded: callers skip building an event when they are not.
+    pub fn enabled(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Closes the file and opens the same path again (after a rotation moved it away). On failure
+    /// the old file stays in use.
+    ///
+    /// # Errors
+    ///
+    /// The `open(2)` error.
+    pub fn reopen(&self) -> io::Result<()> {
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        let file = open(&sink.path)?;
+        *sink.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
+        Ok(())
+    }
+
+    /// Appends `event` as one line, stamped with the current time. Returns whether it was written.
+    pub fn record(&self, event: &Event<'_>) -> bool {
+        let Some(sink) = &self.sink else {
+            return false;
+        };
+        let ts = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        let mut line = match serde_json::to_vec(&Line { ts, event }) {
+            Ok(line) => line,
+            Err(error) => return sink.failed(&io::Error::other(error)),
+        };
+        line.push(b'\n');
+        let written = sink
+            .file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&line);
+        match written {
+            Ok(()) => true,
+            Err(error) => sink.failed(&error),
+        }
+    }
+
+    /// The file's path, if the trail is on.
+    pub fn path(&self) -> Option<&Path> {
+        self.sink.as_ref().map(|s| s.path.as_path())
+    }
+}
+
+impl Sink {
+    /// Counts a line not written and warns, at most once per [`WARN_PERIOD`]. Returns false.
+    fn failed(&self, error: &io::Error) -> bool {
+        metrics::counter!("codex_bus_audit_write_errors_total").increment(1);
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.1 += 1;
+        let now = Instant::now();
+        if failures
+            .0
+            .is_none_or(|last| now.saturating_duration_since(last) >= WARN_PERIOD)
+        {
+            tracing::warn!(path = %self.path.display(), %error, failed = failures.1, "audit line not written");
+            *failures = (Some(now), 0);
+        }
+        false
+    }
+}
+
+/// Opens `path` for appending, creating it readable by the daemon's user only.
+fn open(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn events_are_json_lines_and_a_rotated_file_is_let_go_on_reopen() {
+        let dir = std::env::temp_dir().join(format!("audit-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let audit = Audit::open(&path).unwrap();
+        assert!(audit.record(&Event::SessionCreated {
+            tenant: "a",
+            subject: "ci",
+            session: "s\"1".into(),
+            pool: "p",
+            slot: 3,
+        }));
+        let got = lines(&path);
+        assert_eq!(got[0]["event"], "session_created");
+        assert_eq!(got[0]["session"], "s\"1");
+        assert_eq!(got[0]["slot"], 3);
+        let ts = got[0]["ts"].as_str().unwrap();
+        assert!(ts.ends_with('Z') && ts.contains('T'), "{ts}");
+        let rotated = dir.join("audit.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        audit.record(&Event::TenantClaimRefused {
+            tenant: "b",
+            subject: "x",
+        });
+        audit.reopen().unwrap();
+        audit.record(&Event::AuthenticationRefused {
+            transport: "tcp",
+            peer: None,
+            reason: "expired",
+        });
+        assert_eq!(lines(&rotated).len(), 2, "written to the file it had open");
+        let fresh = lines(&path);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0]["event"], "authentication_refused");
+        assert!(fresh[0].get("peer").is_none());
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!Audit::off().record(&Event::TenantClaimRefused {
+            tenant: "b",
+            subject: "x"
+        }));
+    }
+}
