@@ -249,9 +249,21 @@ impl BusMetrics {
     /// under the tenant's metric `label` (bounded: see `router::tenants`). Looked up per refusal,
     /// which the happy path never pays.
     pub fn tenant_refused(&self, label: &str, kind: ErrorKind) {
-        counter!("codex_bus_tenant_refusals_total", "tenant" => label.to_owned(), "reason" => kind.reason())
-            .increment(1);
+        tenant_refusals(label, kind).increment(1);
     }
+
+    /// Creates the refusal series of a tenant metric `label` at zero, so alerts see the first
+    /// refusal (called for every configured label at startup).
+    pub fn tenant_label(&self, label: &str) {
+        for kind in [ErrorKind::RateLimited, ErrorKind::QuotaExceeded] {
+            tenant_refusals(label, kind).increment(0);
+        }
+    }
+}
+
+/// The refusal counter of a tenant label and reason.
+fn tenant_refusals(label: &str, kind: ErrorKind) -> Counter {
+    counter!("codex_bus_tenant_refusals_total", "tenant" => label.to_owned(), "reason" => kind.reason())
 }
 
 /// Per-listener handles: clients connected over one transport.
@@ -348,6 +360,8 @@ impl SlotMetrics {
 pub fn describe() {
     describe_gauge!("codex_bus_build_info", "Build information; always 1.");
     gauge!("codex_bus_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Written by the audit trail (a leaf that names it itself); created here at zero.
+    counter!("codex_bus_audit_write_errors_total").increment(0);
     describe_gauge!("codex_bus_workers", "Worker slots by state.");
     describe_counter!(
         "codex_bus_worker_restarts_total",

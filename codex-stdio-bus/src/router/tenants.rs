@@ -12,6 +12,7 @@ use dashmap::DashMap;
 
 use crate::core::principal::DEFAULT_TENANT;
 use crate::core::tenant::{Quota, Refused, Tenant};
+use crate::metrics;
 
 /// The label of the tenants that are not configured.
 pub(crate) const OTHER: &str = "other";
@@ -55,6 +56,9 @@ impl Tenants {
         for name in config.tenants.keys() {
             let tenant = tenants.make(name);
             tenants.table.insert(tenant.name.clone(), tenant);
+        }
+        for label in tenants.labelled.iter().map(String::as_str).chain([OTHER]) {
+            metrics::get().tenant_label(label);
         }
         tenants
     }
