@@ -228,9 +228,11 @@ impl Bridge {
                 }
                 Standing::Unknown => {}
                 Standing::Owner => {
-                    // A resume, or new work, moves the thread's events to the session sending
-                    // it: another session of the tenant picks the thread up.
-                    let attach = matches!(class, Class::Resume(_)) || starts_work(&call.name);
+                    // A resume, or new work on it, moves the thread's events to the session
+                    // sending it: another session of the tenant picks the thread up. (A fork
+                    // leaves its source where it is.)
+                    let attach = matches!(class, Class::Resume(_))
+                        || (matches!(class, Class::Thread(_)) && starts_work(&call.name));
                     self.threads
                         .used_by(thread, &queued.session, attach, self.now);
                     let residency = self.threads.get(thread).map(|entry| entry.residency);

@@ -921,3 +921,44 @@ fn the_thread_bound_forgets_and_unsubscribes_the_least_recently_used() {
     );
     assert_eq!(h.child_lines()[0]["method"], "turn/start");
 }
+
+#[test]
+fn reading_or_forking_a_tenants_thread_leaves_its_events_where_they_are() {
+    let mut h = Harness::ready();
+    h.tenant_session("a", "s1");
+    h.tenant_session("a", "s2");
+    h.tenant_request("a", "s1", json!("start"), "thread/start", json!({}));
+    let sent = h.child_lines();
+    h.child_line(
+        json!({"id": sent[0]["id"], "result": {"thread": {"id": "t-a", "ephemeral": false}}}),
+    );
+    h.bus_lines();
+    h.tenant_request(
+        "a",
+        "s2",
+        json!(1),
+        "thread/read",
+        json!({"threadId": "t-a"}),
+    );
+    h.tenant_request(
+        "a",
+        "s2",
+        json!(2),
+        "thread/fork",
+        json!({"threadId": "t-a"}),
+    );
+    let sent = h.child_lines();
+    assert_eq!(sent.len(), 2);
+    h.child_line(json!({"method": "thread/name/updated", "params": {"threadId": "t-a"}}));
+    assert_eq!(h.bus_lines()[0]["sessionId"], "a:s1");
+    // New work moves them.
+    h.tenant_request(
+        "a",
+        "s2",
+        json!(3),
+        "turn/start",
+        json!({"threadId": "t-a", "input": []}),
+    );
+    h.child_line(json!({"method": "thread/name/updated", "params": {"threadId": "t-a"}}));
+    assert_eq!(h.bus_lines()[0]["sessionId"], "a:s2");
+}
