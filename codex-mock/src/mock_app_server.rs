@@ -16,7 +16,7 @@ use serde::Deserialize;
 use codex_bus_worker_io::input;
 use codex_bus_worker_io::lines::Lines;
 use codex_bus_worker_io::log;
-use codex_bus_worker_io::message::{self, Call, Message};
+use codex_bus_worker_io::message::{self, Call, Message, DEFAULT_TENANT};
 use codex_bus_worker_io::timer::sleep_until;
 
 use crate::event_loop::flush;
@@ -107,7 +107,11 @@ impl FakeChild {
                 let id = response.id.get().parse::<u64>().ok();
                 let result = (!response.is_error).then_some(response.outcome);
                 let mut emits = Vec::new();
-                let known = id.is_some_and(|id| self.engine.answer(id, result, now, &mut emits));
+                // Codex knows no tenants: codex-worker scopes threads before anything reaches it.
+                let known = id.is_some_and(|id| {
+                    self.engine
+                        .answer(id, result, DEFAULT_TENANT, now, &mut emits)
+                });
                 if !known {
                     log::line(format_args!(
                         "mock-app-server: answer to unknown request {}",
@@ -151,10 +155,14 @@ impl FakeChild {
             return ControlFlow::Continue(());
         }
         let mut emits = Vec::new();
-        if self
-            .engine
-            .call(&call.name, call.params, &self.tag, now, &mut emits)
-        {
+        if self.engine.call(
+            &call.name,
+            call.params,
+            &self.tag,
+            DEFAULT_TENANT,
+            now,
+            &mut emits,
+        ) {
             return render(&emits, Some(id), out);
         }
         let message = format!("Invalid request: unknown variant `{}`", call.name);

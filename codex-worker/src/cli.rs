@@ -56,9 +56,18 @@ pub struct Cli {
     #[arg(long)]
     pub experimental_api: bool,
     /// Give each session a child of its own (spawned on its first request, CODEX_HOME under
-    /// `<slot>/sessions/<hash>`) instead of one child shared by every session.
+    /// `<slot>/sessions/<hash>`) instead of one child shared by every session; a session of a
+    /// tenant the bus names shares its tenant's child (`<slot>/tenants/<hash>`).
     #[arg(long)]
     pub child_per_session: bool,
+    /// Most threads whose owner the worker remembers, per child; beyond it the least recently
+    /// used ones without a turn or waiting request are forgotten.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_threads: u64,
+    /// Seconds a thread without a turn or waiting request stays owned after its last use
+    /// (0: until the --max-threads bound forgets it).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub thread_ttl_sec: u64,
     /// With --child-per-session: most children alive at once; the least recently used idle one
     /// makes room for a new session, and when all are busy the new session is refused.
     #[arg(long, default_value_t = 8, requires = "child_per_session",
@@ -89,6 +98,8 @@ mod tests {
         assert_eq!(cli.codex_cmd, "fake child");
         assert_eq!(cli.allow_methods, ["config/*", "fs/readFile"]);
         assert_eq!(cli.request_timeout_sec, 30);
+        assert_eq!((cli.max_threads, cli.thread_ttl_sec), (10_000, 604_800));
+        assert!(Cli::try_parse_from(["codex-worker", "--max-threads", "0"]).is_err());
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Call<'a> {
     pub params: Option<&'a RawValue>,
     /// `sessionId`, when the input had one.
     pub session: Option<&'a RawValue>,
+    /// `tenant`, set by the bus when `auth` is configured (docs/worker-contract.md, "Tenants").
+    pub tenant: Option<&'a RawValue>,
 }
 
 /// A client response to a worker-initiated request.
@@ -52,6 +54,20 @@ pub struct Response<'a> {
     pub is_error: bool,
     /// `sessionId`, when the answer carries one.
     pub session: Option<&'a RawValue>,
+    /// `tenant`, set by the bus when `auth` is configured.
+    pub tenant: Option<&'a RawValue>,
+}
+
+/// The tenant of a message that carries no `tenant` member: without `auth` the bus has one
+/// tenant and names none (docs/worker-contract.md, "Tenants").
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The tenant a `tenant` member names: its string, or [`DEFAULT_TENANT`] when the member is
+/// absent or not a string (the bus only ever sends a string of `[A-Za-z0-9._-]`).
+pub fn tenant_name(tenant: Option<&RawValue>) -> Cow<'_, str> {
+    tenant
+        .and_then(string_token)
+        .unwrap_or(Cow::Borrowed(DEFAULT_TENANT))
 }
 
 /// The members the worker looks at; the rest are skipped unparsed. A member given twice keeps its
@@ -63,6 +79,7 @@ struct Envelope<'a> {
     method: Option<&'a RawValue>,
     params: Option<&'a RawValue>,
     session: Option<&'a RawValue>,
+    tenant: Option<&'a RawValue>,
     result: Option<&'a RawValue>,
     error: Option<&'a RawValue>,
 }
@@ -75,6 +92,7 @@ enum Field {
     Method,
     Params,
     SessionId,
+    Tenant,
     Result,
     Error,
     #[serde(other)]
@@ -105,6 +123,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 Field::Id => &mut envelope.id,
                 Field::Method => &mut envelope.method,
                 Field::SessionId => &mut envelope.session,
+                Field::Tenant => &mut envelope.tenant,
                 Field::Result => &mut envelope.result,
                 Field::Error => &mut envelope.error,
                 Field::Params => {
@@ -140,14 +159,16 @@ pub fn classify(line: &[u8]) -> Message<'_> {
             id,
             params,
             session,
+            tenant,
             ..
-        } => match method_name(method) {
+        } => match string_token(method) {
             Some(name) => Message::Call(Call {
                 id,
                 method,
                 name,
                 params,
                 session,
+                tenant,
             }),
             None => invalid(id, session),
         },
@@ -155,23 +176,27 @@ pub fn classify(line: &[u8]) -> Message<'_> {
             id: Some(id),
             result: Some(outcome),
             session,
+            tenant,
             ..
         } => Message::Response(Response {
             id,
             outcome,
             is_error: false,
             session,
+            tenant,
         }),
         Envelope {
             id: Some(id),
             error: Some(outcome),
             session,
+            tenant,
             ..
         } => Message::Response(Response {
             id,
             outcome,
             is_error: true,
             session,
+            tenant,
         }),
         Envelope { id, session, .. } => invalid(id, session),
     }
@@ -181,8 +206,8 @@ fn invalid<'a>(id: Option<&'a RawValue>, session: Option<&'a RawValue>) -> Messa
     Message::Invalid { id, session }
 }
 
-/// Decodes a method token, borrowing unless it contains escapes.
-fn method_name(raw: &RawValue) -> Option<Cow<'_, str>> {
+/// Decodes a JSON string token (a method, a tenant), borrowing unless it contains escapes.
+fn string_token(raw: &RawValue) -> Option<Cow<'_, str>> {
     match serde_json::from_str::<&str>(raw.get()) {
         Ok(name) => Some(Cow::Borrowed(name)),
         Err(_) => serde_json::from_str::<String>(raw.get())
@@ -212,6 +237,19 @@ mod tests {
         assert_eq!(call.name, "a/b");
         assert_eq!(call.params.unwrap().get(), r#"{"x":2.50}"#);
         assert_eq!(call.session.unwrap().get(), r#""s""#);
+    }
+
+    #[test]
+    fn tenant_is_read_and_defaults_when_absent() {
+        let named = call(r#"{"id":1,"method":"m","sessionId":"a:s","tenant":"a\u002eb"}"#);
+        assert_eq!(named.tenant.unwrap().get(), r#""a\u002eb""#);
+        assert_eq!(tenant_name(named.tenant), "a.b");
+        let plain = call(r#"{"id":1,"method":"m","sessionId":"s"}"#);
+        assert_eq!(tenant_name(plain.tenant), DEFAULT_TENANT);
+        let Message::Response(answer) = classify(br#"{"id":0,"result":1,"tenant":"b"}"#) else {
+            panic!("expected a response");
+        };
+        assert_eq!(tenant_name(answer.tenant), "b");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use codex_bus_worker_io::message::Call;
+use codex_bus_worker_io::message::{tenant_name, Call};
 use codex_bus_worker_io::render;
 
 use super::{raw, Mock, Stop};
@@ -33,9 +33,17 @@ impl Mock {
             return None;
         }
         let tag = Tag::from(session.unwrap_or_default());
+        let tenant = tenant_name(call.tenant);
         let mut emits = Vec::new();
         self.engine
-            .call(&call.name, call.params, &tag, Instant::now(), &mut emits)
+            .call(
+                &call.name,
+                call.params,
+                &tag,
+                &tenant,
+                Instant::now(),
+                &mut emits,
+            )
             .then(|| render(&emits, Some((raw(id), session)), out))
     }
 }

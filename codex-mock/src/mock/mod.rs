@@ -189,7 +189,11 @@ impl Mock {
         }
         let result = (!response.is_error).then_some(response.outcome);
         let mut emits = Vec::new();
-        if self.engine.answer(id, result, Instant::now(), &mut emits) {
+        let tenant = message::tenant_name(response.tenant);
+        if self
+            .engine
+            .answer(id, result, &tenant, Instant::now(), &mut emits)
+        {
             // A scripted crash only comes from timers, never from an answer.
             let _ = codex::render(&emits, None, out);
         } else {

@@ -57,6 +57,11 @@ pub fn implements(method: &str) -> bool {
 /// Who a thread's events go to: the session token in the mock worker, nothing in the fake child.
 pub type Tag = Arc<[u8]>;
 
+/// The tenant a thread belongs to (docs/worker-contract.md, "Tenants"): only callers of that
+/// tenant see it. The fake child, standing in for Codex, which knows no tenants, passes one
+/// tenant for everything.
+pub type Tenant = Arc<str>;
+
 /// A JSON-RPC error the scenario answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RpcError {
@@ -110,6 +115,7 @@ pub enum Emit {
 #[derive(Debug)]
 struct Thread {
     tag: Tag,
+    tenant: Tenant,
     meta: ThreadMeta,
     turn: Option<Turn>,
 }
@@ -222,12 +228,15 @@ impl Engine {
         !self.timers.is_empty()
     }
 
-    /// Handles a request the scenario implements; returns `false` for other methods.
+    /// Handles a request of a caller of `tenant` that the scenario implements; returns `false`
+    /// for other methods. A thread of another tenant is answered exactly as one that does not
+    /// exist, so a caller learns nothing about other tenants' threads.
     pub fn call(
         &mut self,
         method: &str,
         params: Option<&RawValue>,
         tag: &Tag,
+        tenant: &str,
         now: Instant,
         emits: &mut Vec<Emit>,
     ) -> bool {
@@ -237,18 +246,33 @@ impl Engine {
         let params: Value = params
             .and_then(|raw| serde_json::from_str(raw.get()).ok())
             .unwrap_or(Value::Null);
+        if let Some(id) = params["threadId"].as_str() {
+            if self
+                .threads
+                .get(id)
+                .is_some_and(|thread| *thread.tenant != *tenant)
+            {
+                emits.push(Emit::Reply(absent(method, id)));
+                return true;
+            }
+        }
         match method {
-            "thread/start" => self.thread_start(&params, tag, emits),
-            "thread/resume" => self.thread_resume(&params, tag, emits),
-            "thread/fork" => self.thread_fork(&params, tag, emits),
+            "thread/start" => self.thread_start(&params, tag, tenant, emits),
+            "thread/resume" => self.thread_resume(&params, tag, tenant, emits),
+            "thread/fork" => self.thread_fork(&params, tag, tenant, emits),
             "thread/unsubscribe" => self.thread_unsubscribe(&params, emits),
             "thread/read" => emits
                 .push(Emit::Reply(self.known(&params).map(|(id, meta)| {
                     json!({"thread": shapes::thread(&id, &meta)}).to_string()
                 }))),
-            "thread/list" => self.thread_list(emits),
+            "thread/list" => self.thread_list(tenant, emits),
             "thread/loaded/list" => {
-                let mut ids: Vec<&str> = self.threads.keys().map(|id| &**id).collect();
+                let mut ids: Vec<&str> = self
+                    .threads
+                    .iter()
+                    .filter(|(_, thread)| *thread.tenant == *tenant)
+                    .map(|(id, _)| &**id)
+                    .collect();
                 ids.sort_unstable();
                 emits.push(Emit::Reply(Ok(
                     json!({"data": ids, "nextCursor": null}).to_string()
@@ -263,15 +287,24 @@ impl Engine {
         true
     }
 
-    /// The answer to approval `id`: `result` is `None` for an error answer (a decline).
-    /// Returns `false` when no approval has that id.
+    /// The answer of a caller of `tenant` to approval `id`: `result` is `None` for an error
+    /// answer (a decline). Returns `false` when no approval of that tenant has that id (another
+    /// tenant's answer changes nothing).
     pub fn answer(
         &mut self,
         id: u64,
         result: Option<&RawValue>,
+        tenant: &str,
         now: Instant,
         emits: &mut Vec<Emit>,
     ) -> bool {
+        let asked = self
+            .asks
+            .get(&id)
+            .and_then(|thread| self.threads.get(thread.as_str()));
+        if asked.is_some_and(|thread| *thread.tenant != *tenant) {
+            return false;
+        }
         let Some(thread_id) = self.asks.remove(&id) else {
             return false;
         };
@@ -361,7 +394,7 @@ impl Engine {
         self.clock.stamp_ms(self.clock.virtual_now()) / 1000
     }
 
-    fn thread_start(&mut self, params: &Value, tag: &Tag, emits: &mut Vec<Emit>) {
+    fn thread_start(&mut self, params: &Value, tag: &Tag, tenant: &str, emits: &mut Vec<Emit>) {
         let now_s = self.stamp_s();
         let meta = ThreadMeta {
             ephemeral: params["ephemeral"].as_bool().unwrap_or(false),
@@ -373,10 +406,10 @@ impl Engine {
             forked_from: None,
         };
         let id = self.next_id("thr");
-        self.create(id, meta, tag, emits);
+        self.create(id, meta, tag, tenant, emits);
     }
 
-    fn thread_fork(&mut self, params: &Value, tag: &Tag, emits: &mut Vec<Emit>) {
+    fn thread_fork(&mut self, params: &Value, tag: &Tag, tenant: &str, emits: &mut Vec<Emit>) {
         let source = match self.known(params) {
             Ok(source) => source,
             Err(error) => return emits.push(Emit::Reply(Err(error))),
@@ -390,11 +423,19 @@ impl Engine {
             ..source.1
         };
         let id = self.next_id("thr");
-        self.create(id, meta, tag, emits);
+        self.create(id, meta, tag, tenant, emits);
     }
 
-    /// Registers a new thread and answers with it, `thread/started` before or after the reply.
-    fn create(&mut self, id: String, meta: ThreadMeta, tag: &Tag, emits: &mut Vec<Emit>) {
+    /// Registers a new thread of `tenant` and answers with it, `thread/started` before or after
+    /// the reply.
+    fn create(
+        &mut self,
+        id: String,
+        meta: ThreadMeta,
+        tag: &Tag,
+        tenant: &str,
+        emits: &mut Vec<Emit>,
+    ) {
         if !meta.ephemeral {
             if let Some(store) = &self.store {
                 store.save(&id, &meta);
@@ -417,13 +458,16 @@ impl Engine {
             Arc::from(id),
             Thread {
                 tag: tag.clone(),
+                tenant: Tenant::from(tenant),
                 meta,
                 turn: None,
             },
         );
     }
 
-    fn thread_resume(&mut self, params: &Value, tag: &Tag, emits: &mut Vec<Emit>) {
+    /// Loads a thread (a stored one becomes `tenant`'s) and sends its events to `tag` from now
+    /// on.
+    fn thread_resume(&mut self, params: &Value, tag: &Tag, tenant: &str, emits: &mut Vec<Emit>) {
         let (id, meta) = match self.known(params) {
             Ok(known) => known,
             Err(error) => return emits.push(Emit::Reply(Err(error))),
@@ -433,6 +477,7 @@ impl Engine {
             .entry(Arc::from(id.as_str()))
             .or_insert_with(|| Thread {
                 tag: tag.clone(),
+                tenant: Tenant::from(tenant),
                 meta: meta.clone(),
                 turn: None,
             });
@@ -450,19 +495,25 @@ impl Engine {
                 "unsubscribed"
             }
             Some(_) => "unsubscribed",
-            None => "notLoaded",
+            None => return emits.push(Emit::Reply(absent("thread/unsubscribe", id))),
         };
         emits.push(Emit::Reply(Ok(json!({"status": status}).to_string())));
     }
 
-    fn thread_list(&mut self, emits: &mut Vec<Emit>) {
+    /// The threads of `tenant`: loaded ones, and (in the fake child, whose one tenant owns the
+    /// store) stored ones.
+    fn thread_list(&mut self, tenant: &str, emits: &mut Vec<Emit>) {
         let mut all: BTreeMap<String, ThreadMeta> = self
             .threads
             .iter()
+            .filter(|(_, thread)| *thread.tenant == *tenant)
             .map(|(id, thread)| (id.to_string(), thread.meta.clone()))
             .collect();
+        // Only the fake child keeps a store, and it has one tenant; a loaded thread is listed
+        // above or not at all, by its tenant.
+        let loaded = |id: &String| self.threads.contains_key(id.as_str());
         if let Some(store) = &self.store {
-            for id in store.ids() {
+            for id in store.ids().into_iter().filter(|id| !loaded(id)) {
                 if let std::collections::btree_map::Entry::Vacant(slot) = all.entry(id) {
                     if let Some(meta) = store.load(slot.key()) {
                         slot.insert(meta);
@@ -489,16 +540,14 @@ impl Engine {
             .as_ref()
             .and_then(|store| store.load(id))
             .map(|meta| (id.to_owned(), meta))
-            .ok_or_else(|| RpcError::invalid(format!("no rollout found for thread id {id}")))
+            .ok_or_else(|| no_rollout(id))
     }
 
     fn turn_start(&mut self, params: &Value, tag: &Tag, now: Instant, emits: &mut Vec<Emit>) {
         let thread_id = params["threadId"].as_str().unwrap_or_default().to_owned();
         let input = input_text(params);
         let Some(thread) = self.threads.get_mut(thread_id.as_str()) else {
-            return emits.push(Emit::Reply(Err(RpcError::invalid(format!(
-                "thread not found: {thread_id}"
-            )))));
+            return emits.push(Emit::Reply(absent("turn/start", &thread_id)));
         };
         thread.tag = tag.clone();
         if let Some(turn) = &thread.turn {
@@ -593,9 +642,7 @@ impl Engine {
             .and_then(|thread| thread.turn.as_ref())
             .map(|turn| turn.id.clone());
         match active {
-            None => emits.push(Emit::Reply(Err(RpcError::invalid(
-                "no active turn to steer",
-            )))),
+            None => emits.push(Emit::Reply(absent("turn/steer", thread_id))),
             Some(turn) if turn != expected => emits.push(Emit::Reply(Err(RpcError::invalid(
                 format!("expected active turn id {expected} but found {turn}"),
             )))),
@@ -616,9 +663,7 @@ impl Engine {
             .and_then(|thread| thread.turn.as_ref())
             .is_some_and(|turn| turn.id == turn_id);
         if !matches {
-            return emits.push(Emit::Reply(Err(RpcError::invalid(
-                "no active turn to interrupt",
-            ))));
+            return emits.push(Emit::Reply(absent("turn/interrupt", &thread_id)));
         }
         emits.push(Emit::Reply(Ok("{}".to_owned())));
         self.finish_interrupted(&thread_id, emits);
@@ -927,6 +972,23 @@ fn agent_completed(
 }
 
 /// A notification emit.
+/// What `method` answers for a thread `id` that is not there (or is another tenant's), as
+/// Codex v0.169.0 answers each.
+fn absent(method: &str, id: &str) -> Result<String, RpcError> {
+    match method {
+        "turn/start" => Err(RpcError::invalid(format!("thread not found: {id}"))),
+        "turn/steer" => Err(RpcError::invalid("no active turn to steer")),
+        "turn/interrupt" => Err(RpcError::invalid("no active turn to interrupt")),
+        "thread/unsubscribe" => Ok(json!({"status": "notLoaded"}).to_string()),
+        _ => Err(no_rollout(id)),
+    }
+}
+
+/// Codex's answer to a resume, fork or read of a thread it has no rollout of.
+fn no_rollout(id: &str) -> RpcError {
+    RpcError::invalid(format!("no rollout found for thread id {id}"))
+}
+
 fn notify(tag: &Tag, method: &'static str, params: Value, at_ms: u64) -> Emit {
     Emit::Notify {
         tag: tag.clone(),

@@ -47,6 +47,7 @@ struct Driver {
     engine: Engine,
     now: Instant,
     tag: Tag,
+    tenant: &'static str,
 }
 
 impl Driver {
@@ -55,15 +56,21 @@ impl Driver {
             engine: Engine::new(knobs, None).unwrap(),
             now: Instant::now(),
             tag: Tag::from(&b"s"[..]),
+            tenant: "default",
         }
     }
 
     fn call(&mut self, method: &str, params: Value) -> Vec<Event> {
         let raw = serde_json::value::to_raw_value(&params).unwrap();
         let mut emits = Vec::new();
-        assert!(self
-            .engine
-            .call(method, Some(&raw), &self.tag, self.now, &mut emits));
+        assert!(self.engine.call(
+            method,
+            Some(&raw),
+            &self.tag,
+            self.tenant,
+            self.now,
+            &mut emits
+        ));
         events(emits)
     }
 
@@ -77,7 +84,9 @@ impl Driver {
     fn answer(&mut self, id: u64, result: Option<Value>) -> Vec<Event> {
         let raw = result.map(|value| serde_json::value::to_raw_value(&value).unwrap());
         let mut emits = Vec::new();
-        assert!(self.engine.answer(id, raw.as_deref(), self.now, &mut emits));
+        assert!(self
+            .engine
+            .answer(id, raw.as_deref(), self.tenant, self.now, &mut emits));
         events(emits)
     }
 
@@ -410,4 +419,81 @@ fn thread_started_can_be_sent_before_the_response() {
         note(&forked, "thread/started")["thread"]["forkedFromId"],
         thread.as_str()
     );
+}
+
+#[test]
+fn another_tenants_thread_is_answered_as_one_that_does_not_exist() {
+    let mut driver = Driver::new(knobs(&[]));
+    driver.tenant = "a";
+    driver.tag = Tag::from(&b"a:s1"[..]);
+    let thread = driver.thread();
+    driver.tenant = "b";
+    driver.tag = Tag::from(&b"b:s1"[..]);
+    let params =
+        json!({"threadId": thread, "turnId": "turn_x", "expectedTurnId": "turn_x", "input": []});
+    for method in [
+        "thread/resume",
+        "thread/read",
+        "thread/fork",
+        "turn/start",
+        "turn/steer",
+        "turn/interrupt",
+        "thread/unsubscribe",
+    ] {
+        let foreign = driver.call(method, params.clone());
+        let missing = driver.call(method, json!({"threadId": "thr_none", "turnId": "turn_x", "expectedTurnId": "turn_x", "input": []}));
+        let text = |events: &[Event]| {
+            format!("{events:?}")
+                .replace("thr_none", "ID")
+                .replace(&thread, "ID")
+        };
+        assert_eq!(text(&foreign), text(&missing), "{method}");
+    }
+    let listed = driver.call("thread/list", json!({}));
+    assert_eq!(
+        listed,
+        [Event::Reply(json!({"data": [], "nextCursor": null}))]
+    );
+    let loaded = driver.call("thread/loaded/list", json!({}));
+    assert_eq!(
+        loaded,
+        [Event::Reply(json!({"data": [], "nextCursor": null}))]
+    );
+    // The owning tenant's other session resumes it; its events follow that session.
+    driver.tenant = "a";
+    driver.tag = Tag::from(&b"a:s2"[..]);
+    assert_eq!(
+        methods(&driver.call("thread/resume", json!({"threadId": thread}))),
+        ["reply"]
+    );
+    let started = driver.call("turn/start", json!({"threadId": thread, "input": []}));
+    assert!(started.iter().any(|event| matches!(event, Event::Note(..))));
+    let listed = driver.call("thread/list", json!({}));
+    let Event::Reply(result) = &listed[0] else {
+        panic!("{listed:?}");
+    };
+    assert_eq!(result["data"][0]["id"], thread.as_str());
+}
+
+#[test]
+fn only_the_owning_tenant_answers_an_approval() {
+    let mut driver = Driver::new(knobs(&[]));
+    driver.tenant = "a";
+    let thread = driver.thread();
+    driver.call(
+        "turn/start",
+        json!({"threadId": thread, "input": [{"type":"text","text":"@approval"}]}),
+    );
+    let Event::Ask(ask, ..) = driver.run().pop().unwrap() else {
+        panic!("an approval request")
+    };
+    let mut emits = Vec::new();
+    let accept = serde_json::value::to_raw_value(&json!({"decision": "accept"})).unwrap();
+    assert!(!driver
+        .engine
+        .answer(ask, Some(&accept), "b", driver.now, &mut emits));
+    assert!(emits.is_empty());
+    assert!(!driver
+        .answer(ask, Some(json!({"decision": "accept"})))
+        .is_empty());
 }

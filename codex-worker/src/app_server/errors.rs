@@ -17,6 +17,10 @@ pub enum WorkerError {
     SessionRequired,
     /// The request names a thread another session owns (or nobody does).
     ThreadNotOwned,
+    /// A session of a named tenant names a thread its tenant does not own: answered the same
+    /// whether the thread is another tenant's or does not exist, so nothing about other
+    /// tenants leaks (docs/codex-worker.md, "Tenants").
+    ThreadNotFound,
     /// A process-global method that the worker's config does not enable.
     MethodNotAllowed(String),
     /// The child exited while the request was in flight.
@@ -89,6 +93,11 @@ impl WorkerError {
                 -32600,
                 "thread not owned by session",
                 Some(("thread_not_owned", false, Detail::None)),
+            ),
+            ThreadNotFound => (
+                -32600,
+                "no such thread",
+                Some(("thread_not_found", false, Detail::None)),
             ),
             MethodNotAllowed(method) => (
                 -32601,
@@ -172,6 +181,10 @@ mod tests {
             (
                 ThreadNotOwned,
                 json!({"code":-32600,"message":"thread not owned by session","data":{"reason":"thread_not_owned","retryable":false}}),
+            ),
+            (
+                ThreadNotFound,
+                json!({"code":-32600,"message":"no such thread","data":{"reason":"thread_not_found","retryable":false}}),
             ),
             (
                 MethodNotAllowed("config/read".into()),

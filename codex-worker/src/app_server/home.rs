@@ -1,6 +1,6 @@
 //! The worker slot's state directory: a stable `CODEX_HOME` (so rollouts survive child
 //! restarts) and the thread-owner log, seeded with the operator's Codex files; with a child per
-//! session, one such directory per session under the slot's.
+//! session, one such directory per session (with `auth`, per tenant) under the slot's.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// Hex digits of a session's directory name: 128 bits of SHA-256, so that no client-chosen
-/// session id can be made to share another's directory.
+/// Hex digits of a session's or tenant's directory name: 128 bits of SHA-256, so that no
+/// client-chosen session id can be made to share another's directory.
 const SESSION_DIR_HEX: usize = 32;
 
 /// Where one worker slot keeps its state.
@@ -37,12 +37,23 @@ impl SlotDir {
     /// The directory of the session with routing key `session`, `<root>/sessions/<hash>`: a
     /// session id is client text, so it names the directory only through a hash.
     pub fn session(&self, session: &[u8]) -> Self {
+        self.hashed("sessions", session)
+    }
+
+    /// The directory of the tenant `tenant`, `<root>/tenants/<hash>`, shared by all of the
+    /// tenant's sessions; hashed like a session's, so no name (`..` is a valid tenant name) is
+    /// ever a path.
+    pub fn tenant(&self, tenant: &str) -> Self {
+        self.hashed("tenants", tenant.as_bytes())
+    }
+
+    fn hashed(&self, kind: &str, key: &[u8]) -> Self {
         let mut name = String::with_capacity(SESSION_DIR_HEX);
-        for byte in &Sha256::digest(session)[..SESSION_DIR_HEX / 2] {
+        for byte in &Sha256::digest(key)[..SESSION_DIR_HEX / 2] {
             let _ = write!(name, "{byte:02x}");
         }
         Self {
-            root: self.root.join("sessions").join(name),
+            root: self.root.join(kind).join(name),
         }
     }
 
@@ -130,6 +141,10 @@ mod tests {
             slot.session(b"bob").name(),
             "81b637d8fcd2c6da6359e6963113a117"
         );
+        let tenant = slot.tenant("bob");
+        assert_eq!(tenant.name(), slot.session(b"bob").name());
+        assert_eq!(tenant.root.parent(), Some(Path::new("/s/p/slot-1/tenants")));
+        assert_ne!(slot.tenant("..").root, slot.root.join("tenants").join(".."));
     }
 
     #[test]

@@ -44,6 +44,7 @@ use manager::{Effects, Layout, Manager, ManagerConfig};
 use outbound::Outbound;
 use policy::Policy;
 use process::{ChildEvent, ChildProcess};
+use threads::ThreadLimits;
 
 /// Exit status when a child keeps dying: the bus supervisor restarts the worker.
 const EXIT_CHILD_FAILING: u8 = 3;
@@ -100,6 +101,11 @@ impl Settings {
                 experimental_api: args.experimental_api,
             },
             policy: Policy::new(&args.allow_methods),
+            threads: ThreadLimits {
+                max: usize::try_from(args.max_threads).unwrap_or(usize::MAX),
+                ttl: seconds(args.thread_ttl_sec),
+            },
+            private_home: args.child_per_session,
         };
         Ok(Self {
             command,

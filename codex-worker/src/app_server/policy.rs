@@ -21,15 +21,16 @@ const THREAD_NAMESPACES: &[&str] = &["thread/", "turn/", "review/"];
 pub enum Class<'a> {
     /// `initialize`: answered by the worker from the child's cached handshake.
     Initialize,
-    /// `thread/start`: creates a thread the session will own.
+    /// `thread/start`: creates a thread the session's scope (its tenant, or itself) will own.
     Start,
-    /// `thread/resume`: allowed on the session's own threads and on threads nobody owns.
+    /// `thread/resume`: allowed on the scope's own threads and (within limits, see the bridge)
+    /// on threads nobody owns.
     Resume(&'a str),
-    /// `thread/fork`: the source must be the session's or nobody's; the fork becomes the session's.
+    /// `thread/fork`: the source must be the scope's or nobody's; the fork becomes the scope's.
     Fork(&'a str),
     /// `thread/list` or `thread/loaded/list`: forwarded, and the result filtered to owned threads.
     List,
-    /// A method on one thread: only its owner may send it.
+    /// A method on one thread: only its owning scope may send it.
     Thread(&'a str),
     /// A global method that is allowed (built in, or enabled with `--allow-method`).
     Global,

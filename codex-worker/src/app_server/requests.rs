@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use super::sessions::SessionKey;
+use super::sessions::{Scope, SessionKey};
 
 /// How many timed-out ids are remembered; beyond this the oldest generation of tombstones is
 /// forgotten (a reply that late is dropped as unknown anyway).
@@ -26,6 +26,8 @@ pub enum Creation {
 pub struct Forwarded {
     /// The session that sent it.
     pub session: SessionKey,
+    /// Who the session acts for: the owner of a thread the request creates.
+    pub scope: Scope,
     /// The client's id token, restored on the reply.
     pub id: Vec<u8>,
     /// The method, for the reply's bookkeeping.
@@ -146,18 +148,19 @@ impl Requests {
             .count()
     }
 
-    /// The session of the only thread-creating request in flight, if exactly one is: a
-    /// `thread/started` that outruns its response belongs to it.
-    pub fn sole_creator(&self) -> Option<&SessionKey> {
+    /// The session and scope of the only thread-creating request in flight, if exactly one is:
+    /// a `thread/started` that outruns its response belongs to it.
+    pub fn sole_creator(&self) -> Option<(&SessionKey, &Scope)> {
         let mut creators = self
             .pending
             .values()
             .filter_map(|pending| match &pending.purpose {
                 Purpose::Forward(Forwarded {
                     session,
+                    scope,
                     creation: Some(Creation::New(_)),
                     ..
-                }) => Some(session),
+                }) => Some((session, scope)),
                 _ => None,
             });
         let first = creators.next()?;
@@ -174,6 +177,7 @@ mod tests {
     fn forwarded(session: &str, creation: Option<Creation>) -> Purpose {
         Purpose::Forward(Forwarded {
             session: Arc::from(session.as_bytes()),
+            scope: Scope::Session(Arc::from(session.as_bytes())),
             id: b"\"x\"".to_vec(),
             method: "m".into(),
             thread: None,
@@ -215,11 +219,17 @@ mod tests {
         let first = requests.register(forwarded("a", Some(Creation::New(Map::new()))), now);
         requests.register(forwarded("b", None), now);
         requests.register(forwarded("c", Some(Creation::Resume(Map::new()))), now);
-        assert_eq!(requests.sole_creator().map(|s| &s[..]), Some(&b"a"[..]));
+        assert_eq!(
+            requests.sole_creator().map(|(s, _)| &s[..]),
+            Some(&b"a"[..])
+        );
         requests.register(forwarded("d", Some(Creation::New(Map::new()))), now);
         assert!(requests.sole_creator().is_none());
         requests.answer(first);
-        assert_eq!(requests.sole_creator().map(|s| &s[..]), Some(&b"d"[..]));
+        assert_eq!(
+            requests.sole_creator().map(|(s, _)| &s[..]),
+            Some(&b"d"[..])
+        );
         assert_eq!(requests.forwarded(), 3);
         assert_eq!(requests.take_all().len(), 3);
         assert!(requests.is_empty());

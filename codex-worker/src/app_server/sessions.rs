@@ -1,10 +1,14 @@
-//! Bus sessions as the worker knows them: routing token, handshake state, notification opt-outs.
+//! Bus sessions as the worker knows them: routing token, handshake state, notification opt-outs,
+//! and the scope that owns the threads they create.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
+
 use codex_bus_protocol::key_bytes;
+use codex_bus_worker_io::message::tenant_name;
 
 /// A session's identity: the bus's routing key (a string's content, or a number's text), so that
 /// `"7"` and `7` are one session, exactly as the bus places them.
@@ -23,11 +27,44 @@ pub fn key_token(key: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Who owns the threads a session creates (docs/codex-worker.md, "Tenants").
+///
+/// With `auth` the bus names a tenant on every message and vouches for it: the tenant owns the
+/// thread and any of its sessions may use it. Without `auth` there is one tenant, `default`,
+/// which the bus does not name and whose clients it does not tell apart: there the session is
+/// the only identity the worker has, so it owns the thread, as before tenants existed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// A tenant the bus named with a `tenant` member.
+    Tenant(Arc<str>),
+    /// A session of the unnamed default tenant, by routing key.
+    Session(SessionKey),
+}
+
+impl Scope {
+    /// The scope of a message from session `key` whose `tenant` member is `tenant`.
+    pub fn of(key: &SessionKey, tenant: Option<&RawValue>) -> Self {
+        match tenant {
+            Some(tenant) => Self::Tenant(Arc::from(tenant_name(Some(tenant)).as_ref())),
+            None => Self::Session(key.clone()),
+        }
+    }
+
+    /// The tenant's name, for a scope the bus named.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Self::Tenant(tenant) => Some(tenant),
+            Self::Session(_) => None,
+        }
+    }
+}
+
 /// What the worker remembers about one session.
 #[derive(Debug)]
 pub struct Session {
     /// The `sessionId` token the session last sent, copied onto every line toward it.
     pub token: Vec<u8>,
+
     /// Whether the session sent `initialize` (answered or waiting for the child's handshake).
     pub initialized: bool,
     /// Notification methods the session asked not to receive.
@@ -54,6 +91,7 @@ impl Sessions {
         if session.token != token {
             session.token = token.to_vec();
         }
+
         session.last_activity = now;
         session
     }
@@ -126,6 +164,16 @@ mod tests {
         assert!(!sessions.any_initialized());
         sessions.touch(&key, b"7", now).initialized = true;
         assert!(sessions.any_initialized());
+    }
+
+    #[test]
+    fn a_named_tenant_is_the_scope_and_without_one_the_session_is() {
+        let key = key_of(b"\"a:s1\"").unwrap();
+        let named = RawValue::from_string("\"a\"".to_owned()).unwrap();
+        assert_eq!(Scope::of(&key, Some(&named)), Scope::Tenant(Arc::from("a")));
+        assert_eq!(Scope::of(&key, Some(&named)).tenant(), Some("a"));
+        assert_eq!(Scope::of(&key, None), Scope::Session(key.clone()));
+        assert_eq!(Scope::of(&key, None).tenant(), None);
     }
 
     #[test]

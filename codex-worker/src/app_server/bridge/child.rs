@@ -114,15 +114,15 @@ impl Bridge {
             self.claim(
                 out,
                 &thread.id,
-                &session,
+                (&forwarded.scope, &session),
                 thread.ephemeral,
                 (!keep).then_some(overrides),
             );
             self.release_held(&thread.id, out);
         }
         if let Some(review) = refs.review_thread_id.as_deref() {
-            if self.threads.standing(review, &session) == Standing::Unknown {
-                self.claim(out, review, &session, false, None);
+            if self.threads.standing(review, &forwarded.scope) == Standing::Unknown {
+                self.claim(out, review, (&forwarded.scope, &session), false, None);
                 self.release_held(review, out);
             }
         }
@@ -163,13 +163,14 @@ impl Bridge {
         );
     }
 
-    /// Answers a listing with only the session's own threads in it.
+    /// Answers a listing with only the threads of the session's scope in it.
     fn filtered_reply(&mut self, forwarded: &Forwarded, response: &Response<'_>, out: &mut Out) {
         let Ok(mut result) = serde_json::from_str::<Value>(response.outcome.get()) else {
             return;
         };
         let session = &forwarded.session;
-        let owns = |thread: &str| self.threads.standing(thread, session) == Standing::Owner;
+        let owns =
+            |thread: &str| self.threads.standing(thread, &forwarded.scope) == Standing::Owner;
         if let Some(data) = result.get_mut("data").and_then(Value::as_array_mut) {
             data.retain(|item| {
                 item.as_str()
@@ -289,8 +290,8 @@ impl Bridge {
     }
 
     /// Finds the owner of a thread the worker has not seen: subagent and fork threads belong to
-    /// their parent's owner, and a `thread/started` that outruns its `thread/start` response
-    /// belongs to the only session with a thread creation in flight.
+    /// their parent's scope (and session), and a `thread/started` that outruns its
+    /// `thread/start` response belongs to the only session with a thread creation in flight.
     fn adopt(&mut self, method: &str, refs: &ParamsRefs<'_>, out: &mut Out) -> Option<SessionKey> {
         if method != "thread/started" {
             return None;
@@ -299,10 +300,14 @@ impl Bridge {
         let parent_owner = [&thread.parent_thread_id, &thread.forked_from_id]
             .into_iter()
             .flatten()
-            .find_map(|parent| self.threads.owner(parent).cloned());
-        let owner = parent_owner.or_else(|| self.requests.sole_creator().cloned())?;
-        self.claim(out, &thread.id, &owner, thread.ephemeral, None);
-        Some(owner)
+            .find_map(|parent| self.threads.owner_and_scope(parent));
+        let (session, scope) = parent_owner.or_else(|| {
+            self.requests
+                .sole_creator()
+                .map(|(session, scope)| (session.clone(), scope.clone()))
+        })?;
+        self.claim(out, &thread.id, (&scope, &session), thread.ephemeral, None);
+        Some(session)
     }
 
     /// Keeps the turn state that child death and drain rely on.

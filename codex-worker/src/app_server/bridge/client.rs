@@ -17,7 +17,7 @@ use crate::app_server::errors::WorkerError;
 use crate::app_server::outbound::{BusLine, Kind};
 use crate::app_server::policy::{starts_work, Class};
 use crate::app_server::requests::{Creation, Forwarded, Purpose};
-use crate::app_server::sessions::{key_of, SessionKey};
+use crate::app_server::sessions::{key_of, Scope, SessionKey};
 use crate::app_server::threads::{Queued, Residency, Standing};
 use crate::app_server::wire::{self, span_of};
 
@@ -161,6 +161,7 @@ impl Bridge {
             return;
         }
         let queued = Queued {
+            scope: Scope::of(&key, call.tenant),
             session: key,
             line: line.to_vec(),
             arrived: self.now,
@@ -202,19 +203,38 @@ impl Bridge {
             _ => None,
         };
         if let Some(thread) = thread {
-            match self.threads.standing(thread, &queued.session) {
+            // A named tenant learns nothing about threads not its own: another tenant's and a
+            // missing one get the same answer.
+            let hidden = if queued.scope.tenant().is_some() {
+                WorkerError::ThreadNotFound
+            } else {
+                WorkerError::ThreadNotOwned
+            };
+            match self.threads.standing(thread, &queued.scope) {
                 Standing::Foreign => {
-                    self.reply_error(out, &queued.session, id_token, &WorkerError::ThreadNotOwned);
+                    self.reply_error(out, &queued.session, id_token, &hidden);
                     return;
                 }
                 // Only resume and fork may name a thread the worker does not know: thread ids are
                 // unguessable and filtered out of listings, so knowing one is the capability.
-                Standing::Unknown if matches!(class, Class::Thread(_)) => {
-                    self.reply_error(out, &queued.session, id_token, &WorkerError::ThreadNotOwned);
+                // Not for a named tenant on a shared home, where the rollout may be another
+                // tenant's whose entry the bound forgot.
+                Standing::Unknown
+                    if matches!(class, Class::Thread(_))
+                        || (queued.scope.tenant().is_some() && !self.config.private_home) =>
+                {
+                    self.reply_error(out, &queued.session, id_token, &hidden);
                     return;
                 }
                 Standing::Unknown => {}
                 Standing::Owner => {
+                    // A resume, or new work on it, moves the thread's events to the session
+                    // sending it: another session of the tenant picks the thread up. (A fork
+                    // leaves its source where it is.)
+                    let attach = matches!(class, Class::Resume(_))
+                        || (matches!(class, Class::Thread(_)) && starts_work(&call.name));
+                    self.threads
+                        .used_by(thread, &queued.session, attach, self.now);
                     let residency = self.threads.get(thread).map(|entry| entry.residency);
                     match residency {
                         Some(Residency::Lost) => {
@@ -250,6 +270,7 @@ impl Bridge {
         };
         let forwarded = Forwarded {
             session: queued.session.clone(),
+            scope: queued.scope.clone(),
             id: id_token.to_vec(),
             method: call.name.to_string(),
             thread: thread.map(str::to_owned),

@@ -136,6 +136,9 @@ impl Bridge {
                 self.reap(&session, out);
             }
         }
+        if self.config.threads.ttl.is_some() {
+            self.enforce_thread_bound(out);
+        }
         self.drain_step(out);
     }
 

@@ -23,9 +23,11 @@ use super::held::Held;
 use super::outbound::{BusLine, Kind};
 use super::policy::Policy;
 use super::requests::Requests;
-use super::sessions::{SessionKey, Sessions};
-use super::threads::{Queued, Threads};
+use super::sessions::{Scope, SessionKey, Sessions};
+use super::threads::{Queued, ThreadLimits, Threads};
 use super::wire;
+
+use codex_bus_worker_io::log;
 
 /// How often timers are checked while anything is outstanding; timeouts are seconds long, so
 /// this granularity is invisible and costs nothing when idle.
@@ -57,6 +59,12 @@ pub struct BridgeConfig {
     pub handshake: Handshake,
     /// Which methods are allowed and how they are scoped.
     pub policy: Policy,
+    /// The bound on the thread-ownership table.
+    pub threads: ThreadLimits,
+    /// Whether the child's `CODEX_HOME` serves one scope only (`--child-per-session`), so every
+    /// rollout in it is that scope's and a named tenant may resume a thread the table does not
+    /// know; with a shared home the table is the only record of whose a rollout is.
+    pub private_home: bool,
 }
 
 /// What the worker tells the child about itself in `initialize`.
@@ -79,8 +87,9 @@ pub struct Out {
     pub bus: Vec<BusLine>,
     /// The child misbehaves (e.g. no handshake answer) and must be killed.
     pub kill_child: bool,
-    /// Persistent threads that just got an owner, for the owner log.
-    pub owned: Vec<(String, SessionKey)>,
+    /// Persistent threads that just got an owner, for the owner log: thread, owning scope,
+    /// receiving session.
+    pub owned: Vec<(String, Scope, SessionKey)>,
 }
 
 /// Where the child is in its life.
@@ -129,10 +138,11 @@ pub struct Bridge {
 impl Bridge {
     /// A bridge with no child yet, numbering server requests from `approval_ids`.
     pub fn new(config: BridgeConfig, approval_ids: ApprovalIds, now: Instant) -> Self {
+        let limits = config.threads;
         Self {
             config,
             sessions: Sessions::default(),
-            threads: Threads::default(),
+            threads: Threads::new(limits),
             requests: Requests::default(),
             approvals: Approvals::new(approval_ids),
             held: Held::default(),
@@ -147,8 +157,8 @@ impl Bridge {
     }
 
     /// Marks threads owned in an earlier worker life (from the owner log) as resumable.
-    pub fn restore_owner(&mut self, thread: &str, session: SessionKey) {
-        self.threads.restore(thread, session);
+    pub fn restore_owner(&mut self, thread: &str, scope: Scope, session: SessionKey) {
+        self.threads.restore(thread, scope, session, self.now);
     }
 
     /// When `on_timer` must run next, if anything is outstanding.
@@ -200,17 +210,47 @@ impl Bridge {
         self.approvals.contains(id)
     }
 
-    /// Records that `owner` owns `thread`; new persistent threads go to the owner log.
+    /// Records that `scope` owns `thread`, its events going to `session`; new persistent
+    /// threads go to the owner log, and a new thread may push the table over its bound.
     fn claim(
         &mut self,
         out: &mut Out,
         thread: &str,
-        owner: &SessionKey,
+        (scope, session): (&Scope, &SessionKey),
         ephemeral: bool,
         overrides: Option<serde_json::Map<String, serde_json::Value>>,
     ) {
-        if self.threads.claim(thread, owner, ephemeral, overrides) && !ephemeral {
-            out.owned.push((thread.to_owned(), owner.clone()));
+        if self
+            .threads
+            .claim(thread, scope, session, ephemeral, overrides, self.now)
+        {
+            if !ephemeral {
+                out.owned
+                    .push((thread.to_owned(), scope.clone(), session.clone()));
+            }
+            self.enforce_thread_bound(out);
+        }
+    }
+
+    /// Forgets the threads the bound evicts; those still loaded in the child are unsubscribed,
+    /// so the child does not keep them (and their events) for nobody.
+    fn enforce_thread_bound(&mut self, out: &mut Out) {
+        let (count, forgotten) = self.threads.enforce_bound(self.now);
+        if count > 0 {
+            log::line(format_args!(
+                "thread table bound: forgot {count} thread(s), {} of them loaded",
+                forgotten.len()
+            ));
+        }
+        if self.child != ChildState::Ready {
+            return;
+        }
+        for thread in forgotten {
+            self.internal_request(
+                out,
+                "thread/unsubscribe",
+                &serde_json::json!({"threadId": thread}),
+            );
         }
     }
 

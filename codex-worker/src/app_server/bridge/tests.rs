@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::{Bridge, BridgeConfig, Handshake, Out};
 use crate::app_server::approvals::ApprovalIds;
 use crate::app_server::policy::Policy;
+use crate::app_server::threads::ThreadLimits;
 
 const INIT_RESULT: &str =
     r#"{"userAgent":"ua","codexHome":"/h","platformFamily":"unix","platformOs":"linux"}"#;
@@ -34,6 +35,8 @@ pub(crate) fn config() -> BridgeConfig {
             experimental_api: false,
         },
         policy: Policy::default(),
+        threads: ThreadLimits::default(),
+        private_home: false,
     }
 }
 
@@ -83,6 +86,33 @@ impl Harness {
         self.bus_line(
             json!({"jsonrpc":"2.0","id":id,"method":method,"params":params,"sessionId":session}),
         );
+    }
+
+    /// A request as the bus sends it with `auth`: the tenant named, the session id prefixed.
+    fn tenant_request(
+        &mut self,
+        tenant: &str,
+        session: &str,
+        id: Value,
+        method: &str,
+        params: Value,
+    ) {
+        self.bus_line(
+            json!({"jsonrpc":"2.0","id":id,"method":method,"params":params,
+            "sessionId":format!("{tenant}:{session}"),"tenant":tenant}),
+        );
+    }
+
+    /// A session of a named tenant that has sent `initialize`.
+    fn tenant_session(&mut self, tenant: &str, session: &str) {
+        self.tenant_request(
+            tenant,
+            session,
+            json!("init"),
+            "initialize",
+            json!({"clientInfo":{"name":"c","version":"1"}}),
+        );
+        assert_eq!(self.bus_lines().len(), 1);
     }
 
     /// A session that has sent `initialize` (its reply consumed).
@@ -701,4 +731,234 @@ fn lines_without_a_session_are_refused() {
     h.bridge.bus_line(b"not json", h.now, &mut h.out);
     let out = std::mem::take(&mut h.out.bus);
     assert_eq!(out[0].line, codex_bus_worker_io::render::PARSE_ERROR);
+}
+
+#[test]
+fn a_tenants_sessions_share_its_threads_and_other_tenants_see_no_such_thread() {
+    let mut h = Harness::ready();
+    h.tenant_session("a", "s1");
+    h.tenant_session("a", "s2");
+    h.tenant_session("b", "s1");
+    h.tenant_request(
+        "a",
+        "s1",
+        json!("start"),
+        "thread/start",
+        json!({"cwd": "/w"}),
+    );
+    let sent = h.child_lines();
+    h.child_line(
+        json!({"id": sent[0]["id"], "result": {"thread": {"id": "t-a", "ephemeral": false}}}),
+    );
+    assert_eq!(h.bus_lines()[0]["sessionId"], "a:s1");
+    assert_eq!(h.out.owned.len(), 1, "recorded for the owner log");
+    // Tenant b: a's thread and a thread that exists nowhere get the very same answer, and
+    // nothing reaches the child.
+    for thread in ["t-a", "t-missing"] {
+        for method in [
+            "thread/resume",
+            "thread/read",
+            "thread/fork",
+            "turn/start",
+            "turn/interrupt",
+            "thread/archive",
+        ] {
+            h.tenant_request(
+                "b",
+                "s1",
+                json!(9),
+                method,
+                json!({"threadId": thread, "input": []}),
+            );
+            let reply = h.bus_lines();
+            assert_eq!(
+                reply[0]["error"],
+                json!({"code":-32600,"message":"no such thread","data":{"reason":"thread_not_found","retryable":false}}),
+                "{method} {thread}"
+            );
+            assert_eq!(reply[0]["sessionId"], "b:s1");
+        }
+    }
+    assert!(h.child_lines().is_empty());
+    // b's attempts moved nothing: a's events still go to a.
+    h.child_line(
+        json!({"method": "thread/name/updated", "params": {"threadId": "t-a", "name": "n"}}),
+    );
+    assert_eq!(h.bus_lines()[0]["sessionId"], "a:s1");
+    // b lists nothing of a's.
+    h.tenant_request("b", "s1", json!(3), "thread/list", json!({}));
+    let sent = h.child_lines();
+    h.child_line(
+        json!({"id": sent[0]["id"], "result": {"data": [{"id": "t-a"}], "nextCursor": null}}),
+    );
+    assert_eq!(h.bus_lines()[0]["result"]["data"], json!([]));
+    // a's second session resumes the thread, and its events follow that session.
+    h.tenant_request(
+        "a",
+        "s2",
+        json!(4),
+        "thread/resume",
+        json!({"threadId": "t-a"}),
+    );
+    let sent = h.child_lines();
+    assert_eq!(sent[0]["method"], "thread/resume");
+    h.child_line(
+        json!({"id": sent[0]["id"], "result": {"thread": {"id": "t-a", "ephemeral": false}}}),
+    );
+    assert_eq!(h.bus_lines()[0]["sessionId"], "a:s2");
+    h.child_line(
+        json!({"method": "turn/started", "params": {"threadId": "t-a", "turn": {"id": "u1"}}}),
+    );
+    let events = h.bus_lines();
+    assert_eq!(events[0]["sessionId"], "a:s2");
+    h.tenant_request("a", "s1", json!(5), "thread/list", json!({}));
+    let sent = h.child_lines();
+    h.child_line(
+        json!({"id": sent[0]["id"], "result": {"data": [{"id": "t-a"}], "nextCursor": null}}),
+    );
+    assert_eq!(h.bus_lines()[0]["result"]["data"], json!([{"id": "t-a"}]));
+}
+
+#[test]
+fn an_approval_of_a_tenants_thread_never_goes_to_another_tenant() {
+    let mut h = Harness::ready();
+    h.tenant_session("a", "s1");
+    h.tenant_session("b", "s1");
+    h.tenant_request("a", "s1", json!("start"), "thread/start", json!({}));
+    let sent = h.child_lines();
+    h.child_line(
+        json!({"id": sent[0]["id"], "result": {"thread": {"id": "t-a", "ephemeral": false}}}),
+    );
+    h.bus_lines();
+    h.tenant_request(
+        "b",
+        "s1",
+        json!(1),
+        "thread/resume",
+        json!({"threadId": "t-a"}),
+    );
+    h.bus_lines();
+    h.child_line(json!({"id": 77, "method": "item/commandExecution/requestApproval", "params": {"threadId": "t-a", "turnId": "u1"}}));
+    let asked = h.bus_lines();
+    assert_eq!(asked[0]["sessionId"], "a:s1");
+    // b answering with the id it never saw is refused; a's answer reaches the child.
+    h.bus_line(json!({"jsonrpc":"2.0","id": asked[0]["id"],"result":{"decision":"accept"},"sessionId":"b:s1","tenant":"b"}));
+    assert!(h.child_lines().is_empty());
+    h.bus_line(json!({"jsonrpc":"2.0","id": asked[0]["id"],"result":{"decision":"accept"},"sessionId":"a:s1","tenant":"a"}));
+    assert_eq!(h.child_lines()[0]["id"], 77);
+}
+
+#[test]
+fn with_a_home_of_its_own_a_tenant_resumes_threads_the_table_does_not_know() {
+    let mut shared = Harness::ready();
+    shared.tenant_session("a", "s1");
+    shared.tenant_request(
+        "a",
+        "s1",
+        json!(1),
+        "thread/resume",
+        json!({"threadId": "t-old"}),
+    );
+    assert_eq!(shared.bus_lines()[0]["error"]["message"], "no such thread");
+    let mut own = Harness::with(BridgeConfig {
+        private_home: true,
+        ..config()
+    });
+    own.tenant_session("a", "s1");
+    own.tenant_request(
+        "a",
+        "s1",
+        json!(1),
+        "thread/resume",
+        json!({"threadId": "t-old"}),
+    );
+    assert_eq!(own.child_lines()[0]["method"], "thread/resume");
+    // Without a tenant the capability rule of before stays: the id is enough to resume.
+    let mut plain = Harness::ready();
+    plain.session("s1");
+    plain.request(
+        "s1",
+        json!(1),
+        "thread/resume",
+        json!({"threadId": "t-old"}),
+    );
+    assert_eq!(plain.child_lines()[0]["method"], "thread/resume");
+}
+
+#[test]
+fn the_thread_bound_forgets_and_unsubscribes_the_least_recently_used() {
+    let mut h = Harness::with(BridgeConfig {
+        threads: ThreadLimits { max: 2, ttl: None },
+        ..config()
+    });
+    h.session("a");
+    h.thread("a", "t1");
+    h.now += Duration::from_secs(1);
+    h.thread("a", "t2");
+    h.now += Duration::from_secs(1);
+    h.thread("a", "t3");
+    // Over the cap of 2: t1, the least recently used, is forgotten and unsubscribed.
+    let sent = h.child_lines();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["method"], "thread/unsubscribe");
+    assert_eq!(sent[0]["params"], json!({"threadId": "t1"}));
+    // Forgotten: its owner now gets the answer for a thread nobody owns.
+    h.request(
+        "a",
+        json!(1),
+        "turn/start",
+        json!({"threadId": "t1", "input": []}),
+    );
+    assert_eq!(
+        h.bus_lines()[0]["error"]["message"],
+        "thread not owned by session"
+    );
+    h.request(
+        "a",
+        json!(2),
+        "turn/start",
+        json!({"threadId": "t2", "input": []}),
+    );
+    assert_eq!(h.child_lines()[0]["method"], "turn/start");
+}
+
+#[test]
+fn reading_or_forking_a_tenants_thread_leaves_its_events_where_they_are() {
+    let mut h = Harness::ready();
+    h.tenant_session("a", "s1");
+    h.tenant_session("a", "s2");
+    h.tenant_request("a", "s1", json!("start"), "thread/start", json!({}));
+    let sent = h.child_lines();
+    h.child_line(
+        json!({"id": sent[0]["id"], "result": {"thread": {"id": "t-a", "ephemeral": false}}}),
+    );
+    h.bus_lines();
+    h.tenant_request(
+        "a",
+        "s2",
+        json!(1),
+        "thread/read",
+        json!({"threadId": "t-a"}),
+    );
+    h.tenant_request(
+        "a",
+        "s2",
+        json!(2),
+        "thread/fork",
+        json!({"threadId": "t-a"}),
+    );
+    let sent = h.child_lines();
+    assert_eq!(sent.len(), 2);
+    h.child_line(json!({"method": "thread/name/updated", "params": {"threadId": "t-a"}}));
+    assert_eq!(h.bus_lines()[0]["sessionId"], "a:s1");
+    // New work moves them.
+    h.tenant_request(
+        "a",
+        "s2",
+        json!(3),
+        "turn/start",
+        json!({"threadId": "t-a", "input": []}),
+    );
+    h.child_line(json!({"method": "thread/name/updated", "params": {"threadId": "t-a"}}));
+    assert_eq!(h.bus_lines()[0]["sessionId"], "a:s2");
 }

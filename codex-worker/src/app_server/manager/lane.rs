@@ -17,7 +17,6 @@ use crate::app_server::bridge::{Bridge, Out};
 use crate::app_server::home::SlotDir;
 use crate::app_server::owners::OwnerLog;
 use crate::app_server::restart::RestartPolicy;
-use crate::app_server::sessions::SessionKey;
 
 /// How long a child gets to exit after its stdin closes (Codex exits at end of input) before its
 /// group is sent SIGTERM.
@@ -96,15 +95,16 @@ impl Lane {
         approval_ids: ApprovalIds,
         now: Instant,
     ) -> io::Result<Self> {
+        let keep = config.bridge.threads.max;
         let (owners, records) = if dir.owner_log().exists() {
-            let (owners, records) = OwnerLog::open(&dir.owner_log())?;
+            let (owners, records) = OwnerLog::open(&dir.owner_log(), keep)?;
             (Some(owners), records)
         } else {
             (None, Vec::new())
         };
         let mut bridge = Bridge::new(config.bridge.clone(), approval_ids, now);
-        for (thread, session) in records {
-            bridge.restore_owner(&thread, SessionKey::from(session));
+        for owned in records {
+            bridge.restore_owner(&owned.thread, owned.scope, owned.session);
         }
         Ok(Self {
             bridge,
@@ -255,7 +255,7 @@ impl Lane {
         }
         if !out.owned.is_empty() && self.owners.is_none() {
             let opened = fs::create_dir_all(&self.dir.root)
-                .and_then(|()| OwnerLog::open(&self.dir.owner_log()));
+                .and_then(|()| OwnerLog::open(&self.dir.owner_log(), usize::MAX));
             match opened {
                 Ok((owners, _)) => self.owners = Some(owners),
                 Err(err) => log::line(format_args!(
@@ -265,8 +265,8 @@ impl Lane {
             }
         }
         if let Some(owners) = &mut self.owners {
-            for (thread, session) in &out.owned {
-                owners.append(thread, session);
+            for (thread, scope, session) in &out.owned {
+                owners.append(thread, scope, session);
             }
         }
         fx.bus.extend(out.bus);

@@ -1,6 +1,7 @@
 //! The worker's children and their bridges: one shared child for every session (the default),
-//! or with `--child-per-session` a child per session, spawned on its first request, within a cap
-//! (the least recently used idle child makes room), and stopped after a while idle.
+//! or with `--child-per-session` a child per owning scope (a session, or with `auth` a tenant,
+//! whose sessions share its threads), spawned on its first request, within a cap (the least
+//! recently used idle child makes room), and stopped after a while idle.
 //!
 //! Free of process I/O like the bridge, so every rule runs on a virtual clock in the unit tests:
 //! the event loop feeds it bus lines, child output, child exits and timer ticks, and carries out
@@ -28,7 +29,7 @@ use super::bridge::{refuse_unscoped, session_of, BridgeConfig, Out};
 use super::errors::WorkerError;
 use super::home::SlotDir;
 use super::outbound::{BusLine, Kind};
-use super::sessions::SessionKey;
+use super::sessions::Scope;
 use super::EXIT_CHILD_FAILING;
 use lane::{Lane, Phase};
 
@@ -37,7 +38,9 @@ use lane::{Lane, Phase};
 pub enum Layout {
     /// One child serves every session; it starts at once and restarts whenever it dies.
     Shared,
-    /// Each session gets a child of its own on its first request.
+    /// Each owning scope gets a child of its own on its first request: each session, or with
+    /// `auth` each tenant, so that all of a tenant's sessions reach its threads (one
+    /// `CODEX_HOME` per tenant: two children must not write the same rollouts).
     PerSession {
         /// Most children alive at once.
         max_children: usize,
@@ -84,7 +87,7 @@ pub struct Effects {
 }
 
 /// Which lane serves a line: `None` is the shared child's, `Some` a session's own.
-type LaneKey = Option<SessionKey>;
+type LaneKey = Option<Scope>;
 
 /// Every lane of the worker.
 #[derive(Debug)]
@@ -163,7 +166,7 @@ impl Manager {
         }
         match &message {
             Message::Call(call) => {
-                let key = Some(session_of(call)?);
+                let key = Some(Scope::of(&session_of(call)?, call.tenant));
                 if self.lanes.contains_key(&key) {
                     return Some(key);
                 }
@@ -190,7 +193,7 @@ impl Manager {
                                 Some(token.get().as_bytes()),
                             );
                             fx.bus.push(BusLine {
-                                session: key,
+                                session: session_of(call),
                                 line: reply,
                                 kind: Kind::Essential,
                             });
@@ -223,9 +226,14 @@ impl Manager {
     fn open_lane(&self, key: &LaneKey, now: Instant) -> io::Result<Lane> {
         let (dir, label) = match key {
             None => (self.slot.clone(), "codex app-server".to_owned()),
-            Some(session) => {
+            Some(Scope::Session(session)) => {
                 let dir = self.slot.session(session);
                 let label = format!("codex app-server of session {:.12}", dir.name());
+                (dir, label)
+            }
+            Some(Scope::Tenant(tenant)) => {
+                let dir = self.slot.tenant(tenant);
+                let label = format!("codex app-server of tenant {tenant}");
                 (dir, label)
             }
         };

@@ -457,3 +457,98 @@ fn the_drain_stops_every_child_and_ends_when_they_are_gone() {
     h.exited(b);
     assert!(h.manager.drained());
 }
+
+#[test]
+fn a_tenants_sessions_share_one_child_and_home_and_its_threads_survive_a_restart() {
+    let mut h = Harness::per_session(4, None);
+    let tenant_line = |tenant: &str, session: &str, id: Value, method: &str, params: Value| {
+        json!({"jsonrpc":"2.0","id":id,"method":method,"params":params,
+            "sessionId":format!("{tenant}:{session}"),"tenant":tenant})
+    };
+    let init = json!({"clientInfo":{"name":"c","version":"1"}});
+    h.bus(&tenant_line(
+        "a",
+        "s1",
+        json!("init"),
+        "initialize",
+        init.clone(),
+    ));
+    let spawned = h.spawned();
+    assert_eq!(spawned.len(), 1);
+    let (a, home) = spawned[0].clone();
+    assert_eq!(home, h.slot.tenant("a").codex_home().to_string_lossy());
+    h.handshake(a, &home);
+    h.bus_lines();
+    h.bus(&tenant_line(
+        "a",
+        "s1",
+        json!("start"),
+        "thread/start",
+        json!({}),
+    ));
+    let sent = h.child_lines(a);
+    h.child(
+        a,
+        json!({"id": sent[0]["id"], "result": {"thread": {"id": "t-a", "ephemeral": false}}}),
+    );
+    assert_eq!(h.bus_lines()[0]["sessionId"], "a:s1");
+    let owner_log = std::fs::read_to_string(h.slot.tenant("a").owner_log()).unwrap();
+    assert!(owner_log.contains("\"tenant\":\"a\""), "{owner_log}");
+    // a's second session is served by the same child: no spawn, and it may use a's thread.
+    h.bus(&tenant_line(
+        "a",
+        "s2",
+        json!("init"),
+        "initialize",
+        init.clone(),
+    ));
+    assert!(h.spawned().is_empty());
+    h.bus_lines();
+    h.bus(&tenant_line(
+        "a",
+        "s2",
+        json!(1),
+        "thread/read",
+        json!({"threadId": "t-a"}),
+    ));
+    assert_eq!(h.child_lines(a)[0]["method"], "thread/read");
+    // Tenant b gets a child and home of its own, where a's thread does not exist.
+    h.bus(&tenant_line(
+        "b",
+        "s1",
+        json!("init"),
+        "initialize",
+        init.clone(),
+    ));
+    let (b, b_home) = h.spawned()[0].clone();
+    assert_ne!(b_home, home);
+    h.handshake(b, &b_home);
+    h.bus_lines();
+    h.bus(&tenant_line(
+        "b",
+        "s1",
+        json!(2),
+        "turn/start",
+        json!({"threadId": "t-a"}),
+    ));
+    assert_eq!(h.bus_lines()[0]["error"]["message"], "no such thread");
+    // A new worker on the same state: a reconnecting session of a finds the thread again.
+    h.manager = Manager::new(h.manager.config.clone(), h.slot.clone(), h.now).unwrap();
+    h.fx = Effects::default();
+    h.bus(&tenant_line("a", "s3", json!("init"), "initialize", init));
+    let (again, _) = h.spawned()[0].clone();
+    h.handshake(again, &home);
+    h.bus_lines();
+    h.bus(&tenant_line(
+        "a",
+        "s3",
+        json!(3),
+        "turn/start",
+        json!({"threadId": "t-a"}),
+    ));
+    assert_eq!(
+        h.child_lines(again)[0]["method"],
+        "thread/resume",
+        "the restored thread is resumed before use"
+    );
+}
