@@ -42,6 +42,7 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "max_session_id_bytes",
     "session_idle_sec",
     "max_sessions",
+    "max_output_bytes",
 ];
 
 /// Keys of `transport`; `address` is our extension.
@@ -121,6 +122,7 @@ mod tests {
             d.max_session_id_bytes.to_string(),
             d.session_idle_sec.to_string(),
             d.max_sessions.to_string(),
+            d.max_output_bytes.to_string(),
             MAX_INSTANCES.to_string(),
         ];
         let missing: Vec<&String> = defaults

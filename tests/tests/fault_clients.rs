@@ -146,7 +146,9 @@ fn a_stalled_reader_is_cut_off_while_a_client_of_the_same_worker_keeps_fast_roun
 
     // The stalled client is cut off (bounded wait), and then its blocked write fails: the daemon
     // closed the socket.
-    let cut_line = bus.wait_log("client read nothing for backpressure_timeout_sec; disconnecting");
+    let cut_line = bus.wait_log(
+        "client output queue stayed over max_output_queue for backpressure_timeout_sec; disconnecting",
+    );
     assert!(cut_line.contains("timeout_sec=1"), "{cut_line}");
     let (written, write_failed_at, error) = flood.join().unwrap();
     let error = error.expect("the stalled client was cut off before it sent everything");
@@ -202,7 +204,7 @@ fn a_stalled_reader_is_cut_off_while_a_client_of_the_same_worker_keeps_fast_roun
     assert!(max < Duration::from_secs(1), "slowest round trip {max:?}");
     assert_eq!(
         bus.log()
-            .matches("client read nothing for backpressure_timeout_sec")
+            .matches("stayed over max_output_queue for backpressure_timeout_sec")
             .count(),
         1,
         "only the stalled client is cut off"

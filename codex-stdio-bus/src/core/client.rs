@@ -112,20 +112,23 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client whose output queue holds about `output_limit` bytes before its reads pause.
+    /// A client whose output queue holds about `output_limit` bytes before its reads pause
+    /// (`max_output_queue`), and never more than `output_cap` (`max_output_bytes`): the push
+    /// that would exceed it disconnects the client.
     pub(crate) fn new(
         id: u64,
         transport: Transport,
         principal: Principal,
         bound_session: Option<Box<[u8]>>,
         output_limit: usize,
+        output_cap: usize,
     ) -> Self {
         Client {
             id,
             transport,
             principal,
             bound_session,
-            out: Outbox::new(output_limit, ClientBook::default()),
+            out: Outbox::with_cap(output_limit, output_cap, ClientBook::default()),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             connected_at: Instant::now(),

@@ -517,7 +517,14 @@ mod tests {
 
     fn client() -> Arc<Client> {
         let principal = Principal::anonymous("tcp");
-        Arc::new(Client::new(1, Transport::Tcp, principal, None, 1024))
+        Arc::new(Client::new(
+            1,
+            Transport::Tcp,
+            principal,
+            None,
+            1024,
+            1 << 20,
+        ))
     }
 
     #[test]
@@ -621,6 +628,7 @@ mod tests {
                 Principal::anonymous("tcp"),
                 None,
                 1024,
+                1 << 20,
             )),
         );
         let request = br#"{"id":"x","method":"m"}"#;
