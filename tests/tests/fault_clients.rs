@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{alive, metric, reason, run_bus, status, Bus, BusConfig, Mode, WAIT};
+use codex_bus_tests::{
+    alive, metric, raise_fd_limit, reason, run_bus, status, Bus, BusConfig, Mode, WAIT,
+};
 use serde_json::{json, Value};
 
 /// The TCP address the daemon listens on (from its log).
@@ -217,16 +219,6 @@ fn a_stalled_reader_is_cut_off_while_a_client_of_the_same_worker_keeps_fast_roun
 // ---------------------------------------------------------------------------------------------
 // Item 7
 // ---------------------------------------------------------------------------------------------
-
-/// Raises this process's soft open-file limit to the hard limit; returns (before, after).
-fn raise_fd_limit() -> (u64, u64) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-    }
-    (soft, hard)
-}
 
 /// Linux's initial SYN retransmission timeout: a connect this slow had its SYN dropped.
 const SYN_RETRANSMIT: Duration = Duration::from_millis(900);
