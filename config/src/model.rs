@@ -142,6 +142,11 @@ pub struct Limits {
     pub max_input_buffer: usize,
     /// Bytes queued toward one client before its reads pause.
     pub max_output_queue: usize,
+    /// Hard cap on the bytes queued toward one client (replies, worker notifications and requests,
+    /// bus errors): the message that would take the queue over it disconnects the client. At
+    /// least `max_output_queue`; when absent, the default or `max_output_queue`, whichever is
+    /// larger.
+    pub max_output_bytes: usize,
     /// Restarts allowed per worker instance within `restart_window_sec`; 0 never restarts.
     pub max_restarts: u32,
     /// Window in which restarts are counted.
@@ -215,6 +220,9 @@ impl Default for Limits {
         Limits {
             max_input_buffer: 1_048_576,
             max_output_queue: 4_194_304,
+            // Room for the soft limit plus one largest worker line (max_worker_line, 64 MiB) with
+            // about as much again to spare: a client that reads never comes near it.
+            max_output_bytes: 134_217_728,
             max_restarts: 5,
             restart_window_sec: 60,
             drain_timeout_sec: 30,

@@ -53,6 +53,7 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "max_session_id_bytes",
     "session_idle_sec",
     "max_sessions",
+    "max_output_bytes",
     "max_tenants",
     "tenant_max_sessions",
     "tenant_max_connections",
@@ -150,6 +151,7 @@ mod tests {
             d.session_idle_sec.to_string(),
             d.max_sessions.to_string(),
             d.tenant_max_in_flight.to_string(),
+            d.max_output_bytes.to_string(),
             MAX_INSTANCES.to_string(),
         ];
         let missing: Vec<&String> = defaults

@@ -19,6 +19,7 @@ fn absent_sections_take_their_defaults() {
         Limits {
             max_input_buffer: 1_048_576,
             max_output_queue: 4_194_304,
+            max_output_bytes: 134_217_728,
             max_restarts: 5,
             restart_window_sec: 60,
             drain_timeout_sec: 30,
@@ -192,7 +193,7 @@ fn pretty_json_round_trips_every_field() {
                        "queue_timeout_sec": 4, "ready_grace_ms": 0, "ready_timeout_sec": 2,
                        "ready_probe": {"method": "ping", "params": {"deep": [1, "x", null, true]}}},
                       {"id": "b", "command": "cat", "instances": 1}],
-            "limits": {"max_input_buffer": 10, "max_output_queue": 20, "max_restarts": 0, "restart_window_sec": 9,
+            "limits": {"max_input_buffer": 10, "max_output_queue": 20, "max_output_bytes": 25, "max_restarts": 0, "restart_window_sec": 9,
                        "drain_timeout_sec": 0, "backpressure_timeout_sec": 7, "max_worker_queue": 30, "max_worker_line": 40,
                        "max_connections": 50,
                        "client_idle_sec": 60,

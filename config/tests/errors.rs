@@ -401,6 +401,27 @@ fn supervision_keys_are_checked() {
 }
 
 #[test]
+fn the_output_cap_is_at_least_the_soft_limit_and_follows_it_when_absent() {
+    let pools = r#""pools": [{"id": "a", "command": "cat", "instances": 1}]"#;
+    assert_problems(
+        &format!(
+            r#"{{{pools}, "limits": {{"max_output_queue": 2048, "max_output_bytes": 1024}}}}"#
+        ),
+        &["limits.max_output_bytes: must be at least max_output_queue (2048), got 1024"],
+    );
+    let big = 1usize << 30;
+    let config = Config::from_json_str(
+        &format!(r#"{{{pools}, "limits": {{"max_output_queue": {big}}}}}"#),
+        "test.json",
+    )
+    .unwrap();
+    assert_eq!(
+        config.limits.max_output_bytes, big,
+        "raised to the soft limit"
+    );
+}
+
+#[test]
 fn durations_are_bounded_by_a_day() {
     for key in [
         "restart_window_sec",

@@ -8,13 +8,19 @@ use std::ops::Range;
 
 use crate::top_id::TopLevelId;
 
-/// Smallest writable tail handed out by `spare`, so one read syscall can move a useful amount.
-const MIN_SPARE: usize = 64 * 1024;
+/// Writable tail a new framer hands out: most reads (one request, one reply) are far shorter, and
+/// an idle connection holding a partial line (slowloris: one byte) then costs 4 KiB, not 64
+/// (2,000 such connections cost the daemon 128 MB of RSS, measured).
+const FIRST_SPARE: usize = 4 * 1024;
 
-/// A buffer grown past this by a long line goes back to [`MIN_SPARE`] once that line is consumed,
-/// so an idle connection holds 64 KiB, not the ~1 MiB its largest line needed (measured). Lines
-/// this long cost far more to handle than the reallocation.
-const SHRINK_ABOVE: usize = 4 * MIN_SPARE;
+/// Largest writable tail asked for: a read that fills the whole tail doubles the next one, up to
+/// this, so pipelined input still moves 64 KiB per read syscall after a few reads.
+const MAX_SPARE: usize = 64 * 1024;
+
+/// A buffer grown past this by a long line goes back to [`MAX_SPARE`] once that line is consumed,
+/// so an idle connection holds 64 KiB at most, not the ~1 MiB its largest line needed (measured).
+/// Lines this long cost far more to handle than the reallocation.
+const SHRINK_ABOVE: usize = 4 * MAX_SPARE;
 
 /// Splits a byte stream into newline-terminated lines with a per-line size limit.
 #[derive(Debug)]
@@ -34,6 +40,9 @@ pub struct LineFramer {
     ids: Option<Box<TopLevelId>>,
     /// With `ids`: bytes of the oversize line being skipped so far.
     skipped: usize,
+    /// The writable tail the next `spare` makes room for: [`FIRST_SPARE`], doubled by every read
+    /// that fills the whole tail, up to [`MAX_SPARE`].
+    want: usize,
 }
 
 /// One unit of framed input.
@@ -75,6 +84,7 @@ impl LineFramer {
             skipping: false,
             ids: None,
             skipped: 0,
+            want: FIRST_SPARE,
         }
     }
 
@@ -88,8 +98,9 @@ impl LineFramer {
         }
     }
 
-    /// Writable space at the tail of the buffer (at least 64 KiB; compacts consumed bytes first,
-    /// grows if needed, and shrinks back to 64 KiB once a long line has been consumed).
+    /// Writable space at the tail of the buffer (at least 4 KiB at first, growing to 64 KiB as
+    /// reads fill it; compacts consumed bytes first, grows if needed, and shrinks back to 64 KiB
+    /// once a long line has been consumed).
     pub fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -97,15 +108,15 @@ impl LineFramer {
             self.scan -= self.start;
             self.start = 0;
         }
-        if self.buf.len() > SHRINK_ABOVE && self.end <= MIN_SPARE {
-            self.buf.truncate(MIN_SPARE);
+        if self.buf.len() > SHRINK_ABOVE && self.end <= MAX_SPARE {
+            self.buf.truncate(MAX_SPARE);
             self.buf.shrink_to_fit();
         }
-        let need = self.end.saturating_add(MIN_SPARE);
+        let need = self.end.saturating_add(self.want);
         if self.buf.len() < need {
             // Grow geometrically to avoid quadratic copying while a long line arrives, but never past
             // the largest size a drained framer can need, so hostile input cannot inflate memory.
-            let ceiling = self.max_line.saturating_add(1).saturating_add(MIN_SPARE);
+            let ceiling = self.max_line.saturating_add(1).saturating_add(MAX_SPARE);
             let target = need.max(self.buf.len().saturating_mul(2).min(ceiling));
             self.buf.reserve_exact(target - self.buf.len());
             self.buf.resize(target, 0);
@@ -117,6 +128,10 @@ impl LineFramer {
     pub fn filled(&mut self, n: usize) {
         // Clamped so that a caller bug cannot turn into an out-of-bounds panic later.
         self.end = self.end.saturating_add(n).min(self.buf.len());
+        if n > 0 && self.end == self.buf.len() {
+            // The read filled the whole tail: more was probably waiting.
+            self.want = self.want.saturating_mul(2).min(MAX_SPARE);
+        }
     }
 
     /// Next complete frame, or `None` when more input is needed.
@@ -279,7 +294,7 @@ mod tests {
     fn feed(f: &mut LineFramer, mut chunk: &[u8], out: &mut Vec<Out>) {
         while !chunk.is_empty() {
             let spare = f.spare();
-            assert!(spare.len() >= MIN_SPARE);
+            assert!(spare.len() >= FIRST_SPARE);
             let n = chunk.len().min(spare.len());
             spare[..n].copy_from_slice(&chunk[..n]);
             f.filled(n);
@@ -297,6 +312,30 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_partial_line_holds_a_small_buffer_and_full_reads_grow_the_tail() {
+        let mut f = LineFramer::new(1 << 20);
+        f.spare()[0] = b'{';
+        f.filled(1);
+        assert!(f.next_frame().is_none());
+        assert_eq!(f.buf.capacity(), FIRST_SPARE, "one byte costs 4 KiB");
+        // Pipelined input fills every tail handed out: the tail doubles up to 64 KiB.
+        let mut sizes = Vec::new();
+        for _ in 0..8 {
+            let spare = f.spare();
+            sizes.push(spare.len());
+            spare.fill(b'x');
+            let n = spare.len();
+            f.filled(n);
+        }
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+        let last = f.spare().len();
+        assert!(
+            (MAX_SPARE..2 * MAX_SPARE).contains(&last),
+            "{sizes:?} then {last}"
+        );
+    }
+
+    #[test]
     fn the_buffer_shrinks_back_after_a_long_line() {
         let mut f = LineFramer::new(1 << 20);
         let mut out = Vec::new();
@@ -304,7 +343,7 @@ mod tests {
         long.push(b'\n');
         feed(&mut f, &long, &mut out);
         assert_eq!(out, vec![Out::Line(vec![b'x'; 900_000])]);
-        assert_eq!(f.spare().len(), MIN_SPARE, "the buffer is small again");
+        assert_eq!(f.spare().len(), MAX_SPARE, "the buffer is small again");
         feed(&mut f, b"next\n", &mut out);
         assert_eq!(out.last(), Some(&line("next")));
     }
@@ -426,7 +465,7 @@ mod tests {
     #[test]
     fn oversize_is_reported_once_and_never_buffered() {
         let max_line = 100_000;
-        let bound = max_line + 1 + MIN_SPARE;
+        let bound = max_line + 1 + MAX_SPARE;
         let mut f = LineFramer::new(max_line);
         let mut out = Vec::new();
         let junk = vec![b'x'; 7_777];
@@ -441,13 +480,14 @@ mod tests {
         finish(&mut f, &mut out);
         assert_eq!(out, [Out::Oversize(7_777 * 13), line("next")]);
 
-        // Reads larger than the limit still report the whole read as seen, once.
+        // Reads larger than the limit still report the whole read as seen, once (the first read
+        // of a new framer is one first tail).
         let mut f = LineFramer::new(10);
         let mut out = Vec::new();
         feed(&mut f, &[b'y'; 50_000], &mut out);
         feed(&mut f, &[b'y'; 50_000], &mut out);
-        assert_eq!(out, [Out::Oversize(50_000)]);
-        assert!(f.buf.capacity() <= 10 + 1 + MIN_SPARE);
+        assert_eq!(out, [Out::Oversize(FIRST_SPARE)]);
+        assert!(f.buf.capacity() <= 10 + 1 + MAX_SPARE);
         assert_eq!(f.buffered(), 0);
         finish(&mut f, &mut out);
         assert_eq!(out.len(), 1);
@@ -462,7 +502,7 @@ mod tests {
         let mut out = Vec::new();
         for chunk in data.chunks(4_096) {
             feed(&mut f, chunk, &mut out);
-            assert!(f.buf.capacity() <= max_line + 1 + MIN_SPARE);
+            assert!(f.buf.capacity() <= max_line + 1 + MAX_SPARE);
         }
         assert_eq!(out, [Out::Line(vec![b'z'; max_line]), line("short")]);
     }
@@ -513,21 +553,27 @@ mod tests {
             (Some(body.len() + 13), None, None),
             (Some(len), None, Some(5)),
         ];
-        for chunk in [1_000, 7_777, MIN_SPARE] {
+        for chunk in [1_000, FIRST_SPARE, MAX_SPARE] {
             let mut f = LineFramer::with_ids(100);
             let mut got = Vec::new();
             let own = |frame: Frame<'_>| match frame {
                 Frame::Line(line) => (None, Some(String::from_utf8(line.to_vec()).unwrap()), None),
                 Frame::Oversize { seen, id } => (Some(seen), None, id),
             };
-            for piece in stream.as_bytes().chunks(chunk) {
-                f.spare()[..piece.len()].copy_from_slice(piece);
-                f.filled(piece.len());
-                while let Some(frame) = f.next_frame() {
-                    got.push(own(frame));
+            for mut piece in stream.as_bytes().chunks(chunk) {
+                // At most a full tail per read: a whole piece once the tail has grown.
+                while !piece.is_empty() {
+                    let spare = f.spare();
+                    let n = piece.len().min(spare.len());
+                    spare[..n].copy_from_slice(&piece[..n]);
+                    f.filled(n);
+                    piece = &piece[n..];
+                    while let Some(frame) = f.next_frame() {
+                        got.push(own(frame));
+                    }
                 }
                 // Never the line: the buffer stays near one read.
-                assert!(f.buf.capacity() <= 2 * MIN_SPARE);
+                assert!(f.buf.capacity() <= 2 * MAX_SPARE);
             }
             while let Some(frame) = f.finish() {
                 got.push(own(frame));

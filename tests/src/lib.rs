@@ -404,6 +404,33 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     pids
 }
 
+/// A process's memory from `/proc/<pid>/status`, in KiB: (`VmRSS`, its resident set now; `VmHWM`,
+/// the peak resident set since it started). A flood test bounds the peak, so a spike between two
+/// samples cannot hide.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Raises this process's soft open-file limit to its hard limit (a test that opens thousands of
+/// connections); returns (soft before, hard).
+pub fn raise_fd_limit() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    (soft, hard)
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{alive, metric, reason, run_bus, status, Bus, BusConfig, Mode, WAIT};
+use codex_bus_tests::{
+    alive, metric, raise_fd_limit, reason, run_bus, status, Bus, BusConfig, Mode, WAIT,
+};
 use serde_json::{json, Value};
 
 /// The TCP address the daemon listens on (from its log).
@@ -146,7 +148,9 @@ fn a_stalled_reader_is_cut_off_while_a_client_of_the_same_worker_keeps_fast_roun
 
     // The stalled client is cut off (bounded wait), and then its blocked write fails: the daemon
     // closed the socket.
-    let cut_line = bus.wait_log("client read nothing for backpressure_timeout_sec; disconnecting");
+    let cut_line = bus.wait_log(
+        "client output queue stayed over max_output_queue for backpressure_timeout_sec; disconnecting",
+    );
     assert!(cut_line.contains("timeout_sec=1"), "{cut_line}");
     let (written, write_failed_at, error) = flood.join().unwrap();
     let error = error.expect("the stalled client was cut off before it sent everything");
@@ -202,7 +206,7 @@ fn a_stalled_reader_is_cut_off_while_a_client_of_the_same_worker_keeps_fast_roun
     assert!(max < Duration::from_secs(1), "slowest round trip {max:?}");
     assert_eq!(
         bus.log()
-            .matches("client read nothing for backpressure_timeout_sec")
+            .matches("stayed over max_output_queue for backpressure_timeout_sec")
             .count(),
         1,
         "only the stalled client is cut off"
@@ -215,16 +219,6 @@ fn a_stalled_reader_is_cut_off_while_a_client_of_the_same_worker_keeps_fast_roun
 // ---------------------------------------------------------------------------------------------
 // Item 7
 // ---------------------------------------------------------------------------------------------
-
-/// Raises this process's soft open-file limit to the hard limit; returns (before, after).
-fn raise_fd_limit() -> (u64, u64) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-    }
-    (soft, hard)
-}
 
 /// Linux's initial SYN retransmission timeout: a connect this slow had its SYN dropped.
 const SYN_RETRANSMIT: Duration = Duration::from_millis(900);

@@ -1,6 +1,9 @@
-//! Bad input never ends the daemon, nor the connection: each bad line gets an error reply.
+//! Bad input never ends the daemon, nor the connection: each bad line gets an error reply, and a
+//! flood of 1 MiB batch lines gets one short line each, with the daemon's peak RSS bounded.
 
-use codex_bus_tests::{reason, still_works, Bus, BusConfig, Mode};
+use std::time::Instant;
+
+use codex_bus_tests::{reason, rss_kib, still_works, Bus, BusConfig, Mode};
 use serde_json::{json, Value};
 
 #[test]
@@ -71,28 +74,54 @@ fn a_batch_gets_one_error_for_the_whole_line() {
     still_works(&mut conn, 9);
 }
 
+/// 1 MiB batch lines sent in the flood.
+const BATCHES: usize = 20;
+
+/// How far the daemon's peak RSS may rise above its idle RSS while it answers [`BATCHES`] 1 MiB
+/// batch lines: one read buffer of a line's size and the allocator's slack. Before issue 12 one
+/// such line produced 69 MB of error replies.
+const BATCH_RSS_KIB: u64 = 16 * 1024;
+
 #[test]
 fn a_1_mib_batch_gets_one_bounded_line() {
     let mut bus = Bus::start(&BusConfig::mock(1), Mode::Tcp);
     let mut conn = bus.connect();
+    let mut other = bus.connect();
+    still_works(&mut other, 0);
+    let (idle_rss, _) = rss_kib(bus.pid());
     let elements = 1024 * 1024 / 2 - 1;
     let mut line = b"[0".to_vec();
     line.extend(b",0".repeat(elements - 1));
     line.extend(b"]\n");
     assert!(line.len() <= 1024 * 1024, "within max_input_buffer");
-    conn.send_raw(&line);
-    let reply = conn.recv_line();
-    assert!(reply.len() < 1024, "one short line: {reply}");
-    let reply: Value = serde_json::from_str(&reply).unwrap();
-    assert_eq!(reason(&reply), Some("batch_not_supported"));
-    let detail = reply["error"]["data"]["detail"].as_str().unwrap();
-    assert!(
-        detail.contains(&format!("a batch of {elements} elements")),
-        "{detail}"
-    );
+    let start = Instant::now();
+    for i in 0..BATCHES {
+        conn.send_raw(&line);
+        let reply = conn.recv_line();
+        assert!(reply.len() < 1024, "one short line: {reply}");
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reason(&reply), Some("batch_not_supported"));
+        let detail = reply["error"]["data"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("a batch of {elements} elements")),
+            "{detail}"
+        );
+        // Another client is served between the batches.
+        still_works(&mut other, i as i64 + 1);
+    }
+    let took = start.elapsed();
     // The very next line is the answer to this request: nothing else was queued.
     conn.request(json!(1), "ping", Value::Null, Some("alive"));
     assert_eq!(conn.recv()["id"], json!(1));
+    let (rss, peak) = rss_kib(bus.pid());
+    println!(
+        "{BATCHES} batch lines of 1 MiB answered with one short line each in {took:?}; daemon \
+         RSS idle {idle_rss} KiB, peak {peak} KiB, now {rss} KiB"
+    );
+    assert!(
+        peak < idle_rss + BATCH_RSS_KIB,
+        "peak RSS {peak} KiB, idle {idle_rss} KiB"
+    );
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! `limits.max_connections`, lowered below the daemon's open-file limit: connections over the cap
-//! are closed at once, so however many clients connect, a crashed worker is still restarted.
+//! are closed at once, so however many clients connect, a crashed worker is still restarted, the
+//! clients served keep being served and the daemon's peak RSS stays bounded.
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use codex_bus_tests::{metric, reason, Bus, BusConfig, Conn, Mode};
+use codex_bus_tests::{metric, reason, rss_kib, Bus, BusConfig, Conn, Mode};
 use serde_json::{json, Value};
 
 /// The daemon's open-file limit (soft = hard, so it cannot raise it).
@@ -16,6 +17,10 @@ const SERVED: usize = 20;
 
 /// Connections opened past everything the daemon could hold at [`NOFILE`].
 const FLOOD: usize = 2 * NOFILE as usize;
+
+/// How far the daemon's peak RSS may rise above its RSS once listening: the served connections,
+/// the refused ones (closed at once) and a worker restart.
+const FLOOD_RSS_KIB: u64 = 16 * 1024;
 
 fn ping(conn: &mut Conn, id: u64) -> Value {
     conn.request(json!(id), "ping", Value::Null, Some("s"));
@@ -45,6 +50,7 @@ fn connections_over_the_cap_are_closed_and_a_crashed_worker_still_restarts() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no cap in {cap_line:?}"));
     assert!(cap > SERVED && cap < NOFILE as usize, "cap {cap}");
+    let (idle_rss, _) = rss_kib(bus.pid());
 
     let mut served: Vec<Conn> = (0..SERVED).map(|_| bus.connect()).collect();
     for (i, conn) in served.iter_mut().enumerate() {
@@ -87,5 +93,15 @@ fn connections_over_the_cap_are_closed_and_a_crashed_worker_still_restarts() {
         &[("transport", "unix")],
     );
     assert_eq!(refused, (FLOOD - cap + SERVED) as f64);
+    let (rss, peak) = rss_kib(bus.pid());
+    println!(
+        "open-file limit {NOFILE}, connection cap {cap}: {FLOOD} more connections ({refused} \
+         refused), a worker crash and restart; daemon RSS idle {idle_rss} KiB, peak {peak} KiB, \
+         now {rss} KiB"
+    );
+    assert!(
+        peak < idle_rss + FLOOD_RSS_KIB,
+        "peak RSS {peak} KiB, idle {idle_rss} KiB"
+    );
     drop(flood);
 }

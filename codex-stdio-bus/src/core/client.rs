@@ -122,8 +122,9 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client of `tenant` whose output queue holds about `output_limit` bytes before its reads
-    /// pause; `admitted` as the router decided.
+    /// A client of `tenant` (`admitted` as the router decided) whose output queue holds about
+    /// `output_limit` bytes before its reads pause (`max_output_queue`), and never more than
+    /// `output_cap` (`max_output_bytes`): the push that would exceed it disconnects the client.
     pub(crate) fn new(
         id: u64,
         transport: Transport,
@@ -132,6 +133,7 @@ impl Client {
         admitted: bool,
         bound_session: Option<Box<[u8]>>,
         output_limit: usize,
+        output_cap: usize,
     ) -> Self {
         Client {
             id,
@@ -140,7 +142,7 @@ impl Client {
             tenant,
             admitted,
             bound_session,
-            out: Outbox::new(output_limit, ClientBook::default()),
+            out: Outbox::with_cap(output_limit, output_cap, ClientBook::default()),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             connected_at: Instant::now(),

@@ -527,6 +527,7 @@ mod tests {
             true,
             None,
             1024,
+            1 << 20,
         ))
     }
 

@@ -7,7 +7,6 @@
 //! client uses.
 
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::client::{Client, Transport};
-use crate::core::outbox::WriteFailed;
+use crate::core::outbox::{Stop, WriteFailed};
 use crate::core::principal::Principal;
-use crate::metrics::{self, ConnectionMetrics, Discard};
+use crate::metrics::{self, ConnectionMetrics, Discard, Disconnect};
 use crate::router::Router;
 
 /// The reading half of a connection: cuts whole messages out of what the peer sends.
@@ -30,7 +29,8 @@ pub(crate) trait MessageSource: Send {
 /// The writing half of a connection: frames the messages queued for the client.
 pub(crate) trait MessageSink: Send + 'static {
     /// Writes `client`'s queued messages until its queue is closed and empty; fails when a write
-    /// fails or makes no progress for `stall`.
+    /// fails, when the queue overflows its hard cap, or when it stays over its soft limit for
+    /// `stall`.
     fn drain(
         self,
         client: &Client,
@@ -46,7 +46,8 @@ pub(crate) struct Peer<'a> {
     pub principal: Principal,
     /// Its listener's connection counters.
     pub counts: &'a ConnectionMetrics,
-    /// `backpressure_timeout_sec`: how long a write may make no progress.
+    /// `backpressure_timeout_sec`: how long the client's output queue may stay over
+    /// `max_output_queue`.
     pub stall: Duration,
     /// `client_idle_sec`: how long the client may complete no line with no request in flight
     /// before it is closed; `None` for stdio, the daemon's only client.
@@ -141,18 +142,34 @@ async fn idle(client: &Client, limit: Option<Duration>) {
     }
 }
 
-/// Counts the replies a failed writer leaves undelivered (never silently lost) and says why.
+/// Counts the messages a failed writer leaves undelivered (never silently lost) and says why.
 fn writer_failed(client: &Client, failed: WriteFailed, stall: Duration) {
     let lost = failed.unsent + client.out.close_discarding();
     metrics::get().dropped_many(Discard::ClientGone, lost);
-    if failed.error.kind() == io::ErrorKind::TimedOut {
-        tracing::warn!(
-            ?client,
-            timeout_sec = stall.as_secs(),
-            lost,
-            "client read nothing for backpressure_timeout_sec; disconnecting"
-        );
-    } else {
-        tracing::debug!(?client, error = %failed.error, lost, "client write failed");
+    match failed.stop {
+        Stop::Overflow { queued } => {
+            metrics::get().disconnected(Disconnect::OutputOverflow);
+            tracing::warn!(
+                ?client,
+                queued_bytes = queued,
+                max_output_bytes = client.out.cap(),
+                lost,
+                "client output queue over max_output_bytes; disconnecting"
+            );
+        }
+        Stop::Stalled { queued } => {
+            metrics::get().disconnected(Disconnect::Stalled);
+            tracing::warn!(
+                ?client,
+                queued_bytes = queued,
+                max_output_queue = client.out.limit(),
+                timeout_sec = stall.as_secs(),
+                lost,
+                "client output queue stayed over max_output_queue for backpressure_timeout_sec; disconnecting"
+            );
+        }
+        Stop::Write(error) => {
+            tracing::debug!(?client, %error, lost, "client write failed");
+        }
     }
 }

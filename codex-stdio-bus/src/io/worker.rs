@@ -65,7 +65,7 @@ where
             let counted = |n: usize| written.increment(n as u64);
             // What the worker could not take is answered when it exits: its requests are pending.
             if let Err(failed) = slot.queue.drain_into(&mut stdin, None, counted).await {
-                tracing::debug!(?slot, error = %failed.error, "worker stdin closed");
+                tracing::debug!(?slot, stop = ?failed.stop, "worker stdin closed");
             }
         }
     });

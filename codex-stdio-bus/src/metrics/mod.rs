@@ -146,6 +146,29 @@ impl RestartReason {
     }
 }
 
+/// Why the bus disconnected a client on its own initiative, to protect itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disconnect {
+    /// A message would have taken the client's output queue over `limits.max_output_bytes`.
+    OutputOverflow,
+    /// The client's output queue stayed over `limits.max_output_queue` for
+    /// `limits.backpressure_timeout_sec`.
+    Stalled,
+}
+
+impl Disconnect {
+    /// Every reason, in declaration order.
+    const ALL: [Disconnect; 2] = [Disconnect::OutputOverflow, Disconnect::Stalled];
+
+    /// The `reason` label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Disconnect::OutputOverflow => "output_overflow",
+            Disconnect::Stalled => "stalled",
+        }
+    }
+}
+
 /// Process-wide handles.
 pub struct BusMetrics {
     errors: Vec<Counter>,
@@ -154,6 +177,7 @@ pub struct BusMetrics {
     bytes: Vec<Counter>,
     session_assignments: Counter,
     sessions_expired: Counter,
+    disconnects: Vec<Counter>,
 }
 
 static METRICS: OnceLock<BusMetrics> = OnceLock::new();
@@ -196,6 +220,10 @@ impl BusMetrics {
                 .collect(),
             session_assignments: counter!("codex_bus_session_assignments_total", "result" => "hashed"),
             sessions_expired: counter!("codex_bus_sessions_expired_total"),
+            disconnects: Disconnect::ALL
+                .iter()
+                .map(|d| counter!("codex_bus_clients_disconnected_total", "reason" => d.reason()))
+                .collect(),
         }
     }
 
@@ -243,6 +271,11 @@ impl BusMetrics {
     /// Counts `n` sessions removed from the sticky table for being idle.
     pub fn sessions_expired(&self, n: usize) {
         self.sessions_expired.increment(n as u64);
+    }
+
+    /// Counts a client the bus disconnected for `why`.
+    pub fn disconnected(&self, why: Disconnect) {
+        self.disconnects[why as usize].increment(1);
     }
 
     /// Counts a refusal (`rate_limited` or `quota_exceeded`) of a tenant's request or connection
@@ -384,6 +417,10 @@ pub fn describe() {
     describe_counter!(
         "codex_bus_client_connections_refused_total",
         "Client connections closed at once because max_connections were being served."
+    );
+    describe_counter!(
+        "codex_bus_clients_disconnected_total",
+        "Clients the bus disconnected to bound its memory: output over max_output_bytes, or over max_output_queue for backpressure_timeout_sec."
     );
     describe_counter!(
         "codex_bus_client_idle_closed_total",

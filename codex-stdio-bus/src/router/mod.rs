@@ -54,6 +54,8 @@ pub(crate) struct Router {
     clients: DashMap<u64, Arc<Client>>,
     next_client: AtomicU64,
     output_limit: usize,
+    /// `limits.max_output_bytes`: the hard cap on a client's output queue.
+    output_cap: usize,
     /// `limits.max_session_id_bytes`.
     max_session_id: usize,
     /// `limits.session_idle_sec`, as the whole seconds the session table counts in.
@@ -107,6 +109,7 @@ impl Router {
             clients: DashMap::new(),
             next_client: AtomicU64::new(1),
             output_limit: config.limits.max_output_queue,
+            output_cap: config.limits.max_output_bytes,
             max_session_id: config.limits.max_session_id_bytes,
             session_idle: u32::try_from(config.limits.session_idle_sec).unwrap_or(u32::MAX),
             draining: AtomicBool::new(false),
@@ -221,6 +224,7 @@ impl Router {
             admitted,
             bound_session,
             self.output_limit,
+            self.output_cap,
         );
         let client = Arc::new(client);
         match refused {

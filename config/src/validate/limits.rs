@@ -19,6 +19,7 @@ pub(crate) fn limits(
     };
     let entries = object(path, value, problems)?;
     let before = problems.count();
+    let mut cap_set = false;
     for (key, value) in entries {
         let path = path.key(key);
         let p = &path;
@@ -31,6 +32,13 @@ pub(crate) fn limits(
                 &mut limits.max_output_queue,
                 integer(p, value, 1, usize::MAX, problems),
             ),
+            "max_output_bytes" => {
+                cap_set = true;
+                set(
+                    &mut limits.max_output_bytes,
+                    integer(p, value, 1, usize::MAX, problems),
+                );
+            }
             "max_restarts" => set(
                 &mut limits.max_restarts,
                 integer(p, value, 0, u32::MAX, problems),
@@ -103,6 +111,18 @@ pub(crate) fn limits(
             ),
             _ => problems.unknown_key(p, key, LIMIT_KEYS),
         }
+    }
+    if !cap_set {
+        // Raising only the soft limit must not make the default cap refuse the file.
+        limits.max_output_bytes = limits.max_output_bytes.max(limits.max_output_queue);
+    } else if limits.max_output_bytes < limits.max_output_queue {
+        problems.add(
+            &path.key("max_output_bytes"),
+            format_args!(
+                "must be at least max_output_queue ({}), got {}",
+                limits.max_output_queue, limits.max_output_bytes
+            ),
+        );
     }
     (problems.count() == before).then_some(limits)
 }
