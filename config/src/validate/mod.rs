@@ -1,5 +1,6 @@
 //! Turns a parsed document into a [`Config`], collecting every problem rather than stopping at the first.
 
+mod auth;
 mod limits;
 mod metrics;
 mod pools;
@@ -42,8 +43,9 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         &mut problems,
     );
     let metrics = metrics::metrics(&root.key("metrics"), document.get("metrics"), &mut problems);
-    match (pools.pools, limits, transport, routing, metrics) {
-        (Some(pools), Some(limits), Some(transport), Some(routing), Some(metrics))
+    let auth = auth::auth(&root.key("auth"), document.get("auth"), &mut problems);
+    match (pools.pools, limits, transport, routing, metrics, auth) {
+        (Some(pools), Some(limits), Some(transport), Some(routing), Some(metrics), Some(auth))
             if problems.count() == 0 =>
         {
             Ok(Config {
@@ -52,8 +54,19 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
                 transport,
                 routing,
                 metrics,
+                auth,
             })
         }
+        _ => Err(problems.into_vec()),
+    }
+}
+
+/// Validates the text of a tokens file (`auth.tokens_file`): a JSON array of entries shaped like
+/// `auth.tokens[]`, checked by the same rules.
+pub(crate) fn token_file(document: &Json) -> Result<Vec<crate::TokenEntry>, Vec<String>> {
+    let mut problems = Problems::default();
+    match auth::tokens(&FieldPath::Root, document, &mut problems) {
+        Some(tokens) if problems.count() == 0 => Ok(tokens),
         _ => Err(problems.into_vec()),
     }
 }
