@@ -10,7 +10,7 @@
 //! 4. `supervisor`: the restart policy loop, driving workers through a `WorkerSink`;
 //! 5. [`daemon`] (`run(config, listeners, shutdown)`) and [`admin`] (metrics, health, status).
 //!
-//! `metrics` and [`error`] are leaves that any layer may use; [`signals`] makes the [`Shutdown`]
+//! `auth` (credentials), `metrics` and [`error`] are leaves that any layer may use; [`signals`] makes the [`Shutdown`]
 //! that `main` hands to [`daemon::run`].
 //!
 //! [`Shutdown`]: daemon::Shutdown
@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+mod auth;
 pub mod cli;
 mod core;
 pub mod daemon;

@@ -18,18 +18,19 @@ fn src() -> PathBuf {
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
         // Leaves: nothing of the daemon.
-        "metrics" | "error" | "cli" => &[],
+        "metrics" | "error" | "cli" | "auth" => &[],
         "core" => &[],
         "router" => &["core", "metrics", "error"],
-        "io" => &["core", "router", "metrics", "error"],
+        "io" => &["core", "router", "auth", "metrics", "error"],
         "supervisor" => &["core", "router", "io", "metrics", "error"],
-        "admin" => &["core", "router", "io", "metrics", "error"],
+        "admin" => &["core", "router", "io", "auth", "metrics", "error"],
         "daemon" => &[
             "core",
             "router",
             "io",
             "supervisor",
             "admin",
+            "auth",
             "metrics",
             "error",
         ],
