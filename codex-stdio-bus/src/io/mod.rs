@@ -7,6 +7,7 @@
 //!
 //! Imports: the core, the router (to route client messages) and the metrics leaf.
 
+pub(crate) mod authenticate;
 pub(crate) mod capacity;
 pub(crate) mod connection;
 pub(crate) mod frames;
@@ -20,14 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use codex_bus_config::Limits;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Authenticator, Identity};
 use crate::core::client::Transport;
 use crate::core::principal::Principal;
-use crate::metrics::ConnectionMetrics;
+use crate::metrics::{self, AuthResult, ConnectionMetrics};
 use crate::router::Router;
 use capacity::{Capacity, Seat};
 use connection::Peer;
@@ -38,11 +40,13 @@ use ndjson::{NdjsonSink, NdjsonSource};
 pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves clients from `bound` until `drain` is cancelled (or, for stdio, until stdin ends, which
-/// then cancels `drain` itself).
+/// then cancels `drain` itself). With `auth`, every connection gets its principal from it
+/// (`authenticate` for TCP); without, every connection is the default tenant's.
 pub(crate) async fn serve(
     bound: Bound,
     router: Arc<Router>,
     limits: Limits,
+    auth: Option<Arc<Authenticator>>,
     writers: TaskTracker,
     drain: CancellationToken,
 ) {
@@ -55,12 +59,17 @@ pub(crate) async fn serve(
         writers,
         counts,
         transport,
+        auth,
     };
     match bound {
         Bound::Stdio => {
             let (input, output) = stdio::streams();
+            let arrival = match &lines.auth {
+                Some(auth) => Arrival::Known(principal(auth.stdio())),
+                None => Arrival::Known(Principal::anonymous(transport.as_str())),
+            };
             tokio::select! {
-                () = lines.serve(input, output, None) => {
+                () = lines.serve(input, output, None, arrival) => {
                     tracing::info!("stdin closed; draining");
                     drain.cancel();
                 }
@@ -79,12 +88,16 @@ pub(crate) async fn serve(
                         Ok(accepted) => match capacity.take() {
                             Some(seat) => match accepted {
                                 Accepted::Tcp(stream) => {
+                                    let arrival = lines.tcp_arrival();
                                     let (reader, writer) = stream.into_split();
-                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat)));
+                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat), arrival));
                                 }
                                 Accepted::Unix(stream) => {
+                                    let Some(arrival) = lines.unix_arrival(&stream) else {
+                                        continue;
+                                    };
                                     let (reader, writer) = stream.into_split();
-                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat)));
+                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat), arrival));
                                 }
                             },
                             None => lines.counts.refused(),
@@ -109,27 +122,96 @@ struct Lines {
     writers: TaskTracker,
     counts: Arc<ConnectionMetrics>,
     transport: Transport,
+    auth: Option<Arc<Authenticator>>,
+}
+
+/// Who a new connection is, or how it will tell.
+enum Arrival {
+    /// Known from the transport: stdio, a Unix peer's uid, or anyone without `auth`.
+    Known(Principal),
+    /// To be learnt from its first line (`bus/authenticate`).
+    Handshake(Arc<Authenticator>),
 }
 
 impl Lines {
+    /// A TCP connection: it authenticates when `auth` gives bearer credentials; otherwise (no
+    /// `auth`, or `auth.insecure_no_auth` without credentials) it is the default tenant's.
+    fn tcp_arrival(&self) -> Arrival {
+        match &self.auth {
+            Some(auth) if auth.accepts_bearers() => Arrival::Handshake(auth.clone()),
+            _ => Arrival::Known(Principal::anonymous(self.transport.as_str())),
+        }
+    }
+
+    /// A Unix-socket connection: with `auth`, the tenant of its peer's uid (`SO_PEERCRED`);
+    /// `None` (the connection is dropped) when the kernel does not say who the peer is.
+    fn unix_arrival(&self, stream: &UnixStream) -> Option<Arrival> {
+        let Some(auth) = &self.auth else {
+            return Some(Arrival::Known(Principal::anonymous(
+                self.transport.as_str(),
+            )));
+        };
+        match stream.peer_cred() {
+            Ok(credentials) => {
+                let identity = auth.unix(credentials.uid());
+                metrics::get().auth(AuthResult::Ok);
+                tracing::debug!(tenant = %identity.tenant, subject = %identity.subject, "unix client authenticated");
+                Some(Arrival::Known(principal(identity)))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a Unix client's peer credentials; closing it");
+                None
+            }
+        }
+    }
+
     /// Serves one NDJSON connection over `reader` and `writer`, holding its `seat` under
-    /// `max_connections` until it is done (stdio takes none: it is the only client).
-    async fn serve<R, W>(self, reader: R, writer: W, seat: Option<Seat>)
+    /// `max_connections` until it is done (stdio takes none: it is the only client). A
+    /// connection that must authenticate is registered only once it has.
+    async fn serve<R, W>(self, mut reader: R, mut writer: W, seat: Option<Seat>, arrival: Arrival)
     where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        match arrival {
+            Arrival::Known(principal) => self.serve_as(reader, writer, seat, principal, None).await,
+            Arrival::Handshake(auth) => {
+                let Some(done) = authenticate::handshake(&auth, &mut reader, &mut writer).await
+                else {
+                    return;
+                };
+                // What the client pipelined behind its bus/authenticate is read first.
+                let reader = std::io::Cursor::new(done.pipelined).chain(reader);
+                self.serve_as(reader, writer, seat, done.principal, Some(done.reply))
+                    .await;
+            }
+        }
+    }
+
+    /// Serves a connection whose principal is known; `first_reply` is queued once it is
+    /// registered.
+    async fn serve_as<R, W>(
+        self,
+        reader: R,
+        writer: W,
+        seat: Option<Seat>,
+        principal: Principal,
+        first_reply: Option<Vec<u8>>,
+    ) where
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let peer = Peer {
             transport: self.transport,
-            // No authentication yet: every connection is the default tenant's.
-            principal: Principal::anonymous(self.transport.as_str()),
+            principal,
             counts: &self.counts,
             stall: Duration::from_secs(self.limits.backpressure_timeout_sec),
             idle: seat
                 .is_some()
                 .then(|| Duration::from_secs(self.limits.client_idle_sec)),
+            first_reply,
         };
-        let source = NdjsonSource::new(reader, self.limits.max_input_buffer);
+        let source = NdjsonSource::new(reader, self.limits.max_input_buffer, self.auth.is_some());
         connection::serve(
             self.router.clone(),
             peer,
@@ -139,6 +221,14 @@ impl Lines {
         )
         .await;
         drop(seat);
+    }
+}
+
+/// The principal of a verified identity.
+fn principal(identity: Identity) -> Principal {
+    Principal {
+        tenant: identity.tenant,
+        subject: identity.subject,
     }
 }
 
