@@ -229,3 +229,36 @@ pub(crate) fn repeated(line: &[u8]) -> Option<Option<Vec<u8>>> {
     let request = Request::parse(line)?;
     (request.method.as_deref() == Some(METHOD)).then(|| request.id.as_ref().map(id_text))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bus_authenticate_method_counts_as_repeated() {
+        let again =
+            br#"{"jsonrpc":"2.0","id":"x","method":"bus/authenticate","params":{"token":"t"}}"#;
+        assert_eq!(repeated(again), Some(Some(b"\"x\"".to_vec())));
+        let notification = br#"{"jsonrpc":"2.0","method":"bus/authenticate"}"#;
+        assert_eq!(repeated(notification), Some(None));
+        // The name in a prompt or a param is not the method.
+        let mention = br#"{"jsonrpc":"2.0","id":1,"method":"turn/start","params":{"text":"bus/authenticate"}}"#;
+        assert_eq!(repeated(mention), None);
+        assert_eq!(repeated(b"bus/authenticate"), None);
+    }
+
+    #[test]
+    fn the_success_reply_echoes_the_id_and_names_the_principal() {
+        let principal = Principal {
+            tenant: "acme".into(),
+            subject: "ide \"1\"".into(),
+        };
+        let reply = success_reply(b"7", &principal);
+        let value: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"tenant": "acme", "subject": "ide \"1\""}})
+        );
+        assert!(reply.ends_with(b"}\n"));
+    }
+}

@@ -5,7 +5,8 @@
 //! every transport today (`ndjson`). Worker pipes (`worker`) feed a slot's queue to the
 //! worker's stdin and hand its stdout lines to a `WorkerSink`.
 //!
-//! Imports: the core, the router (to route client messages) and the metrics leaf.
+//! Imports: the core, the router (to route client messages), and the auth (principals) and
+//! metrics leaves.
 
 pub(crate) mod authenticate;
 pub(crate) mod capacity;
@@ -155,7 +156,7 @@ impl Lines {
             Ok(credentials) => {
                 let identity = auth.unix(credentials.uid());
                 metrics::get().auth(AuthResult::Ok);
-                tracing::debug!(tenant = %identity.tenant, subject = %identity.subject, "unix client authenticated");
+                tracing::info!(tenant = %identity.tenant, subject = %identity.subject, "unix client authenticated");
                 Some(Arrival::Known(principal(identity)))
             }
             Err(error) => {
