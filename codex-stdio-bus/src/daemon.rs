@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::audit::Audit;
+use crate::auth::{AdminBearer, Authenticator};
 use crate::core::sink::WorkerSink;
 use crate::error::{Error, Kind};
 use crate::io::{self, listen::Bound, listen::Endpoint};
@@ -123,6 +124,8 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<Outcome, Error> {
     check_commands(&config)?;
+    let auth = authenticator(&config)?;
+    secure_by_default(&config, auth.as_deref(), &listeners)?;
     let admin = match listeners.admin {
         // The recorder goes in before the router resolves its metric handles.
         Some(listener) => {
@@ -143,8 +146,13 @@ pub async fn run(
     });
     let router = Arc::new(Router::new(&config).audited(audit.clone()));
     if let Some((listener, handle)) = admin {
+        let bearer = config
+            .metrics
+            .bearer_sha256
+            .as_deref()
+            .and_then(AdminBearer::new);
         tokio::spawn(recorder::upkeep(handle.clone()));
-        tokio::spawn(admin::serve(listener, router.clone(), handle));
+        tokio::spawn(admin::serve(listener, router.clone(), handle, bearer));
     }
 
     let sink: Arc<dyn WorkerSink> = router.clone();
@@ -187,6 +195,7 @@ pub async fn run(
         listeners.clients,
         router.clone(),
         limits,
+        auth,
         writers.clone(),
         drain.clone(),
     ));
@@ -335,6 +344,102 @@ pub fn check_commands(config: &Config) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The verifier `auth` configures (its files read and checked now), if any; `run` and
+/// `codex-stdio-bus check` both build it, so the two agree.
+///
+/// # Errors
+///
+/// [`Kind::Config`]: an unreadable or invalid `auth.tokens_file`, the same token twice, an
+/// unreadable or short JWT secret.
+fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, Error> {
+    match &config.auth {
+        Some(auth) => Authenticator::load(auth)
+            .map(|auth| Some(Arc::new(auth)))
+            .map_err(|message| Error::new(Kind::Config, message)),
+        None => Ok(None),
+    }
+}
+
+/// Checks, for `codex-stdio-bus check`, what `run` checks of `auth` before it starts: the files
+/// it names are readable and valid.
+///
+/// # Errors
+///
+/// As `run` fails: [`Kind::Config`] naming the field and the file.
+pub fn check_auth(config: &Config) -> Result<(), Error> {
+    authenticator(config).map(drop)
+}
+
+/// Secure by default (as `codex app-server` refuses a non-loopback listener without auth):
+/// refuses a TCP client listener on a non-loopback address unless TCP clients must
+/// authenticate, a metrics listener on one unless `metrics.bearer_sha256` is set, and an `auth`
+/// that gives TCP clients no credential; `auth.insecure_no_auth` lifts the first two (with a
+/// WARN) and the third.
+///
+/// # Errors
+///
+/// [`Kind::Config`] (exit status 78) saying which listener and what to configure.
+fn secure_by_default(
+    config: &Config,
+    auth: Option<&Authenticator>,
+    listeners: &Listeners,
+) -> Result<(), Error> {
+    let insecure = config.auth.as_ref().is_some_and(|a| a.insecure_no_auth);
+    let bearers = auth.is_some_and(Authenticator::accepts_bearers);
+    if let Bound::Tcp(listener) = &listeners.clients {
+        if auth.is_some() && !bearers && !insecure {
+            return Err(Error::new(
+                Kind::Config,
+                "auth is configured but gives TCP clients no credential to present: set \
+                 auth.tokens, auth.tokens_file or auth.jwt",
+            ));
+        }
+        let address = local_address(listener)?;
+        if !is_loopback(address) && !bearers {
+            if !insecure {
+                return Err(Error::new(
+                    Kind::Config,
+                    format!(
+                        "refusing to start a TCP listener on the non-loopback address {address} \
+                         without authentication: set auth.tokens, auth.tokens_file or auth.jwt \
+                         (or auth.insecure_no_auth: true, on a network you trust entirely)"
+                    ),
+                ));
+            }
+            tracing::warn!(%address, "auth.insecure_no_auth: TCP clients on a non-loopback address are not authenticated");
+        }
+    }
+    if let Some(listener) = &listeners.admin {
+        let address = local_address(listener)?;
+        if !is_loopback(address) && config.metrics.bearer_sha256.is_none() {
+            if !insecure {
+                return Err(Error::new(
+                    Kind::Config,
+                    format!(
+                        "refusing to start the metrics listener on the non-loopback address \
+                         {address} without authentication: set metrics.bearer_sha256 (or \
+                         auth.insecure_no_auth: true, on a network you trust entirely)"
+                    ),
+                ));
+            }
+            tracing::warn!(%address, "auth.insecure_no_auth: /metrics and /status on a non-loopback address are open to anyone");
+        }
+    }
+    Ok(())
+}
+
+/// The address a listener is bound to.
+fn local_address(listener: &TcpListener) -> Result<std::net::SocketAddr, Error> {
+    listener
+        .local_addr()
+        .map_err(|e| Error::because(Kind::Environment, "cannot read a listener's address", e))
+}
+
+/// Whether `address` is loopback (an IPv4-mapped IPv6 address counts as its IPv4 address).
+fn is_loopback(address: std::net::SocketAddr) -> bool {
+    address.ip().to_canonical().is_loopback()
 }
 
 /// Tells the service manager (systemd's `NOTIFY_SOCKET`, when set) how the daemon is doing. The

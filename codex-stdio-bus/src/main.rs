@@ -50,7 +50,7 @@ fn check(path: Option<&Path>) -> ExitCode {
         Err(error) => return fail(&error),
     };
     println!("{}", config.to_pretty_json());
-    match daemon::check_commands(&config) {
+    match daemon::check_commands(&config).and_then(|()| daemon::check_auth(&config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
     }

@@ -18,18 +18,19 @@ fn src() -> PathBuf {
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
         // Leaves: nothing of the daemon.
-        "metrics" | "error" | "cli" | "audit" => &[],
+        "metrics" | "error" | "cli" | "audit" | "auth" => &[],
         "core" => &[],
         "router" => &["core", "metrics", "audit", "error"],
-        "io" => &["core", "router", "metrics", "audit", "error"],
+        "io" => &["core", "router", "auth", "metrics", "audit", "error"],
         "supervisor" => &["core", "router", "io", "metrics", "error"],
-        "admin" => &["core", "router", "io", "metrics", "error"],
+        "admin" => &["core", "router", "io", "auth", "metrics", "error"],
         "daemon" => &[
             "core",
             "router",
             "io",
             "supervisor",
             "admin",
+            "auth",
             "metrics",
             "audit",
             "error",

@@ -26,6 +26,7 @@ mod parse;
 mod path;
 mod schema;
 mod suggest;
+mod tenant;
 mod tree;
 mod validate;
 
@@ -33,10 +34,11 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use model::{
-    AuditConfig, Config, IdReferenceConfig, Limits, MetricsConfig, PoolConfig, ReadyProbe,
-    RestartPolicy, RoutingConfig, Supervision, TenantLimits, TransportConfig, TransportMode,
+    AuditConfig, AuthConfig, Config, IdReferenceConfig, JwtConfig, Limits, MetricsConfig,
+    PoolConfig, ReadyProbe, RestartPolicy, RoutingConfig, Supervision, TenantLimits, TokenEntry,
+    TransportConfig, TransportMode,
 };
-pub use validate::tenants::{is_tenant_name, MAX_TENANT_NAME};
+pub use tenant::{validate_tenant_name, MAX_TENANT_BYTES};
 
 impl Config {
     /// Parses and validates a config document. `source_name` (a path or `"<built-in>"`) prefixes messages.
@@ -80,7 +82,23 @@ impl Config {
             metrics: MetricsConfig::default(),
             tenants: Default::default(),
             audit: AuditConfig::default(),
+            auth: None,
         }
+    }
+
+    /// Parses and validates the text of an `auth.tokens_file`: a JSON array of entries shaped like
+    /// `auth.tokens[]` (`source_name`, the file's path, prefixes messages).
+    pub fn tokens_from_json_str(
+        text: &str,
+        source_name: &str,
+    ) -> Result<Vec<TokenEntry>, ConfigError> {
+        parse::parse_strict(text)
+            .map_err(|problem| vec![problem])
+            .and_then(|document| validate::token_file(&document))
+            .map_err(|problems| ConfigError {
+                source_name: source_name.to_owned(),
+                problems,
+            })
     }
 
     /// The effective config as pretty JSON (every default filled in), for `codex-stdio-bus check`.

@@ -18,6 +18,9 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Metrics and health endpoint (our extension).
     pub metrics: MetricsConfig,
+    /// Client authentication (our extension); absent, every connection is the default tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
     /// Per-tenant limits that differ from the `limits.tenant_*` defaults, by tenant name (our
     /// extension). These tenants also get their own metric series.
     pub tenants: BTreeMap<String, TenantLimits>,
@@ -133,6 +136,10 @@ impl Default for Supervision {
 /// Paths built by hand may not be UTF-8; printing them lossily keeps `to_pretty_json` infallible.
 fn serialize_path_lossy<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
     path.as_deref().map(Path::to_string_lossy).serialize(s)
+}
+
+fn serialize_one_path_lossy<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    path.to_string_lossy().serialize(s)
 }
 
 /// Buffer, supervision and timeout limits; sizes are in bytes.
@@ -350,4 +357,87 @@ pub struct MetricsConfig {
     /// HOST:PORT to listen on; off when absent (the `--metrics` flag overrides it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Lower-case hex SHA-256 (64 digits) of the bearer token that `/metrics` and `/status`
+    /// require; absent, they are open. Only the digest is configured, so the file holds no secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_sha256: Option<String>,
+}
+
+/// How clients prove who they are (the `auth` object), in the two credential modes of
+/// `codex app-server --ws-auth`: capability tokens and HS256 JWTs (docs/config.md, "auth").
+///
+/// Holds no secret: tokens are configured by their SHA-256 digest, the JWT secret by the path of
+/// the file that holds it (read at start by the daemon).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuthConfig {
+    /// Capability tokens given inline.
+    pub tokens: Vec<TokenEntry>,
+    /// A file holding more entries shaped like `tokens` (a JSON array), read at start.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_path_lossy"
+    )]
+    pub tokens_file: Option<PathBuf>,
+    /// HS256 JWT verification; absent, JWTs are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+    /// Unix-socket peers: the tenant of each uid (`SO_PEERCRED`); an unmapped uid `n` is tenant
+    /// `uid-n`.
+    pub unix_tenants: BTreeMap<u32, String>,
+    /// The tenant of the stdio client, the local operator.
+    pub stdio_tenant: String,
+    /// Lets a TCP or metrics listener on a non-loopback address start without authentication.
+    pub insecure_no_auth: bool,
+    /// Seconds a TCP client has to authenticate before it is closed.
+    pub handshake_timeout_sec: u64,
+    /// Lines refused before authentication after which the connection is closed.
+    pub max_unauthenticated_lines: u32,
+}
+
+impl Default for AuthConfig {
+    /// No credentials, stdio as `local`, 10 s and 3 lines to authenticate, secure by default.
+    fn default() -> Self {
+        AuthConfig {
+            tokens: Vec::new(),
+            tokens_file: None,
+            jwt: None,
+            unix_tenants: BTreeMap::new(),
+            stdio_tenant: "local".to_owned(),
+            insecure_no_auth: false,
+            handshake_timeout_sec: 10,
+            max_unauthenticated_lines: 3,
+        }
+    }
+}
+
+/// One capability token: a bearer secret known only by its SHA-256 digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenEntry {
+    /// The tenant a connection presenting the token belongs to (a [tenant name]).
+    ///
+    /// [tenant name]: crate::validate_tenant_name
+    pub tenant: String,
+    /// Lower-case hex SHA-256 (64 digits) of the token's bytes: `printf %s "$TOKEN" | sha256sum`.
+    pub sha256: String,
+    /// Who holds the token, for logs; the tenant's name when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// HS256 JWT verification settings (as `codex app-server --ws-auth signed-bearer-token`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JwtConfig {
+    /// File holding the shared secret (surrounding whitespace trimmed; at least 32 bytes).
+    #[serde(serialize_with = "serialize_one_path_lossy")]
+    pub secret_file: PathBuf,
+    /// Required `iss` claim, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim (a string, or an array holding it), when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The claim naming the tenant (a [tenant name]); `tenant` by default.
+    ///
+    /// [tenant name]: crate::validate_tenant_name
+    pub tenant_claim: String,
 }

@@ -7,6 +7,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "transport",
     "routing",
     "metrics",
+    "auth",
     "tenants",
     "audit",
 ];
@@ -90,7 +91,25 @@ pub(crate) const ROUTING_KEYS: &[&str] = &["session_id_field", "default_pool", "
 pub(crate) const ID_REFERENCE_KEYS: &[&str] = &["method", "path"];
 
 /// Keys of `metrics` (our extension).
-pub(crate) const METRICS_KEYS: &[&str] = &["listen"];
+pub(crate) const METRICS_KEYS: &[&str] = &["listen", "bearer_sha256"];
+
+/// Keys of `auth` (our extension).
+pub(crate) const AUTH_KEYS: &[&str] = &[
+    "tokens",
+    "tokens_file",
+    "jwt",
+    "unix_tenants",
+    "stdio_tenant",
+    "insecure_no_auth",
+    "handshake_timeout_sec",
+    "max_unauthenticated_lines",
+];
+
+/// Keys of one `auth.tokens[]` entry (and of one entry of `auth.tokens_file`).
+pub(crate) const TOKEN_KEYS: &[&str] = &["tenant", "sha256", "subject"];
+
+/// Keys of `auth.jwt`.
+pub(crate) const JWT_KEYS: &[&str] = &["secret_file", "issuer", "audience", "tenant_claim"];
 
 /// Most workers a pool may have; far above useful sizes, it catches a typo that would fork thousands.
 pub(crate) const MAX_INSTANCES: u32 = 1024;
@@ -98,7 +117,7 @@ pub(crate) const MAX_INSTANCES: u32 = 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Limits;
+    use crate::{AuthConfig, Limits};
 
     fn reference() -> String {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md");
@@ -120,6 +139,9 @@ mod tests {
             METRICS_KEYS,
             TENANT_KEYS,
             AUDIT_KEYS,
+            AUTH_KEYS,
+            TOKEN_KEYS,
+            JWT_KEYS,
         ];
         let missing: Vec<&str> = levels
             .iter()
@@ -136,6 +158,7 @@ mod tests {
     fn docs_state_every_default_limit() {
         let docs = reference();
         let d = Limits::default();
+        let auth = AuthConfig::default();
         let defaults = [
             d.max_input_buffer.to_string(),
             d.max_output_queue.to_string(),
@@ -153,6 +176,9 @@ mod tests {
             d.tenant_max_in_flight.to_string(),
             d.max_output_bytes.to_string(),
             MAX_INSTANCES.to_string(),
+            auth.handshake_timeout_sec.to_string(),
+            auth.max_unauthenticated_lines.to_string(),
+            format!("\"{}\"", auth.stdio_tenant),
         ];
         let missing: Vec<&String> = defaults
             .iter()

@@ -341,7 +341,7 @@ fn several_problems_are_reported_at_once() {
     assert_problems(
         text,
         &[
-            "extra: unknown key (known keys: pools, limits, transport, routing, metrics, tenants, audit)",
+            "extra: unknown key (known keys: pools, limits, transport, routing, metrics, auth, tenants, audit)",
             r#"pools[0].command: must be a non-empty string, got """#,
             "pools[0].instances: must be an integer ≥ 1, got 0",
             "pools[1].agrs: unknown key (did you mean 'args'?)",
@@ -471,5 +471,84 @@ fn routing_id_references_are_checked_entry_by_entry() {
             "routing.id_references[3]: must be an object, got 3",
             "routing.id_references[4].method: 'ok' is listed twice (first at index 0)",
         ],
+    );
+}
+
+#[test]
+fn auth_keys_values_and_tenant_names_are_checked() {
+    let digest = "a".repeat(64);
+    assert_problems(
+        &with_section(&format!(
+            r#""auth": {{
+                "tokens": [
+                    {{"tenant": "a", "sha256": "{digest}"}},
+                    {{"tenant": "b c", "sha256": "xyz", "subjct": "s"}},
+                    {{"sha256": "{}"}},
+                    {{"tenant": "d", "sha256": "{digest}"}}
+                ],
+                "jwt": {{"issuer": "", "tenant_claim": "org"}},
+                "unix_tenants": {{"1000": "ops", "+5": "x", "root": "y"}},
+                "stdio_tenant": "",
+                "insecure_no_auth": 1,
+                "handshake_timeout_sec": 0,
+                "max_unauthenticated_lines": 101,
+                "tokns": []
+            }},
+            "metrics": {{"bearer_sha256": "secret-token"}}"#,
+            "B".repeat(64)
+        )),
+        &[
+            "metrics.bearer_sha256: must be a 64-character hex SHA-256 digest (printf %s \"$TOKEN\" | sha256sum), got 12 characters",
+            "auth.tokens[1].tenant: a tenant name may hold only A-Z, a-z, 0-9, '.', '_' and '-', got \"b c\"",
+            "auth.tokens[1].sha256: must be a 64-character hex SHA-256 digest (printf %s \"$TOKEN\" | sha256sum), got 3 characters",
+            "auth.tokens[1].subjct: unknown key (did you mean 'subject'?)",
+            "auth.tokens[2].tenant: missing; every token needs it",
+            "auth.tokens[3].sha256: the same token as entry [0]",
+            "auth.jwt.issuer: must be a non-empty string, got \"\"",
+            "auth.jwt.secret_file: missing; a JWT is verified with the secret in this file",
+            "auth.unix_tenants[\"+5\"]: the key must be a numeric uid (0 to 4294967295)",
+            "auth.unix_tenants.root: the key must be a numeric uid (0 to 4294967295)",
+            "auth.stdio_tenant: a tenant name must not be empty, got \"\"",
+            "auth.insecure_no_auth: must be true or false, got 1",
+            "auth.handshake_timeout_sec: must be an integer ≥ 1, got 0",
+            "auth.max_unauthenticated_lines: must be at most 100, got 101",
+            "auth.tokns: unknown key (did you mean 'tokens'?)",
+        ],
+    );
+}
+
+#[test]
+fn auth_defaults_fill_in_and_digests_are_lower_cased() {
+    let text = with_section(&format!(
+        r#""auth": {{"tokens": [{{"tenant": "acme", "sha256": "{}"}}]}}"#,
+        "AB".repeat(32)
+    ));
+    let config = Config::from_json_str(&text, "t.json").unwrap();
+    let auth = config.auth.unwrap();
+    assert_eq!(auth.tokens[0].sha256, "ab".repeat(32));
+    assert_eq!(auth.stdio_tenant, "local");
+    assert_eq!(
+        (auth.handshake_timeout_sec, auth.max_unauthenticated_lines),
+        (10, 3)
+    );
+    assert!(!auth.insecure_no_auth);
+    assert!(
+        Config::from_json_str(&with_section(r#""metrics": {}"#), "t")
+            .unwrap()
+            .auth
+            .is_none()
+    );
+}
+
+#[test]
+fn a_tokens_file_is_checked_like_the_tokens_key() {
+    let digest = "0".repeat(64);
+    let good = format!(r#"[{{"tenant": "a", "sha256": "{digest}", "subject": "ci"}}]"#);
+    let tokens = Config::tokens_from_json_str(&good, "tokens.json").unwrap();
+    assert_eq!(tokens[0].subject.as_deref(), Some("ci"));
+    let bad = Config::tokens_from_json_str(r#"{"tenant": "a"}"#, "tokens.json").unwrap_err();
+    assert_eq!(
+        bad.to_string(),
+        "tokens.json: top level: must be an array of token objects, got an object"
     );
 }

@@ -152,6 +152,17 @@ impl LineFramer {
         self.end - self.start
     }
 
+    /// The bytes buffered but not yet returned as frames (empty while an oversize line is being
+    /// skipped, whose bytes are never kept): what a reader that takes over the stream after the
+    /// last frame returned must see first, e.g. requests pipelined behind a handshake line.
+    pub fn unframed(&self) -> &[u8] {
+        if self.skipping {
+            &[]
+        } else {
+            &self.buf[self.start..self.end]
+        }
+    }
+
     fn resolve(&self, found: Found) -> Frame<'_> {
         match found {
             Found::Line(range) => Frame::Line(&self.buf[range]),
@@ -346,6 +357,27 @@ mod tests {
         assert_eq!(f.spare().len(), MAX_SPARE, "the buffer is small again");
         feed(&mut f, b"next\n", &mut out);
         assert_eq!(out.last(), Some(&line("next")));
+    }
+
+    #[test]
+    fn what_follows_the_last_frame_taken_is_handed_on() {
+        let mut f = LineFramer::new(64);
+        let spare = f.spare();
+        let input = b"first\nsecond\nthi";
+        spare[..input.len()].copy_from_slice(input);
+        f.filled(input.len());
+        assert_eq!(f.next_frame(), Some(Frame::Line(b"first")));
+        assert_eq!(f.unframed(), b"second\nthi");
+        let mut f = LineFramer::new(4);
+        let spare = f.spare();
+        spare[..7].copy_from_slice(b"toolong");
+        f.filled(7);
+        assert!(matches!(f.next_frame(), Some(Frame::Oversize { .. })));
+        assert_eq!(
+            f.unframed(),
+            b"",
+            "an oversize line's bytes are never handed on"
+        );
     }
 
     fn frames(max_line: usize, chunks: &[&[u8]]) -> Vec<Out> {

@@ -66,6 +66,17 @@ fn kubernetes_grace_period_covers_the_drain_and_its_config_is_valid() {
         .map(|l| format!("{}\n", &l[4..]))
         .collect();
     let dir = tempfile::tempdir().unwrap();
+    // The listeners are on 0.0.0.0: TCP clients authenticate with tokens from a mounted Secret.
+    // `check` reads that file as the daemon does, so a stand-in for it is written here.
+    let mounted = "/etc/codex-stdio-bus/auth/tokens.json";
+    assert!(config.contains(mounted), "{config}");
+    assert!(manifest.contains("secretName: codex-stdio-bus-tokens"));
+    let tokens = dir.path().join("tokens.json");
+    let digest = "0123456789abcdef".repeat(4);
+    let entry = format!(r#"[{{"tenant": "acme", "sha256": "{digest}"}}]"#);
+    std::fs::write(&tokens, entry).unwrap();
+    let config = config.replace(mounted, tokens.to_str().unwrap());
+    assert!(config.contains("\"bearer_sha256\""), "{config}");
     let path = dir.path().join("config.json");
     std::fs::write(&path, &config).unwrap();
     // `check` refuses a pool program it cannot find, as the daemon does: the image has

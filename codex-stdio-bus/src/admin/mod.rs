@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -23,6 +23,7 @@ use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use crate::auth::AdminBearer;
 use crate::error::{Error, Kind};
 use crate::io::ACCEPT_RETRY;
 use crate::router::Router;
@@ -45,6 +46,29 @@ const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 struct Admin {
     router: Arc<Router>,
     handle: PrometheusHandle,
+    /// `metrics.bearer_sha256`: the token `/metrics` and `/status` require, if any.
+    bearer: Option<Arc<AdminBearer>>,
+}
+
+impl Admin {
+    /// `None` when the request may read `/metrics` or `/status`, else the 401 answer.
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        let bearer = self.bearer.as_deref()?;
+        let admitted = headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|value| bearer.admits(value.as_bytes()));
+        (!admitted).then(|| {
+            (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (header::CONTENT_TYPE, PLAIN_TEXT),
+                    (header::WWW_AUTHENTICATE, "Bearer"),
+                ],
+                "unauthorized: send Authorization: Bearer <token> (metrics.bearer_sha256)\n",
+            )
+                .into_response()
+        })
+    }
 }
 
 /// Binds the admin endpoint (before workers start, like the client listener).
@@ -57,15 +81,25 @@ pub async fn bind(address: &str) -> Result<TcpListener, Error> {
 }
 
 /// Serves admin requests for the life of the daemon (through the drain too: `/readyz` then says
-/// 503, which is what an orchestrator needs to see).
-pub(crate) async fn serve(listener: TcpListener, router: Arc<Router>, handle: PrometheusHandle) {
+/// 503, which is what an orchestrator needs to see). With `bearer`, `/metrics` and `/status`
+/// require it; `/healthz` and `/readyz` stay open for probes, which cannot send one.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    handle: PrometheusHandle,
+    bearer: Option<AdminBearer>,
+) {
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status_document))
         .fallback(not_found)
-        .with_state(Admin { router, handle });
+        .with_state(Admin {
+            router,
+            handle,
+            bearer: bearer.map(Arc::new),
+        });
     let service = TowerToHyperService::new(app);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -91,7 +125,10 @@ pub(crate) async fn serve(listener: TcpListener, router: Arc<Router>, handle: Pr
 }
 
 /// `GET /metrics`: the exposition text, with the state gauges refreshed first.
-async fn metrics(State(admin): State<Admin>) -> Response {
+async fn metrics(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Some(refused) = admin.refuse(&headers) {
+        return refused;
+    }
     let text = scrape::render(&admin.handle, &admin.router);
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
 }
@@ -111,7 +148,10 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 }
 
 /// `GET /status`: the status document.
-async fn status_document(State(admin): State<Admin>) -> Response {
+async fn status_document(State(admin): State<Admin>, headers: HeaderMap) -> Response {
+    if let Some(refused) = admin.refuse(&headers) {
+        return refused;
+    }
     let body = format!("{}\n", status::snapshot(&admin.router));
     json(StatusCode::OK, body)
 }
@@ -132,17 +172,25 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Fetches `path` from an admin endpoint (for `codex-stdio-bus status`); fails with
-/// [`Kind::Admin`] when it cannot be reached or does not answer 200.
+/// The environment variable whose value `fetch` sends as its bearer token, for an endpoint with
+/// `metrics.bearer_sha256`.
+pub const TOKEN_VARIABLE: &str = "CODEX_BUS_METRICS_TOKEN";
+
+/// Fetches `path` from an admin endpoint (for `codex-stdio-bus status`), with the bearer token of
+/// [`TOKEN_VARIABLE`] when it is set; fails with [`Kind::Admin`] when it cannot be reached or
+/// does not answer 200.
 pub fn fetch(address: &str, path: &str) -> Result<String, Error> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address)
         .map_err(|e| Error::because(Kind::Admin, format!("cannot connect to {address}"), e))?;
     let failed = |e| Error::because(Kind::Admin, format!("GET {path} from {address}"), e);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let authorization = std::env::var(TOKEN_VARIABLE)
+        .map(|token| format!("Authorization: Bearer {}\r\n", token.trim()))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
     )
     .map_err(failed)?;
     let mut response = String::new();

@@ -121,19 +121,26 @@ impl fmt::Debug for Client {
     }
 }
 
+/// How much a client's output queue holds, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OutputBounds {
+    /// About this much before the client's reads pause (`limits.max_output_queue`).
+    pub soft: usize,
+    /// Never more than this: the push that would exceed it disconnects the client
+    /// (`limits.max_output_bytes`).
+    pub cap: usize,
+}
+
 impl Client {
-    /// A client of `tenant` (`admitted` as the router decided) whose output queue holds about
-    /// `output_limit` bytes before its reads pause (`max_output_queue`), and never more than
-    /// `output_cap` (`max_output_bytes`): the push that would exceed it disconnects the client.
+    /// A client of `tenant` (`admitted` as the router decided) whose output queue is bounded by
+    /// `output`.
     pub(crate) fn new(
         id: u64,
         transport: Transport,
         principal: Principal,
-        tenant: Arc<Tenant>,
-        admitted: bool,
+        (tenant, admitted): (Arc<Tenant>, bool),
         bound_session: Option<Box<[u8]>>,
-        output_limit: usize,
-        output_cap: usize,
+        output: OutputBounds,
     ) -> Self {
         Client {
             id,
@@ -142,7 +149,7 @@ impl Client {
             tenant,
             admitted,
             bound_session,
-            out: Outbox::with_cap(output_limit, output_cap, ClientBook::default()),
+            out: Outbox::with_cap(output.soft, output.cap, ClientBook::default()),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             connected_at: Instant::now(),

@@ -508,7 +508,7 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::client::Transport;
+    use crate::core::client::{OutputBounds, Transport};
     use crate::core::principal::Principal;
     use crate::core::tenant::Tenant;
 
@@ -523,11 +523,12 @@ mod tests {
             id,
             Transport::Tcp,
             principal,
-            tenant,
-            true,
+            (tenant, true),
             None,
-            1024,
-            1 << 20,
+            OutputBounds {
+                soft: 1024,
+                cap: 1 << 20,
+            },
         ))
     }
 

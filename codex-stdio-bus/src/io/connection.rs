@@ -52,6 +52,9 @@ pub(crate) struct Peer<'a> {
     /// `client_idle_sec`: how long the client may complete no line with no request in flight
     /// before it is closed; `None` for stdio, the daemon's only client.
     pub idle: Option<Duration>,
+    /// A line to queue as soon as the client is registered, before anything it sends is read:
+    /// the reply to its `bus/authenticate`.
+    pub first_reply: Option<Vec<u8>>,
 }
 
 /// Serves a client until it closes its input and every request it sent has been answered, or it
@@ -70,6 +73,9 @@ pub(crate) async fn serve<S, K>(
     K: MessageSink,
 {
     let client = router.connect(peer.transport, peer.principal, None);
+    if let Some(line) = &peer.first_reply {
+        client.out.push(|buf| buf.extend_from_slice(line));
+    }
     tracing::debug!(?client, "client connected");
     peer.counts.connected();
     // Cancelled when the writer gives up: nothing more can reach this client, so stop reading it.
@@ -89,6 +95,7 @@ pub(crate) async fn serve<S, K>(
     if !client.admitted {
         // Over its tenant's quota: the writer sends the refusal and ends; nothing is read.
         gone.cancelled().await;
+        peer.counts.disconnected();
         return;
     }
     tokio::select! {

@@ -5,8 +5,10 @@
 //! every transport today (`ndjson`). Worker pipes (`worker`) feed a slot's queue to the
 //! worker's stdin and hand its stdout lines to a `WorkerSink`.
 //!
-//! Imports: the core, the router (to route client messages) and the metrics leaf.
+//! Imports: the core, the router (to route client messages), and the auth (principals) and
+//! metrics leaves.
 
+pub(crate) mod authenticate;
 pub(crate) mod capacity;
 pub(crate) mod connection;
 pub(crate) mod frames;
@@ -16,18 +18,21 @@ pub(crate) mod stdio;
 pub(crate) mod worker;
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use codex_bus_config::Limits;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::Event;
+use crate::auth::{Authenticator, Identity};
 use crate::core::client::Transport;
 use crate::core::principal::Principal;
-use crate::metrics::ConnectionMetrics;
+use crate::metrics::{self, AuthResult, ConnectionMetrics};
 use crate::router::Router;
 use capacity::{Capacity, Seat};
 use connection::Peer;
@@ -38,11 +43,13 @@ use ndjson::{NdjsonSink, NdjsonSource};
 pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves clients from `bound` until `drain` is cancelled (or, for stdio, until stdin ends, which
-/// then cancels `drain` itself).
+/// then cancels `drain` itself). With `auth`, every connection gets its principal from it
+/// (`authenticate` for TCP); without, every connection is the default tenant's.
 pub(crate) async fn serve(
     bound: Bound,
     router: Arc<Router>,
     limits: Limits,
+    auth: Option<Arc<Authenticator>>,
     writers: TaskTracker,
     drain: CancellationToken,
 ) {
@@ -55,12 +62,17 @@ pub(crate) async fn serve(
         writers,
         counts,
         transport,
+        auth,
     };
     match bound {
         Bound::Stdio => {
             let (input, output) = stdio::streams();
+            let arrival = match &lines.auth {
+                Some(auth) => Arrival::Known(lines.authenticated(auth.stdio(), None)),
+                None => Arrival::Known(Principal::anonymous(transport.as_str())),
+            };
             tokio::select! {
-                () = lines.serve(input, output, None) => {
+                () = lines.serve(input, output, None, arrival) => {
                     tracing::info!("stdin closed; draining");
                     drain.cancel();
                 }
@@ -78,13 +90,17 @@ pub(crate) async fn serve(
                         // Over the cap, the stream is dropped here: closed at once.
                         Ok(accepted) => match capacity.take() {
                             Some(seat) => match accepted {
-                                Accepted::Tcp(stream) => {
+                                Accepted::Tcp(stream, peer) => {
+                                    let arrival = lines.tcp_arrival(peer);
                                     let (reader, writer) = stream.into_split();
-                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat)));
+                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat), arrival));
                                 }
                                 Accepted::Unix(stream) => {
+                                    let Some(arrival) = lines.unix_arrival(&stream) else {
+                                        continue;
+                                    };
                                     let (reader, writer) = stream.into_split();
-                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat)));
+                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat), arrival));
                                 }
                             },
                             None => lines.counts.refused(),
@@ -109,27 +125,111 @@ struct Lines {
     writers: TaskTracker,
     counts: Arc<ConnectionMetrics>,
     transport: Transport,
+    auth: Option<Arc<Authenticator>>,
+}
+
+/// Who a new connection is, or how it will tell.
+enum Arrival {
+    /// Known from the transport: stdio, a Unix peer's uid, or anyone without `auth`.
+    Known(Principal),
+    /// To be learnt from its first line (`bus/authenticate`); the peer's address, for the
+    /// audit trail.
+    Handshake(Arc<Authenticator>, SocketAddr),
 }
 
 impl Lines {
+    /// A TCP connection: it authenticates when `auth` gives bearer credentials; otherwise (no
+    /// `auth`, or `auth.insecure_no_auth` without credentials) it is the default tenant's.
+    fn tcp_arrival(&self, peer: SocketAddr) -> Arrival {
+        match &self.auth {
+            Some(auth) if auth.accepts_bearers() => Arrival::Handshake(auth.clone(), peer),
+            _ => Arrival::Known(Principal::anonymous(self.transport.as_str())),
+        }
+    }
+
+    /// A Unix-socket connection: with `auth`, the tenant of its peer's uid (`SO_PEERCRED`);
+    /// `None` (the connection is dropped) when the kernel does not say who the peer is.
+    fn unix_arrival(&self, stream: &UnixStream) -> Option<Arrival> {
+        let Some(auth) = &self.auth else {
+            return Some(Arrival::Known(Principal::anonymous(
+                self.transport.as_str(),
+            )));
+        };
+        match stream.peer_cred() {
+            Ok(credentials) => {
+                let identity = auth.unix(credentials.uid());
+                metrics::get().auth(AuthResult::Ok);
+                tracing::info!(tenant = %identity.tenant, subject = %identity.subject, "unix client authenticated");
+                Some(Arrival::Known(self.authenticated(identity, None)))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a Unix client's peer credentials; closing it");
+                None
+            }
+        }
+    }
+
+    /// The principal of `identity`, recorded in the audit trail as authenticated (from `peer`).
+    fn authenticated(&self, identity: Identity, peer: Option<&str>) -> Principal {
+        self.router.audit().record(&Event::Authenticated {
+            transport: self.transport.as_str(),
+            peer,
+            method: identity.method,
+            tenant: &identity.tenant,
+            subject: &identity.subject,
+        });
+        principal(identity)
+    }
+
     /// Serves one NDJSON connection over `reader` and `writer`, holding its `seat` under
-    /// `max_connections` until it is done (stdio takes none: it is the only client).
-    async fn serve<R, W>(self, reader: R, writer: W, seat: Option<Seat>)
+    /// `max_connections` until it is done (stdio takes none: it is the only client). A
+    /// connection that must authenticate is registered only once it has.
+    async fn serve<R, W>(self, mut reader: R, mut writer: W, seat: Option<Seat>, arrival: Arrival)
     where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        match arrival {
+            Arrival::Known(principal) => self.serve_as(reader, writer, seat, principal, None).await,
+            Arrival::Handshake(auth, peer) => {
+                let audit = self.router.audit();
+                let exchange =
+                    authenticate::handshake(&auth, audit, peer, &mut reader, &mut writer);
+                let Some(done) = exchange.await else {
+                    return;
+                };
+                // What the client pipelined behind its bus/authenticate is read first.
+                let reader = std::io::Cursor::new(done.pipelined).chain(reader);
+                self.serve_as(reader, writer, seat, done.principal, Some(done.reply))
+                    .await;
+            }
+        }
+    }
+
+    /// Serves a connection whose principal is known; `first_reply` is queued once it is
+    /// registered.
+    async fn serve_as<R, W>(
+        self,
+        reader: R,
+        writer: W,
+        seat: Option<Seat>,
+        principal: Principal,
+        first_reply: Option<Vec<u8>>,
+    ) where
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let peer = Peer {
             transport: self.transport,
-            // No authentication yet: every connection is the default tenant's.
-            principal: Principal::anonymous(self.transport.as_str()),
+            principal,
             counts: &self.counts,
             stall: Duration::from_secs(self.limits.backpressure_timeout_sec),
             idle: seat
                 .is_some()
                 .then(|| Duration::from_secs(self.limits.client_idle_sec)),
+            first_reply,
         };
-        let source = NdjsonSource::new(reader, self.limits.max_input_buffer);
+        let source = NdjsonSource::new(reader, self.limits.max_input_buffer, self.auth.is_some());
         connection::serve(
             self.router.clone(),
             peer,
@@ -142,9 +242,17 @@ impl Lines {
     }
 }
 
+/// The principal of a verified identity.
+fn principal(identity: Identity) -> Principal {
+    Principal {
+        tenant: identity.tenant,
+        subject: identity.subject,
+    }
+}
+
 /// A connection accepted on a socket listener.
 enum Accepted {
-    Tcp(TcpStream),
+    Tcp(TcpStream, SocketAddr),
     Unix(UnixStream),
 }
 
@@ -152,10 +260,10 @@ enum Accepted {
 async fn accept(bound: &Bound) -> io::Result<Accepted> {
     match bound {
         Bound::Tcp(listener) => {
-            let (stream, _) = listener.accept().await?;
+            let (stream, peer) = listener.accept().await?;
             // Replies are small and latency matters more than packet count.
             stream.set_nodelay(true)?;
-            Ok(Accepted::Tcp(stream))
+            Ok(Accepted::Tcp(stream, peer))
         }
         Bound::Unix(listener, _) => Ok(Accepted::Unix(listener.accept().await?.0)),
         Bound::Stdio => std::future::pending().await,

@@ -169,8 +169,34 @@ impl Disconnect {
     }
 }
 
+/// How one authentication attempt ended (`codex_bus_auth_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthResult {
+    /// A credential was verified (or a Unix peer's uid mapped): the connection has a principal.
+    Ok,
+    /// A line before authentication was refused: not `bus/authenticate`, or a bad credential.
+    Refused,
+    /// A connection closed for not authenticating within `auth.handshake_timeout_sec`.
+    Timeout,
+}
+
+impl AuthResult {
+    /// Every result, in declaration order.
+    const ALL: [AuthResult; 3] = [AuthResult::Ok, AuthResult::Refused, AuthResult::Timeout];
+
+    /// The `result` label.
+    fn label(self) -> &'static str {
+        match self {
+            AuthResult::Ok => "ok",
+            AuthResult::Refused => "refused",
+            AuthResult::Timeout => "timeout",
+        }
+    }
+}
+
 /// Process-wide handles.
 pub struct BusMetrics {
+    auth: Vec<Counter>,
     errors: Vec<Counter>,
     drops: Vec<Counter>,
     messages: Vec<Counter>,
@@ -202,6 +228,10 @@ pub const STARTUP_BUCKETS: &[f64] = &[
 impl BusMetrics {
     fn register() -> Self {
         BusMetrics {
+            auth: AuthResult::ALL
+                .iter()
+                .map(|r| counter!("codex_bus_auth_total", "result" => r.label()))
+                .collect(),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| counter!("codex_bus_error_replies_total", "reason" => k.reason()))
@@ -225,6 +255,11 @@ impl BusMetrics {
                 .map(|d| counter!("codex_bus_clients_disconnected_total", "reason" => d.reason()))
                 .collect(),
         }
+    }
+
+    /// Counts an authentication attempt's result.
+    pub fn auth(&self, result: AuthResult) {
+        self.auth[result as usize].increment(1);
     }
 
     /// Counts an error reply sent (to a client or to a worker).
@@ -425,6 +460,10 @@ pub fn describe() {
     describe_counter!(
         "codex_bus_client_idle_closed_total",
         "Client connections closed for completing no line for client_idle_sec."
+    );
+    describe_counter!(
+        "codex_bus_auth_total",
+        "Authentication results: ok, refused (a line refused before authentication), timeout."
     );
     describe_counter!(
         "codex_bus_messages_total",

@@ -31,7 +31,7 @@ use dashmap::DashMap;
 
 use crate::audit::{Audit, Event};
 use crate::core::address::SlotAddress;
-use crate::core::client::{Client, Transport, WorkerRequest};
+use crate::core::client::{Client, OutputBounds, Transport, WorkerRequest};
 use crate::core::principal::Principal;
 use crate::core::slot::{Pending, Slot};
 use crate::core::tenant::{Quota, Refused, Tenant};
@@ -53,9 +53,8 @@ pub(crate) struct Router {
     namespaced: bool,
     clients: DashMap<u64, Arc<Client>>,
     next_client: AtomicU64,
-    output_limit: usize,
-    /// `limits.max_output_bytes`: the hard cap on a client's output queue.
-    output_cap: usize,
+    /// `limits.max_output_queue` and `limits.max_output_bytes`.
+    output: OutputBounds,
     /// `limits.max_session_id_bytes`.
     max_session_id: usize,
     /// `limits.session_idle_sec`, as the whole seconds the session table counts in.
@@ -105,11 +104,14 @@ impl Router {
             references,
             sessions: Sessions::new(config.limits.max_sessions),
             tenants: Tenants::new(config),
-            namespaced: false,
+            // With authentication a session belongs to its tenant (see the module docs).
+            namespaced: config.auth.is_some(),
             clients: DashMap::new(),
             next_client: AtomicU64::new(1),
-            output_limit: config.limits.max_output_queue,
-            output_cap: config.limits.max_output_bytes,
+            output: OutputBounds {
+                soft: config.limits.max_output_queue,
+                cap: config.limits.max_output_bytes,
+            },
             max_session_id: config.limits.max_session_id_bytes,
             session_idle: u32::try_from(config.limits.session_idle_sec).unwrap_or(u32::MAX),
             draining: AtomicBool::new(false),
@@ -185,6 +187,11 @@ impl Router {
         }
     }
 
+    /// The audit trail.
+    pub(crate) fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
     /// The tenants known now.
     pub(crate) fn tenants(&self) -> &Tenants {
         &self.tenants
@@ -220,11 +227,9 @@ impl Router {
             id,
             transport,
             principal,
-            tenant,
-            admitted,
+            (tenant, admitted),
             bound_session,
-            self.output_limit,
-            self.output_cap,
+            self.output,
         );
         let client = Arc::new(client);
         match refused {

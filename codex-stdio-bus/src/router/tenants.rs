@@ -46,6 +46,12 @@ impl Tenants {
     pub(crate) fn new(config: &Config) -> Self {
         let mut labelled: BTreeSet<String> = config.tenants.keys().cloned().collect();
         labelled.insert(DEFAULT_TENANT.to_owned());
+        // The tenants the auth section names are configured too; a JWT's are not.
+        if let Some(auth) = &config.auth {
+            labelled.extend(auth.tokens.iter().map(|t| t.tenant.clone()));
+            labelled.extend(auth.unix_tenants.values().cloned());
+            labelled.insert(auth.stdio_tenant.clone());
+        }
         let tenants = Tenants {
             table: DashMap::new(),
             configured: config.tenants.clone(),

@@ -1,13 +1,14 @@
 //! Turns a parsed document into a [`Config`], collecting every problem rather than stopping at the first.
 
 mod audit;
+mod auth;
 mod limits;
 mod metrics;
 mod pools;
 mod problems;
 mod routing;
 mod supervision;
-pub(crate) mod tenants;
+mod tenants;
 mod transport;
 mod values;
 
@@ -44,6 +45,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         &mut problems,
     );
     let metrics = metrics::metrics(&root.key("metrics"), document.get("metrics"), &mut problems);
+    let auth = auth::auth(&root.key("auth"), document.get("auth"), &mut problems);
     let tenants = limits.as_ref().and_then(|limits| {
         let path = root.key("tenants");
         tenants::tenants(&path, document.get("tenants"), limits, &mut problems)
@@ -55,6 +57,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         transport,
         routing,
         metrics,
+        auth,
         tenants,
         audit,
     ) {
@@ -64,6 +67,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             Some(transport),
             Some(routing),
             Some(metrics),
+            Some(auth),
             Some(tenants),
             Some(audit),
         ) if problems.count() == 0 => Ok(Config {
@@ -72,9 +76,20 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             transport,
             routing,
             metrics,
+            auth,
             tenants,
             audit,
         }),
+        _ => Err(problems.into_vec()),
+    }
+}
+
+/// Validates the text of a tokens file (`auth.tokens_file`): a JSON array of entries shaped like
+/// `auth.tokens[]`, checked by the same rules.
+pub(crate) fn token_file(document: &Json) -> Result<Vec<crate::TokenEntry>, Vec<String>> {
+    let mut problems = Problems::default();
+    match auth::tokens(&FieldPath::Root, document, &mut problems) {
+        Some(tokens) if problems.count() == 0 => Ok(tokens),
         _ => Err(problems.into_vec()),
     }
 }

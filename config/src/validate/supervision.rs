@@ -4,7 +4,7 @@ use crate::path::FieldPath;
 use crate::schema::PROBE_KEYS;
 use crate::tree::Json;
 use crate::validate::problems::Problems;
-use crate::validate::values::{integer, non_empty_string, object, string, DAY_SEC};
+use crate::validate::values::{boolean, integer, non_empty_string, object, string, DAY_SEC};
 use crate::{ReadyProbe, RestartPolicy, Supervision};
 
 /// Reads one supervision key into `into`; false if `key` is not a supervision key.
@@ -86,19 +86,6 @@ fn policy(path: &FieldPath<'_>, value: &Json, problems: &mut Problems) -> Option
             problems.add(
                 path,
                 format_args!("must be one of always, on-failure, never; got {other:?}"),
-            );
-            None
-        }
-    }
-}
-
-fn boolean(path: &FieldPath<'_>, value: &Json, problems: &mut Problems) -> Option<bool> {
-    match value {
-        Json::Bool(b) => Some(*b),
-        other => {
-            problems.add(
-                path,
-                format_args!("must be true or false, got {}", other.describe()),
             );
             None
         }

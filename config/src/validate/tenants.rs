@@ -4,24 +4,12 @@ use std::collections::BTreeMap;
 
 use crate::path::FieldPath;
 use crate::schema::TENANT_KEYS;
+use crate::tenant::validate_tenant_name;
 use crate::tree::Json;
 use crate::validate::limits::set;
 use crate::validate::problems::Problems;
 use crate::validate::values::{integer, object};
 use crate::{Limits, TenantLimits};
-
-/// Longest tenant name, in bytes.
-pub const MAX_TENANT_NAME: usize = 64;
-
-/// Whether `name` may name a tenant: 1 to [`MAX_TENANT_NAME`] bytes of ASCII letters, digits, `.`,
-/// `_` and `-`. Tenant names reach workers as the prefix of session ids (`tenant:session`) and as
-/// metric labels, so they hold no `:`, quote, space or control character.
-pub fn is_tenant_name(name: &str) -> bool {
-    (1..=MAX_TENANT_NAME).contains(&name.len())
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
 
 /// Validates `tenants`: an object of tenant name → limits, each field defaulting to `limits`'.
 pub(crate) fn tenants(
@@ -38,13 +26,8 @@ pub(crate) fn tenants(
     let before = problems.count();
     for (name, value) in entries {
         let path = path.key(name);
-        if !is_tenant_name(name) {
-            problems.add(
-                &path,
-                format_args!(
-                    "a tenant name must be 1 to {MAX_TENANT_NAME} letters, digits, '.', '_' or '-'"
-                ),
-            );
+        if let Err(why) = validate_tenant_name(name) {
+            problems.add(&path, why);
             continue;
         }
         if let Some(limits) = tenant(&path, value, limits.tenant_defaults(), problems) {

@@ -45,6 +45,20 @@ pub(crate) fn string<'j>(
     }
 }
 
+/// A boolean, or a problem naming what was found instead.
+pub(crate) fn boolean(path: &FieldPath<'_>, value: &Json, problems: &mut Problems) -> Option<bool> {
+    match value {
+        Json::Bool(b) => Some(*b),
+        other => {
+            problems.add(
+                path,
+                format_args!("must be true or false, got {}", other.describe()),
+            );
+            None
+        }
+    }
+}
+
 /// A non-empty string.
 pub(crate) fn non_empty_string<'j>(
     path: &FieldPath<'_>,

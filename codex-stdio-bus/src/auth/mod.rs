@@ -1,0 +1,203 @@
+//! Authentication: who a client is, from the credential it presents (TCP), its peer credentials
+//! (Unix socket) or the transport itself (stdio), as `auth` configures (docs/config.md, "auth").
+//!
+//! The two bearer modes are those of `codex app-server --ws-auth` (../shared/reference/
+//! codex-remote.md, "Auth"), so one credential scheme serves the raw NDJSON listener here and the
+//! WebSocket front later: capability tokens compared as SHA-256 digests in constant time
+//! ([`token`]), and HS256 JWTs ([`jwt`]).
+//!
+//! Secrets (tokens, JWTs, the JWT secret) never leave this module's values: nothing here logs,
+//! refusals carry a fixed reason, and the `Debug` impls print counts only.
+//!
+//! A leaf: it imports nothing of the daemon (the config and the JWT crate only), so the I/O layer
+//! (the handshake) and the admin endpoint (its bearer token) both use it.
+
+pub(crate) mod jwt;
+pub(crate) mod token;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codex_bus_config::{AuthConfig, Config};
+
+use jwt::JwtVerifier;
+use token::{Digest, TokenTable};
+
+/// Who a verified credential belongs to: the parts of a connection's principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    /// The tenant, a valid tenant name.
+    pub tenant: Arc<str>,
+    /// Who, within the tenant (a token's subject, a JWT's `sub`, a uid, the transport).
+    pub subject: Arc<str>,
+    /// How it was established, for the audit trail: `token`, `jwt`, `peer_credentials` or
+    /// `local` (stdio).
+    pub method: &'static str,
+}
+
+/// Why a credential was refused. Its [`Refusal::reason`] is what the client and the log are told;
+/// it never holds any part of the credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not a configured token, and not a JWT (or no JWT secret is configured).
+    UnknownToken,
+    /// A JWT that cannot be parsed, has another algorithm than HS256, lacks `exp`, or has a
+    /// claim of the wrong type.
+    InvalidJwt,
+    /// A JWT whose signature does not verify with the configured secret.
+    BadSignature,
+    /// A JWT past `exp` plus the clock skew.
+    Expired,
+    /// A JWT before `nbf` minus the clock skew.
+    NotYetValid,
+    /// A JWT without the configured `iss`.
+    IssuerMismatch,
+    /// A JWT without the configured `aud`.
+    AudienceMismatch,
+    /// A JWT whose tenant claim is missing or not a tenant name.
+    BadTenant,
+    /// A JWT whose `sub` is not a printable string of at most 256 bytes.
+    BadSubject,
+}
+
+impl Refusal {
+    /// A short phrase for the error reply's detail and the log line.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Refusal::UnknownToken => "unknown token",
+            Refusal::InvalidJwt => "invalid jwt",
+            Refusal::BadSignature => "jwt signature does not verify",
+            Refusal::Expired => "expired jwt",
+            Refusal::NotYetValid => "jwt is not valid yet",
+            Refusal::IssuerMismatch => "jwt issuer mismatch",
+            Refusal::AudienceMismatch => "jwt audience mismatch",
+            Refusal::BadTenant => "jwt tenant claim missing or not a tenant name",
+            Refusal::BadSubject => "jwt sub is not a printable string of at most 256 bytes",
+        }
+    }
+}
+
+/// The verifier built from `auth` at start: every file it names is read and checked then.
+pub(crate) struct Authenticator {
+    tokens: TokenTable,
+    jwt: Option<JwtVerifier>,
+    unix_tenants: BTreeMap<u32, Arc<str>>,
+    stdio: Identity,
+    /// `auth.handshake_timeout_sec`.
+    pub handshake_timeout: Duration,
+    /// `auth.max_unauthenticated_lines`.
+    pub max_unauthenticated_lines: u32,
+}
+
+impl Authenticator {
+    /// Builds the verifier: reads `tokens_file` and the JWT secret file.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the field and the file, for an unreadable or invalid tokens file, the
+    /// same token twice, or an unreadable or short (under 32 bytes) JWT secret. The message never
+    /// holds a secret.
+    pub(crate) fn load(config: &AuthConfig) -> Result<Self, String> {
+        let mut entries = config.tokens.clone();
+        if let Some(path) = &config.tokens_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("auth.tokens_file: cannot read '{}': {e}", path.display()))?;
+            let source = format!("auth.tokens_file '{}'", path.display());
+            entries
+                .extend(Config::tokens_from_json_str(&text, &source).map_err(|e| e.to_string())?);
+        }
+        let tokens = TokenTable::new(&entries)?;
+        let jwt = config.jwt.as_ref().map(JwtVerifier::load).transpose()?;
+        Ok(Authenticator {
+            tokens,
+            jwt,
+            unix_tenants: config
+                .unix_tenants
+                .iter()
+                .map(|(uid, tenant)| (*uid, Arc::from(tenant.as_str())))
+                .collect(),
+            stdio: Identity {
+                tenant: config.stdio_tenant.as_str().into(),
+                subject: "stdio".into(),
+                method: "local",
+            },
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_sec),
+            max_unauthenticated_lines: config.max_unauthenticated_lines,
+        })
+    }
+
+    /// Whether any bearer credential can succeed (a token or a JWT secret): a TCP listener with
+    /// neither would refuse every client, a config mistake.
+    pub(crate) fn accepts_bearers(&self) -> bool {
+        !self.tokens.is_empty() || self.jwt.is_some()
+    }
+
+    /// Verifies a bearer credential: a capability token first (its digest, in constant time),
+    /// then, if a JWT secret is configured and the credential has a JWT's shape, an HS256 JWT.
+    pub(crate) fn verify(&self, credential: &str) -> Result<Identity, Refusal> {
+        if let Some(identity) = self.tokens.find(credential) {
+            return Ok(identity);
+        }
+        match &self.jwt {
+            Some(jwt) if jwt::looks_like_jwt(credential) => jwt.verify(credential),
+            _ => Err(Refusal::UnknownToken),
+        }
+    }
+
+    /// The identity of a Unix-socket peer with `uid`: its mapped tenant, else `uid-<uid>`.
+    pub(crate) fn unix(&self, uid: u32) -> Identity {
+        let tenant = match self.unix_tenants.get(&uid) {
+            Some(tenant) => tenant.clone(),
+            None => format!("uid-{uid}").into(),
+        };
+        Identity {
+            tenant,
+            subject: format!("uid {uid}").into(),
+            method: "peer_credentials",
+        }
+    }
+
+    /// The identity of the stdio client: `auth.stdio_tenant`.
+    pub(crate) fn stdio(&self) -> Identity {
+        self.stdio.clone()
+    }
+}
+
+impl fmt::Debug for Authenticator {
+    /// Counts only: the table holds digests and the JWT key holds the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("tokens", &self.tokens.len())
+            .field("jwt", &self.jwt.is_some())
+            .field("unix_tenants", &self.unix_tenants.len())
+            .field("stdio_tenant", &self.stdio.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The admin endpoint's bearer token (`metrics.bearer_sha256`), checked like a capability token.
+pub(crate) struct AdminBearer(Digest);
+
+impl AdminBearer {
+    /// From the configured hex digest (64 hex digits, as the config checked).
+    pub(crate) fn new(hex: &str) -> Option<Self> {
+        Digest::from_hex(hex).map(AdminBearer)
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <the token>` (the scheme name in any
+    /// case, as Codex accepts it).
+    pub(crate) fn admits(&self, authorization: &[u8]) -> bool {
+        let Some((scheme, token)) = authorization.split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ") && self.0.matches(token.trim_ascii())
+    }
+}
+
+impl fmt::Debug for AdminBearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminBearer(..)")
+    }
+}

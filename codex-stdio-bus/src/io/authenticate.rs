@@ -1,0 +1,311 @@
+//! The `bus/authenticate` handshake (docs/protocol.md, "Authentication"): with bearer
+//! credentials configured, a TCP connection is nobody until its first accepted line is
+//! `{"jsonrpc":"2.0","id":…,"method":"bus/authenticate","params":{"token":"…"}}`.
+//!
+//! The handshake runs before the connection is registered with the router, on its own small
+//! framer, and writes its refusals straight to the stream: an unauthenticated client never
+//! reaches a queue, a session or a worker. Each refused line gets an `unauthenticated` error;
+//! after `max_unauthenticated_lines` of them, or `handshake_timeout_sec` after connecting, the
+//! connection is closed. The bytes read past the accepted line are handed on, so requests
+//! pipelined behind it are served.
+
+use std::net::SocketAddr;
+
+use codex_bus_protocol::{append_error_reply, ErrorKind, Frame, LineFramer};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::audit::{Audit, Event};
+use crate::auth::{Authenticator, Identity, Refusal};
+use crate::core::principal::Principal;
+use crate::metrics::{self, AuthResult};
+
+/// The method that presents a credential.
+pub(crate) const METHOD: &str = "bus/authenticate";
+
+/// Longest line read before authentication, in bytes: a JWT is well under 4 KiB, and an
+/// unauthenticated client must not make the daemon buffer more.
+const MAX_HANDSHAKE_LINE: usize = 16 * 1024;
+
+/// An authenticated connection, ready to be served.
+pub(crate) struct Authenticated {
+    /// Who it is.
+    pub principal: Principal,
+    /// The reply to its `bus/authenticate`, newline-terminated, to queue once it is connected.
+    pub reply: Vec<u8>,
+    /// Bytes it sent after the `bus/authenticate` line, which the NDJSON reader must see first.
+    pub pipelined: Vec<u8>,
+}
+
+/// Runs the handshake on a new connection; `None` when it ended without authenticating (refused
+/// too often, timed out, or closed), and the connection is to be dropped.
+///
+/// Every outcome is written to the audit trail with the peer's address: the success, each refused
+/// line, the timeout.
+pub(crate) async fn handshake<R, W>(
+    auth: &Authenticator,
+    audit: &Audit,
+    peer: SocketAddr,
+    reader: &mut R,
+    writer: &mut W,
+) -> Option<Authenticated>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let peer = audit.enabled().then(|| peer.to_string());
+    let witness = Witness {
+        audit,
+        peer: peer.as_deref(),
+    };
+    // The deadline covers the writes too: a client that does not read its refusals cannot hold
+    // the connection past it.
+    let exchange = exchange(auth, witness, reader, writer);
+    match tokio::time::timeout(auth.handshake_timeout, exchange).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            witness.refused("handshake timeout");
+            metrics::get().auth(AuthResult::Timeout);
+            tracing::info!(
+                timeout_sec = auth.handshake_timeout.as_secs(),
+                "client did not authenticate within handshake_timeout_sec; closing"
+            );
+            None
+        }
+    }
+}
+
+/// Writes a handshake's outcomes to the audit trail.
+#[derive(Clone, Copy)]
+struct Witness<'a> {
+    audit: &'a Audit,
+    /// The peer's address, formatted only when the trail is on.
+    peer: Option<&'a str>,
+}
+
+impl Witness<'_> {
+    fn authenticated(self, method: &str, principal: &Principal) {
+        self.audit.record(&Event::Authenticated {
+            transport: "tcp",
+            peer: self.peer,
+            method,
+            tenant: &principal.tenant,
+            subject: &principal.subject,
+        });
+    }
+
+    fn refused(self, reason: &str) {
+        self.audit.record(&Event::AuthenticationRefused {
+            transport: "tcp",
+            peer: self.peer,
+            reason,
+        });
+    }
+}
+
+/// Reads lines until one authenticates, the refusals reach their limit, or the input ends.
+async fn exchange<R, W>(
+    auth: &Authenticator,
+    witness: Witness<'_>,
+    reader: &mut R,
+    writer: &mut W,
+) -> Option<Authenticated>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut framer = LineFramer::new(MAX_HANDSHAKE_LINE);
+    let mut refused = 0;
+    let mut out = Vec::new();
+    loop {
+        match reader.read(framer.spare()).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => framer.filled(n),
+        }
+        while let Some(frame) = framer.next_frame() {
+            let (id, why) = match frame {
+                Frame::Line(line) => match attempt(auth, line) {
+                    Ok((id, identity)) => {
+                        let method = identity.method;
+                        let principal = super::principal(identity);
+                        witness.authenticated(method, &principal);
+                        metrics::get().auth(AuthResult::Ok);
+                        tracing::info!(
+                            tenant = %principal.tenant,
+                            subject = %principal.subject,
+                            "client authenticated"
+                        );
+                        let reply = success_reply(&id, &principal);
+                        return Some(Authenticated {
+                            principal,
+                            reply,
+                            pipelined: framer.unframed().to_vec(),
+                        });
+                    }
+                    Err(refused) => refused,
+                },
+                Frame::Oversize { .. } => (None, Why::Oversize),
+            };
+            refused += 1;
+            witness.refused(why.detail());
+            metrics::get().auth(AuthResult::Refused);
+            tracing::info!(
+                reason = why.detail(),
+                refused,
+                "unauthenticated line refused"
+            );
+            out.clear();
+            append_error_reply(
+                &mut out,
+                id.as_deref(),
+                ErrorKind::Unauthenticated,
+                Some(why.detail()),
+            );
+            if writer.write_all(&out).await.is_err() {
+                return None;
+            }
+            if refused >= auth.max_unauthenticated_lines {
+                tracing::info!(refused, "too many unauthenticated lines; closing");
+                let _ = writer.shutdown().await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Why a line before authentication was refused.
+#[derive(Clone, Copy)]
+enum Why {
+    /// Not a `bus/authenticate` request.
+    NotAuthenticate,
+    /// A `bus/authenticate` without a string `params.token`.
+    NoToken,
+    /// A line longer than [`MAX_HANDSHAKE_LINE`].
+    Oversize,
+    /// The credential was refused.
+    Credential(Refusal),
+}
+
+impl Why {
+    /// The error reply's detail: what to do, or why the credential failed; never the credential.
+    fn detail(self) -> &'static str {
+        match self {
+            Why::NotAuthenticate => "authenticate first: send a bus/authenticate request",
+            Why::NoToken => "bus/authenticate needs params.token, a string",
+            Why::Oversize => "line longer than 16384 bytes before authentication",
+            Why::Credential(refusal) => refusal.reason(),
+        }
+    }
+}
+
+/// A refused line: its id as JSON text (if it has one) and why.
+type Refused = (Option<Vec<u8>>, Why);
+
+/// Judges one line: the request's id (as JSON text) and who its credential names, or why it was
+/// refused.
+fn attempt(auth: &Authenticator, line: &[u8]) -> Result<(Vec<u8>, Identity), Refused> {
+    let Some(request) = Request::parse(line) else {
+        return Err((None, Why::NotAuthenticate));
+    };
+    let id = request.id.as_ref().map(id_text);
+    let (Some(id), true) = (id.clone(), request.method.as_deref() == Some(METHOD)) else {
+        return Err((id, Why::NotAuthenticate));
+    };
+    let Some(token) = request.token else {
+        return Err((Some(id), Why::NoToken));
+    };
+    match auth.verify(&token) {
+        Ok(identity) => Ok((id, identity)),
+        Err(refusal) => Err((Some(id), Why::Credential(refusal))),
+    }
+}
+
+/// What the handshake reads of a line.
+struct Request {
+    id: Option<Value>,
+    method: Option<String>,
+    token: Option<String>,
+}
+
+impl Request {
+    /// The id, method and `params.token` of a JSON object line; `None` for anything else.
+    fn parse(line: &[u8]) -> Option<Request> {
+        let Value::Object(mut object) = serde_json::from_slice(line).ok()? else {
+            return None;
+        };
+        let id = object
+            .remove("id")
+            .filter(|id| matches!(id, Value::String(_) | Value::Number(_)));
+        let method = match object.remove("method") {
+            Some(Value::String(method)) => Some(method),
+            _ => None,
+        };
+        let token = match object.remove("params") {
+            Some(Value::Object(mut params)) => match params.remove("token") {
+                Some(Value::String(token)) => Some(token),
+                _ => None,
+            },
+            _ => None,
+        };
+        Some(Request { id, method, token })
+    }
+}
+
+/// An id as JSON text, to echo in a reply.
+fn id_text(id: &Value) -> Vec<u8> {
+    serde_json::to_vec(id).expect("a string or a number always serializes")
+}
+
+/// `{"jsonrpc":"2.0","id":…,"result":{"tenant":…,"subject":…}}` and a newline.
+fn success_reply(id: &[u8], principal: &Principal) -> Vec<u8> {
+    let result = serde_json::json!({"tenant": &*principal.tenant, "subject": &*principal.subject});
+    let mut reply = Vec::with_capacity(64 + id.len());
+    reply.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    reply.extend_from_slice(id);
+    reply.extend_from_slice(b",\"result\":");
+    reply.extend_from_slice(result.to_string().as_bytes());
+    reply.extend_from_slice(b"}\n");
+    reply
+}
+
+/// On a connection that has a principal already: if `line` is a `bus/authenticate` request, its
+/// id as JSON text (`Some(None)` without one), so it can be refused with `invalid_request`; else
+/// `None`. A substring search first, so other lines cost one SIMD scan and are never parsed.
+pub(crate) fn repeated(line: &[u8]) -> Option<Option<Vec<u8>>> {
+    memchr::memmem::find(line, METHOD.as_bytes())?;
+    let request = Request::parse(line)?;
+    (request.method.as_deref() == Some(METHOD)).then(|| request.id.as_ref().map(id_text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bus_authenticate_method_counts_as_repeated() {
+        let again =
+            br#"{"jsonrpc":"2.0","id":"x","method":"bus/authenticate","params":{"token":"t"}}"#;
+        assert_eq!(repeated(again), Some(Some(b"\"x\"".to_vec())));
+        let notification = br#"{"jsonrpc":"2.0","method":"bus/authenticate"}"#;
+        assert_eq!(repeated(notification), Some(None));
+        // The name in a prompt or a param is not the method.
+        let mention = br#"{"jsonrpc":"2.0","id":1,"method":"turn/start","params":{"text":"bus/authenticate"}}"#;
+        assert_eq!(repeated(mention), None);
+        assert_eq!(repeated(b"bus/authenticate"), None);
+    }
+
+    #[test]
+    fn the_success_reply_echoes_the_id_and_names_the_principal() {
+        let principal = Principal {
+            tenant: "acme".into(),
+            subject: "ide \"1\"".into(),
+        };
+        let reply = success_reply(b"7", &principal);
+        let value: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"tenant": "acme", "subject": "ide \"1\""}})
+        );
+        assert!(reply.ends_with(b"}\n"));
+    }
+}
