@@ -181,3 +181,67 @@ fn through_codex_worker_a_session_id_is_no_password() {
     let mut bus = Bus::start(&config, Mode::Tcp);
     hijack_is_refused(&mut bus);
 }
+
+#[test]
+fn the_audit_trail_names_who_authenticated_and_why_others_were_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let config = BusConfig::mock(1)
+        .section("auth", auth())
+        .section("audit", json!({"path": path}));
+    let mut bus = Bus::start(&config, Mode::Tcp);
+    let mut a = login(&mut bus, TOKEN_A);
+    let mut stranger = bus.connect();
+    stranger.request(
+        json!(1),
+        "bus/authenticate",
+        json!({"token": "not-a-token"}),
+        None,
+    );
+    assert_eq!(
+        stranger.recv()["error"]["data"]["reason"],
+        "unauthenticated"
+    );
+    // b claims to be a through a top-level tenant member: refused, and audited.
+    let mut b = login(&mut bus, TOKEN_B);
+    b.send(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping", "tenant": "a", "sessionId": "s"}));
+    assert_eq!(b.recv()["error"]["data"]["reason"], "invalid_request");
+    a.request(json!(3), "ping", Value::Null, Some("s"));
+    assert!(a.recv().get("result").is_some());
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains(TOKEN_A) && !text.contains("not-a-token"),
+        "no credential: {text}"
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let event =
+        |name: &str| -> Vec<&Value> { lines.iter().filter(|l| l["event"] == name).collect() };
+    let ok = event("authenticated");
+    assert_eq!(ok.len(), 2, "{text}");
+    assert_eq!(
+        (
+            &ok[0]["tenant"],
+            &ok[0]["subject"],
+            &ok[0]["method"],
+            &ok[0]["transport"]
+        ),
+        (&json!("a"), &json!("alice"), &json!("token"), &json!("tcp"))
+    );
+    assert!(ok[0]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let refused = event("authentication_refused");
+    assert_eq!(refused.len(), 1, "{text}");
+    assert_eq!(refused[0]["reason"], "unknown token");
+    let claim = event("tenant_claim_refused");
+    assert_eq!(
+        (&claim[0]["tenant"], &claim[0]["subject"]),
+        (&json!("b"), &json!("bob"))
+    );
+    let created = event("session_created");
+    assert_eq!(
+        (&created[0]["tenant"], &created[0]["session"]),
+        (&json!("a"), &json!("s"))
+    );
+}
