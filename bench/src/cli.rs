@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// Accept error replies (each request still needs exactly one reply).
     #[arg(long)]
     pub allow_errors: bool,
+    /// Report the daemon's RSS per connection (all open, after the last reply, against its RSS
+    /// before the first connected) and what it keeps once they have closed.
+    #[arg(long)]
+    pub rss_per_connection: bool,
 }
 
 /// `bus-bench scenario`.

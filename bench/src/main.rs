@@ -183,6 +183,7 @@ fn row_of(args: &RunArgs) -> Row {
         workers: args.workers as usize,
         churn_ms: args.churn_ms,
         allow_errors: args.allow_errors || args.churn_ms.is_some(),
+        rss_per_connection: args.rss_per_connection,
     };
     let target = match spec.kind {
         target::Kind::Bus => format!("bus {}", spec.transport.as_str()),

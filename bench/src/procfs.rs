@@ -35,6 +35,12 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// Open file descriptors of `pid` (entries of `/proc/PID/fd`): how a run sees that the daemon has
+/// closed the sockets of clients that left.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// Direct children of `pid` (spawned by any of its threads).
 pub fn children(pid: u32) -> Vec<u32> {
     let mut pids = Vec::new();
@@ -81,6 +87,10 @@ mod tests {
             "the peak is at least the current"
         );
         assert!(own_cpu_ns() > 0);
+        // Other tests open and close fds meanwhile: only that the file held here is counted.
+        let held = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(open_fds(me).unwrap() >= 1);
+        drop(held);
     }
 
     #[test]

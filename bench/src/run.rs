@@ -14,6 +14,18 @@ use crate::procfs;
 use crate::requests;
 use crate::target::{Commands, Kind, Launch, Target, Transport};
 
+/// The daemon's default `limits.max_connections`: a load with more connections raises it (only
+/// then, so that other buses never see the key).
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Connections beyond the load's that the cap leaves room for: the readiness probe's, which the
+/// daemon may not have closed yet when the load connects.
+const SPARE_CONNECTIONS: usize = 16;
+
+/// How long the daemon gets to close the sockets of clients that left, before the RSS it keeps
+/// is read anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Warm-up requests before the clock starts: they open the connections' state in the bus, start
 /// the workers' first reads and grow every buffer to its working size.
 const MAX_WARMUP: usize = 10_000;
@@ -33,6 +45,10 @@ pub struct RunSpec {
     pub churn_ms: Option<u64>,
     /// Whether error replies are acceptable (they are under churn).
     pub allow_errors: bool,
+    /// Measure the daemon's memory per connection: its RSS with every connection open after the
+    /// measured phase against its RSS before the first connection, and (once the connections are
+    /// closed and the daemon has closed their sockets) the RSS it keeps.
+    pub rss_per_connection: bool,
 }
 
 /// Settings shared by every run of an invocation.
@@ -109,6 +125,17 @@ pub struct RunResult {
     pub daemon_rss_after_kb: Option<u64>,
     /// RSS growth per session opened in the measured phase, bytes (`unique` sessions only).
     pub rss_bytes_per_session: Option<f64>,
+    /// The daemon's resident set once ready, before the run's first connection, kB.
+    pub daemon_rss_ready_kb: Option<u64>,
+    /// With `rss_per_connection`: RSS after the last reply (every connection still open) minus
+    /// RSS once ready, per connection, bytes.
+    pub rss_bytes_per_connection: Option<f64>,
+    /// With `rss_per_connection`: the daemon's resident set after the connections closed and it
+    /// closed their sockets, kB (what its allocator kept).
+    pub daemon_rss_closed_kb: Option<u64>,
+    /// With `rss_per_connection`: `daemon_rss_closed_kb` minus RSS once ready, per connection,
+    /// bytes.
+    pub rss_bytes_kept_per_connection: Option<f64>,
     /// Exactly one reply per request, to the right connection (and no error where none is allowed).
     pub passed: bool,
 }
@@ -146,6 +173,10 @@ pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String
     if spec.churn_ms.is_some() {
         // Killed workers must come back for the whole run, not fail after the default 5 restarts.
         limits.insert("max_restarts".into(), 1_000_000.into());
+    }
+    if load.connections + SPARE_CONNECTIONS > DEFAULT_MAX_CONNECTIONS {
+        let cap = load.connections + SPARE_CONNECTIONS;
+        limits.insert("max_connections".into(), cap.into());
     }
     let launch = Launch {
         kind: spec.kind,
@@ -211,8 +242,38 @@ pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String
         .map_err(io_error)?;
     let after = after.unwrap_or_else(|| Counters::read(daemon, &workers));
     drop(engine);
+    let ready = target.daemon_at_ready();
+    let closed_kb = match (spec.rss_per_connection, daemon, ready) {
+        (true, Some(pid), Some(ready)) => rss_once_closed(pid, ready.fds),
+        _ => None,
+    };
     target.stop()?;
-    Ok(result(spec, &warm.tally, &outcome, &before, &after))
+    let mut result = result(spec, &warm.tally, &outcome, &before, &after);
+    result.daemon_rss_ready_kb = ready.map(|r| r.rss_kb);
+    if spec.rss_per_connection {
+        let per_connection = |kb: Option<u64>| {
+            let grown = kb?.checked_sub(ready?.rss_kb)?;
+            Some(grown as f64 * 1024.0 / load.connections as f64)
+        };
+        result.rss_bytes_per_connection = per_connection(after.rss_kb);
+        result.daemon_rss_closed_kb = closed_kb;
+        result.rss_bytes_kept_per_connection = per_connection(closed_kb);
+    }
+    Ok(result)
+}
+
+/// The daemon's `VmRSS` (kB) once it holds no more fds than `fds_at_ready` (it has closed the
+/// sockets of the clients that left, so their state is freed), or after [`CLOSE_TIMEOUT`].
+fn rss_once_closed(pid: u32, fds_at_ready: usize) -> Option<u64> {
+    let start = std::time::Instant::now();
+    while procfs::open_fds(pid).is_some_and(|fds| fds > fds_at_ready)
+        && start.elapsed() < CLOSE_TIMEOUT
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Writer tasks end just after their sockets close; a beat for them too.
+    std::thread::sleep(Duration::from_millis(100));
+    procfs::status_kb(pid, "VmRSS")
 }
 
 /// A warm-up that loses replies fails the run, but the measured phase still runs: a bus that
@@ -254,6 +315,10 @@ fn result(
             Sessions::Unique => rss_growth.map(|kb| kb as f64 * 1024.0 / n.max(1) as f64),
             _ => None,
         },
+        daemon_rss_ready_kb: None,
+        rss_bytes_per_connection: None,
+        daemon_rss_closed_kb: None,
+        rss_bytes_kept_per_connection: None,
         passed: tally.failures() == 0
             && warmup.failures() == 0
             && warmup.errors == 0

@@ -1,5 +1,6 @@
 //! The named scenarios of issue 6 (see docs/benchmarks.md): which rows each one runs, and the
-//! figures derived from its rows (bus vs direct, added latency, bytes per session).
+//! figures derived from its rows (bus vs direct, added latency, bytes per session and per idle
+//! connection).
 
 use clap::ValueEnum;
 use serde::Serialize;
@@ -26,6 +27,12 @@ pub enum Name {
     Connections,
     /// `single` while a worker is killed every 100 ms.
     Churn,
+    /// 10,000 connections, one request each, then idle: daemon RSS per idle connection, and what
+    /// it keeps once they have closed.
+    IdleConnections,
+    /// 1M distinct sessions, one request each, over 4 connections: daemon RSS per session in a
+    /// table at its default cap (`limits.max_sessions`).
+    SessionTable,
     /// Every scenario above, in order.
     All,
 }
@@ -42,6 +49,8 @@ impl Name {
                 Name::Sessions,
                 Name::Connections,
                 Name::Churn,
+                Name::IdleConnections,
+                Name::SessionTable,
             ],
             one => vec![one],
         }
@@ -57,6 +66,8 @@ impl Name {
             Name::Sessions => "sessions",
             Name::Connections => "connections",
             Name::Churn => "churn",
+            Name::IdleConnections => "idle-connections",
+            Name::SessionTable => "session-table",
             Name::All => "all",
         }
     }
@@ -101,6 +112,7 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
             workers,
             churn_ms: None,
             allow_errors: false,
+            rss_per_connection: false,
         },
     };
     use Kind::{Bus, Direct, Relay, SelfResponder};
@@ -157,6 +169,24 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
                 row("bus tcp", Bus, Tcp, l.clone(), 1),
                 row("bus unix", Bus, Unix, l, 1),
             ]
+        }
+        Name::IdleConnections => {
+            // One request each (and one of the warm-up): every connection has read a line,
+            // routed it and written a reply, then holds what an idle connection holds.
+            let conns = ((10_000.0 * scale).round() as usize).max(4);
+            let l = load(conns, 1, conns, Sessions::None, 0);
+            let mut idle = vec![
+                row("bus tcp", Bus, Tcp, l.clone(), 1),
+                row("bus unix", Bus, Unix, l, 1),
+            ];
+            for r in &mut idle {
+                r.spec.rss_per_connection = true;
+            }
+            idle
+        }
+        Name::SessionTable => {
+            let l = load(4, 1000, n(1_000_000), Sessions::Unique, 0);
+            vec![row("bus tcp", Bus, Tcp, l, 1)]
         }
         Name::Churn => {
             let mut r = row(
@@ -260,9 +290,28 @@ pub fn derived(name: Name, rows: &[(String, Option<Summary>)]) -> Vec<Derived> {
             }
             cpu_vs_relay(&mut push);
         }
-        Name::Sessions => {
+        Name::Sessions | Name::SessionTable => {
             if let Some(b) = get("bus tcp").and_then(|s| s.rss_bytes_per_session) {
                 push("daemon RSS growth per session".into(), b.median, "bytes");
+            }
+        }
+        Name::IdleConnections => {
+            for label in ["bus tcp", "bus unix"] {
+                let Some(s) = get(label) else { continue };
+                if let Some(b) = s.rss_bytes_per_connection {
+                    push(
+                        format!("daemon RSS per idle connection ({label})"),
+                        b.median,
+                        "bytes",
+                    );
+                }
+                if let Some(b) = s.rss_bytes_kept_per_connection {
+                    push(
+                        format!("daemon RSS kept after they closed, per connection ({label})"),
+                        b.median,
+                        "bytes",
+                    );
+                }
             }
         }
         Name::Churn => {
@@ -305,5 +354,14 @@ mod tests {
                 .connections,
             1000
         );
+        let idle = &rows(Name::IdleConnections, 1.0, Rows::All)[0].spec;
+        assert_eq!(
+            (idle.load.connections, idle.load.requests),
+            (10_000, 10_000)
+        );
+        assert!(idle.rss_per_connection);
+        let table = &rows(Name::SessionTable, 1.0, Rows::All)[0].spec.load;
+        assert_eq!(table.requests, 1_000_000);
+        assert_eq!(table.sessions, Sessions::Unique);
     }
 }

@@ -65,6 +65,10 @@ pub struct Summary {
     pub daemon_peak_rss_kb: Option<Spread>,
     /// Daemon RSS growth per session, bytes.
     pub rss_bytes_per_session: Option<Spread>,
+    /// Daemon RSS per open connection, bytes (rows that measure it).
+    pub rss_bytes_per_connection: Option<Spread>,
+    /// Daemon RSS kept after the connections closed, per connection, bytes.
+    pub rss_bytes_kept_per_connection: Option<Spread>,
     /// Workers killed per run.
     pub kills: Spread,
     /// Reply counts over all runs.
@@ -101,6 +105,8 @@ impl Summary {
             client_cpu_s_per_100k: all(|r| r.client_cpu_s_per_100k)?,
             daemon_peak_rss_kb: some(|r| r.daemon_peak_rss_kb.map(|kb| kb as f64)),
             rss_bytes_per_session: some(|r| r.rss_bytes_per_session),
+            rss_bytes_per_connection: some(|r| r.rss_bytes_per_connection),
+            rss_bytes_kept_per_connection: some(|r| r.rss_bytes_kept_per_connection),
             kills: all(|r| r.kills as f64)?,
             tally,
             warmup,

@@ -26,6 +26,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a daemon may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the daemon gets to forget the readiness probe's connection before its baseline is read.
+const PROBE_GONE: Duration = Duration::from_millis(100);
+
 /// What a run drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -95,10 +98,21 @@ pub struct Launch<'a> {
     pub commands: &'a Commands,
 }
 
+/// The daemon as it was once ready, before bus-bench opened its connections: the baseline of the
+/// per-connection memory figures.
+#[derive(Clone, Copy, Debug)]
+pub struct AtReady {
+    /// `VmRSS`, kB.
+    pub rss_kb: u64,
+    /// Open file descriptors.
+    pub fds: usize,
+}
+
 /// A started target; every process it started is killed and reaped when it is dropped.
 pub struct Target {
     dir: tempfile::TempDir,
     daemon: Option<Child>,
+    at_ready: Option<AtReady>,
     direct: Vec<Child>,
     responder: Option<Responder>,
 }
@@ -113,6 +127,7 @@ impl Target {
         let mut target = Target {
             dir,
             daemon: None,
+            at_ready: None,
             direct: Vec::new(),
             responder: None,
         };
@@ -146,6 +161,11 @@ impl Target {
     /// The pid of the bus daemon (or of the relay in its place).
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Child::id)
+    }
+
+    /// The daemon's memory and fds once it was ready, before any connection of the run.
+    pub fn daemon_at_ready(&self) -> Option<AtReady> {
+        self.at_ready
     }
 
     /// The worker processes alive now (the bus's children, or the direct workers).
@@ -197,6 +217,12 @@ impl Target {
         let pid = daemon.id();
         self.daemon = Some(daemon);
         self.wait_ready(&endpoint, pid, launch.workers)?;
+        // The readiness probe's connection is closed by now on this side; give the daemon a
+        // moment to close its own, so the baseline holds no connection.
+        std::thread::sleep(PROBE_GONE);
+        self.at_ready = procfs::status_kb(pid, "VmRSS")
+            .zip(procfs::open_fds(pid))
+            .map(|(rss_kb, fds)| AtReady { rss_kb, fds });
         match endpoint {
             Endpoint::Tcp(addr) => connect_n(launch.connections, || Io::tcp(addr)),
             Endpoint::Unix(path) => connect_n(launch.connections, || Io::unix(&path)),

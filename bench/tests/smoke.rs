@@ -27,7 +27,12 @@ fn bin(name: &str) -> PathBuf {
 
 /// Runs `bus-bench scenario NAME` at a tiny scale; returns the scenario's JSON report.
 fn scenario(name: &str) -> Value {
-    bench(&["scenario", name, "--scale", "0.005"])["scenarios"][0].clone()
+    scenario_at(name, "0.005")
+}
+
+/// Runs `bus-bench scenario NAME --scale SCALE`; returns the scenario's JSON report.
+fn scenario_at(name: &str, scale: &str) -> Value {
+    bench(&["scenario", name, "--scale", scale])["scenarios"][0].clone()
 }
 
 /// Runs bus-bench with `args` (one run per row) against the debug daemon and worker; returns
@@ -228,4 +233,40 @@ fn churn() {
         run["kills"].as_u64().unwrap() >= 1,
         "a worker was killed: {run}"
     );
+}
+
+#[test]
+fn idle_connections() {
+    // 200 connections: enough to see the per-connection figures, small enough for any fd limit.
+    let report = scenario_at("idle-connections", "0.02");
+    assert_exact(&report, false);
+    for row in report["rows"].as_array().unwrap() {
+        assert_eq!(row["spec"]["load"]["connections"], 200);
+        let run = &row["runs"][0];
+        for figure in [
+            "daemon_rss_ready_kb",
+            "rss_bytes_per_connection",
+            "daemon_rss_closed_kb",
+            "rss_bytes_kept_per_connection",
+        ] {
+            assert!(run[figure].is_number(), "{figure}: {run}");
+        }
+    }
+    let derived = report["derived"].as_array().unwrap();
+    assert!(
+        derived
+            .iter()
+            .any(|d| d["name"] == "daemon RSS per idle connection (bus unix)"),
+        "{derived:?}"
+    );
+}
+
+#[test]
+fn session_table() {
+    // 20k sessions over 4 connections.
+    let report = scenario_at("session-table", "0.02");
+    assert_exact(&report, false);
+    let run = &report["rows"][0]["runs"][0];
+    assert_eq!(run["requests"], 20_000);
+    assert!(run["rss_bytes_per_session"].is_number(), "{run}");
 }

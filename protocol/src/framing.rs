@@ -8,24 +8,28 @@ use std::ops::Range;
 
 use crate::top_id::TopLevelId;
 
-/// Writable tail a new framer hands out: most reads (one request, one reply) are far shorter, and
-/// an idle connection holding a partial line (slowloris: one byte) then costs 4 KiB, not 64
-/// (2,000 such connections cost the daemon 128 MB of RSS, measured).
-const FIRST_SPARE: usize = 4 * 1024;
+/// Smallest writable tail handed out by `spare`, so one read syscall can move a useful amount.
+const MIN_SPARE: usize = 64 * 1024;
 
-/// Largest writable tail asked for: a read that fills the whole tail doubles the next one, up to
-/// this, so pipelined input still moves 64 KiB per read syscall after a few reads.
-const MAX_SPARE: usize = 64 * 1024;
+/// A buffer grown past this by a long line goes back to [`MIN_SPARE`] once that line is consumed,
+/// so an idle connection holds 64 KiB, not the ~1 MiB its largest line needed (measured). Lines
+/// this long cost far more to handle than the reallocation.
+const SHRINK_ABOVE: usize = 4 * MIN_SPARE;
 
-/// A buffer grown past this by a long line goes back to [`MAX_SPARE`] once that line is consumed,
-/// so an idle connection holds 64 KiB at most, not the ~1 MiB its largest line needed (measured).
-/// Lines this long cost far more to handle than the reallocation.
-const SHRINK_ABOVE: usize = 4 * MAX_SPARE;
+/// The spare space of a [`LineFramer::lean`] framer whose last read was shorter than this: the
+/// whole buffer of a connection that sends a line now and then. 64 KiB per idle client connection
+/// was 94 % of the daemon's RSS per connection (bus-bench `idle-connections`).
+const SMALL_SPARE: usize = 2 * 1024;
 
 /// Splits a byte stream into newline-terminated lines with a per-line size limit.
 #[derive(Debug)]
 pub struct LineFramer {
     buf: Vec<u8>,
+    /// Made by [`LineFramer::lean`]: sized by the traffic.
+    lean: bool,
+    /// With `lean`: the last read (or none yet) was shorter than [`SMALL_SPARE`], so the buffer
+    /// holds only that much spare space, and goes back to it once drained.
+    small: bool,
     /// First byte not yet handed out.
     start: usize,
     /// End of the bytes written by the reader.
@@ -40,9 +44,6 @@ pub struct LineFramer {
     ids: Option<Box<TopLevelId>>,
     /// With `ids`: bytes of the oversize line being skipped so far.
     skipped: usize,
-    /// The writable tail the next `spare` makes room for: [`FIRST_SPARE`], doubled by every read
-    /// that fills the whole tail, up to [`MAX_SPARE`].
-    want: usize,
 }
 
 /// One unit of framed input.
@@ -77,6 +78,8 @@ impl LineFramer {
     pub fn new(max_line: usize) -> Self {
         LineFramer {
             buf: Vec::new(),
+            lean: false,
+            small: false,
             start: 0,
             end: 0,
             scan: 0,
@@ -84,7 +87,6 @@ impl LineFramer {
             skipping: false,
             ids: None,
             skipped: 0,
-            want: FIRST_SPARE,
         }
     }
 
@@ -98,9 +100,23 @@ impl LineFramer {
         }
     }
 
-    /// Writable space at the tail of the buffer (at least 4 KiB at first, growing to 64 KiB as
-    /// reads fill it; compacts consumed bytes first, grows if needed, and shrinks back to 64 KiB
-    /// once a long line has been consumed).
+    /// Like [`LineFramer::new`], but sized by the traffic, for streams that are mostly idle (client
+    /// connections): while reads are shorter than 2 KiB the spare space is 2 KiB, and a buffer
+    /// that held more shrinks back to 2 KiB once every byte in it has been handed out. A read
+    /// that fills the spare space brings back the 64 KiB reads of [`LineFramer::new`], so a
+    /// stream of pipelined lines is read in the same 64 KiB reads. A stream whose last read was
+    /// long keeps its 64 KiB until a short one.
+    pub fn lean(max_line: usize) -> Self {
+        LineFramer {
+            lean: true,
+            small: true,
+            ..LineFramer::new(max_line)
+        }
+    }
+
+    /// Writable space at the tail of the buffer (at least 64 KiB, or 2 KiB for a
+    /// [`LineFramer::lean`] framer after a short read; compacts consumed bytes first, grows if
+    /// needed, and shrinks back to 64 KiB once a long line has been consumed).
     pub fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -108,15 +124,20 @@ impl LineFramer {
             self.scan -= self.start;
             self.start = 0;
         }
-        if self.buf.len() > SHRINK_ABOVE && self.end <= MAX_SPARE {
-            self.buf.truncate(MAX_SPARE);
+        if self.buf.len() > SHRINK_ABOVE && self.end <= MIN_SPARE {
+            self.buf.truncate(MIN_SPARE);
             self.buf.shrink_to_fit();
         }
-        let need = self.end.saturating_add(self.want);
+        let min_spare = if self.small { SMALL_SPARE } else { MIN_SPARE };
+        if self.small && self.end == 0 && self.buf.len() > SMALL_SPARE {
+            self.buf.truncate(SMALL_SPARE);
+            self.buf.shrink_to_fit();
+        }
+        let need = self.end.saturating_add(min_spare);
         if self.buf.len() < need {
             // Grow geometrically to avoid quadratic copying while a long line arrives, but never past
             // the largest size a drained framer can need, so hostile input cannot inflate memory.
-            let ceiling = self.max_line.saturating_add(1).saturating_add(MAX_SPARE);
+            let ceiling = self.max_line.saturating_add(1).saturating_add(MIN_SPARE);
             let target = need.max(self.buf.len().saturating_mul(2).min(ceiling));
             self.buf.reserve_exact(target - self.buf.len());
             self.buf.resize(target, 0);
@@ -126,12 +147,9 @@ impl LineFramer {
 
     /// Records that `n` bytes were written into the slice last returned by `spare`.
     pub fn filled(&mut self, n: usize) {
+        self.small = self.lean && n < SMALL_SPARE;
         // Clamped so that a caller bug cannot turn into an out-of-bounds panic later.
         self.end = self.end.saturating_add(n).min(self.buf.len());
-        if n > 0 && self.end == self.buf.len() {
-            // The read filled the whole tail: more was probably waiting.
-            self.want = self.want.saturating_mul(2).min(MAX_SPARE);
-        }
     }
 
     /// Next complete frame, or `None` when more input is needed.
@@ -301,11 +319,15 @@ mod tests {
         Out::Line(s.as_bytes().to_vec())
     }
 
-    /// Writes `chunk` through `spare`/`filled` and drains every frame it completes.
-    fn feed(f: &mut LineFramer, mut chunk: &[u8], out: &mut Vec<Out>) {
+    /// Writes `chunk` through `spare`/`filled` and drains every frame it completes; returns the
+    /// size of each read's spare space.
+    fn feed(f: &mut LineFramer, mut chunk: &[u8], out: &mut Vec<Out>) -> Vec<usize> {
+        let mut sizes = Vec::new();
         while !chunk.is_empty() {
+            let lean = f.lean;
             let spare = f.spare();
-            assert!(spare.len() >= FIRST_SPARE);
+            assert!(spare.len() >= if lean { SMALL_SPARE } else { MIN_SPARE });
+            sizes.push(spare.len());
             let n = chunk.len().min(spare.len());
             spare[..n].copy_from_slice(&chunk[..n]);
             f.filled(n);
@@ -314,36 +336,13 @@ mod tests {
                 out.push(own(frame));
             }
         }
+        sizes
     }
 
     fn finish(f: &mut LineFramer, out: &mut Vec<Out>) {
         while let Some(frame) = f.finish() {
             out.push(own(frame));
         }
-    }
-
-    #[test]
-    fn an_idle_partial_line_holds_a_small_buffer_and_full_reads_grow_the_tail() {
-        let mut f = LineFramer::new(1 << 20);
-        f.spare()[0] = b'{';
-        f.filled(1);
-        assert!(f.next_frame().is_none());
-        assert_eq!(f.buf.capacity(), FIRST_SPARE, "one byte costs 4 KiB");
-        // Pipelined input fills every tail handed out: the tail doubles up to 64 KiB.
-        let mut sizes = Vec::new();
-        for _ in 0..8 {
-            let spare = f.spare();
-            sizes.push(spare.len());
-            spare.fill(b'x');
-            let n = spare.len();
-            f.filled(n);
-        }
-        assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
-        let last = f.spare().len();
-        assert!(
-            (MAX_SPARE..2 * MAX_SPARE).contains(&last),
-            "{sizes:?} then {last}"
-        );
     }
 
     #[test]
@@ -354,7 +353,7 @@ mod tests {
         long.push(b'\n');
         feed(&mut f, &long, &mut out);
         assert_eq!(out, vec![Out::Line(vec![b'x'; 900_000])]);
-        assert_eq!(f.spare().len(), MAX_SPARE, "the buffer is small again");
+        assert_eq!(f.spare().len(), MIN_SPARE, "the buffer is small again");
         feed(&mut f, b"next\n", &mut out);
         assert_eq!(out.last(), Some(&line("next")));
     }
@@ -380,15 +379,19 @@ mod tests {
         );
     }
 
+    /// The frames of `chunks`, the same from a lean framer as from a plain one.
     fn frames(max_line: usize, chunks: &[&[u8]]) -> Vec<Out> {
-        let mut f = LineFramer::new(max_line);
-        let mut out = Vec::new();
-        for chunk in chunks {
-            feed(&mut f, chunk, &mut out);
-        }
-        finish(&mut f, &mut out);
-        assert_eq!(f.buffered(), 0);
-        out
+        let [plain, lean] = [LineFramer::new(max_line), LineFramer::lean(max_line)].map(|mut f| {
+            let mut out = Vec::new();
+            for chunk in chunks {
+                feed(&mut f, chunk, &mut out);
+            }
+            finish(&mut f, &mut out);
+            assert_eq!(f.buffered(), 0);
+            out
+        });
+        assert_eq!(plain, lean);
+        plain
     }
 
     /// Deterministic xorshift so chunk boundaries are varied but reproducible.
@@ -497,7 +500,7 @@ mod tests {
     #[test]
     fn oversize_is_reported_once_and_never_buffered() {
         let max_line = 100_000;
-        let bound = max_line + 1 + MAX_SPARE;
+        let bound = max_line + 1 + MIN_SPARE;
         let mut f = LineFramer::new(max_line);
         let mut out = Vec::new();
         let junk = vec![b'x'; 7_777];
@@ -512,14 +515,13 @@ mod tests {
         finish(&mut f, &mut out);
         assert_eq!(out, [Out::Oversize(7_777 * 13), line("next")]);
 
-        // Reads larger than the limit still report the whole read as seen, once (the first read
-        // of a new framer is one first tail).
+        // Reads larger than the limit still report the whole read as seen, once.
         let mut f = LineFramer::new(10);
         let mut out = Vec::new();
         feed(&mut f, &[b'y'; 50_000], &mut out);
         feed(&mut f, &[b'y'; 50_000], &mut out);
-        assert_eq!(out, [Out::Oversize(FIRST_SPARE)]);
-        assert!(f.buf.capacity() <= 10 + 1 + MAX_SPARE);
+        assert_eq!(out, [Out::Oversize(50_000)]);
+        assert!(f.buf.capacity() <= 10 + 1 + MIN_SPARE);
         assert_eq!(f.buffered(), 0);
         finish(&mut f, &mut out);
         assert_eq!(out.len(), 1);
@@ -534,7 +536,7 @@ mod tests {
         let mut out = Vec::new();
         for chunk in data.chunks(4_096) {
             feed(&mut f, chunk, &mut out);
-            assert!(f.buf.capacity() <= max_line + 1 + MAX_SPARE);
+            assert!(f.buf.capacity() <= max_line + 1 + MIN_SPARE);
         }
         assert_eq!(out, [Out::Line(vec![b'z'; max_line]), line("short")]);
     }
@@ -585,27 +587,21 @@ mod tests {
             (Some(body.len() + 13), None, None),
             (Some(len), None, Some(5)),
         ];
-        for chunk in [1_000, FIRST_SPARE, MAX_SPARE] {
+        for chunk in [1_000, 7_777, MIN_SPARE] {
             let mut f = LineFramer::with_ids(100);
             let mut got = Vec::new();
             let own = |frame: Frame<'_>| match frame {
                 Frame::Line(line) => (None, Some(String::from_utf8(line.to_vec()).unwrap()), None),
                 Frame::Oversize { seen, id } => (Some(seen), None, id),
             };
-            for mut piece in stream.as_bytes().chunks(chunk) {
-                // At most a full tail per read: a whole piece once the tail has grown.
-                while !piece.is_empty() {
-                    let spare = f.spare();
-                    let n = piece.len().min(spare.len());
-                    spare[..n].copy_from_slice(&piece[..n]);
-                    f.filled(n);
-                    piece = &piece[n..];
-                    while let Some(frame) = f.next_frame() {
-                        got.push(own(frame));
-                    }
+            for piece in stream.as_bytes().chunks(chunk) {
+                f.spare()[..piece.len()].copy_from_slice(piece);
+                f.filled(piece.len());
+                while let Some(frame) = f.next_frame() {
+                    got.push(own(frame));
                 }
                 // Never the line: the buffer stays near one read.
-                assert!(f.buf.capacity() <= 2 * MAX_SPARE);
+                assert!(f.buf.capacity() <= 2 * MIN_SPARE);
             }
             while let Some(frame) = f.finish() {
                 got.push(own(frame));
@@ -616,6 +612,49 @@ mod tests {
                 .collect();
             assert_eq!(got, expected, "chunks of {chunk}");
         }
+    }
+
+    #[test]
+    fn a_lean_framer_holds_2_kib_between_short_reads_and_64_kib_under_load() {
+        let mut f = LineFramer::lean(1 << 20);
+        let mut out = Vec::new();
+        assert_eq!(f.spare().len(), SMALL_SPARE, "a new connection reads 2 KiB");
+        feed(&mut f, b"{\"id\":1}\n", &mut out);
+        assert_eq!(f.spare().len(), SMALL_SPARE);
+        assert!(
+            f.buf.capacity() <= SMALL_SPARE,
+            "an idle connection holds 2 KiB"
+        );
+        // Pipelined lines: the first read fills the 2 KiB, and from then on reads are 64 KiB.
+        let burst: Vec<u8> = b"0123456789abcdef\n".repeat(10_000);
+        let sizes = feed(&mut f, &burst, &mut out);
+        assert_eq!(out.len(), 10_001);
+        assert_eq!(sizes[0], SMALL_SPARE);
+        assert!(sizes[1..].iter().all(|&s| s >= MIN_SPARE), "{sizes:?}");
+        // One short read, and once drained the buffer is small again.
+        feed(&mut f, b"{\"id\":2}\n", &mut out);
+        assert_eq!(f.spare().len(), SMALL_SPARE);
+        assert!(f.buf.capacity() <= SMALL_SPARE);
+        // A short read in the middle of a line keeps the line, and grows to fit it.
+        feed(&mut f, b"{\"id\":", &mut out);
+        feed(&mut f, &[b' '; 3_000], &mut out);
+        feed(&mut f, b"3}\n", &mut out);
+        assert_eq!(out.len(), 10_003);
+        assert_eq!(
+            out[10_002],
+            Out::Line([&b"{\"id\":"[..], &[b' '; 3_000], b"3}"].concat())
+        );
+        f.spare();
+        assert!(
+            f.buf.capacity() <= SMALL_SPARE,
+            "drained after a short read"
+        );
+        // The long-line rules hold as for `new`.
+        let mut long = vec![b'x'; 900_000];
+        long.push(b'\n');
+        feed(&mut f, &long, &mut out);
+        assert_eq!(out.last(), Some(&Out::Line(vec![b'x'; 900_000])));
+        assert!(f.spare().len() <= MIN_SPARE);
     }
 
     #[test]

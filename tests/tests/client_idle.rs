@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 const SLOW: usize = 2_000;
 
 /// How far the daemon's peak RSS may rise above its idle RSS with [`SLOW`] connections open:
-/// 16 KiB each (measured about 12: the 4 KiB first read buffer holding the byte, the task, the
-/// socket's registration). With a 64 KiB first read buffer they cost 60 KiB each: 117 MiB.
+/// 16 KiB each (about 12 measured with a 4 KiB first read buffer holding the byte, 6 with the 2 KiB
+/// of a lean framer, plus the task and the socket's registration). With a 64 KiB first read buffer
+/// they cost 60 KiB each: 117 MiB.
 const SLOW_RSS_KIB: u64 = 32 * 1024;
 
 #[test]

@@ -114,7 +114,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut framer = LineFramer::new(MAX_HANDSHAKE_LINE);
+    let mut framer = LineFramer::lean(MAX_HANDSHAKE_LINE);
     let mut refused = 0;
     let mut out = Vec::new();
     loop {
