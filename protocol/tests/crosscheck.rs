@@ -117,11 +117,7 @@ fn deep_documents_parse_on_a_small_stack() {
             let n = 10_000;
             let mut arrays = "[".repeat(n);
             arrays.push_str(&"]".repeat(n));
-            let Ok(Message::Batch(spans)) = parse(arrays.as_bytes(), &path) else {
-                panic!("not a batch");
-            };
-            assert_eq!(spans.len(), 1);
-            assert_eq!(spans[0], 1..2 * n - 1);
+            assert_eq!(parse(arrays.as_bytes(), &path), Ok(Message::Batch(1)));
             assert_eq!(
                 parse(&arrays.as_bytes()[..2 * n - 1], &path),
                 Err(EnvelopeError::Parse)

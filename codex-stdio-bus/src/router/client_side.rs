@@ -87,7 +87,7 @@ impl Router {
         match parse(line, &self.session_path) {
             Ok(Message::Object(envelope)) => Some(envelope),
             Ok(Message::Batch(elements)) => {
-                refuse_batch(client, elements.len());
+                refuse_batch(client, elements);
                 None
             }
             Err(error) => {

@@ -204,19 +204,10 @@ pub fn check_line(line: &[u8], bus_id: u64) {
                     check_error_reply(Some(&line[id.clone()]), kind, Some(&lossy(line)));
                 }
             }
-            Ok(Message::Batch(spans)) => {
-                let mut after = 0;
-                for span in &spans {
-                    assert!(after <= span.start && span.start < span.end && span.end <= line.len());
-                    assert!(serde_accepts(&line[span.clone()]));
-                    after = span.end;
-                }
+            Ok(Message::Batch(elements)) => {
                 if let Some(v) = &value {
                     let items = v.as_array().expect("a batch is an array");
-                    assert_eq!(spans.len(), items.len());
-                    for (span, item) in spans.iter().zip(items) {
-                        assert_eq!(token_value(line, span).as_ref(), Some(item));
-                    }
+                    assert_eq!(elements, items.len());
                 }
             }
             Err(EnvelopeError::NotObject) => {
