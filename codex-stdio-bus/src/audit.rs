@@ -43,15 +43,18 @@ pub enum Event<'a> {
         /// The principal's subject.
         subject: &'a str,
     },
-    /// A credential was refused (never logged itself).
+    /// A credential was refused (never logged itself), or none was presented. At most one line
+    /// per listener per second; `suppressed` counts the refusals since the previous line.
     AuthenticationRefused {
         /// `tcp`, `unix` or `stdio`.
         transport: &'a str,
         /// The peer's address, when it has one.
         #[serde(skip_serializing_if = "Option::is_none")]
         peer: Option<&'a str>,
-        /// Why, e.g. `unknown token`, `expired`, `bad signature`, `no bus/authenticate`.
+        /// Why, e.g. `unknown token`, `expired jwt`, `handshake timeout`.
         reason: &'a str,
+        /// Refusals on the listener not written since the previous line.
+        suppressed: u64,
     },
     /// A session entered the session table (first message naming it).
     SessionCreated {
@@ -73,12 +76,15 @@ pub enum Event<'a> {
         /// The session id as its clients sent it (lossy UTF-8).
         session: Cow<'a, str>,
     },
-    /// A message tried to name a tenant itself (a top-level `tenant` member) and was refused.
+    /// A message tried to name a tenant itself (a top-level `tenant` member) and was refused. At
+    /// most one line per tenant per second; `suppressed` counts the refusals since the previous.
     TenantClaimRefused {
         /// The sender's tenant.
         tenant: &'a str,
         /// The sender's subject.
         subject: &'a str,
+        /// The tenant's refused claims not written since the previous line.
+        suppressed: u64,
     },
     /// A worker's request (e.g. an approval) was forwarded to a client.
     WorkerRequestForwarded {
@@ -284,12 +290,14 @@ mod tests {
         audit.record(&Event::TenantClaimRefused {
             tenant: "b",
             subject: "x",
+            suppressed: 0,
         });
         audit.reopen().unwrap();
         audit.record(&Event::AuthenticationRefused {
             transport: "tcp",
             peer: None,
             reason: "expired",
+            suppressed: 0,
         });
         assert_eq!(lines(&rotated).len(), 2, "written to the file it had open");
         let fresh = lines(&path);
@@ -304,7 +312,8 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(!Audit::off().record(&Event::TenantClaimRefused {
             tenant: "b",
-            subject: "x"
+            subject: "x",
+            suppressed: 0,
         }));
     }
 }

@@ -144,6 +144,14 @@ pub async fn run(
         })?,
         None => Audit::off(),
     });
+    if config.auth.is_some() && limits.tenant_max_sessions >= limits.max_sessions {
+        // The defaults suit one tenant; with several, one of them could fill the table alone.
+        tracing::warn!(
+            tenant_max_sessions = limits.tenant_max_sessions,
+            max_sessions = limits.max_sessions,
+            "auth is on and limits.tenant_max_sessions lets one tenant fill the session table; lower it (or set per-tenant limits) so tenants cannot lock each other out"
+        );
+    }
     let router = Arc::new(Router::new(&config).audited(audit.clone()));
     if let Some((listener, handle)) = admin {
         let bearer = config

@@ -552,3 +552,18 @@ fn a_tokens_file_is_checked_like_the_tokens_key() {
         "tokens.json: top level: must be an array of token objects, got an object"
     );
 }
+
+#[test]
+fn the_digest_of_an_empty_token_is_refused() {
+    let error = Config::from_json_str(
+        r#"{"pools": [{"id": "a", "command": "cat", "instances": 1}],
+            "auth": {"tokens": [{"tenant": "t", "sha256": "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"}]}}"#,
+        "t.json",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("auth.tokens[0].sha256") && error.contains("empty token"),
+        "{error}"
+    );
+}

@@ -90,6 +90,10 @@ pub struct Envelope {
     /// A top-level "tenant" member is present (any value). With authentication the bus sets that
     /// member itself, so a client's own is refused.
     pub has_tenant: bool,
+    /// A key on the session path occurs more than once with a session found before the last
+    /// (`session` holds the last one's): with authentication such a message is refused, since only
+    /// one occurrence gets the tenant's prefix and a worker might read another.
+    pub duplicate_session: bool,
 }
 
 /// JSON-RPC role of a message, judged from which members are present.
@@ -297,6 +301,7 @@ impl Visitor for Collector<'_> {
             && key_eq(raw, escaped, self.path.segment(depth - 1));
         if self.path_value {
             // A later occurrence of any key on the path replaces everything beneath the earlier one.
+            self.env.duplicate_session |= self.env.session.is_some();
             self.env.session = None;
         }
     }
@@ -477,6 +482,16 @@ mod tests {
             !object(r#"{"method":"m","params":{"tenant":1}}"#)
                 .0
                 .has_tenant
+        );
+        assert!(
+            !object(r#"{"method":"m","sessionId":"a"}"#)
+                .0
+                .duplicate_session
+        );
+        assert!(
+            object(r#"{"sessionId":"a","method":"m","sessionId":"b"}"#)
+                .0
+                .duplicate_session
         );
         assert_eq!(object(r#"{"pool":"a","pool":{"x":1}}"#).0.pool, None);
     }

@@ -115,7 +115,6 @@ fn unauthenticated_lines_are_refused_and_the_connection_closes_after_the_limit()
         "",
         "closed after max_unauthenticated_lines"
     );
-    bus.wait_log("too many unauthenticated lines; closing");
 
     // A client that says nothing is closed after handshake_timeout_sec.
     let mut silent = bus_tcp(&bus);
@@ -126,7 +125,7 @@ fn unauthenticated_lines_are_refused_and_the_connection_closes_after_the_limit()
         "{:?}",
         start.elapsed()
     );
-    bus.wait_log("did not authenticate within handshake_timeout_sec");
+    bus.wait_log("handshake timeout");
 
     let addr = bus.metrics_addr();
     let refused = metric(&addr, "codex_bus_auth_total", &[("result", "refused")]);
@@ -436,7 +435,8 @@ fn no_token_jwt_or_secret_reaches_the_log_even_at_trace_level() {
     );
     ping(&mut other, 2);
     bus.wait_log_count("client authenticated", 2);
-    bus.wait_log_count("unauthenticated line refused", 2);
+    // Refusals are logged at most once a second per listener (the metric counts each).
+    bus.wait_log("client not authenticated");
     let log = bus.log();
     for secret in [TOKEN, SECRET, jwt.as_str(), bad_jwt.as_str(), wrong] {
         assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");

@@ -29,6 +29,13 @@ pub(crate) fn looks_like_jwt(credential: &str) -> bool {
     credential.bytes().filter(|&b| b == b'.').count() == 2
 }
 
+/// Whether `c` is an invisible formatting character (bidirectional overrides and isolates,
+/// zero-width characters, the BOM): in a subject they would let a log or audit line display
+/// another name than the one it holds ("adm\u{202e}nim").
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
 /// Verifies HS256 JWTs with one secret.
 pub(crate) struct JwtVerifier {
     key: DecodingKey,
@@ -103,7 +110,9 @@ impl JwtVerifier {
             Some(Value::String(sub))
                 if !sub.is_empty()
                     && sub.len() <= MAX_SUBJECT_BYTES
-                    && !sub.chars().any(char::is_control) =>
+                    && !sub
+                        .chars()
+                        .any(|c| c.is_control() || is_invisible_format(c)) =>
             {
                 sub
             }
@@ -269,6 +278,10 @@ mod tests {
             ),
             (
                 json!({"exp": t, "tenant": "a", "sub": "x\ny", "iss": "idp", "aud": "bus"}),
+                Refusal::BadSubject,
+            ),
+            (
+                json!({"exp": t, "tenant": "a", "sub": "adm\u{202e}nim", "iss": "idp", "aud": "bus"}),
                 Refusal::BadSubject,
             ),
         ];

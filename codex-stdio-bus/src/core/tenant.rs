@@ -88,7 +88,7 @@ impl Refused {
 pub(crate) struct Tenant {
     /// The tenant's name (a valid tenant name: see `codex_bus_config::is_tenant_name`).
     pub name: Arc<str>,
-    /// The metric label of its series: its name if configured, else `other` (bounded cardinality).
+    /// The metric label of its series: its name if configured, else `(other)` (bounded cardinality).
     pub label: Arc<str>,
     /// `<name>:`, the prefix of its session ids as workers see them when sessions are namespaced.
     pub prefix: Box<[u8]>,
@@ -99,6 +99,8 @@ pub(crate) struct Tenant {
     bucket: Option<Bucket>,
     /// Keeps the tenant's refusals from flooding the audit trail: one line a second.
     pub audit_limit: LogLimit,
+    /// The same for its messages that claim a tenant.
+    pub claim_limit: LogLimit,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -126,6 +128,7 @@ impl Tenant {
             in_flight: AtomicUsize::new(0),
             bucket,
             audit_limit: LogLimit::default(),
+            claim_limit: LogLimit::default(),
         }
     }
 
@@ -171,15 +174,22 @@ impl Tenant {
     /// release the place with [`Tenant::request_finished`]. A request refused for being over the
     /// in-flight quota has still spent its token: it was an attempt at the rate.
     pub(crate) fn reserve_request(&self) -> Result<(), Refused> {
-        if let Some(bucket) = &self.bucket {
-            if let Err(not_until) = bucket.check() {
-                let now = governor::clock::Clock::now(bucket.clock());
-                return Err(Refused::Rate {
-                    retry_after: not_until.wait_time_from(now),
-                });
-            }
-        }
+        self.take_token()?;
         reserve(&self.in_flight, self.limits.max_in_flight, Quota::InFlight)
+    }
+
+    /// Takes one token from the request bucket: for a request, and for any message that starts
+    /// a session (a notification would otherwise fill the session table at any rate).
+    pub(crate) fn take_token(&self) -> Result<(), Refused> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(());
+        };
+        bucket.check().map_err(|not_until| {
+            let now = governor::clock::Clock::now(bucket.clock());
+            Refused::Rate {
+                retry_after: not_until.wait_time_from(now),
+            }
+        })
     }
 
     /// Releases a request's place (answered, failed, or never queued).

@@ -10,6 +10,7 @@
 //! pipelined behind it are served.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use codex_bus_protocol::{append_error_reply, ErrorKind, Frame, LineFramer};
 use serde_json::Value;
@@ -17,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::audit::{Audit, Event};
 use crate::auth::{Authenticator, Identity, Refusal};
+use crate::core::log_limit::LogLimit;
 use crate::core::principal::Principal;
 use crate::metrics::{self, AuthResult};
 
@@ -45,6 +47,7 @@ pub(crate) struct Authenticated {
 pub(crate) async fn handshake<R, W>(
     auth: &Authenticator,
     audit: &Audit,
+    refusals: &LogLimit,
     peer: SocketAddr,
     reader: &mut R,
     writer: &mut W,
@@ -56,6 +59,7 @@ where
     let peer = audit.enabled().then(|| peer.to_string());
     let witness = Witness {
         audit,
+        refusals,
         peer: peer.as_deref(),
     };
     // The deadline covers the writes too: a client that does not read its refusals cannot hold
@@ -64,21 +68,21 @@ where
     match tokio::time::timeout(auth.handshake_timeout, exchange).await {
         Ok(outcome) => outcome,
         Err(_) => {
-            witness.refused("handshake timeout");
             metrics::get().auth(AuthResult::Timeout);
-            tracing::info!(
-                timeout_sec = auth.handshake_timeout.as_secs(),
-                "client did not authenticate within handshake_timeout_sec; closing"
-            );
+            witness.refused("handshake timeout");
             None
         }
     }
 }
 
-/// Writes a handshake's outcomes to the audit trail.
+/// Writes a handshake's outcomes to the audit trail and the log.
 #[derive(Clone, Copy)]
 struct Witness<'a> {
     audit: &'a Audit,
+    /// The listener's limit on refusal lines: a client that connects and sends garbage in a loop
+    /// must not fill the disk (19,000 refused connections in 4 s, measured, wrote 2.5 MB/s of audit
+    /// and 2.9 MB/s of log before it). The metric still counts every refusal.
+    refusals: &'a LogLimit,
     /// The peer's address, formatted only when the trail is on.
     peer: Option<&'a str>,
 }
@@ -94,11 +98,17 @@ impl Witness<'_> {
         });
     }
 
+    /// Records a refusal for `reason`: at most one log and audit line a second per listener.
     fn refused(self, reason: &str) {
+        let Some(suppressed) = self.refusals.admit(Instant::now()) else {
+            return;
+        };
+        tracing::info!(reason, suppressed, "client not authenticated");
         self.audit.record(&Event::AuthenticationRefused {
             transport: "tcp",
             peer: self.peer,
             reason,
+            suppressed,
         });
     }
 }
@@ -119,7 +129,10 @@ where
     let mut out = Vec::new();
     loop {
         match reader.read(framer.spare()).await {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => {
+                witness.refused("closed before authenticating");
+                return None;
+            }
             Ok(n) => framer.filled(n),
         }
         while let Some(frame) = framer.next_frame() {
@@ -149,11 +162,6 @@ where
             refused += 1;
             witness.refused(why.detail());
             metrics::get().auth(AuthResult::Refused);
-            tracing::info!(
-                reason = why.detail(),
-                refused,
-                "unauthenticated line refused"
-            );
             out.clear();
             append_error_reply(
                 &mut out,
@@ -165,7 +173,7 @@ where
                 return None;
             }
             if refused >= auth.max_unauthenticated_lines {
-                tracing::info!(refused, "too many unauthenticated lines; closing");
+                tracing::debug!(refused, "too many unauthenticated lines; closing");
                 let _ = writer.shutdown().await;
                 return None;
             }

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::Event;
 use crate::auth::{Authenticator, Identity};
 use crate::core::client::Transport;
+use crate::core::log_limit::LogLimit;
 use crate::core::principal::Principal;
 use crate::metrics::{self, AuthResult, ConnectionMetrics};
 use crate::router::Router;
@@ -63,6 +64,7 @@ pub(crate) async fn serve(
         counts,
         transport,
         auth,
+        refusals: Arc::default(),
     };
     match bound {
         Bound::Stdio => {
@@ -126,6 +128,8 @@ struct Lines {
     counts: Arc<ConnectionMetrics>,
     transport: Transport,
     auth: Option<Arc<Authenticator>>,
+    /// The listener's limit on authentication refusal lines (log and audit).
+    refusals: Arc<LogLimit>,
 }
 
 /// Who a new connection is, or how it will tell.
@@ -193,8 +197,14 @@ impl Lines {
             Arrival::Known(principal) => self.serve_as(reader, writer, seat, principal, None).await,
             Arrival::Handshake(auth, peer) => {
                 let audit = self.router.audit();
-                let exchange =
-                    authenticate::handshake(&auth, audit, peer, &mut reader, &mut writer);
+                let exchange = authenticate::handshake(
+                    &auth,
+                    audit,
+                    &self.refusals,
+                    peer,
+                    &mut reader,
+                    &mut writer,
+                );
                 let Some(done) = exchange.await else {
                     return;
                 };

@@ -512,15 +512,15 @@ pub fn describe() {
     );
     describe_gauge!(
         "codex_bus_tenant_sessions",
-        "Sessions of a tenant in the sticky table (unconfigured tenants summed as other)."
+        "Sessions of a tenant in the sticky table (unconfigured tenants summed as (other))."
     );
     describe_gauge!(
         "codex_bus_tenant_connections",
-        "Connections of a tenant (unconfigured tenants summed as other)."
+        "Connections of a tenant (unconfigured tenants summed as (other))."
     );
     describe_gauge!(
         "codex_bus_tenant_requests_in_flight",
-        "Requests of a tenant at workers (unconfigured tenants summed as other)."
+        "Requests of a tenant at workers (unconfigured tenants summed as (other))."
     );
     describe_counter!(
         "codex_bus_tenant_refusals_total",

@@ -126,11 +126,17 @@ impl Router {
             None
         };
         if envelope.has_tenant {
-            self.audit.record(&Event::TenantClaimRefused {
-                tenant: &client.tenant.name,
-                subject: &client.principal.subject,
-            });
+            if let Some(suppressed) = client.tenant.claim_limit.admit(Instant::now()) {
+                self.audit.record(&Event::TenantClaimRefused {
+                    tenant: &client.tenant.name,
+                    subject: &client.principal.subject,
+                    suppressed,
+                });
+            }
             return refuse("the top-level \"tenant\" member is set by the bus, from the connection's principal");
+        }
+        if envelope.duplicate_session {
+            return refuse("with authentication, a message may hold one session id");
         }
         let mut namespaced = Vec::new();
         if !append_namespaced(
@@ -184,7 +190,7 @@ impl Router {
         if let Err(refused) = client.tenant.reserve_request() {
             return self.refuse(client, Some(&line[id]), refused);
         }
-        let slot = match self.target(client, line, envelope, received) {
+        let slot = match self.target(client, line, envelope, received, true) {
             Ok(slot) => slot,
             Err(refusal) => {
                 client.tenant.request_finished();
@@ -211,9 +217,12 @@ impl Router {
         envelope: &Envelope,
         received: Instant,
     ) {
-        let slot = match self.target(client, line, envelope, received) {
+        let slot = match self.target(client, line, envelope, received, false) {
             Ok(slot) => slot,
             Err(refusal) => {
+                if let Refusal::Tenant(refused) = refusal {
+                    self.note_refusal(client, refused);
+                }
                 tracing::debug!(
                     client = client.id,
                     reason = refusal.reason(),
@@ -312,12 +321,16 @@ impl Router {
     /// The slot a message goes to: its session's (placing a new session), or for a message without
     /// a session the least-loaded running worker of its pool. The session is the one the message
     /// names, else the one the client's connection is bound to; it was last seen at `received`.
+    ///
+    /// A message that starts a session takes a token from its tenant's request bucket unless it
+    /// `paid` one already (a request does).
     fn target(
         &self,
         client: &Client,
         line: &[u8],
         envelope: &Envelope,
         received: Instant,
+        paid: bool,
     ) -> Result<&Arc<Slot>, Refusal> {
         let session = match envelope.session.clone() {
             Some(span) => key_bytes(&line[span]),
@@ -345,6 +358,9 @@ impl Router {
                 client.id,
                 self.second(received),
                 || {
+                    if !paid {
+                        client.tenant.take_token().map_err(Refusal::Tenant)?;
+                    }
                     client.tenant.reserve_session().map_err(Refusal::Tenant)?;
                     let pool = self
                         .choose_pool(line, envelope)
@@ -601,6 +617,12 @@ mod tests {
         )
         .await;
         send(&router, &b, r#"{"id":3,"method":"m","sessionId":7}"#).await;
+        send(
+            &router,
+            &b,
+            r#"{"id":4,"method":"m","sessionId":"a:s1","sessionId":"s1"}"#,
+        )
+        .await;
         assert!(queued(slot).is_empty());
         let replies = received(&b);
         assert!(
@@ -609,6 +631,10 @@ mod tests {
         );
         assert!(
             replies.contains(r#""id":3,"error""#) && replies.contains("JSON string"),
+            "{replies}"
+        );
+        assert!(
+            replies.contains(r#""id":4,"error""#) && replies.contains("one session id"),
             "{replies}"
         );
         assert!(received(&a).is_empty());
@@ -749,5 +775,17 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .unwrap();
         assert!((1..=1000).contains(&wait), "{wait}");
+        // A notification that would start a session pays a token too, or notifications could fill
+        // the session table at any rate; one on a known session does not.
+        for n in 0..5 {
+            send(
+                &router,
+                &a,
+                &format!(r#"{{"method":"n","sessionId":"new{n}"}}"#),
+            )
+            .await;
+            send(&router, &a, r#"{"method":"n","sessionId":"s"}"#).await;
+        }
+        assert_eq!(router.sessions.count(), 1, "only the first session");
     }
 }

@@ -339,7 +339,14 @@ impl Router {
     /// under the tenant's metric label and written to the audit trail (at most once a second per
     /// tenant).
     pub(crate) fn refuse(&self, client: &Client, id: Option<&[u8]>, refused: Refused) {
+        self.note_refusal(client, refused);
+        send_refusal(client, id, refused);
+    }
+
+    /// Counts and audits a refusal of `client`'s tenant (the reply, if any, is the caller's).
+    pub(crate) fn note_refusal(&self, client: &Client, refused: Refused) {
         let tenant = &client.tenant;
+        metrics::get().tenant_refused(&tenant.label, refused.kind());
         if self.audit.enabled() {
             if let Some(suppressed) = tenant.audit_limit.admit(Instant::now()) {
                 self.audit.record(&Event::QuotaRefused {
@@ -351,7 +358,6 @@ impl Router {
                 });
             }
         }
-        send_refusal(client, id, refused);
     }
 }
 
@@ -382,7 +388,6 @@ fn send_refusal(client: &Client, id: Option<&[u8]>, refused: Refused) {
         quota: refused.quota().map(|q| q.as_str()),
         retry_after_ms: Some(refused.retry_after_ms()),
     };
-    metrics::get().tenant_refused(&tenant.label, refused.kind());
     send_hinted(client, id, refused.kind(), Some(&detail), hint);
 }
 

@@ -2,7 +2,7 @@
 //! holds a connection or a session, at most `limits.max_tenants` at once.
 //!
 //! Metric labels stay bounded the same way: a configured tenant's series carry its name, every
-//! other tenant's are summed under `other` (docs/metrics.md, "Tenants").
+//! other tenant's are summed under `(other)` (docs/metrics.md, "Tenants").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use crate::core::tenant::{Quota, Refused, Tenant};
 use crate::metrics;
 
 /// The label of the tenants that are not configured.
-pub(crate) const OTHER: &str = "other";
+/// Parenthesised: no tenant name holds a parenthesis, so no tenant can share its series.
+pub(crate) const OTHER: &str = "(other)";
 
 /// What one metric label's tenants hold together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -220,7 +220,11 @@ fn tenant(path: &FieldPath<'_>, value: &Json, problems: &mut Problems) -> Option
     }
 }
 
-/// A hex SHA-256 digest (64 digits, either case), returned in lower case.
+/// The SHA-256 of nothing: what `printf %s "$TOKEN" | sha256sum` prints when `TOKEN` is unset.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// A hex SHA-256 digest (64 digits, either case), returned in lower case; never the digest of the
+/// empty string, which would let a client in with an empty token.
 pub(crate) fn sha256_hex(
     path: &FieldPath<'_>,
     value: &Json,
@@ -228,7 +232,15 @@ pub(crate) fn sha256_hex(
 ) -> Option<String> {
     let hex = string(path, value, problems)?;
     if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Some(hex.to_ascii_lowercase())
+        let hex = hex.to_ascii_lowercase();
+        if hex == EMPTY_SHA256 {
+            problems.add(
+                path,
+                "is the SHA-256 of an empty token (was the variable holding the token unset?)",
+            );
+            return None;
+        }
+        Some(hex)
     } else {
         // The value is a digest, not a secret, but a token pasted here by mistake would be one:
         // it is not echoed.
