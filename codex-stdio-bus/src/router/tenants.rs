@@ -34,7 +34,8 @@ pub(crate) struct Tenants {
     table: DashMap<Arc<str>, Arc<Tenant>>,
     /// Per-tenant limits of the configured tenants.
     configured: BTreeMap<String, TenantLimits>,
-    /// Tenants with their own metric label: the configured ones and the default tenant.
+    /// The tenants the config names (in `tenants` and in `auth`) and the default tenant: known
+    /// for good, each with its own metric label.
     labelled: BTreeSet<String>,
     /// The limits of a tenant that is not configured.
     defaults: TenantLimits,
@@ -60,7 +61,9 @@ impl Tenants {
             defaults: config.limits.tenant_defaults(),
             max: config.limits.max_tenants,
         };
-        for name in config.tenants.keys() {
+        // Every named tenant is known from the start and for good, so tenants that come and go
+        // (JWT claims) can never take the places of `limits.max_tenants` from them.
+        for name in &tenants.labelled {
             let tenant = tenants.make(name);
             tenants.table.insert(tenant.name.clone(), tenant);
         }
@@ -103,11 +106,11 @@ impl Tenants {
             .clone())
     }
 
-    /// Forgets the tenants that are not configured and hold nothing: no connection, session or
-    /// request refers to them (only the table does). Returns how many are left.
+    /// Forgets the tenants that are not named in the config and hold nothing: no connection,
+    /// session or request refers to them (only the table does). Returns how many are left.
     pub(crate) fn prune(&self) -> usize {
         self.table.retain(|name, tenant| {
-            self.configured.contains_key(&**name) || Arc::strong_count(tenant) > 1
+            self.labelled.contains(&**name) || Arc::strong_count(tenant) > 1
         });
         self.table.len()
     }
@@ -164,9 +167,23 @@ mod tests {
         assert_eq!(holding[OTHER].connections, 1);
         assert_eq!(holding["acme"], Holding::default());
         drop((jwt, default));
-        assert_eq!(tenants.prune(), 1, "only the configured tenant stays");
+        assert_eq!(tenants.prune(), 2, "the named tenants stay");
         assert!(tenants.get("fourth").is_ok());
         drop(acme);
-        assert_eq!(tenants.count(), 2);
+        assert_eq!(tenants.count(), 3);
+    }
+
+    #[test]
+    fn tenants_named_by_auth_are_known_from_the_start_and_keep_their_places() {
+        let digest = "0".repeat(64);
+        let tenants = Tenants::new(&config(&format!(
+            r#"{{"pools":[{{"id":"p","command":"cat","instances":1}}],
+                "limits":{{"max_tenants":3}},
+                "auth":{{"tokens":[{{"tenant":"tok","sha256":"{digest}"}}]}}}}"#
+        )));
+        // tok, default and the stdio tenant are known: one place is left for JWT tenants.
+        assert_eq!(tenants.count(), 3);
+        assert!(tenants.get("jwt-1").is_err());
+        assert_eq!(&*tenants.get("tok").unwrap().label, "tok");
     }
 }
