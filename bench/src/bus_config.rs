@@ -13,6 +13,10 @@ pub struct BusConfig {
     /// Extra `limits` members (e.g. `max_restarts` for `churn`); left out when empty.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub limits: serde_json::Map<String, serde_json::Value>,
+    /// codex-stdio-bus's `auth` section (`--auth`); left out when `None`, so other buses never
+    /// see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<serde_json::Value>,
 }
 
 /// One pool: `instances` copies of `command args`.
@@ -59,6 +63,7 @@ mod tests {
                 instances: 4,
             }],
             limits,
+            auth: Some(serde_json::json!({"tokens": []})),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bus.json");
@@ -68,14 +73,16 @@ mod tests {
         assert_eq!(json["pools"][0]["instances"], 4);
         assert_eq!(json["pools"][0]["args"][1], "mock");
         assert_eq!(json["limits"]["max_restarts"], 7);
+        assert_eq!(json["auth"]["tokens"], serde_json::json!([]));
         assert_eq!(BusConfig::read(&path).unwrap(), config);
 
         let plain = BusConfig {
             limits: serde_json::Map::new(),
+            auth: None,
             ..config
         };
         plain.write(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("limits"), "{text}");
+        assert!(!text.contains("limits") && !text.contains("auth"), "{text}");
     }
 }

@@ -65,6 +65,12 @@ pub struct Common {
     /// After the last reply, keep reading this many milliseconds to catch duplicates.
     #[arg(long, global = true, default_value_t = 100, value_name = "MS")]
     pub linger_ms: u64,
+    /// Run the bus (not the relay) with authentication on: an `auth` section with a token made
+    /// up for this invocation, and every TCP connection authenticated before the warm-up (Unix
+    /// and stdio connections need no handshake). Every message then carries the bus's tenant
+    /// namespacing.
+    #[arg(long, global = true)]
+    pub auth: bool,
     /// Also write every figure of every run as JSON to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -10,6 +10,8 @@ use mio::net::{TcpStream, UnixStream};
 use mio::unix::pipe;
 use mio::{Interest, Registry, Token};
 
+use crate::auth::Credential;
+
 /// A connection the event loops read and write without blocking.
 pub enum Io {
     /// A TCP connection (`TCP_NODELAY`).
@@ -37,10 +39,14 @@ pub fn index_of(token: Token) -> usize {
 }
 
 impl Io {
-    /// Connects over TCP; blocking until established, then switched to non-blocking.
-    pub fn tcp(addr: SocketAddr) -> io::Result<Io> {
-        let stream = std::net::TcpStream::connect(addr)?;
+    /// Connects over TCP; blocking until established (and, with a `credential`, until the bus
+    /// has accepted it), then switched to non-blocking.
+    pub fn tcp(addr: SocketAddr, credential: Option<&Credential>) -> io::Result<Io> {
+        let mut stream = std::net::TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
+        if let Some(credential) = credential {
+            credential.authenticate(&mut stream)?;
+        }
         stream.set_nonblocking(true)?;
         Ok(Io::Tcp(TcpStream::from_std(stream)))
     }

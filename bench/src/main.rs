@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod auth;
 mod bus_config;
 mod cli;
 mod engine;
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
             .chain(settings.commands.worker_args.iter().cloned())
             .collect(),
         runs,
+        auth: settings.auth.is_some(),
         scenarios: Vec::new(),
     };
     for (name, which, rows) in plan {
@@ -236,6 +238,11 @@ fn settings(common: &Common) -> Result<Settings, String> {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+        },
+        auth: if common.auth {
+            Some(auth::Credential::generate()?)
+        } else {
+            None
         },
         stall: Duration::from_secs_f64(common.stall_timeout),
         linger: Duration::from_millis(common.linger_ms),

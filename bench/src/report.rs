@@ -98,6 +98,8 @@ pub struct Report {
     pub worker_cmd: Vec<String>,
     /// Runs per row.
     pub runs: usize,
+    /// Whether bus rows ran with authentication on (`--auth`).
+    pub auth: bool,
     /// The scenarios (a single `run` is reported as scenario "run").
     pub scenarios: Vec<ScenarioReport>,
 }

@@ -7,6 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
+use crate::auth::Credential;
 use crate::engine::{Churn, Engine, Outcome, Phase, Tally};
 use crate::ids::{MEASURED, WARMUP};
 use crate::load::{Load, Sessions};
@@ -59,6 +60,8 @@ pub struct Settings {
     pub stall: Duration,
     /// Keep reading this long after the last reply, to catch duplicates.
     pub linger: Duration,
+    /// `--auth`: the token bus rows authenticate with.
+    pub auth: Option<Credential>,
 }
 
 /// Latency percentiles in microseconds.
@@ -184,6 +187,7 @@ pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String
         connections: load.connections,
         workers: spec.workers,
         limits,
+        auth: settings.auth.as_ref(),
         commands: &settings.commands,
     };
     let (target, streams) = Target::start(&launch)?;

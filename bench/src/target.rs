@@ -15,6 +15,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use serde::Serialize;
 
+use crate::auth::Credential;
 use crate::bus_config::{BusConfig, PoolConfig};
 use crate::io::Io;
 use crate::procfs;
@@ -94,6 +95,9 @@ pub struct Launch<'a> {
     pub workers: usize,
     /// Extra `limits` members for the bus config.
     pub limits: serde_json::Map<String, serde_json::Value>,
+    /// With a credential the bus (not the relay) runs with its `auth` section, and every TCP
+    /// connection authenticates before the run uses it.
+    pub auth: Option<&'a Credential>,
     /// The programs.
     pub commands: &'a Commands,
 }
@@ -187,7 +191,8 @@ impl Target {
     /// Starts `command` (the bus, or the relay in its place) with a config and an endpoint.
     fn start_daemon(&mut self, launch: &Launch<'_>, command: &[String]) -> Result<Vec<Io>, String> {
         let (program, args) = command.split_first().ok_or("--bus-cmd is empty")?;
-        let config = self.write_config(launch)?;
+        let auth = launch.auth.filter(|_| launch.kind == Kind::Bus);
+        let config = self.write_config(launch, auth)?;
         let mut cmd = Command::new(program);
         cmd.args(args).arg("--config").arg(&config);
         let endpoint = match launch.transport {
@@ -224,7 +229,7 @@ impl Target {
             .zip(procfs::open_fds(pid))
             .map(|(rss_kb, fds)| AtReady { rss_kb, fds });
         match endpoint {
-            Endpoint::Tcp(addr) => connect_n(launch.connections, || Io::tcp(addr)),
+            Endpoint::Tcp(addr) => connect_n(launch.connections, || Io::tcp(addr, auth)),
             Endpoint::Unix(path) => connect_n(launch.connections, || Io::unix(&path)),
             Endpoint::Stdio => {
                 let daemon = self.daemon.as_mut().expect("just started");
@@ -236,7 +241,11 @@ impl Target {
     }
 
     /// The stdio Bus config format, which codex-stdio-bus reads unchanged.
-    fn write_config(&self, launch: &Launch<'_>) -> Result<PathBuf, String> {
+    fn write_config(
+        &self,
+        launch: &Launch<'_>,
+        auth: Option<&Credential>,
+    ) -> Result<PathBuf, String> {
         let commands = launch.commands;
         let config = BusConfig {
             pools: vec![PoolConfig {
@@ -246,6 +255,7 @@ impl Target {
                 instances: launch.workers,
             }],
             limits: launch.limits.clone(),
+            auth: auth.map(Credential::config),
         };
         let path = self.dir.path().join("bus.json");
         config.write(&path)?;
@@ -307,7 +317,7 @@ impl Target {
                 listener.set_nonblocking(true).map_err(fail)?;
                 let listener = mio::net::TcpListener::from_std(listener);
                 self.responder = Some(Responder::start(Source::Tcp(listener)).map_err(fail)?);
-                connect_n(n, || Io::tcp(addr))
+                connect_n(n, || Io::tcp(addr, None))
             }
             Transport::Unix => {
                 let path = self.dir.path().join("self.sock");
@@ -421,6 +431,7 @@ mod tests {
             connections,
             workers: 2,
             limits: serde_json::Map::new(),
+            auth: None,
             commands,
         }
     }

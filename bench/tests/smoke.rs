@@ -98,6 +98,16 @@ fn assert_exact(report: &Value, errors_allowed: bool) {
     }
 }
 
+/// The labels of a scenario's rows, in order.
+fn labels(report: &Value) -> Vec<&str> {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect()
+}
+
 /// The relay row ran as its own process, with as many workers as the bus row, and its CPU was
 /// measured like the daemon's; the bus / relay ratio is among the derived figures.
 fn assert_relay_measured(report: &Value) {
@@ -128,14 +138,8 @@ fn assert_relay_measured(report: &Value) {
 fn single() {
     let report = scenario("single");
     assert_exact(&report, false);
-    let labels: Vec<&str> = report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["label"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        labels,
+        labels(&report),
         [
             "bus tcp",
             "bus unix",
@@ -269,4 +273,27 @@ fn session_table() {
     let run = &report["rows"][0]["runs"][0];
     assert_eq!(run["requests"], 20_000);
     assert!(run["rss_bytes_per_session"].is_number(), "{run}");
+}
+
+#[test]
+fn with_auth_every_transport_is_served_under_a_tenant() {
+    // Each TCP connection's bus/authenticate must be answered with the bench tenant (bus-bench
+    // checks it before the warm-up), which only a bus running the written `auth` section does.
+    let report = bench(&[
+        "scenario",
+        "single",
+        "--scale",
+        "0.005",
+        "--bus-only",
+        "--auth",
+    ]);
+    assert_eq!(report["auth"], true);
+    let single = &report["scenarios"][0];
+    assert_exact(single, false);
+    assert_eq!(labels(single), ["bus tcp", "bus unix", "bus stdio"]);
+    // Session ids go to the worker with the tenant's prefix and come back without it.
+    let sessions = bench(&[
+        "run", "--auth", "-c", "2", "-w", "20", "-n", "400", "-s", "unique",
+    ]);
+    assert_exact(&sessions["scenarios"][0], false);
 }
