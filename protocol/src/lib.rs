@@ -25,5 +25,6 @@ pub use framing::{Frame, LineFramer};
 pub use reference::{value_at, IdReference, IdReferences};
 pub use rewrite::{append_with_bus_id, append_with_token, parse_bus_id};
 pub use tenant::{
-    append_namespaced, append_with_token_without, append_without, session_prefix, TENANT_SEPARATOR,
+    append_namespaced, append_with_token_without, append_without, session_prefix,
+    AUTHENTICATE_METHOD, TENANT_SEPARATOR,
 };

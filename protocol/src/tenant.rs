@@ -6,34 +6,41 @@
 //! sender's tenant. The client sees its own session id again in everything sent back. Only the
 //! bytes named here change: every other byte passes verbatim.
 
-use crate::envelope::Span;
+use crate::envelope::{Envelope, Span};
 
 /// The separator between the tenant and the client's session id.
 pub const TENANT_SEPARATOR: u8 = b':';
 
-/// Appends `line` (a JSON object) to `out` with a `"tenant":"<tenant>"` member first and, when
-/// `session` spans a JSON string, `<tenant>:` at the start of that string's content. No newline.
+/// The method a connection presents its credential with; with authentication the bus answers it
+/// and a worker never sees it.
+pub const AUTHENTICATE_METHOD: &str = "bus/authenticate";
+
+/// Appends `line` (a JSON object whose envelope is `envelope`) to `out` with a
+/// `"tenant":"<tenant>"` member first and, when the envelope has a session (a JSON string),
+/// `<tenant>:` at the start of that string's content; no newline. Returns the envelope of what was
+/// appended: the same fields, their spans moved by the bytes inserted before them (relative to the
+/// start of what was appended), so the copy needs no second parse.
 ///
 /// `tenant` must be a valid tenant name (ASCII letters, digits, `.`, `_`, `-`: nothing to escape).
-/// Returns false, appending nothing, if `line` holds no object or `session` is not a string.
+/// Returns `None`, appending nothing, if `line` holds no object or the session is not a string.
 pub fn append_namespaced(
     out: &mut Vec<u8>,
     line: &[u8],
     tenant: &str,
-    session: Option<Span>,
-) -> bool {
-    let Some(open) = line.iter().position(|&c| c == b'{') else {
-        return false;
-    };
+    envelope: &Envelope,
+) -> Option<Envelope> {
+    let open = line.iter().position(|&c| c == b'{')?;
+    let session = envelope.session.clone();
     if let Some(span) = &session {
         if line.get(span.start) != Some(&b'"') || span.start <= open {
-            return false;
+            return None;
         }
     }
     let empty = line[open + 1..]
         .iter()
         .find(|c| !c.is_ascii_whitespace())
         .is_some_and(|&c| c == b'}');
+    let base = out.len();
     out.reserve(line.len() + 2 * tenant.len() + 16);
     out.extend_from_slice(&line[..=open]);
     out.extend_from_slice(b"\"tenant\":\"");
@@ -42,7 +49,10 @@ pub fn append_namespaced(
     if !empty {
         out.push(b',');
     }
-    match session {
+    // Bytes inserted after the `{` (the member), and after the session's opening quote (the prefix).
+    let member = out.len() - base - (open + 1);
+    let prefix = tenant.len() + 1;
+    match &session {
         Some(span) => {
             out.extend_from_slice(&line[open + 1..=span.start]);
             out.extend_from_slice(tenant.as_bytes());
@@ -51,7 +61,26 @@ pub fn append_namespaced(
         }
         None => out.extend_from_slice(&line[open + 1..]),
     }
-    true
+    let quote = session.as_ref().map(|span| span.start + 1);
+    let moved = |at: usize| {
+        let mut to = at;
+        if at > open {
+            to += member;
+        }
+        if quote.is_some_and(|q| at >= q) {
+            to += prefix;
+        }
+        to
+    };
+    let shift = |span: &Option<Span>| span.as_ref().map(|s| moved(s.start)..moved(s.end));
+    Some(Envelope {
+        id: shift(&envelope.id),
+        method: shift(&envelope.method),
+        session: shift(&envelope.session),
+        pool: shift(&envelope.pool),
+        has_tenant: true,
+        ..envelope.clone()
+    })
 }
 
 /// The bytes of `prefix` (`<tenant>:`) at the start of the string token `session` in `line`, to
@@ -107,11 +136,14 @@ mod tests {
         }
     }
 
+    /// The namespaced line, after checking that the envelope returned is the one a parse of it
+    /// gives.
     fn namespaced(line: &str, path: &str, tenant: &str) -> Option<String> {
-        let session = envelope(line, path).session;
-        let mut out = Vec::new();
-        append_namespaced(&mut out, line.as_bytes(), tenant, session)
-            .then(|| String::from_utf8(out).unwrap())
+        let mut out = b"old".to_vec();
+        let moved = append_namespaced(&mut out, line.as_bytes(), tenant, &envelope(line, path))?;
+        let out = String::from_utf8(out.split_off(3)).unwrap();
+        assert_eq!(moved, envelope(&out, path), "{out}");
+        Some(out)
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use codex_bus_protocol::{append_error_reply, ErrorKind, Frame, LineFramer};
+use codex_bus_protocol::{append_error_reply, ErrorKind, Frame, LineFramer, AUTHENTICATE_METHOD};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -21,9 +21,6 @@ use crate::auth::{Authenticator, Identity, Refusal};
 use crate::core::log_limit::LogLimit;
 use crate::core::principal::Principal;
 use crate::metrics::{self, AuthResult};
-
-/// The method that presents a credential.
-pub(crate) const METHOD: &str = "bus/authenticate";
 
 /// Longest line read before authentication, in bytes: a JWT is well under 4 KiB, and an
 /// unauthenticated client must not make the daemon buffer more.
@@ -216,7 +213,10 @@ fn attempt(auth: &Authenticator, line: &[u8]) -> Result<(Vec<u8>, Identity), Ref
         return Err((None, Why::NotAuthenticate));
     };
     let id = request.id.as_ref().map(id_text);
-    let (Some(id), true) = (id.clone(), request.method.as_deref() == Some(METHOD)) else {
+    let (Some(id), true) = (
+        id.clone(),
+        request.method.as_deref() == Some(AUTHENTICATE_METHOD),
+    ) else {
         return Err((id, Why::NotAuthenticate));
     };
     let Some(token) = request.token else {
@@ -276,31 +276,9 @@ fn success_reply(id: &[u8], principal: &Principal) -> Vec<u8> {
     reply
 }
 
-/// On a connection that has a principal already: if `line` is a `bus/authenticate` request, its
-/// id as JSON text (`Some(None)` without one), so it can be refused with `invalid_request`; else
-/// `None`. A substring search first, so other lines cost one SIMD scan and are never parsed.
-pub(crate) fn repeated(line: &[u8]) -> Option<Option<Vec<u8>>> {
-    memchr::memmem::find(line, METHOD.as_bytes())?;
-    let request = Request::parse(line)?;
-    (request.method.as_deref() == Some(METHOD)).then(|| request.id.as_ref().map(id_text))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_a_bus_authenticate_method_counts_as_repeated() {
-        let again =
-            br#"{"jsonrpc":"2.0","id":"x","method":"bus/authenticate","params":{"token":"t"}}"#;
-        assert_eq!(repeated(again), Some(Some(b"\"x\"".to_vec())));
-        let notification = br#"{"jsonrpc":"2.0","method":"bus/authenticate"}"#;
-        assert_eq!(repeated(notification), Some(None));
-        // The name in a prompt or a param is not the method.
-        let mention = br#"{"jsonrpc":"2.0","id":1,"method":"turn/start","params":{"text":"bus/authenticate"}}"#;
-        assert_eq!(repeated(mention), None);
-        assert_eq!(repeated(b"bus/authenticate"), None);
-    }
 
     #[test]
     fn the_success_reply_echoes_the_id_and_names_the_principal() {

@@ -239,7 +239,7 @@ impl Lines {
                 .then(|| Duration::from_secs(self.limits.client_idle_sec)),
             first_reply,
         };
-        let source = NdjsonSource::new(reader, self.limits.max_input_buffer, self.auth.is_some());
+        let source = NdjsonSource::new(reader, self.limits.max_input_buffer);
         connection::serve(
             self.router.clone(),
             peer,

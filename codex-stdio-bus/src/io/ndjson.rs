@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use codex_bus_protocol::{ErrorKind, Frame, LineFramer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::authenticate;
 use super::connection::{MessageSink, MessageSource};
 use super::frames::{read_frames, FrameHandler};
 use crate::core::client::Client;
@@ -23,19 +22,12 @@ pub(crate) struct NdjsonSource<R> {
     reader: R,
     /// `max_input_buffer`: the longest line accepted, in bytes.
     max_line: usize,
-    /// With `auth` configured: the connection has its principal, and a `bus/authenticate` line
-    /// gets `invalid_request` instead of going to a worker.
-    authenticated: bool,
 }
 
 impl<R> NdjsonSource<R> {
-    /// Reads lines of at most `max_line` bytes from `reader`; `authenticated` as the field says.
-    pub(crate) fn new(reader: R, max_line: usize, authenticated: bool) -> Self {
-        NdjsonSource {
-            reader,
-            max_line,
-            authenticated,
-        }
+    /// Reads lines of at most `max_line` bytes from `reader`.
+    pub(crate) fn new(reader: R, max_line: usize) -> Self {
+        NdjsonSource { reader, max_line }
     }
 }
 
@@ -45,7 +37,6 @@ impl<R: AsyncRead + Unpin + Send> MessageSource for NdjsonSource<R> {
             router,
             client,
             max_line: self.max_line,
-            authenticated: self.authenticated,
             recorded: None,
             messages: metrics::get().messages(Direction::FromClient),
         };
@@ -61,8 +52,6 @@ struct ToRouter<'a> {
     router: &'a Router,
     client: &'a Arc<Client>,
     max_line: usize,
-    /// See [`NdjsonSource`]'s field.
-    authenticated: bool,
     /// The read whose time the client's idle clock has: every line of one read shares it, so
     /// it is recorded once per read, not once per line.
     recorded: Option<Instant>,
@@ -83,21 +72,7 @@ impl FrameHandler for ToRouter<'_> {
             self.client.line_read(read_at);
         }
         match frame {
-            Frame::Line(line) => {
-                if self.authenticated {
-                    if let Some(id) = authenticate::repeated(line) {
-                        let detail = "this connection is already authenticated";
-                        send_error(
-                            self.client,
-                            id.as_deref(),
-                            ErrorKind::InvalidRequest,
-                            Some(detail),
-                        );
-                        return;
-                    }
-                }
-                self.router.client_message(self.client, line, read_at).await
-            }
+            Frame::Line(line) => self.router.client_message(self.client, line, read_at).await,
             Frame::Oversize { .. } => {
                 let detail = format!(
                     "line longer than max_input_buffer ({} bytes); skipped",

@@ -1,13 +1,14 @@
 //! Messages from clients: parse, choose a slot, rewrite the id, queue toward the worker.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
 use codex_bus_protocol::{
     append_namespaced, append_with_token, key_bytes, parse, parse_bus_id, value_at, Envelope,
-    EnvelopeError, ErrorKind, Kind, Message, SessionPath,
+    EnvelopeError, ErrorKind, Kind, Message, SessionPath, AUTHENTICATE_METHOD,
 };
 
 use super::placement::slot_for;
@@ -17,6 +18,15 @@ use crate::core::client::Client;
 use crate::core::slot::Slot;
 use crate::core::tenant::Refused;
 use crate::metrics::{self, Discard};
+
+thread_local! {
+    /// The buffer a thread writes namespaced copies of client messages into (with
+    /// authentication), taken and put back around each message.
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// A scratch buffer grown past this by a long message is let go rather than kept.
+const SCRATCH_KEEP: usize = 64 * 1024;
 
 /// Why a message cannot be routed, with a human detail for the error reply.
 enum Refusal {
@@ -72,13 +82,15 @@ impl Router {
         if !self.namespaced {
             return self.dispatch(client, line, envelope, received).await;
         }
-        let Some(namespaced) = self.namespace(client, line, &envelope) else {
-            return;
-        };
-        // Parsed again rather than shifting every span by the bytes inserted: a cost paid only
-        // with authentication, and one obviously right envelope.
-        if let Some(envelope) = self.envelope(client, &namespaced) {
-            self.dispatch(client, &namespaced, envelope, received).await;
+        // With authentication a worker gets a copy with the tenant in it, written into a buffer
+        // the thread keeps: once warm, the copy allocates nothing.
+        let mut copy = SCRATCH.take();
+        copy.clear();
+        if let Some(envelope) = self.namespace(client, line, &envelope, &mut copy) {
+            self.dispatch(client, &copy, envelope, received).await;
+        }
+        if copy.capacity() <= SCRATCH_KEEP {
+            SCRATCH.set(copy);
         }
     }
 
@@ -106,10 +118,18 @@ impl Router {
         }
     }
 
-    /// `line` as a worker sees it with authentication: the sender's tenant in a `tenant` member
-    /// and before its session id. `None` once refused: a message may not carry its own `tenant`
-    /// (it could claim another's), and a session id must be a string to carry a prefix.
-    fn namespace(&self, client: &Client, line: &[u8], envelope: &Envelope) -> Option<Vec<u8>> {
+    /// Appends to `copy` the message `line` as a worker sees it with authentication: the sender's
+    /// tenant in a `tenant` member and before its session id; returns the copy's envelope. `None`
+    /// once refused: a message may not carry its own `tenant` (it could claim another's), a
+    /// session id must be a string to carry a prefix and appear once, and `bus/authenticate` is
+    /// answered by the bus (the connection has its principal already).
+    fn namespace(
+        &self,
+        client: &Client,
+        line: &[u8],
+        envelope: &Envelope,
+        copy: &mut Vec<u8>,
+    ) -> Option<Envelope> {
         let refuse = |detail: &str| {
             match (envelope.kind(), envelope.id.clone()) {
                 (Kind::Notification, _) | (_, None) => {
@@ -138,16 +158,15 @@ impl Router {
         if envelope.duplicate_session {
             return refuse("with authentication, a message may hold one session id");
         }
-        let mut namespaced = Vec::new();
-        if !append_namespaced(
-            &mut namespaced,
-            line,
-            &client.tenant.name,
-            envelope.session.clone(),
-        ) {
+        let method = envelope.method.clone().and_then(|m| key_bytes(&line[m]));
+        if method.is_some_and(|m| *m == *AUTHENTICATE_METHOD.as_bytes()) {
+            return refuse("this connection is already authenticated");
+        }
+        let moved = append_namespaced(copy, line, &client.tenant.name, envelope);
+        if moved.is_none() {
             return refuse("with authentication, a session id must be a JSON string");
         }
-        Some(namespaced)
+        moved
     }
 
     /// Routes a parsed message by its kind.
@@ -636,6 +655,29 @@ mod tests {
         assert!(
             replies.contains(r#""id":4,"error""#) && replies.contains("one session id"),
             "{replies}"
+        );
+        // The connection has its principal: a second bus/authenticate is the bus's to refuse, and
+        // the name in a parameter is no method.
+        send(
+            &router,
+            &b,
+            r#"{"id":5,"method":"bus/authenticate","params":{"token":"t"}}"#,
+        )
+        .await;
+        let replies = received(&b);
+        assert!(
+            replies.contains(r#""id":5,"error""#) && replies.contains("already authenticated"),
+            "{replies}"
+        );
+        send(
+            &router,
+            &b,
+            r#"{"id":6,"method":"m","params":{"text":"bus/authenticate"},"sessionId":"s1"}"#,
+        )
+        .await;
+        assert!(
+            queued(slot).contains("bus/authenticate"),
+            "routed as any request"
         );
         assert!(received(&a).is_empty());
 
