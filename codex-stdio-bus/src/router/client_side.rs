@@ -158,8 +158,13 @@ impl Router {
         if envelope.duplicate_session {
             return refuse("with authentication, a message may hold one session id");
         }
-        let method = envelope.method.clone().and_then(|m| key_bytes(&line[m]));
-        if method.is_some_and(|m| *m == *AUTHENTICATE_METHOD.as_bytes()) {
+        // The raw token, compared without decoding: an escaped spelling is no method the bus knows
+        // and reaches the worker like any unknown one.
+        let method = envelope.method.clone().map(|m| &line[m]);
+        if method.is_some_and(|m| {
+            m.len() == AUTHENTICATE_METHOD.len() + 2
+                && m[1..m.len() - 1] == *AUTHENTICATE_METHOD.as_bytes()
+        }) {
             return refuse("this connection is already authenticated");
         }
         let moved = append_namespaced(copy, line, &client.tenant.name, envelope);
