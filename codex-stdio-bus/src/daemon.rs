@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_config::{Config, Limits};
+use codex_bus_config::{Config, Limits, TransportMode};
 use codex_bus_process::resolve_command;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
@@ -125,7 +125,12 @@ pub async fn run(
 ) -> Result<Outcome, Error> {
     check_commands(&config)?;
     let auth = authenticator(&config)?;
-    secure_by_default(&config, auth.as_deref(), &listeners)?;
+    let tcp = match &listeners.clients {
+        Bound::Tcp(listener) => Some(local_address(listener)?),
+        _ => None,
+    };
+    let admin = listeners.admin.as_ref().map(local_address).transpose()?;
+    secure_by_default(&config, auth.as_deref(), tcp, admin)?;
     let admin = match listeners.admin {
         // The recorder goes in before the router resolves its metric handles.
         Some(listener) => {
@@ -371,13 +376,25 @@ fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, Error> {
 }
 
 /// Checks, for `codex-stdio-bus check`, what `run` checks of `auth` before it starts: the files
-/// it names are readable and valid.
+/// it names are readable and valid, and the listeners the config names (`transport.address` in
+/// tcp mode, `metrics.listen`; flags may name others at run time) are not open beyond loopback
+/// without authentication. An address that does not resolve here is left to `run`.
 ///
 /// # Errors
 ///
-/// As `run` fails: [`Kind::Config`] naming the field and the file.
+/// As `run` fails: [`Kind::Config`] naming the field, the file or the listener.
 pub fn check_auth(config: &Config) -> Result<(), Error> {
-    authenticator(config).map(drop)
+    let auth = authenticator(config)?;
+    let resolve = |address: &str| {
+        use std::net::ToSocketAddrs;
+        address.to_socket_addrs().ok().and_then(|mut a| a.next())
+    };
+    let tcp = match (&config.transport.mode, &config.transport.address) {
+        (TransportMode::Tcp, Some(address)) => resolve(address),
+        _ => None,
+    };
+    let admin = config.metrics.listen.as_deref().and_then(resolve);
+    secure_by_default(config, auth.as_deref(), tcp, admin)
 }
 
 /// Secure by default (as `codex app-server` refuses a non-loopback listener without auth):
@@ -392,11 +409,12 @@ pub fn check_auth(config: &Config) -> Result<(), Error> {
 fn secure_by_default(
     config: &Config,
     auth: Option<&Authenticator>,
-    listeners: &Listeners,
+    tcp: Option<std::net::SocketAddr>,
+    admin: Option<std::net::SocketAddr>,
 ) -> Result<(), Error> {
     let insecure = config.auth.as_ref().is_some_and(|a| a.insecure_no_auth);
     let bearers = auth.is_some_and(Authenticator::accepts_bearers);
-    if let Bound::Tcp(listener) = &listeners.clients {
+    if let Some(address) = tcp {
         if auth.is_some() && !bearers && !insecure {
             return Err(Error::new(
                 Kind::Config,
@@ -404,7 +422,6 @@ fn secure_by_default(
                  auth.tokens, auth.tokens_file or auth.jwt",
             ));
         }
-        let address = local_address(listener)?;
         if !is_loopback(address) && !bearers {
             if !insecure {
                 return Err(Error::new(
@@ -419,8 +436,7 @@ fn secure_by_default(
             tracing::warn!(%address, "auth.insecure_no_auth: TCP clients on a non-loopback address are not authenticated");
         }
     }
-    if let Some(listener) = &listeners.admin {
-        let address = local_address(listener)?;
+    if let Some(address) = admin {
         if !is_loopback(address) && config.metrics.bearer_sha256.is_none() {
             if !insecure {
                 return Err(Error::new(

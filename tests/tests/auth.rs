@@ -281,6 +281,15 @@ fn a_non_loopback_tcp_listener_without_auth_refuses_to_start_unless_insecure_is_
         err.contains("refusing to start a TCP listener on the non-loopback address 0.0.0.0:"),
         "{err}"
     );
+    // `check` says the same of a listener the config names, before anything starts.
+    let named = BusConfig::mock(1).section(
+        "transport",
+        json!({"mode": "tcp", "address": "0.0.0.0:7000"}),
+    );
+    let path = named.write(dir.path());
+    let (status, _, err) = run_bus(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(err.contains("non-loopback address 0.0.0.0:7000"), "{err}");
     // An auth section that gives TCP clients no credential is a mistake on any address.
     let no_credential = BusConfig::mock(1).section("auth", json!({"stdio_tenant": "ops"}));
     let path = no_credential.write(dir.path());
