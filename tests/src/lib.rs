@@ -304,6 +304,12 @@ impl Bus {
         }
     }
 
+    /// The TCP address the daemon listens on (`Mode::Tcp` only), for tests that open sockets of
+    /// their own.
+    pub fn tcp_addr(&self) -> &str {
+        self.tcp.as_deref().expect("the daemon runs in Mode::Tcp")
+    }
+
     /// A new client connection (the daemon's stdio in stdio mode, once).
     pub fn connect(&mut self) -> Conn {
         match self.mode {
@@ -544,6 +550,17 @@ impl Conn {
     pub fn split(self) -> (BufReader<Box<dyn Read + Send>>, Box<dyn Write + Send>) {
         (self.reader, self.writer)
     }
+}
+
+/// One request line `{jsonrpc, id, method, params, sessionId}` with its newline, for tests that
+/// write raw bytes (several lines in one write, sockets of their own).
+pub fn request_line(id: Value, method: &str, params: Value, session: &str) -> Vec<u8> {
+    let mut line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params,
+        "sessionId": session})
+    .to_string()
+    .into_bytes();
+    line.push(b'\n');
+    line
 }
 
 /// Asserts that `conn` still routes a request: a `ping` with `id` gets its result.

@@ -472,9 +472,7 @@ fn no_token_jwt_or_secret_reaches_the_log_even_at_trace_level() {
 
 /// A TCP connection to the daemon (loopback).
 fn bus_tcp(bus: &Bus) -> Conn {
-    let line = bus.wait_log("transport=\"tcp\"");
-    let addr = line.split("addr=").nth(1).unwrap();
-    Conn::tcp(addr.split_whitespace().next().unwrap())
+    Conn::tcp(bus.tcp_addr())
 }
 
 /// `GET path` with an optional bearer token; (status code, body).

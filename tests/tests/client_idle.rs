@@ -30,13 +30,7 @@ fn connections_that_complete_no_line_are_closed_and_the_others_served() {
     let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
     let admin = bus.metrics_addr();
     let (idle_rss, _) = rss_kib(bus.pid());
-    let addr = bus
-        .wait_log("transport=\"tcp\"")
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let addr = bus.tcp_addr().to_owned();
     // Slowloris: one byte each, never a whole line.
     let slow: Vec<TcpStream> = (0..SLOW)
         .map(|_| {

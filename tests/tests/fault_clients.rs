@@ -18,16 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_tests::{
-    alive, metric, raise_fd_limit, reason, run_bus, status, Bus, BusConfig, Mode, WAIT,
+    alive, metric, raise_fd_limit, reason, request_line, run_bus, status, Bus, BusConfig, Mode,
+    WAIT,
 };
 use serde_json::{json, Value};
-
-/// The TCP address the daemon listens on (from its log).
-fn tcp_addr(bus: &Bus) -> String {
-    let line = bus.wait_log("transport=\"tcp\"");
-    let addr = line.split("addr=").nth(1).expect("addr in listening line");
-    addr.split_whitespace().next().unwrap().to_owned()
-}
 
 /// Polls a metric until `check` holds; panics with the last value after [`WAIT`].
 fn wait_metric(
@@ -45,16 +39,6 @@ fn wait_metric(
         assert!(start.elapsed() < WAIT, "{name} {labels:?} stuck at {value}");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A request line.
-fn request_line(id: Value, method: &str, params: Value, session: &str) -> Vec<u8> {
-    let mut line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params,
-        "sessionId": session})
-    .to_string()
-    .into_bytes();
-    line.push(b'\n');
-    line
 }
 
 /// The `p`-th percentile of sorted samples.
@@ -238,7 +222,7 @@ fn a_thousand_clients_connected_at_once_each_get_their_reply() {
         &["--metrics", "127.0.0.1:0"],
     );
     let metrics = bus.metrics_addr();
-    let addr = tcp_addr(&bus);
+    let addr = bus.tcp_addr().to_owned();
     let workers = bus.wait_workers(4);
     bus.wait_log_count("worker ready", 4);
 
@@ -569,7 +553,7 @@ fn partial_lines_then_a_disconnect_leave_nothing_behind() {
     let config = BusConfig::mock(1);
     let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
     let metrics = bus.metrics_addr();
-    let addr = tcp_addr(&bus);
+    let addr = bus.tcp_addr().to_owned();
     let workers = bus.wait_workers(1);
     let mut bystander = bus.connect();
     bystander.request(json!(0), "ping", Value::Null, Some("by"));
@@ -700,7 +684,7 @@ fn leave_with_requests_in_flight(leave: Leave) {
             drop(stream);
         }
         Leave::TcpReset => {
-            let mut stream = TcpStream::connect(tcp_addr(&bus)).unwrap();
+            let mut stream = TcpStream::connect(bus.tcp_addr()).unwrap();
             stream.write_all(&batch).unwrap();
             wait_metric(&metrics, "codex_bus_requests_in_flight", &[], |v| {
                 v == REQUESTS as f64

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{metric, rss_kib, Bus, BusConfig, Conn, Mode, WAIT};
+use codex_bus_tests::{metric, request_line, rss_kib, Bus, BusConfig, Conn, Mode, WAIT};
 use serde_json::{json, Value};
 
 fn ping(conn: &mut Conn, id: u64, session: &str) -> Value {
@@ -174,16 +174,6 @@ fn small_window(addr: &str) -> TcpStream {
     TcpStream::from(fd)
 }
 
-/// A line `{jsonrpc, id, method, params, sessionId}`.
-fn request_line(id: u64, method: &str, params: Value, session: &str) -> Vec<u8> {
-    let mut line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params,
-                          "sessionId": session})
-    .to_string()
-    .into_bytes();
-    line.push(b'\n');
-    line
-}
-
 #[test]
 fn a_client_that_trickles_is_cut_off_after_the_stall_time_though_every_write_progresses() {
     // A Codex-like turn of 4 KB deltas, one every millisecond (a few MB/s) for 20 s.
@@ -200,18 +190,12 @@ fn a_client_that_trickles_is_cut_off_after_the_stall_time_though_every_write_pro
     bus.wait_workers(1);
     let mut healthy = bus.connect();
     let worker = ping(&mut healthy, 0, "healthy")["result"]["pid"].clone();
-    let addr = bus
-        .wait_log("transport=\"tcp\"")
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let addr = bus.tcp_addr().to_owned();
     let mut trickler = small_window(&addr);
     trickler.set_read_timeout(Some(WAIT)).unwrap();
     let mut reader = BufReader::new(trickler.try_clone().unwrap());
     trickler
-        .write_all(&request_line(0, "thread/start", json!({}), "t"))
+        .write_all(&request_line(json!(0), "thread/start", json!({}), "t"))
         .unwrap();
     let mut reply = String::new();
     reader.read_line(&mut reply).unwrap();
@@ -220,7 +204,7 @@ fn a_client_that_trickles_is_cut_off_after_the_stall_time_though_every_write_pro
     let text = "@deltas=20000 @interval-ms=1 @first-delta-ms=0";
     let turn = json!({"threadId": thread, "input": [{"type": "text", "text": text}]});
     trickler
-        .write_all(&request_line(1, "turn/start", turn, "t"))
+        .write_all(&request_line(json!(1), "turn/start", turn, "t"))
         .unwrap();
     let start = Instant::now();
     // It reads 16 KiB every 50 ms, less than the stream: each of its reads (and so each of the
