@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{bin, recv_until, say, Bus, BusConfig, Conn, Mode};
+use codex_bus_tests::{bin, login, recv_until, say, sha256_hex, Bus, BusConfig, Conn, Mode};
 use serde_json::{json, Value};
 
 /// Set in the re-run inside the network namespace.
@@ -231,17 +231,8 @@ struct Tui {
 
 impl Tui {
     fn connect(bus: &mut Bus, token: &str, session: &'static str) -> Self {
-        let mut conn = bus.connect();
-        conn.request(
-            json!("auth"),
-            "bus/authenticate",
-            json!({"token": token}),
-            None,
-        );
-        let reply = conn.recv();
-        assert!(reply["result"]["tenant"].is_string(), "{reply}");
         Self {
-            conn,
+            conn: login(bus, token),
             session,
             next: 0,
             seen: Vec::new(),
@@ -462,14 +453,6 @@ impl Tui {
         second.ok("thread/unsubscribe", json!({"threadId": thread}));
         second
     }
-}
-
-fn sha256_hex(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 /// Tenants a and b, each one TUI user on the session the WebSocket front would bind it to,
