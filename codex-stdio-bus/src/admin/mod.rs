@@ -142,8 +142,8 @@ async fn healthz() -> Response {
 /// is not ready.
 async fn readyz(State(admin): State<Admin>) -> Response {
     match admin.router.readiness() {
-        Ok(()) => json(StatusCode::OK, "{\"ready\":true}\n".to_owned()),
-        Err(body) => json(StatusCode::SERVICE_UNAVAILABLE, format!("{body}\n")),
+        Ok(body) => json(StatusCode::OK, body),
+        Err(body) => json(StatusCode::SERVICE_UNAVAILABLE, body),
     }
 }
 
