@@ -141,9 +141,9 @@ async fn healthz() -> Response {
 /// `GET /readyz`: 200 while every pool has a ready worker and no drain runs, else 503 with what
 /// is not ready.
 async fn readyz(State(admin): State<Admin>) -> Response {
-    match status::readiness(&admin.router) {
-        Ok(()) => json(StatusCode::OK, "{\"ready\":true}\n".to_owned()),
-        Err(body) => json(StatusCode::SERVICE_UNAVAILABLE, format!("{body}\n")),
+    match admin.router.readiness() {
+        Ok(body) => json(StatusCode::OK, body),
+        Err(body) => json(StatusCode::SERVICE_UNAVAILABLE, body),
     }
 }
 
