@@ -482,9 +482,15 @@ impl Conn {
 
     /// Wraps the daemon's stdin/stdout (reads are bounded by the test's own timeouts on the child).
     fn from_stdio(stdin: ChildStdin, stdout: std::process::ChildStdout) -> Conn {
+        Conn::from_halves(Box::new(stdout), Box::new(stdin))
+    }
+
+    /// A connection over a stream the caller opened (a TLS client, say), read through `reader`
+    /// and written through `writer`; reads must be bounded by a timeout of the stream's own.
+    pub fn from_halves(reader: Box<dyn Read + Send>, writer: Box<dyn Write + Send>) -> Conn {
         Conn {
-            reader: BufReader::new(Box::new(stdout)),
-            writer: Box::new(stdin),
+            reader: BufReader::new(reader),
+            writer,
         }
     }
 
@@ -574,6 +580,15 @@ pub fn still_works(conn: &mut Conn, id: i64) {
 /// The error reason of a reply, if it is an error.
 pub fn reason(reply: &Value) -> Option<&str> {
     reply["error"]["data"]["reason"].as_str()
+}
+
+/// The lower-case hex SHA-256 of `text`: how `auth.tokens[].sha256` names a token.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Runs `codex-stdio-bus` with `args` to completion; returns (status, stdout, stderr).
