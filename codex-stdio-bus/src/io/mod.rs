@@ -98,25 +98,7 @@ pub(crate) async fn serve(
                         Ok(accepted) => match capacity.take() {
                             Some(seat) => match accepted {
                                 Accepted::Tcp(stream, peer) => {
-                                    let arrival = lines.tcp_arrival(peer);
-                                    match &tls {
-                                        // The handshake runs in the connection's own task, so a
-                                        // slow one never holds up the accept loop.
-                                        Some(tls) => {
-                                            let (tls, lines) = (tls.clone(), lines.clone());
-                                            tokio::spawn(async move {
-                                                let Some(stream) = tls.accept(stream, peer).await else {
-                                                    return;
-                                                };
-                                                let (reader, writer) = tokio::io::split(stream);
-                                                lines.serve(reader, writer, Some(seat), arrival).await;
-                                            });
-                                        }
-                                        None => {
-                                            let (reader, writer) = stream.into_split();
-                                            tokio::spawn(lines.clone().serve(reader, writer, Some(seat), arrival));
-                                        }
-                                    }
+                                    lines.spawn_tcp(stream, peer, seat, tls.as_ref());
                                 }
                                 Accepted::Unix(stream) => {
                                     let Some(arrival) = lines.unix_arrival(&stream) else {
@@ -170,6 +152,26 @@ impl Lines {
             Some(auth) if auth.accepts_bearers() => Arrival::Handshake(auth.clone(), peer),
             _ => Arrival::Known(Principal::anonymous(self.transport.as_str())),
         }
+    }
+
+    /// Serves a TCP connection in a task of its own, holding `seat`: over TLS when the listener
+    /// has `tls`, once the handshake completes (in that task, so a slow handshake never holds up
+    /// the accept loop; a failed one just ends it).
+    fn spawn_tcp(&self, stream: TcpStream, peer: SocketAddr, seat: Seat, tls: Option<&Arc<Tls>>) {
+        let arrival = self.tcp_arrival(peer);
+        let lines = self.clone();
+        match tls.cloned() {
+            Some(tls) => tokio::spawn(async move {
+                if let Some(stream) = tls.accept(stream, peer).await {
+                    let (reader, writer) = tokio::io::split(stream);
+                    lines.serve(reader, writer, Some(seat), arrival).await;
+                }
+            }),
+            None => {
+                let (reader, writer) = stream.into_split();
+                tokio::spawn(lines.serve(reader, writer, Some(seat), arrival))
+            }
+        };
     }
 
     /// A Unix-socket connection: with `auth`, the tenant of its peer's uid (`SO_PEERCRED`);
