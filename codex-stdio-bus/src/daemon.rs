@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_config::{Config, Limits, TransportMode};
+use codex_bus_config::{AuthConfig, Config, Limits, TransportMode};
 use codex_bus_process::resolve_command;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
@@ -23,7 +23,7 @@ use crate::audit::Audit;
 use crate::auth::{AdminBearer, Authenticator};
 use crate::core::sink::WorkerSink;
 use crate::error::{Error, Kind};
-use crate::io::{self, listen::Bound, listen::Endpoint};
+use crate::io::{self, listen::Bound, listen::Endpoint, tls::Tls};
 use crate::metrics::recorder;
 use crate::router::Router;
 use crate::supervisor::instance::signal_group;
@@ -135,6 +135,14 @@ pub async fn run(
     };
     let admin = listeners.admin.as_ref().map(local_address).transpose()?;
     secure_by_default(&config, auth.as_deref(), tcp, admin)?;
+    let tls = match (&listeners.clients, &config.transport.tls) {
+        (Bound::Tcp(_), Some(_)) => tls(&config)?,
+        (_, Some(_)) => {
+            tracing::warn!("transport.tls is ignored: it applies to a TCP listener, and clients come on stdio or a Unix socket");
+            None
+        }
+        (_, None) => None,
+    };
     let admin = match listeners.admin {
         // The recorder goes in before the router resolves its metric handles.
         Some(listener) => {
@@ -213,6 +221,7 @@ pub async fn run(
         router.clone(),
         limits,
         auth,
+        tls.clone(),
         writers.clone(),
         drain.clone(),
     ));
@@ -230,6 +239,14 @@ pub async fn run(
                 Err(error) => {
                     tracing::warn!(path = ?audit.path(), %error, "cannot reopen the audit trail; still appending to the old file")
                 }
+            }
+            // A renewed certificate is picked up the same way rotated logs are.
+            match tls.as_deref().map(Tls::reload) {
+                Some(Ok(())) => tracing::info!("TLS certificate and key reloaded"),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "cannot reload the TLS certificate; still serving the previous one")
+                }
+                None => {}
             }
         }
     });
@@ -394,6 +411,40 @@ fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, Error> {
             .map_err(|message| Error::new(Kind::Config, message)),
         None => Ok(None),
     }
+}
+
+/// The TLS of the TCP listener (`transport.tls`: its files read and checked now), if any; `run`
+/// and `codex-stdio-bus check` both load it, so the two agree. A client gets as long to complete
+/// its TLS handshake as it then gets to authenticate (`auth.handshake_timeout_sec`, 10 s without
+/// `auth`).
+///
+/// # Errors
+///
+/// [`Kind::Config`] naming the field and the file: unreadable, no certificate, no key, or a key
+/// that does not match the certificate.
+pub fn check_tls(config: &Config) -> Result<(), Error> {
+    tls(config).map(drop)
+}
+
+/// See [`check_tls`].
+fn tls(config: &Config) -> Result<Option<Arc<Tls>>, Error> {
+    let Some(files) = &config.transport.tls else {
+        return Ok(None);
+    };
+    let timeout = config
+        .auth
+        .as_ref()
+        .map_or(AuthConfig::default().handshake_timeout_sec, |auth| {
+            auth.handshake_timeout_sec
+        });
+    // NDJSON needs no ALPN: a client that offers some gets none back.
+    let tls = Tls::load(
+        "transport.tls",
+        files,
+        Vec::new(),
+        Duration::from_secs(timeout),
+    )?;
+    Ok(Some(Arc::new(tls)))
 }
 
 /// Checks, for `codex-stdio-bus check`, what `run` checks of `auth` before it starts: the files

@@ -50,7 +50,10 @@ fn check(path: Option<&Path>) -> ExitCode {
         Err(error) => return fail(&error),
     };
     println!("{}", config.to_pretty_json());
-    match daemon::check_commands(&config).and_then(|()| daemon::check_auth(&config)) {
+    let checks = daemon::check_commands(&config)
+        .and_then(|()| daemon::check_auth(&config))
+        .and_then(|()| daemon::check_tls(&config));
+    match checks {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
     }

@@ -35,8 +35,8 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use model::{
     AuditConfig, AuthConfig, Config, IdReferenceConfig, JwtConfig, Limits, MetricsConfig,
-    PoolConfig, ReadyProbe, RestartPolicy, RoutingConfig, Supervision, TenantLimits, TokenEntry,
-    TransportConfig, TransportMode,
+    PoolConfig, ReadyProbe, RestartPolicy, RoutingConfig, Supervision, TenantLimits, TlsConfig,
+    TokenEntry, TransportConfig, TransportMode,
 };
 pub use tenant::{validate_tenant_name, MAX_TENANT_BYTES};
 

@@ -290,6 +290,25 @@ pub struct TransportConfig {
     /// Socket path (unix) or HOST:PORT (tcp); the CLI flag overrides it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// TLS for the TCP listener (our extension); absent, TCP is plaintext. Unix and stdio
+    /// clients are local and never use it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS for one listener (our extension; `transport.tls`, and any other listener's `tls`): the
+/// server's certificate chain and private key, PEM files read by the daemon at start and again on
+/// SIGHUP. TLS encrypts; it does not authenticate clients (`auth` does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsConfig {
+    /// PEM file holding the certificate chain, the server's own certificate first, then the
+    /// intermediates (as Let's Encrypt's `fullchain.pem`).
+    #[serde(serialize_with = "serialize_one_path_lossy")]
+    pub cert_file: PathBuf,
+    /// PEM file holding the private key of the first certificate (PKCS#8, PKCS#1 RSA or SEC1
+    /// EC). Holds a secret: keep it readable by the daemon's user only.
+    #[serde(serialize_with = "serialize_one_path_lossy")]
+    pub key_file: PathBuf,
 }
 
 impl Default for TransportConfig {
@@ -300,6 +319,7 @@ impl Default for TransportConfig {
             framing: "ndjson".to_owned(),
             protocol: "json".to_owned(),
             address: None,
+            tls: None,
         }
     }
 }

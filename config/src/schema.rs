@@ -73,8 +73,12 @@ pub(crate) const TENANT_KEYS: &[&str] = &[
     "request_burst",
 ];
 
-/// Keys of `transport`; `address` is our extension.
-pub(crate) const TRANSPORT_KEYS: &[&str] = &["mode", "framing", "protocol", "options", "address"];
+/// Keys of `transport`; `address` and `tls` are our extensions.
+pub(crate) const TRANSPORT_KEYS: &[&str] =
+    &["mode", "framing", "protocol", "options", "address", "tls"];
+
+/// Keys of a listener's `tls` object (our extension).
+pub(crate) const TLS_KEYS: &[&str] = &["cert_file", "key_file"];
 
 /// Keys of `transport.options`: stdio Bus settings of the shm and mqueue modes, accepted and ignored.
 pub(crate) const TRANSPORT_OPTION_KEYS: &[&str] = &[
@@ -135,6 +139,7 @@ mod tests {
             LIMIT_KEYS,
             TRANSPORT_KEYS,
             TRANSPORT_OPTION_KEYS,
+            TLS_KEYS,
             ROUTING_KEYS,
             ID_REFERENCE_KEYS,
             METRICS_KEYS,

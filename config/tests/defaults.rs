@@ -48,6 +48,7 @@ fn absent_sections_take_their_defaults() {
             framing: "ndjson".into(),
             protocol: "json".into(),
             address: None,
+            tls: None,
         }
     );
     assert_eq!(
@@ -96,7 +97,8 @@ fn extensions_are_read() {
     let config = parse(
         r#"{"pools": [{"id": "a", "command": "cat", "instances": 1024, "cwd": "/tmp", "env": {"A": "1", "B": ""}}],
             "transport": {"mode": "tcp", "address": "127.0.0.1:7000",
-                          "options": {"shm_name": "/x", "mqueue_depth": 10}},
+                          "options": {"shm_name": "/x", "mqueue_depth": 10},
+                          "tls": {"cert_file": "/etc/bus/cert.pem", "key_file": "key.pem"}},
             "routing": {"session_id_field": "params.sessionId"}}"#,
     );
     let pool = &config.pools[0];
@@ -105,6 +107,9 @@ fn extensions_are_read() {
     assert_eq!(pool.env.len(), 2);
     assert_eq!(config.transport.mode, TransportMode::Tcp);
     assert_eq!(config.transport.address.as_deref(), Some("127.0.0.1:7000"));
+    let tls = config.transport.tls.as_ref().unwrap();
+    assert_eq!(tls.cert_file, Path::new("/etc/bus/cert.pem"));
+    assert_eq!(tls.key_file, Path::new("key.pem"));
     assert_eq!(config.routing.session_id_field, "params.sessionId");
 }
 
@@ -200,7 +205,8 @@ fn pretty_json_round_trips_every_field() {
                        "max_connections": 50,
                        "client_idle_sec": 60,
                        "max_session_id_bytes": 50, "session_idle_sec": 60, "max_sessions": 70},
-            "transport": {"mode": "unix", "address": "/run/bus.sock"},
+            "transport": {"mode": "unix", "address": "/run/bus.sock",
+                          "tls": {"cert_file": "c.pem", "key_file": "k.pem"}},
             "routing": {"session_id_field": "params.sessionId", "default_pool": "b"}}"#,
     );
     assert_eq!(parse(&config.to_pretty_json()), config);

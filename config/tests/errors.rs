@@ -568,3 +568,26 @@ fn the_digest_of_an_empty_token_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn tls_needs_both_files_as_non_empty_paths() {
+    assert_problems(
+        &with_section(r#""transport": {"tls": {"cert_file": "", "key_fil": "k.pem"}}"#),
+        &[
+            "transport.tls.cert_file: must be a non-empty string, got \"\"",
+            "transport.tls.key_fil: unknown key (did you mean 'key_file'?)",
+            "transport.tls.key_file: missing; TLS needs the PEM private key",
+        ],
+    );
+    assert_problems(
+        &with_section(r#""transport": {"tls": {"key_file": "k\u0000.pem"}}"#),
+        &[
+            "transport.tls.key_file: must not contain a NUL character",
+            "transport.tls.cert_file: missing; TLS needs the PEM certificate chain",
+        ],
+    );
+    assert_problems(
+        &with_section(r#""transport": {"tls": "cert.pem"}"#),
+        &["transport.tls: must be an object, got \"cert.pem\""],
+    );
+}

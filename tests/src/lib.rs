@@ -507,9 +507,15 @@ impl Conn {
 
     /// Wraps the daemon's stdin/stdout (reads are bounded by the test's own timeouts on the child).
     fn from_stdio(stdin: ChildStdin, stdout: std::process::ChildStdout) -> Conn {
+        Conn::from_halves(Box::new(stdout), Box::new(stdin))
+    }
+
+    /// A connection over a stream the caller opened (a TLS client, say), read through `reader`
+    /// and written through `writer`; reads must be bounded by a timeout of the stream's own.
+    pub fn from_halves(reader: Box<dyn Read + Send>, writer: Box<dyn Write + Send>) -> Conn {
         Conn {
-            reader: BufReader::new(Box::new(stdout)),
-            writer: Box::new(stdin),
+            reader: BufReader::new(reader),
+            writer,
         }
     }
 

@@ -2,7 +2,7 @@
 //! the one frame loop in `frames`.
 //!
 //! A client connection is a source and sink of messages (`connection`); NDJSON is its framing on
-//! every transport today (`ndjson`). Worker pipes (`worker`) feed a slot's queue to the
+//! every transport today (`ndjson`), over TLS on a TCP listener that has it (`tls`). Worker pipes (`worker`) feed a slot's queue to the
 //! worker's stdin and hand its stdout lines to a `WorkerSink`.
 //!
 //! Imports: the core, the router (to route client messages), and the auth (principals) and
@@ -15,6 +15,7 @@ pub(crate) mod frames;
 pub mod listen;
 pub(crate) mod ndjson;
 pub(crate) mod stdio;
+pub(crate) mod tls;
 pub(crate) mod worker;
 
 use std::io;
@@ -39,18 +40,22 @@ use capacity::{Capacity, Seat};
 use connection::Peer;
 use listen::Bound;
 use ndjson::{NdjsonSink, NdjsonSource};
+use tls::Tls;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves clients from `bound` until `drain` is cancelled (or, for stdio, until stdin ends, which
 /// then cancels `drain` itself). With `auth`, every connection gets its principal from it
-/// (`authenticate` for TCP); without, every connection is the default tenant's.
+/// (`authenticate` for TCP); without, every connection is the default tenant's. With `tls`, a TCP
+/// connection completes a TLS handshake before anything else (holding its seat meanwhile); the
+/// other transports are local and ignore it.
 pub(crate) async fn serve(
     bound: Bound,
     router: Arc<Router>,
     limits: Limits,
     auth: Option<Arc<Authenticator>>,
+    tls: Option<Arc<Tls>>,
     writers: TaskTracker,
     drain: CancellationToken,
 ) {
@@ -93,9 +98,7 @@ pub(crate) async fn serve(
                         Ok(accepted) => match capacity.take() {
                             Some(seat) => match accepted {
                                 Accepted::Tcp(stream, peer) => {
-                                    let arrival = lines.tcp_arrival(peer);
-                                    let (reader, writer) = stream.into_split();
-                                    tokio::spawn(lines.clone().serve(reader, writer, Some(seat), arrival));
+                                    lines.spawn_tcp(stream, peer, seat, tls.as_ref());
                                 }
                                 Accepted::Unix(stream) => {
                                     let Some(arrival) = lines.unix_arrival(&stream) else {
@@ -149,6 +152,26 @@ impl Lines {
             Some(auth) if auth.accepts_bearers() => Arrival::Handshake(auth.clone(), peer),
             _ => Arrival::Known(Principal::anonymous(self.transport.as_str())),
         }
+    }
+
+    /// Serves a TCP connection in a task of its own, holding `seat`: over TLS when the listener
+    /// has `tls`, once the handshake completes (in that task, so a slow handshake never holds up
+    /// the accept loop; a failed one just ends it).
+    fn spawn_tcp(&self, stream: TcpStream, peer: SocketAddr, seat: Seat, tls: Option<&Arc<Tls>>) {
+        let arrival = self.tcp_arrival(peer);
+        let lines = self.clone();
+        match tls.cloned() {
+            Some(tls) => tokio::spawn(async move {
+                if let Some(stream) = tls.accept(stream, peer).await {
+                    let (reader, writer) = tokio::io::split(stream);
+                    lines.serve(reader, writer, Some(seat), arrival).await;
+                }
+            }),
+            None => {
+                let (reader, writer) = stream.into_split();
+                tokio::spawn(lines.serve(reader, writer, Some(seat), arrival))
+            }
+        };
     }
 
     /// A Unix-socket connection: with `auth`, the tenant of its peer's uid (`SO_PEERCRED`);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codex_bus_protocol::{ErrorKind, Frame, LineFramer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::connection::{MessageSink, MessageSource};
 use super::frames::{read_frames, FrameHandler};
@@ -90,9 +90,16 @@ pub(crate) struct NdjsonSink<W>(pub W);
 impl<W: AsyncWrite + Unpin + Send + 'static> MessageSink for NdjsonSink<W> {
     async fn drain(mut self, client: &Client, stall: Duration) -> Result<(), WriteFailed> {
         let written = metrics::get().bytes(Direction::ToClient);
-        client
+        let drained = client
             .out
             .drain_into(&mut self.0, Some(stall), |n| written.increment(n as u64))
-            .await
+            .await;
+        if drained.is_ok() {
+            // Ends the stream the transport's own way: over TLS a close_notify, without which the
+            // client must take the end for a truncation; a plain socket gets the FIN its drop
+            // would send. Bounded, as every write to a client is.
+            let _ = tokio::time::timeout(stall, self.0.shutdown()).await;
+        }
+        drained
     }
 }

@@ -194,9 +194,33 @@ impl AuthResult {
     }
 }
 
+/// Why a TLS handshake did not complete (`codex_bus_tls_handshake_failures_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The client sent something that is not a TLS handshake we accept (plaintext, an old
+    /// protocol version, no common cipher suite), or closed the connection during it.
+    Failed,
+    /// The handshake did not complete within the listener's handshake timeout.
+    Timeout,
+}
+
+impl TlsFailure {
+    /// Every reason, in declaration order.
+    const ALL: [TlsFailure; 2] = [TlsFailure::Failed, TlsFailure::Timeout];
+
+    /// The `reason` label.
+    fn label(self) -> &'static str {
+        match self {
+            TlsFailure::Failed => "failed",
+            TlsFailure::Timeout => "timeout",
+        }
+    }
+}
+
 /// Process-wide handles.
 pub struct BusMetrics {
     auth: Vec<Counter>,
+    tls_failures: Vec<Counter>,
     errors: Vec<Counter>,
     drops: Vec<Counter>,
     messages: Vec<Counter>,
@@ -232,6 +256,10 @@ impl BusMetrics {
                 .iter()
                 .map(|r| counter!("codex_bus_auth_total", "result" => r.label()))
                 .collect(),
+            tls_failures: TlsFailure::ALL
+                .iter()
+                .map(|r| counter!("codex_bus_tls_handshake_failures_total", "reason" => r.label()))
+                .collect(),
             errors: ErrorKind::ALL
                 .iter()
                 .map(|k| counter!("codex_bus_error_replies_total", "reason" => k.reason()))
@@ -260,6 +288,11 @@ impl BusMetrics {
     /// Counts an authentication attempt's result.
     pub fn auth(&self, result: AuthResult) {
         self.auth[result as usize].increment(1);
+    }
+
+    /// Counts a TLS handshake that did not complete.
+    pub fn tls_failed(&self, why: TlsFailure) {
+        self.tls_failures[why as usize].increment(1);
     }
 
     /// Counts an error reply sent (to a client or to a worker).
@@ -464,6 +497,10 @@ pub fn describe() {
     describe_counter!(
         "codex_bus_auth_total",
         "Authentication results: ok, refused (a line refused before authentication), timeout."
+    );
+    describe_counter!(
+        "codex_bus_tls_handshake_failures_total",
+        "TLS handshakes that did not complete: failed (not TLS, no common version or cipher, closed), timeout."
     );
     describe_counter!(
         "codex_bus_messages_total",

@@ -9,6 +9,7 @@ mod problems;
 mod routing;
 mod supervision;
 mod tenants;
+mod tls;
 mod transport;
 mod values;
 

@@ -4,6 +4,7 @@ use crate::path::FieldPath;
 use crate::schema::{TRANSPORT_KEYS, TRANSPORT_OPTION_KEYS};
 use crate::tree::Json;
 use crate::validate::problems::Problems;
+use crate::validate::tls::tls;
 use crate::validate::values::{exec_string, object, string};
 use crate::{TransportConfig, TransportMode};
 
@@ -40,6 +41,7 @@ pub(crate) fn transport(
             "address" => {
                 transport.address = exec_string(&path, value, true, problems).map(str::to_owned)
             }
+            "tls" => transport.tls = tls(&path, value, problems),
             _ => problems.unknown_key(&path, key, TRANSPORT_KEYS),
         }
     }

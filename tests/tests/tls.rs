@@ -1,0 +1,307 @@
+//! TLS on the TCP listener (issue 13): NDJSON with `bus/authenticate` over TLS, plaintext and
+//! silent clients closed without harm to the others, certificate files checked at start by `run`
+//! and `check` alike (exit status 78 naming the file), a certificate reloaded on SIGHUP, and TLS
+//! not taken for authentication. Certificates are made at test time (rcgen); nothing leaves
+//! loopback.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use codex_bus_tests::{metric, run_bus, sha256_hex, still_works, Bus, BusConfig, Conn, Mode, WAIT};
+use nix::sys::signal::Signal;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use serde_json::json;
+
+/// Tenant `a`'s capability token.
+const TOKEN: &str = "tls-cap-token-0f1e2d3c4b5a69788796a5b4";
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, and its key, as PEM files.
+struct Cert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    /// What a client trusts.
+    der: CertificateDer<'static>,
+    /// The key file's content, which must never reach a log.
+    key_pem: String,
+}
+
+/// Makes a new certificate and key, written to `<name>.crt` and `<name>.key` in `dir`.
+fn self_signed(dir: &Path, name: &str) -> Cert {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(names).unwrap();
+    let (cert_file, key_file) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let key_pem = signing_key.serialize_pem();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    Cert {
+        cert_file,
+        key_file,
+        der: cert.der().clone(),
+        key_pem,
+    }
+}
+
+/// A mock pool with `transport.tls` from these files, and tenant `a`'s token (2 s to shake hands).
+fn config(cert_file: &Path, key_file: &Path) -> BusConfig {
+    BusConfig::mock(1)
+        .section(
+            "transport",
+            json!({"tls": {"cert_file": cert_file, "key_file": key_file}}),
+        )
+        .section(
+            "auth",
+            json!({"tokens": [{"tenant": "a", "sha256": sha256_hex(TOKEN)}], "handshake_timeout_sec": 2}),
+        )
+}
+
+/// One TLS stream shared by a [`Conn`]'s two halves, which the tests use in turn (a read holds
+/// the lock until data comes or the socket's read timeout).
+#[derive(Clone)]
+struct Shared(Arc<Mutex<StreamOwned<ClientConnection, TcpStream>>>);
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().read(buf)
+    }
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap().flush()
+    }
+}
+
+/// A TLS connection to `addr` that trusts only `trusted`, its handshake complete; `Err` if the
+/// handshake fails.
+fn connect_tls(addr: &str, trusted: &CertificateDer<'static>) -> std::io::Result<Conn> {
+    let mut roots = RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = ClientConnection::new(Arc::new(client), name).unwrap();
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(WAIT))?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp)?;
+    }
+    let shared = Shared(Arc::new(Mutex::new(StreamOwned::new(tls, tcp))));
+    Ok(Conn::from_halves(
+        Box::new(shared.clone()),
+        Box::new(shared),
+    ))
+}
+
+/// Authenticates as tenant `a`, then a request is answered.
+fn authenticate_and_ping(conn: &mut Conn, id: i64) {
+    conn.request(json!(id), "bus/authenticate", json!({"token": TOKEN}), None);
+    let reply = conn.recv();
+    assert_eq!(reply["result"]["tenant"], json!("a"), "{reply}");
+    still_works(conn, id + 1);
+}
+
+/// Reads a raw socket until the daemon closes it; returns what came (a TLS alert at most).
+fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => {}
+        // Closing with the client's bytes unread may reset the connection: closed all the same.
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the daemon did not close the connection: {e}"),
+    }
+    got
+}
+
+#[test]
+fn ndjson_over_tls_while_plaintext_and_silent_clients_are_closed() {
+    let keys = tempfile::tempdir().unwrap();
+    let cert = self_signed(keys.path(), "bus");
+    let bus = Bus::start_with(
+        &config(&cert.cert_file, &cert.key_file),
+        Mode::Tcp,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let addr = bus.tcp_addr().to_owned();
+    let mut first = connect_tls(&addr, &cert.der).expect("TLS handshake");
+    authenticate_and_ping(&mut first, 1);
+
+    // A plaintext client gets no JSON back, only the end of the stream.
+    let mut plain = TcpStream::connect(&addr).unwrap();
+    plain
+        .write_all(
+            &serde_json::to_vec(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "bus/authenticate",
+                "params": {"token": TOKEN}}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    plain.write_all(b"\n").unwrap();
+    let got = read_until_closed(&mut plain);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("jsonrpc"),
+        "{got:?}"
+    );
+
+    // A client that never starts its handshake is closed after auth.handshake_timeout_sec.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let start = Instant::now();
+    read_until_closed(&mut silent);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(8),
+        "closed after {waited:?}"
+    );
+
+    // Neither harmed the listener nor the connection already open.
+    still_works(&mut first, 3);
+    let mut second = connect_tls(&addr, &cert.der).expect("TLS handshake");
+    authenticate_and_ping(&mut second, 10);
+
+    let metrics = bus.metrics_addr();
+    let failures = |reason| {
+        metric(
+            &metrics,
+            "codex_bus_tls_handshake_failures_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!((failures("failed"), failures("timeout")), (1.0, 1.0));
+    let log = bus.wait_log("TLS handshake failed");
+    assert!(log.contains("INFO"), "{log}");
+    let key_body = cert.key_pem.lines().nth(1).unwrap();
+    assert!(!bus.log().contains(key_body), "the key reached the log");
+
+    // A drain ends each TLS stream with close_notify: the client reads a clean end, not a
+    // truncation (rustls reports an EOF without it as an error).
+    let mut bus = bus;
+    bus.signal(Signal::SIGTERM);
+    assert_eq!(first.read_to_end(), "");
+    assert!(bus.wait_exit().success());
+}
+
+#[test]
+fn unusable_certificate_files_stop_run_and_check_with_status_78_naming_the_file() {
+    let keys = tempfile::tempdir().unwrap();
+    let a = self_signed(keys.path(), "a");
+    let b = self_signed(keys.path(), "b");
+    let missing = keys.path().join("missing.crt");
+    let empty = keys.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let cases: [(&Path, &Path, String); 4] = [
+        (
+            &missing,
+            &a.key_file,
+            format!(
+                "transport.tls.cert_file: cannot read {}: ",
+                missing.display()
+            ),
+        ),
+        (
+            &empty,
+            &a.key_file,
+            format!(
+                "transport.tls.cert_file: no certificate (a PEM 'BEGIN CERTIFICATE' block) in {}",
+                empty.display()
+            ),
+        ),
+        (
+            &a.cert_file,
+            &a.cert_file,
+            format!(
+                "transport.tls.key_file: no private key (a PEM 'BEGIN PRIVATE KEY', 'BEGIN RSA \
+                 PRIVATE KEY' or 'BEGIN EC PRIVATE KEY' block) in {}",
+                a.cert_file.display()
+            ),
+        ),
+        (
+            &a.cert_file,
+            &b.key_file,
+            format!(
+                "transport.tls.key_file: the key in {} does not match the certificate in {}",
+                b.key_file.display(),
+                a.cert_file.display()
+            ),
+        ),
+    ];
+    for (cert_file, key_file, message) in cases {
+        let path = config(cert_file, key_file).write(keys.path());
+        let path = path.to_str().unwrap();
+        let (status, _, err) = run_bus(&["--config", path, "--tcp", "127.0.0.1:0"]);
+        assert_eq!(status.code(), Some(78), "{err}");
+        assert!(err.contains(&message), "run: {message:?} not in {err}");
+        let (status, _, err) = run_bus(&["check", "--config", path]);
+        assert_eq!(status.code(), Some(78), "{err}");
+        assert!(err.contains(&message), "check: {message:?} not in {err}");
+        assert!(!err.contains(a.key_pem.lines().nth(1).unwrap()), "{err}");
+    }
+    let path = config(&a.cert_file, &a.key_file).write(keys.path());
+    let (status, _, err) = run_bus(&["check", "--config", path.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_keeps_the_old_one_if_the_new_is_unusable() {
+    let keys = tempfile::tempdir().unwrap();
+    let old = self_signed(keys.path(), "old");
+    let new = self_signed(keys.path(), "new");
+    let live = (keys.path().join("live.crt"), keys.path().join("live.key"));
+    std::fs::copy(&old.cert_file, &live.0).unwrap();
+    std::fs::copy(&old.key_file, &live.1).unwrap();
+    let bus = Bus::start(&config(&live.0, &live.1), Mode::Tcp);
+    let addr = bus.tcp_addr().to_owned();
+    let mut before = connect_tls(&addr, &old.der).expect("TLS handshake");
+    authenticate_and_ping(&mut before, 1);
+
+    std::fs::copy(&new.cert_file, &live.0).unwrap();
+    std::fs::copy(&new.key_file, &live.1).unwrap();
+    bus.signal(Signal::SIGHUP);
+    bus.wait_log("TLS certificate and key reloaded");
+    assert!(
+        connect_tls(&addr, &old.der).is_err(),
+        "new connections get the new certificate"
+    );
+    let mut after = connect_tls(&addr, &new.der).expect("TLS handshake");
+    authenticate_and_ping(&mut after, 10);
+    still_works(&mut before, 3);
+
+    // A half-written renewal (the key of another certificate) is refused; the last pair serves on.
+    std::fs::copy(&old.key_file, &live.1).unwrap();
+    bus.signal(Signal::SIGHUP);
+    let warning = bus.wait_log("cannot reload the TLS certificate");
+    assert!(warning.contains("does not match"), "{warning}");
+    let mut still = connect_tls(&addr, &new.der).expect("TLS handshake");
+    authenticate_and_ping(&mut still, 20);
+}
+
+#[test]
+fn tls_is_not_authentication_a_non_loopback_listener_still_needs_auth() {
+    let keys = tempfile::tempdir().unwrap();
+    let cert = self_signed(keys.path(), "bus");
+    let mut cfg = config(&cert.cert_file, &cert.key_file);
+    cfg.0.as_object_mut().unwrap().remove("auth");
+    let path = cfg.write(keys.path());
+    let (status, _, err) = run_bus(&["--config", path.to_str().unwrap(), "--tcp", "0.0.0.0:0"]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("refusing to start a TCP listener on the non-loopback address 0.0.0.0:"),
+        "{err}"
+    );
+}
