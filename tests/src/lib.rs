@@ -610,6 +610,16 @@ impl Bus {
     }
 }
 
+/// `sha256(text)` in lower-case hex: how a token is configured (`auth.tokens[].sha256`,
+/// `metrics.bearer_sha256`).
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A plain HTTP GET on loopback; returns (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");

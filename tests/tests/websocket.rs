@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{http_get, status, Bus, BusConfig, Mode, WAIT};
+use codex_bus_tests::{http_get, sha256_hex, status, Bus, BusConfig, Mode, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -18,13 +17,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const ALICE: &str = "alice-token-6c1f0e9a2b7d";
 const BOB: &str = "bob-token-93e5d1a7c04b";
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Mock workers with tokens for alice (tenant a) and bob (tenant b), alice's in a Codex token
 /// file and bob's by digest.
