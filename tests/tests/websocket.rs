@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{http_get, sha256_hex, status, Bus, BusConfig, Mode, WAIT};
+use codex_bus_tests::{http_get, run_bus, sha256_hex, status, Bus, BusConfig, Mode, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -334,4 +334,46 @@ async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
             None => return None,
         }
     }
+}
+
+#[tokio::test]
+async fn secure_by_default_and_beside_an_ndjson_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = BusConfig::mock(1).write(dir.path());
+    let plain = plain.to_str().unwrap();
+    // Beyond loopback without auth: refused, as Codex refuses `--listen ws://0.0.0.0:P`.
+    let (status, _, err) = run_bus(&["--config", plain, "--ws", "0.0.0.0:0"]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("refusing to start a WebSocket listener on the non-loopback address 0.0.0.0:"),
+        "{err}"
+    );
+    // `check` says the same of a listener the config names.
+    let named = BusConfig::mock(1).section("websocket", json!([{"listen": "0.0.0.0:4500"}]));
+    let path = named.write(dir.path());
+    let (status, _, err) = run_bus(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(err.contains("non-loopback address 0.0.0.0:4500"), "{err}");
+
+    // --ws is no endpoint of its own: it serves beside --tcp.
+    let mut bus = Bus::start_with(&BusConfig::mock(1), Mode::Tcp, &["--ws", "127.0.0.1:0"]);
+    let line = bus.wait_log("transport=\"websocket\"");
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    wait_ready(addr);
+    let mut ws = open(addr, "/sessions/shared", &[]).await.unwrap();
+    let over_ws = ask(&mut ws).await;
+    let mut tcp = bus.connect();
+    tcp.request(json!(1), "test/where", Value::Null, Some("shared"));
+    let over_tcp = tcp.recv();
+    assert_eq!(
+        worker(&over_ws),
+        worker(&over_tcp),
+        "one session, whichever way it is reached"
+    );
 }
