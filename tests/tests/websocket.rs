@@ -357,16 +357,9 @@ async fn secure_by_default_and_beside_an_ndjson_listener() {
 
     // --ws is no endpoint of its own: it serves beside --tcp.
     let mut bus = Bus::start_with(&BusConfig::mock(1), Mode::Tcp, &["--ws", "127.0.0.1:0"]);
-    let line = bus.wait_log("transport=\"websocket\"");
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    wait_ready(addr);
-    let mut ws = open(addr, "/sessions/shared", &[]).await.unwrap();
+    let addr = bus.listen_addr("websocket");
+    wait_ready(&addr);
+    let mut ws = open(&addr, "/sessions/shared", &[]).await.unwrap();
     let over_ws = ask(&mut ws).await;
     let mut tcp = bus.connect();
     tcp.request(json!(1), "test/where", Value::Null, Some("shared"));
