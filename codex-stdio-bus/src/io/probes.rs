@@ -4,6 +4,7 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+
 use crate::router::Router;
 
 /// Content type of the plain-text answers.
