@@ -6,7 +6,6 @@
 //! their principal without a handshake (peer credentials; `auth.stdio_tenant`).
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 
 use sha2::{Digest, Sha256};
 
@@ -37,6 +36,11 @@ impl Credential {
         Ok(Credential { token: hex(&bytes) })
     }
 
+    /// The token itself, as a WebSocket client presents it (`Authorization: Bearer`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The config's `auth` section: the token's SHA-256 for tenant [`TENANT`].
     pub fn config(&self) -> serde_json::Value {
         let digest = hex(&Sha256::digest(self.token.as_bytes()));
@@ -48,7 +52,7 @@ impl Credential {
     /// Sends `bus/authenticate` on a blocking `stream` and reads its reply, which must be a
     /// result naming [`TENANT`] (docs/protocol.md "Authentication"). Nothing else is sent before
     /// it, so the reply is the first and only line the daemon has written.
-    pub fn authenticate(&self, stream: &mut TcpStream) -> std::io::Result<()> {
+    pub fn authenticate(&self, stream: &mut (impl Read + Write)) -> std::io::Result<()> {
         let request = serde_json::json!({
             "jsonrpc": "2.0",
             "id": "auth",

@@ -17,6 +17,13 @@ pub struct BusConfig {
     /// see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<serde_json::Value>,
+    /// codex-stdio-bus's `transport` section (`transport.tls` with `--tls` on TCP); left out
+    /// when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<serde_json::Value>,
+    /// codex-stdio-bus's `websocket` listeners (`--transport ws`); left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<serde_json::Value>,
 }
 
 /// One pool: `instances` copies of `command args`.
@@ -64,6 +71,8 @@ mod tests {
             }],
             limits,
             auth: Some(serde_json::json!({"tokens": []})),
+            transport: None,
+            websocket: Some(serde_json::json!([{"listen": "127.0.0.1:1"}])),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bus.json");
@@ -74,15 +83,19 @@ mod tests {
         assert_eq!(json["pools"][0]["args"][1], "mock");
         assert_eq!(json["limits"]["max_restarts"], 7);
         assert_eq!(json["auth"]["tokens"], serde_json::json!([]));
+        assert_eq!(json["websocket"][0]["listen"], "127.0.0.1:1");
         assert_eq!(BusConfig::read(&path).unwrap(), config);
 
         let plain = BusConfig {
             limits: serde_json::Map::new(),
             auth: None,
+            websocket: None,
             ..config
         };
         plain.write(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("limits") && !text.contains("auth"), "{text}");
+        for absent in ["limits", "auth", "transport", "websocket"] {
+            assert!(!text.contains(absent), "{text}");
+        }
     }
 }

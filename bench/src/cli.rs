@@ -6,10 +6,10 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::load::Sessions;
 use crate::scenario::Name;
-use crate::target::{Kind, Transport};
+use crate::target::{Client, Kind, Transport};
 
 /// Load generator for codex-stdio-bus, or any bus that reads stdio Bus config files: drives it
-/// over TCP, a Unix socket or stdio, checks every reply, and reports throughput, latency, and the
+/// over TCP (with or without TLS), a Unix socket, stdio or WebSocket, checks every reply, and reports throughput, latency, and the
 /// daemon's CPU time and memory.
 #[derive(Debug, Parser)]
 #[command(name = "bus-bench", version, about)]
@@ -82,9 +82,18 @@ pub struct RunArgs {
     /// What to drive: the bus, the worker directly, or the in-process responder.
     #[arg(long, value_enum, default_value_t = Kind::Bus)]
     pub target: Kind,
-    /// Transport to the bus or responder (`direct` always uses the worker's stdin/stdout).
+    /// Transport to the bus or responder (`direct` always uses the worker's stdin/stdout); `ws`
+    /// is the bus's WebSocket front (blocking client, one connection).
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
+    /// TLS on the bus's tcp or ws listener (`wss`), with a self-signed certificate made for the
+    /// run (blocking client, one connection).
+    #[arg(long)]
+    pub tls: bool,
+    /// The client loop: `epoll` (every target, NDJSON) or `blocking` (one bus connection, tcp or
+    /// ws, TLS or not). Default: blocking with `--tls` or `--transport ws`, else epoll.
+    #[arg(long, value_enum)]
+    pub client: Option<Client>,
     /// Concurrent connections (C).
     #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,

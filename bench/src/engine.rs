@@ -104,22 +104,22 @@ struct Conn {
     closed: bool,
 }
 
-/// One connection's requests in a phase.
-struct Lane {
-    reqs: Prebuilt,
+/// One connection's requests in a phase (also the blocking client's, `blocking`).
+pub(crate) struct Lane {
+    pub(crate) reqs: Prebuilt,
     /// Bytes written.
     off: usize,
     /// Requests written whole.
-    sent: usize,
+    pub(crate) sent: usize,
     /// Requests with a first reply.
-    answered: usize,
+    pub(crate) answered: usize,
     seen: Vec<bool>,
     /// When each request was written, in ns since the phase started.
-    sent_at: Vec<u64>,
+    pub(crate) sent_at: Vec<u64>,
 }
 
 impl Lane {
-    fn new(reqs: Prebuilt) -> Lane {
+    pub(crate) fn new(reqs: Prebuilt) -> Lane {
         let n = reqs.len();
         Lane {
             reqs,
@@ -131,7 +131,7 @@ impl Lane {
         }
     }
 
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.answered == self.reqs.len()
     }
 }
@@ -146,11 +146,11 @@ pub struct Engine {
 }
 
 /// Counters a reply updates.
-struct Books<'a> {
-    tag: Tag,
-    tally: &'a mut Tally,
-    latency: &'a mut Histogram<u64>,
-    answered: &'a mut usize,
+pub(crate) struct Books<'a> {
+    pub(crate) tag: Tag,
+    pub(crate) tally: &'a mut Tally,
+    pub(crate) latency: &'a mut Histogram<u64>,
+    pub(crate) answered: &'a mut usize,
 }
 
 impl Engine {
@@ -181,8 +181,7 @@ impl Engine {
         let total: usize = requests.iter().map(Prebuilt::len).sum();
         let mut lanes: Vec<Lane> = requests.into_iter().map(Lane::new).collect();
         let mut tally = Tally::default();
-        let mut latency =
-            Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds");
+        let mut latency = latency_histogram();
         let mut answered = 0usize;
         let mut kills = 0u64;
         let mut stalled = false;
@@ -326,8 +325,19 @@ impl Engine {
     }
 }
 
+/// An empty round-trip histogram: 1 ns to an hour, 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
 /// Books one reply line that arrived on connection `index` at `now`.
-fn check(reply: Reply, index: usize, lanes: &mut [Lane], books: &mut Books<'_>, now: u64) {
+pub(crate) fn check(
+    reply: Reply,
+    index: usize,
+    lanes: &mut [Lane],
+    books: &mut Books<'_>,
+    now: u64,
+) {
     let Reply::Id { id, error } = reply else {
         books.tally.unidentified += 1;
         return;

@@ -10,7 +10,9 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod blocking;
 mod bus_config;
+mod certs;
 mod cli;
 mod engine;
 mod ids;
@@ -178,17 +180,29 @@ fn row_of(args: &RunArgs) -> Row {
         payload: args.payload,
         method: args.method.clone(),
     };
+    let fronts = args.tls || args.transport == target::Transport::Ws;
     let spec = RunSpec {
         kind: args.target,
         transport: args.transport,
+        tls: args.tls,
+        client: args.client.unwrap_or(if fronts {
+            target::Client::Blocking
+        } else {
+            target::Client::Epoll
+        }),
         load,
         workers: args.workers as usize,
         churn_ms: args.churn_ms,
         allow_errors: args.allow_errors || args.churn_ms.is_some(),
         rss_per_connection: args.rss_per_connection,
     };
+    let tls = if spec.tls { "+tls" } else { "" };
+    let client = match spec.client {
+        target::Client::Blocking => " blocking",
+        target::Client::Epoll => "",
+    };
     let target = match spec.kind {
-        target::Kind::Bus => format!("bus {}", spec.transport.as_str()),
+        target::Kind::Bus => format!("bus {}{tls}{client}", spec.transport.as_str()),
         target::Kind::Relay => format!("relay {}", spec.transport.as_str()),
         target::Kind::Direct => "direct".to_owned(),
         target::Kind::SelfResponder => format!("self {}", spec.transport.as_str()),

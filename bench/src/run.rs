@@ -8,12 +8,14 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::auth::Credential;
+use crate::blocking;
 use crate::engine::{Churn, Engine, Outcome, Phase, Tally};
 use crate::ids::{MEASURED, WARMUP};
 use crate::load::{Load, Sessions};
 use crate::procfs;
 use crate::requests;
-use crate::target::{Commands, Kind, Launch, Target, Transport};
+use crate::requests::Prebuilt;
+use crate::target::{Client, Commands, Connections, Kind, Launch, Target, Transport};
 
 /// The daemon's default `limits.max_connections`: a load with more connections raises it (only
 /// then, so that other buses never see the key).
@@ -38,6 +40,10 @@ pub struct RunSpec {
     pub kind: Kind,
     /// How it is reached.
     pub transport: Transport,
+    /// TLS on the bus's listener (the blocking client only).
+    pub tls: bool,
+    /// The client loop that drives the connections.
+    pub client: Client,
     /// The traffic.
     pub load: Load,
     /// Worker instances in the bus's pool (`direct` runs one per connection).
@@ -184,17 +190,24 @@ pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String
         let cap = load.connections + SPARE_CONNECTIONS;
         limits.insert("max_connections".into(), cap.into());
     }
+    if spec.client == Client::Blocking && (spec.churn_ms.is_some() || spec.rss_per_connection) {
+        return Err(
+            "the blocking client measures round trips only: no churn, no RSS per connection".into(),
+        );
+    }
     let launch = Launch {
         kind: spec.kind,
         transport: spec.transport,
+        tls: spec.tls,
+        client: spec.client,
         connections: load.connections,
         workers: spec.workers,
         limits,
         auth: settings.auth.as_ref(),
         commands: &settings.commands,
     };
-    let (target, streams) = Target::start(&launch)?;
-    let mut engine = Engine::new(streams).map_err(|e| format!("event loop: {e}"))?;
+    let (target, connections) = Target::start(&launch)?;
+    let mut engine = Driver::new(connections).map_err(|e| format!("event loop: {e}"))?;
     let io_error = |e: std::io::Error| format!("event loop: {e}");
 
     let mut warm_load = load.with_requests(load.requests.min(MAX_WARMUP));
@@ -267,6 +280,33 @@ pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String
         result.rss_bytes_kept_per_connection = per_connection(closed_kb);
     }
     Ok(result)
+}
+
+/// Whichever client loop drives the run's connections.
+enum Driver {
+    Epoll(Engine),
+    Blocking(blocking::Client),
+}
+
+impl Driver {
+    fn new(connections: Connections) -> std::io::Result<Driver> {
+        match connections {
+            Connections::Streams(streams) => Ok(Driver::Epoll(Engine::new(streams)?)),
+            Connections::Blocking(clients) => {
+                let [client]: [blocking::Client; 1] = clients.try_into().map_err(|_| {
+                    std::io::Error::other("the blocking client drives exactly one connection")
+                })?;
+                Ok(Driver::Blocking(client))
+            }
+        }
+    }
+
+    fn run(&mut self, requests: Vec<Prebuilt>, phase: Phase<'_>) -> std::io::Result<Outcome> {
+        match self {
+            Driver::Epoll(engine) => engine.run(requests, phase),
+            Driver::Blocking(client) => client.run(requests, phase),
+        }
+    }
 }
 
 /// The daemon's `VmRSS` (kB) once it holds no more fds than `fds_at_ready` (it has closed the

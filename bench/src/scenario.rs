@@ -8,7 +8,23 @@ use serde::Serialize;
 use crate::load::{Load, Sessions};
 use crate::run::RunSpec;
 use crate::summary::Summary;
-use crate::target::{Kind, Transport};
+use crate::target::{Client, Kind, Transport};
+
+/// The rows that compare the bus's fronts in `single` and `latency`, all driven by the blocking
+/// client: NDJSON over TCP, then TLS, WebSocket and WebSocket over TLS; (label, transport, tls).
+const FRONTS: [(&str, Transport, bool); 4] = [
+    ("bus tcp blocking", Transport::Tcp, false),
+    ("bus tcp+tls", Transport::Tcp, true),
+    ("bus ws", Transport::Ws, false),
+    ("bus wss", Transport::Ws, true),
+];
+
+/// What each front adds per round trip: (name, front, the row it is measured against).
+const FRONT_COSTS: [(&str, &str, &str); 3] = [
+    ("ws - tcp", "bus ws", "bus tcp blocking"),
+    ("wss - ws", "bus wss", "bus ws"),
+    ("tls - tcp", "bus tcp+tls", "bus tcp blocking"),
+];
 
 /// A scenario name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -108,6 +124,8 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
         spec: RunSpec {
             kind,
             transport,
+            tls: false,
+            client: Client::Epoll,
             load,
             workers,
             churn_ms: None,
@@ -115,19 +133,31 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
             rss_per_connection: false,
         },
     };
+    let fronts = |load: &Load| {
+        FRONTS.map(|(label, transport, tls)| {
+            let mut front = row(label, Kind::Bus, transport, load.clone(), 1);
+            front.spec.tls = tls;
+            front.spec.client = Client::Blocking;
+            front
+        })
+    };
     use Kind::{Bus, Direct, Relay, SelfResponder};
     use Transport::{Stdio, Tcp, Unix};
     let mut rows = match name {
         Name::Single => {
             let l = load(1, 1000, n(100_000), Sessions::None, 0);
-            vec![
+            let mut rows = vec![
                 row("bus tcp", Bus, Tcp, l.clone(), 1),
                 row("bus unix", Bus, Unix, l.clone(), 1),
                 row("bus stdio", Bus, Stdio, l.clone(), 1),
+            ];
+            rows.extend(fronts(&l));
+            rows.extend([
                 row("relay tcp", Relay, Tcp, l.clone(), 1),
                 row("direct", Direct, Stdio, l.clone(), 1),
                 row("self tcp", SelfResponder, Tcp, l, 1),
-            ]
+            ]);
+            rows
         }
         Name::Fanout => {
             let l = load(4, 1000, n(100_000), Sessions::PerConnection, 0);
@@ -150,13 +180,17 @@ pub fn rows(name: Name, scale: f64, which: Rows) -> Vec<Row> {
         }
         Name::Latency => {
             let l = load(1, 1, n(20_000), Sessions::None, 0);
-            vec![
+            let mut rows = vec![
                 row("bus tcp", Bus, Tcp, l.clone(), 1),
                 row("bus unix", Bus, Unix, l.clone(), 1),
+            ];
+            rows.extend(fronts(&l));
+            rows.extend([
                 row("relay tcp", Relay, Tcp, l.clone(), 1),
                 row("direct", Direct, Stdio, l.clone(), 1),
                 row("self tcp", SelfResponder, Tcp, l, 1),
-            ]
+            ]);
+            rows
         }
         Name::Sessions => {
             let l = load(1, 1000, n(100_000), Sessions::Unique, 0);
@@ -247,6 +281,18 @@ pub fn derived(name: Name, rows: &[(String, Option<Summary>)]) -> Vec<Derived> {
             );
         }
     };
+    // The daemon CPU each front adds per round trip.
+    let front_cpu = |push: &mut dyn FnMut(String, f64, &'static str)| {
+        for (what, front, base) in FRONT_COSTS {
+            if let (Some(front), Some(base)) = (cpu_us(front), cpu_us(base)) {
+                push(
+                    format!("daemon CPU per round trip, {what}"),
+                    front - base,
+                    "µs",
+                );
+            }
+        }
+    };
     match name {
         Name::Single | Name::Fanout => {
             for label in ["bus tcp", "relay tcp"] {
@@ -255,6 +301,7 @@ pub fn derived(name: Name, rows: &[(String, Option<Summary>)]) -> Vec<Derived> {
                 }
             }
             cpu_vs_relay(&mut push);
+            front_cpu(&mut push);
         }
         Name::Large => {
             for size in ["1 KiB", "64 KiB"] {
@@ -289,6 +336,22 @@ pub fn derived(name: Name, rows: &[(String, Option<Summary>)]) -> Vec<Derived> {
                 }
             }
             cpu_vs_relay(&mut push);
+            front_cpu(&mut push);
+            for (what, front, base) in FRONT_COSTS {
+                for (name, p99) in [("p50", false), ("p99", true)] {
+                    let at = |label: &str| {
+                        let s = get(label)?;
+                        Some(if p99 {
+                            s.p99_us.median
+                        } else {
+                            s.p50_us.median
+                        })
+                    };
+                    if let (Some(front), Some(base)) = (at(front), at(base)) {
+                        push(format!("round trip {name}, {what}"), front - base, "µs");
+                    }
+                }
+            }
         }
         Name::Sessions | Name::SessionTable => {
             if let Some(b) = get("bus tcp").and_then(|s| s.rss_bytes_per_session) {

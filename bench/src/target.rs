@@ -1,7 +1,8 @@
 //! Starting what a run drives, and ending it: the bus daemon (from `--bus-cmd` and a config file
 //! written here, so any bus that reads stdio Bus configs runs the same scenarios), the relay in the
 //! bus's place (started the same way), the worker alone over its stdin/stdout (`direct`), or the
-//! in-process responder (`self`).
+//! in-process responder (`self`). The epoll engine drives every target; the blocking client
+//! (`blocking`) drives the bus's TLS and WebSocket fronts, and plain TCP for comparison.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -16,7 +17,9 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::auth::Credential;
+use crate::blocking::{self, Front};
 use crate::bus_config::{BusConfig, PoolConfig};
+use crate::certs::SelfSigned;
 use crate::io::Io;
 use crate::procfs;
 use crate::responder::{Responder, Source};
@@ -57,6 +60,27 @@ pub enum Transport {
     Unix,
     /// The process's stdin/stdout (one connection).
     Stdio,
+    /// WebSocket on 127.0.0.1 (a `websocket` listener of the bus config), one JSON-RPC message
+    /// per text frame; driven by the blocking client.
+    Ws,
+}
+
+/// Which client loop drives the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Client {
+    /// One `epoll` loop over every connection (`engine`): every target, NDJSON only.
+    Epoll,
+    /// One blocking thread over one bus connection (`blocking`): TCP or WebSocket, TLS or not.
+    Blocking,
+}
+
+/// The connections of a started target, for the client that drives them.
+pub enum Connections {
+    /// Non-blocking streams for the epoll engine.
+    Streams(Vec<Io>),
+    /// Connected blocking clients.
+    Blocking(Vec<blocking::Client>),
 }
 
 impl Transport {
@@ -66,6 +90,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Unix => "unix",
             Transport::Stdio => "stdio",
+            Transport::Ws => "ws",
         }
     }
 }
@@ -89,6 +114,10 @@ pub struct Launch<'a> {
     pub kind: Kind,
     /// Transport to the bus or responder (ignored by `direct`, which always uses pipes).
     pub transport: Transport,
+    /// TLS on the bus's TCP or WebSocket listener, with a certificate made for the run.
+    pub tls: bool,
+    /// The client that drives the connections.
+    pub client: Client,
     /// Connections to open.
     pub connections: usize,
     /// Worker instances in the bus's pool.
@@ -123,7 +152,8 @@ pub struct Target {
 
 impl Target {
     /// Starts the target and opens `launch.connections` connections to it.
-    pub fn start(launch: &Launch<'_>) -> Result<(Target, Vec<Io>), String> {
+    pub fn start(launch: &Launch<'_>) -> Result<(Target, Connections), String> {
+        refuse_unsupported(launch)?;
         let dir = tempfile::Builder::new()
             .prefix("bus-bench")
             .tempdir()
@@ -153,13 +183,13 @@ impl Target {
                 ));
             }
         }
-        let streams = match launch.kind {
-            Kind::Bus => target.start_daemon(launch, &launch.commands.bus),
-            Kind::Relay => target.start_daemon(launch, &launch.commands.relay),
-            Kind::Direct => target.start_direct(launch),
-            Kind::SelfResponder => target.start_self(launch),
-        }?;
-        Ok((target, streams))
+        let connections = match launch.kind {
+            Kind::Bus => target.start_daemon(launch, &launch.commands.bus)?,
+            Kind::Relay => target.start_daemon(launch, &launch.commands.relay)?,
+            Kind::Direct => Connections::Streams(target.start_direct(launch)?),
+            Kind::SelfResponder => Connections::Streams(target.start_self(launch)?),
+        };
+        Ok((target, connections))
     }
 
     /// The pid of the bus daemon (or of the relay in its place).
@@ -189,16 +219,37 @@ impl Target {
     }
 
     /// Starts `command` (the bus, or the relay in its place) with a config and an endpoint.
-    fn start_daemon(&mut self, launch: &Launch<'_>, command: &[String]) -> Result<Vec<Io>, String> {
+    fn start_daemon(
+        &mut self,
+        launch: &Launch<'_>,
+        command: &[String],
+    ) -> Result<Connections, String> {
         let (program, args) = command.split_first().ok_or("--bus-cmd is empty")?;
         let auth = launch.auth.filter(|_| launch.kind == Kind::Bus);
-        let config = self.write_config(launch, auth)?;
+        let certificate = match launch.tls {
+            true => Some(SelfSigned::generate(self.dir.path())?),
+            false => None,
+        };
+        let mut config = self.config(launch, auth);
         let mut cmd = Command::new(program);
-        cmd.args(args).arg("--config").arg(&config);
+        cmd.args(args);
         let endpoint = match launch.transport {
             Transport::Tcp => {
                 let addr = free_port()?;
                 cmd.arg("--tcp").arg(addr.to_string());
+                if let Some(certificate) = &certificate {
+                    config.transport = Some(serde_json::json!({"tls": certificate.config()}));
+                }
+                Endpoint::Tcp(addr)
+            }
+            // A listener of the config rather than `--ws`, so that it can carry `tls`.
+            Transport::Ws => {
+                let addr = free_port()?;
+                let mut listener = serde_json::json!({"listen": addr.to_string()});
+                if let Some(certificate) = &certificate {
+                    listener["tls"] = certificate.config();
+                }
+                config.websocket = Some(serde_json::json!([listener]));
                 Endpoint::Tcp(addr)
             }
             Transport::Unix => {
@@ -211,6 +262,9 @@ impl Target {
                 Endpoint::Stdio
             }
         };
+        let path = self.dir.path().join("bus.json");
+        config.write(&path)?;
+        cmd.arg("--config").arg(&path);
         let stdio = launch.transport == Transport::Stdio;
         let piped = || if stdio { Stdio::piped() } else { Stdio::null() };
         cmd.stdin(piped())
@@ -228,26 +282,38 @@ impl Target {
         self.at_ready = procfs::status_kb(pid, "VmRSS")
             .zip(procfs::open_fds(pid))
             .map(|(rss_kb, fds)| AtReady { rss_kb, fds });
-        match endpoint {
-            Endpoint::Tcp(addr) => connect_n(launch.connections, || Io::tcp(addr, auth)),
-            Endpoint::Unix(path) => connect_n(launch.connections, || Io::unix(&path)),
-            Endpoint::Stdio => {
+        let streams = match (endpoint, launch.client) {
+            (Endpoint::Tcp(addr), Client::Blocking) => {
+                let front = Front {
+                    addr,
+                    tls: certificate.map(|c| c.client),
+                    websocket: launch.transport == Transport::Ws,
+                };
+                let clients = (0..launch.connections)
+                    .map(|i| {
+                        blocking::Client::connect(&front, i, auth)
+                            .map_err(|e| format!("connection {i}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                return Ok(Connections::Blocking(clients));
+            }
+            (Endpoint::Tcp(addr), _) => connect_n(launch.connections, || Io::tcp(addr, auth)),
+            (Endpoint::Unix(path), _) => connect_n(launch.connections, || Io::unix(&path)),
+            (Endpoint::Stdio, _) => {
                 let daemon = self.daemon.as_mut().expect("just started");
                 let (stdin, stdout) = (daemon.stdin.take(), daemon.stdout.take());
                 let io = Io::child(stdin.expect("piped"), stdout.expect("piped"));
                 Ok(vec![io.map_err(|e| format!("bus stdio: {e}"))?])
             }
-        }
+        };
+        Ok(Connections::Streams(streams?))
     }
 
-    /// The stdio Bus config format, which codex-stdio-bus reads unchanged.
-    fn write_config(
-        &self,
-        launch: &Launch<'_>,
-        auth: Option<&Credential>,
-    ) -> Result<PathBuf, String> {
+    /// The stdio Bus config format, which codex-stdio-bus reads unchanged (the fronts add their
+    /// listeners' sections).
+    fn config(&self, launch: &Launch<'_>, auth: Option<&Credential>) -> BusConfig {
         let commands = launch.commands;
-        let config = BusConfig {
+        BusConfig {
             pools: vec![PoolConfig {
                 id: "bench".into(),
                 command: commands.worker.clone(),
@@ -256,10 +322,9 @@ impl Target {
             }],
             limits: launch.limits.clone(),
             auth: auth.map(Credential::config),
-        };
-        let path = self.dir.path().join("bus.json");
-        config.write(&path)?;
-        Ok(path)
+            transport: None,
+            websocket: None,
+        }
     }
 
     /// Waits until the bus accepts connections and runs `workers` worker processes.
@@ -311,6 +376,7 @@ impl Target {
         let fail = |e: std::io::Error| format!("in-process responder: {e}");
         let n = launch.connections;
         match launch.transport {
+            Transport::Ws => unreachable!("refused by refuse_unsupported"),
             Transport::Tcp => {
                 let listener = TcpListener::bind("127.0.0.1:0").map_err(fail)?;
                 let addr = listener.local_addr().map_err(fail)?;
@@ -391,6 +457,36 @@ fn stop_daemon(mut daemon: Child) {
     let _ = daemon.wait();
 }
 
+/// Refuses, before anything starts, what only the other client can drive: TLS and WebSocket need
+/// the blocking client, which drives one connection to the bus.
+fn refuse_unsupported(launch: &Launch<'_>) -> Result<(), String> {
+    let front = if launch.tls {
+        "TLS"
+    } else {
+        "the ws transport"
+    };
+    match launch.client {
+        Client::Epoll if launch.tls || launch.transport == Transport::Ws => Err(format!(
+            "{front} is driven by the blocking client only (--client blocking)"
+        )),
+        Client::Blocking if launch.kind != Kind::Bus => {
+            Err("the blocking client drives the bus only (--target bus)".into())
+        }
+        Client::Blocking if !matches!(launch.transport, Transport::Tcp | Transport::Ws) => {
+            Err(format!(
+                "TLS and the blocking client take --transport tcp or ws, not {}",
+                launch.transport.as_str()
+            ))
+        }
+        Client::Blocking if launch.connections != 1 => Err(format!(
+            "the blocking client (TLS, ws) drives one connection, as the single and latency \
+             scenarios do, not {}",
+            launch.connections
+        )),
+        _ => Ok(()),
+    }
+}
+
 enum Endpoint {
     Tcp(SocketAddr),
     Unix(PathBuf),
@@ -428,6 +524,8 @@ mod tests {
         Launch {
             kind: Kind::Relay,
             transport,
+            tls: false,
+            client: Client::Epoll,
             connections,
             workers: 2,
             limits: serde_json::Map::new(),
@@ -449,5 +547,35 @@ mod tests {
         assert!(error(&launch(&commands, Transport::Stdio, 1)).contains("not stdio"));
         // Within its limits it gets as far as starting the (missing) relay program.
         assert!(error(&launch(&commands, Transport::Tcp, 2)).contains("cannot start"));
+    }
+
+    #[test]
+    fn the_fronts_are_refused_where_the_blocking_client_cannot_go() {
+        let commands = Commands {
+            bus: vec!["/nonexistent/bus".into()],
+            relay: vec!["/nonexistent/bus-bench".into(), "relay".into()],
+            worker: "/nonexistent/worker".into(),
+            worker_args: Vec::new(),
+        };
+        let error = |l: &Launch<'_>| Target::start(l).err().expect("refused");
+        let front = |transport, tls, client, connections| Launch {
+            kind: Kind::Bus,
+            tls,
+            client,
+            ..launch(&commands, transport, connections)
+        };
+        let epoll_ws = error(&front(Transport::Ws, false, Client::Epoll, 1));
+        assert!(epoll_ws.contains("blocking client only"), "{epoll_ws}");
+        let unix_tls = error(&front(Transport::Unix, true, Client::Blocking, 1));
+        assert!(unix_tls.contains("not unix"), "{unix_tls}");
+        let two = error(&front(Transport::Ws, true, Client::Blocking, 2));
+        assert!(two.contains("one connection"), "{two}");
+        let relay = Launch {
+            kind: Kind::Relay,
+            ..front(Transport::Tcp, true, Client::Blocking, 1)
+        };
+        assert!(error(&relay).contains("bus only"));
+        // Within its limits it gets as far as starting the (missing) bus.
+        assert!(error(&front(Transport::Ws, true, Client::Blocking, 1)).contains("cannot start"));
     }
 }
