@@ -144,6 +144,9 @@ fn single() {
             "bus tcp",
             "bus unix",
             "bus stdio",
+            "bus tcp blocking",
+            "bus tcp+tls",
+            "bus ws",
             "relay tcp",
             "direct",
             "self tcp"
@@ -202,10 +205,14 @@ fn latency() {
         .iter()
         .map(|d| d["name"].as_str().unwrap())
         .collect();
-    assert!(
-        derived.contains(&"added p50, bus tcp / relay tcp"),
-        "{derived:?}"
-    );
+    for name in [
+        "added p50, bus tcp / relay tcp",
+        "round trip p50, ws - tcp",
+        "round trip p99, tls - tcp",
+        "daemon CPU per round trip, ws - tcp",
+    ] {
+        assert!(derived.contains(&name), "{name} in {derived:?}");
+    }
 }
 
 #[test]
@@ -290,7 +297,18 @@ fn with_auth_every_transport_is_served_under_a_tenant() {
     assert_eq!(report["auth"], true);
     let single = &report["scenarios"][0];
     assert_exact(single, false);
-    assert_eq!(labels(single), ["bus tcp", "bus unix", "bus stdio"]);
+    // The TLS front authenticates like TCP, the WebSocket front with `Authorization: Bearer`.
+    assert_eq!(
+        labels(single),
+        [
+            "bus tcp",
+            "bus unix",
+            "bus stdio",
+            "bus tcp blocking",
+            "bus tcp+tls",
+            "bus ws"
+        ]
+    );
     // Session ids go to the worker with the tenant's prefix and come back without it.
     let sessions = bench(&[
         "run", "--auth", "-c", "2", "-w", "20", "-n", "400", "-s", "unique",
