@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
-use tungstenite::client::IntoClientRequest;
+use tungstenite::client::{client_with_config, IntoClientRequest};
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, Utf8Bytes, WebSocket};
 
 use crate::auth::Credential;
@@ -28,6 +29,11 @@ use crate::requests::Prebuilt;
 
 /// Size of the NDJSON read buffer.
 const READ_BUFFER: usize = 256 * 1024;
+
+/// tungstenite's read buffer. It zero-fills this much spare capacity before every socket read
+/// (`FrameCodec::read_in`), so its 128 KiB default costs a 128 KiB memset per read: 16 KiB
+/// still takes a window-1000 batch of replies in a few reads.
+const WS_READ_BUFFER: usize = 16 * 1024;
 
 /// Where and how the blocking client connects.
 #[derive(Clone)]
@@ -126,7 +132,8 @@ impl Client {
                     .headers_mut()
                     .insert("authorization", bearer.parse().map_err(io::Error::other)?);
             }
-            let (socket, _response) = tungstenite::client(request, stream)
+            let config = WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER);
+            let (socket, _response) = client_with_config(request, stream, Some(config))
                 .map_err(|e| io::Error::other(format!("WebSocket upgrade: {e}")))?;
             Wire::WebSocket(Box::new(socket))
         } else {
