@@ -534,14 +534,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_relay_refuses_loads_it_cannot_carry_before_starting_anything() {
-        let commands = Commands {
+    /// Programs that do not exist: a launch that gets as far as starting one fails saying so.
+    fn missing_programs() -> Commands {
+        Commands {
             bus: vec!["/nonexistent/bus".into()],
             relay: vec!["/nonexistent/bus-bench".into(), "relay".into()],
             worker: "/nonexistent/worker".into(),
             worker_args: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_relay_refuses_loads_it_cannot_carry_before_starting_anything() {
+        let commands = missing_programs();
         let error = |l: &Launch<'_>| Target::start(l).err().expect("refused");
         assert!(error(&launch(&commands, Transport::Tcp, 3)).contains("3 connections"));
         assert!(error(&launch(&commands, Transport::Stdio, 1)).contains("not stdio"));
@@ -551,12 +556,7 @@ mod tests {
 
     #[test]
     fn the_fronts_are_refused_where_the_blocking_client_cannot_go() {
-        let commands = Commands {
-            bus: vec!["/nonexistent/bus".into()],
-            relay: vec!["/nonexistent/bus-bench".into(), "relay".into()],
-            worker: "/nonexistent/worker".into(),
-            worker_args: Vec::new(),
-        };
+        let commands = missing_programs();
         let error = |l: &Launch<'_>| Target::start(l).err().expect("refused");
         let front = |transport, tls, client, connections| Launch {
             kind: Kind::Bus,
