@@ -196,13 +196,17 @@ fn row_of(args: &RunArgs) -> Row {
         allow_errors: args.allow_errors || args.churn_ms.is_some(),
         rss_per_connection: args.rss_per_connection,
     };
-    let tls = if spec.tls { "+tls" } else { "" };
-    let client = match spec.client {
-        target::Client::Blocking => " blocking",
-        target::Client::Epoll => "",
+    // As the scenarios name the fronts: the client is named only where both could drive it.
+    let front = match (spec.transport, spec.tls, spec.client) {
+        (target::Transport::Ws, true, _) => "wss".to_owned(),
+        (transport, true, _) => format!("{}+tls", transport.as_str()),
+        (transport, false, target::Client::Blocking) if transport != target::Transport::Ws => {
+            format!("{} blocking", transport.as_str())
+        }
+        (transport, false, _) => transport.as_str().to_owned(),
     };
     let target = match spec.kind {
-        target::Kind::Bus => format!("bus {}{tls}{client}", spec.transport.as_str()),
+        target::Kind::Bus => format!("bus {front}"),
         target::Kind::Relay => format!("relay {}", spec.transport.as_str()),
         target::Kind::Direct => "direct".to_owned(),
         target::Kind::SelfResponder => format!("self {}", spec.transport.as_str()),
