@@ -185,6 +185,8 @@ pub enum Mode {
     Unix,
     /// `--tcp 127.0.0.1:0`; the port is read from the daemon's log.
     Tcp,
+    /// `--ws 127.0.0.1:0` alone (no NDJSON endpoint); the port is read from the daemon's log.
+    WebSocket,
 }
 
 /// A running daemon; killed (with its process group's workers) when dropped.
@@ -249,6 +251,7 @@ impl Bus {
             Mode::Stdio => cmd.arg("--stdio"),
             Mode::Unix => cmd.arg("--unix").arg(dir.path().join("bus.sock")),
             Mode::Tcp => cmd.args(["--tcp", "127.0.0.1:0"]),
+            Mode::WebSocket => cmd.args(["--ws", "127.0.0.1:0"]),
         };
         cmd.env("RUST_LOG", "info")
             .stdin(if mode == Mode::Stdio {
@@ -279,10 +282,13 @@ impl Bus {
             done,
         };
         match mode {
-            Mode::Tcp => {
-                let line = bus.wait_log("transport=\"tcp\"");
-                let addr = line.split("addr=").nth(1).expect("addr in listening line");
-                bus.tcp = Some(addr.split_whitespace().next().unwrap().to_owned());
+            Mode::Tcp | Mode::WebSocket => {
+                let transport = if mode == Mode::Tcp {
+                    "tcp"
+                } else {
+                    "websocket"
+                };
+                bus.tcp = Some(bus.listen_addr(transport));
             }
             Mode::Unix => {
                 bus.wait_log("transport=\"unix\"");
@@ -329,10 +335,12 @@ impl Bus {
         }
     }
 
-    /// The TCP address the daemon listens on (`Mode::Tcp` only), for tests that open sockets of
-    /// their own.
+    /// The TCP address the daemon listens on (`Mode::Tcp`, or its WebSocket port in
+    /// `Mode::WebSocket`), for tests that open sockets of their own.
     pub fn tcp_addr(&self) -> &str {
-        self.tcp.as_deref().expect("the daemon runs in Mode::Tcp")
+        self.tcp
+            .as_deref()
+            .expect("the daemon runs in Mode::Tcp or Mode::WebSocket")
     }
 
     /// A new client connection (the daemon's stdio in stdio mode, once).
@@ -341,6 +349,7 @@ impl Bus {
             Mode::Stdio => self.stdio.take().expect("stdio mode has one client"),
             Mode::Unix => Conn::unix(&self.socket_path()),
             Mode::Tcp => Conn::tcp(self.tcp.as_deref().unwrap()),
+            Mode::WebSocket => panic!("WebSocket clients connect with a WebSocket client"),
         }
     }
 
@@ -624,7 +633,13 @@ pub fn run_bus(args: &[&str]) -> (ExitStatus, String, String) {
 impl Bus {
     /// The admin endpoint's address (the daemon must run with `--metrics 127.0.0.1:0`).
     pub fn metrics_addr(&self) -> String {
-        let line = self.wait_log("transport=\"metrics\"");
+        self.listen_addr("metrics")
+    }
+
+    /// The address the daemon logged for its first `transport` listener (`tcp`, `websocket`,
+    /// `metrics`), once it has.
+    pub fn listen_addr(&self, transport: &str) -> String {
+        let line = self.wait_log(&format!("transport=\"{transport}\""));
         let addr = line.split("addr=").nth(1).expect("addr in listening line");
         addr.split_whitespace().next().unwrap().to_owned()
     }

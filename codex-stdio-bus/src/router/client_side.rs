@@ -358,7 +358,10 @@ impl Router {
     ) -> Result<&Arc<Slot>, Refusal> {
         let session = match envelope.session.clone() {
             Some(span) => key_bytes(&line[span]),
-            None => client.bound_session.as_deref().map(Cow::Borrowed),
+            None => client
+                .bound_session
+                .as_deref()
+                .map(|bound| Cow::Borrowed(bound.as_bytes())),
         };
         // The tenant's prefix is not the client's to count against the id's length.
         let prefix = if self.namespaced {
@@ -500,7 +503,7 @@ mod tests {
     async fn a_connection_bound_to_a_session_routes_messages_that_name_none_there() {
         let router = Router::new(&Config::single_pool("p", "cat", &[], 8));
         let principal = Principal::anonymous("tcp");
-        let client = router.connect(Transport::Tcp, principal, Some(b"bound".as_slice().into()));
+        let client = router.connect(Transport::Tcp, principal, Some("bound".into()));
         router
             .client_message(&client, br#"{"id":1,"method":"m"}"#, Instant::now())
             .await;

@@ -12,6 +12,7 @@ mod tenants;
 mod tls;
 mod transport;
 mod values;
+mod websocket;
 
 use crate::path::FieldPath;
 use crate::schema::TOP_KEYS;
@@ -52,6 +53,12 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         tenants::tenants(&path, document.get("tenants"), limits, &mut problems)
     });
     let audit = audit::audit(&root.key("audit"), document.get("audit"), &mut problems);
+    let websocket = websocket::websocket(
+        &root.key("websocket"),
+        document.get("websocket"),
+        routing.as_ref().map(|r| r.session_id_field.as_str()),
+        &mut problems,
+    );
     match (
         pools.pools,
         limits,
@@ -61,6 +68,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         auth,
         tenants,
         audit,
+        websocket,
     ) {
         (
             Some(pools),
@@ -71,6 +79,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             Some(auth),
             Some(tenants),
             Some(audit),
+            Some(websocket),
         ) if problems.count() == 0 => Ok(Config {
             pools,
             limits,
@@ -80,6 +89,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             auth,
             tenants,
             audit,
+            websocket,
         }),
         _ => Err(problems.into_vec()),
     }
