@@ -370,3 +370,57 @@ async fn secure_by_default_and_beside_an_ndjson_listener() {
         "one session, whichever way it is reached"
     );
 }
+
+/// A Codex TUI whose turn is streaming when its worker dies must learn of it: `codex app-server`
+/// dying closes the TUI's WebSocket, so the TUI says so and can reconnect. Through the bus the
+/// turn's request (`turn/start`) is already answered, nothing is in flight, and today the
+/// connection stays open and silent for good: the TUI shows the turn running forever.
+#[tokio::test]
+#[ignore = "defect: a WebSocket client whose worker dies mid-turn gets silence (found by the breaker, see the commit)"]
+async fn a_worker_killed_mid_turn_is_not_silence_to_its_websocket_client() {
+    let bus = Bus::start(&BusConfig::mock(1), Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+    wait_ready(&addr);
+    let mut ws = open(&addr, "/", &[]).await.unwrap();
+    let started = call(
+        &mut ws,
+        json!({"id": 1, "method": "thread/start", "params": {}}),
+    )
+    .await;
+    let thread = started["result"]["thread"]["id"].clone();
+    let text = "@deltas=1000 @interval-ms=50 a long turn";
+    let params = json!({"threadId": thread, "input": [{"type": "text", "text": text}]});
+    call(
+        &mut ws,
+        json!({"id": 2, "method": "turn/start", "params": params}),
+    )
+    .await;
+    // The turn streams: wait for its first delta, then kill the worker holding it.
+    while next_json(&mut ws).await["method"] != "item/agentMessage/delta" {}
+    let pids = bus.worker_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Deltas already queued may still arrive; then an error or a close, well within WAIT.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => panic!("silence for 5 s after the worker died mid-turn"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                let errored = message.get("error").is_some()
+                    || message["method"] == "error"
+                    || message["params"]["turn"]["status"] == "failed";
+                if errored {
+                    return;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
