@@ -424,3 +424,41 @@ async fn a_worker_killed_mid_turn_is_not_silence_to_its_websocket_client() {
         }
     }
 }
+
+/// A header the bus reads once and a balancer may read differently is refused when it is
+/// repeated: HAProxy's `req.hdr` takes the last `Authorization` or `x-codex-session`, the bus
+/// took the first, so one session (or one user's) connections could reach two nodes.
+#[tokio::test]
+async fn a_repeated_authorization_or_session_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&with_tokens(1, dir.path()), Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+    wait_ready(&addr);
+    let twice = |name: &'static str, first: &str, second: &str, also: Option<&str>| {
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.append(name, first.parse().unwrap());
+        headers.append(name, second.parse().unwrap());
+        if let Some(bearer) = also {
+            headers.insert("authorization", bearer.parse().unwrap());
+        }
+        request
+    };
+    let (alice, bob) = (format!("Bearer {ALICE}"), format!("Bearer {BOB}"));
+    for request in [
+        twice("authorization", &alice, &bob, None),
+        twice("authorization", &alice, &alice, None),
+        twice("x-codex-session", "h1", "h2", Some(&alice)),
+    ] {
+        let answer = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("the upgrade is answered in time")
+            .map(|(ws, _)| ws);
+        let (status, body) = refusal(answer);
+        assert!(
+            (status, body.as_str()) == (401, "invalid authorization header")
+                || (status == 400 && body.contains("more than once")),
+            "{status} {body}"
+        );
+    }
+}
