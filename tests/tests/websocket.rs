@@ -462,3 +462,56 @@ async fn a_repeated_authorization_or_session_header_is_refused() {
         );
     }
 }
+
+/// A client that breaks RFC 6455 is told so by the close code (7.4.1), never 1000 ("normal"):
+/// 1007 for a text message that is not UTF-8, 1002 for the rest, after a raw upgrade.
+#[test]
+fn a_broken_frame_closes_with_the_code_that_names_the_breach() {
+    use std::io::{Read, Write};
+    let bus = Bus::start(&BusConfig::mock(1), Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+    wait_ready(&addr);
+    // A masked frame with the zero mask (the payload as it is), unless `masked` is false.
+    let frame = |first: u8, payload: &[u8], masked: bool| {
+        let mut bytes = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+        if masked {
+            bytes.extend_from_slice(&[0; 4]);
+        }
+        bytes.extend_from_slice(payload);
+        bytes
+    };
+    let cases: [(&str, Vec<u8>, u16); 5] = [
+        (
+            "text not UTF-8",
+            frame(0x81, b"{\"a\":\"\xff\"}", true),
+            1007,
+        ),
+        ("unmasked", frame(0x81, b"{}", false), 1002),
+        ("reserved bit", frame(0xC1, b"{}", true), 1002),
+        ("stray continuation", frame(0x80, b"{}", true), 1002),
+        ("unknown opcode", frame(0x83, b"x", true), 1002),
+    ];
+    for (name, bad, code) in cases {
+        let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        socket.write_all(upgrade.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            socket.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{name}");
+        socket.write_all(&bad).unwrap();
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest);
+        assert_eq!(rest.first(), Some(&0x88), "{name}: a close frame: {rest:?}");
+        assert_eq!(
+            rest.get(2..4),
+            Some(&code.to_be_bytes()[..]),
+            "{name}: {rest:?}"
+        );
+    }
+}
