@@ -515,3 +515,19 @@ fn a_broken_frame_closes_with_the_code_that_names_the_breach() {
         );
     }
 }
+
+/// A key spelt with escapes is the key: a bound client that names its session as
+/// `"session\u0049d"` is routed on it, not given a second session member and refused.
+#[tokio::test]
+async fn a_session_named_with_an_escaped_key_is_that_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&with_tokens(1, dir.path()), Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+    wait_ready(&addr);
+    let mut ws = login(&addr, "/", ALICE).await;
+    let text = r#"{"id":1,"method":"test/where","session\u0049d":"elsewhere"}"#;
+    ws.send(Message::text(text)).await.unwrap();
+    let reply = next_json(&mut ws).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    worker(&reply);
+}

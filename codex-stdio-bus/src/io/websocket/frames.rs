@@ -370,6 +370,9 @@ mod tests {
             r#"{"method":"n","sessionId":"s"}"#
         );
         assert!(seen.session.load(Ordering::Relaxed));
+        // An escaped spelling names the session too: the router would see two.
+        let escaped = r#"{"method":"n","session\u0049d":"s"}"#;
+        assert_eq!(view(escaped), escaped);
     }
 
     #[test]
