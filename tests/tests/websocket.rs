@@ -373,10 +373,9 @@ async fn secure_by_default_and_beside_an_ndjson_listener() {
 
 /// A Codex TUI whose turn is streaming when its worker dies must learn of it: `codex app-server`
 /// dying closes the TUI's WebSocket, so the TUI says so and can reconnect. Through the bus the
-/// turn's request (`turn/start`) is already answered, nothing is in flight, and today the
-/// connection stays open and silent for good: the TUI shows the turn running forever.
+/// turn's request (`turn/start`) is already answered and nothing is in flight to fail, so the
+/// bus closes the connection bound to the dead worker's session (it stayed open and silent).
 #[tokio::test]
-#[ignore = "defect: a WebSocket client whose worker dies mid-turn gets silence (found by the breaker, see the commit)"]
 async fn a_worker_killed_mid_turn_is_not_silence_to_its_websocket_client() {
     let bus = Bus::start(&BusConfig::mock(1), Mode::WebSocket);
     let addr = bus.tcp_addr().to_owned();
