@@ -23,6 +23,7 @@ use crate::audit::Audit;
 use crate::auth::{AdminBearer, Authenticator};
 use crate::core::sink::WorkerSink;
 use crate::error::{Error, Kind};
+use crate::io::capacity::Capacity;
 use crate::io::{self, listen::Bound, listen::Endpoint, tls::Tls, websocket};
 use crate::metrics::recorder;
 use crate::router::Router;
@@ -172,10 +173,14 @@ pub async fn run(
         websocket: &websockets,
     };
     secure_by_default(&config, auth.as_deref(), addresses)?;
-    let tls = match (&listeners.clients, &config.transport.tls) {
-        (Some(Bound::Tcp(_)), Some(_)) => tls(&config)?,
+    let Tlses {
+        tcp: tls,
+        websocket: websocket_tls,
+    } = tls(&config)?;
+    let tls = match (&listeners.clients, tls) {
+        (Some(Bound::Tcp(_)), tls) => tls,
         (_, Some(_)) => {
-            tracing::warn!("transport.tls is ignored: it applies to a TCP listener, and clients come on stdio or a Unix socket");
+            tracing::warn!("transport.tls is ignored: it applies to a TCP listener, and clients come on stdio, a Unix socket or only WebSocket listeners");
             None
         }
         (_, None) => None,
@@ -253,28 +258,29 @@ pub async fn run(
 
     let drain = CancellationToken::new();
     let writers = TaskTracker::new();
+    let listening = io::Listening {
+        router: router.clone(),
+        limits,
+        auth,
+        capacity: Arc::new(Capacity::new(
+            limits.max_connections,
+            router.slots().count(),
+        )),
+        writers: writers.clone(),
+        drain: drain.clone(),
+    };
     let mut accepting = Vec::new();
-    for listener in listeners.websocket {
+    // Bound from `config.websocket` in its order (main appends `--ws` flags there, without TLS).
+    for (listener, tls) in listeners.websocket.into_iter().zip(websocket_tls.clone()) {
         accepting.push(tokio::spawn(websocket::serve(
             listener,
-            router.clone(),
-            limits,
+            tls,
             config.routing.session_id_field.as_str().into(),
-            auth.clone(),
-            writers.clone(),
-            drain.clone(),
+            listening.clone(),
         )));
     }
     if let Some(clients) = listeners.clients {
-        accepting.push(tokio::spawn(io::serve(
-            clients,
-            router.clone(),
-            limits,
-            auth,
-            tls.clone(),
-            writers.clone(),
-            drain.clone(),
-        )));
+        accepting.push(tokio::spawn(io::serve(clients, tls.clone(), listening)));
     }
     // Ends once every listener has stopped accepting: the drain waits for it.
     let serving = tokio::spawn(async move {
@@ -298,12 +304,15 @@ pub async fn run(
                 }
             }
             // A renewed certificate is picked up the same way rotated logs are.
-            match tls.as_deref().map(Tls::reload) {
-                Some(Ok(())) => tracing::info!("TLS certificate and key reloaded"),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "cannot reload the TLS certificate; still serving the previous one")
+            for tls in tls.iter().chain(websocket_tls.iter().flatten()) {
+                match tls.reload() {
+                    Ok(()) => {
+                        tracing::info!(field = tls.field(), "TLS certificate and key reloaded")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot reload the TLS certificate; still serving the previous one")
+                    }
                 }
-                None => {}
             }
         }
     });
@@ -470,38 +479,62 @@ fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, Error> {
     }
 }
 
-/// The TLS of the TCP listener (`transport.tls`: its files read and checked now), if any; `run`
-/// and `codex-stdio-bus check` both load it, so the two agree. A client gets as long to complete
-/// its TLS handshake as it then gets to authenticate (`auth.handshake_timeout_sec`, 10 s without
-/// `auth`).
+/// The TLS of each listener that has it.
+struct Tlses {
+    /// `transport.tls`, for the TCP listener.
+    tcp: Option<Arc<Tls>>,
+    /// `websocket[i].tls`, in the config's order.
+    websocket: Vec<Option<Arc<Tls>>>,
+}
+
+/// Loads the TLS files of every listener (`transport.tls`, `websocket[].tls`), as `run` does
+/// before it starts, so `codex-stdio-bus check` and `run` agree.
 ///
 /// # Errors
 ///
-/// [`Kind::Config`] naming the field and the file: unreadable, no certificate, no key, or a key
-/// that does not match the certificate.
+/// As `run` fails: [`Kind::Config`] naming the field and the file (unreadable, no certificate,
+/// no key, or a key that does not match the certificate).
 pub fn check_tls(config: &Config) -> Result<(), Error> {
     tls(config).map(drop)
 }
 
-/// See [`check_tls`].
-fn tls(config: &Config) -> Result<Option<Arc<Tls>>, Error> {
-    let Some(files) = &config.transport.tls else {
-        return Ok(None);
+/// See [`check_tls`]. A client gets as long to complete its TLS handshake as it then gets to
+/// authenticate (`auth.handshake_timeout_sec`, 10 s without `auth`). NDJSON offers no ALPN; a
+/// WebSocket listener offers `http/1.1`, the only HTTP it speaks.
+fn tls(config: &Config) -> Result<Tlses, Error> {
+    let timeout = Duration::from_secs(
+        config
+            .auth
+            .as_ref()
+            .map_or(AuthConfig::default().handshake_timeout_sec, |auth| {
+                auth.handshake_timeout_sec
+            }),
+    );
+    let tcp = match &config.transport.tls {
+        Some(files) => Some(Arc::new(Tls::load(
+            "transport.tls",
+            files,
+            Vec::new(),
+            timeout,
+        )?)),
+        None => None,
     };
-    let timeout = config
-        .auth
-        .as_ref()
-        .map_or(AuthConfig::default().handshake_timeout_sec, |auth| {
-            auth.handshake_timeout_sec
-        });
-    // NDJSON needs no ALPN: a client that offers some gets none back.
-    let tls = Tls::load(
-        "transport.tls",
-        files,
-        Vec::new(),
-        Duration::from_secs(timeout),
-    )?;
-    Ok(Some(Arc::new(tls)))
+    let websocket = config
+        .websocket
+        .iter()
+        .enumerate()
+        .map(|(i, listener)| match &listener.tls {
+            Some(files) => Tls::load(
+                &format!("websocket[{i}].tls"),
+                files,
+                vec![b"http/1.1".to_vec()],
+                timeout,
+            )
+            .map(|tls| Some(Arc::new(tls))),
+            None => Ok(None),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Tlses { tcp, websocket })
 }
 
 /// Checks, for `codex-stdio-bus check`, what `run` checks of `auth` before it starts: the files

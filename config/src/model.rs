@@ -48,6 +48,10 @@ pub struct WebSocketConfig {
     pub max_frame_bytes: usize,
     /// Largest message (all its frames) accepted, in bytes; a larger one closes with 1009.
     pub max_message_bytes: usize,
+    /// TLS for this listener (`wss://`); absent, it is plaintext (`ws://`). The Codex TUI sends
+    /// its bearer token only over `wss://` or to a loopback host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 impl WebSocketConfig {
@@ -61,6 +65,7 @@ impl WebSocketConfig {
             allowed_origins: Vec::new(),
             max_frame_bytes: 16 << 20,
             max_message_bytes: 64 << 20,
+            tls: None,
         }
     }
 }

@@ -21,6 +21,7 @@ pub(crate) const WEBSOCKET_KEYS: &[&str] = &[
     "allowed_origins",
     "max_frame_bytes",
     "max_message_bytes",
+    "tls",
 ];
 
 /// Keys of `audit` (our extension).

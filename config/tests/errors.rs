@@ -655,7 +655,7 @@ fn websocket_listeners_are_checked_with_their_defaults_filled_in() {
             "websocket[0].listen: must be HOST:PORT (port 0 to 65535), got \"nowhere\"",
             "websocket[0].session_query: must be letters, digits, '-', '.', '_' or '~', got \"a b\"",
             "websocket[0].session_header: must be an HTTP header name (letters, digits, '-', …), got \"a:b\"",
-            "websocket[0].tls_please: unknown key (known keys: listen, session_header, session_query, allowed_origins, max_frame_bytes, max_message_bytes)",
+            "websocket[0].tls_please: unknown key (known keys: listen, session_header, session_query, allowed_origins, max_frame_bytes, max_message_bytes, tls)",
             "websocket[0].max_frame_bytes: must be at most max_message_bytes (5), got 10",
             "websocket[1].listen: missing; every listener needs it",
         ],

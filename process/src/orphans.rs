@@ -26,17 +26,20 @@ pub fn adopting_orphans() -> bool {
 }
 
 /// SIGKILLs every child of this process for which `ours` is false (the adopted orphans) and reaps
-/// those that have already died; returns how many it signalled. Call it from the thread that
+/// those that have already died; returns the command name (`/proc/PID/comm`, `?` when it cannot
+/// be read) of each it signalled, so an operator can tell what was left behind. Call it from the thread that
 /// spawns children, between spawns, so a child just spawned is always known to `ours`.
-pub fn kill_orphans(ours: impl Fn(u32) -> bool) -> usize {
-    let mut signalled = 0;
+pub fn kill_orphans(ours: impl Fn(u32) -> bool) -> Vec<String> {
+    let mut signalled = Vec::new();
     for pid in children() {
         if ours(pid) {
             continue;
         }
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map_or_else(|_| "?".to_owned(), |comm| comm.trim_end().to_owned());
         let pid = Pid::from_raw(pid as i32);
         if kill(pid, Signal::SIGKILL).is_ok() {
-            signalled += 1;
+            signalled.push(name);
         }
         // A zombie is reaped now; one still dying is reaped by the next call.
         let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
@@ -82,7 +85,8 @@ mod tests {
         let (known_pid, stranger_pid) = (known.id(), stranger.id());
         // The test harness's other children are ours too: only the stranger may go.
         let signalled = kill_orphans(|pid| pid != stranger_pid);
-        assert_eq!(signalled, 1);
+        assert_eq!(signalled.len(), 1, "{signalled:?}");
+        assert_eq!(signalled[0], "sleep", "the command name is reported");
         let _ = stranger.wait();
         assert!(known.try_wait().unwrap().is_none(), "the known child lives");
         let _ = known.kill();

@@ -176,7 +176,7 @@ pub fn key_bytes(token: &[u8]) -> Option<Cow<'_, [u8]>> {
 }
 
 /// Compares a raw key with `target` after decoding escapes, without allocating.
-fn key_eq(raw: &[u8], escaped: bool, target: &[u8]) -> bool {
+pub(crate) fn key_eq(raw: &[u8], escaped: bool, target: &[u8]) -> bool {
     if !escaped {
         return raw == target;
     }

@@ -6,7 +6,7 @@
 //! These cost one more scan of the message, so only the WebSocket front and the router's bound
 //! sessions use them; NDJSON lines never pass here.
 
-use crate::envelope::Span;
+use crate::envelope::{key_eq, Span};
 use crate::error::push_json_string;
 use crate::scan::{self, Scalar, Visitor};
 
@@ -15,7 +15,7 @@ use crate::scan::{self, Scalar, Visitor};
 pub struct Member {
     /// The key's content, without its quotes (raw bytes: escapes not decoded).
     pub key: Span,
-    /// Whether the key holds a backslash (an escaped spelling never matches a plain name here).
+    /// Whether the key holds a backslash (its escapes are decoded before it is compared).
     pub escaped: bool,
     /// The value's raw token, or the whole nested object or array.
     pub value: Span,
@@ -89,9 +89,11 @@ pub fn top_level_members(line: &[u8]) -> Option<Vec<Member>> {
     collect.object.then_some(collect.members)
 }
 
-/// Whether `member`'s key is `name` (spelt without escapes).
+/// Whether `member`'s key is `name`, however it is spelt: `"session\u0049d"` is `sessionId`, as
+/// the router's envelope reads it, so a WebSocket client that escapes a key is not given a
+/// second session member that the router would then refuse as a duplicate.
 pub fn is_named(line: &[u8], member: &Member, name: &str) -> bool {
-    !member.escaped && line[member.key.clone()] == *name.as_bytes()
+    key_eq(&line[member.key.clone()], member.escaped, name.as_bytes())
 }
 
 /// Appends `line`, a JSON object whose members are `members`, to `out` without the members
@@ -187,9 +189,10 @@ mod tests {
             "the only member: the blanks around it stay"
         );
         assert_eq!(without(r#"{"a":1}"#, &[]), r#"{"a":1}"#);
-        // An escaped spelling is another key here.
-        let escaped = r#"{"json\u0072pc":"2.0"}"#;
-        assert_eq!(without(escaped, &["jsonrpc"]), escaped);
+        // An escaped spelling is the same key, as JSON (and the router's envelope) reads it.
+        let escaped = r#"{"json\u0072pc":"2.0","a":1}"#;
+        assert_eq!(without(escaped, &["jsonrpc"]), r#"{"a":1}"#);
+        assert_eq!(without(escaped, &["jsonrpx"]), escaped);
     }
 
     #[test]

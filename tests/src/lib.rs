@@ -108,8 +108,8 @@ pub fn say(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
-/// The lowercase hex SHA-256 of `text`: how a token is configured (`auth.tokens[].sha256`,
-/// `metrics.bearer_sha256`).
+/// The lowercase hex SHA-256 of `text`: how the daemon's `auth.tokens[].sha256` names a
+/// capability token.
 pub fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(text.as_bytes())

@@ -256,6 +256,12 @@ fn a_client_that_trickles_is_cut_off_after_the_stall_time_though_every_write_pro
         peak < idle_rss + TRICKLE_RSS_KIB,
         "peak RSS {peak} KiB, idle {idle_rss} KiB"
     );
-    assert!(pings > 0 && slowest < Duration::from_secs(1), "{slowest:?}");
+    // The other client was served all along: pings kept coming, and none waited anywhere near
+    // as long as the trickler was left to stall (a latency figure belongs in the benchmarks; on a
+    // loaded 2-core machine a debug build's slowest ping reached 1.4 s).
+    assert!(
+        pings >= 10 && slowest < cut_after / 2,
+        "{pings} pings, slowest {slowest:?}, cut off after {cut_after:?}"
+    );
     assert_eq!(ping(&mut healthy, 99, "healthy")["result"]["pid"], worker);
 }

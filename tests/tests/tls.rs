@@ -1,4 +1,5 @@
-//! TLS on the TCP listener (issue 13): NDJSON with `bus/authenticate` over TLS, plaintext and
+//! TLS on the TCP listener and on WebSocket listeners (`wss://`, issue 13): NDJSON with
+//! `bus/authenticate` over TLS, a WebSocket round trip over TLS, plaintext and
 //! silent clients closed without harm to the others, certificate files checked at start by `run`
 //! and `check` alike (exit status 78 naming the file), a certificate reloaded on SIGHUP, and TLS
 //! not taken for authentication. Certificates are made at test time (rcgen); nothing leaves
@@ -303,5 +304,87 @@ fn tls_is_not_authentication_a_non_loopback_listener_still_needs_auth() {
     assert!(
         err.contains("refusing to start a TCP listener on the non-loopback address 0.0.0.0:"),
         "{err}"
+    );
+}
+
+/// `wss://`: a WebSocket listener with `websocket[].tls` serves a token holder over TLS (ALPN
+/// `http/1.1`), and a plaintext `ws://` client to that port gets no upgrade.
+#[tokio::test]
+async fn a_websocket_listener_with_tls_serves_wss() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let keys = tempfile::tempdir().unwrap();
+    let cert = self_signed(keys.path(), "bus");
+    let config = BusConfig::mock(1)
+        .section(
+            "websocket",
+            json!([{"listen": "127.0.0.1:0",
+                    "tls": {"cert_file": cert.cert_file, "key_file": cert.key_file}}]),
+        )
+        .section(
+            "auth",
+            json!({"tokens": [{"tenant": "a", "sha256": sha256_hex(TOKEN)}], "handshake_timeout_sec": 2}),
+        );
+    // The config's listener is bound first, so it is the address the harness reads.
+    let bus = Bus::start(&config, Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut request = format!("wss://{addr}/sessions/s1")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, tls))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade over TLS");
+    ws.send(Message::text(r#"{"id":1,"method":"ping"}"#))
+        .await
+        .unwrap();
+    let reply = loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("reply in time")
+        {
+            Some(Ok(Message::Text(text))) => {
+                break serde_json::from_str::<serde_json::Value>(&text).unwrap()
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    };
+    assert_eq!(reply["id"], json!(1), "{reply}");
+    assert!(reply["result"]["pid"].is_u64(), "{reply}");
+
+    // Plaintext to the TLS port: no upgrade.
+    let plain = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/sessions/s1")),
+    )
+    .await
+    .expect("refused in time");
+    assert!(
+        plain.is_err(),
+        "a plaintext upgrade on a TLS port must fail"
     );
 }

@@ -370,3 +370,163 @@ async fn secure_by_default_and_beside_an_ndjson_listener() {
         "one session, whichever way it is reached"
     );
 }
+
+/// A Codex TUI whose turn is streaming when its worker dies must learn of it: `codex app-server`
+/// dying closes the TUI's WebSocket, so the TUI says so and can reconnect. Through the bus the
+/// turn's request (`turn/start`) is already answered and nothing is in flight to fail, so the
+/// bus closes the connection bound to the dead worker's session (it stayed open and silent).
+#[tokio::test]
+async fn a_worker_killed_mid_turn_is_not_silence_to_its_websocket_client() {
+    let bus = Bus::start(&BusConfig::mock(1), Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+    wait_ready(&addr);
+    let mut ws = open(&addr, "/", &[]).await.unwrap();
+    let started = call(
+        &mut ws,
+        json!({"id": 1, "method": "thread/start", "params": {}}),
+    )
+    .await;
+    let thread = started["result"]["thread"]["id"].clone();
+    let text = "@deltas=1000 @interval-ms=50 a long turn";
+    let params = json!({"threadId": thread, "input": [{"type": "text", "text": text}]});
+    call(
+        &mut ws,
+        json!({"id": 2, "method": "turn/start", "params": params}),
+    )
+    .await;
+    // The turn streams: wait for its first delta, then kill the worker holding it.
+    while next_json(&mut ws).await["method"] != "item/agentMessage/delta" {}
+    let pids = bus.worker_pids();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Deltas already queued may still arrive; then an error or a close, well within WAIT.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => panic!("silence for 5 s after the worker died mid-turn"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let message: Value = serde_json::from_str(&text).unwrap();
+                let errored = message.get("error").is_some()
+                    || message["method"] == "error"
+                    || message["params"]["turn"]["status"] == "failed";
+                if errored {
+                    return;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// A header the bus reads once and a balancer may read differently is refused when it is
+/// repeated: HAProxy's `req.hdr` takes the last `Authorization` or `x-codex-session`, the bus
+/// took the first, so one session (or one user's) connections could reach two nodes.
+#[tokio::test]
+async fn a_repeated_authorization_or_session_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&with_tokens(1, dir.path()), Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+    wait_ready(&addr);
+    let twice = |name: &'static str, first: &str, second: &str, also: Option<&str>| {
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.append(name, first.parse().unwrap());
+        headers.append(name, second.parse().unwrap());
+        if let Some(bearer) = also {
+            headers.insert("authorization", bearer.parse().unwrap());
+        }
+        request
+    };
+    let (alice, bob) = (format!("Bearer {ALICE}"), format!("Bearer {BOB}"));
+    for request in [
+        twice("authorization", &alice, &bob, None),
+        twice("authorization", &alice, &alice, None),
+        twice("x-codex-session", "h1", "h2", Some(&alice)),
+    ] {
+        let answer = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("the upgrade is answered in time")
+            .map(|(ws, _)| ws);
+        let (status, body) = refusal(answer);
+        assert!(
+            (status, body.as_str()) == (401, "invalid authorization header")
+                || (status == 400 && body.contains("more than once")),
+            "{status} {body}"
+        );
+    }
+}
+
+/// A client that breaks RFC 6455 is told so by the close code (7.4.1), never 1000 ("normal"):
+/// 1007 for a text message that is not UTF-8, 1002 for the rest, after a raw upgrade.
+#[test]
+fn a_broken_frame_closes_with_the_code_that_names_the_breach() {
+    use std::io::{Read, Write};
+    let bus = Bus::start(&BusConfig::mock(1), Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+    wait_ready(&addr);
+    // A masked frame with the zero mask (the payload as it is), unless `masked` is false.
+    let frame = |first: u8, payload: &[u8], masked: bool| {
+        let mut bytes = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+        if masked {
+            bytes.extend_from_slice(&[0; 4]);
+        }
+        bytes.extend_from_slice(payload);
+        bytes
+    };
+    let cases: [(&str, Vec<u8>, u16); 5] = [
+        (
+            "text not UTF-8",
+            frame(0x81, b"{\"a\":\"\xff\"}", true),
+            1007,
+        ),
+        ("unmasked", frame(0x81, b"{}", false), 1002),
+        ("reserved bit", frame(0xC1, b"{}", true), 1002),
+        ("stray continuation", frame(0x80, b"{}", true), 1002),
+        ("unknown opcode", frame(0x83, b"x", true), 1002),
+    ];
+    for (name, bad, code) in cases {
+        let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        socket.write_all(upgrade.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0];
+            socket.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{name}");
+        socket.write_all(&bad).unwrap();
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest);
+        assert_eq!(rest.first(), Some(&0x88), "{name}: a close frame: {rest:?}");
+        assert_eq!(
+            rest.get(2..4),
+            Some(&code.to_be_bytes()[..]),
+            "{name}: {rest:?}"
+        );
+    }
+}
+
+/// A key spelt with escapes is the key: a bound client that names its session as
+/// `"session\u0049d"` is routed on it, not given a second session member and refused.
+#[tokio::test]
+async fn a_session_named_with_an_escaped_key_is_that_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(&with_tokens(1, dir.path()), Mode::WebSocket);
+    let addr = bus.tcp_addr().to_owned();
+    wait_ready(&addr);
+    let mut ws = login(&addr, "/", ALICE).await;
+    let text = r#"{"id":1,"method":"test/where","session\u0049d":"elsewhere"}"#;
+    ws.send(Message::text(text)).await.unwrap();
+    let reply = next_json(&mut ws).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    worker(&reply);
+}

@@ -20,4 +20,9 @@ pub(crate) trait WorkerSink: Send + Sync + 'static {
     /// Answers each of `pending` with an error reply of `kind` (with `detail` as `data.detail`):
     /// the worker that was to answer them is gone or too late.
     fn fail(&self, pending: Vec<Pending>, kind: ErrorKind, detail: Option<&str>);
+
+    /// The worker of `slot` exited on its own (a crash, a kill, an exit the daemon did not ask
+    /// for): what it was doing for its sessions beyond the requests already failed, such as a
+    /// running turn, is lost, and the clients bound to those sessions must be told.
+    fn worker_exited(&self, slot: &Arc<Slot>);
 }

@@ -1,11 +1,11 @@
 //! Layer 3, I/O: client transports (stdio, Unix socket, TCP, WebSocket) and worker pipes.
 //!
 //! A client connection is a source and sink of messages (`connection`); NDJSON is its framing on
-//! stdio, Unix sockets and TCP (`ndjson`, reading through the one frame loop in `frames`; over
-//! TLS on a TCP listener that has it, `tls`), a text frame per message on WebSocket
-//! (`websocket`), whose HTTP port answers the same probes as the admin endpoint (`probes`).
-//! Worker pipes (`worker`) feed a slot's queue to the worker's stdin and hand its stdout lines to
-//! a `WorkerSink`.
+//! stdio, Unix sockets and TCP (`ndjson`, reading through the one frame loop in `frames`; over TLS
+//! on a TCP listener that has it, `tls`), a
+//! text frame per message on WebSocket (`websocket`), whose HTTP port answers the same probes as
+//! the admin endpoint (`probes`). Worker pipes (`worker`) feed a slot's queue to the
+//! worker's stdin and hand its stdout lines to a `WorkerSink`.
 //!
 //! Imports: the core, the router (to route client messages), and the auth (principals) and
 //! metrics leaves.
@@ -54,15 +54,15 @@ pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// (`authenticate` for TCP); without, every connection is the default tenant's. With `tls`, a TCP
 /// connection completes a TLS handshake before anything else (holding its seat meanwhile); the
 /// other transports are local and ignore it.
-pub(crate) async fn serve(
-    bound: Bound,
-    router: Arc<Router>,
-    limits: Limits,
-    auth: Option<Arc<Authenticator>>,
-    tls: Option<Arc<Tls>>,
-    writers: TaskTracker,
-    drain: CancellationToken,
-) {
+pub(crate) async fn serve(bound: Bound, tls: Option<Arc<Tls>>, listening: Listening) {
+    let Listening {
+        router,
+        limits,
+        auth,
+        capacity,
+        writers,
+        drain,
+    } = listening;
     let transport = bound.transport();
     // Resolved once per listener: a connection costs two atomic adds, not a label lookup.
     let counts = Arc::new(ConnectionMetrics::new(transport.as_str()));
@@ -91,10 +91,6 @@ pub(crate) async fn serve(
             }
         }
         Bound::Tcp(_) | Bound::Unix(..) => {
-            let capacity = Arc::new(Capacity::new(
-                lines.limits.max_connections,
-                lines.router.slots().count(),
-            ));
             loop {
                 tokio::select! {
                     accepted = accept(&bound) => match accepted {
@@ -124,6 +120,24 @@ pub(crate) async fn serve(
             }
         }
     }
+}
+
+/// What every client listener shares (NDJSON and WebSocket alike).
+#[derive(Clone)]
+pub(crate) struct Listening {
+    /// Where messages go.
+    pub router: Arc<Router>,
+    /// The daemon's limits.
+    pub limits: Limits,
+    /// Who clients are, when `auth` is configured.
+    pub auth: Option<Arc<Authenticator>>,
+    /// One cap for all listeners: `limits.max_connections` (and the fds it keeps for worker
+    /// restarts) counts every client connection, whichever port it came in on.
+    pub capacity: Arc<Capacity>,
+    /// The connections' writer tasks, waited for at exit so queued replies are flushed.
+    pub writers: TaskTracker,
+    /// Cancelled when the daemon stops accepting.
+    pub drain: CancellationToken,
 }
 
 /// What every NDJSON connection of one listener shares.

@@ -15,7 +15,7 @@ pub(crate) fn healthz() -> Response {
     ([(header::CONTENT_TYPE, PLAIN_TEXT)], "ok\n").into_response()
 }
 
-/// `GET /readyz`: the router's readiness (`Router::readiness`), 200 or 503 with its JSON body.
+/// `GET /readyz`: the router's readiness ([`Router::readiness`]), 200 when ready, else 503.
 pub(crate) fn readyz(router: &Router) -> Response {
     match router.readiness() {
         Ok(body) => json_answer(StatusCode::OK, body),

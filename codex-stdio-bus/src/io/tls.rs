@@ -65,6 +65,11 @@ impl Tls {
         })
     }
 
+    /// The config field that named its files (`transport.tls`, `websocket[0].tls`).
+    pub(crate) fn field(&self) -> &str {
+        &self.field
+    }
+
     /// Reads the files again (after a certificate renewal) and serves new connections with them;
     /// on error the previous certificate stays in use.
     ///

@@ -154,6 +154,11 @@ impl<T> Sessions<T> {
         removed
     }
 
+    /// The (pool, slot) the session is placed on, if it is known; its senders are not touched.
+    pub fn placed(&self, key: &[u8]) -> Option<(usize, u32)> {
+        self.table.get(key).map(|p| (p.pool, p.slot))
+    }
+
     /// The latest distinct clients that sent on this session, latest first (0: none), if the
     /// session is known.
     pub fn recent_clients(&self, key: &[u8]) -> Option<[u64; RECENT_CLIENTS]> {

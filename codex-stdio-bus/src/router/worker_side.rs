@@ -64,6 +64,29 @@ impl WorkerSink for Router {
     fn fail(&self, pending: Vec<Pending>, kind: ErrorKind, detail: Option<&str>) {
         fail_pending(pending, kind, detail);
     }
+
+    /// Closes every connection bound to a session placed on `slot` (a WebSocket client), once
+    /// its queued messages are written: its turn in progress is gone and no request of it is
+    /// left to fail, so it would otherwise wait for events that never come. `codex app-server`
+    /// dying closes the TUI's socket the same way, and the TUI reconnects and resumes its
+    /// thread. Clients that name their sessions per message (NDJSON) are left alone: they hold
+    /// many sessions, most of them elsewhere.
+    fn worker_exited(&self, slot: &Arc<Slot>) {
+        let here = (slot.address.pool as usize, slot.address.slot);
+        for client in self.clients.iter() {
+            let Some(bound) = client.bound_session.as_deref() else {
+                continue;
+            };
+            let key = match self.namespaced {
+                true => [&client.tenant.prefix[..], bound.as_bytes()].concat(),
+                false => bound.as_bytes().to_vec(),
+            };
+            if self.sessions.placed(&key) == Some(here) {
+                tracing::info!(client = ?*client, ?slot, "worker exited; closing the connection bound to its session");
+                client.out.close();
+            }
+        }
+    }
 }
 
 impl Router {

@@ -108,6 +108,7 @@ pub(crate) async fn supervise(
             tracing::warn!(?slot, status = %describe(ended.status), "worker exited during the drain; not restarted");
             return;
         }
+        sink.worker_exited(&slot);
         if !restarts(settings.restart_policy, ended.status) {
             fail(slot.transition(SlotState::Exited), ErrorKind::WorkerExited);
             tracing::warn!(?slot, status = %describe(ended.status), policy = ?settings.restart_policy, "worker exited; not restarted by the pool's restart policy");

@@ -33,10 +33,11 @@ pub(crate) async fn clear(pools: Vec<Arc<Pool>>, mut stop: StopOrder) {
                 .any(|s| s.pid() == Some(pid))
         };
         let killed = codex_bus_process::kill_orphans(worker);
-        if killed > 0 {
+        if !killed.is_empty() {
             tracing::warn!(
-                processes = killed,
-                "killed processes that dead workers left behind"
+                processes = killed.len(),
+                commands = ?killed,
+                "killed orphaned processes a worker's descendants left behind"
             );
         }
     }

@@ -96,6 +96,7 @@ fn listener(
                     listener.max_message_bytes = n;
                 }
             }
+            "tls" => listener.tls = super::tls::tls(&path, value, problems),
             _ => problems.unknown_key(&path, key, WEBSOCKET_KEYS),
         }
     }

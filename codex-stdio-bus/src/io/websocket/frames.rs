@@ -39,6 +39,12 @@ const GOING_AWAY: u16 = 1001;
 /// Close code 1009, "message too big": a frame or message over the listener's limits.
 pub(super) const TOO_BIG: u16 = 1009;
 
+/// Close code 1002: the client broke the WebSocket protocol.
+const PROTOCOL_ERROR: u16 = 1002;
+
+/// Close code 1007: a text message that is not UTF-8.
+const INVALID_PAYLOAD: u16 = 1007;
+
 /// Close code 1000: the connection ended normally.
 const NORMAL: u16 = 1000;
 
@@ -178,8 +184,8 @@ impl MessageSource for WsSource {
                 Ok(Message::Ping(_) | Message::Pong(_)) => {}
                 Ok(Message::Close(_)) => return,
                 Err(error) => {
-                    if too_big(error) {
-                        self.seen.close.store(TOO_BIG, Ordering::Relaxed);
+                    if let Some(code) = failed_read_code(error) {
+                        self.seen.close.store(code, Ordering::Relaxed);
                     }
                     return;
                 }
@@ -188,16 +194,20 @@ impl MessageSource for WsSource {
     }
 }
 
-/// Whether a read failed on the listener's frame or message limit.
-fn too_big(error: axum::Error) -> bool {
+/// The close code a failed read ends the connection with (RFC 6455, 7.4.1), `None` when the
+/// connection itself failed: 1009 over the listener's frame or message limit, 1007 for a text
+/// message that is not UTF-8, 1002 for any other breach of the protocol (an unmasked frame,
+/// reserved bits, a stray continuation, a control frame over 125 bytes), so a client is never
+/// told its broken frame ended the connection normally.
+fn failed_read_code(error: axum::Error) -> Option<u16> {
     let inner = error.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => true,
-        Some(other) => {
-            tracing::debug!(error = %other, "websocket read failed");
-            false
-        }
-        None => false,
+    let error = inner.downcast_ref::<tungstenite::Error>()?;
+    tracing::debug!(%error, "websocket read failed");
+    match error {
+        tungstenite::Error::Capacity(_) => Some(TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(INVALID_PAYLOAD),
+        tungstenite::Error::Protocol(_) => Some(PROTOCOL_ERROR),
+        _ => None,
     }
 }
 
@@ -242,6 +252,8 @@ impl MessageSink for WsSink {
             let reason = match code {
                 GOING_AWAY => "going away",
                 TOO_BIG => "message too big",
+                PROTOCOL_ERROR => "protocol error",
+                INVALID_PAYLOAD => "text is not UTF-8",
                 _ => "",
             };
             let close = Message::Close(Some(CloseFrame {
@@ -358,6 +370,9 @@ mod tests {
             r#"{"method":"n","sessionId":"s"}"#
         );
         assert!(seen.session.load(Ordering::Relaxed));
+        // An escaped spelling names the session too: the router would see two.
+        let escaped = r#"{"method":"n","session\u0049d":"s"}"#;
+        assert_eq!(view(escaped), escaped);
     }
 
     #[test]

@@ -30,10 +30,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::capacity::{Capacity, Seat};
+use super::capacity::Seat;
 use super::connection::{self, Peer};
 use super::probes::{self, PLAIN_TEXT};
-use super::{principal, ACCEPT_RETRY};
+use super::tls::Tls;
+use super::{principal, Listening, ACCEPT_RETRY};
 use crate::audit::Event;
 use crate::auth::Authenticator;
 use crate::core::client::Transport;
@@ -109,17 +110,18 @@ struct Front {
 /// default tenant's.
 pub(crate) async fn serve(
     listener: Listener,
-    router: Arc<Router>,
-    limits: Limits,
+    tls: Option<Arc<Tls>>,
     session_field: Arc<str>,
-    auth: Option<Arc<Authenticator>>,
-    writers: TaskTracker,
-    drain: CancellationToken,
+    listening: Listening,
 ) {
-    let capacity = Arc::new(Capacity::new(
-        limits.max_connections,
-        router.slots().count(),
-    ));
+    let Listening {
+        router,
+        limits,
+        auth,
+        capacity,
+        writers,
+        drain,
+    } = listening;
     let front = Front {
         router,
         limits,
@@ -139,7 +141,17 @@ pub(crate) async fn serve(
                     Some(seat) => {
                         // Replies are small and latency matters more than packet count.
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(front.clone().http(stream, peer, seat));
+                        let front = front.clone();
+                        match tls.clone() {
+                            // The handshake runs in the connection's task, holding its seat, so
+                            // a slow one never holds up the accept loop.
+                            Some(tls) => tokio::spawn(async move {
+                                if let Some(stream) = tls.accept(stream, peer).await {
+                                    front.http(stream, peer, seat).await;
+                                }
+                            }),
+                            None => tokio::spawn(front.http(stream, peer, seat)),
+                        };
                     }
                     None => front.counts.refused(),
                 },
@@ -154,8 +166,7 @@ pub(crate) async fn serve(
 }
 
 impl Front {
-    /// Serves HTTP on one accepted stream (plain TCP today; any byte stream, so TLS can wrap
-    /// it), holding its `seat` under `max_connections` until the connection, upgraded or not,
+    /// Serves HTTP on one accepted stream (plain TCP, or TLS over it), holding its `seat` under `max_connections` until the connection, upgraded or not,
     /// ends.
     async fn http<S>(self, stream: S, peer: SocketAddr, seat: Seat)
     where

@@ -6,7 +6,7 @@
 //! `Origin` gets 403 with an empty body, checked before the credential; a bad credential gets a
 //! plain 401 whose body names what was wrong, in Codex's words.
 
-use axum::http::{header, HeaderMap, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 
 use crate::auth::Refusal;
 
@@ -65,10 +65,13 @@ impl Unauthorized {
 }
 
 /// The bearer token of an `Authorization` header: `Bearer <token>`, the scheme in any case and
-/// the token trimmed, as Codex reads it.
+/// the token trimmed, as Codex reads it. Two `Authorization` headers are refused as
+/// [`Unauthorized::NotBearer`]: the header is no list (RFC 9110, 11.6.2), and a balancer that
+/// hashes on it may take the other one (HAProxy's `req.hdr` takes the last), so one user's
+/// connections would reach different nodes.
 pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, Unauthorized> {
-    let value = headers
-        .get(header::AUTHORIZATION)
+    let value = single(headers, header::AUTHORIZATION.as_str())
+        .map_err(|()| Unauthorized::NotBearer)?
         .ok_or(Unauthorized::Missing)?;
     let value = value.to_str().map_err(|_| Unauthorized::NotBearer)?;
     let (scheme, token) = value.split_at_checked(7).ok_or(Unauthorized::NotBearer)?;
@@ -78,6 +81,17 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, Unauthorized> {
     match token.trim() {
         "" => Err(Unauthorized::Missing),
         token => Ok(token),
+    }
+}
+
+/// The one value of the header `name`, `None` if absent; `Err` if it appears more than once,
+/// since a balancer in front may read another occurrence than the bus would.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h HeaderValue>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    match values.next() {
+        None => Ok(first),
+        Some(_) => Err(()),
     }
 }
 
@@ -109,7 +123,9 @@ impl Binding<'_> {
         } else if let Some(id) = self.query_value(uri) {
             Some(("the query", decode(id)))
         } else {
-            headers.get(self.header).map(|value| {
+            let value = single(headers, self.header)
+                .map_err(|()| format!("the header {} appears more than once", self.header))?;
+            value.map(|value| {
                 let id = value.to_str().map(str::to_owned).map_err(|_| ());
                 ("the header", id)
             })
@@ -167,8 +183,6 @@ fn decode(text: &str) -> Result<String, ()> {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -207,6 +221,9 @@ mod tests {
         assert_eq!(token("abc"), Err(Unauthorized::NotBearer));
         assert_eq!(token("Bearer  "), Err(Unauthorized::Missing));
         assert_eq!(bearer(&headers(&[])), Err(Unauthorized::Missing));
+        let mut twice = headers(&[("authorization", "Bearer abc")]);
+        twice.append("authorization", HeaderValue::from_static("Bearer def"));
+        assert_eq!(bearer(&twice), Err(Unauthorized::NotBearer));
         assert_eq!(
             Unauthorized::Missing.body(),
             "missing websocket bearer token"
@@ -246,5 +263,9 @@ mod tests {
             .unwrap_err()
             .contains("max_session_id_bytes is 16"));
         assert_eq!(session("/sessions/100%", &[]).unwrap(), "100%");
+        let mut twice = headers(&[("x-codex-session", "h1")]);
+        twice.append("x-codex-session", HeaderValue::from_static("h2"));
+        let twice = binding.session(&"/".parse().unwrap(), &twice, "alice");
+        assert!(twice.unwrap_err().contains("more than once"));
     }
 }
