@@ -11,18 +11,18 @@ use crate::summary::Summary;
 use crate::target::{Client, Kind, Transport};
 
 /// The rows that compare the bus's fronts in `single` and `latency`, all driven by the blocking
-/// client: NDJSON over TCP, then TLS, and WebSocket; (label, transport, tls). WebSocket over TLS
-/// joins them once the daemon's `websocket[].tls` exists (`run --transport ws --tls` asks for it
-/// already).
-const FRONTS: [(&str, Transport, bool); 3] = [
+/// client: NDJSON over TCP, then TLS, WebSocket and WebSocket over TLS; (label, transport, tls).
+const FRONTS: [(&str, Transport, bool); 4] = [
     ("bus tcp blocking", Transport::Tcp, false),
     ("bus tcp+tls", Transport::Tcp, true),
     ("bus ws", Transport::Ws, false),
+    ("bus wss", Transport::Ws, true),
 ];
 
 /// What each front adds per round trip: (name, front, the row it is measured against).
-const FRONT_COSTS: [(&str, &str, &str); 2] = [
+const FRONT_COSTS: [(&str, &str, &str); 3] = [
     ("ws - tcp", "bus ws", "bus tcp blocking"),
+    ("wss - ws", "bus wss", "bus ws"),
     ("tls - tcp", "bus tcp+tls", "bus tcp blocking"),
 ];
 

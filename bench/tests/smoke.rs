@@ -147,6 +147,7 @@ fn single() {
             "bus tcp blocking",
             "bus tcp+tls",
             "bus ws",
+            "bus wss",
             "relay tcp",
             "direct",
             "self tcp"
@@ -209,6 +210,7 @@ fn latency() {
         "added p50, bus tcp / relay tcp",
         "round trip p50, ws - tcp",
         "round trip p99, tls - tcp",
+        "round trip p50, wss - ws",
         "daemon CPU per round trip, ws - tcp",
     ] {
         assert!(derived.contains(&name), "{name} in {derived:?}");
@@ -306,7 +308,8 @@ fn with_auth_every_transport_is_served_under_a_tenant() {
             "bus stdio",
             "bus tcp blocking",
             "bus tcp+tls",
-            "bus ws"
+            "bus ws",
+            "bus wss"
         ]
     );
     // Session ids go to the worker with the tenant's prefix and come back without it.
