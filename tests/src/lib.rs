@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod codex;
 pub mod worker;
 
 use std::io::{BufRead, BufReader, Read, Write};
