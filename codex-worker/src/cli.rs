@@ -23,6 +23,11 @@ pub struct Cli {
     /// (repeatable). Process-global methods let sessions see each other's state.
     #[arg(long = "allow-method", value_name = "PATTERN")]
     pub allow_methods: Vec<String>,
+    /// Grant a sandbox mode beyond `read-only` and `workspace-write`: `MODE` for every
+    /// session, `TENANT=MODE` for one tenant (repeatable). `danger-full-access` also permits
+    /// any `config` override and `thread/shellCommand`.
+    #[arg(long = "allow-sandbox", value_name = "[TENANT=]MODE")]
+    pub allow_sandboxes: Vec<String>,
     /// Seconds the child gets to answer one request.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_sec: u64,
@@ -93,10 +98,13 @@ mod tests {
             "config/*",
             "--allow-method",
             "fs/readFile",
+            "--allow-sandbox",
+            "ops=danger-full-access",
         ])
         .unwrap();
         assert_eq!(cli.codex_cmd, "fake child");
         assert_eq!(cli.allow_methods, ["config/*", "fs/readFile"]);
+        assert_eq!(cli.allow_sandboxes, ["ops=danger-full-access"]);
         assert_eq!(cli.request_timeout_sec, 30);
         assert_eq!((cli.max_threads, cli.thread_ttl_sec), (10_000, 604_800));
         assert!(Cli::try_parse_from(["codex-worker", "--max-threads", "0"]).is_err());

@@ -171,7 +171,7 @@ fn sixteen_sessions_run_concurrent_turns_on_two_workers_in_isolation() {
         reply.last().unwrap()["result"]["data"],
         json!([own.clone()])
     );
-    conn.request(json!("cfg"), "config/read", json!({}), Some(session));
+    conn.request(json!("cfg"), "config/value/write", json!({}), Some(session));
     let reply = recv_until(conn, MAX_LINES, |line| line["id"] == "cfg");
     assert_eq!(
         reply.last().unwrap()["error"]["data"]["reason"],

@@ -9,8 +9,6 @@ use codex_bus_worker_io::render::{self, json_string};
 /// Why the worker answered a request itself with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerError {
-    /// A second `initialize` in a session, answered exactly as Codex does.
-    AlreadyInitialized,
     /// A request before the session's `initialize`, as Codex answers it.
     NotInitialized,
     /// A request without a `sessionId`: the worker cannot scope it.
@@ -23,6 +21,9 @@ pub enum WorkerError {
     ThreadNotFound,
     /// A process-global method that the worker's config does not enable.
     MethodNotAllowed(String),
+    /// The request asks a thread for more than the operator granted the tenant (a sandbox mode,
+    /// a `config` override, an unsandboxed shell command); the text says what.
+    NotPermitted(String),
     /// The child exited while the request was in flight.
     ChildExited(u64),
     /// The child did not answer within the per-request timeout.
@@ -82,7 +83,6 @@ impl WorkerError {
         use Detail::{Number, Text};
         use WorkerError::*;
         match self {
-            AlreadyInitialized => (-32600, "Already initialized", None),
             NotInitialized => (-32600, "Not initialized", None),
             SessionRequired => (
                 -32600,
@@ -103,6 +103,11 @@ impl WorkerError {
                 -32601,
                 "Method not allowed by codex-worker",
                 Some(("method_not_allowed", false, Detail::NotAllowed(method))),
+            ),
+            NotPermitted(detail) => (
+                -32056,
+                "Not permitted by codex-worker policy",
+                Some(("not_permitted", false, Text(detail))),
             ),
             ChildExited(generation) => (
                 -32050,
@@ -167,10 +172,6 @@ mod tests {
         use WorkerError::*;
         vec![
             (
-                AlreadyInitialized,
-                json!({"code":-32600,"message":"Already initialized"}),
-            ),
-            (
                 NotInitialized,
                 json!({"code":-32600,"message":"Not initialized"}),
             ),
@@ -189,6 +190,10 @@ mod tests {
             (
                 MethodNotAllowed("config/read".into()),
                 json!({"code":-32601,"message":"Method not allowed by codex-worker","data":{"reason":"method_not_allowed","retryable":false,"detail":"config/read is process-global; enable it with --allow-method"}}),
+            ),
+            (
+                NotPermitted("sandbox \"danger-full-access\" is not granted".into()),
+                json!({"code":-32056,"message":"Not permitted by codex-worker policy","data":{"reason":"not_permitted","retryable":false,"detail":"sandbox \"danger-full-access\" is not granted"}}),
             ),
             (
                 ChildExited(3),
@@ -220,8 +225,8 @@ mod tests {
     #[test]
     fn codex_mirrored_errors_have_no_data() {
         assert_eq!(
-            reply(&WorkerError::AlreadyInitialized),
-            json!({"jsonrpc":"2.0","id":7,"error":{"code":-32600,"message":"Already initialized"},"sessionId":"s"})
+            reply(&WorkerError::NotInitialized),
+            json!({"jsonrpc":"2.0","id":7,"error":{"code":-32600,"message":"Not initialized"},"sessionId":"s"})
         );
     }
 
@@ -273,7 +278,7 @@ mod tests {
             .collect();
         reasons.sort_unstable();
         reasons.dedup();
-        assert_eq!(reasons.len(), kinds.len() - 2, "{reasons:?}");
+        assert_eq!(reasons.len(), kinds.len() - 1, "{reasons:?}");
     }
 
     /// docs/codex-worker.md's table of the worker's own errors says exactly what the code sends.

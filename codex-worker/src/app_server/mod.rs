@@ -42,7 +42,7 @@ use bridge::{BridgeConfig, Handshake};
 use home::SlotDir;
 use manager::{Effects, Layout, Manager, ManagerConfig};
 use outbound::Outbound;
-use policy::Policy;
+use policy::{Policy, SandboxGrant};
 use process::{ChildEvent, ChildProcess};
 use threads::ThreadLimits;
 
@@ -77,6 +77,12 @@ impl Settings {
             Some(dir) => dir.clone(),
             None => default_state_dir()?,
         };
+        let sandboxes = args
+            .allow_sandboxes
+            .iter()
+            .map(|grant| grant.parse())
+            .collect::<Result<Vec<SandboxGrant>, String>>()
+            .map_err(|err| format!("--allow-sandbox: {err}"))?;
         let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
         let layout = if args.child_per_session {
             Layout::PerSession {
@@ -100,7 +106,7 @@ impl Settings {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 experimental_api: args.experimental_api,
             },
-            policy: Policy::new(&args.allow_methods),
+            policy: Policy::new(&args.allow_methods, &sandboxes),
             threads: ThreadLimits {
                 max: usize::try_from(args.max_threads).unwrap_or(usize::MAX),
                 ttl: seconds(args.thread_ttl_sec),

@@ -12,6 +12,7 @@ use super::{Bridge, ChildState, Out};
 use crate::app_server::approvals::{write_decline, ServerRequest};
 use crate::app_server::errors::WorkerError;
 use crate::app_server::outbound::Kind;
+use crate::app_server::policy::redact_config;
 use crate::app_server::requests::{Creation, Forwarded, Lookup, Purpose};
 use crate::app_server::sessions::SessionKey;
 use crate::app_server::threads::{Residency, Standing};
@@ -152,6 +153,10 @@ impl Bridge {
                 self.filtered_reply(&forwarded, response, out);
                 return;
             }
+            ("config/read", _) if self.config.policy.redacts(&forwarded.method) => {
+                self.redacted_reply(&forwarded, response, out);
+                return;
+            }
             _ => {}
         }
         self.emit(
@@ -181,15 +186,17 @@ impl Bridge {
         if let Some(states) = result.get_mut("readStates").and_then(Value::as_object_mut) {
             states.retain(|thread, _| owns(thread));
         }
-        let token = self.sessions.token(session);
-        let mut line = b"{\"jsonrpc\":\"2.0\",\"id\":".to_vec();
-        line.extend_from_slice(&forwarded.id);
-        line.extend_from_slice(b",\"result\":");
-        line.extend_from_slice(result.to_string().as_bytes());
-        line.extend_from_slice(b",\"sessionId\":");
-        line.extend_from_slice(&token);
-        line.extend_from_slice(b"}\n");
-        self.emit_own(out, Some(session), line);
+        self.reply_result(out, session, &forwarded.id, result.to_string().as_bytes());
+    }
+
+    /// Answers a `config/read` with only what [`redact_config`] leaves of it.
+    fn redacted_reply(&mut self, forwarded: &Forwarded, response: &Response<'_>, out: &mut Out) {
+        let Ok(mut result) = serde_json::from_str::<Value>(response.outcome.get()) else {
+            return;
+        };
+        redact_config(&mut result);
+        let session = &forwarded.session;
+        self.reply_result(out, session, &forwarded.id, result.to_string().as_bytes());
     }
 
     fn resume_reply(&mut self, thread: &str, response: &Response<'_>, out: &mut Out) {

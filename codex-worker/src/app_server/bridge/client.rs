@@ -136,15 +136,9 @@ impl Bridge {
             return;
         };
         if call.name == "initialize" {
-            if state.initialized {
-                self.reply_error(
-                    out,
-                    &key,
-                    id.get().as_bytes(),
-                    &WorkerError::AlreadyInitialized,
-                );
-                return;
-            }
+            // Every `initialize` of a session is answered, unlike Codex's one per connection: a
+            // session outlives connections (the TUI's `codex resume --remote` opens a second
+            // one on the same session and initializes it again). The latest opt-outs apply.
             state.initialized = true;
             let params: InitializeParams = call
                 .params
@@ -199,9 +193,23 @@ impl Bridge {
                 self.reply_error(out, &queued.session, id_token, &error);
                 return;
             }
+            Class::Answered(result) => {
+                let id = id_token.to_vec();
+                self.reply_result(out, &queued.session, &id, result.as_bytes());
+                return;
+            }
             Class::Thread(thread) | Class::Resume(thread) | Class::Fork(thread) => Some(thread),
             _ => None,
         };
+        if let Err(detail) =
+            self.config
+                .policy
+                .permits(&call.name, queued.scope.tenant(), call.params)
+        {
+            let error = WorkerError::NotPermitted(detail);
+            self.reply_error(out, &queued.session, id_token, &error);
+            return;
+        }
         if let Some(thread) = thread {
             // A named tenant learns nothing about threads not its own: another tenant's and a
             // missing one get the same answer.
@@ -295,15 +303,7 @@ impl Bridge {
             self.waiting.push_back(queued);
             return;
         };
-        let token = self.sessions.token(&queued.session);
-        let mut line = b"{\"jsonrpc\":\"2.0\",\"id\":".to_vec();
-        line.extend_from_slice(id);
-        line.extend_from_slice(b",\"result\":");
-        line.extend_from_slice(&result);
-        line.extend_from_slice(b",\"sessionId\":");
-        line.extend_from_slice(&token);
-        line.extend_from_slice(b"}\n");
-        self.emit_own(out, Some(&queued.session), line);
+        self.reply_result(out, &queued.session, id, &result);
     }
 
     /// Parks a request until its thread is resumed in the current child, starting the resume.

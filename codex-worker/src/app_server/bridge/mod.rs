@@ -293,6 +293,20 @@ impl Bridge {
         self.emit_own(out, Some(session), line);
     }
 
+    /// Answers request `id` of `session` with `result` (a JSON value).
+    fn reply_result(&mut self, out: &mut Out, session: &SessionKey, id: &[u8], result: &[u8]) {
+        let token = self.sessions.token(session);
+        let mut line = Vec::with_capacity(result.len() + id.len() + token.len() + 40);
+        line.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        line.extend_from_slice(id);
+        line.extend_from_slice(b",\"result\":");
+        line.extend_from_slice(result);
+        line.extend_from_slice(b",\"sessionId\":");
+        line.extend_from_slice(&token);
+        line.extend_from_slice(b"}\n");
+        self.emit_own(out, Some(session), line);
+    }
+
     /// Appends a notification the worker composed; `params` is a JSON object.
     fn notify(&mut self, out: &mut Out, session: &SessionKey, method: &str, params: &str) {
         let token = self.sessions.token(session);

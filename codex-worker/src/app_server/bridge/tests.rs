@@ -193,9 +193,10 @@ fn initialize_is_answered_per_session_from_the_cached_handshake() {
         "initialize",
         json!({"clientInfo":{"name":"c","version":"1"}}),
     );
+    // Again on the same session (a second connection of the TUI): answered again.
     assert_eq!(
         h.bus_lines()[0],
-        json!({"jsonrpc":"2.0","id":2,"error":{"code":-32600,"message":"Already initialized"},"sessionId":"a"})
+        json!({"jsonrpc":"2.0","id":2,"result":serde_json::from_str::<Value>(INIT_RESULT).unwrap(),"sessionId":"a"})
     );
     h.bus_line(json!({"method":"initialized","sessionId":"a"}));
     assert!(h.bus_lines().is_empty());
@@ -307,8 +308,9 @@ fn process_global_methods_are_refused_unless_enabled() {
     let mut h = Harness::ready();
     h.session("a");
     for method in [
-        "config/read",
-        "account/read",
+        "config/value/write",
+        "account/logout",
+        "plugin/install",
         "fs/readFile",
         "command/exec",
         "plugin/list",
@@ -320,11 +322,142 @@ fn process_global_methods_are_refused_unless_enabled() {
     }
     assert!(h.child_lines().is_empty());
     let mut config = config();
-    config.policy = Policy::new(&["config/*".to_owned()]);
+    config.policy = Policy::new(&["config/*".to_owned()], &[]);
     let mut h = Harness::with(config);
     h.session("a");
     h.request("a", json!(1), "config/read", json!({}));
-    assert_eq!(h.child_lines()[0]["method"], "config/read");
+    let sent = h.child_lines();
+    assert_eq!(sent[0]["method"], "config/read");
+    // Enabled, it is no longer redacted.
+    h.child_line(json!({"id": sent[0]["id"], "result": {"config": {"mcp_servers": {}}, "origins": {"x": 1}}}));
+    assert_eq!(
+        h.bus_lines()[0]["result"],
+        json!({"config": {"mcp_servers": {}}, "origins": {"x": 1}})
+    );
+}
+
+#[test]
+fn the_tui_startup_reads_are_answered_without_the_operators_state() {
+    let mut h = Harness::ready();
+    h.tenant_session("t", "s");
+    h.tenant_request("t", "s", json!(1), "account/read", json!({}));
+    h.tenant_request(
+        "t",
+        "s",
+        json!("h"),
+        "hooks/list",
+        json!({"cwds": ["/home/u"], "threadId": null}),
+    );
+    h.tenant_request("t", "s", json!(2), "skills/list", json!({"cwds": ["/"]}));
+    h.tenant_request("t", "s", json!(3), "plugin/installed", json!({}));
+    let replies = h.bus_lines();
+    assert_eq!(
+        replies[0],
+        json!({"jsonrpc":"2.0","id":1,"result":{"account":null,"userId":null,"requiresOpenaiAuth":false,"workspaceRouting":null},"sessionId":"t:s"})
+    );
+    assert_eq!(replies[1]["result"], json!({"data": []}));
+    assert_eq!(replies[2]["result"], json!({"data": []}));
+    assert_eq!(replies[3]["result"]["marketplaces"], json!([]));
+    assert!(h.child_lines().is_empty(), "none of them reaches the child");
+    // Harmless reads pass through.
+    for method in [
+        "collaborationMode/list",
+        "configRequirements/read",
+        "model/list",
+    ] {
+        h.tenant_request("t", "s", json!(4), method, json!({}));
+        assert_eq!(h.child_lines()[0]["method"], method);
+    }
+}
+
+#[test]
+fn config_read_shows_the_model_and_policies_only() {
+    let mut h = Harness::ready();
+    h.tenant_session("t", "s");
+    h.tenant_request(
+        "t",
+        "s",
+        json!("c"),
+        "config/read",
+        json!({"includeLayers": true, "cwd": "."}),
+    );
+    let sent = h.child_lines();
+    assert_eq!(sent[0]["method"], "config/read");
+    h.child_line(json!({"id": sent[0]["id"], "result": {
+        "config": {"model": "m", "sandbox_mode": "read-only", "instructions": "secret plan",
+                   "mcp_servers": {"db": {"env": {"TOKEN": "x"}}}, "model_providers": {}},
+        "origins": {"model": {"name": {"type": "user", "file": "/srv/home/config.toml"}}},
+        "layers": [{"name": {"type": "user"}}]}}));
+    assert_eq!(
+        h.bus_lines()[0],
+        json!({"jsonrpc":"2.0","id":"c","result":{"config":{"model":"m","sandbox_mode":"read-only"},"origins":{},"layers":null},"sessionId":"t:s"})
+    );
+}
+
+#[test]
+fn what_a_thread_may_do_is_the_operators_grant() {
+    let mut h = Harness::ready();
+    h.tenant_session("t", "s");
+    h.tenant_session("ops", "s");
+    let refused = |h: &mut Harness, tenant: &str, method: &str, params: Value| {
+        h.tenant_request(tenant, "s", json!(9), method, params);
+        let reply = h.bus_lines();
+        assert_eq!(reply[0]["error"]["code"], -32056, "{method}: {reply:?}");
+        assert_eq!(reply[0]["error"]["data"]["reason"], "not_permitted");
+        assert!(h.child_lines().is_empty(), "{method} reached the child");
+    };
+    refused(
+        &mut h,
+        "t",
+        "thread/start",
+        json!({"sandbox": "danger-full-access"}),
+    );
+    refused(
+        &mut h,
+        "t",
+        "thread/start",
+        json!({"config": {"sandbox_mode": "danger-full-access"}}),
+    );
+    refused(
+        &mut h,
+        "t",
+        "thread/start",
+        json!({"config": {"mcp_servers": {"x": {"command": "sh"}}}}),
+    );
+    refused(
+        &mut h,
+        "t",
+        "thread/resume",
+        json!({"threadId": "x", "sandbox": "danger-full-access"}),
+    );
+    h.tenant_request(
+        "t",
+        "s",
+        json!(1),
+        "thread/start",
+        json!({"sandbox": "read-only", "config": {"model_reasoning_effort": "low"}}),
+    );
+    assert_eq!(h.child_lines()[0]["method"], "thread/start");
+
+    let mut config = config();
+    config.policy = Policy::new(&[], &["ops=danger-full-access".parse().unwrap()]);
+    let mut h = Harness::with(config);
+    h.tenant_session("t", "s");
+    h.tenant_session("ops", "s");
+    refused(
+        &mut h,
+        "t",
+        "thread/start",
+        json!({"sandbox": "danger-full-access"}),
+    );
+    h.tenant_request(
+        "ops",
+        "s",
+        json!(1),
+        "thread/start",
+        json!({"sandbox": "danger-full-access"}),
+    );
+    assert_eq!(h.child_lines()[0]["method"], "thread/start");
 }
 
 #[test]
