@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod codex;
+pub mod tmux;
 pub mod worker;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,291 @@
+//! The real-Codex tier, with the real Codex TUI (`codex --remote ws://…`, 0.169.0) in tmux:
+//! user A's prompt is answered on screen, and in `codex resume --remote` user A finds the thread
+//! while user B, another token of another tenant, does not (issue 13).
+//!
+//! Two tests with one harness. The baseline runs the TUI against Codex's own
+//! `codex app-server --listen ws://` (one capability token, no tenants): it proves the harness
+//! and shows what the screens look like when the server is Codex. The other runs it against the
+//! bus (`--ws`, two capability tokens for tenants `alice` and `bob`) and a `codex-worker` pool
+//! over the real `codex app-server`. Both are offline: the model is the loopback mock of
+//! `codex_bus_tests::codex`, and each run happens in `unshare -n` where the machine allows it.
+//! Every screen read is printed, so the runner's output shows them.
+//!
+//! A tier like `codex_real.rs`: `#[ignore]`d with the reason; `CODEX_REAL=1 bash .ci/run`
+//! installs Codex (and tmux) and runs it with `--ignored`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use codex_bus_tests::codex::{
+    offline_env, require_codex, rerun_offline, worker_pool_config, ResponsesServer, ANSWER,
+};
+use codex_bus_tests::tmux::Tmux;
+use codex_bus_tests::{alive, say, Bus, Mode, WAIT};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// User A's prompt; the resume picker previews a thread by its first message, so this text on
+/// a picker means A's thread is listed there.
+const PROMPT: &str = "alice says hello";
+
+/// What the resume picker shows when it lists no thread (seen with Codex's own server).
+const NO_THREADS: &str = "No sessions yet";
+
+/// The resume picker's heading.
+const PICKER: &str = "Resume a previous session";
+
+/// How long a turn may take to appear on screen (it took under 1 s against Codex's server).
+const TURN_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long the picker may take to list threads.
+const PICKER_LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+#[ignore = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm) and tmux; `CODEX_REAL=1 bash .ci/run` installs both and runs it"]
+fn tui_baseline_against_codex_app_server() {
+    let codex = require_codex();
+    if rerun_offline("tui_baseline_against_codex_app_server", &codex) {
+        return;
+    }
+    let started = Instant::now();
+    let model = ResponsesServer::start();
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let alice = User::new("alice", "alice-token-0123456789", &model, dir.path());
+    let server = AppServer::start(&codex, &model, dir.path(), &alice.token);
+    let url = format!("ws://{}", server.addr);
+    let mut tmux = Tmux::new();
+    prompt_is_answered(&mut tmux, &codex, &url, &alice);
+    let (listed, _) = picker(&mut tmux, &codex, &url, &alice);
+    assert!(listed, "Codex's own server lists alice's thread to alice");
+    say(&format!(
+        "TUI baseline (codex app-server) PASSED in {} ms, {} model requests",
+        started.elapsed().as_millis(),
+        model.requests()
+    ));
+}
+
+#[test]
+#[ignore = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm) and tmux; `CODEX_REAL=1 bash .ci/run` installs both and runs it"]
+fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
+    let codex = require_codex();
+    if rerun_offline(
+        "tui_through_the_bus_answers_and_keeps_tenants_apart",
+        &codex,
+    ) {
+        return;
+    }
+    let started = Instant::now();
+    let model = ResponsesServer::start();
+    let dir = tempfile::tempdir().expect("scratch dir");
+    let alice = User::new("alice", "alice-token-0123456789", &model, dir.path());
+    let bob = User::new("bob", "bob-token-9876543210", &model, dir.path());
+    let tokens: Vec<_> = [&alice, &bob]
+        .iter()
+        .map(|user| json!({"tenant": user.name, "sha256": hex_sha256(&user.token)}))
+        .collect();
+    let config = worker_pool_config(&codex, &model, &dir.path().join("pool"), &[])
+        .section("auth", json!({ "tokens": tokens }));
+    let bus = Bus::start_with(
+        &config,
+        Mode::Unix,
+        &[
+            "--ws",
+            "127.0.0.1:0",
+            "--log-level",
+            "codex_stdio_bus=debug",
+        ],
+    );
+    let url = format!("ws://{}", ws_addr(&bus));
+    let mut tmux = Tmux::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        prompt_is_answered(&mut tmux, &codex, &url, &alice);
+        let (listed, screen) = picker(&mut tmux, &codex, &url, &bob);
+        assert!(
+            !listed && !screen.contains(PROMPT),
+            "bob's picker shows alice's thread:\n{screen}"
+        );
+        assert!(
+            screen.contains(NO_THREADS),
+            "bob's picker is not the empty one:\n{screen}"
+        );
+        let (listed, screen) = picker(&mut tmux, &codex, &url, &alice);
+        assert!(listed, "alice's picker does not list her thread:\n{screen}");
+    }));
+    if let Err(panic) = outcome {
+        say(&format!("bus log (tail):\n{}", tail(&bus.log(), 80)));
+        std::panic::resume_unwind(panic);
+    }
+    say(&format!(
+        "TUI through the bus PASSED in {} ms, {} model requests",
+        started.elapsed().as_millis(),
+        model.requests()
+    ));
+}
+
+/// One TUI user: a name (the tenant, through the bus), a capability token and a Codex home.
+struct User {
+    name: &'static str,
+    token: String,
+    home: PathBuf,
+}
+
+impl User {
+    fn new(name: &'static str, token: &str, model: &ResponsesServer, dir: &Path) -> User {
+        User {
+            name,
+            token: token.to_owned(),
+            home: model.home(&dir.join(format!("home-{name}"))),
+        }
+    }
+
+    /// A launcher script that runs `codex <args> --remote URL --remote-auth-token-env TOK` as
+    /// this user, offline, in the user's home (so nothing the TUI writes lands in the repository).
+    fn script(&self, codex: &Path, url: &str, args: &str) -> String {
+        let mut script = String::new();
+        for (name, value) in offline_env() {
+            script.push_str(&format!("export {name}='{value}'\n"));
+        }
+        script.push_str(&format!(
+            "cd '{home}'\nexport CODEX_HOME='{home}' TOK='{}' TERM=screen\nexec '{}' {args} --remote {url} --remote-auth-token-env TOK\n",
+            self.token,
+            codex.display(),
+            home = self.home.display(),
+        ));
+        script
+    }
+}
+
+/// `user` runs `codex --remote URL "PROMPT"`; the mock model's answer must appear on screen.
+/// Quits with C-c once it has.
+fn prompt_is_answered(tmux: &mut Tmux, codex: &Path, url: &str, user: &User) {
+    let session = format!("{}-prompt", user.name);
+    tmux.start(&session, &user.script(codex, url, &format!("'{PROMPT}'")));
+    let reply = ANSWER.concat();
+    let found = tmux.wait_for(&session, &[&reply], TURN_LIMIT);
+    let screen = found.as_ref().map_or_else(Clone::clone, |(_, s)| s.clone());
+    say(&format!(
+        "--- screen: {} runs `codex --remote {url} '{PROMPT}'`\n{screen}\n---",
+        user.name
+    ));
+    assert!(found.is_ok(), "no {reply:?} on {}'s screen", user.name);
+    quit(tmux, &session);
+}
+
+/// `user` runs `codex resume --remote URL`; returns whether the picker lists a thread that
+/// starts with [`PROMPT`], and the screen. Quits with C-c.
+fn picker(tmux: &mut Tmux, codex: &Path, url: &str, user: &User) -> (bool, String) {
+    let session = format!("{}-resume", user.name);
+    tmux.start(&session, &user.script(codex, url, "resume"));
+    let found = tmux.wait_for(&session, &[PROMPT, NO_THREADS], PICKER_LIMIT);
+    let (listed, screen) = match found {
+        Ok((index, screen)) => (index == 0, screen),
+        Err(screen) => {
+            say(&format!(
+                "--- screen: {}'s picker, unsettled\n{screen}\n---",
+                user.name
+            ));
+            panic!(
+                "{}'s picker neither listed threads nor said {NO_THREADS:?}",
+                user.name
+            );
+        }
+    };
+    say(&format!(
+        "--- screen: {} runs `codex resume --remote {url}`\n{screen}\n---",
+        user.name
+    ));
+    assert!(screen.contains(PICKER), "not the resume picker:\n{screen}");
+    quit(tmux, &session);
+    (listed, screen)
+}
+
+/// C-c, and the TUI must exit with status 0 (a second C-c covers a turn still running).
+fn quit(tmux: &Tmux, session: &str) {
+    tmux.send_keys(session, &["C-c"]);
+    let mut status = tmux.wait_exit(session, Duration::from_secs(5));
+    if status.is_none() {
+        tmux.send_keys(session, &["C-c"]);
+        status = tmux.wait_exit(session, Duration::from_secs(5));
+    }
+    let screen = tmux.screen(session);
+    assert_eq!(status, Some(0), "{session} did not quit cleanly:\n{screen}");
+}
+
+/// `codex app-server --listen ws://127.0.0.1:PORT --ws-auth capability-token`, killed by pid
+/// when dropped.
+struct AppServer {
+    child: Child,
+    addr: String,
+}
+
+impl AppServer {
+    fn start(codex: &Path, model: &ResponsesServer, dir: &Path, token: &str) -> AppServer {
+        let home = model.home(&dir.join("server-home"));
+        let token_file = dir.join("server-token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        // Codex takes no port 0 here: take a free port and give it back.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = Command::new(codex)
+            .args(["app-server", "--listen", &format!("ws://{addr}")])
+            .args(["--ws-auth", "capability-token", "--ws-token-file"])
+            .arg(&token_file)
+            .env("CODEX_HOME", &home)
+            .envs(offline_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn codex app-server");
+        let server = AppServer { child, addr };
+        let start = Instant::now();
+        while !ready(&server.addr) {
+            assert!(
+                start.elapsed() < WAIT && alive(server.child.id()),
+                "codex app-server is not ready on {}",
+                server.addr
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `GET /readyz` on `addr` answers 200.
+fn ready(addr: &str) -> bool {
+    std::net::TcpStream::connect(addr).is_ok()
+        && codex_bus_tests::http_get(addr, "/readyz").0 == 200
+}
+
+/// The address of the daemon's WebSocket listener, from its log.
+fn ws_addr(bus: &Bus) -> String {
+    let line = bus.wait_log("transport=\"websocket\"");
+    let addr = line.split("addr=").nth(1).expect("addr in listening line");
+    addr.split_whitespace().next().unwrap().to_owned()
+}
+
+/// `sha256(token)` in hex, as `auth.tokens[].sha256` takes it.
+fn hex_sha256(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
