@@ -1,6 +1,7 @@
 //! The real-Codex tier, with the real Codex TUI (`codex --remote ws://…`, 0.169.0) in tmux:
 //! user A's prompt is answered on screen, and in `codex resume --remote` user A finds the thread
-//! while user B, another token of another tenant, does not (issue 13).
+//! (and opens it again, on a second connection) while user B, another token of another tenant,
+//! does not (issue 13).
 //!
 //! Two tests with one harness. The baseline runs the TUI against Codex's own
 //! `codex app-server --listen ws://` (one capability token, no tenants): it proves the harness
@@ -56,7 +57,7 @@ fn tui_baseline_against_codex_app_server() {
     let url = format!("ws://{}", server.addr);
     let mut tmux = Tmux::new();
     prompt_is_answered(&mut tmux, &codex, &url, &alice);
-    let (listed, _) = picker(&mut tmux, &codex, &url, &alice);
+    let (listed, _) = picker(&mut tmux, &codex, &url, &alice, true);
     assert!(listed, "Codex's own server lists alice's thread to alice");
     say(&format!(
         "TUI baseline (codex app-server) PASSED in {} ms, {} model requests",
@@ -84,8 +85,15 @@ fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
         .iter()
         .map(|user| json!({"tenant": user.name, "sha256": hex_sha256(&user.token)}))
         .collect();
-    let config = worker_pool_config(&codex, &model, &dir.path().join("pool"), &[])
-        .section("auth", json!({ "tokens": tokens }));
+    // The TUI's startup uses experimental methods and fields (`collaborationMode/list`,
+    // `thread/start.historyMode`): the worker's child must be initialized with experimentalApi.
+    let config = worker_pool_config(
+        &codex,
+        &model,
+        &dir.path().join("pool"),
+        &["--experimental-api"],
+    )
+    .section("auth", json!({ "tokens": tokens }));
     let bus = Bus::start_with(
         &config,
         Mode::Unix,
@@ -100,7 +108,7 @@ fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
     let mut tmux = Tmux::new();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         prompt_is_answered(&mut tmux, &codex, &url, &alice);
-        let (listed, screen) = picker(&mut tmux, &codex, &url, &bob);
+        let (listed, screen) = picker(&mut tmux, &codex, &url, &bob, false);
         assert!(
             !listed && !screen.contains(PROMPT),
             "bob's picker shows alice's thread:\n{screen}"
@@ -109,7 +117,7 @@ fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
             screen.contains(NO_THREADS),
             "bob's picker is not the empty one:\n{screen}"
         );
-        let (listed, screen) = picker(&mut tmux, &codex, &url, &alice);
+        let (listed, screen) = picker(&mut tmux, &codex, &url, &alice, true);
         assert!(listed, "alice's picker does not list her thread:\n{screen}");
     }));
     if let Err(panic) = outcome {
@@ -173,8 +181,10 @@ fn prompt_is_answered(tmux: &mut Tmux, codex: &Path, url: &str, user: &User) {
 }
 
 /// `user` runs `codex resume --remote URL`; returns whether the picker lists a thread that
-/// starts with [`PROMPT`], and the screen. Quits with C-c.
-fn picker(tmux: &mut Tmux, codex: &Path, url: &str, user: &User) -> (bool, String) {
+/// starts with [`PROMPT`], and the screen. With `open`, a listed thread is then opened (Enter: the
+/// TUI closes its connection and resumes the thread on a second one) and must show its reply.
+/// Quits with C-c.
+fn picker(tmux: &mut Tmux, codex: &Path, url: &str, user: &User, open: bool) -> (bool, String) {
     let session = format!("{}-resume", user.name);
     tmux.start(&session, &user.script(codex, url, "resume"));
     let found = tmux.wait_for(&session, &[PROMPT, NO_THREADS], PICKER_LIMIT);
@@ -196,6 +206,17 @@ fn picker(tmux: &mut Tmux, codex: &Path, url: &str, user: &User) -> (bool, Strin
         user.name
     ));
     assert!(screen.contains(PICKER), "not the resume picker:\n{screen}");
+    if listed && open {
+        tmux.send_keys(&session, &["Enter"]);
+        let reply = ANSWER.concat();
+        let found = tmux.wait_for(&session, &[&reply], TURN_LIMIT);
+        let resumed = found.as_ref().map_or_else(Clone::clone, |(_, s)| s.clone());
+        say(&format!(
+            "--- screen: {} opens the thread from the picker\n{resumed}\n---",
+            user.name
+        ));
+        assert!(found.is_ok(), "the resumed thread does not show {reply:?}");
+    }
     quit(tmux, &session);
     (listed, screen)
 }
