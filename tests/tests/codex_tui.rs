@@ -96,15 +96,10 @@ fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
     .section("auth", json!({ "tokens": tokens }));
     let bus = Bus::start_with(
         &config,
-        Mode::Unix,
-        &[
-            "--ws",
-            "127.0.0.1:0",
-            "--log-level",
-            "codex_stdio_bus=debug",
-        ],
+        Mode::WebSocket,
+        &["--log-level", "codex_stdio_bus=debug"],
     );
-    let url = format!("ws://{}", ws_addr(&bus));
+    let url = format!("ws://{}", bus.tcp_addr());
     let mut tmux = Tmux::new();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         prompt_is_answered(&mut tmux, &codex, &url, &alice);
@@ -288,13 +283,6 @@ impl Drop for AppServer {
 fn ready(addr: &str) -> bool {
     std::net::TcpStream::connect(addr).is_ok()
         && codex_bus_tests::http_get(addr, "/readyz").0 == 200
-}
-
-/// The address of the daemon's WebSocket listener, from its log.
-fn ws_addr(bus: &Bus) -> String {
-    let line = bus.wait_log("transport=\"websocket\"");
-    let addr = line.split("addr=").nth(1).expect("addr in listening line");
-    addr.split_whitespace().next().unwrap().to_owned()
 }
 
 /// `sha256(token)` in hex, as `auth.tokens[].sha256` takes it.
