@@ -50,7 +50,7 @@ impl Tmux {
     }
 
     /// Starts session `name` running `script` (a shell script, written to a file and run with
-    /// `sh`; it should `exec` its program), in a detached window of [`SIZE`]. The pane stays after
+    /// `sh`; it should `exec` its program), in a detached window of 200×50. The pane stays after
     /// the program exits, so its last screen and exit status can be read.
     pub fn start(&mut self, name: &str, script: &str) {
         let launcher = self.dir.path().join(format!("{name}.sh"));

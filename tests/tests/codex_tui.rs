@@ -11,6 +11,11 @@
 //! `codex_bus_tests::codex`, and each run happens in `unshare -n` where the machine allows it.
 //! Every screen read is printed, so the runner's output shows them.
 //!
+//! Through the bus a prompt makes one model request where Codex's own server makes two: the
+//! worker refuses the TUI's second, title-generating thread (`thread/start` with config
+//! overrides such as `cloud.skills.enabled`, which need the danger-full-access grant), and the
+//! TUI carries on without a title.
+//!
 //! A tier like `codex_real.rs`: `#[ignore]`d with the reason; `CODEX_REAL=1 bash .ci/run`
 //! installs Codex (and tmux) and runs it with `--ignored`.
 
