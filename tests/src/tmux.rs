@@ -137,11 +137,25 @@ impl Tmux {
         self.tmux(&args);
     }
 
-    /// The exit status of the program in session `name` once it has exited.
+    /// The exit status of the program in session `name` once it has exited (128 + the signal's
+    /// number when a signal ended it). tmux 3.3 sometimes leaves a pane's program a zombie it
+    /// never reaps, so the status is not in `#{pane_dead_status}`; the kernel still has it then,
+    /// in `/proc/PID/stat`.
     pub fn exit_status(&self, name: &str) -> Option<i32> {
-        let dead = self.display(name, "#{pane_dead} #{pane_dead_status}");
+        let dead = self.display(
+            name,
+            "#{pane_dead} #{pane_pid} #{pane_dead_status}x #{pane_dead_signal}x",
+        );
         let mut parts = dead.split_whitespace();
-        (parts.next() == Some("1")).then(|| parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1))
+        if parts.next() != Some("1") {
+            return None;
+        }
+        let pid = parts.next().and_then(|pid| pid.parse().ok());
+        let number = |part: Option<&str>| part?.strip_suffix('x')?.parse::<i32>().ok();
+        let status = number(parts.next());
+        status
+            .or_else(|| number(parts.next()).map(|signal| 128 + signal))
+            .or_else(|| pid.and_then(zombie_status))
     }
 
     /// Waits up to `limit` for the program in `name` to exit; returns its status.
@@ -195,4 +209,21 @@ impl Drop for Tmux {
             }
         }
     }
+}
+
+/// The exit status of `pid` if it is a zombie: field 52 of `/proc/PID/stat` (`exit_code`, as
+/// `waitpid` reports it), decoded like a shell does.
+fn zombie_status(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3, the state.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() != Some(&"Z") {
+        return None;
+    }
+    let code: i32 = fields.get(52 - 3)?.parse().ok()?;
+    Some(if code & 0x7f == 0 {
+        (code >> 8) & 0xff
+    } else {
+        128 + (code & 0x7f)
+    })
 }

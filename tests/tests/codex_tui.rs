@@ -1,7 +1,7 @@
 //! The real-Codex tier, with the real Codex TUI (`codex --remote ws://…`, 0.169.0) in tmux:
-//! user A's prompt is answered on screen, and in `codex resume --remote` user A finds the thread
+//! a user's prompt is answered on screen, and in `codex resume --remote` user A finds her thread
 //! (and opens it again, on a second connection) while user B, another token of another tenant,
-//! does not (issue 13).
+//! does not, nor A B's (issue 13).
 //!
 //! Two tests with one harness. The baseline runs the TUI against Codex's own
 //! `codex app-server --listen ws://` (one capability token, no tenants): it proves the harness
@@ -31,9 +31,9 @@ use codex_bus_tests::{alive, say, Bus, Mode, WAIT};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-/// User A's prompt; the resume picker previews a thread by its first message, so this text on
-/// a picker means A's thread is listed there.
-const PROMPT: &str = "alice says hello";
+/// What every user's prompt ends with (it starts with the user's name); the resume picker
+/// previews a thread by its first message, so this text on a picker means a thread is listed.
+const PROMPT_END: &str = " says hello";
 
 /// What the resume picker shows when it lists no thread (seen with Codex's own server).
 const NO_THREADS: &str = "No sessions yet";
@@ -59,10 +59,13 @@ fn tui_baseline_against_codex_app_server() {
     let dir = tempfile::tempdir().expect("scratch dir");
     let alice = User::new("alice", "alice-token-0123456789", &model, dir.path());
     let server = AppServer::start(&codex, &model, dir.path(), &alice.token);
-    let url = format!("ws://{}", server.addr);
+    let remote = Remote {
+        label: "codex app-server",
+        url: format!("ws://{}", server.addr),
+    };
     let mut tmux = Tmux::new();
-    prompt_is_answered(&mut tmux, &codex, &url, &alice);
-    let (listed, _) = picker(&mut tmux, &codex, &url, &alice, true);
+    prompt_is_answered(&mut tmux, &codex, &remote, &alice);
+    let (listed, _) = picker(&mut tmux, &codex, &remote, &alice, true);
     assert!(listed, "Codex's own server lists alice's thread to alice");
     say(&format!(
         "TUI baseline (codex app-server) PASSED in {} ms, {} model requests",
@@ -104,21 +107,29 @@ fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
         Mode::WebSocket,
         &["--log-level", "codex_stdio_bus=debug"],
     );
-    let url = format!("ws://{}", bus.tcp_addr());
+    let remote = Remote {
+        label: "bus",
+        url: format!("ws://{}", bus.tcp_addr()),
+    };
     let mut tmux = Tmux::new();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        prompt_is_answered(&mut tmux, &codex, &url, &alice);
-        let (listed, screen) = picker(&mut tmux, &codex, &url, &bob, false);
+        prompt_is_answered(&mut tmux, &codex, &remote, &alice);
+        let (_, screen) = picker(&mut tmux, &codex, &remote, &bob, false);
         assert!(
-            !listed && !screen.contains(PROMPT),
+            !screen.contains(&alice.prompt()),
             "bob's picker shows alice's thread:\n{screen}"
         );
         assert!(
             screen.contains(NO_THREADS),
             "bob's picker is not the empty one:\n{screen}"
         );
-        let (listed, screen) = picker(&mut tmux, &codex, &url, &alice, true);
+        prompt_is_answered(&mut tmux, &codex, &remote, &bob);
+        let (listed, screen) = picker(&mut tmux, &codex, &remote, &alice, true);
         assert!(listed, "alice's picker does not list her thread:\n{screen}");
+        assert!(
+            !screen.contains(&bob.prompt()) && screen.contains(" 1 / 1 "),
+            "alice's picker lists more than her one thread:\n{screen}"
+        );
     }));
     if let Err(panic) = outcome {
         say(&format!("bus log (tail):\n{}", tail(&bus.log(), 80)));
@@ -129,6 +140,13 @@ fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
         started.elapsed().as_millis(),
         model.requests()
     ));
+}
+
+/// The server the TUIs connect to: its `ws://` URL and a label for the printed screens (the two
+/// tests run side by side, so their output interleaves).
+struct Remote {
+    label: &'static str,
+    url: String,
 }
 
 /// One TUI user: a name (the tenant, through the bus), a capability token and a Codex home.
@@ -145,6 +163,11 @@ impl User {
             token: token.to_owned(),
             home: model.home(&dir.join(format!("home-{name}"))),
         }
+    }
+
+    /// The user's prompt, e.g. `alice says hello`.
+    fn prompt(&self) -> String {
+        format!("{}{PROMPT_END}", self.name)
     }
 
     /// A launcher script that runs `codex <args> --remote URL --remote-auth-token-env TOK` as
@@ -164,36 +187,46 @@ impl User {
     }
 }
 
-/// `user` runs `codex --remote URL "PROMPT"`; the mock model's answer must appear on screen.
-/// Quits with C-c once it has.
-fn prompt_is_answered(tmux: &mut Tmux, codex: &Path, url: &str, user: &User) {
+/// `user` runs `codex --remote URL "<user> says hello"`; the mock model's answer must appear on
+/// screen. Quits with C-c once it has.
+fn prompt_is_answered(tmux: &mut Tmux, codex: &Path, remote: &Remote, user: &User) {
     let session = format!("{}-prompt", user.name);
-    tmux.start(&session, &user.script(codex, url, &format!("'{PROMPT}'")));
+    let prompt = user.prompt();
+    tmux.start(
+        &session,
+        &user.script(codex, &remote.url, &format!("'{prompt}'")),
+    );
     let reply = ANSWER.concat();
     let found = tmux.wait_for(&session, &[&reply], TURN_LIMIT);
     let screen = found.as_ref().map_or_else(Clone::clone, |(_, s)| s.clone());
     say(&format!(
-        "--- screen: {} runs `codex --remote {url} '{PROMPT}'`\n{screen}\n---",
-        user.name
+        "--- [{}] screen: {} runs `codex --remote {} '{prompt}'`\n{screen}\n---",
+        remote.label, user.name, remote.url
     ));
     assert!(found.is_ok(), "no {reply:?} on {}'s screen", user.name);
     quit(tmux, &session);
 }
 
-/// `user` runs `codex resume --remote URL`; returns whether the picker lists a thread that
-/// starts with [`PROMPT`], and the screen. With `open`, a listed thread is then opened (Enter: the
+/// `user` runs `codex resume --remote URL`; once the picker lists threads or says it has none,
+/// returns whether it lists the user's own thread, and the screen. With `open`, a listed thread is then opened (Enter: the
 /// TUI closes its connection and resumes the thread on a second one) and must show its reply.
 /// Quits with C-c.
-fn picker(tmux: &mut Tmux, codex: &Path, url: &str, user: &User, open: bool) -> (bool, String) {
+fn picker(
+    tmux: &mut Tmux,
+    codex: &Path,
+    remote: &Remote,
+    user: &User,
+    open: bool,
+) -> (bool, String) {
     let session = format!("{}-resume", user.name);
-    tmux.start(&session, &user.script(codex, url, "resume"));
-    let found = tmux.wait_for(&session, &[PROMPT, NO_THREADS], PICKER_LIMIT);
+    tmux.start(&session, &user.script(codex, &remote.url, "resume"));
+    let found = tmux.wait_for(&session, &[PROMPT_END, NO_THREADS], PICKER_LIMIT);
     let (listed, screen) = match found {
-        Ok((index, screen)) => (index == 0, screen),
+        Ok((_, screen)) => (screen.contains(&user.prompt()), screen),
         Err(screen) => {
             say(&format!(
-                "--- screen: {}'s picker, unsettled\n{screen}\n---",
-                user.name
+                "--- [{}] screen: {}'s picker, unsettled\n{screen}\n---",
+                remote.label, user.name
             ));
             panic!(
                 "{}'s picker neither listed threads nor said {NO_THREADS:?}",
@@ -202,8 +235,8 @@ fn picker(tmux: &mut Tmux, codex: &Path, url: &str, user: &User, open: bool) -> 
         }
     };
     say(&format!(
-        "--- screen: {} runs `codex resume --remote {url}`\n{screen}\n---",
-        user.name
+        "--- [{}] screen: {} runs `codex resume --remote {}`\n{screen}\n---",
+        remote.label, user.name, remote.url
     ));
     assert!(screen.contains(PICKER), "not the resume picker:\n{screen}");
     if listed && open {
@@ -212,8 +245,8 @@ fn picker(tmux: &mut Tmux, codex: &Path, url: &str, user: &User, open: bool) -> 
         let found = tmux.wait_for(&session, &[&reply], TURN_LIMIT);
         let resumed = found.as_ref().map_or_else(Clone::clone, |(_, s)| s.clone());
         say(&format!(
-            "--- screen: {} opens the thread from the picker\n{resumed}\n---",
-            user.name
+            "--- [{}] screen: {} opens the thread from the picker\n{resumed}\n---",
+            remote.label, user.name
         ));
         assert!(found.is_ok(), "the resumed thread does not show {reply:?}");
     }
