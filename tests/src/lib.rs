@@ -110,6 +110,31 @@ pub fn say(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
+/// The lowercase hex SHA-256 of `text`: how the daemon's `auth.tokens[].sha256` names a
+/// capability token.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A new connection to `bus` authenticated with capability `token` (`bus/authenticate`, id
+/// `"auth"`); panics unless the bus names a tenant.
+pub fn login(bus: &mut Bus, token: &str) -> Conn {
+    let mut conn = bus.connect();
+    conn.request(
+        json!("auth"),
+        "bus/authenticate",
+        json!({"token": token}),
+        None,
+    );
+    let reply = conn.recv();
+    assert!(reply["result"]["tenant"].is_string(), "{reply}");
+    conn
+}
+
 /// A config document for the daemon, built in JSON.
 pub struct BusConfig(pub Value);
 

@@ -27,9 +27,8 @@ use codex_bus_tests::codex::{
     offline_env, require_codex, rerun_offline, worker_pool_config, ResponsesServer, ANSWER,
 };
 use codex_bus_tests::tmux::Tmux;
-use codex_bus_tests::{alive, say, Bus, Mode, WAIT};
+use codex_bus_tests::{alive, say, sha256_hex, Bus, Mode, WAIT};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 /// What every user's prompt ends with (it starts with the user's name); the resume picker
 /// previews a thread by its first message, so this text on a picker means a thread is listed.
@@ -91,7 +90,7 @@ fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
     let bob = User::new("bob", "bob-token-9876543210", &model, dir.path());
     let tokens: Vec<_> = [&alice, &bob]
         .iter()
-        .map(|user| json!({"tenant": user.name, "sha256": hex_sha256(&user.token)}))
+        .map(|user| json!({"tenant": user.name, "sha256": sha256_hex(&user.token)}))
         .collect();
     // The TUI's startup uses experimental methods and fields (`collaborationMode/list`,
     // `thread/start.historyMode`): the worker's child must be initialized with experimentalApi.
@@ -321,14 +320,6 @@ impl Drop for AppServer {
 fn ready(addr: &str) -> bool {
     std::net::TcpStream::connect(addr).is_ok()
         && codex_bus_tests::http_get(addr, "/readyz").0 == 200
-}
-
-/// `sha256(token)` in hex, as `auth.tokens[].sha256` takes it.
-fn hex_sha256(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 /// The last `n` lines of `text`.

@@ -3,9 +3,10 @@
 //! requests, cannot answer them, and its hit-and-run silences nothing; a's turn streams to the
 //! end. With the mock worker, and through `codex-worker` over a fake `codex app-server` child.
 
-use codex_bus_tests::{bin, recv_until, worker_pool, Bus, BusConfig, Conn, Mode};
+use codex_bus_tests::{
+    bin, login, recv_until, sha256_hex, worker_pool, Bus, BusConfig, Conn, Mode,
+};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// Most lines any one wait reads before giving up.
 const MAX_LINES: usize = 2_000;
@@ -14,13 +15,6 @@ const TOKEN_A: &str = "tenant-a-token-5b0e7a9c1d3f";
 const TOKEN_A2: &str = "tenant-a-second-window-8e21";
 const TOKEN_B: &str = "tenant-b-token-f4c2a6e8b0d1";
 
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The `auth` section: tokens for tenant a (two subjects) and tenant b.
 fn auth() -> Value {
     json!({"tokens": [
@@ -28,20 +22,6 @@ fn auth() -> Value {
         {"tenant": "a", "sha256": sha256_hex(TOKEN_A2), "subject": "alice-2"},
         {"tenant": "b", "sha256": sha256_hex(TOKEN_B), "subject": "bob"},
     ]})
-}
-
-/// A TCP connection authenticated with `token`.
-fn login(bus: &mut Bus, token: &str) -> Conn {
-    let mut conn = bus.connect();
-    conn.request(
-        json!("auth"),
-        "bus/authenticate",
-        json!({"token": token}),
-        None,
-    );
-    let reply = conn.recv();
-    assert!(reply["result"]["tenant"].is_string(), "{reply}");
-    conn
 }
 
 fn request(conn: &mut Conn, id: &str, method: &str, params: Value, session: &str) -> Vec<Value> {

@@ -172,12 +172,13 @@ impl Policy {
                 Class::Thread(thread)
             }
             (method, None) if self.is_allowed(method) => Class::Global,
-            (method, None) => match ANSWERED.iter().find(|(name, _)| *name == method) {
+            // The worker's own answers say nothing about any thread, so a `threadId` (the TUI
+            // sends one to `hooks/list` once it has a thread) changes nothing.
+            (method, thread) => match ANSWERED.iter().find(|(name, _)| *name == method) {
                 Some((_, result)) => Class::Answered(result),
-                None if REDACTED.contains(&method) => Class::Redacted,
+                None if thread.is_none() && REDACTED.contains(&method) => Class::Redacted,
                 None => Class::Refused,
             },
-            _ => Class::Refused,
         }
     }
 
@@ -403,6 +404,10 @@ mod tests {
         };
         assert!(account.contains(r#""requiresOpenaiAuth":false"#));
         assert!(account.contains(r#""account":null"#));
+        assert!(matches!(
+            policy.classify("hooks/list", Some("t")),
+            Class::Answered(_)
+        ));
         assert_eq!(policy.classify("config/read", None), Class::Redacted);
         assert!(policy.redacts("config/read"));
         for method in ["thread/list", "thread/loaded/list"] {
