@@ -134,6 +134,7 @@ fn tui_through_the_bus_answers_and_keeps_tenants_apart() {
         say(&format!("bus log (tail):\n{}", tail(&bus.log(), 80)));
         std::panic::resume_unwind(panic);
     }
+    assert!(model.requests() >= 2, "both prompts reached the model");
     say(&format!(
         "TUI through the bus PASSED in {} ms, {} model requests",
         started.elapsed().as_millis(),
