@@ -15,6 +15,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod codex;
+pub mod tmux;
 pub mod worker;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -108,8 +110,8 @@ pub fn say(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
-/// The lowercase hex SHA-256 of `text`: how the daemon's `auth.tokens[].sha256` names a
-/// capability token.
+/// The lowercase hex SHA-256 of `text`: how a token is configured (`auth.tokens[].sha256`,
+/// `metrics.bearer_sha256`).
 pub fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(text.as_bytes())
