@@ -173,6 +173,9 @@ impl Counters {
 pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String> {
     let load = &spec.load;
     let mut limits = serde_json::Map::new();
+    // A run ends with SIGTERM and gives the daemon 5 s to exit (target.rs, STOP_GRACE), in which
+    // a profiler wrapped around it writes its data: no balancer here needs the drain's grace.
+    limits.insert("drain_grace_sec".into(), 0.into());
     if spec.churn_ms.is_some() {
         // Killed workers must come back for the whole run, not fail after the default 5 restarts.
         limits.insert("max_restarts".into(), 1_000_000.into());

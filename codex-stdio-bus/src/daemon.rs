@@ -118,6 +118,10 @@ impl Listeners {
 
 /// Runs the daemon on `listeners` until `shutdown` (or stdin's end, or an escalation) has it
 /// drained; `Err` is a startup failure, reported before any worker ran.
+///
+/// A drain that `shutdown` asks for is preceded by `limits.drain_grace_sec` of full service with
+/// `/readyz` at 503, so that load balancers stop sending new clients before the listeners close;
+/// `shutdown`'s stop-at-once request cuts the grace short like any other stage.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -253,12 +257,13 @@ pub async fn run(
     // Under systemd `Type=notify`, the unit is started once listeners are bound and every
     // supervisor runs (workers count as ready later; /readyz says when).
     notify_service_manager(&[sd_notify::NotifyState::Ready]);
-    let outcome = tokio::select! {
-        () = requested => Outcome::Drained,
-        () = drain.cancelled() => Outcome::Drained,
-        () = escalation.cancelled() => Outcome::Escalated,
+    let (outcome, grace) = tokio::select! {
+        () = requested => (Outcome::Drained, Duration::from_secs(limits.drain_grace_sec)),
+        // stdin's end: no balancer sends this client anywhere else, so there is nothing to wait for.
+        () = drain.cancelled() => (Outcome::Drained, Duration::ZERO),
+        () = escalation.cancelled() => (Outcome::Escalated, Duration::ZERO),
     };
-    drain.cancel();
+    router.leave_rotation();
     notify_service_manager(&[sd_notify::NotifyState::Stopping]);
     let stages = Stages {
         router: &router,
@@ -267,8 +272,24 @@ pub async fn run(
         supervisors: &supervisors,
         writers: &writers,
     };
+    let drained = async {
+        if !grace.is_zero() {
+            tracing::info!(
+                grace_sec = grace.as_secs(),
+                "shutdown requested; not ready, still serving for drain_grace_sec"
+            );
+            // stdin's end or an escalation during the grace cuts it short: the drain follows.
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = drain.cancelled() => {}
+                () = escalation.cancelled() => {}
+            }
+        }
+        drain.cancel();
+        stages.drain(serving).await;
+    };
     tokio::select! {
-        () = stages.drain(serving) => {}
+        () = drained => {}
         () = &mut now => {
             // Whatever stage the drain is in, nothing more is waited for.
             for slot in router.slots() {

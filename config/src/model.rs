@@ -160,6 +160,10 @@ pub struct Limits {
     pub restart_window_sec: u64,
     /// Time between SIGTERM and SIGKILL when stopping workers; 0 kills at once.
     pub drain_timeout_sec: u64,
+    /// Seconds between a shutdown request (SIGTERM, SIGINT) and the drain, during which `/readyz`
+    /// answers 503 while everything is still served, so load balancers stop sending new
+    /// sessions first; 0 drains at once. stdin's end drains without it.
+    pub drain_grace_sec: u64,
     /// Time a client's output queue may stay full before the client is disconnected.
     pub backpressure_timeout_sec: u64,
     /// Bytes buffered toward one worker before its clients are paused.
@@ -233,6 +237,8 @@ impl Default for Limits {
             max_restarts: 5,
             restart_window_sec: 60,
             drain_timeout_sec: 30,
+            // Two or three health checks of a balancer polling every 1-2 s.
+            drain_grace_sec: 5,
             backpressure_timeout_sec: 60,
             max_worker_queue: 1_048_576,
             // Codex results such as thread/resume can exceed 1 MiB.

@@ -61,6 +61,7 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "tenant_max_in_flight",
     "tenant_requests_per_sec",
     "tenant_request_burst",
+    "drain_grace_sec",
 ];
 
 /// Keys of one `tenants` entry (our extension).
@@ -165,6 +166,7 @@ mod tests {
             d.max_restarts.to_string(),
             d.restart_window_sec.to_string(),
             d.drain_timeout_sec.to_string(),
+            d.drain_grace_sec.to_string(),
             d.backpressure_timeout_sec.to_string(),
             d.max_worker_queue.to_string(),
             d.max_worker_line.to_string(),

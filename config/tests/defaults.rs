@@ -23,6 +23,7 @@ fn absent_sections_take_their_defaults() {
             max_restarts: 5,
             restart_window_sec: 60,
             drain_timeout_sec: 30,
+            drain_grace_sec: 5,
             backpressure_timeout_sec: 60,
             max_worker_queue: 1_048_576,
             max_worker_line: 67_108_864,
@@ -78,11 +79,12 @@ fn absent_sections_take_their_defaults() {
 fn a_partial_limits_section_keeps_the_other_defaults() {
     let config = parse(
         r#"{"pools": [{"id": "a", "command": "cat", "instances": 1}],
-            "limits": {"max_restarts": 0, "drain_timeout_sec": 0, "max_worker_line": 2000000}}"#,
+            "limits": {"max_restarts": 0, "drain_timeout_sec": 0, "drain_grace_sec": 0, "max_worker_line": 2000000}}"#,
     );
     let expected = Limits {
         max_restarts: 0,
         drain_timeout_sec: 0,
+        drain_grace_sec: 0,
         max_worker_line: 2_000_000,
         ..Limits::default()
     };
@@ -194,7 +196,7 @@ fn pretty_json_round_trips_every_field() {
                        "ready_probe": {"method": "ping", "params": {"deep": [1, "x", null, true]}}},
                       {"id": "b", "command": "cat", "instances": 1}],
             "limits": {"max_input_buffer": 10, "max_output_queue": 20, "max_output_bytes": 25, "max_restarts": 0, "restart_window_sec": 9,
-                       "drain_timeout_sec": 0, "backpressure_timeout_sec": 7, "max_worker_queue": 30, "max_worker_line": 40,
+                       "drain_timeout_sec": 0, "drain_grace_sec": 3, "backpressure_timeout_sec": 7, "max_worker_queue": 30, "max_worker_line": 40,
                        "max_connections": 50,
                        "client_idle_sec": 60,
                        "max_session_id_bytes": 50, "session_idle_sec": 60, "max_sessions": 70},

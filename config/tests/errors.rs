@@ -426,6 +426,7 @@ fn durations_are_bounded_by_a_day() {
     for key in [
         "restart_window_sec",
         "drain_timeout_sec",
+        "drain_grace_sec",
         "backpressure_timeout_sec",
     ] {
         let text = format!(

@@ -621,6 +621,9 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// One pool `codex` of `instances` workers running the workspace binary `program` with `args`
 /// (e.g. `codex-worker` with `--codex-cmd …`, or `codex-mock` with `--stubborn`).
+///
+/// `limits.drain_grace_sec` is 0: no load balancer watches a test's daemon, and the default 5 s
+/// of grace would add up over every test that ends one with SIGTERM. A test of the grace sets it.
 pub fn worker_pool(program: &str, instances: u32, args: &[&str]) -> BusConfig {
     BusConfig(json!({
         "pools": [{
@@ -628,7 +631,8 @@ pub fn worker_pool(program: &str, instances: u32, args: &[&str]) -> BusConfig {
             "command": bin(program).to_str().unwrap(),
             "args": args,
             "instances": instances
-        }]
+        }],
+        "limits": {"drain_grace_sec": 0}
     }))
 }
 

@@ -83,7 +83,9 @@ fn the_daemon_starts_on_fixtures_whose_commands_exist() {
             .iter()
             .map(|p| p["instances"].as_u64().unwrap())
             .sum();
-        let mut bus = Bus::start(&BusConfig(config), Mode::Tcp);
+        // No balancer watches: the SIGTERM below drains at once, without the grace.
+        let config = BusConfig(config).limit("drain_grace_sec", 0);
+        let mut bus = Bus::start(&config, Mode::Tcp);
         bus.wait_workers(instances as usize);
         bus.signal(nix::sys::signal::Signal::SIGTERM);
         assert!(

@@ -6,9 +6,10 @@ use std::process::Command;
 
 use codex_bus_tests::bin;
 
-/// The longest shutdown with the default `drain_timeout_sec` (30): the drain, then at least 2 s
-/// between SIGTERM and SIGKILL of the workers, then up to 5 s to flush replies (daemon.rs).
-const LONGEST_SHUTDOWN_SEC: u64 = 30 + 2 + 5;
+/// The longest shutdown with the default `drain_grace_sec` (5) and `drain_timeout_sec` (30): the
+/// grace, the drain, then at least 2 s between SIGTERM and SIGKILL of the workers, then up to 5 s
+/// to flush replies (daemon.rs).
+const LONGEST_SHUTDOWN_SEC: u64 = 5 + 30 + 2 + 5;
 
 fn deploy(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

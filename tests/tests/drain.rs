@@ -1,7 +1,10 @@
 //! Shutdown: SIGTERM drains (replies in flight are delivered, new requests refused, exit 0, no
-//! worker left); a second signal stops at once.
+//! worker left); a second signal stops at once; before the drain, `drain_grace_sec` of full
+//! service with `/readyz` at 503, for load balancers.
 
-use codex_bus_tests::{alive, reason, Bus, BusConfig, Mode};
+use std::time::{Duration, Instant};
+
+use codex_bus_tests::{alive, http_get, reason, still_works, Bus, BusConfig, Conn, Mode};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -54,14 +57,14 @@ fn a_second_signal_stops_at_once() {
     assert_eq!(conn.recv()["id"], json!(2));
     bus.signal(Signal::SIGTERM);
     bus.wait_log("draining");
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     bus.signal(Signal::SIGINT);
     let status = bus.wait_exit();
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(status.code(), Some(1));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while workers.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while workers.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
         workers.iter().all(|p| !alive(*p)),
@@ -101,7 +104,7 @@ fn a_request_queued_during_a_backoff_is_answered_when_the_drain_starts_meanwhile
     bus.wait_log("restarting worker after backoff");
     // Accepted while the slot waits for its next worker, then the drain begins.
     conn.request(json!(2), "ping", Value::Null, Some("s"));
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(100));
     bus.signal(Signal::SIGTERM);
     let reply = conn.recv();
     assert_eq!(reply["id"], json!(2));
@@ -110,4 +113,89 @@ fn a_request_queued_during_a_backoff_is_answered_when_the_drain_starts_meanwhile
         "served by the worker started during the drain: {reply}"
     );
     assert!(bus.wait_exit().success(), "log:\n{}", bus.log());
+}
+
+#[test]
+fn during_the_grace_readyz_is_503_and_new_clients_are_served_then_the_listener_closes() {
+    let config = BusConfig::mock(1).limit("drain_grace_sec", 2);
+    let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    let ready_by = Instant::now() + codex_bus_tests::WAIT;
+    while http_get(&admin, "/readyz").0 != 200 {
+        assert!(Instant::now() < ready_by, "never ready: {}", bus.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // In flight across the grace, so the daemon is still draining (alive) once it has passed.
+    let mut old = bus.connect();
+    old.request(json!("held"), "mock/delay", json!({"ms": 3500}), Some("h"));
+    still_works(&mut old, 1);
+
+    bus.signal(Signal::SIGTERM);
+    let signalled = Instant::now();
+    let (code, body) = loop {
+        let (code, body) = http_get(&admin, "/readyz");
+        if code != 200 || signalled.elapsed() > Duration::from_secs(1) {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let unready_after = signalled.elapsed();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        unready_after < Duration::from_millis(200),
+        "/readyz 503 after {unready_after:?}"
+    );
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["draining"], json!(true), "{body}");
+
+    // A client a balancer still sent during the grace is accepted and served.
+    let mut late = Conn::tcp(bus.tcp_addr());
+    still_works(&mut late, 2);
+    still_works(&mut old, 3);
+    let served_by = signalled.elapsed();
+    assert!(
+        served_by < Duration::from_secs(2),
+        "served at {served_by:?}"
+    );
+    assert!(bus.log().contains("still serving for drain_grace_sec"));
+
+    // Then the listener closes: connecting is refused while the held request still drains.
+    let refused = loop {
+        if std::net::TcpStream::connect(bus.tcp_addr()).is_err() {
+            break signalled.elapsed();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "still accepting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(alive(bus.pid()), "the daemon still drains");
+    assert!(
+        refused >= Duration::from_millis(1900) && refused < Duration::from_secs(3),
+        "listener closed {refused:?} after SIGTERM (grace 2 s)"
+    );
+    let held = old.recv();
+    assert_eq!(held["id"], json!("held"), "{held}");
+    assert!(held.get("result").is_some(), "{held}");
+    assert!(bus.wait_exit().success(), "log:\n{}", bus.log());
+    codex_bus_tests::say(&format!(
+        "drain grace 2 s: /readyz 503 after {unready_after:?}, new client served at \
+         {served_by:?}, listener closed at {refused:?}"
+    ));
+}
+
+#[test]
+fn a_second_signal_during_the_grace_stops_at_once() {
+    let config = BusConfig::mock(1).limit("drain_grace_sec", 60);
+    let mut bus = Bus::start(&config, Mode::Tcp);
+    bus.wait_workers(1);
+    bus.signal(Signal::SIGTERM);
+    bus.wait_log("still serving for drain_grace_sec");
+    let started = Instant::now();
+    bus.signal(Signal::SIGTERM);
+    let status = bus.wait_exit();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1), "log:\n{}", bus.log());
 }

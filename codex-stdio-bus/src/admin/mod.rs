@@ -141,7 +141,7 @@ async fn healthz() -> Response {
 /// `GET /readyz`: 200 while every pool has a ready worker and no drain runs, else 503 with what
 /// is not ready.
 async fn readyz(State(admin): State<Admin>) -> Response {
-    match status::readiness(&admin.router) {
+    match admin.router.readiness() {
         Ok(()) => json(StatusCode::OK, "{\"ready\":true}\n".to_owned()),
         Err(body) => json(StatusCode::SERVICE_UNAVAILABLE, format!("{body}\n")),
     }

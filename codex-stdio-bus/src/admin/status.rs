@@ -87,24 +87,6 @@ pub(crate) fn log(router: &Router) {
     );
 }
 
-/// Readiness: every pool has a ready worker and the daemon is not draining. `Err` carries the
-/// JSON body naming what is not ready.
-pub(crate) fn readiness(router: &Router) -> Result<(), Value> {
-    let not_ready: Vec<Value> = router
-        .pools()
-        .iter()
-        .filter_map(|pool| {
-            let states: Vec<&str> = pool.slots.iter().map(|s| s.state().as_str()).collect();
-            let ready = states.iter().filter(|s| **s == "ready").count();
-            (ready == 0).then(|| json!({"pool": &*pool.id, "ready_workers": 0, "slots": states}))
-        })
-        .collect();
-    if not_ready.is_empty() && !router.draining() {
-        return Ok(());
-    }
-    Err(json!({"ready": false, "draining": router.draining(), "pools_not_ready": not_ready}))
-}
-
 /// Renders a status document as a table, one line per slot, then the totals.
 pub fn table(status: &Value) -> String {
     let mut out = String::new();

@@ -18,6 +18,7 @@
 mod client_side;
 pub mod placement;
 pub(crate) mod pool;
+mod readiness;
 pub(crate) mod tenants;
 mod worker_side;
 
@@ -60,6 +61,9 @@ pub(crate) struct Router {
     /// `limits.session_idle_sec`, as the whole seconds the session table counts in.
     session_idle: u32,
     draining: AtomicBool,
+    /// A shutdown was requested: `/readyz` says 503 (see `readiness`), requests are still served
+    /// until `draining`.
+    leaving: AtomicBool,
     /// The audit trail (off unless [`Router::audited`]).
     audit: Arc<Audit>,
     /// Also the origin of the session table's clock: [`Router::second`].
@@ -115,6 +119,7 @@ impl Router {
             max_session_id: config.limits.max_session_id_bytes,
             session_idle: u32::try_from(config.limits.session_idle_sec).unwrap_or(u32::MAX),
             draining: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             audit: Arc::new(Audit::off()),
             started: Instant::now(),
         }
@@ -267,6 +272,7 @@ impl Router {
 
     /// Starts the drain: from now on new requests are refused with `shutting_down`.
     pub(crate) fn begin_drain(&self) {
+        self.leave_rotation();
         self.draining.store(true, Ordering::SeqCst);
         for slot in self.slots() {
             slot.begin_drain();

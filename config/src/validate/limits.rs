@@ -51,6 +51,10 @@ pub(crate) fn limits(
                 &mut limits.drain_timeout_sec,
                 integer(p, value, 0, DAY_SEC, problems),
             ),
+            "drain_grace_sec" => set(
+                &mut limits.drain_grace_sec,
+                integer(p, value, 0, DAY_SEC, problems),
+            ),
             "backpressure_timeout_sec" => {
                 set(
                     &mut limits.backpressure_timeout_sec,

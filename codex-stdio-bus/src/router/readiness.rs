@@ -1,0 +1,47 @@
+//! Readiness, the one answer every `/readyz` gives (the admin port's and each WebSocket port's):
+//! whether a load balancer or an orchestrator should send this daemon new clients.
+//!
+//! It lives in the router, below the transports and the admin endpoint, so both can ask it.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use super::Router;
+
+impl Router {
+    /// Stops advertising readiness, for good: `/readyz` answers 503 from now on, while requests
+    /// are still served. The daemon calls it when a shutdown is requested, before the grace of
+    /// `limits.drain_grace_sec` in which balancers take this node out of rotation; the drain
+    /// itself ([`Router::begin_drain`]) implies it.
+    pub(crate) fn leave_rotation(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a shutdown was requested (the grace or the drain runs).
+    pub(crate) fn leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` while every pool has a ready worker and no shutdown was requested; else `Err` with the
+    /// JSON body of the 503: `{"ready": false, "draining": bool, "pools_not_ready": [{"pool",
+    /// "ready_workers": 0, "slots": [state…]}]}` (`draining` is true from the shutdown request on,
+    /// the grace included).
+    pub(crate) fn readiness(&self) -> Result<(), Value> {
+        let not_ready: Vec<Value> = self
+            .pools()
+            .iter()
+            .filter_map(|pool| {
+                let states: Vec<&str> = pool.slots.iter().map(|s| s.state().as_str()).collect();
+                let ready = states.iter().filter(|s| **s == "ready").count();
+                (ready == 0)
+                    .then(|| json!({"pool": &*pool.id, "ready_workers": 0, "slots": states}))
+            })
+            .collect();
+        let leaving = self.leaving();
+        if not_ready.is_empty() && !leaving {
+            return Ok(());
+        }
+        Err(json!({"ready": false, "draining": leaving, "pools_not_ready": not_ready}))
+    }
+}
