@@ -578,16 +578,19 @@ async fn round(load: Arc<Load>, requests: usize, delay_ms: u64, until_stopped: b
 // ---------------------------------------------------------------------------------------------
 // The shipped balancer config
 
-/// Starts HAProxy on the shipped `docs/deploy/haproxy.cfg`, the frontend on `front_port` and
-/// the backend's servers on the given nodes' WebSocket ports, plus an admin socket of the test's
-/// own (a second `global` section, so the shipped file is used as shipped).
+/// The shipped balancer config.
+fn shipped_config() -> (PathBuf, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/haproxy.cfg");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (path, text)
+}
+
+/// Starts HAProxy on the shipped `docs/deploy/haproxy.cfg` as shipped: its listener and its
+/// three servers come from the environment (`BUS_LISTEN`, `BUS1`…`BUS3`), as the file says. The
+/// test adds only an admin socket, in a second `global` section of a file of its own.
 fn start_haproxy(front_port: u16, nodes: &[&Node]) -> HaProxy {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/haproxy.cfg");
-    let text =
-        std::fs::read_to_string(&shipped).unwrap_or_else(|e| panic!("{}: {e}", shipped.display()));
+    let (config, _) = shipped_config();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("haproxy.cfg");
-    std::fs::write(&config, text).unwrap();
     let extra = dir.path().join("test.cfg");
     std::fs::write(
         &extra,
@@ -610,7 +613,7 @@ fn start_haproxy(front_port: u16, nodes: &[&Node]) -> HaProxy {
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     for (i, node) in nodes.iter().enumerate() {
-        command.env(format!("BUS_NODE{}", i + 1), node.ws_addr());
+        command.env(format!("BUS{}", i + 1), node.ws_addr());
     }
     let child = command
         .spawn()
@@ -623,18 +626,34 @@ fn start_haproxy(front_port: u16, nodes: &[&Node]) -> HaProxy {
     haproxy
 }
 
-/// Adds `node` to the balancing backend at run time (the way an operator adds capacity without
-/// a reload), with the options of the backend's first server, and waits until it is up.
-fn add_server(haproxy: &HaProxy, node: &Node) {
+/// Adds `node` to the balancing backend at run time, the way an operator adds capacity without
+/// a reload: a new name and a new id, as the shipped file asks, and the health-check options of
+/// its `default-server` line (a server added at run time does not inherit them). Waits until
+/// HAProxy sees it up.
+fn add_server(haproxy: &HaProxy, id: usize, node: &Node) {
+    let (_, text) = shipped_config();
+    let defaults: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("default-server "))
+        .expect("a default-server line")
+        .split_whitespace()
+        .collect();
+    let mut check = vec!["check"];
+    for pair in defaults.windows(2) {
+        if ["inter", "fall", "rise"].contains(&pair[0]) {
+            check.extend(pair);
+        }
+    }
     let backend = haproxy.servers()[0].0.clone();
+    let server = format!("{backend}/bus{id}");
     let answer = haproxy.command(&format!(
-        "add server {backend}/{} {} check",
-        node.name,
-        node.ws_addr()
+        "add server {server} {} id {id} {}",
+        node.ws_addr(),
+        check.join(" ")
     ));
     assert!(answer.contains("New server registered"), "{answer}");
     for command in ["enable health", "enable server"] {
-        let answer = haproxy.command(&format!("{command} {backend}/{}", node.name));
+        let answer = haproxy.command(&format!("{command} {server}"));
         assert!(answer.trim().is_empty(), "{command}: {answer}");
     }
     haproxy.wait_server(node.ws_port, true);
@@ -763,7 +782,7 @@ fn sessions_spread_over_nodes_behind_haproxy_survive_a_kill_a_join_and_a_rolling
 
     // 4. A fourth node joins: only sessions that move to it move, at most 1/4 + 5 % of them.
     nodes.push(Node::new(4, ports[4]));
-    add_server(&haproxy, &nodes[3]);
+    add_server(&haproxy, 4, &nodes[3]);
     let join = runtime.block_on(round(load.clone(), 2, 0, false));
     join.assert_clean("join");
     let joined = node_of(&join.one_server_each("join"));
