@@ -48,6 +48,11 @@ pub struct RunArgs {
     /// Listen on TCP at HOST:PORT (IPv4, `[IPv6]` or a host name; port 0 picks a free port).
     #[arg(long, value_name = "HOST:PORT", group = "endpoint")]
     pub tcp: Option<String>,
+    /// Serve WebSocket clients at HOST:PORT, as `codex app-server --listen ws://` does (`codex
+    /// --remote ws://HOST:PORT`); repeatable, added to the config's `websocket` listeners. With
+    /// WebSocket listeners and no --stdio, --unix, --tcp or `transport.mode`, stdio is not served.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ws: Vec<String>,
     /// Serve /metrics, /healthz, /readyz and /status over HTTP at HOST:PORT (overrides
     /// `metrics.listen`; bind to loopback unless a firewall protects it).
     #[arg(long, value_name = "HOST:PORT")]

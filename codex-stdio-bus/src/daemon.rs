@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_config::{Config, Limits, TransportMode};
+use codex_bus_config::{Config, Limits, TransportMode, WebSocketConfig};
 use codex_bus_process::resolve_command;
 use nix::sys::signal::Signal;
 use tokio::net::TcpListener;
@@ -23,7 +23,7 @@ use crate::audit::Audit;
 use crate::auth::{AdminBearer, Authenticator};
 use crate::core::sink::WorkerSink;
 use crate::error::{Error, Kind};
-use crate::io::{self, listen::Bound, listen::Endpoint};
+use crate::io::{self, listen::Bound, listen::Endpoint, websocket};
 use crate::metrics::recorder;
 use crate::router::Router;
 use crate::supervisor::instance::signal_group;
@@ -100,19 +100,42 @@ impl Shutdown {
 
 /// Everything the daemon listens on, bound before it starts (a bad address costs no worker).
 pub struct Listeners {
-    clients: Bound,
+    /// The NDJSON endpoint; none when only WebSocket listeners are configured.
+    clients: Option<Bound>,
+    websocket: Vec<websocket::Listener>,
     admin: Option<TcpListener>,
 }
 
 impl Listeners {
     /// Binds the client `endpoint` and, if given, the admin endpoint at `admin` (HOST:PORT).
     pub async fn bind(endpoint: &Endpoint, admin: Option<&str>) -> Result<Self, Error> {
-        let clients = io::listen::bind(endpoint).await?;
+        Listeners::bind_all(Some(endpoint), &[], admin).await
+    }
+
+    /// Binds the NDJSON `endpoint` if any, every WebSocket listener of `websocket`, and the admin
+    /// endpoint at `admin` if given; fails on the first that cannot be bound.
+    pub async fn bind_all(
+        endpoint: Option<&Endpoint>,
+        websocket: &[WebSocketConfig],
+        admin: Option<&str>,
+    ) -> Result<Self, Error> {
+        let clients = match endpoint {
+            Some(endpoint) => Some(io::listen::bind(endpoint).await?),
+            None => None,
+        };
+        let mut bound = Vec::with_capacity(websocket.len());
+        for listener in websocket {
+            bound.push(websocket::bind(listener).await?);
+        }
         let admin = match admin {
             Some(address) => Some(admin::bind(address).await?),
             None => None,
         };
-        Ok(Listeners { clients, admin })
+        Ok(Listeners {
+            clients,
+            websocket: bound,
+            admin,
+        })
     }
 }
 
@@ -130,11 +153,25 @@ pub async fn run(
     check_commands(&config)?;
     let auth = authenticator(&config)?;
     let tcp = match &listeners.clients {
-        Bound::Tcp(listener) => Some(local_address(listener)?),
+        Some(Bound::Tcp(listener)) => Some(local_address(listener)?),
         _ => None,
     };
     let admin = listeners.admin.as_ref().map(local_address).transpose()?;
-    secure_by_default(&config, auth.as_deref(), tcp, admin)?;
+    let websockets = listeners
+        .websocket
+        .iter()
+        .map(|listener| {
+            listener.local_addr().map_err(|e| {
+                Error::because(Kind::Environment, "cannot read a listener's address", e)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let addresses = Addresses {
+        tcp,
+        admin,
+        websocket: &websockets,
+    };
+    secure_by_default(&config, auth.as_deref(), addresses)?;
     let admin = match listeners.admin {
         // The recorder goes in before the router resolves its metric handles.
         Some(listener) => {
@@ -208,14 +245,34 @@ pub async fn run(
 
     let drain = CancellationToken::new();
     let writers = TaskTracker::new();
-    let serving = tokio::spawn(io::serve(
-        listeners.clients,
-        router.clone(),
-        limits,
-        auth,
-        writers.clone(),
-        drain.clone(),
-    ));
+    let mut accepting = Vec::new();
+    for listener in listeners.websocket {
+        accepting.push(tokio::spawn(websocket::serve(
+            listener,
+            router.clone(),
+            limits,
+            config.routing.session_id_field.as_str().into(),
+            auth.clone(),
+            writers.clone(),
+            drain.clone(),
+        )));
+    }
+    if let Some(clients) = listeners.clients {
+        accepting.push(tokio::spawn(io::serve(
+            clients,
+            router.clone(),
+            limits,
+            auth,
+            writers.clone(),
+            drain.clone(),
+        )));
+    }
+    // Ends once every listener has stopped accepting: the drain waits for it.
+    let serving = tokio::spawn(async move {
+        for listener in accepting {
+            let _ = listener.await;
+        }
+    });
     let Shutdown {
         drain: requested,
         mut now,
@@ -415,14 +472,34 @@ pub fn check_auth(config: &Config) -> Result<(), Error> {
         _ => None,
     };
     let admin = config.metrics.listen.as_deref().and_then(resolve);
-    secure_by_default(config, auth.as_deref(), tcp, admin)
+    let websocket: Vec<std::net::SocketAddr> = config
+        .websocket
+        .iter()
+        .filter_map(|listener| resolve(&listener.listen))
+        .collect();
+    let addresses = Addresses {
+        tcp,
+        admin,
+        websocket: &websocket,
+    };
+    secure_by_default(config, auth.as_deref(), addresses)
+}
+
+/// The addresses of the listeners [`secure_by_default`] judges.
+struct Addresses<'a> {
+    /// The TCP NDJSON listener, if any.
+    tcp: Option<std::net::SocketAddr>,
+    /// The admin endpoint, if any.
+    admin: Option<std::net::SocketAddr>,
+    /// Every WebSocket listener.
+    websocket: &'a [std::net::SocketAddr],
 }
 
 /// Secure by default (as `codex app-server` refuses a non-loopback listener without auth):
-/// refuses a TCP client listener on a non-loopback address unless TCP clients must
+/// refuses a TCP or WebSocket client listener on a non-loopback address unless its clients must
 /// authenticate, a metrics listener on one unless `metrics.bearer_sha256` is set, and an `auth`
-/// that gives TCP clients no credential; `auth.insecure_no_auth` lifts the first two (with a
-/// WARN) and the third.
+/// that gives TCP or WebSocket clients no credential; `auth.insecure_no_auth` lifts the first two
+/// (with a WARN) and the third.
 ///
 /// # Errors
 ///
@@ -430,17 +507,27 @@ pub fn check_auth(config: &Config) -> Result<(), Error> {
 fn secure_by_default(
     config: &Config,
     auth: Option<&Authenticator>,
-    tcp: Option<std::net::SocketAddr>,
-    admin: Option<std::net::SocketAddr>,
+    addresses: Addresses<'_>,
 ) -> Result<(), Error> {
+    let Addresses {
+        tcp,
+        admin,
+        websocket,
+    } = addresses;
     let insecure = config.auth.as_ref().is_some_and(|a| a.insecure_no_auth);
     let bearers = auth.is_some_and(Authenticator::accepts_bearers);
-    if let Some(address) = tcp {
+    let clients = tcp.map(|address| ("TCP", address));
+    let clients = clients
+        .into_iter()
+        .chain(websocket.iter().map(|&address| ("WebSocket", address)));
+    for (kind, address) in clients {
         if auth.is_some() && !bearers && !insecure {
             return Err(Error::new(
                 Kind::Config,
-                "auth is configured but gives TCP clients no credential to present: set \
-                 auth.tokens, auth.tokens_file or auth.jwt",
+                format!(
+                    "auth is configured but gives {kind} clients no credential to present: set \
+                     auth.tokens, auth.tokens_file or auth.jwt"
+                ),
             ));
         }
         if !is_loopback(address) && !bearers {
@@ -448,13 +535,14 @@ fn secure_by_default(
                 return Err(Error::new(
                     Kind::Config,
                     format!(
-                        "refusing to start a TCP listener on the non-loopback address {address} \
-                         without authentication: set auth.tokens, auth.tokens_file or auth.jwt \
-                         (or auth.insecure_no_auth: true, on a network you trust entirely)"
+                        "refusing to start a {kind} listener on the non-loopback address \
+                         {address} without authentication: set auth.tokens, auth.tokens_file or \
+                         auth.jwt (or auth.insecure_no_auth: true, on a network you trust \
+                         entirely)"
                     ),
                 ));
             }
-            tracing::warn!(%address, "auth.insecure_no_auth: TCP clients on a non-loopback address are not authenticated");
+            tracing::warn!(%address, "auth.insecure_no_auth: {kind} clients on a non-loopback address are not authenticated");
         }
     }
     if let Some(address) = admin {

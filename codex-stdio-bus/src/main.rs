@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use codex_bus_config::{Config, TransportMode};
+use codex_bus_config::{Config, TransportMode, WebSocketConfig};
 use codex_bus_process::{cloexec_inherited_fds, fd_limit};
 use codex_stdio_bus::cli::{Cli, Command, RunArgs};
 use codex_stdio_bus::daemon::Listeners;
@@ -64,10 +64,13 @@ fn fail(error: &Error) -> ExitCode {
 
 /// Runs the daemon.
 fn run(args: RunArgs) -> ExitCode {
-    let config = match load(args.config.as_deref()) {
+    let mut config = match load(args.config.as_deref()) {
         Ok(config) => config,
         Err(error) => return fail(&error),
     };
+    config
+        .websocket
+        .extend(args.ws.iter().map(|listen| WebSocketConfig::on(listen)));
     let endpoint = match endpoint(&args, &config) {
         Ok(endpoint) => endpoint,
         Err(error) => return fail(&error),
@@ -103,7 +106,8 @@ fn run(args: RunArgs) -> ExitCode {
         // Signals first: from here a SIGTERM during startup drains instead of killing.
         let shutdown = signals::shutdown()?;
         // Bind before anything starts: a bad address must cost no worker.
-        let listeners = Listeners::bind(&endpoint, metrics.as_deref()).await?;
+        let listeners =
+            Listeners::bind_all(endpoint.as_ref(), &config.websocket, metrics.as_deref()).await?;
         daemon::run(config, listeners, shutdown).await
     });
     // The runtime goes first (its tasks may still log), then the log guard flushes every line.
@@ -129,22 +133,25 @@ fn load(path: Option<&Path>) -> Result<Config, Error> {
     }
 }
 
-/// The endpoint: a CLI flag wins over `transport.mode`/`transport.address` in the file.
-fn endpoint(args: &RunArgs, config: &Config) -> Result<Endpoint, Error> {
+/// The NDJSON endpoint: a CLI flag wins over `transport.mode`/`transport.address` in the file.
+/// `None` when WebSocket listeners are configured and nothing asks for another endpoint: stdio
+/// is the default only without them (it would end the daemon at stdin's end).
+fn endpoint(args: &RunArgs, config: &Config) -> Result<Option<Endpoint>, Error> {
     if let Some(path) = &args.unix {
-        return Ok(Endpoint::Unix(path.clone()));
+        return Ok(Some(Endpoint::Unix(path.clone())));
     }
     if let Some(address) = &args.tcp {
-        return Ok(Endpoint::Tcp(address.clone()));
+        return Ok(Some(Endpoint::Tcp(address.clone())));
     }
     if args.stdio {
-        return Ok(Endpoint::Stdio);
+        return Ok(Some(Endpoint::Stdio));
     }
     let address = config.transport.address.clone();
     match (config.transport.mode, address) {
-        (TransportMode::Stdio, _) => Ok(Endpoint::Stdio),
-        (TransportMode::Unix, Some(path)) => Ok(Endpoint::Unix(path.into())),
-        (TransportMode::Tcp, Some(address)) => Ok(Endpoint::Tcp(address)),
+        (TransportMode::Stdio, _) if !config.websocket.is_empty() => Ok(None),
+        (TransportMode::Stdio, _) => Ok(Some(Endpoint::Stdio)),
+        (TransportMode::Unix, Some(path)) => Ok(Some(Endpoint::Unix(path.into()))),
+        (TransportMode::Tcp, Some(address)) => Ok(Some(Endpoint::Tcp(address))),
         (mode, None) => Err(Error::new(Kind::Config, format!(
             "transport.mode is {mode:?} but no address is set: pass --unix PATH or --tcp HOST:PORT, or set transport.address"
         ))),

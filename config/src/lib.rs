@@ -36,7 +36,7 @@ pub use error::ConfigError;
 pub use model::{
     AuditConfig, AuthConfig, Config, IdReferenceConfig, JwtConfig, Limits, MetricsConfig,
     PoolConfig, ReadyProbe, RestartPolicy, RoutingConfig, Supervision, TenantLimits, TokenEntry,
-    TransportConfig, TransportMode,
+    TokenSecret, TransportConfig, TransportMode, WebSocketConfig,
 };
 pub use tenant::{validate_tenant_name, MAX_TENANT_BYTES};
 
@@ -83,6 +83,7 @@ impl Config {
             tenants: Default::default(),
             audit: AuditConfig::default(),
             auth: None,
+            websocket: Vec::new(),
         }
     }
 

@@ -26,6 +26,43 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantLimits>,
     /// The audit trail (our extension).
     pub audit: AuditConfig,
+    /// WebSocket listeners, each serving clients as `codex app-server --listen ws://` does (our
+    /// extension); none by default.
+    pub websocket: Vec<WebSocketConfig>,
+}
+
+/// One WebSocket listener (our extension; docs/config.md, "websocket"): one JSON-RPC message per
+/// text frame, one session per connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WebSocketConfig {
+    /// HOST:PORT to listen on.
+    pub listen: String,
+    /// The request header naming the connection's session, when its path and query name none.
+    pub session_header: String,
+    /// The query parameter naming the connection's session, when its path names none.
+    pub session_query: String,
+    /// `Origin` values accepted; a request with any other `Origin` gets 403 (cross-site
+    /// WebSocket hijacking), as Codex refuses every request that has one.
+    pub allowed_origins: Vec<String>,
+    /// Largest frame accepted, in bytes; a larger one closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest message (all its frames) accepted, in bytes; a larger one closes with 1009.
+    pub max_message_bytes: usize,
+}
+
+impl WebSocketConfig {
+    /// A listener on `listen` with the defaults: Codex's limits (16 MiB per frame, 64 MiB per
+    /// message), `x-codex-session` and `session` as the header and query names, no origin.
+    pub fn on(listen: &str) -> Self {
+        WebSocketConfig {
+            listen: listen.to_owned(),
+            session_header: "x-codex-session".to_owned(),
+            session_query: "session".to_owned(),
+            allowed_origins: Vec::new(),
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Where security events are recorded (our extension).
@@ -416,18 +453,33 @@ impl Default for AuthConfig {
     }
 }
 
-/// One capability token: a bearer secret known only by its SHA-256 digest.
+/// One capability token: a bearer secret known by its SHA-256 digest, or kept in a Codex token
+/// file (`codex app-server --ws-token-file`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TokenEntry {
     /// The tenant a connection presenting the token belongs to (a [tenant name]).
     ///
     /// [tenant name]: crate::validate_tenant_name
     pub tenant: String,
-    /// Lower-case hex SHA-256 (64 digits) of the token's bytes: `printf %s "$TOKEN" | sha256sum`.
-    pub sha256: String,
+    /// Where the token is known from.
+    #[serde(flatten)]
+    pub secret: TokenSecret,
     /// Who holds the token, for logs; the tenant's name when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+}
+
+/// How a capability token is configured: exactly one of the two keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSecret {
+    /// `sha256`: lower-case hex SHA-256 (64 digits) of the token's bytes:
+    /// `printf %s "$TOKEN" | sha256sum`.
+    Sha256(String),
+    /// `token_file`: a file holding the raw token (surrounding whitespace trimmed), read by the
+    /// daemon at start, as Codex reads `--ws-token-file`.
+    #[serde(serialize_with = "serialize_one_path_lossy")]
+    TokenFile(PathBuf),
 }
 
 /// HS256 JWT verification settings (as `codex app-server --ws-auth signed-bearer-token`).

@@ -10,6 +10,17 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "auth",
     "tenants",
     "audit",
+    "websocket",
+];
+
+/// Keys of one `websocket[]` listener (our extension).
+pub(crate) const WEBSOCKET_KEYS: &[&str] = &[
+    "listen",
+    "session_header",
+    "session_query",
+    "allowed_origins",
+    "max_frame_bytes",
+    "max_message_bytes",
 ];
 
 /// Keys of `audit` (our extension).
@@ -107,7 +118,7 @@ pub(crate) const AUTH_KEYS: &[&str] = &[
 ];
 
 /// Keys of one `auth.tokens[]` entry (and of one entry of `auth.tokens_file`).
-pub(crate) const TOKEN_KEYS: &[&str] = &["tenant", "sha256", "subject"];
+pub(crate) const TOKEN_KEYS: &[&str] = &["tenant", "sha256", "token_file", "subject"];
 
 /// Keys of `auth.jwt`.
 pub(crate) const JWT_KEYS: &[&str] = &["secret_file", "issuer", "audience", "tenant_claim"];
@@ -143,6 +154,7 @@ mod tests {
             AUTH_KEYS,
             TOKEN_KEYS,
             JWT_KEYS,
+            WEBSOCKET_KEYS,
         ];
         let missing: Vec<&str> = levels
             .iter()

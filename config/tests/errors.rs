@@ -341,7 +341,7 @@ fn several_problems_are_reported_at_once() {
     assert_problems(
         text,
         &[
-            "extra: unknown key (known keys: pools, limits, transport, routing, metrics, auth, tenants, audit)",
+            "extra: unknown key (known keys: pools, limits, transport, routing, metrics, auth, tenants, audit, websocket)",
             r#"pools[0].command: must be a non-empty string, got """#,
             "pools[0].instances: must be an integer ≥ 1, got 0",
             "pools[1].agrs: unknown key (did you mean 'args'?)",
@@ -526,7 +526,10 @@ fn auth_defaults_fill_in_and_digests_are_lower_cased() {
     ));
     let config = Config::from_json_str(&text, "t.json").unwrap();
     let auth = config.auth.unwrap();
-    assert_eq!(auth.tokens[0].sha256, "ab".repeat(32));
+    assert_eq!(
+        auth.tokens[0].secret,
+        codex_bus_config::TokenSecret::Sha256("ab".repeat(32))
+    );
     assert_eq!(auth.stdio_tenant, "local");
     assert_eq!(
         (auth.handshake_timeout_sec, auth.max_unauthenticated_lines),
@@ -566,5 +569,78 @@ fn the_digest_of_an_empty_token_is_refused() {
     assert!(
         error.contains("auth.tokens[0].sha256") && error.contains("empty token"),
         "{error}"
+    );
+}
+
+#[test]
+fn a_token_has_a_digest_or_a_token_file() {
+    let digest = "0".repeat(64);
+    let file = Config::tokens_from_json_str(
+        r#"[{"tenant": "a", "token_file": "/run/a.token"}]"#,
+        "tokens.json",
+    )
+    .unwrap();
+    assert_eq!(
+        file[0].secret,
+        codex_bus_config::TokenSecret::TokenFile("/run/a.token".into())
+    );
+    assert_problems(
+        &with_section(r#""auth": {"tokens": [{"tenant": "a"}]}"#),
+        &["auth.tokens[0].sha256: missing; every token needs its sha256 or a token_file"],
+    );
+    assert_problems(
+        &with_section(&format!(
+            r#""auth": {{"tokens": [{{"tenant": "a", "sha256": "{digest}", "token_file": "f"}}]}}"#
+        )),
+        &["auth.tokens[0].token_file: a token has a sha256 or a token_file, not both"],
+    );
+}
+
+#[test]
+fn websocket_listeners_are_checked_with_their_defaults_filled_in() {
+    let config = Config::from_json_str(
+        &with_section(
+            r#""websocket": [{"listen": "127.0.0.1:4500"},
+                {"listen": "[::1]:0", "session_header": "X-Session", "allowed_origins": ["https://a.example"],
+                 "max_frame_bytes": 1024, "max_message_bytes": 4096}]"#,
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(
+        config.websocket[0],
+        codex_bus_config::WebSocketConfig::on("127.0.0.1:4500")
+    );
+    assert_eq!(config.websocket[0].max_frame_bytes, 16 << 20);
+    assert_eq!(config.websocket[0].max_message_bytes, 64 << 20);
+    let second = &config.websocket[1];
+    assert_eq!(
+        second.session_header, "x-session",
+        "header names are kept in lower case"
+    );
+    assert_eq!(second.allowed_origins, ["https://a.example"]);
+    assert_eq!(
+        (second.max_frame_bytes, second.max_message_bytes),
+        (1024, 4096)
+    );
+    assert_problems(
+        &with_section(
+            r#""websocket": [{"listen": "nowhere", "session_query": "a b", "session_header": "a:b",
+                "max_frame_bytes": 10, "max_message_bytes": 5, "tls_please": true}, {}]"#,
+        ),
+        &[
+            "websocket[0].listen: must be HOST:PORT (port 0 to 65535), got \"nowhere\"",
+            "websocket[0].session_query: must be letters, digits, '-', '.', '_' or '~', got \"a b\"",
+            "websocket[0].session_header: must be an HTTP header name (letters, digits, '-', …), got \"a:b\"",
+            "websocket[0].tls_please: unknown key (known keys: listen, session_header, session_query, allowed_origins, max_frame_bytes, max_message_bytes)",
+            "websocket[0].max_frame_bytes: must be at most max_message_bytes (5), got 10",
+            "websocket[1].listen: missing; every listener needs it",
+        ],
+    );
+    assert_problems(
+        &with_section(
+            r#""routing": {"session_id_field": "params.sessionId"}, "websocket": [{"listen": "127.0.0.1:0"}]"#,
+        ),
+        &["websocket: needs routing.session_id_field to be a top-level member name (the session of a WebSocket connection is added to its messages there), got \"params.sessionId\""],
     );
 }

@@ -215,7 +215,7 @@ pub fn append_error_reply_hinted(
 }
 
 /// Appends `s` as a quoted JSON string, escaping only what JSON requires.
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     for &c in s.as_bytes() {

@@ -13,6 +13,7 @@
 pub mod envelope;
 pub mod error;
 pub mod framing;
+pub mod members;
 pub mod reference;
 pub mod rewrite;
 mod scan;
@@ -22,6 +23,9 @@ mod top_id;
 pub use envelope::{key_bytes, parse, Envelope, EnvelopeError, Kind, Message, SessionPath, Span};
 pub use error::{append_error_reply, append_error_reply_hinted, ErrorHint, ErrorKind, Fault};
 pub use framing::{Frame, LineFramer};
+pub use members::{
+    append_with_member, append_without_members, is_named, top_level_members, Member,
+};
 pub use reference::{value_at, IdReference, IdReferences};
 pub use rewrite::{append_with_bus_id, append_with_token, parse_bus_id};
 pub use tenant::{

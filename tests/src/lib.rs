@@ -160,6 +160,8 @@ pub enum Mode {
     Unix,
     /// `--tcp 127.0.0.1:0`; the port is read from the daemon's log.
     Tcp,
+    /// `--ws 127.0.0.1:0` alone (no NDJSON endpoint); the port is read from the daemon's log.
+    WebSocket,
 }
 
 /// A running daemon; killed (with its process group's workers) when dropped.
@@ -224,6 +226,7 @@ impl Bus {
             Mode::Stdio => cmd.arg("--stdio"),
             Mode::Unix => cmd.arg("--unix").arg(dir.path().join("bus.sock")),
             Mode::Tcp => cmd.args(["--tcp", "127.0.0.1:0"]),
+            Mode::WebSocket => cmd.args(["--ws", "127.0.0.1:0"]),
         };
         cmd.env("RUST_LOG", "info")
             .stdin(if mode == Mode::Stdio {
@@ -254,8 +257,13 @@ impl Bus {
             done,
         };
         match mode {
-            Mode::Tcp => {
-                let line = bus.wait_log("transport=\"tcp\"");
+            Mode::Tcp | Mode::WebSocket => {
+                let transport = if mode == Mode::Tcp {
+                    "tcp"
+                } else {
+                    "websocket"
+                };
+                let line = bus.wait_log(&format!("transport=\"{transport}\""));
                 let addr = line.split("addr=").nth(1).expect("addr in listening line");
                 bus.tcp = Some(addr.split_whitespace().next().unwrap().to_owned());
             }
@@ -304,10 +312,12 @@ impl Bus {
         }
     }
 
-    /// The TCP address the daemon listens on (`Mode::Tcp` only), for tests that open sockets of
-    /// their own.
+    /// The TCP address the daemon listens on (`Mode::Tcp`, or its WebSocket port in
+    /// `Mode::WebSocket`), for tests that open sockets of their own.
     pub fn tcp_addr(&self) -> &str {
-        self.tcp.as_deref().expect("the daemon runs in Mode::Tcp")
+        self.tcp
+            .as_deref()
+            .expect("the daemon runs in Mode::Tcp or Mode::WebSocket")
     }
 
     /// A new client connection (the daemon's stdio in stdio mode, once).
@@ -316,6 +326,7 @@ impl Bus {
             Mode::Stdio => self.stdio.take().expect("stdio mode has one client"),
             Mode::Unix => Conn::unix(&self.socket_path()),
             Mode::Tcp => Conn::tcp(self.tcp.as_deref().unwrap()),
+            Mode::WebSocket => panic!("WebSocket clients connect with a WebSocket client"),
         }
     }
 

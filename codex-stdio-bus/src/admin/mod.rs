@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::AdminBearer;
 use crate::error::{Error, Kind};
+use crate::io::probes::{self, json_answer as json, PLAIN_TEXT};
 use crate::io::ACCEPT_RETRY;
 use crate::router::Router;
 
@@ -37,9 +38,6 @@ const MAX_HEAD: usize = 8 * 1024;
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Content type of the plain-text answers.
-const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
 /// What every admin request reads.
 #[derive(Clone)]
@@ -133,18 +131,14 @@ async fn metrics(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response()
 }
 
-/// `GET /healthz`: the process answers.
+/// `GET /healthz` (`io::probes`).
 async fn healthz() -> Response {
-    ([(header::CONTENT_TYPE, PLAIN_TEXT)], "ok\n").into_response()
+    probes::healthz()
 }
 
-/// `GET /readyz`: 200 while every pool has a ready worker and no drain runs, else 503 with what
-/// is not ready.
+/// `GET /readyz` (`io::probes`).
 async fn readyz(State(admin): State<Admin>) -> Response {
-    match admin.router.readiness() {
-        Ok(()) => json(StatusCode::OK, "{\"ready\":true}\n".to_owned()),
-        Err(body) => json(StatusCode::SERVICE_UNAVAILABLE, format!("{body}\n")),
-    }
+    probes::readyz(&admin.router)
 }
 
 /// `GET /status`: the status document.
@@ -165,11 +159,6 @@ async fn not_found() -> Response {
         body,
     )
         .into_response()
-}
-
-/// A JSON answer with `status`.
-fn json(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// The environment variable whose value `fetch` sends as its bearer token, for an endpoint with

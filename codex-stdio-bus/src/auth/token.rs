@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use codex_bus_config::TokenEntry;
+use codex_bus_config::{TokenEntry, TokenSecret};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -50,19 +50,25 @@ struct Entry {
 pub(crate) struct TokenTable(Vec<Entry>);
 
 impl TokenTable {
-    /// The table of `entries` (inline and from the tokens file).
+    /// The table of `entries` (inline and from the tokens file); a `token_file` is read now.
     ///
     /// # Errors
     ///
-    /// The same digest in two entries (the config checks each list; this checks them together).
+    /// The same token in two entries (the config checks each list's digests; this checks them
+    /// together, and the files' tokens), or a token file that cannot be read or holds only
+    /// whitespace. No message holds a token.
     pub(crate) fn new(entries: &[TokenEntry]) -> Result<Self, String> {
         let mut table: Vec<Entry> = Vec::with_capacity(entries.len());
         for entry in entries {
-            let digest = Digest::from_hex(&entry.sha256)
-                .ok_or_else(|| "auth.tokens: a sha256 is not 64 hex digits".to_owned())?;
+            let digest = match &entry.secret {
+                TokenSecret::Sha256(hex) => Digest::from_hex(hex)
+                    .ok_or_else(|| "auth.tokens: a sha256 is not 64 hex digits".to_owned())?,
+                TokenSecret::TokenFile(path) => read_token_file(path)?,
+            };
             if table.iter().any(|e| e.digest == digest) {
                 return Err(format!(
-                    "auth: the token of tenant '{}' is configured twice (tokens and tokens_file)",
+                    "auth: the token of tenant '{}' is configured twice (tokens, tokens_file \
+                     or token files)",
                     entry.tenant
                 ));
             }
@@ -103,6 +109,25 @@ impl TokenTable {
     }
 }
 
+/// The digest of the token in a Codex token file (`--ws-token-file`): the file's text with its
+/// surrounding whitespace trimmed, as Codex reads it, so a trailing newline is no part of it.
+fn read_token_file(path: &std::path::Path) -> Result<Digest, String> {
+    let text = std::fs::read(path).map_err(|e| {
+        format!(
+            "auth.tokens: cannot read the token_file '{}': {e}",
+            path.display()
+        )
+    })?;
+    let token = text.trim_ascii();
+    if token.is_empty() {
+        return Err(format!(
+            "auth.tokens: the token_file '{}' holds no token",
+            path.display()
+        ));
+    }
+    Ok(Digest::of(token))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,12 +145,12 @@ mod tests {
         let entries = [
             TokenEntry {
                 tenant: "a".into(),
-                sha256: hex("secret-a"),
+                secret: TokenSecret::Sha256(hex("secret-a")),
                 subject: Some("ci".into()),
             },
             TokenEntry {
                 tenant: "b".into(),
-                sha256: hex("secret-b").to_ascii_uppercase(),
+                secret: TokenSecret::Sha256(hex("secret-b").to_ascii_uppercase()),
                 subject: None,
             },
         ];
@@ -147,11 +172,40 @@ mod tests {
     fn the_same_token_twice_is_refused() {
         let entry = TokenEntry {
             tenant: "a".into(),
-            sha256: hex("t"),
+            secret: TokenSecret::Sha256(hex("t")),
             subject: None,
         };
         let error = TokenTable::new(&[entry.clone(), entry]).err().unwrap();
         assert!(error.contains("configured twice"), "{error}");
+    }
+
+    #[test]
+    fn a_token_file_holds_the_raw_token_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  file-token\n").unwrap();
+        let entry = |secret| TokenEntry {
+            tenant: "f".into(),
+            secret,
+            subject: None,
+        };
+        let table = TokenTable::new(&[entry(TokenSecret::TokenFile(file.clone()))]).unwrap();
+        assert_eq!(&*table.find("file-token").unwrap().tenant, "f");
+        assert_eq!(table.find("  file-token\n"), None);
+        // The same token by digest and by file is one token configured twice.
+        let twice = [
+            entry(TokenSecret::TokenFile(file.clone())),
+            entry(TokenSecret::Sha256(hex("file-token"))),
+        ];
+        assert!(TokenTable::new(&twice).is_err());
+        std::fs::write(&file, " \n").unwrap();
+        let error = TokenTable::new(&[entry(TokenSecret::TokenFile(file))])
+            .err()
+            .unwrap();
+        assert!(error.contains("holds no token"), "{error}");
+        let missing = TokenSecret::TokenFile(dir.path().join("absent"));
+        let error = TokenTable::new(&[entry(missing)]).err().unwrap();
+        assert!(error.contains("cannot read"), "{error}");
     }
 
     #[test]

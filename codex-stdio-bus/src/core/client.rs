@@ -35,6 +35,8 @@ pub(crate) enum Transport {
     Unix,
     /// A TCP connection.
     Tcp,
+    /// A WebSocket connection (one message per text frame, one session per connection).
+    WebSocket,
 }
 
 impl Transport {
@@ -44,6 +46,7 @@ impl Transport {
             Transport::Stdio => "stdio",
             Transport::Unix => "unix",
             Transport::Tcp => "tcp",
+            Transport::WebSocket => "websocket",
         }
     }
 }
@@ -93,9 +96,10 @@ pub(crate) struct Client {
     /// known to the router); a refused one only carries its refusal to the client.
     pub admitted: bool,
     /// The session every message of this connection belongs to when the transport binds one
-    /// (e.g. a WebSocket connection per session); `None` for NDJSON streams, whose messages
-    /// name their session themselves.
-    pub bound_session: Option<Box<[u8]>>,
+    /// (a WebSocket connection per session), as the client knows it (no tenant prefix): the
+    /// router adds it to the messages that name none. `None` for NDJSON streams, whose
+    /// messages name their session themselves.
+    pub bound_session: Option<Box<str>>,
     /// Lines toward the client, plus the worker requests it holds.
     pub out: Outbox<ClientBook>,
     /// Requests of this client that no one has answered yet (a closing client waits for them).
@@ -139,7 +143,7 @@ impl Client {
         transport: Transport,
         principal: Principal,
         (tenant, admitted): (Arc<Tenant>, bool),
-        bound_session: Option<Box<[u8]>>,
+        bound_session: Option<Box<str>>,
         output: OutputBounds,
     ) -> Self {
         Client {

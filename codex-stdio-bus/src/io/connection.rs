@@ -55,6 +55,8 @@ pub(crate) struct Peer<'a> {
     /// A line to queue as soon as the client is registered, before anything it sends is read:
     /// the reply to its `bus/authenticate`.
     pub first_reply: Option<Vec<u8>>,
+    /// The session the connection is bound to, if its transport binds one (WebSocket).
+    pub bound_session: Option<Box<str>>,
 }
 
 /// Serves a client until it closes its input and every request it sent has been answered, or it
@@ -72,7 +74,7 @@ pub(crate) async fn serve<S, K>(
     S: MessageSource,
     K: MessageSink,
 {
-    let client = router.connect(peer.transport, peer.principal, None);
+    let client = router.connect(peer.transport, peer.principal, peer.bound_session);
     if let Some(line) = &peer.first_reply {
         client.out.push(|buf| buf.extend_from_slice(line));
     }

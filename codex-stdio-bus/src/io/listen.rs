@@ -73,7 +73,7 @@ pub async fn bind(endpoint: &Endpoint) -> Result<Bound, Error> {
 }
 
 /// Resolves HOST:PORT and binds the first address that works.
-async fn bind_tcp(address: &str) -> io::Result<TcpListener> {
+pub(super) async fn bind_tcp(address: &str) -> io::Result<TcpListener> {
     let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address resolved");
     for candidate in tokio::net::lookup_host(address).await? {
         match TcpListener::bind(candidate).await {

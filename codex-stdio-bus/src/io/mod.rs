@@ -1,8 +1,9 @@
-//! Layer 3, I/O: client transports (stdio, Unix socket, TCP) and worker pipes, all reading through
-//! the one frame loop in `frames`.
+//! Layer 3, I/O: client transports (stdio, Unix socket, TCP, WebSocket) and worker pipes.
 //!
 //! A client connection is a source and sink of messages (`connection`); NDJSON is its framing on
-//! every transport today (`ndjson`). Worker pipes (`worker`) feed a slot's queue to the
+//! stdio, Unix sockets and TCP (`ndjson`, reading through the one frame loop in `frames`), a
+//! text frame per message on WebSocket (`websocket`), whose HTTP port answers the same probes as
+//! the admin endpoint (`probes`). Worker pipes (`worker`) feed a slot's queue to the
 //! worker's stdin and hand its stdout lines to a `WorkerSink`.
 //!
 //! Imports: the core, the router (to route client messages), and the auth (principals) and
@@ -14,7 +15,9 @@ pub(crate) mod connection;
 pub(crate) mod frames;
 pub mod listen;
 pub(crate) mod ndjson;
+pub(crate) mod probes;
 pub(crate) mod stdio;
+pub mod websocket;
 pub(crate) mod worker;
 
 use std::io;
@@ -238,6 +241,7 @@ impl Lines {
                 .is_some()
                 .then(|| Duration::from_secs(self.limits.client_idle_sec)),
             first_reply,
+            bound_session: None,
         };
         let source = NdjsonSource::new(reader, self.limits.max_input_buffer);
         connection::serve(

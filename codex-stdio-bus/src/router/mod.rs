@@ -217,7 +217,7 @@ impl Router {
         &self,
         transport: Transport,
         principal: Principal,
-        bound_session: Option<Box<[u8]>>,
+        bound_session: Option<Box<str>>,
     ) -> Arc<Client> {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let (tenant, refused) = match self.tenants.get(&principal.tenant) {

@@ -10,7 +10,7 @@ use crate::tenant::validate_tenant_name;
 use crate::tree::Json;
 use crate::validate::problems::Problems;
 use crate::validate::values::{boolean, integer, non_empty_string, object, string, DAY_SEC};
-use crate::{AuthConfig, JwtConfig, TokenEntry};
+use crate::{AuthConfig, JwtConfig, TokenEntry, TokenSecret};
 
 /// Most lines a client may have refused before it authenticates; more would only let a client
 /// that will never authenticate hold its connection longer.
@@ -95,14 +95,17 @@ pub(crate) fn tokens(
         let Some(entry) = token(&path, item, problems) else {
             continue;
         };
-        if let Some(first) = first_index_of.get(entry.sha256.as_str()) {
-            problems.add(
-                &path.key("sha256"),
-                format_args!("the same token as entry [{first}]"),
-            );
-            continue;
+        // Two files may hold one token: the daemon compares their digests once it has read them.
+        if let TokenSecret::Sha256(digest) = &entry.secret {
+            if let Some(first) = first_index_of.get(digest.as_str()) {
+                problems.add(
+                    &path.key("sha256"),
+                    format_args!("the same token as entry [{first}]"),
+                );
+                continue;
+            }
+            first_index_of.insert(digest.clone(), index);
         }
-        first_index_of.insert(entry.sha256.clone(), index);
         tokens.push(entry);
     }
     (problems.count() == before).then_some(tokens)
@@ -112,30 +115,40 @@ pub(crate) fn tokens(
 fn token(path: &FieldPath<'_>, value: &Json, problems: &mut Problems) -> Option<TokenEntry> {
     let entries = object(path, value, problems)?;
     let before = problems.count();
-    let (mut tenant_name, mut digest, mut subject) = (None, None, None);
+    let (mut tenant_name, mut secret, mut subject) = (None, None, None);
     for (key, value) in entries {
         let path = path.key(key);
         match key.as_str() {
             "tenant" => tenant_name = tenant(&path, value, problems),
-            "sha256" => digest = sha256_hex(&path, value, problems),
+            "sha256" => secret = sha256_hex(&path, value, problems).map(TokenSecret::Sha256),
+            "token_file" => {
+                secret = non_empty_string(&path, value, problems)
+                    .map(|file| TokenSecret::TokenFile(PathBuf::from(file)))
+            }
             "subject" => subject = non_empty_string(&path, value, problems).map(str::to_owned),
             _ => problems.unknown_key(&path, key, TOKEN_KEYS),
         }
     }
-    for (key, missing) in [
-        ("tenant", tenant_name.is_none()),
-        ("sha256", digest.is_none()),
-    ] {
-        if missing && value.get(key).is_none() {
-            problems.add(&path.key(key), "missing; every token needs it");
-        }
+    if tenant_name.is_none() && value.get("tenant").is_none() {
+        problems.add(&path.key("tenant"), "missing; every token needs it");
+    }
+    match (value.get("sha256"), value.get("token_file")) {
+        (None, None) => problems.add(
+            &path.key("sha256"),
+            "missing; every token needs its sha256 or a token_file",
+        ),
+        (Some(_), Some(_)) => problems.add(
+            &path.key("token_file"),
+            "a token has a sha256 or a token_file, not both",
+        ),
+        _ => {}
     }
     if problems.count() != before {
         return None;
     }
     Some(TokenEntry {
         tenant: tenant_name?,
-        sha256: digest?,
+        secret: secret?,
         subject,
     })
 }

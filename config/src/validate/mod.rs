@@ -11,6 +11,7 @@ mod supervision;
 mod tenants;
 mod transport;
 mod values;
+mod websocket;
 
 use crate::path::FieldPath;
 use crate::schema::TOP_KEYS;
@@ -51,6 +52,12 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         tenants::tenants(&path, document.get("tenants"), limits, &mut problems)
     });
     let audit = audit::audit(&root.key("audit"), document.get("audit"), &mut problems);
+    let websocket = websocket::websocket(
+        &root.key("websocket"),
+        document.get("websocket"),
+        routing.as_ref().map(|r| r.session_id_field.as_str()),
+        &mut problems,
+    );
     match (
         pools.pools,
         limits,
@@ -60,6 +67,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
         auth,
         tenants,
         audit,
+        websocket,
     ) {
         (
             Some(pools),
@@ -70,6 +78,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             Some(auth),
             Some(tenants),
             Some(audit),
+            Some(websocket),
         ) if problems.count() == 0 => Ok(Config {
             pools,
             limits,
@@ -79,6 +88,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             auth,
             tenants,
             audit,
+            websocket,
         }),
         _ => Err(problems.into_vec()),
     }
