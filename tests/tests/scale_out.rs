@@ -293,9 +293,14 @@ struct Tally {
     /// Requests sent whose connection then closed without a reply and without a close frame
     /// (the node died): retried on a new connection.
     lost_on_close: u64,
+    /// The sessions those requests belonged to.
+    lost_by: HashSet<usize>,
     /// Requests sent when the node then said "going away" (close 1001) without answering them:
-    /// the drain had stopped taking them; retried.
+    /// the drain had stopped reading them; retried.
     refused_by_close: u64,
+    /// The longest a request refused that way had been sent before the close came: a request
+    /// the node held for long and then dropped would show here.
+    refused_oldest: Duration,
     /// Sends that failed (the connection was already closed): retried on a new connection.
     unsent: u64,
     /// Failed upgrades through the balancer (connect refused, HTTP 502/503), by kind; retried.
@@ -318,12 +323,14 @@ impl Tally {
 
     fn summary(&self) -> String {
         format!(
-            "{} results, retryable errors {:?}, lost on close {}, refused by close 1001 {}, \
-             unsent {}, connect failures {:?}, duplicates {}, strays {}, fatal {}",
+            "{} results, retryable errors {:?}, lost on close {}, refused by close 1001 {} \
+             (sent at most {:?} before), unsent {}, connect failures {:?}, duplicates {}, \
+             strays {}, fatal {}",
             self.results,
             self.retryable,
             self.lost_on_close,
             self.refused_by_close,
+            self.refused_oldest,
             self.unsent,
             self.connect_failures,
             self.duplicates,
@@ -434,7 +441,6 @@ impl Load {
     /// a retryable error or a closed connection makes the client retry it on a new connection
     /// (with a new id).
     async fn session(&self, index: usize, requests: usize, delay_ms: u64) {
-        let name = &self.sessions[index].name;
         let mut ws: Option<Ws> = None;
         let mut done = 0;
         while done < requests {
@@ -451,12 +457,13 @@ impl Load {
             } else {
                 json!({"id": id, "method": "ping"})
             };
+            let sent_at = Instant::now();
             if conn.send(Message::text(request.to_string())).await.is_err() {
                 self.tally.lock().unwrap().unsent += 1;
                 ws = None;
                 continue;
             }
-            match self.reply(conn, id, name).await {
+            match self.reply(conn, id, index, sent_at).await {
                 Reply::Result(served) => {
                     let mut tally = self.tally.lock().unwrap();
                     tally.results += 1;
@@ -476,7 +483,8 @@ impl Load {
     }
 
     /// Reads until the reply to `id` (or the end of the connection).
-    async fn reply(&self, conn: &mut Ws, id: u64, name: &str) -> Reply {
+    async fn reply(&self, conn: &mut Ws, id: u64, index: usize, sent_at: Instant) -> Reply {
+        let name = &self.sessions[index].name;
         loop {
             let frame = match tokio::time::timeout(REPLY_WITHIN, conn.next()).await {
                 Err(_) => {
@@ -491,11 +499,15 @@ impl Load {
                 Some(Ok(Message::Text(text))) => text,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Close(Some(close)))) if close.code == CloseCode::Away => {
-                    self.tally.lock().unwrap().refused_by_close += 1;
+                    let mut tally = self.tally.lock().unwrap();
+                    tally.refused_by_close += 1;
+                    tally.refused_oldest = tally.refused_oldest.max(sent_at.elapsed());
                     return Reply::Retry;
                 }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                    self.tally.lock().unwrap().lost_on_close += 1;
+                    let mut tally = self.tally.lock().unwrap();
+                    tally.lost_on_close += 1;
+                    tally.lost_by.insert(index);
                     return Reply::Retry;
                 }
                 Some(Ok(other)) => {
@@ -717,10 +729,16 @@ fn sessions_spread_over_nodes_behind_haproxy_survive_a_kill_a_join_and_a_rolling
     let victim = nodes[0].name.clone();
     let handle = runtime.spawn(round(load.clone(), REQUESTS, 20, false));
     std::thread::sleep(Duration::from_millis(400));
-    nodes[0].stop(Signal::SIGKILL);
     let killed_at = Instant::now();
+    nodes[0].stop(Signal::SIGKILL);
+    haproxy.wait_server(nodes[0].ws_port, false);
+    let marked_down = killed_at.elapsed();
     let kill = runtime.block_on(handle).unwrap();
     kill.assert_clean("kill");
+    assert!(
+        kill.lost_by.iter().all(|s| placed[s] == victim),
+        "only the dead node's connections closed under their requests"
+    );
     assert_eq!(
         kill.results,
         (SESSIONS * REQUESTS) as u64,
@@ -751,12 +769,8 @@ fn sessions_spread_over_nodes_behind_haproxy_survive_a_kill_a_join_and_a_rolling
     }
     say(&format!(
         "scale-out SIGKILL {victim}: {moved_away} of its {} sessions moved to the others; \
-         HAProxy marked it down {:?} after the kill; {}",
+         HAProxy marked it down {marked_down:?} after the kill; {}",
         per_node[victim.as_str()],
-        {
-            haproxy.wait_server(nodes[0].ws_port, false);
-            killed_at.elapsed()
-        },
         kill.summary()
     ));
     // After HAProxy marked it down, every session of the dead node is served elsewhere.
