@@ -19,8 +19,8 @@ pub(crate) fn healthz() -> Response {
 /// requested (the drain grace included), else 503 with what is not ready ([`Router::readiness`]).
 pub(crate) fn readyz(router: &Router) -> Response {
     match router.readiness() {
-        Ok(()) => json_answer(StatusCode::OK, "{\"ready\":true}\n".to_owned()),
-        Err(body) => json_answer(StatusCode::SERVICE_UNAVAILABLE, format!("{body}\n")),
+        Ok(body) => json_answer(StatusCode::OK, body),
+        Err(body) => json_answer(StatusCode::SERVICE_UNAVAILABLE, body),
     }
 }
 

@@ -23,11 +23,12 @@ impl Router {
         self.leaving.load(Ordering::Relaxed)
     }
 
-    /// `Ok` while every pool has a ready worker and no shutdown was requested; else `Err` with the
-    /// JSON body of the 503: `{"ready": false, "draining": bool, "pools_not_ready": [{"pool",
-    /// "ready_workers": 0, "slots": [state…]}]}` (`draining` is true from the shutdown request on,
-    /// the grace included).
-    pub(crate) fn readiness(&self) -> Result<(), Value> {
+    /// The answer of every `GET /readyz`, as its JSON body (newline-terminated): `Ok` with
+    /// `{"ready":true}` (HTTP 200) while every pool has a ready worker and no shutdown was
+    /// requested; else `Err` (HTTP 503) with `{"ready":false,"draining":bool,"pools_not_ready":
+    /// [{"pool","ready_workers":0,"slots":[state…]}]}`, `draining` true from the shutdown request
+    /// on, the grace included. Every front answers with this, so they cannot disagree.
+    pub(crate) fn readiness(&self) -> Result<String, String> {
         let not_ready: Vec<Value> = self
             .pools()
             .iter()
@@ -40,8 +41,9 @@ impl Router {
             .collect();
         let leaving = self.leaving();
         if not_ready.is_empty() && !leaving {
-            return Ok(());
+            return Ok("{\"ready\":true}\n".to_owned());
         }
-        Err(json!({"ready": false, "draining": leaving, "pools_not_ready": not_ready}))
+        let body = json!({"ready": false, "draining": leaving, "pools_not_ready": not_ready});
+        Err(format!("{body}\n"))
     }
 }
