@@ -31,7 +31,7 @@ const WARN_PERIOD: Duration = Duration::from_secs(1);
 pub enum Event<'a> {
     /// A connection authenticated: its principal is fixed from now on.
     Authenticated {
-        /// `tcp`, `unix` or `stdio`.
+        /// `tcp`, `unix`, `stdio` or `websocket`.
         transport: &'a str,
         /// The peer's address, when it has one.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,7 +46,7 @@ pub enum Event<'a> {
     /// A credential was refused (never logged itself), or none was presented. At most one line
     /// per listener per second; `suppressed` counts the refusals since the previous line.
     AuthenticationRefused {
-        /// `tcp`, `unix` or `stdio`.
+        /// `tcp`, `unix`, `stdio` or `websocket`.
         transport: &'a str,
         /// The peer's address, when it has one.
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -21,6 +21,8 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "metrics" | "error" | "cli" | "audit" | "auth" => &[],
         "core" => &[],
         "router" => &["core", "metrics", "audit", "error"],
+        // Every client transport (stdio, Unix, TCP, and `io/websocket`) and the HTTP probes
+        // (`io/probes`) the admin endpoint and the WebSocket listeners share.
         "io" => &["core", "router", "auth", "metrics", "audit", "error"],
         "supervisor" => &["core", "router", "io", "metrics", "error"],
         "admin" => &["core", "router", "io", "auth", "metrics", "error"],

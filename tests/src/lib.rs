@@ -263,9 +263,7 @@ impl Bus {
                 } else {
                     "websocket"
                 };
-                let line = bus.wait_log(&format!("transport=\"{transport}\""));
-                let addr = line.split("addr=").nth(1).expect("addr in listening line");
-                bus.tcp = Some(addr.split_whitespace().next().unwrap().to_owned());
+                bus.tcp = Some(bus.listen_addr(transport));
             }
             Mode::Unix => {
                 bus.wait_log("transport=\"unix\"");
@@ -604,10 +602,26 @@ pub fn run_bus(args: &[&str]) -> (ExitStatus, String, String) {
 impl Bus {
     /// The admin endpoint's address (the daemon must run with `--metrics 127.0.0.1:0`).
     pub fn metrics_addr(&self) -> String {
-        let line = self.wait_log("transport=\"metrics\"");
+        self.listen_addr("metrics")
+    }
+
+    /// The address the daemon logged for its first `transport` listener (`tcp`, `websocket`,
+    /// `metrics`), once it has.
+    pub fn listen_addr(&self, transport: &str) -> String {
+        let line = self.wait_log(&format!("transport=\"{transport}\""));
         let addr = line.split("addr=").nth(1).expect("addr in listening line");
         addr.split_whitespace().next().unwrap().to_owned()
     }
+}
+
+/// `sha256(text)` in lower-case hex: how a token is configured (`auth.tokens[].sha256`,
+/// `metrics.bearer_sha256`).
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A plain HTTP GET on loopback; returns (status code, body).

@@ -8,10 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use codex_bus_tests::{bin, metric, reason, run_bus, Bus, BusConfig, Conn, Mode, WAIT};
+use codex_bus_tests::{bin, metric, reason, run_bus, sha256_hex, Bus, BusConfig, Conn, Mode, WAIT};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// Tenant `a`'s capability token.
 const TOKEN: &str = "cap-token-7c1e9f2a4b6d8e0f13579bdf";
@@ -19,13 +18,6 @@ const TOKEN: &str = "cap-token-7c1e9f2a4b6d8e0f13579bdf";
 const SECRET: &str = "jwt-shared-secret-0123456789abcdef-xyz";
 /// The metrics bearer token.
 const METRICS_TOKEN: &str = "metrics-token-2468ace0bdf13579";
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn now() -> i64 {
     SystemTime::now()

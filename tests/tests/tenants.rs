@@ -3,9 +3,8 @@
 //! requests, cannot answer them, and its hit-and-run silences nothing; a's turn streams to the
 //! end. With the mock worker, and through `codex-worker` over a fake `codex app-server` child.
 
-use codex_bus_tests::{bin, recv_until, worker_pool, Bus, BusConfig, Conn, Mode};
+use codex_bus_tests::{bin, recv_until, sha256_hex, worker_pool, Bus, BusConfig, Conn, Mode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// Most lines any one wait reads before giving up.
 const MAX_LINES: usize = 2_000;
@@ -13,13 +12,6 @@ const MAX_LINES: usize = 2_000;
 const TOKEN_A: &str = "tenant-a-token-5b0e7a9c1d3f";
 const TOKEN_A2: &str = "tenant-a-second-window-8e21";
 const TOKEN_B: &str = "tenant-b-token-f4c2a6e8b0d1";
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// The `auth` section: tokens for tenant a (two subjects) and tenant b.
 fn auth() -> Value {

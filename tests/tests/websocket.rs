@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{http_get, status, Bus, BusConfig, Mode, WAIT};
+use codex_bus_tests::{http_get, run_bus, sha256_hex, status, Bus, BusConfig, Mode, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -18,13 +17,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const ALICE: &str = "alice-token-6c1f0e9a2b7d";
 const BOB: &str = "bob-token-93e5d1a7c04b";
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Mock workers with tokens for alice (tenant a) and bob (tenant b), alice's in a Codex token
 /// file and bob's by digest.
@@ -342,4 +334,39 @@ async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
             None => return None,
         }
     }
+}
+
+#[tokio::test]
+async fn secure_by_default_and_beside_an_ndjson_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = BusConfig::mock(1).write(dir.path());
+    let plain = plain.to_str().unwrap();
+    // Beyond loopback without auth: refused, as Codex refuses `--listen ws://0.0.0.0:P`.
+    let (status, _, err) = run_bus(&["--config", plain, "--ws", "0.0.0.0:0"]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("refusing to start a WebSocket listener on the non-loopback address 0.0.0.0:"),
+        "{err}"
+    );
+    // `check` says the same of a listener the config names.
+    let named = BusConfig::mock(1).section("websocket", json!([{"listen": "0.0.0.0:4500"}]));
+    let path = named.write(dir.path());
+    let (status, _, err) = run_bus(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(err.contains("non-loopback address 0.0.0.0:4500"), "{err}");
+
+    // --ws is no endpoint of its own: it serves beside --tcp.
+    let mut bus = Bus::start_with(&BusConfig::mock(1), Mode::Tcp, &["--ws", "127.0.0.1:0"]);
+    let addr = bus.listen_addr("websocket");
+    wait_ready(&addr);
+    let mut ws = open(&addr, "/sessions/shared", &[]).await.unwrap();
+    let over_ws = ask(&mut ws).await;
+    let mut tcp = bus.connect();
+    tcp.request(json!(1), "test/where", Value::Null, Some("shared"));
+    let over_tcp = tcp.recv();
+    assert_eq!(
+        worker(&over_ws),
+        worker(&over_tcp),
+        "one session, whichever way it is reached"
+    );
 }

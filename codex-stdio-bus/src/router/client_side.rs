@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use codex_bus_protocol::{
-    append_namespaced, append_with_member, append_with_token, key_bytes, parse, parse_bus_id,
-    value_at, Envelope, EnvelopeError, ErrorKind, Kind, Message, SessionPath, AUTHENTICATE_METHOD,
+    append_namespaced, append_with_token, key_bytes, parse, parse_bus_id, value_at, Envelope,
+    EnvelopeError, ErrorKind, Kind, Message, SessionPath, AUTHENTICATE_METHOD,
 };
 
 use super::placement::slot_for;
@@ -79,43 +79,6 @@ impl Router {
         let Some(envelope) = self.envelope(client, line) else {
             return;
         };
-        if envelope.session.is_none() && envelope.kind() != Kind::Response {
-            if let Some(bound) = &client.bound_session {
-                return self.bound_message(client, line, bound, received).await;
-            }
-        }
-        self.route(client, line, envelope, received).await;
-    }
-
-    /// A message of a connection bound to the session `bound` that names none (an answer to a
-    /// worker request needs none): routed as a copy naming `bound` at `routing.session_id_field`
-    /// (a top-level name: the config requires it with WebSocket listeners), so the worker sees
-    /// the session member its contract requires, tenant-prefixed with authentication like any
-    /// other. One more copy and parse, paid only by bound connections.
-    async fn bound_message(
-        &self,
-        client: &Arc<Client>,
-        line: &[u8],
-        bound: &str,
-        received: Instant,
-    ) {
-        let mut named = Vec::with_capacity(line.len() + bound.len() + 16);
-        if append_with_member(&mut named, line, self.session_path.as_str(), bound).is_none() {
-            return;
-        }
-        if let Some(envelope) = self.envelope(client, &named) {
-            self.route(client, &named, envelope, received).await;
-        }
-    }
-
-    /// Routes a parsed message: namespaced first with authentication.
-    async fn route(
-        &self,
-        client: &Arc<Client>,
-        line: &[u8],
-        envelope: Envelope,
-        received: Instant,
-    ) {
         if !self.namespaced {
             return self.dispatch(client, line, envelope, received).await;
         }
@@ -380,8 +343,8 @@ impl Router {
     }
 
     /// The slot a message goes to: its session's (placing a new session), or for a message without
-    /// a session the least-loaded running worker of its pool. The session (the one the message
-    /// names, or the bus named for it on a bound connection) was last seen at `received`.
+    /// a session the least-loaded running worker of its pool. The session is the one the message
+    /// names, else the one the client's connection is bound to; it was last seen at `received`.
     ///
     /// A message that starts a session takes a token from its tenant's request bucket unless it
     /// `paid` one already (a request does).
@@ -393,10 +356,13 @@ impl Router {
         received: Instant,
         paid: bool,
     ) -> Result<&Arc<Slot>, Refusal> {
-        let session = envelope
-            .session
-            .clone()
-            .and_then(|span| key_bytes(&line[span]));
+        let session = match envelope.session.clone() {
+            Some(span) => key_bytes(&line[span]),
+            None => client
+                .bound_session
+                .as_deref()
+                .map(|bound| Cow::Borrowed(bound.as_bytes())),
+        };
         // The tenant's prefix is not the client's to count against the id's length.
         let prefix = if self.namespaced {
             client.tenant.prefix.len()

@@ -2,11 +2,12 @@
 //! frames them (../shared/reference/codex-remote.md, "Transport and framing").
 //!
 //! Toward the worker a message must be one NDJSON line: raw newlines between its tokens (legal
-//! JSON whitespace) become spaces ([`one_line`]). Toward the client, what the bus and the
+//! JSON whitespace) become spaces ([`one_line`]); and one that names no session gets the bound
+//! one ([`worker_view`]), so the worker sees the session its contract requires. Toward the client, what the bus and the
 //! worker add for their own sake is taken out again ([`client_view`]): the `jsonrpc` member
 //! while the client's own messages carry none, and the session member of its bound session while
-//! the client has named no session itself. That is a scan of each message, paid by WebSocket
-//! connections only: the queue toward a client holds the same newline-ended lines as for NDJSON,
+//! the client has named no session itself. That is a scan of each message each way, paid by
+//! WebSocket connections only (the router's NDJSON path is unchanged): the queue toward a client holds the same newline-ended lines as for NDJSON,
 //! and the WebSocket writer reframes them.
 
 use std::borrow::Cow;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use codex_bus_protocol::{
-    append_without_members, is_named, key_bytes, top_level_members, ErrorKind,
+    append_with_member, append_without_members, is_named, key_bytes, top_level_members, ErrorKind,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -52,27 +53,37 @@ pub(super) struct Seen {
     close: AtomicU16,
 }
 
-impl Seen {
-    /// Records the members of one client message (only until both have been seen).
-    fn observe(&self, message: &[u8], session_field: &str) {
-        let (jsonrpc, session) = (
-            self.jsonrpc.load(Ordering::Relaxed),
-            self.session.load(Ordering::Relaxed),
-        );
-        if jsonrpc && session {
-            return;
-        }
-        let Some(members) = top_level_members(message) else {
-            return;
-        };
-        for member in &members {
-            if !jsonrpc && is_named(message, member, "jsonrpc") {
-                self.jsonrpc.store(true, Ordering::Relaxed);
-            }
-            if !session && is_named(message, member, session_field) {
-                self.session.store(true, Ordering::Relaxed);
-            }
-        }
+/// What the worker gets of `message` (one line) from a client bound to `bound`: a request or
+/// notification that names no session gets `"<session_field>":"<bound>"` as its first member, so
+/// the worker sees the session its contract requires (the router then prefixes it with the
+/// tenant like any other); a message that names one, an answer to a worker request, and a line
+/// that is no JSON object (the router refuses it) pass unchanged. Records in `seen` whether the
+/// client sends `jsonrpc` and names sessions itself.
+pub(super) fn worker_view<'m>(
+    message: &'m [u8],
+    seen: &Seen,
+    session_field: &str,
+    bound: &str,
+) -> Cow<'m, [u8]> {
+    let Some(members) = top_level_members(message) else {
+        return Cow::Borrowed(message);
+    };
+    let has = |name: &str| members.iter().any(|m| is_named(message, m, name));
+    if has("jsonrpc") {
+        seen.jsonrpc.store(true, Ordering::Relaxed);
+    }
+    if has(session_field) {
+        seen.session.store(true, Ordering::Relaxed);
+        return Cow::Borrowed(message);
+    }
+    let answer = !has("method") && has("id") && (has("result") || has("error"));
+    if answer {
+        return Cow::Borrowed(message);
+    }
+    let mut named = Vec::with_capacity(message.len() + session_field.len() + bound.len() + 8);
+    match append_with_member(&mut named, message, session_field, bound) {
+        Some(()) => Cow::Owned(named),
+        None => Cow::Borrowed(message),
     }
 }
 
@@ -135,6 +146,8 @@ pub(super) struct WsSource {
     pub seen: Arc<Seen>,
     /// `routing.session_id_field` (a top-level name).
     pub session_field: Arc<str>,
+    /// The session the connection is bound to.
+    pub bound: Box<str>,
 }
 
 impl MessageSource for WsSource {
@@ -153,7 +166,7 @@ impl MessageSource for WsSource {
                     messages.increment(1);
                     bytes.increment(text.len() as u64);
                     let line = one_line(text.as_bytes());
-                    self.seen.observe(&line, &self.session_field);
+                    let line = worker_view(&line, &self.seen, &self.session_field, &self.bound);
                     router.client_message(client, &line, read_at).await;
                 }
                 Ok(Message::Binary(_)) => {
@@ -316,6 +329,38 @@ mod tests {
     }
 
     #[test]
+    fn the_worker_gets_the_bound_session_on_what_names_none() {
+        let seen = Seen::default();
+        let view = |line: &str| {
+            String::from_utf8(worker_view(line.as_bytes(), &seen, "sessionId", "u\"1").into_owned())
+                .unwrap()
+        };
+        assert_eq!(
+            view(r#"{"id":1,"method":"m"}"#),
+            r#"{"sessionId":"u\"1","id":1,"method":"m"}"#
+        );
+        assert_eq!(
+            view(r#"{"method":"n"}"#),
+            r#"{"sessionId":"u\"1","method":"n"}"#
+        );
+        // An answer to a worker request goes back by its id; a bad line is the router's to refuse.
+        for same in [
+            r#"{"id":0,"result":{}}"#,
+            r#"{"id":0,"error":{}}"#,
+            "[1]",
+            "{",
+        ] {
+            assert_eq!(view(same), same);
+        }
+        assert!(!seen.session.load(Ordering::Relaxed));
+        assert_eq!(
+            view(r#"{"method":"n","sessionId":"s"}"#),
+            r#"{"method":"n","sessionId":"s"}"#
+        );
+        assert!(seen.session.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn the_client_gets_back_only_what_it_would_from_codex() {
         let seen = Seen::default();
         let view = |line: &str, seen: &Seen| {
@@ -329,14 +374,21 @@ mod tests {
         // Another session's member is the client's business: it stays.
         let other = r#"{"method":"n","sessionId":"other"}"#;
         assert_eq!(view(other, &seen), other);
-        seen.observe(br#"{"jsonrpc":"2.0","id":2,"method":"m"}"#, "sessionId");
+        worker_view(
+            br#"{"jsonrpc":"2.0","id":2,"method":"m"}"#,
+            &seen,
+            "sessionId",
+            "user:a",
+        );
         assert_eq!(
             view(reply, &seen),
             r#"{"jsonrpc":"2.0","id":1,"result":{"sessionId":"T"}}"#
         );
-        seen.observe(
+        worker_view(
             br#"{"id":3,"method":"m","sessionId":"user:a"}"#,
+            &seen,
             "sessionId",
+            "user:a",
         );
         assert_eq!(view(reply, &seen), reply);
         assert_eq!(view("not json", &Seen::default()), "not json");

@@ -305,6 +305,7 @@ impl Front {
             stream,
             seen: seen.clone(),
             session_field: self.session_field.clone(),
+            bound: session.clone(),
         };
         let sink = WsSink {
             sink,
