@@ -18,11 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{alive, say, worker_pool, Bus, Mode, WAIT};
+use codex_bus_tests::{alive, say, sha256_hex, worker_pool, Bus, Mode, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -46,13 +45,6 @@ const WORKERS: u32 = 2;
 const RECONNECT_FOR: Duration = Duration::from_secs(20);
 /// How long a client waits for one reply on an open connection before calling it hung.
 const REPLY_WITHIN: Duration = Duration::from_secs(15);
-
-fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// A loopback port nobody listens on now. Ports are picked together (every listener held until
 /// all are picked) so two picks cannot return the same port.
