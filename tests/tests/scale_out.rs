@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{alive, say, sha256_hex, worker_pool, Bus, Mode, WAIT};
+use codex_bus_tests::{alive, metric, say, sha256_hex, worker_pool, Bus, Mode, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -101,6 +101,16 @@ impl Node {
         };
         node.start();
         node
+    }
+
+    /// WebSocket connections this node has accepted since it started, from its admin port.
+    fn ws_connections(&self) -> f64 {
+        let bus = self.bus.as_ref().expect("the node runs");
+        metric(
+            &bus.metrics_addr(),
+            "codex_bus_client_connections_total",
+            &[("transport", "websocket")],
+        )
     }
 
     fn ws_addr(&self) -> String {
@@ -716,6 +726,15 @@ fn sessions_spread_over_nodes_behind_haproxy_survive_a_kill_a_join_and_a_rolling
         3,
         "every node serves sessions: {per_node:?}"
     );
+    // The nodes' own count agrees: one connection per session, each accepted by its node.
+    for node in &nodes {
+        assert_eq!(
+            node.ws_connections(),
+            per_node[node.name.as_str()] as f64,
+            "{}'s websocket connections",
+            node.name
+        );
+    }
 
     // 2. SIGKILL node-1 under load: its sessions reconnect and are served by the others.
     let victim = nodes[0].name.clone();
