@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{alive, metric, say, sha256_hex, worker_pool, Bus, Mode, WAIT};
+use codex_bus_tests::{alive, metric, say, sha256_hex, watchdog, worker_pool, Bus, Mode, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -46,8 +46,8 @@ const RECONNECT_FOR: Duration = Duration::from_secs(20);
 /// How long a client waits for one reply on an open connection before calling it hung.
 const REPLY_WITHIN: Duration = Duration::from_secs(15);
 
-/// A loopback port nobody listens on now. Ports are picked together (every listener held until
-/// all are picked) so two picks cannot return the same port.
+/// `n` loopback ports nobody listens on now. They are picked together (every listener held until
+/// all are picked) so two cannot be the same.
 fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
@@ -165,10 +165,11 @@ impl Node {
 // HAProxy
 
 /// A running `haproxy` in the foreground (`-db`), started on the shipped config and ended by its
-/// pid when dropped.
+/// pid when dropped (or by the harness's watchdog, should the test hang).
 struct HaProxy {
     child: Child,
     dir: tempfile::TempDir,
+    done: Arc<AtomicBool>,
 }
 
 impl HaProxy {
@@ -241,6 +242,7 @@ impl Drop for HaProxy {
     /// SIGTERM (HAProxy's hard stop: a master, if the config runs one, ends its workers too),
     /// then SIGKILL if it is still there after 2 s.
     fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
         let start = Instant::now();
@@ -632,7 +634,9 @@ fn start_haproxy(front_port: u16, nodes: &[&Node]) -> HaProxy {
     let child = command
         .spawn()
         .expect("haproxy (Debian package haproxy) on PATH");
-    let haproxy = HaProxy { child, dir };
+    let done = Arc::new(AtomicBool::new(false));
+    watchdog(child.id(), done.clone());
+    let haproxy = HaProxy { child, dir, done };
     wait_until(WAIT, "HAProxy's admin socket", || haproxy.socket().exists());
     for node in nodes {
         haproxy.wait_server(node.ws_port, true);
