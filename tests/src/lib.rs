@@ -202,9 +202,10 @@ pub struct Bus {
     done: Arc<AtomicBool>,
 }
 
-/// Kills the daemon if a test is still running after [`DEADLINE`]: reads from its stdout cannot
+/// SIGKILLs process `pid` (the daemon, or another program a test runs, such as HAProxy) if the
+/// test is still running after [`DEADLINE`] and has not set `done`: reads from its stdout cannot
 /// time out, and a hung test must fail rather than hang the suite.
-fn watchdog(pid: u32, done: Arc<AtomicBool>) {
+pub fn watchdog(pid: u32, done: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let start = Instant::now();
         while start.elapsed() < DEADLINE {
