@@ -15,6 +15,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod codex;
+pub mod tmux;
 pub mod worker;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -108,8 +110,8 @@ pub fn say(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
-/// The lowercase hex SHA-256 of `text`: how the daemon's `auth.tokens[].sha256` names a
-/// capability token.
+/// The lowercase hex SHA-256 of `text`: how a token is configured (`auth.tokens[].sha256`,
+/// `metrics.bearer_sha256`).
 pub fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(text.as_bytes())
@@ -200,9 +202,10 @@ pub struct Bus {
     done: Arc<AtomicBool>,
 }
 
-/// Kills the daemon if a test is still running after [`DEADLINE`]: reads from its stdout cannot
+/// SIGKILLs process `pid` (the daemon, or another program a test runs, such as HAProxy) if the
+/// test is still running after [`DEADLINE`] and has not set `done`: reads from its stdout cannot
 /// time out, and a hung test must fail rather than hang the suite.
-fn watchdog(pid: u32, done: Arc<AtomicBool>) {
+pub fn watchdog(pid: u32, done: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let start = Instant::now();
         while start.elapsed() < DEADLINE {

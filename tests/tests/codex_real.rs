@@ -1,5 +1,5 @@
 //! The real-Codex tier: the daemon, `codex-worker` and the real `codex app-server` (npm
-//! `@openai/codex@0.169.0`), offline against a loopback mock of the Responses API written here.
+//! `@openai/codex@0.169.0`), offline against the loopback mock of the Responses API in `codex_bus_tests::codex`.
 //! Two sessions each run `initialize`, `thread/start` and one `turn/start` streamed to
 //! `turn/completed`; and, with `auth` on, two tenants each play the Codex TUI's startup and
 //! resume-picker sequence (docs/codex-worker.md, "The Codex TUI's startup, method by method").
@@ -11,33 +11,23 @@
 //! elsewhere every proxy variable points at a closed loopback port, so Codex's own startup
 //! traffic (plugin sync) cannot leave the machine either.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
-use codex_bus_tests::{bin, login, recv_until, say, sha256_hex, Bus, BusConfig, Conn, Mode};
+use codex_bus_tests::codex::{
+    require_codex, rerun_offline, worker_pool_config, ResponsesServer, ANSWER,
+};
+use codex_bus_tests::{login, recv_until, say, sha256_hex, Bus, Conn, Mode};
 use serde_json::{json, Value};
-
-/// Set in the re-run inside the network namespace.
-const INNER: &str = "CODEX_REAL_INNER";
-
-/// The text the mock model streams, one delta per word.
-const ANSWER: &[&str] = &["hello ", "from ", "the ", "loopback ", "model"];
 
 /// Most lines one wait reads.
 const MAX_LINES: usize = 5_000;
 
-const TIER: &str = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm); `CODEX_REAL=1 bash .ci/run` installs @openai/codex@0.169.0 and runs it";
-
 #[test]
 #[ignore = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm); `CODEX_REAL=1 bash .ci/run` installs @openai/codex@0.169.0 and runs it"]
 fn real_codex_serves_two_sessions_through_the_bus() {
-    let codex = codex_binary().expect(TIER);
-    if !rerun_in_namespace("real_codex_serves_two_sessions_through_the_bus", &codex) {
+    let codex = require_codex();
+    if !rerun_offline("real_codex_serves_two_sessions_through_the_bus", &codex) {
         run(&codex);
     }
 }
@@ -45,83 +35,17 @@ fn real_codex_serves_two_sessions_through_the_bus() {
 #[test]
 #[ignore = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm); `CODEX_REAL=1 bash .ci/run` installs @openai/codex@0.169.0 and runs it"]
 fn real_codex_serves_the_tui_startup_to_two_tenants() {
-    let codex = codex_binary().expect(TIER);
-    if !rerun_in_namespace("real_codex_serves_the_tui_startup_to_two_tenants", &codex) {
+    let codex = require_codex();
+    if !rerun_offline("real_codex_serves_the_tui_startup_to_two_tenants", &codex) {
         tui_startup(&codex);
     }
-}
-
-/// Re-runs test `name` inside `unshare -n` (only loopback) when this is not that run already
-/// and the machine allows it; returns whether it did (and the re-run passed).
-fn rerun_in_namespace(name: &str, codex: &Path) -> bool {
-    if std::env::var_os(INNER).is_some() || !namespace_available() {
-        return false;
-    }
-    say("real Codex tier: re-running inside `unshare -n` (only loopback)");
-    let exe = std::env::current_exe().expect("test executable");
-    let status = Command::new("unshare")
-        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
-        .arg(exe)
-        .args([
-            "--exact",
-            name,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER, "1")
-        .env("CODEX_BIN", codex)
-        .status()
-        .expect("run unshare");
-    assert!(status.success(), "the namespaced run failed: {status}");
-    true
-}
-
-/// A pool of one `codex-worker` over the real `codex app-server` (`extra` worker arguments
-/// added), offline against `server`; the state lives in `state`.
-fn real_pool(codex: &Path, server: &ResponsesServer, state: &Path, extra: &[&str]) -> BusConfig {
-    let seed = state.join("seed");
-    std::fs::create_dir(&seed).unwrap();
-    std::fs::write(seed.join("config.toml"), server.config_toml()).unwrap();
-    let command = format!("{} app-server", codex.display());
-    let state_dir = state.join("state");
-    let dead_proxy = "http://127.0.0.1:9";
-    let mut env = json!({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"});
-    for name in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        env[name] = json!(dead_proxy);
-    }
-    let mut args = vec![
-        json!("--codex-cmd"),
-        json!(command),
-        json!("--state-dir"),
-        json!(state_dir),
-        json!("--seed-home"),
-        json!(seed),
-    ];
-    args.extend(extra.iter().map(|arg| json!(arg)));
-    BusConfig(json!({
-        "pools": [{
-            "id": "codex",
-            "command": bin("codex-worker").to_str().unwrap(),
-            "args": args,
-            "instances": 1,
-            "env": env,
-        }]
-    }))
 }
 
 fn run(codex: &Path) {
     let started = Instant::now();
     let server = ResponsesServer::start();
     let state = tempfile::tempdir().expect("state dir");
-    let config = real_pool(codex, &server, state.path(), &[]);
+    let config = worker_pool_config(codex, &server, state.path(), &[]);
     let mut bus = Bus::start(&config, Mode::Unix);
     let sessions: Vec<_> = ["alice", "bob"]
         .into_iter()
@@ -461,7 +385,7 @@ fn tui_startup(codex: &Path) {
     let started = Instant::now();
     let server = ResponsesServer::start();
     let state = tempfile::tempdir().expect("state dir");
-    let config = real_pool(codex, &server, state.path(), &["--experimental-api"]).section(
+    let config = worker_pool_config(codex, &server, state.path(), &["--experimental-api"]).section(
         "auth",
         json!({"tokens": [
             {"tenant": "a", "sha256": sha256_hex(TOKEN_A), "subject": "alice"},
@@ -520,170 +444,4 @@ fn dedup<'a>(methods: &[&'a str]) -> Vec<&'a str> {
         }
     }
     out
-}
-
-/// `CODEX_BIN`, else the native binary of the npm install under `~/.cache/codex-npm`.
-fn codex_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("CODEX_BIN").filter(|path| !path.is_empty()) {
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
-    }
-    let home = PathBuf::from(std::env::var_os("HOME")?);
-    let vendor = home.join(".cache/codex-npm/node_modules/@openai");
-    std::fs::read_dir(vendor)
-        .ok()?
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("codex-"))
-        .flat_map(|entry| {
-            std::fs::read_dir(entry.path().join("vendor"))
-                .into_iter()
-                .flatten()
-        })
-        .flatten()
-        .map(|target| target.path().join("bin/codex"))
-        .find(|path| path.is_file())
-}
-
-/// Whether this machine lets us create a network namespace with loopback up.
-fn namespace_available() -> bool {
-    Command::new("unshare")
-        .args(["-n", "sh", "-c", "ip link set lo up"])
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// A loopback HTTP server that answers `POST …/responses` with a streamed Responses API turn.
-struct ResponsesServer {
-    port: u16,
-    requests: Arc<AtomicUsize>,
-}
-
-impl ResponsesServer {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the mock model");
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let counter = counter.clone();
-                std::thread::spawn(move || serve(stream, &counter));
-            }
-        });
-        Self { port, requests }
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    /// The `config.toml` that points Codex at this server (the reference recipe).
-    fn config_toml(&self) -> String {
-        format!(
-            r#"model = "mock-model"
-model_provider = "mock_provider"
-approval_policy = "never"
-sandbox_mode = "read-only"
-check_for_update_on_startup = false
-
-[model_providers.mock_provider]
-name = "Loopback mock provider"
-base_url = "http://127.0.0.1:{}/v1"
-wire_api = "responses"
-request_max_retries = 0
-stream_max_retries = 0
-"#,
-            self.port
-        )
-    }
-}
-
-/// Answers one connection: the request is read whole, then one turn is streamed as SSE.
-fn serve(stream: TcpStream, requests: &AtomicUsize) {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-        return;
-    }
-    let mut length = 0;
-    let mut chunked = false;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-            break;
-        }
-        let lower = header.to_ascii_lowercase();
-        if let Some(value) = lower.strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap_or(0);
-        }
-        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            chunked = true;
-        }
-    }
-    if chunked {
-        read_chunked(&mut reader);
-    } else {
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-    }
-    let mut stream = stream;
-    if !(request_line.starts_with("POST ") && request_line.contains("/responses")) {
-        let _ = stream
-            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        return;
-    }
-    requests.fetch_add(1, Ordering::SeqCst);
-    let body = sse_turn();
-    let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
-}
-
-fn read_chunked(reader: &mut impl BufRead) {
-    loop {
-        let mut size = String::new();
-        if reader.read_line(&mut size).unwrap_or(0) == 0 {
-            return;
-        }
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            return;
-        };
-        let mut chunk = vec![0; size + 2];
-        if reader.read_exact(&mut chunk).is_err() || size == 0 {
-            return;
-        }
-    }
-}
-
-/// One assistant message streamed as Responses API events.
-fn sse_turn() -> String {
-    let message = |content: Value| json!({"type": "message", "role": "assistant", "id": "msg-1", "content": content});
-    let mut events = vec![
-        json!({"type": "response.created", "response": {"id": "resp-1"}}),
-        json!({"type": "response.output_item.added", "item": message(json!([]))}),
-    ];
-    for delta in ANSWER {
-        events.push(json!({"type": "response.output_text.delta", "delta": delta}));
-    }
-    events.push(json!({"type": "response.output_item.done", "item": message(json!([{"type": "output_text", "text": ANSWER.concat()}]))}));
-    events.push(
-        json!({"type": "response.completed", "response": {"id": "resp-1", "usage": {
-        "input_tokens": 0, "input_tokens_details": null, "output_tokens": 0,
-        "output_tokens_details": null, "total_tokens": 0}}}),
-    );
-    events
-        .iter()
-        .map(|event| {
-            format!(
-                "event: {}\ndata: {event}\n\n",
-                event["type"].as_str().unwrap()
-            )
-        })
-        .collect()
 }

@@ -72,6 +72,10 @@ impl Drop for Reaper {
 
 /// Asserts that every worker was started with `--stubborn` and says so in the daemon's log.
 fn assert_stubborn(bus: &Bus, pids: &[u32]) {
+    // The log line comes from the worker itself, so each has exec'd by then: a pid read just
+    // after the fork may still show the daemon's command line (seen about once in four runs on
+    // a loaded machine).
+    bus.wait_log_count("stubborn: ignoring SIGTERM and end of input", pids.len());
     for pid in pids {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(
@@ -80,7 +84,6 @@ fn assert_stubborn(bus: &Bus, pids: &[u32]) {
             String::from_utf8_lossy(&cmdline)
         );
     }
-    bus.wait_log_count("stubborn: ignoring SIGTERM and end of input", pids.len());
 }
 
 /// Log lines containing `needle`.

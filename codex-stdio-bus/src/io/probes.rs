@@ -15,7 +15,8 @@ pub(crate) fn healthz() -> Response {
     ([(header::CONTENT_TYPE, PLAIN_TEXT)], "ok\n").into_response()
 }
 
-/// `GET /readyz`: the router's readiness ([`Router::readiness`]), 200 when ready, else 503.
+/// `GET /readyz`: 200 `{"ready":true}` while every pool has a ready worker and no shutdown was
+/// requested (the drain grace included), else 503 with what is not ready ([`Router::readiness`]).
 pub(crate) fn readyz(router: &Router) -> Response {
     match router.readiness() {
         Ok(body) => json_answer(StatusCode::OK, body),

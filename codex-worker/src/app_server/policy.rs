@@ -77,6 +77,22 @@ const SAFE_CONFIG_OVERRIDES: &[&str] = &[
     "service_tier",
 ];
 
+/// Whether the `config` override `key` = `value` only switches something off, which any session
+/// may do: a feature flag or an `….enabled` set to `false`, `skills.include_instructions: false`,
+/// `web_search: "disabled"`, no MCP servers (`mcp_servers: {}`), or the read-only permission
+/// profile. The Codex TUI's title-generation thread sends exactly these (issue 13); refusing them
+/// cost every prompt its title.
+fn disables_only(key: &str, value: &Value) -> bool {
+    match (key, value) {
+        ("skills.include_instructions", Value::Bool(false)) => true,
+        (key, Value::Bool(false)) => key.starts_with("features.") || key.ends_with(".enabled"),
+        ("web_search", Value::String(mode)) => mode == "disabled",
+        ("mcp_servers", Value::Object(servers)) => servers.is_empty(),
+        ("default_permissions", Value::String(profile)) => profile == ":read-only",
+        _ => false,
+    }
+}
+
 /// Sandbox modes every session may ask for; anything else needs `--allow-sandbox`.
 const DEFAULT_SANDBOXES: &[&str] = &["read-only", "workspace-write"];
 
@@ -236,7 +252,10 @@ impl Policy {
                 for (key, value) in overrides.into_iter().flatten() {
                     match (key.as_str(), value.as_str()) {
                         ("sandbox_mode", Some(mode)) => needs_grant(mode, "config.sandbox_mode")?,
-                        (key, _) if full || SAFE_CONFIG_OVERRIDES.contains(&key) => {}
+                        (key, _)
+                            if full
+                                || SAFE_CONFIG_OVERRIDES.contains(&key)
+                                || disables_only(key, value) => {}
                         (key, _) => {
                             return Err(format!(
                                 "config override {key:?} needs the danger-full-access grant (codex-worker --allow-sandbox)"
@@ -481,7 +500,10 @@ mod tests {
                     "thread/start",
                     json!({"config": {"sandbox_mode": "danger-full-access"}}),
                 ),
-                ("thread/start", json!({"config": {"mcp_servers": {}}})),
+                (
+                    "thread/start",
+                    json!({"config": {"mcp_servers": {"x": {"command": "sh"}}}}),
+                ),
                 ("thread/start", json!({"config": {"model_providers": {}}})),
                 (
                     "turn/start",
@@ -567,5 +589,30 @@ mod tests {
         assert!(starts_work("thread/start"));
         assert!(!starts_work("turn/interrupt"));
         assert!(!starts_work("thread/read"));
+    }
+
+    #[test]
+    fn overrides_that_only_switch_things_off_need_no_grant() {
+        // What the TUI's title-generation thread/start sends.
+        for (key, value) in [
+            ("features.memory_tool", json!(false)),
+            ("cloud.skills.enabled", json!(false)),
+            ("skills.include_instructions", json!(false)),
+            ("web_search", json!("disabled")),
+            ("mcp_servers", json!({})),
+            ("default_permissions", json!(":read-only")),
+        ] {
+            assert!(disables_only(key, &value), "{key} = {value}");
+        }
+        for (key, value) in [
+            ("features.memory_tool", json!(true)),
+            ("cloud.skills.enabled", json!(true)),
+            ("web_search", json!("live")),
+            ("mcp_servers", json!({"x": {"command": "sh"}})),
+            ("default_permissions", json!(":full-access")),
+            ("notify", json!(false)),
+        ] {
+            assert!(!disables_only(key, &value), "{key} = {value}");
+        }
     }
 }
