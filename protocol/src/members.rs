@@ -3,8 +3,8 @@
 //! `jsonrpc`, while its worker needs the session and the client must get back only what it would
 //! from `codex app-server` (docs/protocol.md, "WebSocket clients").
 //!
-//! These cost one more scan of the message, so only the WebSocket front and the router's bound
-//! sessions use them; NDJSON lines never pass here.
+//! These cost one more scan of the message, so only the WebSocket front's reader and writer use
+//! them; NDJSON lines never pass here.
 
 use crate::envelope::{key_eq, Span};
 use crate::error::push_json_string;

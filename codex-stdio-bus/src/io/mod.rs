@@ -55,30 +55,20 @@ pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// connection completes a TLS handshake before anything else (holding its seat meanwhile); the
 /// other transports are local and ignore it.
 pub(crate) async fn serve(bound: Bound, tls: Option<Arc<Tls>>, listening: Listening) {
-    let Listening {
-        router,
-        limits,
-        auth,
-        capacity,
-        writers,
-        drain,
-    } = listening;
+    let (capacity, drain) = (listening.capacity.clone(), listening.drain.clone());
     let transport = bound.transport();
     // Resolved once per listener: a connection costs two atomic adds, not a label lookup.
     let counts = Arc::new(ConnectionMetrics::new(transport.as_str()));
     let lines = Lines {
-        router,
-        limits,
-        writers,
+        shared: listening,
         counts,
         transport,
-        auth,
         refusals: Arc::default(),
     };
     match bound {
         Bound::Stdio => {
             let (input, output) = stdio::streams();
-            let arrival = match &lines.auth {
+            let arrival = match &lines.shared.auth {
                 Some(auth) => Arrival::Known(lines.authenticated(auth.stdio(), None)),
                 None => Arrival::Known(Principal::anonymous(transport.as_str())),
             };
@@ -143,12 +133,10 @@ pub(crate) struct Listening {
 /// What every NDJSON connection of one listener shares.
 #[derive(Clone)]
 struct Lines {
-    router: Arc<Router>,
-    limits: Limits,
-    writers: TaskTracker,
+    /// What every listener shares (router, limits, auth, writers, drain).
+    shared: Listening,
     counts: Arc<ConnectionMetrics>,
     transport: Transport,
-    auth: Option<Arc<Authenticator>>,
     /// The listener's limit on authentication refusal lines (log and audit).
     refusals: Arc<LogLimit>,
 }
@@ -166,7 +154,7 @@ impl Lines {
     /// A TCP connection: it authenticates when `auth` gives bearer credentials; otherwise (no
     /// `auth`, or `auth.insecure_no_auth` without credentials) it is the default tenant's.
     fn tcp_arrival(&self, peer: SocketAddr) -> Arrival {
-        match &self.auth {
+        match &self.shared.auth {
             Some(auth) if auth.accepts_bearers() => Arrival::Handshake(auth.clone(), peer),
             _ => Arrival::Known(Principal::anonymous(self.transport.as_str())),
         }
@@ -195,7 +183,7 @@ impl Lines {
     /// A Unix-socket connection: with `auth`, the tenant of its peer's uid (`SO_PEERCRED`);
     /// `None` (the connection is dropped) when the kernel does not say who the peer is.
     fn unix_arrival(&self, stream: &UnixStream) -> Option<Arrival> {
-        let Some(auth) = &self.auth else {
+        let Some(auth) = &self.shared.auth else {
             return Some(Arrival::Known(Principal::anonymous(
                 self.transport.as_str(),
             )));
@@ -216,7 +204,7 @@ impl Lines {
 
     /// The principal of `identity`, recorded in the audit trail as authenticated (from `peer`).
     fn authenticated(&self, identity: Identity, peer: Option<&str>) -> Principal {
-        self.router.audit().record(&Event::Authenticated {
+        self.shared.router.audit().record(&Event::Authenticated {
             transport: self.transport.as_str(),
             peer,
             method: identity.method,
@@ -237,7 +225,7 @@ impl Lines {
         match arrival {
             Arrival::Known(principal) => self.serve_as(reader, writer, seat, principal, None).await,
             Arrival::Handshake(auth, peer) => {
-                let audit = self.router.audit();
+                let audit = self.shared.router.audit();
                 let exchange = authenticate::handshake(
                     &auth,
                     audit,
@@ -274,20 +262,20 @@ impl Lines {
             transport: self.transport,
             principal,
             counts: &self.counts,
-            stall: Duration::from_secs(self.limits.backpressure_timeout_sec),
+            stall: Duration::from_secs(self.shared.limits.backpressure_timeout_sec),
             idle: seat
                 .is_some()
-                .then(|| Duration::from_secs(self.limits.client_idle_sec)),
+                .then(|| Duration::from_secs(self.shared.limits.client_idle_sec)),
             first_reply,
             bound_session: None,
         };
-        let source = NdjsonSource::new(reader, self.limits.max_input_buffer);
+        let source = NdjsonSource::new(reader, self.shared.limits.max_input_buffer);
         connection::serve(
-            self.router.clone(),
+            self.shared.router.clone(),
             peer,
             source,
             NdjsonSink(writer),
-            &self.writers,
+            &self.shared.writers,
         )
         .await;
         drop(seat);

@@ -278,9 +278,14 @@ struct Frames<'a> {
 impl Frames<'_> {
     /// One text frame for `line`.
     fn frame(&self, line: &[u8]) -> Message {
-        let view = client_view(line, self.seen, self.session_field, self.bound);
-        // Every line in the queue is UTF-8: the router parsed it, or wrote it.
-        Message::Text(String::from_utf8_lossy(&view).into_owned().into())
+        // Every line in the queue is UTF-8: the router parsed it, or wrote it. A line that lost
+        // members is already a buffer of its own: it becomes the frame without another copy.
+        let text = match client_view(line, self.seen, self.session_field, self.bound) {
+            Cow::Borrowed(line) => String::from_utf8_lossy(line).into_owned(),
+            Cow::Owned(view) => String::from_utf8(view)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        };
+        Message::Text(text.into())
     }
 }
 

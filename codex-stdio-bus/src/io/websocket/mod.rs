@@ -22,13 +22,11 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::FromRequestParts;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use codex_bus_config::{Limits, WebSocketConfig};
+use codex_bus_config::WebSocketConfig;
 use futures_util::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::capacity::Seat;
 use super::connection::{self, Peer};
@@ -36,13 +34,11 @@ use super::probes::{self, PLAIN_TEXT};
 use super::tls::Tls;
 use super::{principal, Listening, ACCEPT_RETRY};
 use crate::audit::Event;
-use crate::auth::Authenticator;
 use crate::core::client::Transport;
 use crate::core::log_limit::LogLimit;
 use crate::core::principal::Principal;
 use crate::error::Error;
 use crate::metrics::{self, AuthResult, ConnectionMetrics};
-use crate::router::Router;
 use frames::{Seen, WsSink, WsSource};
 use upgrade::{Binding, Unauthorized};
 
@@ -97,15 +93,12 @@ pub async fn bind(config: &WebSocketConfig) -> Result<Listener, Error> {
 /// What every connection of one listener shares.
 #[derive(Clone)]
 struct Front {
-    router: Arc<Router>,
-    limits: Limits,
-    auth: Option<Arc<Authenticator>>,
+    /// What every listener shares (router, limits, auth, writers, drain).
+    shared: Listening,
     config: Arc<WebSocketConfig>,
     /// `routing.session_id_field` (the config makes it a top-level name with listeners).
     session_field: Arc<str>,
-    writers: TaskTracker,
     counts: Arc<ConnectionMetrics>,
-    drain: CancellationToken,
     /// The listener's limit on authentication refusal lines (log and audit).
     refusals: Arc<LogLimit>,
 }
@@ -120,23 +113,12 @@ pub(crate) async fn serve(
     session_field: Arc<str>,
     listening: Listening,
 ) {
-    let Listening {
-        router,
-        limits,
-        auth,
-        capacity,
-        writers,
-        drain,
-    } = listening;
+    let (capacity, drain) = (listening.capacity.clone(), listening.drain.clone());
     let front = Front {
-        router,
-        limits,
-        auth,
+        shared: listening,
         config: Arc::new(listener.config),
         session_field,
-        writers,
         counts: Arc::new(ConnectionMetrics::new(Transport::WebSocket.as_str())),
-        drain: drain.clone(),
         refusals: Arc::default(),
     };
     loop {
@@ -202,7 +184,7 @@ impl Front {
         if parts.method == Method::GET && !upgrading {
             match parts.uri.path() {
                 "/healthz" => return probes::healthz(),
-                "/readyz" => return probes::readyz(&self.router),
+                "/readyz" => return probes::readyz(&self.shared.router),
                 _ => {}
             }
         }
@@ -224,9 +206,9 @@ impl Front {
         let binding = Binding {
             query: &self.config.session_query,
             header: &self.config.session_header,
-            max_bytes: self.limits.max_session_id_bytes,
+            max_bytes: self.shared.limits.max_session_id_bytes,
         };
-        let subject = match &self.auth {
+        let subject = match &self.shared.auth {
             Some(_) => &*principal.subject,
             None => ANONYMOUS,
         };
@@ -262,11 +244,11 @@ impl Front {
         headers: &axum::http::HeaderMap,
         peer: SocketAddr,
     ) -> Result<Principal, Unauthorized> {
-        let auth = match &self.auth {
+        let auth = match &self.shared.auth {
             Some(auth) if auth.accepts_bearers() => auth,
             _ => return Ok(Principal::anonymous(Transport::WebSocket.as_str())),
         };
-        let audit = self.router.audit();
+        let audit = self.shared.router.audit();
         let peer_text = audit.enabled().then(|| peer.to_string());
         let verified = upgrade::bearer(headers)
             .and_then(|token| auth.verify(token).map_err(Unauthorized::Refused));
@@ -314,7 +296,7 @@ impl Front {
             transport: Transport::WebSocket,
             principal,
             counts: &self.counts,
-            stall: Duration::from_secs(self.limits.backpressure_timeout_sec),
+            stall: Duration::from_secs(self.shared.limits.backpressure_timeout_sec),
             idle: None,
             first_reply: None,
             bound_session: Some(session.clone()),
@@ -330,8 +312,15 @@ impl Front {
             seen,
             session_field: self.session_field.clone(),
             bound: session,
-            drain: self.drain.clone(),
+            drain: self.shared.drain.clone(),
         };
-        connection::serve(self.router.clone(), peer, source, sink, &self.writers).await;
+        connection::serve(
+            self.shared.router.clone(),
+            peer,
+            source,
+            sink,
+            &self.shared.writers,
+        )
+        .await;
     }
 }
