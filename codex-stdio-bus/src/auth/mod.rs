@@ -189,11 +189,18 @@ impl AdminBearer {
     /// Whether an `Authorization` header value is `Bearer <the token>` (the scheme name in any
     /// case, as Codex accepts it).
     pub(crate) fn admits(&self, authorization: &[u8]) -> bool {
-        let Some((scheme, token)) = authorization.split_at_checked(7) else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case(b"bearer ") && self.0.matches(token.trim_ascii())
+        bearer_token(authorization).is_some_and(|token| self.0.matches(token))
     }
+}
+
+/// The token of an `Authorization` value `Bearer <token>`: the scheme in any case, the token
+/// trimmed of ASCII whitespace, as Codex reads it (`Some(b"")` for an empty one); `None` for any
+/// other form. The one reading of the header, for the admin endpoint and the WebSocket front.
+pub(crate) fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = authorization.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
 }
 
 impl fmt::Debug for AdminBearer {

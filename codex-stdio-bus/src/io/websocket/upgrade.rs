@@ -8,7 +8,7 @@
 
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 
-use crate::auth::Refusal;
+use crate::auth::{bearer_token, Refusal};
 
 /// The path prefix that names a connection's session: `/sessions/{id}`.
 const SESSIONS_PATH: &str = "/sessions/";
@@ -74,11 +74,9 @@ pub(super) fn bearer(headers: &HeaderMap) -> Result<&str, Unauthorized> {
         .map_err(|()| Unauthorized::NotBearer)?
         .ok_or(Unauthorized::Missing)?;
     let value = value.to_str().map_err(|_| Unauthorized::NotBearer)?;
-    let (scheme, token) = value.split_at_checked(7).ok_or(Unauthorized::NotBearer)?;
-    if !scheme.eq_ignore_ascii_case("bearer ") {
-        return Err(Unauthorized::NotBearer);
-    }
-    match token.trim() {
+    let token = bearer_token(value.as_bytes()).ok_or(Unauthorized::NotBearer)?;
+    // A part of a `str` after an ASCII prefix, cut at ASCII whitespace: still UTF-8.
+    match std::str::from_utf8(token).map_err(|_| Unauthorized::NotBearer)? {
         "" => Err(Unauthorized::Missing),
         token => Ok(token),
     }
