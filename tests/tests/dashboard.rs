@@ -183,6 +183,9 @@ fn the_page_is_served_and_its_stream_shows_a_killed_worker_down_within_a_second_
     let again = slot(&back, "alpha", 1);
     assert_ne!(again["pid"], json!(victim), "{again}");
     assert_eq!(again["restarts"], json!(1), "{again}");
+    let exit = again["last_exit"]["status"].as_str().unwrap_or_default();
+    assert!(exit.contains("SIGKILL"), "{again}");
+    assert_eq!(slot(&back, "alpha", 0)["last_exit"], Value::Null, "{back}");
 }
 
 #[test]

@@ -34,6 +34,10 @@ pub(crate) fn snapshot(router: &Router) -> Value {
                         "in_flight": s.in_flight,
                         "queued_bytes": s.queued_bytes,
                         "sessions": s.sessions,
+                        "last_exit": s.last_exit.map(|e| json!({
+                            "status": &*e.status,
+                            "ago_sec": e.at.elapsed().as_secs_f64(),
+                        })),
                     })
                 })
                 .collect();
