@@ -14,17 +14,24 @@ use serde_json::{json, Value};
 /// The admin bearer token of the guarded daemon.
 const TOKEN: &str = "dashboard-test-token";
 
+/// `Authorization` with [`TOKEN`] as a program sends it.
+const BEARER: &str = "Bearer dashboard-test-token";
+
+/// `Authorization` with [`TOKEN`] as a browser sends it after its login prompt:
+/// Basic base64("operator:dashboard-test-token").
+const BASIC: &str = "Basic b3BlcmF0b3I6ZGFzaGJvYXJkLXRlc3QtdG9rZW4=";
+
 /// Streams served at once (`admin/ui.rs`, `MAX_STREAMS`, documented in docs/metrics.md).
 const MAX_STREAMS: usize = 16;
 
 /// `GET path` over HTTP/1.0 (so that a streamed body is close-delimited, not chunked), with an
-/// optional bearer token; returns the status code, the head and the connection, positioned at
-/// the start of the body.
-fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String, BufReader<TcpStream>) {
+/// optional `Authorization` value; returns the status code, the head and the connection,
+/// positioned at the start of the body.
+fn get(addr: &str, path: &str, auth: Option<&str>) -> (u16, String, BufReader<TcpStream>) {
     let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+    let authorization = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
     write!(
         stream,
@@ -54,8 +61,8 @@ struct Events(BufReader<TcpStream>);
 
 impl Events {
     /// Opens the stream; panics unless it is answered 200 as `text/event-stream`.
-    fn open(addr: &str, token: Option<&str>) -> Events {
-        let (code, head, reader) = get(addr, "/ui/events", token);
+    fn open(addr: &str, auth: Option<&str>) -> Events {
+        let (code, head, reader) = get(addr, "/ui/events", auth);
         assert_eq!(code, 200, "{head}");
         assert!(
             head.to_ascii_lowercase()
@@ -189,22 +196,46 @@ fn the_page_is_served_and_its_stream_shows_a_killed_worker_down_within_a_second_
 }
 
 #[test]
-fn with_a_bearer_token_the_page_and_stream_are_refused_without_it() {
+fn with_a_bearer_token_the_page_and_stream_need_it_as_bearer_or_basic_password() {
     let config = BusConfig::mock(1).section("metrics", json!({"bearer_sha256": sha256_hex(TOKEN)}));
     let bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
     let addr = bus.metrics_addr();
+    // base64("operator:wrong"), base64("dashboard-test-token:") (the token as the user name).
+    let refused = [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic b3BlcmF0b3I6d3Jvbmc="),
+        Some("Basic ZGFzaGJvYXJkLXRlc3QtdG9rZW46"),
+    ];
     for path in ["/ui", "/ui/events"] {
-        for token in [None, Some("wrong")] {
-            let (code, head, mut body) = get(&addr, path, token);
+        for auth in refused {
+            let (code, head, mut body) = get(&addr, path, auth);
             let mut text = String::new();
             body.read_to_string(&mut text).unwrap();
-            assert_eq!(code, 401, "{path} with {token:?}: {head}{text}");
+            assert_eq!(code, 401, "{path} with {auth:?}: {head}{text}");
+            // The browser's login prompt.
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("www-authenticate: basic realm=\"codex-stdio-bus\""),
+                "{head}"
+            );
         }
     }
-    let (code, head, _) = get(&addr, "/ui", Some(TOKEN));
-    assert_eq!(code, 200, "{head}");
-    let status = Events::open(&addr, Some(TOKEN)).next();
-    assert_eq!(status["totals"]["workers"], json!(1), "{status}");
+    // Programs are still challenged for a bearer token.
+    let (code, head, _) = get(&addr, "/status", None);
+    assert_eq!(code, 401, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    for auth in [BEARER, BASIC] {
+        let (code, head, _) = get(&addr, "/ui", Some(auth));
+        assert_eq!(code, 200, "{auth}: {head}");
+        let status = Events::open(&addr, Some(auth)).next();
+        assert_eq!(status["totals"]["workers"], json!(1), "{status}");
+    }
+    assert_eq!(get(&addr, "/status", Some(BASIC)).0, 200);
     // The redirect reveals nothing and stays open.
     assert_eq!(get(&addr, "/", None).0, 307);
 }

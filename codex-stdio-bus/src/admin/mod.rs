@@ -53,10 +53,17 @@ struct Admin {
     feed: Arc<ui::Feed>,
 }
 
+/// The challenge of a 401 from `/metrics` and `/status`, read by programs.
+const BEARER_CHALLENGE: &str = "Bearer";
+
+/// The challenge of a 401 from the dashboard: a browser answers it with its login prompt, then
+/// sends the typed token as the Basic password with the page and its event stream.
+const BROWSER_CHALLENGE: &str = "Basic realm=\"codex-stdio-bus\", charset=\"UTF-8\"";
+
 impl Admin {
     /// `None` when the request may read `/metrics`, `/status` or the dashboard, else the 401
-    /// answer.
-    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+    /// answer, whose `WWW-Authenticate` is `challenge`.
+    fn refuse_with(&self, headers: &HeaderMap, challenge: &'static str) -> Option<Response> {
         let bearer = self.bearer.as_deref()?;
         let admitted = headers
             .get(header::AUTHORIZATION)
@@ -66,12 +73,18 @@ impl Admin {
                 StatusCode::UNAUTHORIZED,
                 [
                     (header::CONTENT_TYPE, PLAIN_TEXT),
-                    (header::WWW_AUTHENTICATE, "Bearer"),
+                    (header::WWW_AUTHENTICATE, challenge),
                 ],
-                "unauthorized: send Authorization: Bearer <token> (metrics.bearer_sha256)\n",
+                "unauthorized: send Authorization: Bearer <token>, or Basic with the token as \
+                 password (metrics.bearer_sha256)\n",
             )
                 .into_response()
         })
+    }
+
+    /// [`Admin::refuse_with`] the bearer challenge, for programs.
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        self.refuse_with(headers, BEARER_CHALLENGE)
     }
 }
 

@@ -7,8 +7,11 @@
 //! `watch` keeps one value), so a slow reader skips snapshots rather than queueing them. At most
 //! [`MAX_STREAMS`] streams are served at once; one more is answered 503.
 //!
-//! `/ui` and `/ui/events` are guarded like `/status` (`metrics.bearer_sha256`); the redirect
-//! reveals nothing and stays open.
+//! `/ui` and `/ui/events` are guarded like `/status` (`metrics.bearer_sha256`), but their 401
+//! challenges HTTP Basic: a page load or an `EventSource` cannot send a bearer token, while a
+//! browser shows its login prompt for Basic and then sends the typed token (as the password)
+//! with the page and its stream ([`crate::auth::AdminBearer::admits`]). The redirect reveals
+//! nothing and stays open.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +26,7 @@ use futures_util::stream::{self, Stream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::MissedTickBehavior;
 
-use super::{status, Admin};
+use super::{status, Admin, BROWSER_CHALLENGE};
 use crate::io::probes::PLAIN_TEXT;
 use crate::router::Router;
 
@@ -124,7 +127,7 @@ pub(super) async fn root() -> Redirect {
 
 /// `GET /ui`: the page.
 pub(super) async fn page(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin.refuse(&headers) {
+    if let Some(refused) = admin.refuse_with(&headers, BROWSER_CHALLENGE) {
         return refused;
     }
     (
@@ -141,7 +144,7 @@ pub(super) async fn page(State(admin): State<Admin>, headers: HeaderMap) -> Resp
 /// `GET /ui/events`: the status stream (`event: status`, `data:` the status document), with a
 /// comment every 15 s so that proxies keep an idle stream open.
 pub(super) async fn events(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin.refuse(&headers) {
+    if let Some(refused) = admin.refuse_with(&headers, BROWSER_CHALLENGE) {
         return refused;
     }
     match admin.feed.subscribe(&admin.router) {
