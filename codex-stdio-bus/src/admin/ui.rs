@@ -159,3 +159,59 @@ pub(super) async fn events(State(admin): State<Admin>, headers: HeaderMap) -> Re
             .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use codex_bus_config::Config;
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ticker_runs_only_while_a_stream_is_connected_and_seats_are_bounded() {
+        let feed = Arc::new(Feed::new());
+        let router = Arc::new(Router::new(&Config::single_pool("p", "cat", &[], 2)));
+        assert!(!feed.ticking.load(Ordering::SeqCst), "no stream, no ticker");
+
+        // Boxed, not pinned on the stack, so that dropping one ends the stream.
+        let mut first = Box::pin(feed.subscribe(&router).expect("a seat"));
+        assert!(feed.ticking.load(Ordering::SeqCst));
+        let start = Instant::now();
+        assert!(matches!(first.next().await, Some(Ok(_))), "a snapshot");
+        assert!(matches!(first.next().await, Some(Ok(_))), "a second");
+        let took = start.elapsed();
+        assert!(
+            took >= PERIOD.mul_f32(0.9) && took < PERIOD * 3,
+            "two snapshots in {took:?}"
+        );
+
+        // A second stream gets the latest snapshot at once, not at the next tick.
+        let start = Instant::now();
+        let mut second = Box::pin(feed.subscribe(&router).expect("a seat"));
+        assert!(matches!(second.next().await, Some(Ok(_))), "the latest");
+        assert!(start.elapsed() < PERIOD / 2, "{:?}", start.elapsed());
+
+        // Sixteen at once; the seventeenth is refused until one goes.
+        let mut more: Vec<_> = (2..MAX_STREAMS)
+            .map(|_| Box::pin(feed.subscribe(&router).expect("a seat")))
+            .collect();
+        assert!(feed.subscribe(&router).is_none(), "a 17th stream");
+        more.pop();
+        assert!(feed.subscribe(&router).is_some(), "the freed seat");
+
+        // Every stream gone: the ticker stops at its next tick.
+        drop(more);
+        drop(first);
+        drop(second);
+        tokio::time::sleep(PERIOD * 2).await;
+        assert!(!feed.ticking.load(Ordering::SeqCst), "the ticker stopped");
+        assert_eq!(feed.latest.receiver_count(), 0);
+
+        // And starts again with the next stream.
+        let mut again = Box::pin(feed.subscribe(&router).expect("a seat"));
+        assert!(matches!(again.next().await, Some(Ok(_))), "a snapshot");
+        assert!(feed.ticking.load(Ordering::SeqCst));
+    }
+}
