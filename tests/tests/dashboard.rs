@@ -1,6 +1,7 @@
 //! The dashboard on the admin endpoint: the page at `/ui`, the redirect from `/`, the status
-//! stream at `/ui/events` (every slot named, a killed worker not ready within a second and ready
-//! again later, at most two snapshots a second, a bounded number of streams), and its guard.
+//! stream at `/ui/events` (every slot named, a session counted on its tenant, a killed worker not
+//! ready within a second and ready again later, at most two snapshots a second, a bounded number
+//! of streams), and its guard.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -135,7 +136,7 @@ fn the_page_is_served_and_its_stream_shows_a_killed_worker_down_within_a_second_
         "routing": {"default_pool": "alpha"},
         "limits": {"drain_grace_sec": 0}
     }));
-    let bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
     let addr = bus.metrics_addr();
 
     let (code, head, _) = get(&addr, "/", None);
@@ -157,7 +158,24 @@ fn the_page_is_served_and_its_stream_shows_a_killed_worker_down_within_a_second_
         assert!(s["state"].is_string() && s["restarts"].is_u64(), "{s}");
     }
     assert_eq!(first["totals"]["workers"], json!(3), "{first}");
-    let ready = events.until(WAIT, "every worker ready", all_ready);
+    events.until(WAIT, "every worker ready", all_ready);
+
+    // A client's session shows on its slot and its tenant (`default`, without auth).
+    let mut client = bus.connect();
+    client.request(json!(1), "ping", Value::Null, Some("dashboard-session"));
+    client.recv();
+    let ready = events.until(Duration::from_secs(2), "the session counted", |s| {
+        s["totals"]["sessions"] == json!(1)
+    });
+    let tenant = ready["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == json!("default"))
+        .unwrap_or_else(|| panic!("tenant default in {ready}"));
+    assert_eq!(tenant["sessions"], json!(1), "{tenant}");
+    assert_eq!(tenant["connections"], json!(1), "{tenant}");
+    assert!(all_ready(&ready), "{ready}");
 
     // At most one snapshot per 500 ms: five more take at least two seconds (with 10% slack for
     // when each was read).

@@ -44,12 +44,27 @@ pub(crate) fn snapshot(router: &Router) -> Value {
             json!({"pool": &*pool.id, "slots": slots})
         })
         .collect();
+    // By metric label, so bounded as the metrics are (configured tenants, `default`, `(other)`).
+    let tenants: Vec<Value> = router
+        .tenants()
+        .holding()
+        .iter()
+        .map(|(label, holding)| {
+            json!({
+                "tenant": &**label,
+                "sessions": holding.sessions,
+                "connections": holding.connections,
+                "in_flight": holding.in_flight,
+            })
+        })
+        .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_sec": router.uptime().as_secs_f64(),
         "draining": router.draining(),
         "clients": router.client_count(),
         "pools": pools,
+        "tenants": tenants,
         "totals": {
             "workers": totals.0,
             "ready": totals.1,
