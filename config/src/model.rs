@@ -425,8 +425,8 @@ pub struct MetricsConfig {
     /// HOST:PORT to listen on; off when absent (the `--metrics` flag overrides it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
-    /// Lower-case hex SHA-256 (64 digits) of the bearer token that `/metrics` and `/status`
-    /// require; absent, they are open. Only the digest is configured, so the file holds no secret.
+    /// Lower-case hex SHA-256 (64 digits) of the bearer token that `/metrics`, `/status` and the
+    /// dashboard require (as a bearer token, or as an HTTP Basic password); absent, they are open. Only the digest is configured, so the file holds no secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer_sha256: Option<String>,
 }

@@ -1,5 +1,6 @@
-//! Layer 5, the admin endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` and `/status`,
-//! rendered from the state the lower layers keep.
+//! Layer 5, the admin endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`, `/status` and the
+//! dashboard (`/ui`, `/ui/events`, `/` redirecting to `/ui`), rendered from the state the lower
+//! layers keep.
 //!
 //! Served by axum over hyper (HTTP/1.1): the exporter's own listener answers every path with
 //! metrics, probes need their own paths on the same port, and the WebSocket front and the
@@ -10,6 +11,7 @@
 
 mod scrape;
 pub mod status;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,13 +46,24 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct Admin {
     router: Arc<Router>,
     handle: PrometheusHandle,
-    /// `metrics.bearer_sha256`: the token `/metrics` and `/status` require, if any.
+    /// `metrics.bearer_sha256`: the token `/metrics`, `/status` and the dashboard require, if
+    /// any.
     bearer: Option<Arc<AdminBearer>>,
+    /// The dashboard's shared status stream.
+    feed: Arc<ui::Feed>,
 }
 
+/// The challenge of a 401 from `/metrics` and `/status`, read by programs.
+const BEARER_CHALLENGE: &str = "Bearer";
+
+/// The challenge of a 401 from the dashboard: a browser answers it with its login prompt, then
+/// sends the typed token as the Basic password with the page and its event stream.
+const BROWSER_CHALLENGE: &str = "Basic realm=\"codex-stdio-bus\", charset=\"UTF-8\"";
+
 impl Admin {
-    /// `None` when the request may read `/metrics` or `/status`, else the 401 answer.
-    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+    /// `None` when the request may read `/metrics`, `/status` or the dashboard, else the 401
+    /// answer, whose `WWW-Authenticate` is `challenge`.
+    fn refuse_with(&self, headers: &HeaderMap, challenge: &'static str) -> Option<Response> {
         let bearer = self.bearer.as_deref()?;
         let admitted = headers
             .get(header::AUTHORIZATION)
@@ -60,12 +73,18 @@ impl Admin {
                 StatusCode::UNAUTHORIZED,
                 [
                     (header::CONTENT_TYPE, PLAIN_TEXT),
-                    (header::WWW_AUTHENTICATE, "Bearer"),
+                    (header::WWW_AUTHENTICATE, challenge),
                 ],
-                "unauthorized: send Authorization: Bearer <token> (metrics.bearer_sha256)\n",
+                "unauthorized: send Authorization: Bearer <token>, or Basic with the token as \
+                 password (metrics.bearer_sha256)\n",
             )
                 .into_response()
         })
+    }
+
+    /// [`Admin::refuse_with`] the bearer challenge, for programs.
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        self.refuse_with(headers, BEARER_CHALLENGE)
     }
 }
 
@@ -79,8 +98,9 @@ pub async fn bind(address: &str) -> Result<TcpListener, Error> {
 }
 
 /// Serves admin requests for the life of the daemon (through the drain too: `/readyz` then says
-/// 503, which is what an orchestrator needs to see). With `bearer`, `/metrics` and `/status`
-/// require it; `/healthz` and `/readyz` stay open for probes, which cannot send one.
+/// 503, which is what an orchestrator needs to see). With `bearer`, `/metrics`, `/status`, `/ui`
+/// and `/ui/events` require it; `/healthz` and `/readyz` stay open for probes, which cannot send
+/// one, and so does the redirect from `/`.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
@@ -92,11 +112,15 @@ pub(crate) async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status_document))
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::page))
+        .route("/ui/events", get(ui::events))
         .fallback(not_found)
         .with_state(Admin {
             router,
             handle,
             bearer: bearer.map(Arc::new),
+            feed: Arc::new(ui::Feed::new()),
         });
     let service = TowerToHyperService::new(app);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -152,7 +176,7 @@ async fn status_document(State(admin): State<Admin>, headers: HeaderMap) -> Resp
 
 /// Any other path.
 async fn not_found() -> Response {
-    let body = "not found: try /metrics, /healthz, /readyz or /status\n";
+    let body = "not found: try /ui, /metrics, /healthz, /readyz or /status\n";
     (
         StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, PLAIN_TEXT)],

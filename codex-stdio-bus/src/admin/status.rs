@@ -34,10 +34,28 @@ pub(crate) fn snapshot(router: &Router) -> Value {
                         "in_flight": s.in_flight,
                         "queued_bytes": s.queued_bytes,
                         "sessions": s.sessions,
+                        "last_exit": s.last_exit.map(|e| json!({
+                            "status": &*e.status,
+                            "ago_sec": e.at.elapsed().as_secs_f64(),
+                        })),
                     })
                 })
                 .collect();
             json!({"pool": &*pool.id, "slots": slots})
+        })
+        .collect();
+    // By metric label, so bounded as the metrics are (configured tenants, `default`, `(other)`).
+    let tenants: Vec<Value> = router
+        .tenants()
+        .holding()
+        .iter()
+        .map(|(label, holding)| {
+            json!({
+                "tenant": &**label,
+                "sessions": holding.sessions,
+                "connections": holding.connections,
+                "in_flight": holding.in_flight,
+            })
         })
         .collect();
     json!({
@@ -46,6 +64,7 @@ pub(crate) fn snapshot(router: &Router) -> Value {
         "draining": router.draining(),
         "clients": router.client_count(),
         "pools": pools,
+        "tenants": tenants,
         "totals": {
             "workers": totals.0,
             "ready": totals.1,

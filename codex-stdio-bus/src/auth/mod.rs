@@ -186,9 +186,18 @@ impl AdminBearer {
         Digest::from_hex(hex).map(AdminBearer)
     }
 
-    /// Whether an `Authorization` header value is `Bearer <the token>` (the scheme name in any
-    /// case, as Codex accepts it).
+    /// Whether an `Authorization` header value carries the token: `Bearer <token>` (the scheme
+    /// name in any case, as Codex accepts it), or HTTP Basic (RFC 7617) with the token as the
+    /// password and any user name, which is what a browser sends for a page and its
+    /// `EventSource` once the operator has typed the token into its login prompt.
     pub(crate) fn admits(&self, authorization: &[u8]) -> bool {
+        if let Some(credential) = authorization
+            .split_at_checked(6)
+            .and_then(|(scheme, rest)| scheme.eq_ignore_ascii_case(b"basic ").then_some(rest))
+        {
+            return basic_password(credential.trim_ascii())
+                .is_some_and(|token| self.0.matches(&token));
+        }
         bearer_token(authorization).is_some_and(|token| self.0.matches(token))
     }
 }
@@ -203,8 +212,46 @@ pub(crate) fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
         .then(|| token.trim_ascii())
 }
 
+/// The password of an HTTP Basic credential (`base64(user ":" password)`), if it decodes.
+fn basic_password(credential: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let pair = base64::engine::general_purpose::STANDARD
+        .decode(credential)
+        .ok()?;
+    let colon = pair.iter().position(|&b| b == b':')?;
+    Some(pair[colon + 1..].to_vec())
+}
+
 impl fmt::Debug for AdminBearer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AdminBearer(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_token_is_admitted_as_bearer_or_as_a_basic_password() {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(b"s3cret")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let bearer = AdminBearer::new(&hex).unwrap();
+        assert!(bearer.admits(b"Bearer s3cret"));
+        assert!(bearer.admits(b"bearer  s3cret "));
+        assert!(!bearer.admits(b"Bearer s3cre"));
+        // base64("operator:s3cret"), base64(":s3cret"), base64("operator:s3cre").
+        assert!(bearer.admits(b"Basic b3BlcmF0b3I6czNjcmV0"));
+        assert!(bearer.admits(b"basic OnMzY3JldA=="));
+        assert!(!bearer.admits(b"Basic b3BlcmF0b3I6czNjcmU="));
+        // No colon, not base64, the token as a user name, nothing.
+        assert!(!bearer.admits(b"Basic czNjcmV0"));
+        assert!(!bearer.admits(b"Basic s3cret"));
+        assert!(!bearer.admits(b"Basic czNjcmV0Og=="));
+        assert!(!bearer.admits(b"Basic "));
+        assert!(!bearer.admits(b""));
     }
 }

@@ -134,10 +134,21 @@ pub(crate) struct SlotBook {
     generation: u64,
     /// When the running worker was started (spawned), for its uptime.
     started_at: Option<Instant>,
+    /// How the previous worker ended, and when (for status and the dashboard).
+    last_exit: Option<LastExit>,
+}
+
+/// How a slot's previous worker ended.
+#[derive(Clone, Debug)]
+pub(crate) struct LastExit {
+    /// Its exit status as the supervisor describes it, e.g. `signal: 9 (SIGKILL)`.
+    pub status: Arc<str>,
+    /// When the supervisor saw it end.
+    pub at: Instant,
 }
 
 /// What a slot looks like at one moment (for status and metrics).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct SlotSnapshot {
     /// Its state.
     pub state: SlotState,
@@ -153,6 +164,8 @@ pub(crate) struct SlotSnapshot {
     pub sessions: usize,
     /// Workers restarted in this slot so far.
     pub restarts: u64,
+    /// How the previous worker ended, if one did (a stop by the daemon is not recorded).
+    pub last_exit: Option<LastExit>,
 }
 
 /// A numbered worker place in a pool.
@@ -198,6 +211,7 @@ impl Slot {
             draining: false,
             generation: 0,
             started_at: None,
+            last_exit: None,
         };
         Slot {
             pool,
@@ -236,6 +250,14 @@ impl Slot {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Records how the worker ended (`status` as the supervisor describes it), now.
+    pub(crate) fn record_exit(&self, status: String) {
+        self.queue.lock().state.last_exit = Some(LastExit {
+            status: status.into(),
+            at: Instant::now(),
+        });
+    }
+
     /// Counts a restart of this slot's worker.
     pub(crate) fn count_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -252,6 +274,7 @@ impl Slot {
             queued_bytes: q.buf.len(),
             sessions: self.sessions.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            last_exit: q.state.last_exit.clone(),
         }
     }
 

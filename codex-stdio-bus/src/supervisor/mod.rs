@@ -109,6 +109,10 @@ pub(crate) async fn supervise(
             return;
         }
         sink.worker_exited(&slot);
+        slot.record_exit(match ended.ending {
+            Ending::NotReady => format!("{} (not ready in time)", describe(ended.status)),
+            _ => describe(ended.status),
+        });
         if !restarts(settings.restart_policy, ended.status) {
             fail(slot.transition(SlotState::Exited), ErrorKind::WorkerExited);
             tracing::warn!(?slot, status = %describe(ended.status), policy = ?settings.restart_policy, "worker exited; not restarted by the pool's restart policy");

@@ -1,0 +1,294 @@
+//! The dashboard on the admin endpoint: the page at `/ui`, the redirect from `/`, the status
+//! stream at `/ui/events` (every slot named, a session counted on its tenant, a killed worker not
+//! ready within a second and ready again later, at most two snapshots a second, a bounded number
+//! of streams), and its guard.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use codex_bus_tests::{http_get, sha256_hex, Bus, BusConfig, Mode, WAIT};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+/// The admin bearer token of the guarded daemon.
+const TOKEN: &str = "dashboard-test-token";
+
+/// `Authorization` with [`TOKEN`] as a program sends it.
+const BEARER: &str = "Bearer dashboard-test-token";
+
+/// `Authorization` with [`TOKEN`] as a browser sends it after its login prompt:
+/// Basic base64("operator:dashboard-test-token").
+const BASIC: &str = "Basic b3BlcmF0b3I6ZGFzaGJvYXJkLXRlc3QtdG9rZW4=";
+
+/// Streams served at once (`admin/ui.rs`, `MAX_STREAMS`, documented in docs/metrics.md).
+const MAX_STREAMS: usize = 16;
+
+/// `GET path` over HTTP/1.0 (so that a streamed body is close-delimited, not chunked), with an
+/// optional `Authorization` value; returns the status code, the head and the connection,
+/// positioned at the start of the body.
+fn get(addr: &str, path: &str, auth: Option<&str>) -> (u16, String, BufReader<TcpStream>) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let authorization = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: x\r\n{authorization}\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, head, reader)
+}
+
+/// An open `/ui/events` stream.
+struct Events(BufReader<TcpStream>);
+
+impl Events {
+    /// Opens the stream; panics unless it is answered 200 as `text/event-stream`.
+    fn open(addr: &str, auth: Option<&str>) -> Events {
+        let (code, head, reader) = get(addr, "/ui/events", auth);
+        assert_eq!(code, 200, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{head}"
+        );
+        Events(reader)
+    }
+
+    /// The next `status` event's document (keep-alive comments are skipped).
+    fn next(&mut self) -> Value {
+        let mut event = String::new();
+        loop {
+            let mut line = String::new();
+            let read = self.0.read_line(&mut line).expect("an event within WAIT");
+            assert!(read > 0, "the stream ended");
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                assert_eq!(event, "status", "an event named status");
+                return serde_json::from_str(data.trim()).expect("a JSON status document");
+            }
+        }
+    }
+
+    /// Reads events until `check` holds for one; returns it and when it arrived. Panics after
+    /// `within`.
+    fn until(&mut self, within: Duration, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let status = self.next();
+            assert!(start.elapsed() <= within, "{what}: not within {within:?}");
+            if check(&status) {
+                return status;
+            }
+        }
+    }
+}
+
+/// The slot `index` of pool `pool` in a status document.
+fn slot<'a>(status: &'a Value, pool: &str, index: u64) -> &'a Value {
+    status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == json!(pool))
+        .and_then(|p| {
+            p["slots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["slot"] == json!(index))
+        })
+        .unwrap_or_else(|| panic!("no slot {pool}[{index}] in {status}"))
+}
+
+/// Whether every slot of a status document is ready.
+fn all_ready(status: &Value) -> bool {
+    status["totals"]["ready"] == status["totals"]["workers"]
+}
+
+#[test]
+fn the_page_is_served_and_its_stream_shows_a_killed_worker_down_within_a_second_and_back() {
+    let worker = codex_bus_tests::bin("codex-mock");
+    let pool =
+        |id: &str, n: u32| json!({"id": id, "command": worker.to_str().unwrap(), "instances": n});
+    let config = BusConfig(json!({
+        "pools": [pool("alpha", 2), pool("beta", 1)],
+        "routing": {"default_pool": "alpha"},
+        "limits": {"drain_grace_sec": 0}
+    }));
+    let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let addr = bus.metrics_addr();
+
+    let (code, head, _) = get(&addr, "/", None);
+    assert_eq!(code, 307, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("location: /ui"),
+        "{head}"
+    );
+    let (code, page) = http_get(&addr, "/ui");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>codex-stdio-bus</title>"), "{page}");
+    assert!(page.contains("new EventSource(\"ui/events\")"), "{page}");
+
+    let mut events = Events::open(&addr, None);
+    let first = events.next();
+    assert_eq!(first["version"], json!(env!("CARGO_PKG_VERSION")));
+    for (pool, index) in [("alpha", 0), ("alpha", 1), ("beta", 0)] {
+        let s = slot(&first, pool, index);
+        assert!(s["state"].is_string() && s["restarts"].is_u64(), "{s}");
+    }
+    assert_eq!(first["totals"]["workers"], json!(3), "{first}");
+    events.until(WAIT, "every worker ready", all_ready);
+
+    // A client's session shows on its slot and its tenant (`default`, without auth).
+    let mut client = bus.connect();
+    client.request(json!(1), "ping", Value::Null, Some("dashboard-session"));
+    client.recv();
+    let ready = events.until(Duration::from_secs(2), "the session counted", |s| {
+        s["totals"]["sessions"] == json!(1)
+    });
+    let tenant = ready["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == json!("default"))
+        .unwrap_or_else(|| panic!("tenant default in {ready}"));
+    assert_eq!(tenant["sessions"], json!(1), "{tenant}");
+    assert_eq!(tenant["connections"], json!(1), "{tenant}");
+    assert!(all_ready(&ready), "{ready}");
+
+    // At most one snapshot per 500 ms: five more take at least two seconds (with 10% slack for
+    // when each was read).
+    let start = Instant::now();
+    for _ in 0..5 {
+        events.next();
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(1800),
+        "5 snapshots in {:?}",
+        start.elapsed()
+    );
+
+    let victim = slot(&ready, "alpha", 1)["pid"].as_u64().expect("a pid");
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let down = events.until(Duration::from_secs(1), "the killed worker not ready", |s| {
+        slot(s, "alpha", 1)["state"] != json!("ready")
+    });
+    eprintln!(
+        "alpha[1] {} after {:?}",
+        slot(&down, "alpha", 1)["state"],
+        killed.elapsed()
+    );
+    assert!(killed.elapsed() <= Duration::from_secs(1));
+    assert_eq!(slot(&down, "alpha", 0)["state"], json!("ready"), "{down}");
+    let back = events.until(WAIT, "the slot ready again", |s| {
+        slot(s, "alpha", 1)["state"] == json!("ready")
+    });
+    let again = slot(&back, "alpha", 1);
+    assert_ne!(again["pid"], json!(victim), "{again}");
+    assert_eq!(again["restarts"], json!(1), "{again}");
+    let exit = again["last_exit"]["status"].as_str().unwrap_or_default();
+    assert!(exit.contains("SIGKILL"), "{again}");
+    assert_eq!(slot(&back, "alpha", 0)["last_exit"], Value::Null, "{back}");
+}
+
+#[test]
+fn with_a_bearer_token_the_page_and_stream_need_it_as_bearer_or_basic_password() {
+    let config = BusConfig::mock(1).section("metrics", json!({"bearer_sha256": sha256_hex(TOKEN)}));
+    let bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let addr = bus.metrics_addr();
+    // base64("operator:wrong"), base64("dashboard-test-token:") (the token as the user name).
+    let refused = [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic b3BlcmF0b3I6d3Jvbmc="),
+        Some("Basic ZGFzaGJvYXJkLXRlc3QtdG9rZW46"),
+    ];
+    for path in ["/ui", "/ui/events"] {
+        for auth in refused {
+            let (code, head, mut body) = get(&addr, path, auth);
+            let mut text = String::new();
+            body.read_to_string(&mut text).unwrap();
+            assert_eq!(code, 401, "{path} with {auth:?}: {head}{text}");
+            // The browser's login prompt.
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("www-authenticate: basic realm=\"codex-stdio-bus\""),
+                "{head}"
+            );
+        }
+    }
+    // Programs are still challenged for a bearer token.
+    let (code, head, _) = get(&addr, "/status", None);
+    assert_eq!(code, 401, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    for auth in [BEARER, BASIC] {
+        let (code, head, _) = get(&addr, "/ui", Some(auth));
+        assert_eq!(code, 200, "{auth}: {head}");
+        let status = Events::open(&addr, Some(auth)).next();
+        assert_eq!(status["totals"]["workers"], json!(1), "{status}");
+    }
+    assert_eq!(get(&addr, "/status", Some(BASIC)).0, 200);
+    // The redirect reveals nothing and stays open.
+    assert_eq!(get(&addr, "/", None).0, 307);
+}
+
+#[test]
+fn at_most_sixteen_streams_are_served_at_once() {
+    let bus = Bus::start_with(
+        &BusConfig::mock(1),
+        Mode::Tcp,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let addr = bus.metrics_addr();
+    let mut open: Vec<Events> = (0..MAX_STREAMS)
+        .map(|_| Events::open(&addr, None))
+        .collect();
+    let (code, head, mut body) = get(&addr, "/ui/events", None);
+    let mut text = String::new();
+    body.read_to_string(&mut text).unwrap();
+    assert_eq!(code, 503, "{head}{text}");
+    assert!(text.contains("at most 16"), "{text}");
+    // Every stream connected gets the snapshots.
+    for events in &mut open {
+        assert_eq!(events.next()["totals"]["workers"], json!(1));
+    }
+    // A closed stream's seat is freed once the daemon notices (its next write fails).
+    drop(open.pop());
+    let start = Instant::now();
+    loop {
+        let (code, _, reader) = get(&addr, "/ui/events", None);
+        if code == 200 {
+            let mut events = Events(reader);
+            assert_eq!(events.next()["totals"]["workers"], json!(1));
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "a seat freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
