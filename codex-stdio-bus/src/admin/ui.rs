@@ -22,7 +22,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::MissedTickBehavior;
 
@@ -45,11 +45,15 @@ pub(super) const PERIOD: Duration = Duration::from_millis(500);
 /// the bound keeps a forgotten script from holding connections without end.
 pub(super) const MAX_STREAMS: usize = 16;
 
+/// What one tick sends to every page: named Server-Sent Events (`event:` name, `data:` JSON
+/// text), in order. Built by [`frames`].
+type Frames = Arc<[(&'static str, Box<str>)]>;
+
 /// The latest snapshot, shared by every stream, and the ticker that refreshes it.
 pub(super) struct Feed {
-    /// The latest status document as JSON text; `None` until the ticker's first tick. Its
-    /// receiver count is the number of streams connected.
-    latest: watch::Sender<Option<Arc<str>>>,
+    /// The latest tick's events; `None` until the ticker's first tick. Its receiver count is the
+    /// number of streams connected.
+    latest: watch::Sender<Option<Frames>>,
     /// Whether a ticker task runs (it stops when the last stream goes).
     ticking: AtomicBool,
     /// One permit per stream ([`MAX_STREAMS`]).
@@ -66,7 +70,7 @@ impl Feed {
         }
     }
 
-    /// A stream of `status` events, one per snapshot, starting with the latest; `None` when
+    /// A stream of the events of each tick ([`frames`]), starting with the latest; `None` when
     /// [`MAX_STREAMS`] are connected. Starts the ticker if none runs.
     fn subscribe(
         self: &Arc<Self>,
@@ -82,20 +86,26 @@ impl Feed {
         } else {
             tokio::spawn(tick(self.clone(), router.clone()));
         }
-        Some(stream::unfold(
+        let ticks = stream::unfold(
             (receiver, seat),
             |(mut receiver, seat): (_, OwnedSemaphorePermit)| async move {
                 loop {
                     // The sender lives in the `Admin` state, as long as the endpoint.
                     receiver.changed().await.ok()?;
                     let latest = receiver.borrow_and_update().clone();
-                    if let Some(json) = latest {
-                        let event = Event::default().event("status").data(&*json);
-                        return Some((Ok(event), (receiver, seat)));
+                    if let Some(frames) = latest {
+                        return Some((frames, (receiver, seat)));
                     }
                 }
             },
-        ))
+        );
+        Some(ticks.flat_map(|frames| {
+            let events: Vec<_> = frames
+                .iter()
+                .map(|(name, json)| Ok(Event::default().event(*name).data(&**json)))
+                .collect();
+            stream::iter(events)
+        }))
     }
 }
 
@@ -115,9 +125,13 @@ async fn tick(feed: Arc<Feed>, router: Arc<Router>) {
                 return;
             }
         }
-        let json = status::snapshot(&router).to_string();
-        feed.latest.send_replace(Some(json.into()));
+        feed.latest.send_replace(Some(frames(&router)));
     }
+}
+
+/// One tick's events: `status`, the status document ([`status::snapshot`]).
+fn frames(router: &Router) -> Frames {
+    Arc::new([("status", status::snapshot(router).to_string().into())])
 }
 
 /// `GET /`: to the dashboard.
