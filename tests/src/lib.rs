@@ -6,8 +6,8 @@
 //! builds them: the daemon, `codex-worker` and `codex-mock` crates have integration tests of
 //! their own).
 //!
-//! **Tiers.** A test that needs a component the machine may lack (promtool, real Codex) is a
-//! tier: it is marked `#[ignore = "tier NAME: needs …; how to run it"]`, so a plain
+//! **Tiers.** A test that needs a component the machine may lack (promtool, Chromium, real Codex)
+//! is a tier: it is marked `#[ignore = "tier NAME: needs …; how to run it"]`, so a plain
 //! `cargo test --workspace` reports it as ignored with that reason (the runner's own term for a
 //! skip), and `.ci/run` runs each tier whose component is present with `-- --ignored`, or says
 //! why it did not. Inside, a tier fails if its component is missing: when it runs, it runs for real.
@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod browser;
 pub mod codex;
 pub mod tmux;
 pub mod worker;
@@ -142,6 +143,22 @@ impl BusConfig {
     /// One pool `codex` of `instances` mock workers (`codex-mock`).
     pub fn mock(instances: u32) -> Self {
         worker_pool("codex-mock", instances, &[])
+    }
+
+    /// Pools of mock workers (`codex-mock`), one per `(id, instances)`; the first is the default
+    /// route. `limits.drain_grace_sec` is 0, as in [`worker_pool`]. The dashboard tests show
+    /// alpha (2) and beta (1).
+    pub fn mock_pools(pools: &[(&str, u32)]) -> Self {
+        let worker = bin("codex-mock");
+        let pools: Vec<Value> = pools
+            .iter()
+            .map(|(id, n)| json!({"id": id, "command": worker.to_str().unwrap(), "instances": n}))
+            .collect();
+        BusConfig(json!({
+            "pools": pools,
+            "routing": {"default_pool": pools[0]["id"]},
+            "limits": {"drain_grace_sec": 0}
+        }))
     }
 
     /// Sets `limits.<name>`.

@@ -128,14 +128,7 @@ fn all_ready(status: &Value) -> bool {
 
 #[test]
 fn the_page_is_served_and_its_stream_shows_a_killed_worker_down_within_a_second_and_back() {
-    let worker = codex_bus_tests::bin("codex-mock");
-    let pool =
-        |id: &str, n: u32| json!({"id": id, "command": worker.to_str().unwrap(), "instances": n});
-    let config = BusConfig(json!({
-        "pools": [pool("alpha", 2), pool("beta", 1)],
-        "routing": {"default_pool": "alpha"},
-        "limits": {"drain_grace_sec": 0}
-    }));
+    let config = BusConfig::mock_pools(&[("alpha", 2), ("beta", 1)]);
     let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
     let addr = bus.metrics_addr();
 
