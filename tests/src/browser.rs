@@ -30,14 +30,14 @@ const PROGRAMS: [(&str, &str); 2] = [
 ];
 
 /// The browser window, in CSS pixels: wide enough for the slot table on one line, tall enough
-/// for a few pools; a screenshot is this size.
+/// for a few pools. A screenshot shows the viewport inside it (1280×757 with Chromium 156).
 const WINDOW: &str = "1280,900";
 
 /// How long Chromium has to exit after SIGTERM before it is killed.
 const STOP: Duration = Duration::from_secs(5);
 
 /// Why a [`Browser`] cannot start here, naming what to install; `None` when it can.
-pub fn missing() -> Option<String> {
+fn missing() -> Option<String> {
     let absent: Vec<String> = PROGRAMS
         .iter()
         .filter(|(program, _)| !on_path(program))
