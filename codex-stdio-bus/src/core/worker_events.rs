@@ -9,8 +9,8 @@
 //!   exit or a restart.
 //! - **a rate per worker** ([`StderrRate`]): at most [`STDERR_PER_SECOND`] stderr lines of one
 //!   worker process are kept per second; the others are only logged (as every stderr line is),
-//!   counted in [`Recent::limited`], and a `stderr_dropped` event saying how many precedes that
-//!   worker's next line kept (or follows its exit).
+//!   counted in [`Recent::limited`] (one atomic add, no lock), and a `stderr_dropped` event
+//!   saying how many precedes that worker's next line kept (or follows its exit).
 //!
 //! Each text is cut to [`MAX_TEXT`] bytes at a character boundary (`…` marks a cut). A push takes
 //! one uncontended lock and allocates the text only (the rings are allocated whole up front); no
@@ -18,6 +18,7 @@
 //! `(LIFECYCLE_CAPACITY + STDERR_CAPACITY) × (MAX_TEXT + 80)` bytes, 153 KiB.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,8 @@ pub(crate) struct WorkerEvent {
 #[derive(Debug)]
 pub(crate) struct WorkerEvents {
     rings: Mutex<Rings>,
+    /// Stderr lines not kept for the rate (an atomic: a flooding worker takes no lock for them).
+    limited: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -97,8 +100,6 @@ struct Rings {
     stderr: VecDeque<WorkerEvent>,
     /// Events overwritten in either ring.
     dropped: u64,
-    /// Stderr lines not kept for the rate.
-    limited: u64,
 }
 
 /// The newest events, for a snapshot.
@@ -120,8 +121,8 @@ impl Default for WorkerEvents {
                 lifecycle: VecDeque::with_capacity(LIFECYCLE_CAPACITY),
                 stderr: VecDeque::with_capacity(STDERR_CAPACITY),
                 dropped: 0,
-                limited: 0,
             }),
+            limited: AtomicU64::new(0),
         }
     }
 }
@@ -157,9 +158,9 @@ impl WorkerEvents {
         drop(overwritten);
     }
 
-    /// Counts `n` stderr lines not kept for the rate.
-    fn count_limited(&self, n: u64) {
-        self.rings.lock().unwrap_or_else(|e| e.into_inner()).limited += n;
+    /// Counts a stderr line not kept for the rate.
+    fn count_limited(&self) {
+        self.limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The last `n` events of each ring, oldest first, and the counts of those lost.
@@ -169,13 +170,13 @@ impl WorkerEvents {
             .chain(newest(&rings.stderr, n))
             .cloned()
             .collect();
-        let (dropped, limited) = (rings.dropped, rings.limited);
+        let dropped = rings.dropped;
         drop(rings);
         events.sort_unstable_by_key(|e| e.seq);
         Recent {
             events,
             dropped,
-            limited,
+            limited: self.limited.load(Ordering::Relaxed),
         }
     }
 }
@@ -229,7 +230,7 @@ impl StderrRate {
         }
         if self.kept == STDERR_PER_SECOND {
             self.held += 1;
-            events.count_limited(1);
+            events.count_limited();
             return;
         }
         self.kept += 1;
