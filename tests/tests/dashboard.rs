@@ -395,3 +395,31 @@ fn the_event_list_shows_a_stderr_line_a_killed_workers_exit_and_its_restart_in_o
     assert_eq!(restarted["dropped"], json!(0), "{restarted}");
     assert_eq!(restarted["limited"], json!(0), "{restarted}");
 }
+
+#[test]
+fn a_worker_killed_for_missing_its_readiness_probe_is_listed_as_not_ready_then_restarted() {
+    let worker = codex_bus_tests::bin("codex-mock");
+    let config = BusConfig(json!({
+        "pools": [{"id": "silent", "command": worker.to_str().unwrap(), "instances": 1,
+                   "ready_probe": {"method": "mock/hang", "params": {}},
+                   "ready_timeout_sec": 1, "backoff_initial_ms": 10}],
+        "limits": {"drain_grace_sec": 0}
+    }));
+    let bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let mut events = Events::open(&bus.metrics_addr(), None);
+    let frame = events.until_named("events", WAIT, "a not-ready kill and a restart", |f| {
+        let kills = events_of(f, "not_ready", "(not ready in time)");
+        kills.first().is_some_and(|kill| {
+            events_of(f, "restart", "pid ")
+                .iter()
+                .any(|r| r["seq"].as_u64() > kill["seq"].as_u64())
+        })
+    });
+    let kill = events_of(&frame, "not_ready", "(not ready in time)")[0];
+    assert_eq!(
+        (&kill["pool"], &kill["slot"]),
+        (&json!("silent"), &json!(0)),
+        "{kill}"
+    );
+    assert!(kill["text"].as_str().unwrap().contains("SIGKILL"), "{kill}");
+}
