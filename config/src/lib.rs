@@ -52,11 +52,15 @@ impl Config {
             })
     }
 
-    /// Reads and validates a file (I/O errors become a ConfigError naming the path).
+    /// Reads and validates a file (I/O errors become a ConfigError naming the path); the
+    /// config's [`Config::source`] is `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source_name = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Config::from_json_str(&text, &source_name),
+            Ok(text) => Config::from_json_str(&text, &source_name).map(|config| Config {
+                source: Some(path.to_owned()),
+                ..config
+            }),
             Err(e) => Err(ConfigError {
                 source_name,
                 problems: vec![format!("cannot read file: {e}")],
@@ -84,6 +88,7 @@ impl Config {
             audit: AuditConfig::default(),
             auth: None,
             websocket: Vec::new(),
+            source: None,
         }
     }
 

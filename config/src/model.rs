@@ -29,6 +29,10 @@ pub struct Config {
     /// WebSocket listeners, each serving clients as `codex app-server --listen ws://` does (our
     /// extension); none by default.
     pub websocket: Vec<WebSocketConfig>,
+    /// The file this config was read from, as given to [`Config::load`]; `None` when it was
+    /// parsed from text or built in. Not a config key: the daemon shows it in its status.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// One WebSocket listener (our extension; docs/config.md, "websocket"): one JSON-RPC message per

@@ -30,6 +30,24 @@ fn every_fixture_loads() {
 }
 
 #[test]
+fn a_loaded_config_knows_its_file_and_a_parsed_one_none() {
+    let path = fixtures_dir().join("rfc-14918-example.json");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.source.as_deref(), Some(path.as_path()));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let parsed = Config::from_json_str(&text, "text").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.source, None);
+    assert_eq!(
+        Config {
+            source: None,
+            ..config
+        },
+        parsed,
+        "the same config otherwise"
+    );
+}
+
+#[test]
 fn rfc_14918_example_keeps_env_and_routing() {
     let config = load("rfc-14918-example.json");
     let pool = &config.pools[0];

@@ -1,7 +1,7 @@
 //! The dashboard on the admin endpoint: the page at `/ui`, the redirect from `/`, the status
 //! stream at `/ui/events` (every slot named, a session counted on its tenant, a killed worker not
 //! ready within a second and ready again later, at most two snapshots a second, a bounded number
-//! of streams), and its guard.
+//! of streams), its guard, and the worker events it lists (a stderr line, an exit, a restart).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -75,30 +75,47 @@ impl Events {
 
     /// The next `status` event's document (keep-alive comments are skipped).
     fn next(&mut self) -> Value {
+        self.next_named("status")
+    }
+
+    /// The next event named `name`, as JSON (other events and keep-alive comments are skipped).
+    fn next_named(&mut self, name: &str) -> Value {
         let mut event = String::new();
         loop {
             let mut line = String::new();
             let read = self.0.read_line(&mut line).expect("an event within WAIT");
             assert!(read > 0, "the stream ended");
             let line = line.trim_end_matches(['\r', '\n']);
-            if let Some(name) = line.strip_prefix("event:") {
-                event = name.trim().to_owned();
+            if let Some(named) = line.strip_prefix("event:") {
+                event = named.trim().to_owned();
             } else if let Some(data) = line.strip_prefix("data:") {
-                assert_eq!(event, "status", "an event named status");
-                return serde_json::from_str(data.trim()).expect("a JSON status document");
+                if event == name {
+                    return serde_json::from_str(data.trim()).expect("a JSON document");
+                }
             }
         }
     }
 
-    /// Reads events until `check` holds for one; returns it and when it arrived. Panics after
-    /// `within`.
+    /// Reads `status` events until `check` holds for one; returns it and when it arrived. Panics
+    /// after `within`.
     fn until(&mut self, within: Duration, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        self.until_named("status", within, what, check)
+    }
+
+    /// Reads events named `name` until `check` holds for one; returns it. Panics after `within`.
+    fn until_named(
+        &mut self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
-            let status = self.next();
+            let frame = self.next_named(name);
             assert!(start.elapsed() <= within, "{what}: not within {within:?}");
-            if check(&status) {
-                return status;
+            if check(&frame) {
+                return frame;
             }
         }
     }
@@ -284,4 +301,118 @@ fn at_most_sixteen_streams_are_served_at_once() {
         assert!(start.elapsed() < WAIT, "a seat freed");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The events of an `events` frame of kind `kind` whose text contains `text`.
+fn events_of<'a>(frame: &'a Value, kind: &str, text: &str) -> Vec<&'a Value> {
+    frame["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("events in {frame}"))
+        .iter()
+        .filter(|e| e["kind"] == json!(kind) && e["text"].as_str().unwrap().contains(text))
+        .collect()
+}
+
+#[test]
+fn the_event_list_shows_a_stderr_line_a_killed_workers_exit_and_its_restart_in_order() {
+    let worker = codex_bus_tests::bin("codex-mock");
+    let config = BusConfig(json!({
+        "pools": [{"id": "alpha", "command": worker.to_str().unwrap(), "instances": 1}],
+        "limits": {"drain_grace_sec": 0}
+    }));
+    let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let addr = bus.metrics_addr();
+    // The status document names the config file the daemon was started with.
+    let config_path = bus.dir.path().join("bus.json");
+    let status = codex_bus_tests::status(&addr);
+    assert_eq!(
+        status["config"],
+        json!(config_path.to_str().unwrap()),
+        "{status}"
+    );
+
+    let mut events = Events::open(&addr, None);
+    events.until(WAIT, "the worker ready", all_ready);
+    let started = events.until_named("events", WAIT, "the start", |f| {
+        !events_of(f, "start", "pid ").is_empty()
+    });
+    let start = events_of(&started, "start", "pid ")[0];
+    assert_eq!(
+        (&start["pool"], &start["slot"]),
+        (&json!("alpha"), &json!(0)),
+        "{start}"
+    );
+
+    // The worker writes a line to its stderr (multi-byte characters kept whole).
+    let line = "dashboard-stderr-line é ✓";
+    let mut client = bus.connect();
+    client.request(json!(1), "mock/stderr", json!({"text": line}), None);
+    client.recv();
+    let written = events.until_named("events", WAIT, "the stderr line", |f| {
+        !events_of(f, "stderr", line).is_empty()
+    });
+    let stderr = events_of(&written, "stderr", line)[0].clone();
+    assert_eq!(stderr["text"], json!(line), "{stderr}");
+
+    // SIGKILLed: its exit, then its successor's start, numbered after the line.
+    let victim = codex_bus_tests::status(&addr)["pools"][0]["slots"][0]["pid"]
+        .as_u64()
+        .expect("a pid");
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let restarted = events.until_named("events", WAIT, "the exit and the restart", |f| {
+        !events_of(f, "exit", "SIGKILL").is_empty() && !events_of(f, "restart", "pid ").is_empty()
+    });
+    let exit = events_of(&restarted, "exit", "SIGKILL")[0];
+    let restart = events_of(&restarted, "restart", "pid ")[0];
+    eprintln!("events: {restarted}");
+    let seq = |e: &Value| e["seq"].as_u64().unwrap();
+    assert!(seq(start) < seq(&stderr), "{restarted}");
+    assert!(
+        seq(&stderr) < seq(exit) && seq(exit) < seq(restart),
+        "{restarted}"
+    );
+    assert_ne!(restart["text"], json!(format!("pid {victim}")), "{restart}");
+    // The frame is in order, and still holds the line (the rings are far from full).
+    let seqs: Vec<u64> = restarted["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(seq)
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(
+        events_of(&restarted, "stderr", line).len(),
+        1,
+        "{restarted}"
+    );
+    assert_eq!(restarted["dropped"], json!(0), "{restarted}");
+    assert_eq!(restarted["limited"], json!(0), "{restarted}");
+}
+
+#[test]
+fn a_worker_killed_for_missing_its_readiness_probe_is_listed_as_not_ready_then_restarted() {
+    let worker = codex_bus_tests::bin("codex-mock");
+    let config = BusConfig(json!({
+        "pools": [{"id": "silent", "command": worker.to_str().unwrap(), "instances": 1,
+                   "ready_probe": {"method": "mock/hang", "params": {}},
+                   "ready_timeout_sec": 1, "backoff_initial_ms": 10}],
+        "limits": {"drain_grace_sec": 0}
+    }));
+    let bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let mut events = Events::open(&bus.metrics_addr(), None);
+    let frame = events.until_named("events", WAIT, "a not-ready kill and a restart", |f| {
+        let kills = events_of(f, "not_ready", "(not ready in time)");
+        kills.first().is_some_and(|kill| {
+            events_of(f, "restart", "pid ")
+                .iter()
+                .any(|r| r["seq"].as_u64() > kill["seq"].as_u64())
+        })
+    });
+    let kill = events_of(&frame, "not_ready", "(not ready in time)")[0];
+    assert_eq!(
+        (&kill["pool"], &kill["slot"]),
+        (&json!("silent"), &json!(0)),
+        "{kill}"
+    );
+    assert!(kill["text"].as_str().unwrap().contains("SIGKILL"), "{kill}");
 }

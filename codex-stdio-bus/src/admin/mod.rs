@@ -9,6 +9,7 @@
 //!
 //! Imports: the router (to read pools, slots and clients), the core and the metrics leaf.
 
+mod event_list;
 mod scrape;
 pub mod status;
 mod ui;

@@ -60,6 +60,7 @@ pub(crate) fn snapshot(router: &Router) -> Value {
         .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "config": router.config_source().map(|path| path.to_string_lossy()),
         "uptime_sec": router.uptime().as_secs_f64(),
         "draining": router.draining(),
         "clients": router.client_count(),

@@ -26,7 +26,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::MissedTickBehavior;
 
-use super::{status, Admin, BROWSER_CHALLENGE};
+use super::{event_list, status, Admin, BROWSER_CHALLENGE};
 use crate::io::probes::PLAIN_TEXT;
 use crate::router::Router;
 
@@ -129,9 +129,13 @@ async fn tick(feed: Arc<Feed>, router: Arc<Router>) {
     }
 }
 
-/// One tick's events: `status`, the status document ([`status::snapshot`]).
+/// One tick's events: `status`, the status document ([`status::snapshot`]); `events`, the recent
+/// worker events ([`event_list::frame`]).
 fn frames(router: &Router) -> Frames {
-    Arc::new([("status", status::snapshot(router).to_string().into())])
+    Arc::new([
+        ("status", status::snapshot(router).to_string().into()),
+        ("events", event_list::frame(router).to_string().into()),
+    ])
 }
 
 /// `GET /`: to the dashboard.
@@ -193,8 +197,10 @@ mod tests {
         let mut first = Box::pin(feed.subscribe(&router).expect("a seat"));
         assert!(feed.ticking.load(Ordering::SeqCst));
         let start = Instant::now();
-        assert!(matches!(first.next().await, Some(Ok(_))), "a snapshot");
-        assert!(matches!(first.next().await, Some(Ok(_))), "a second");
+        // Two ticks, each sending one event per frame.
+        for _ in 0..2 * frames(&router).len() {
+            assert!(matches!(first.next().await, Some(Ok(_))), "a snapshot");
+        }
         let took = start.elapsed();
         assert!(
             took >= PERIOD.mul_f32(0.9) && took < PERIOD * 3,

@@ -21,6 +21,7 @@ use super::id_map::IdMap;
 use super::id_token::IdToken;
 use super::log_limit::LogLimit;
 use super::outbox::Outbox;
+use super::worker_events::{EventKind, WorkerEvents};
 
 /// The readiness probe's request id, as it appears on the wire. Bus ids are integers, so a string
 /// cannot be mistaken for a client's request; the router recognises the probe's answer by it.
@@ -192,6 +193,8 @@ pub(crate) struct Slot {
     probe_answered: watch::Sender<u64>,
     /// Limits the warnings about this slot's worker lines (bad, unroutable, oversize).
     pub warnings: LogLimit,
+    /// The daemon's recent worker events, which this slot's starts, exits and stderr join.
+    pub events: Arc<WorkerEvents>,
 }
 
 impl fmt::Debug for Slot {
@@ -202,8 +205,13 @@ impl fmt::Debug for Slot {
 
 impl Slot {
     /// A slot in `Starting` state at `address` of pool `pool`, whose input queue holds about
-    /// `queue_limit` bytes.
-    pub(crate) fn new(pool: Arc<str>, address: SlotAddress, queue_limit: usize) -> Self {
+    /// `queue_limit` bytes, recording its worker events into `events`.
+    pub(crate) fn new(
+        pool: Arc<str>,
+        address: SlotAddress,
+        queue_limit: usize,
+        events: Arc<WorkerEvents>,
+    ) -> Self {
         let book = SlotBook {
             pending: IdMap::default(),
             next_bus_id: 1,
@@ -225,6 +233,7 @@ impl Slot {
             idle: Notify::new(),
             probe_answered: watch::Sender::new(0),
             warnings: LogLimit::default(),
+            events,
         }
     }
 
@@ -250,12 +259,20 @@ impl Slot {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Records how the worker ended (`status` as the supervisor describes it), now.
-    pub(crate) fn record_exit(&self, status: String) {
+    /// Records how the worker ended (`status` as the supervisor describes it), now: as the
+    /// slot's last exit and as a worker event of `kind` ([`EventKind::Exit`] or
+    /// [`EventKind::NotReady`]).
+    pub(crate) fn record_exit(&self, kind: EventKind, status: String) {
+        self.record(kind, &status);
         self.queue.lock().state.last_exit = Some(LastExit {
             status: status.into(),
             at: Instant::now(),
         });
+    }
+
+    /// Records a worker event of this slot (see [`WorkerEvents::push`]).
+    pub(crate) fn record(&self, kind: EventKind, text: &str) {
+        self.events.push(&self.pool, self.index, kind, text);
     }
 
     /// Counts a restart of this slot's worker.
@@ -536,7 +553,8 @@ mod tests {
     use crate::core::tenant::Tenant;
 
     fn slot() -> Slot {
-        Slot::new("p".into(), SlotAddress { pool: 0, slot: 0 }, 1024)
+        let events = Arc::default();
+        Slot::new("p".into(), SlotAddress { pool: 0, slot: 0 }, 1024, events)
     }
 
     fn client_number(id: u64) -> Arc<Client> {

@@ -17,6 +17,7 @@ use tracing::Level;
 use super::frames::{read_frames, FrameHandler};
 use crate::core::sink::WorkerSink;
 use crate::core::slot::Slot;
+use crate::core::worker_events::StderrRate;
 use crate::metrics::{self, Direction, Discard};
 
 /// Longest worker stderr line logged; a longer one is replaced by a note (it is not buffered).
@@ -88,7 +89,10 @@ where
         let slot = slot.clone();
         async move {
             let (pool, index) = (&*slot.pool, slot.index);
+            // Every line is logged; the dashboard's event list keeps them at a bounded rate.
+            let mut rate = StderrRate::default();
             codex_bus_process::capture_stderr(&mut stderr, STDERR_LINE, |line| {
+                rate.record(&slot.events, &slot.pool, index, line, Instant::now());
                 // The worker's own level word decides the level (INFO when it names none).
                 match level_of(line) {
                     Level::ERROR => tracing::error!(target: "worker", pool, slot = index, "{line}"),
@@ -99,6 +103,7 @@ where
                 }
             })
             .await;
+            rate.flush(&slot.events, &slot.pool, index);
         }
     });
     Pipes {

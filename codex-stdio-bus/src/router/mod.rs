@@ -22,6 +22,7 @@ mod readiness;
 pub(crate) mod tenants;
 mod worker_side;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,7 @@ use crate::core::client::{Client, OutputBounds, Transport, WorkerRequest};
 use crate::core::principal::Principal;
 use crate::core::slot::{Pending, Slot};
 use crate::core::tenant::{Quota, Refused, Tenant};
+use crate::core::worker_events::WorkerEvents;
 use crate::metrics::{self, Discard};
 use placement::Sessions;
 use pool::Pool;
@@ -68,6 +70,10 @@ pub(crate) struct Router {
     audit: Arc<Audit>,
     /// Also the origin of the session table's clock: [`Router::second`].
     started: Instant,
+    /// The recent worker events of every slot (for the dashboard).
+    worker_events: Arc<WorkerEvents>,
+    /// The file the config was read from (`Config::source`), for the status document.
+    config_source: Option<Arc<Path>>,
 }
 
 impl Router {
@@ -82,6 +88,7 @@ impl Router {
                 .filter_map(|r| IdReference::new(&r.method, &r.path))
                 .collect(),
         );
+        let worker_events = Arc::new(WorkerEvents::default());
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
@@ -91,6 +98,7 @@ impl Router {
                     i as u32,
                     p.clone(),
                     config.limits.max_worker_queue,
+                    &worker_events,
                 ))
             })
             .collect();
@@ -122,6 +130,8 @@ impl Router {
             leaving: AtomicBool::new(false),
             audit: Arc::new(Audit::off()),
             started: Instant::now(),
+            worker_events,
+            config_source: config.source.as_deref().map(Arc::from),
         }
     }
 
@@ -139,6 +149,16 @@ impl Router {
     /// The slot at `address`.
     fn slot(&self, address: SlotAddress) -> &Arc<Slot> {
         &self.pools[address.pool as usize].slots[address.slot as usize]
+    }
+
+    /// The recent worker events of every slot.
+    pub(crate) fn worker_events(&self) -> &WorkerEvents {
+        &self.worker_events
+    }
+
+    /// The file the daemon's config was read from; `None` for the built-in default.
+    pub(crate) fn config_source(&self) -> Option<&Path> {
+        self.config_source.as_deref()
     }
 
     /// How long the router has existed.

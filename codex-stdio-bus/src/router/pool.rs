@@ -6,6 +6,7 @@ use codex_bus_config::PoolConfig;
 
 use crate::core::address::SlotAddress;
 use crate::core::slot::{Slot, SlotState};
+use crate::core::worker_events::WorkerEvents;
 use crate::metrics::PoolMetrics;
 
 /// One configured pool and its slots.
@@ -22,14 +23,19 @@ pub(crate) struct Pool {
 
 impl Pool {
     /// Pool number `index` (config order) with `config.instances` slots, each queueing about
-    /// `queue_limit` bytes toward its worker.
-    pub(crate) fn new(index: u32, config: PoolConfig, queue_limit: usize) -> Self {
+    /// `queue_limit` bytes toward its worker and recording its worker events into `events`.
+    pub(crate) fn new(
+        index: u32,
+        config: PoolConfig,
+        queue_limit: usize,
+        events: &Arc<WorkerEvents>,
+    ) -> Self {
         let id: Arc<str> = config.id.as_str().into();
         let metrics = PoolMetrics::new(&id);
         let slots = (0..config.instances)
             .map(|slot| {
                 let address = SlotAddress { pool: index, slot };
-                Arc::new(Slot::new(id.clone(), address, queue_limit))
+                Arc::new(Slot::new(id.clone(), address, queue_limit, events.clone()))
             })
             .collect();
         Pool {

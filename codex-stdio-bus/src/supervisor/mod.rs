@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::sink::WorkerSink;
 use crate::core::slot::{Pending, Slot, SlotState};
+use crate::core::worker_events::EventKind;
 use crate::error::{Error, Kind};
 use crate::metrics::{RestartReason, SlotMetrics};
 use crate::router::pool::Pool;
@@ -64,6 +65,8 @@ pub(crate) async fn supervise(
         limits.max_restarts,
         Duration::from_secs(limits.restart_window_sec),
     );
+    // The event a spawn records: the slot's first worker starts, the others restart.
+    let mut spawned = EventKind::Start;
     loop {
         slot.transition(SlotState::Starting);
         let generation = slot.generation();
@@ -72,6 +75,8 @@ pub(crate) async fn supervise(
             Ok(child) => {
                 slot.set_pid(child.id());
                 tracing::info!(?slot, pid = child.id(), "worker started");
+                slot.record(spawned, &format!("pid {}", child.id().unwrap_or(0)));
+                spawned = EventKind::Restart;
                 let on_ready = || {
                     slot.transition(SlotState::Ready);
                     startup.record(started.elapsed());
@@ -109,10 +114,13 @@ pub(crate) async fn supervise(
             return;
         }
         sink.worker_exited(&slot);
-        slot.record_exit(match ended.ending {
-            Ending::NotReady => format!("{} (not ready in time)", describe(ended.status)),
-            _ => describe(ended.status),
-        });
+        match ended.ending {
+            Ending::NotReady => slot.record_exit(
+                EventKind::NotReady,
+                format!("{} (not ready in time)", describe(ended.status)),
+            ),
+            _ => slot.record_exit(EventKind::Exit, describe(ended.status)),
+        }
         if !restarts(settings.restart_policy, ended.status) {
             fail(slot.transition(SlotState::Exited), ErrorKind::WorkerExited);
             tracing::warn!(?slot, status = %describe(ended.status), policy = ?settings.restart_policy, "worker exited; not restarted by the pool's restart policy");
@@ -128,7 +136,12 @@ pub(crate) async fn supervise(
         if !limit.allow(Instant::now()) {
             metrics.limit_trips.increment(1);
             fail(slot.transition(SlotState::Failed), ErrorKind::WorkerFailed);
+            let exceeded = format!(
+                "restart limit exceeded ({} restarts in {} s); slot failed",
+                limits.max_restarts, limits.restart_window_sec
+            );
             if escalate_if_down(&pool, &escalation) || settings.escalate {
+                slot.record(EventKind::Failed, &exceeded);
                 // The outer supervisor (systemd, Kubernetes) recovers an escalating pool.
                 tracing::error!(
                     ?slot,
@@ -139,11 +152,14 @@ pub(crate) async fn supervise(
                 return;
             }
             let retry = limit.next_allowed(Instant::now());
+            let retry_in = retry.saturating_duration_since(Instant::now());
+            let again = format!("{exceeded} until tried again in {} s", retry_in.as_secs());
+            slot.record(EventKind::Failed, &again);
             tracing::error!(
                 ?slot,
                 max_restarts = limits.max_restarts,
                 window_sec = limits.restart_window_sec,
-                retry_in_ms = retry.saturating_duration_since(Instant::now()).as_millis() as u64,
+                retry_in_ms = retry_in.as_millis() as u64,
                 "restart limit exceeded; slot failed until the window allows a restart"
             );
             // A failed slot holds no request (it refuses them), so a drain has nothing to wait for.

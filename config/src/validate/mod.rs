@@ -90,6 +90,7 @@ pub(crate) fn config(document: &Json) -> Result<Config, Vec<String>> {
             tenants,
             audit,
             websocket,
+            source: None,
         }),
         _ => Err(problems.into_vec()),
     }
