@@ -24,6 +24,10 @@ pub struct BusConfig {
     /// codex-stdio-bus's `websocket` listeners (`--transport ws`); left out when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<serde_json::Value>,
+    /// codex-stdio-bus's `metrics` section (`metrics.listen` with `--admin` or `--dashboard`);
+    /// left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
 }
 
 /// One pool: `instances` copies of `command args`.
@@ -73,6 +77,7 @@ mod tests {
             auth: Some(serde_json::json!({"tokens": []})),
             transport: None,
             websocket: Some(serde_json::json!([{"listen": "127.0.0.1:1"}])),
+            metrics: Some(serde_json::json!({"listen": "127.0.0.1:2"})),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bus.json");
@@ -84,17 +89,19 @@ mod tests {
         assert_eq!(json["limits"]["max_restarts"], 7);
         assert_eq!(json["auth"]["tokens"], serde_json::json!([]));
         assert_eq!(json["websocket"][0]["listen"], "127.0.0.1:1");
+        assert_eq!(json["metrics"]["listen"], "127.0.0.1:2");
         assert_eq!(BusConfig::read(&path).unwrap(), config);
 
         let plain = BusConfig {
             limits: serde_json::Map::new(),
             auth: None,
             websocket: None,
+            metrics: None,
             ..config
         };
         plain.write(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        for absent in ["limits", "auth", "transport", "websocket"] {
+        for absent in ["limits", "auth", "transport", "websocket", "metrics"] {
             assert!(!text.contains(absent), "{text}");
         }
     }

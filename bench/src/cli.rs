@@ -71,6 +71,15 @@ pub struct Common {
     /// namespacing.
     #[arg(long, global = true)]
     pub auth: bool,
+    /// Run the bus (not the relay) with its admin endpoint (`metrics.listen` on a loopback
+    /// port), nobody reading it: the baseline of `--dashboard` (the endpoint also turns the
+    /// daemon's metrics recorder on).
+    #[arg(long, global = true)]
+    pub admin: bool,
+    /// `--admin`, and one dashboard stream (`GET /ui/events`) held open through every bus run,
+    /// as an open page would be; the `status` events it received are reported.
+    #[arg(long, global = true)]
+    pub dashboard: bool,
     /// Also write every figure of every run as JSON to FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub json: Option<PathBuf>,

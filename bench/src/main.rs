@@ -14,6 +14,7 @@ mod blocking;
 mod bus_config;
 mod certs;
 mod cli;
+mod dashboard;
 mod engine;
 mod ids;
 mod io;
@@ -84,6 +85,7 @@ fn main() -> ExitCode {
             .collect(),
         runs,
         auth: settings.auth.is_some(),
+        admin: settings.admin,
         scenarios: Vec::new(),
     };
     for (name, which, rows) in plan {
@@ -138,13 +140,17 @@ fn run_rows(scenario: &str, rows: Vec<Row>, runs: usize, settings: &Settings) ->
             match run::run_once(&row.spec, settings) {
                 Ok(r) => {
                     eprintln!(
-                        "{:.0} msg/s, p50 {:.1} µs, p99 {:.1} µs, daemon CPU {}, {:?}{}",
+                        "{:.0} msg/s, p50 {:.1} µs, p99 {:.1} µs, daemon CPU {}, {:?}{}{}",
                         r.throughput,
                         r.latency_us.p50,
                         r.latency_us.p99,
                         r.daemon_cpu_s_per_100k
                             .map_or_else(|| "–".into(), |c| format!("{c:.3} s/100k")),
                         r.tally,
+                        r.dashboard.map_or_else(String::new, |d| format!(
+                            ", dashboard: {} status events ({} measured)",
+                            d.run.status, d.measured_status
+                        )),
                         if r.passed { "" } else { " FAILED" }
                     );
                     row.runs.push(r);
@@ -262,6 +268,7 @@ fn settings(common: &Common) -> Result<Settings, String> {
         } else {
             None
         },
+        admin: dashboard::Admin::of(common.admin, common.dashboard),
         stall: Duration::from_secs_f64(common.stall_timeout),
         linger: Duration::from_millis(common.linger_ms),
     })

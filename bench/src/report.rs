@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::dashboard::Admin;
 use crate::run::{RunResult, RunSpec};
 use crate::scenario::Derived;
 use crate::summary::{Spread, Summary};
@@ -100,6 +101,9 @@ pub struct Report {
     pub runs: usize,
     /// Whether bus rows ran with authentication on (`--auth`).
     pub auth: bool,
+    /// Whether bus rows ran with the admin endpoint (`--admin`) and a dashboard stream open
+    /// (`--dashboard`).
+    pub admin: Admin,
     /// The scenarios (a single `run` is reported as scenario "run").
     pub scenarios: Vec<ScenarioReport>,
 }
@@ -169,8 +173,25 @@ pub fn table(scenario: &ScenarioReport) -> String {
             }
         }
     }
-    if !scenario.derived.is_empty() {
+    let streams: Vec<_> = scenario
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let s = r.summary.as_ref()?;
+            Some((&r.label, s.dashboard_status?, s.dashboard_status_measured?))
+        })
+        .collect();
+    if !scenario.derived.is_empty() || !streams.is_empty() {
         out.push('\n');
+        for (label, run, measured) in streams {
+            let count = |v: f64| format!("{v:.0}");
+            let _ = writeln!(
+                out,
+                "- dashboard stream, {label}: {} status events per run, {} in the measured phase",
+                spread(&run, count),
+                spread(&measured, count)
+            );
+        }
         for d in &scenario.derived {
             let value = if d.value.abs() < 10.0 {
                 format!("{:.2}", d.value)

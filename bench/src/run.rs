@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::auth::Credential;
 use crate::blocking;
+use crate::dashboard::{self, Admin};
 use crate::engine::{Churn, Engine, Outcome, Phase, Tally};
 use crate::ids::{MEASURED, WARMUP};
 use crate::load::{Load, Sessions};
@@ -68,6 +69,8 @@ pub struct Settings {
     pub linger: Duration,
     /// `--auth`: the token bus rows authenticate with.
     pub auth: Option<Credential>,
+    /// `--admin` / `--dashboard`: the bus rows' admin endpoint and dashboard stream.
+    pub admin: Admin,
 }
 
 /// Latency percentiles in microseconds.
@@ -145,8 +148,20 @@ pub struct RunResult {
     /// With `rss_per_connection`: `daemon_rss_closed_kb` minus RSS once ready, per connection,
     /// bytes.
     pub rss_bytes_kept_per_connection: Option<f64>,
+    /// With `--dashboard`: the `status` events the stream received (bus runs).
+    pub dashboard: Option<DashboardSeen>,
     /// Exactly one reply per request, to the right connection (and no error where none is allowed).
     pub passed: bool,
+}
+
+/// What the dashboard stream of a run delivered.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DashboardSeen {
+    /// Over the whole run, from before the warm-up (the first is sent at once).
+    pub run: dashboard::Seen,
+    /// `status` events during the measured phase (ticks come every 500 ms, so a measured phase
+    /// shorter than that may see none).
+    pub measured_status: u64,
 }
 
 /// Counter readings at one instant.
@@ -157,10 +172,11 @@ struct Counters {
     own_cpu: u64,
     rss_kb: Option<u64>,
     peak_kb: Option<u64>,
+    status_events: Option<u64>,
 }
 
 impl Counters {
-    fn read(daemon: Option<u32>, workers: &[u32]) -> Counters {
+    fn read(daemon: Option<u32>, workers: &[u32], stream: Option<&dashboard::Stream>) -> Counters {
         let workers_cpu = workers
             .iter()
             .map(|&w| procfs::cpu_ns(w))
@@ -171,6 +187,7 @@ impl Counters {
             own_cpu: procfs::own_cpu_ns(),
             rss_kb: daemon.and_then(|d| procfs::status_kb(d, "VmRSS")),
             peak_kb: daemon.and_then(|d| procfs::status_kb(d, "VmHWM")),
+            status_events: stream.map(dashboard::Stream::status_events),
         }
     }
 }
@@ -204,9 +221,10 @@ pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String
         workers: spec.workers,
         limits,
         auth: settings.auth.as_ref(),
+        admin: settings.admin,
         commands: &settings.commands,
     };
-    let (target, connections) = Target::start(&launch)?;
+    let (mut target, connections) = Target::start(&launch)?;
     let mut engine = Driver::new(connections).map_err(|e| format!("event loop: {e}"))?;
     let io_error = |e: std::io::Error| format!("event loop: {e}");
 
@@ -233,7 +251,8 @@ pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String
     let measured = requests::build(load, MEASURED);
     let daemon = target.daemon_pid();
     let workers = target.worker_pids();
-    let before = Counters::read(daemon, &workers);
+    let stream = target.dashboard();
+    let before = Counters::read(daemon, &workers, stream);
     let mut after = None;
     let mut victim = 0usize;
     let mut kill_worker = || {
@@ -256,19 +275,31 @@ pub fn run_once(spec: &RunSpec, settings: &Settings) -> Result<RunResult, String
                     every: Duration::from_millis(ms),
                     kill: &mut kill_worker,
                 }),
-                on_done: &mut || after = Some(Counters::read(daemon, &workers)),
+                on_done: &mut || after = Some(Counters::read(daemon, &workers, stream)),
             },
         )
         .map_err(io_error)?;
-    let after = after.unwrap_or_else(|| Counters::read(daemon, &workers));
+    let after = after.unwrap_or_else(|| Counters::read(daemon, &workers, stream));
     drop(engine);
     let ready = target.daemon_at_ready();
     let closed_kb = match (spec.rss_per_connection, daemon, ready) {
         (true, Some(pid), Some(ready)) => rss_once_closed(pid, ready.fds),
         _ => None,
     };
+    let seen = target.close_dashboard();
     target.stop()?;
     let mut result = result(spec, &warm.tally, &outcome, &before, &after);
+    if let Some(seen) = seen {
+        result.dashboard = Some(DashboardSeen {
+            run: seen,
+            measured_status: after
+                .status_events
+                .zip(before.status_events)
+                .map_or(0, |(a, b)| a - b),
+        });
+        // A page that lost its stream was not open for the whole run.
+        result.passed &= !seen.ended_early;
+    }
     result.daemon_rss_ready_kb = ready.map(|r| r.rss_kb);
     if spec.rss_per_connection {
         let per_connection = |kb: Option<u64>| {
@@ -366,6 +397,7 @@ fn result(
         rss_bytes_per_connection: None,
         daemon_rss_closed_kb: None,
         rss_bytes_kept_per_connection: None,
+        dashboard: None,
         passed: tally.failures() == 0
             && warmup.failures() == 0
             && warmup.errors == 0

@@ -71,6 +71,10 @@ pub struct Summary {
     pub rss_bytes_kept_per_connection: Option<Spread>,
     /// Workers killed per run.
     pub kills: Spread,
+    /// `status` events the dashboard stream received per run (`--dashboard`).
+    pub dashboard_status: Option<Spread>,
+    /// Of them, during the measured phase.
+    pub dashboard_status_measured: Option<Spread>,
     /// Reply counts over all runs.
     pub tally: Tally,
     /// Warm-up reply counts over all runs.
@@ -108,6 +112,8 @@ impl Summary {
             rss_bytes_per_connection: some(|r| r.rss_bytes_per_connection),
             rss_bytes_kept_per_connection: some(|r| r.rss_bytes_kept_per_connection),
             kills: all(|r| r.kills as f64)?,
+            dashboard_status: some(|r| r.dashboard.map(|d| d.run.status as f64)),
+            dashboard_status_measured: some(|r| r.dashboard.map(|d| d.measured_status as f64)),
             tally,
             warmup,
             passed: runs.iter().all(|r| r.passed),

@@ -3,6 +3,8 @@
 //! bus's place (started the same way), the worker alone over its stdin/stdout (`direct`), or the
 //! in-process responder (`self`). The epoll engine drives every target; the blocking client
 //! (`blocking`) drives the bus's TLS and WebSocket fronts, and plain TCP for comparison.
+//! With `--admin` or `--dashboard` the bus also serves its admin endpoint, and with
+//! `--dashboard` a stream of it is held open while the target runs (`dashboard`).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -20,6 +22,7 @@ use crate::auth::Credential;
 use crate::blocking::{self, Front};
 use crate::bus_config::{BusConfig, PoolConfig};
 use crate::certs::SelfSigned;
+use crate::dashboard::{self, Admin};
 use crate::io::Io;
 use crate::procfs;
 use crate::responder::{Responder, Source};
@@ -127,6 +130,8 @@ pub struct Launch<'a> {
     /// With a credential the bus (not the relay) runs with its `auth` section, and every TCP
     /// connection authenticates before the run uses it.
     pub auth: Option<&'a Credential>,
+    /// The bus's (not the relay's) admin endpoint, and whether a dashboard stream is held open.
+    pub admin: Admin,
     /// The programs.
     pub commands: &'a Commands,
 }
@@ -148,6 +153,7 @@ pub struct Target {
     at_ready: Option<AtReady>,
     direct: Vec<Child>,
     responder: Option<Responder>,
+    dashboard: Option<dashboard::Stream>,
 }
 
 impl Target {
@@ -164,6 +170,7 @@ impl Target {
             at_ready: None,
             direct: Vec::new(),
             responder: None,
+            dashboard: None,
         };
         if launch.transport == Transport::Stdio
             && launch.kind != Kind::Direct
@@ -202,6 +209,16 @@ impl Target {
         self.at_ready
     }
 
+    /// The open dashboard stream (`--dashboard`, bus runs).
+    pub fn dashboard(&self) -> Option<&dashboard::Stream> {
+        self.dashboard.as_ref()
+    }
+
+    /// Closes the dashboard stream; what it delivered.
+    pub fn close_dashboard(&mut self) -> Option<dashboard::Seen> {
+        self.dashboard.take().map(dashboard::Stream::close)
+    }
+
     /// The worker processes alive now (the bus's children, or the direct workers).
     pub fn worker_pids(&self) -> Vec<u32> {
         match self.daemon_pid() {
@@ -231,6 +248,12 @@ impl Target {
             false => None,
         };
         let mut config = self.config(launch, auth);
+        let admin = match launch.admin {
+            Admin::Off => None,
+            _ if launch.kind != Kind::Bus => None,
+            _ => Some(free_port()?),
+        };
+        config.metrics = admin.and_then(|addr| launch.admin.config(addr));
         let mut cmd = Command::new(program);
         cmd.args(args);
         let endpoint = match launch.transport {
@@ -276,6 +299,11 @@ impl Target {
         let pid = daemon.id();
         self.daemon = Some(daemon);
         self.wait_ready(&endpoint, pid, launch.workers)?;
+        if let (Some(addr), Admin::Dashboard) = (admin, launch.admin) {
+            // Before the baseline below, so that it holds the stream's socket (the daemon's fds
+            // are compared with it once the run's connections are gone).
+            self.dashboard = Some(dashboard::Stream::open(addr, READY_TIMEOUT)?);
+        }
         // The readiness probe's connection is closed by now on this side; give the daemon a
         // moment to close its own, so the baseline holds no connection.
         std::thread::sleep(PROBE_GONE);
@@ -324,6 +352,7 @@ impl Target {
             auth: auth.map(Credential::config),
             transport: None,
             websocket: None,
+            metrics: None,
         }
     }
 
@@ -420,6 +449,8 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        // Closed first: the daemon need not end a stream while it stops.
+        drop(self.dashboard.take());
         if let Some(responder) = self.responder.take() {
             // The run already failed if this is reached with an error: nothing more to report.
             let _ = responder.stop();
@@ -530,6 +561,7 @@ mod tests {
             workers: 2,
             limits: serde_json::Map::new(),
             auth: None,
+            admin: Admin::Off,
             commands,
         }
     }

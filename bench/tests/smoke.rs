@@ -305,3 +305,34 @@ fn with_auth_every_transport_is_served_under_a_tenant() {
     ]);
     assert_exact(&sessions["scenarios"][0], false);
 }
+
+#[test]
+fn with_the_dashboard_open_every_bus_row_holds_a_live_stream() {
+    // Each bus row's daemon serves its admin endpoint, and bus-bench reads /ui/events through the
+    // run: the first `status` event arrives before the warm-up, and the stream is still open
+    // when the run ends (else the run fails).
+    let report = bench(&[
+        "scenario",
+        "single",
+        "--scale",
+        "0.005",
+        "--bus-only",
+        "--dashboard",
+    ]);
+    assert_eq!(report["admin"], "dashboard");
+    let single = &report["scenarios"][0];
+    assert_exact(single, false);
+    assert_eq!(labels(single), SINGLE_BUS_ROWS);
+    for row in single["rows"].as_array().unwrap() {
+        let seen = &row["runs"][0]["dashboard"];
+        assert!(seen["run"]["status"].as_u64().unwrap() >= 1, "{seen}");
+        assert_eq!(seen["run"]["ended_early"], false, "{seen}");
+        assert!(seen["measured_status"].is_u64(), "{seen}");
+    }
+    // The baseline: the endpoint without a stream.
+    let baseline = bench(&["run", "--admin", "-n", "1000"]);
+    assert_eq!(baseline["admin"], "endpoint");
+    let run = &baseline["scenarios"][0];
+    assert_exact(run, false);
+    assert!(run["rows"][0]["runs"][0]["dashboard"].is_null());
+}
