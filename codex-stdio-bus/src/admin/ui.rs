@@ -26,7 +26,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::MissedTickBehavior;
 
-use super::{status, Admin, BROWSER_CHALLENGE};
+use super::{rates, status, Admin, BROWSER_CHALLENGE};
 use crate::io::probes::PLAIN_TEXT;
 use crate::router::Router;
 
@@ -129,9 +129,13 @@ async fn tick(feed: Arc<Feed>, router: Arc<Router>) {
     }
 }
 
-/// One tick's events: `status`, the status document ([`status::snapshot`]).
+/// One tick's events: `status`, the status document ([`status::snapshot`]); `rates`, the
+/// series of the last minutes ([`rates::frame`]).
 fn frames(router: &Router) -> Frames {
-    Arc::new([("status", status::snapshot(router).to_string().into())])
+    Arc::new([
+        ("status", status::snapshot(router).to_string().into()),
+        ("rates", rates::frame(router)),
+    ])
 }
 
 /// `GET /`: to the dashboard.

@@ -34,6 +34,7 @@ use crate::audit::{Audit, Event};
 use crate::core::address::SlotAddress;
 use crate::core::client::{Client, OutputBounds, Transport, WorkerRequest};
 use crate::core::principal::Principal;
+use crate::core::samples::Samples;
 use crate::core::slot::{Pending, Slot};
 use crate::core::tenant::{Quota, Refused, Tenant};
 use crate::metrics::{self, Discard};
@@ -68,6 +69,8 @@ pub(crate) struct Router {
     audit: Arc<Audit>,
     /// Also the origin of the session table's clock: [`Router::second`].
     started: Instant,
+    /// The dashboard's last minutes of counter readings (filled and read by `admin::rates`).
+    samples: Samples,
 }
 
 impl Router {
@@ -122,6 +125,7 @@ impl Router {
             leaving: AtomicBool::new(false),
             audit: Arc::new(Audit::off()),
             started: Instant::now(),
+            samples: Samples::default(),
         }
     }
 
@@ -200,6 +204,11 @@ impl Router {
     /// The tenants known now.
     pub(crate) fn tenants(&self) -> &Tenants {
         &self.tenants
+    }
+
+    /// The dashboard's ring of counter readings.
+    pub(crate) fn samples(&self) -> &Samples {
+        &self.samples
     }
 
     /// Clients connected now.
