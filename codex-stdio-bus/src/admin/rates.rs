@@ -169,7 +169,16 @@ mod tests {
             full["tenants"]["acme"].as_array().unwrap().len(),
             CAPACITY - 1
         );
-        let size = frame(&router).len();
-        assert!(size < 8 * 1024, "a full idle frame is {size} bytes");
+        let idle = frame(&router).len();
+        assert!(idle < 8 * 1024, "a full idle frame is {idle} bytes");
+
+        // The largest frame: every column moving by five digits a period (every reason too).
+        let width = router.tenants().requests().count() + ErrorKind::ALL.len();
+        for i in 1..=CAPACITY as u64 {
+            router.samples().record(width, |row| row.fill(i * 12_345));
+        }
+        let busy = frame(&router).len();
+        eprintln!("rates frame, full ring: {idle} bytes idle, {busy} bytes busy");
+        assert!(busy < 64 * 1024, "a full busy frame is {busy} bytes");
     }
 }
