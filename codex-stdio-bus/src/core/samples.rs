@@ -24,9 +24,10 @@ impl Samples {
     /// `width` is the same at every call (the sampler's columns are fixed for the daemon's life).
     pub(crate) fn record(&self, width: usize, read: impl FnOnce(&mut [u64])) {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        let mut row = match rows.len() >= CAPACITY {
-            true => rows.pop_front().expect("a full ring has a front"),
-            false => vec![0; width].into_boxed_slice(),
+        let mut row = if rows.len() >= CAPACITY {
+            rows.pop_front().expect("a full ring has a front")
+        } else {
+            vec![0; width].into_boxed_slice()
         };
         read(&mut row);
         rows.push_back(row);
