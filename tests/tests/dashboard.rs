@@ -1,13 +1,14 @@
 //! The dashboard on the admin endpoint: the page at `/ui`, the redirect from `/`, the status
 //! stream at `/ui/events` (every slot named, a session counted on its tenant, a killed worker not
 //! ready within a second and ready again later, at most two snapshots a second, a bounded number
-//! of streams), its guard, and the worker events it lists (a stderr line, an exit, a restart).
+//! of streams), its guard, the worker events it lists (a stderr line, an exit, a restart) and
+//! its `rates` frame (requests by tenant, error replies by reason).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{http_get, sha256_hex, Bus, BusConfig, Mode, WAIT};
+use codex_bus_tests::{http_get, login, sha256_hex, Bus, BusConfig, Mode, WAIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -73,7 +74,7 @@ impl Events {
         Events(reader)
     }
 
-    /// The next `status` event's document (keep-alive comments are skipped).
+    /// The next `status` event's document (other events and keep-alive comments are skipped).
     fn next(&mut self) -> Value {
         self.next_named("status")
     }
@@ -415,4 +416,97 @@ fn a_worker_killed_for_missing_its_readiness_probe_is_listed_as_not_ready_then_r
         "{kill}"
     );
     assert!(kill["text"].as_str().unwrap().contains("SIGKILL"), "{kill}");
+}
+
+/// The sum of a series of the `rates` frame (`null` when the series is absent: 0).
+fn sum(series: &Value) -> u64 {
+    series
+        .as_array()
+        .map_or(0, |s| s.iter().map(|n| n.as_u64().expect("a count")).sum())
+}
+
+#[test]
+fn the_rates_frame_counts_requests_per_tenant_and_error_replies_by_reason() {
+    const TOKEN_A: &str = "rates-tenant-a-token-5b1e";
+    const TOKEN_B: &str = "rates-tenant-b-token-c07d";
+    let config = BusConfig::mock(1).section(
+        "auth",
+        json!({"tokens": [
+            {"tenant": "a", "sha256": sha256_hex(TOKEN_A)},
+            {"tenant": "b", "sha256": sha256_hex(TOKEN_B)},
+        ]}),
+    );
+    let mut bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let addr = bus.metrics_addr();
+    let mut events = Events::open(&addr, None);
+
+    // Sampled from the start: every label is named, nothing counted yet.
+    let first = events.next_named("rates");
+    assert_eq!(first["period_sec"], json!(1), "{first}");
+    for label in ["a", "b", "default", "(other)"] {
+        assert!(first["tenants"][label].is_array(), "{label} in {first}");
+        assert_eq!(first["totals"]["tenants"][label], json!(0), "{first}");
+    }
+    assert_eq!(first["totals"]["requests"], json!(0), "{first}");
+    assert_eq!(first["totals"]["errors"], json!(0), "{first}");
+
+    // Tenant a: five requests answered. Tenant b: two answered, three to a pool that does not
+    // exist (requests, each refused `unknown_pool`), and a line that is not JSON (no request,
+    // one `parse_error`).
+    let mut a = login(&mut bus, TOKEN_A);
+    for id in 0..5 {
+        a.request(json!(id), "ping", Value::Null, None);
+        assert!(a.recv()["result"].is_object());
+    }
+    let mut b = login(&mut bus, TOKEN_B);
+    for id in 0..2 {
+        b.request(json!(id), "ping", Value::Null, None);
+        assert!(b.recv()["result"].is_object());
+    }
+    for id in 2..5 {
+        b.send(&json!({"jsonrpc": "2.0", "id": id, "method": "m", "pool": "gamma"}));
+        assert_eq!(codex_bus_tests::reason(&b.recv()), Some("unknown_pool"));
+    }
+    b.send_raw(b"not json\n");
+    assert_eq!(codex_bus_tests::reason(&b.recv()), Some("parse_error"));
+
+    // The running totals at once, the series within a period or two (sampled once a second).
+    let moved = events.until_named("rates", Duration::from_secs(4), "the series", |r| {
+        sum(&r["requests"]) == 10 && sum(&r["errors"]["unknown_pool"]) == 3
+    });
+    let totals = &moved["totals"];
+    assert_eq!(totals["requests"], json!(10), "{moved}");
+    assert_eq!(totals["errors"], json!(4), "{moved}");
+    assert_eq!(
+        totals["errors_by_reason"],
+        json!({"unknown_pool": 3, "parse_error": 1}),
+        "{moved}"
+    );
+    assert_eq!(totals["tenants"]["a"], json!(5), "{moved}");
+    assert_eq!(totals["tenants"]["b"], json!(5), "{moved}");
+    assert_eq!(totals["tenants"]["default"], json!(0), "{moved}");
+    assert_eq!(sum(&moved["tenants"]["a"]), 5, "{moved}");
+    assert_eq!(sum(&moved["tenants"]["b"]), 5, "{moved}");
+    assert_eq!(sum(&moved["errors"]["parse_error"]), 1, "{moved}");
+    let periods = moved["requests"].as_array().unwrap().len();
+    assert!(periods >= 1, "{moved}");
+    for series in moved["tenants"].as_object().unwrap().values() {
+        assert_eq!(series.as_array().unwrap().len(), periods, "{moved}");
+    }
+    for series in moved["errors"].as_object().unwrap().values() {
+        assert_eq!(series.as_array().unwrap().len(), periods, "{moved}");
+    }
+    // The newest period is last: three idle periods later the counts are behind, the sums kept.
+    let later = events.until_named("rates", WAIT, "three periods more", |r| {
+        r["requests"].as_array().unwrap().len() >= periods + 3
+    });
+    let requests = later["requests"].as_array().unwrap();
+    assert_eq!(sum(&later["requests"]), 10, "{later}");
+    assert_eq!(requests.last(), Some(&json!(0)), "{later}");
+    let text = later.to_string();
+    eprintln!(
+        "rates frame after {} periods: {} bytes",
+        requests.len(),
+        text.len()
+    );
 }

@@ -10,6 +10,7 @@
 //! Imports: the router (to read pools, slots and clients), the core and the metrics leaf.
 
 mod event_list;
+mod rates;
 mod scrape;
 pub mod status;
 mod ui;
@@ -108,6 +109,8 @@ pub(crate) async fn serve(
     handle: PrometheusHandle,
     bearer: Option<AdminBearer>,
 ) {
+    // Always, so that a page opened now shows the last minutes (cost: `rates`' module docs).
+    tokio::spawn(rates::sample(router.clone()));
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

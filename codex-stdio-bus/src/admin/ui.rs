@@ -26,7 +26,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::MissedTickBehavior;
 
-use super::{event_list, status, Admin, BROWSER_CHALLENGE};
+use super::{event_list, rates, status, Admin, BROWSER_CHALLENGE};
 use crate::io::probes::PLAIN_TEXT;
 use crate::router::Router;
 
@@ -129,11 +129,13 @@ async fn tick(feed: Arc<Feed>, router: Arc<Router>) {
     }
 }
 
-/// One tick's events: `status`, the status document ([`status::snapshot`]); `events`, the recent
-/// worker events ([`event_list::frame`]).
+/// One tick's events: `status`, the status document ([`status::snapshot`]); `rates`, the
+/// series of the last minutes ([`rates::frame`]); `events`, the recent worker events
+/// ([`event_list::frame`]).
 fn frames(router: &Router) -> Frames {
     Arc::new([
         ("status", status::snapshot(router).to_string().into()),
+        ("rates", rates::frame(router)),
         ("events", event_list::frame(router).to_string().into()),
     ])
 }
@@ -196,9 +198,11 @@ mod tests {
         // Boxed, not pinned on the stack, so that dropping one ends the stream.
         let mut first = Box::pin(feed.subscribe(&router).expect("a seat"));
         assert!(feed.ticking.load(Ordering::SeqCst));
+        // A tick sends every frame at once; the next tick's first comes a period later.
+        let per_tick = frames(&router).len();
         let start = Instant::now();
         // Two ticks, each sending one event per frame.
-        for _ in 0..2 * frames(&router).len() {
+        for _ in 0..2 * per_tick {
             assert!(matches!(first.next().await, Some(Ok(_))), "a snapshot");
         }
         let took = start.elapsed();

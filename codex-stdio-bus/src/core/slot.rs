@@ -559,7 +559,12 @@ mod tests {
 
     fn client_number(id: u64) -> Arc<Client> {
         let principal = Principal::anonymous("tcp");
-        let tenant = Arc::new(Tenant::new("default", "default", Default::default()));
+        let tenant = Arc::new(Tenant::new(
+            "default",
+            "default",
+            Default::default(),
+            Default::default(),
+        ));
         Arc::new(Client::new(
             id,
             Transport::Tcp,

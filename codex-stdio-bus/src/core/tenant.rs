@@ -7,7 +7,7 @@
 //! cannot together pass a quota.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +96,10 @@ pub(crate) struct Tenant {
     sessions: AtomicUsize,
     connections: AtomicUsize,
     in_flight: AtomicUsize,
+    /// Requests received from the tenant's connections, admitted or not, counted with the other
+    /// tenants of its metric label (the counter is the label's, shared: a tenant that comes and
+    /// goes leaves its count behind). Read by the dashboard's sampler (`admin::rates`).
+    requests: Arc<AtomicU64>,
     bucket: Option<Bucket>,
     /// Keeps the tenant's refusals from flooding the audit trail: one line a second.
     pub audit_limit: LogLimit,
@@ -110,8 +114,13 @@ impl std::fmt::Debug for Tenant {
 }
 
 impl Tenant {
-    /// A tenant holding nothing yet.
-    pub(crate) fn new(name: &str, label: &str, limits: TenantLimits) -> Self {
+    /// A tenant holding nothing yet, counting its requests in `requests` (its label's counter).
+    pub(crate) fn new(
+        name: &str,
+        label: &str,
+        limits: TenantLimits,
+        requests: Arc<AtomicU64>,
+    ) -> Self {
         let bucket = NonZeroU32::new(limits.requests_per_sec).map(|rate| {
             let burst = NonZeroU32::new(limits.request_burst).unwrap_or(rate);
             RateLimiter::direct(RateQuota::per_second(rate).allow_burst(burst))
@@ -126,6 +135,7 @@ impl Tenant {
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            requests,
             bucket,
             audit_limit: LogLimit::default(),
             claim_limit: LogLimit::default(),
@@ -170,10 +180,12 @@ impl Tenant {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Admits one request: a token from the bucket, then a place among the requests in flight;
-    /// release the place with [`Tenant::request_finished`]. A request refused for being over the
-    /// in-flight quota has still spent its token: it was an attempt at the rate.
+    /// Counts one request, then admits it: a token from the bucket, then a place among the
+    /// requests in flight; release the place with [`Tenant::request_finished`]. A request refused
+    /// for being over the in-flight quota has still spent its token: it was an attempt at the rate.
     pub(crate) fn reserve_request(&self) -> Result<(), Refused> {
+        // The dashboard's request rate: the one relaxed add a request costs it (issue 14).
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.take_token()?;
         reserve(&self.in_flight, self.limits.max_in_flight, Quota::InFlight)
     }
@@ -223,7 +235,7 @@ mod tests {
 
     #[test]
     fn quotas_are_exact_and_released() {
-        let t = Tenant::new("a", "a", limits(0, 0));
+        let t = Tenant::new("a", "a", limits(0, 0), Default::default());
         assert_eq!(&*t.prefix, b"a:");
         t.reserve_connection().unwrap();
         let refused = t.reserve_connection().unwrap_err();
@@ -252,7 +264,7 @@ mod tests {
 
     #[test]
     fn the_bucket_admits_its_burst_then_says_when() {
-        let t = Tenant::new("a", "a", limits(2, 0));
+        let t = Tenant::new("a", "a", limits(2, 0), Default::default());
         t.reserve_request().unwrap();
         t.reserve_request().unwrap();
         let refused = t.reserve_request().unwrap_err();

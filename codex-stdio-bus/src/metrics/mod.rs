@@ -13,6 +13,7 @@
 pub(crate) mod process;
 pub(crate) mod recorder;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use codex_bus_protocol::ErrorKind;
@@ -222,6 +223,10 @@ pub struct BusMetrics {
     auth: Vec<Counter>,
     tls_failures: Vec<Counter>,
     errors: Vec<Counter>,
+    /// `errors` again, readable (by [`BusMetrics::error_replies`]): the recorder's counters
+    /// cannot be read back (a `metrics` handle only records), and the dashboard samples these
+    /// once a second. Counted even with no recorder installed.
+    errors_sent: Box<[AtomicU64]>,
     drops: Vec<Counter>,
     messages: Vec<Counter>,
     bytes: Vec<Counter>,
@@ -264,6 +269,7 @@ impl BusMetrics {
                 .iter()
                 .map(|k| counter!("codex_bus_error_replies_total", "reason" => k.reason()))
                 .collect(),
+            errors_sent: ErrorKind::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             drops: Discard::ALL
                 .iter()
                 .map(|d| counter!("codex_bus_dropped_messages_total", "reason" => d.reason()))
@@ -299,7 +305,17 @@ impl BusMetrics {
     pub fn error_reply(&self, kind: ErrorKind) {
         if let Some(i) = ErrorKind::ALL.iter().position(|k| *k == kind) {
             self.errors[i].increment(1);
+            self.errors_sent[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Error replies sent so far, by kind, in the order of [`ErrorKind::ALL`]: the values of
+    /// `codex_bus_error_replies_total`, since the process started.
+    pub fn error_replies(&self) -> impl Iterator<Item = (ErrorKind, u64)> + '_ {
+        ErrorKind::ALL
+            .iter()
+            .zip(self.errors_sent.iter())
+            .map(|(kind, count)| (*kind, count.load(Ordering::Relaxed)))
     }
 
     /// Counts a discarded message.

@@ -35,6 +35,7 @@ use crate::audit::{Audit, Event};
 use crate::core::address::SlotAddress;
 use crate::core::client::{Client, OutputBounds, Transport, WorkerRequest};
 use crate::core::principal::Principal;
+use crate::core::samples::Samples;
 use crate::core::slot::{Pending, Slot};
 use crate::core::tenant::{Quota, Refused, Tenant};
 use crate::core::worker_events::WorkerEvents;
@@ -74,6 +75,8 @@ pub(crate) struct Router {
     worker_events: Arc<WorkerEvents>,
     /// The file the config was read from (`Config::source`), for the status document.
     config_source: Option<Arc<Path>>,
+    /// The dashboard's last minutes of counter readings (filled and read by `admin::rates`).
+    samples: Samples,
 }
 
 impl Router {
@@ -132,6 +135,7 @@ impl Router {
             started: Instant::now(),
             worker_events,
             config_source: config.source.as_deref().map(Arc::from),
+            samples: Samples::default(),
         }
     }
 
@@ -220,6 +224,11 @@ impl Router {
     /// The tenants known now.
     pub(crate) fn tenants(&self) -> &Tenants {
         &self.tenants
+    }
+
+    /// The dashboard's ring of counter readings.
+    pub(crate) fn samples(&self) -> &Samples {
+        &self.samples
     }
 
     /// Clients connected now.

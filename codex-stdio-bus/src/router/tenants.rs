@@ -5,6 +5,7 @@
 //! other tenant's are summed under `(other)` (docs/metrics.md, "Tenants").
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use codex_bus_config::{Config, TenantLimits};
@@ -41,6 +42,10 @@ pub(crate) struct Tenants {
     defaults: TenantLimits,
     /// `limits.max_tenants`.
     max: usize,
+    /// Requests received, by metric label (every label of `labelled`, then [`OTHER`]): each
+    /// tenant counts into its label's ([`Tenant::reserve_request`]), so a count outlives the
+    /// tenants that come and go under `(other)`.
+    requests: Box<[(Arc<str>, Arc<AtomicU64>)]>,
 }
 
 impl Tenants {
@@ -54,12 +59,19 @@ impl Tenants {
             labelled.extend(auth.unix_tenants.values().cloned());
             labelled.insert(auth.stdio_tenant.clone());
         }
+        let requests = labelled
+            .iter()
+            .map(String::as_str)
+            .chain([OTHER])
+            .map(|label| (Arc::from(label), Arc::default()))
+            .collect();
         let tenants = Tenants {
             table: DashMap::new(),
             configured: config.tenants.clone(),
             labelled,
             defaults: config.limits.tenant_defaults(),
             max: config.limits.max_tenants,
+            requests,
         };
         // Every named tenant is known from the start and for good, so tenants that come and go
         // (JWT claims) can never take the places of `limits.max_tenants` from them.
@@ -81,7 +93,13 @@ impl Tenants {
         } else {
             OTHER
         };
-        Arc::new(Tenant::new(name, label, limits))
+        let requests = self
+            .requests
+            .iter()
+            .find(|(l, _)| &**l == label)
+            .map(|(_, count)| count.clone())
+            .expect("every label has a request counter");
+        Arc::new(Tenant::new(name, label, limits, requests))
     }
 
     /// The tenant `name`, known from now on if it was not; refused when `limits.max_tenants`
@@ -133,6 +151,14 @@ impl Tenants {
         by_label
     }
 
+    /// Requests received so far by metric label, in a fixed order (the configured labels sorted,
+    /// then `(other)`): the same labels for the daemon's life, so bounded like the metrics.
+    pub(crate) fn requests(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.requests
+            .iter()
+            .map(|(label, count)| (&**label, count.load(Ordering::Relaxed)))
+    }
+
     /// Tenants known now.
     pub(crate) fn count(&self) -> usize {
         self.table.len()
@@ -166,9 +192,22 @@ mod tests {
         let holding = tenants.holding();
         assert_eq!(holding[OTHER].connections, 1);
         assert_eq!(holding["acme"], Holding::default());
+        jwt.reserve_request().unwrap();
+        acme.reserve_request().unwrap();
+        acme.reserve_request().unwrap();
+        let requests: Vec<_> = tenants.requests().collect();
+        assert_eq!(requests, [("acme", 2), (DEFAULT_TENANT, 0), (OTHER, 1)]);
         drop((jwt, default));
         assert_eq!(tenants.prune(), 2, "the named tenants stay");
-        assert!(tenants.get("fourth").is_ok());
+        let fourth = tenants.get("fourth").unwrap();
+        fourth.reserve_request().unwrap();
+        let other = tenants.requests().find(|(l, _)| *l == OTHER);
+        assert_eq!(
+            other,
+            Some((OTHER, 2)),
+            "a label's count outlives its tenants"
+        );
+        drop(fourth);
         drop(acme);
         assert_eq!(tenants.count(), 3);
     }
