@@ -1,7 +1,9 @@
 //! The dashboard in a real browser (headless Chromium, the chromium tier): refused without the
 //! admin token, every slot listed ready with it, a killed worker's row red within about a second
-//! and ready again with a new pid, a client's session and held requests counted on its slot and
-//! tenant; no error in the browser's console. Screenshots of the page are left in
+//! and ready again with a new pid, its exit and restart in the event list, a client's session and
+//! held requests counted on its slot and tenant, requests and an error reply counted in the
+//! running totals, the tenant's rate and the errors chart's legend; no error in the browser's
+//! console. Screenshots of the page are left in
 //! `<target>/tmp/dashboard_browser/` (`restarting.png`, `dashboard.png`; the path is printed),
 //! with the browser's logs.
 
@@ -31,6 +33,13 @@ return {
   status: load ? load.responseStatus : null,
   link: text(document.getElementById("link")),
   totals: text(document.getElementById("totals")),
+  requests: text(document.getElementById("requests-total")),
+  errors: text(document.getElementById("errors-total")),
+  legend: text(document.getElementById("errors-legend")),
+  events: [...document.querySelectorAll("ol[id=event-list] li[data-seq]")].map((li) => ({
+    kind: li.dataset.kind,
+    text: li.textContent,
+  })),
   slots: [...document.querySelectorAll("tr[data-pool][data-slot]")].map((row) => ({
     pool: row.dataset.pool,
     index: row.dataset.slot,
@@ -159,6 +168,23 @@ fn the_dashboard_in_chromium_is_refused_without_the_token_and_shows_slots_restar
         cell(&back, "alpha", 1, "last_exit").contains("SIGKILL"),
         "{back:#}"
     );
+    // The event list shows the exit (red) and the restart, the newest at the top.
+    let (listed, _) = browser.until(WAIT, "the exit and restart listed", READ_PAGE, |p| {
+        let events = p["events"].as_array();
+        let index = |kind: &str| {
+            events?.iter().position(|e| {
+                e["kind"] == json!(kind) && e["text"].as_str().unwrap().contains("alpha[1]")
+            })
+        };
+        matches!((index("restart"), index("exit")), (Some(r), Some(e)) if r < e)
+    });
+    let exit = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == json!("exit"))
+        .unwrap();
+    assert!(exit["text"].as_str().unwrap().contains("SIGKILL"), "{exit}");
 
     // (d) A client opens a session and holds two requests: the slot and its tenant (`default`,
     // no client auth) count them, and the in-flight counts fall back when the replies go out.
@@ -186,6 +212,23 @@ fn the_dashboard_in_chromium_is_refused_without_the_token_and_shows_slots_restar
     assert_eq!(slot_sum(&busy, "in_flight"), 2, "{busy:#}");
     let totals = busy["totals"].as_str().unwrap_or_default();
     assert!(totals.contains("2 in flight"), "{totals}");
+
+    // One request to a pool that does not exist: an error reply, counted by its reason. The
+    // running totals count all four requests; the tenant's rate (last 10 s) is above zero.
+    client.send(&json!({"jsonrpc": "2.0", "id": 4, "method": "m", "pool": "gamma"}));
+    assert_eq!(
+        codex_bus_tests::reason(&client.recv()),
+        Some("unknown_pool")
+    );
+    let (counted, _) = browser.until(WAIT, "the requests and the error counted", READ_PAGE, |p| {
+        p["requests"] == json!("4")
+            && p["errors"] == json!("1")
+            && p["legend"]
+                .as_str()
+                .is_some_and(|l| l.contains("unknown_pool"))
+    });
+    let rate: f64 = tenant_cell(&counted, "default", "rate").parse().unwrap();
+    assert!(rate > 0.0, "{counted:#}");
 
     // (e) The page as an operator sees it: one restart, a session with two requests in flight.
     let shot = output.join("dashboard.png");
