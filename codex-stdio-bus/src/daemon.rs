@@ -176,6 +176,7 @@ pub async fn run(
     let Tlses {
         tcp: tls,
         websocket: websocket_tls,
+        admin: admin_tls,
     } = tls(&config)?;
     let tls = match (&listeners.clients, tls) {
         (Some(Bound::Tcp(_)), tls) => tls,
@@ -185,6 +186,9 @@ pub async fn run(
         }
         (_, None) => None,
     };
+    if listeners.admin.is_none() && admin_tls.is_some() {
+        tracing::warn!("metrics.tls is ignored: no metrics listener (metrics.listen or --metrics)");
+    }
     let admin = match listeners.admin {
         // The recorder goes in before the router resolves its metric handles.
         Some(listener) => {
@@ -219,7 +223,13 @@ pub async fn run(
             .as_deref()
             .and_then(AdminBearer::new);
         tokio::spawn(recorder::upkeep(handle.clone()));
-        tokio::spawn(admin::serve(listener, router.clone(), handle, bearer));
+        tokio::spawn(admin::serve(
+            listener,
+            admin_tls.clone(),
+            router.clone(),
+            handle,
+            bearer,
+        ));
     }
 
     let sink: Arc<dyn WorkerSink> = router.clone();
@@ -304,7 +314,8 @@ pub async fn run(
                 }
             }
             // A renewed certificate is picked up the same way rotated logs are.
-            for tls in tls.iter().chain(websocket_tls.iter().flatten()) {
+            let every = tls.iter().chain(websocket_tls.iter().flatten());
+            for tls in every.chain(admin_tls.iter()) {
                 match tls.reload() {
                     Ok(()) => {
                         tracing::info!(field = tls.field(), "TLS certificate and key reloaded")
@@ -485,9 +496,12 @@ struct Tlses {
     tcp: Option<Arc<Tls>>,
     /// `websocket[i].tls`, in the config's order.
     websocket: Vec<Option<Arc<Tls>>>,
+    /// `metrics.tls`, for the admin endpoint.
+    admin: Option<Arc<Tls>>,
 }
 
-/// Loads the TLS files of every listener (`transport.tls`, `websocket[].tls`), as `run` does
+/// Loads the TLS files of every listener (`transport.tls`, `websocket[].tls`, `metrics.tls`), as
+/// `run` does
 /// before it starts, so `codex-stdio-bus check` and `run` agree.
 ///
 /// # Errors
@@ -500,7 +514,7 @@ pub fn check_tls(config: &Config) -> Result<(), Error> {
 
 /// See [`check_tls`]. A client gets as long to complete its TLS handshake as it then gets to
 /// authenticate (`auth.handshake_timeout_sec`, 10 s without `auth`). NDJSON offers no ALPN; a
-/// WebSocket listener offers `http/1.1`, the only HTTP it speaks.
+/// WebSocket listener and the admin endpoint offer `http/1.1`, the only HTTP they speak.
 fn tls(config: &Config) -> Result<Tlses, Error> {
     let timeout = Duration::from_secs(
         config
@@ -534,7 +548,20 @@ fn tls(config: &Config) -> Result<Tlses, Error> {
             None => Ok(None),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Tlses { tcp, websocket })
+    let admin = match &config.metrics.tls {
+        Some(files) => Some(Arc::new(Tls::load(
+            "metrics.tls",
+            files,
+            vec![b"http/1.1".to_vec()],
+            timeout,
+        )?)),
+        None => None,
+    };
+    Ok(Tlses {
+        tcp,
+        websocket,
+        admin,
+    })
 }
 
 /// Checks, for `codex-stdio-bus check`, what `run` checks of `auth` before it starts: the files
@@ -642,6 +669,9 @@ fn secure_by_default(
                 ));
             }
             tracing::warn!(%address, "auth.insecure_no_auth: /metrics and /status on a non-loopback address are open to anyone");
+        } else if !is_loopback(address) && config.metrics.tls.is_none() {
+            // Allowed (a TLS proxy or a private network may carry it), but said once.
+            tracing::warn!(%address, "the metrics listener is plain HTTP on a non-loopback address: its bearer token (and the dashboard's login) crosses the network in clear; set metrics.tls or put it behind TLS");
         }
     }
     Ok(())

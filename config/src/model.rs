@@ -430,9 +430,15 @@ pub struct MetricsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// Lower-case hex SHA-256 (64 digits) of the bearer token that `/metrics`, `/status` and the
-    /// dashboard require (as a bearer token, or as an HTTP Basic password); absent, they are open. Only the digest is configured, so the file holds no secret.
+    /// dashboard require (as a bearer token, or as an HTTP Basic password); absent, they are
+    /// open. Only the digest is configured, so the file holds no secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer_sha256: Option<String>,
+    /// TLS for the admin endpoint (HTTPS, HTTP/1.1); absent, it is plain HTTP. With a token and
+    /// off loopback, TLS keeps the token (which a browser sends with every dashboard request)
+    /// from crossing the network in clear.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 /// How clients prove who they are (the `auth` object), in the two credential modes of

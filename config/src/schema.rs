@@ -108,7 +108,7 @@ pub(crate) const ROUTING_KEYS: &[&str] = &["session_id_field", "default_pool", "
 pub(crate) const ID_REFERENCE_KEYS: &[&str] = &["method", "path"];
 
 /// Keys of `metrics` (our extension).
-pub(crate) const METRICS_KEYS: &[&str] = &["listen", "bearer_sha256"];
+pub(crate) const METRICS_KEYS: &[&str] = &["listen", "bearer_sha256", "tls"];
 
 /// Keys of `auth` (our extension).
 pub(crate) const AUTH_KEYS: &[&str] = &[

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use crate::auth::AdminBearer;
 use crate::error::{Error, Kind};
 use crate::io::probes::{self, json_answer as json, PLAIN_TEXT};
+use crate::io::tls::Tls;
 use crate::io::ACCEPT_RETRY;
 use crate::router::Router;
 
@@ -102,9 +103,11 @@ pub async fn bind(address: &str) -> Result<TcpListener, Error> {
 /// Serves admin requests for the life of the daemon (through the drain too: `/readyz` then says
 /// 503, which is what an orchestrator needs to see). With `bearer`, `/metrics`, `/status`, `/ui`
 /// and `/ui/events` require it; `/healthz` and `/readyz` stay open for probes, which cannot send
-/// one, and so does the redirect from `/`.
+/// one, and so does the redirect from `/`. With `tls` (`metrics.tls`) every connection is HTTPS,
+/// its handshake done in the connection's own task (a slow one holds no other).
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     router: Arc<Router>,
     handle: PrometheusHandle,
     bearer: Option<AdminBearer>,
@@ -133,17 +136,24 @@ pub(crate) async fn serve(
         .max_buf_size(MAX_HEAD)
         .keep_alive(false);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "metrics accept failed");
                 tokio::time::sleep(ACCEPT_RETRY).await;
                 continue;
             }
         };
-        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
+        let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served = match tls {
+                Some(tls) => match tls.accept(stream, peer).await {
+                    Some(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                    None => return,
+                },
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+            };
+            if let Err(error) = served {
                 tracing::debug!(%error, "metrics request failed");
             }
         });

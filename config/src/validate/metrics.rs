@@ -5,6 +5,7 @@ use crate::schema::METRICS_KEYS;
 use crate::tree::Json;
 use crate::validate::auth::sha256_hex;
 use crate::validate::problems::Problems;
+use crate::validate::tls::tls;
 use crate::validate::transport::is_host_port;
 use crate::validate::values::{object, string};
 use crate::MetricsConfig;
@@ -38,6 +39,7 @@ pub(crate) fn metrics(
                 }
             }
             "bearer_sha256" => metrics.bearer_sha256 = sha256_hex(&path, value, problems),
+            "tls" => metrics.tls = tls(&path, value, problems),
             _ => problems.unknown_key(&path, key, METRICS_KEYS),
         }
     }
