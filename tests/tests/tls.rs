@@ -1,4 +1,5 @@
-//! TLS on the TCP listener and on WebSocket listeners (`wss://`, issue 13): NDJSON with
+//! TLS on the TCP listener, on WebSocket listeners (`wss://`, issue 13) and on the admin
+//! endpoint (`metrics.tls`: the dashboard's Basic login over HTTPS, issue 14): NDJSON with
 //! `bus/authenticate` over TLS, a WebSocket round trip over TLS, plaintext and
 //! silent clients closed without harm to the others, certificate files checked at start by `run`
 //! and `check` alike (exit status 78 naming the file), a certificate reloaded on SIGHUP, and TLS
@@ -84,19 +85,25 @@ impl Write for Shared {
     }
 }
 
-/// A TLS connection to `addr` that trusts only `trusted`, its handshake complete; `Err` if the
-/// handshake fails.
-fn connect_tls(addr: &str, trusted: &CertificateDer<'static>) -> std::io::Result<Conn> {
+/// A client config that trusts only `trusted` and offers `alpn` if given.
+fn client_config(trusted: &CertificateDer<'static>, alpn: Option<&[u8]>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(trusted.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = ClientConfig::builder_with_provider(provider)
+    let mut client = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    client.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+    Arc::new(client)
+}
+
+/// A TLS connection to `addr` that trusts only `trusted`, its handshake complete; `Err` if the
+/// handshake fails.
+fn connect_tls(addr: &str, trusted: &CertificateDer<'static>) -> std::io::Result<Conn> {
     let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = ClientConnection::new(Arc::new(client), name).unwrap();
+    let mut tls = ClientConnection::new(client_config(trusted, None), name).unwrap();
     let mut tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(WAIT))?;
     while tls.is_handshaking() {
@@ -331,16 +338,7 @@ async fn a_websocket_listener_with_tls_serves_wss() {
     let bus = Bus::start(&config, Mode::WebSocket);
     let addr = bus.tcp_addr().to_owned();
 
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = tokio_rustls::TlsConnector::from(client_config(&cert.der, Some(b"http/1.1")));
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp))
@@ -386,5 +384,101 @@ async fn a_websocket_listener_with_tls_serves_wss() {
     assert!(
         plain.is_err(),
         "a plaintext upgrade on a TLS port must fail"
+    );
+}
+
+/// `GET path` over HTTPS from the admin endpoint at `addr`, trusting only `trusted`, with an
+/// `Authorization` header when given; the whole response (the endpoint closes after one).
+fn https_get(
+    addr: &str,
+    trusted: &CertificateDer<'static>,
+    path: &str,
+    authorization: Option<&str>,
+) -> String {
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = ClientConnection::new(client_config(trusted, Some(b"http/1.1")), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let mut stream = StreamOwned::new(tls, tcp);
+    let authorization = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{authorization}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]), "ALPN");
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A peer closing without close_notify still delivered the whole response.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => {}
+        Err(e) => panic!("reading {path}: {e}"),
+    }
+    String::from_utf8(response).unwrap()
+}
+
+/// `metrics.tls`: the admin endpoint speaks HTTPS, so the dashboard's Basic login (the token as
+/// password) and the bearer token never cross the network in clear; a plain-HTTP client to that
+/// port gets no answer; an unusable `metrics.tls` file stops the daemon naming the field.
+#[test]
+fn the_admin_endpoint_with_tls_serves_the_dashboard_over_https() {
+    const ADMIN_TOKEN: &str = "admin-tls-token-7c2e";
+    /// Basic base64("operator:admin-tls-token-7c2e").
+    const BASIC: &str = "Basic b3BlcmF0b3I6YWRtaW4tdGxzLXRva2VuLTdjMmU=";
+    let keys = tempfile::tempdir().unwrap();
+    let cert = self_signed(keys.path(), "admin");
+    let config = BusConfig::mock(1).section(
+        "metrics",
+        json!({"bearer_sha256": sha256_hex(ADMIN_TOKEN),
+               "tls": {"cert_file": cert.cert_file, "key_file": cert.key_file}}),
+    );
+    let bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let addr = bus.metrics_addr();
+
+    let refused = https_get(&addr, &cert.der, "/ui", None);
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    assert!(refused.contains("www-authenticate: Basic"), "{refused}");
+    let page = https_get(&addr, &cert.der, "/ui", Some(BASIC));
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>codex-stdio-bus</title>"), "{page}");
+    let status = https_get(
+        &addr,
+        &cert.der,
+        "/status",
+        Some(&format!("Bearer {ADMIN_TOKEN}")),
+    );
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(status.contains("\"pools\""), "{status}");
+    let health = https_get(&addr, &cert.der, "/healthz", None);
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    // Plain HTTP to the HTTPS port: no HTTP answer, the connection closed.
+    let mut plain = TcpStream::connect(&addr).unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let got = read_until_closed(&mut plain);
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let again = https_get(&addr, &cert.der, "/healthz", None);
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+
+    // A key file that is not there: status 78, naming the field and the file.
+    let broken = BusConfig::mock(1).section(
+        "metrics",
+        json!({"listen": "127.0.0.1:0",
+               "tls": {"cert_file": cert.cert_file, "key_file": keys.path().join("missing.key")}}),
+    );
+    let path = broken.write(keys.path());
+    let (status, _, err) = run_bus(&["--config", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("metrics.tls") && err.contains("missing.key"),
+        "{err}"
     );
 }
