@@ -3,7 +3,7 @@
 //! and ready again with a new pid, its exit and restart in the event list, a client's session and
 //! held requests counted on its slot and tenant, requests and an error reply counted in the
 //! running totals, the tenant's rate and the errors chart's legend; no error in the browser's
-//! console. Screenshots of the page are left in
+//! console; `draining` on SIGTERM and `disconnected` once the daemon has exited. Screenshots of the page are left in
 //! `<target>/tmp/dashboard_browser/` (`restarting.png`, `dashboard.png`; the path is printed),
 //! with the browser's logs.
 
@@ -33,6 +33,7 @@ return {
   status: load ? load.responseStatus : null,
   link: text(document.getElementById("link")),
   totals: text(document.getElementById("totals")),
+  drain: text(document.getElementById("drain")),
   requests: text(document.getElementById("requests-total")),
   errors: text(document.getElementById("errors-total")),
   legend: text(document.getElementById("errors-legend")),
@@ -247,4 +248,28 @@ fn the_dashboard_in_chromium_is_refused_without_the_token_and_shows_slots_restar
     // No script error and nothing refused by the page's content policy while it ran.
     let console = browser.console();
     assert!(console.is_empty(), "{console:#?}");
+
+    // (f) SIGTERM with a request held: the page says `draining` while the reply is owed, and
+    // `disconnected` once the daemon has delivered it and exited (the open stream holds nothing).
+    client.request(
+        json!(5),
+        "mock/delay",
+        json!({"ms": HELD_MS}),
+        Some("browser-session"),
+    );
+    browser.until(WAIT, "the held request counted", READ_PAGE, |p| {
+        tenant_cell(p, "default", "in_flight") == "1"
+    });
+    bus.signal(Signal::SIGTERM);
+    browser.until(WAIT, "the drain shown", READ_PAGE, |p| {
+        p["drain"] == json!("draining")
+    });
+    assert!(client.recv()["result"].is_object());
+    assert!(bus.wait_exit().success());
+    let (gone, _) = browser.until(WAIT, "the daemon gone", READ_PAGE, |p| {
+        p["link"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("disconnected"))
+    });
+    assert_eq!(gone["drain"], json!("draining"), "{gone:#}");
 }
