@@ -24,6 +24,10 @@ pub enum Command {
         /// The daemon's metrics endpoint, as given to its `--metrics`.
         #[arg(long, value_name = "HOST:PORT")]
         metrics: String,
+        /// Speak HTTPS (to an endpoint with `metrics.tls`), trusting the PEM certificates in
+        /// FILE (the endpoint's own certificate, or the CA that signed it).
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
     },
     /// Validate a config file and print the effective config (defaults filled in).
     Check {

@@ -19,14 +19,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { config }) => check(config.as_deref()),
-        Some(Command::Status { metrics }) => status(&metrics),
+        Some(Command::Status { metrics, cacert }) => status(&metrics, cacert.as_deref()),
         None => run(cli.run),
     }
 }
 
 /// `status`: a running daemon's slots as a table.
-fn status(address: &str) -> ExitCode {
-    let document = admin::fetch(address, "/status").and_then(|body| {
+fn status(address: &str, ca_file: Option<&Path>) -> ExitCode {
+    let document = admin::fetch(address, "/status", ca_file).and_then(|body| {
         serde_json::from_str(&body)
             .map_err(|e| Error::because(Kind::Admin, "bad /status document", e))
     });

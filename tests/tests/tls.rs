@@ -420,8 +420,9 @@ fn https_get(
 }
 
 /// `metrics.tls`: the admin endpoint speaks HTTPS, so the dashboard's Basic login (the token as
-/// password) and the bearer token never cross the network in clear; a plain-HTTP client to that
-/// port gets no answer; an unusable `metrics.tls` file stops the daemon naming the field.
+/// password) and the bearer token never cross the network in clear; `status --cacert` reads it;
+/// a plain-HTTP client to that port gets no answer; an unusable `metrics.tls` file stops the
+/// daemon naming the field.
 #[test]
 fn the_admin_endpoint_with_tls_serves_the_dashboard_over_https() {
     const ADMIN_TOKEN: &str = "admin-tls-token-7c2e";
@@ -467,6 +468,30 @@ fn the_admin_endpoint_with_tls_serves_the_dashboard_over_https() {
     );
     let again = https_get(&addr, &cert.der, "/healthz", None);
     assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+
+    // `codex-stdio-bus status --cacert`: HTTPS, trusting that certificate, by IP and by name.
+    let port = addr.rsplit_once(':').unwrap().1;
+    for endpoint in [addr.clone(), format!("localhost:{port}")] {
+        let status = std::process::Command::new(codex_bus_tests::bin("codex-stdio-bus"))
+            .args(["status", "--metrics", &endpoint, "--cacert"])
+            .arg(&cert.cert_file)
+            .env("CODEX_BUS_METRICS_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&status.stderr),
+        );
+        assert!(status.status.success(), "{endpoint}: {err}");
+        assert!(out.contains("ready"), "{endpoint}: {out}");
+    }
+    // Without --cacert it speaks plain HTTP, which this port does not answer: a clear failure.
+    let plain = std::process::Command::new(codex_bus_tests::bin("codex-stdio-bus"))
+        .args(["status", "--metrics", &addr])
+        .env("CODEX_BUS_METRICS_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
 
     // A key file that is not there: status 78, naming the field and the file.
     let broken = BusConfig::mock(1).section(

@@ -10,10 +10,13 @@
 //! Imports: the router (to read pools, slots and clients), the core and the metrics leaf.
 
 mod event_list;
+mod fetch;
 mod rates;
 mod scrape;
 pub mod status;
 mod ui;
+
+pub use fetch::{fetch, TOKEN_VARIABLE};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +31,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::auth::AdminBearer;
-use crate::error::{Error, Kind};
+use crate::error::Error;
 use crate::io::probes::{self, json_answer as json, PLAIN_TEXT};
 use crate::io::tls::Tls;
 use crate::io::ACCEPT_RETRY;
@@ -197,39 +200,4 @@ async fn not_found() -> Response {
         body,
     )
         .into_response()
-}
-
-/// The environment variable whose value `fetch` sends as its bearer token, for an endpoint with
-/// `metrics.bearer_sha256`.
-pub const TOKEN_VARIABLE: &str = "CODEX_BUS_METRICS_TOKEN";
-
-/// Fetches `path` from an admin endpoint (for `codex-stdio-bus status`), with the bearer token of
-/// [`TOKEN_VARIABLE`] when it is set; fails with [`Kind::Admin`] when it cannot be reached or
-/// does not answer 200.
-pub fn fetch(address: &str, path: &str) -> Result<String, Error> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address)
-        .map_err(|e| Error::because(Kind::Admin, format!("cannot connect to {address}"), e))?;
-    let failed = |e| Error::because(Kind::Admin, format!("GET {path} from {address}"), e);
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let authorization = std::env::var(TOKEN_VARIABLE)
-        .map(|token| format!("Authorization: Bearer {}\r\n", token.trim()))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
-    )
-    .map_err(failed)?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(failed)?;
-    let answer =
-        |what: String| Error::new(Kind::Admin, format!("GET {path} from {address}: {what}"));
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| answer("malformed HTTP response".to_owned()))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        let status = head.lines().next().unwrap_or("");
-        return Err(answer(format!("{status}: {}", body.trim())));
-    }
-    Ok(body.to_owned())
 }

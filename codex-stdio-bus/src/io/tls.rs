@@ -1,7 +1,8 @@
 //! TLS for a client listener (rustls with the *ring* provider; TLS 1.3 and 1.2, no client
 //! certificates): the certificate chain and key are read from PEM files and checked to belong
 //! together at start, swapped in whole on reload, and a TCP stream becomes a TLS stream within a
-//! handshake deadline. A failed handshake costs its own connection only.
+//! handshake deadline. A failed handshake costs its own connection only. The one client side,
+//! [`client_config`], is `codex-stdio-bus status --cacert` reading an HTTPS admin endpoint.
 //!
 //! TLS encrypts and proves the server's identity; who the client is stays `auth`'s business, over
 //! the encrypted stream.
@@ -16,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -114,7 +115,7 @@ impl Tls {
 
 /// The rustls server config for `files`, offering `alpn`.
 fn server_config(field: &str, files: &TlsConfig, alpn: &[Vec<u8>]) -> Result<ServerConfig, Error> {
-    let chain = certificates(field, &files.cert_file)?;
+    let chain = certificates(&format!("{field}.cert_file"), &files.cert_file)?;
     let key = private_key(field, &files.key_file)?;
     let provider = Arc::new(ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -140,16 +141,45 @@ fn server_config(field: &str, files: &TlsConfig, alpn: &[Vec<u8>]) -> Result<Ser
     Ok(config)
 }
 
-/// Every certificate in the PEM file at `path`, in order (the server's own first).
-fn certificates(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+/// A client config (TLS 1.3 and 1.2, ALPN `http/1.1`) that trusts only the certificates in the
+/// PEM file `ca_file`, named `name` in errors: `codex-stdio-bus status --cacert` reading an
+/// admin endpoint with `metrics.tls`.
+///
+/// # Errors
+///
+/// [`Kind::Config`] when the file cannot be read or holds no usable certificate.
+pub(crate) fn client_config(name: &str, ca_file: &Path) -> Result<Arc<ClientConfig>, Error> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates(name, ca_file)? {
+        roots.add(certificate).map_err(|e| {
+            let context = format!(
+                "{name}: cannot trust a certificate of {}",
+                ca_file.display()
+            );
+            Error::because(Kind::Config, context, e)
+        })?;
+    }
+    let provider = Arc::new(ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::because(Kind::Config, format!("{name}: TLS versions"), e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Every certificate in the PEM file at `path` (the `name`d field or flag), in order (a server's
+/// own first).
+fn certificates(name: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_error(&format!("{field}.cert_file"), path, e))?;
+        .map_err(|e| pem_error(name, path, e))?;
     if chain.is_empty() {
         return Err(Error::new(
             Kind::Config,
             format!(
-                "{field}.cert_file: no certificate (a PEM 'BEGIN CERTIFICATE' block) in {}",
+                "{name}: no certificate (a PEM 'BEGIN CERTIFICATE' block) in {}",
                 path.display()
             ),
         ));
