@@ -60,6 +60,17 @@ pub fn children(pid: u32) -> Vec<u32> {
     pids
 }
 
+/// Every descendant of `pid` (children, their children, …), as listed now.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = children(pid);
+    let mut next = 0;
+    while let Some(&parent) = found.get(next) {
+        found.extend(children(parent));
+        next += 1;
+    }
+    found
+}
+
 /// CPU time of this process (all threads, the in-process responder included), in nanoseconds.
 pub fn own_cpu_ns() -> u64 {
     use nix::sys::resource::{getrusage, UsageWho};
@@ -100,6 +111,7 @@ mod tests {
             .spawn()
             .unwrap();
         let found = children(std::process::id()).contains(&child.id());
+        assert!(descendants(std::process::id()).contains(&child.id()));
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(found);

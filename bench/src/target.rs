@@ -455,7 +455,12 @@ impl Drop for Target {
             // The run already failed if this is reached with an error: nothing more to report.
             let _ = responder.stop();
         }
+        // The daemon's workers and theirs, named before it stops: only they are swept below,
+        // not other children of this process (other targets' in a test binary, whose tests run
+        // at once).
+        let mut workers = Vec::new();
         if let Some(daemon) = self.daemon.take() {
+            workers = procfs::descendants(daemon.id());
             stop_daemon(daemon);
         }
         for mut worker in self.direct.drain(..) {
@@ -464,7 +469,8 @@ impl Drop for Target {
         }
         // bus-bench is a child subreaper: the bus's workers were reparented to it when the bus
         // died, whatever the bus does about its children (stdio Bus does nothing). End them.
-        for pid in procfs::children(std::process::id()) {
+        let orphans = procfs::children(std::process::id());
+        for pid in workers.into_iter().filter(|pid| orphans.contains(pid)) {
             let pid = Pid::from_raw(pid as i32);
             if kill(pid, Signal::SIGKILL).is_ok() {
                 let _ = waitpid(pid, None);
@@ -608,6 +614,7 @@ mod tests {
         };
         assert!(error(&relay).contains("bus only"));
         // Within its limits it gets as far as starting the (missing) bus.
-        assert!(error(&front(Transport::Ws, true, Client::Blocking, 1)).contains("cannot start"));
+        let within = error(&front(Transport::Ws, true, Client::Blocking, 1));
+        assert!(within.contains("cannot start"), "{within}");
     }
 }
