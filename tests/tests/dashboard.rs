@@ -324,6 +324,52 @@ fn with_a_bearer_token_any_host_name_is_served_to_whoever_sends_it() {
     assert_eq!(get_as(&addr, host, "/status", Some(BEARER)).0, 200);
 }
 
+/// Admin connections served at once (`admin/mod.rs`, `MAX_CONNECTIONS`): the streams and 8 more.
+const MAX_ADMIN_CONNECTIONS: usize = MAX_STREAMS + 8;
+
+#[test]
+fn connections_that_never_finish_their_request_head_hold_a_bounded_number_of_fds() {
+    let bus = Bus::start_with(
+        &BusConfig::mock(1),
+        Mode::Tcp,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let addr = bus.metrics_addr();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", bus.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    // Half a request head each: held until the daemon's 5 s read timeout. Four times the bound:
+    // those the daemon does not accept wait in the listener's backlog (128), not in the daemon.
+    let slow: Vec<TcpStream> = (0..4 * MAX_ADMIN_CONNECTIONS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&addr).unwrap();
+            stream.write_all(b"GET /ui HTTP/1.1\r\nHost: 127").unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = fds();
+    eprintln!(
+        "{} half heads: daemon fds {before} before, {during} during",
+        slow.len()
+    );
+    // Slack for the worker's pipes, still opening when `before` was read.
+    assert!(
+        during <= before + MAX_ADMIN_CONNECTIONS + 16,
+        "{during} fds (from {before})"
+    );
+    // Once they go, the endpoint answers again.
+    drop(slow);
+    let start = Instant::now();
+    while http_get(&addr, "/healthz").0 != 200 {
+        assert!(start.elapsed() < WAIT, "healthz after the slow connections");
+    }
+    eprintln!("healthz again after {:?}", start.elapsed());
+}
+
 #[test]
 fn at_most_sixteen_streams_are_served_at_once() {
     let bus = Bus::start_with(

@@ -26,9 +26,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::auth::AdminBearer;
 use crate::error::{Error, Kind};
+use crate::io::capacity::HEADROOM;
 use crate::io::probes::{self, json_answer as json, PLAIN_TEXT};
 use crate::io::ACCEPT_RETRY;
 use crate::router::Router;
@@ -39,6 +41,19 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Smallest read buffer hyper allows; a request head larger than this is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
+
+/// Admin connections served at once: room for every dashboard stream ([`ui::MAX_STREAMS`]) and
+/// a few scrapes and probes. Each holds an fd, and the client listener's cap keeps only
+/// [`HEADROOM`] fds free beyond the workers' (`io::capacity`): unbounded, a peer opening
+/// connections faster than [`READ_TIMEOUT`] closes them took the fds a worker restart needs
+/// (seen: `accept failed: Too many open files`). Beyond it the listener waits for a connection
+/// to end before accepting the next (they queue in the kernel's backlog).
+const MAX_CONNECTIONS: usize = ui::MAX_STREAMS + 8;
+
+const _: () = assert!(
+    (MAX_CONNECTIONS as u64) < HEADROOM,
+    "admin connections must fit in the fds the client cap leaves free"
+);
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -183,7 +198,12 @@ pub(crate) async fn serve(
         .header_read_timeout(READ_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .keep_alive(false);
+    let seats = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // The semaphore is never closed.
+        let Ok(seat) = seats.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -197,6 +217,7 @@ pub(crate) async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "metrics request failed");
             }
+            drop(seat);
         });
     }
 }
