@@ -116,6 +116,14 @@ fn instances_must_be_an_integer_from_1_to_1024() {
 }
 
 #[test]
+fn a_pool_id_must_not_contain_nul_since_workers_get_it_in_their_environment() {
+    assert_problems(
+        &with_pools(r#"[{"id": "a\u0000b", "command": "cat", "instances": 1}]"#),
+        &["pools[0].id: must not contain a NUL character"],
+    );
+}
+
+#[test]
 fn args_must_be_an_array_of_strings() {
     assert_problems(
         &with_pools(r#"[{"id": "a", "command": "cat", "instances": 1, "args": "-u"}]"#),

@@ -476,7 +476,7 @@ fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{authorization}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();

@@ -30,6 +30,16 @@ const MAX_STREAMS: usize = 16;
 /// optional `Authorization` value; returns the status code, the head and the connection,
 /// positioned at the start of the body.
 fn get(addr: &str, path: &str, auth: Option<&str>) -> (u16, String, BufReader<TcpStream>) {
+    get_as(addr, addr, path, auth)
+}
+
+/// [`get`] with `host` as the `Host` header, as a browser sends the name in its address bar.
+fn get_as(
+    addr: &str,
+    host: &str,
+    path: &str,
+    auth: Option<&str>,
+) -> (u16, String, BufReader<TcpStream>) {
     let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let authorization = auth
@@ -37,7 +47,7 @@ fn get(addr: &str, path: &str, auth: Option<&str>) -> (u16, String, BufReader<Tc
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: x\r\n{authorization}\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\n{authorization}\r\n"
     )
     .unwrap();
     let mut reader = BufReader::new(stream);
@@ -267,6 +277,97 @@ fn with_a_bearer_token_the_page_and_stream_need_it_as_bearer_or_basic_password()
     assert_eq!(get(&addr, "/status", Some(BASIC)).0, 200);
     // The redirect reveals nothing and stays open.
     assert_eq!(get(&addr, "/", None).0, 307);
+}
+
+#[test]
+fn without_a_token_a_host_name_that_is_not_local_is_refused_against_dns_rebinding() {
+    let bus = Bus::start_with(
+        &BusConfig::mock(1),
+        Mode::Tcp,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let addr = bus.metrics_addr();
+    let port = addr.rsplit_once(':').unwrap().1;
+    // A page of a domain re-pointed at 127.0.0.1 sends that domain as Host.
+    let rebound = format!("evil.example:{port}");
+    for path in ["/ui", "/ui/events", "/status"] {
+        let (code, head, mut body) = get_as(&addr, &rebound, path, None);
+        let mut text = String::new();
+        body.read_to_string(&mut text).unwrap();
+        assert_eq!(code, 403, "{path}: {head}{text}");
+        assert!(text.contains("Host header"), "{text}");
+    }
+    // What the operator types: the address, localhost, a *.localhost name.
+    for host in [
+        addr.clone(),
+        format!("localhost:{port}"),
+        format!("dash.localhost:{port}"),
+    ] {
+        assert_eq!(get_as(&addr, &host, "/ui", None).0, 200, "{host}");
+        assert_eq!(get_as(&addr, &host, "/status", None).0, 200, "{host}");
+    }
+    // Probes, the scrape and the redirect answer any Host.
+    for path in ["/healthz", "/metrics", "/"] {
+        let (code, head, _) = get_as(&addr, &rebound, path, None);
+        assert!(code == 200 || code == 307, "{path}: {head}");
+    }
+}
+
+#[test]
+fn with_a_bearer_token_any_host_name_is_served_to_whoever_sends_it() {
+    let config = BusConfig::mock(1).section("metrics", json!({"bearer_sha256": sha256_hex(TOKEN)}));
+    let bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
+    let addr = bus.metrics_addr();
+    let host = "bus.internal.example:9100";
+    assert_eq!(get_as(&addr, host, "/ui", None).0, 401);
+    assert_eq!(get_as(&addr, host, "/ui", Some(BASIC)).0, 200);
+    assert_eq!(get_as(&addr, host, "/status", Some(BEARER)).0, 200);
+}
+
+/// Admin connections served at once (`admin/mod.rs`, `MAX_CONNECTIONS`): the streams and 8 more.
+const MAX_ADMIN_CONNECTIONS: usize = MAX_STREAMS + 8;
+
+#[test]
+fn connections_that_never_finish_their_request_head_hold_a_bounded_number_of_fds() {
+    let bus = Bus::start_with(
+        &BusConfig::mock(1),
+        Mode::Tcp,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let addr = bus.metrics_addr();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", bus.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    // Half a request head each: held until the daemon's 5 s read timeout. Four times the bound:
+    // those the daemon does not accept wait in the listener's backlog (128), not in the daemon.
+    let slow: Vec<TcpStream> = (0..4 * MAX_ADMIN_CONNECTIONS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&addr).unwrap();
+            stream.write_all(b"GET /ui HTTP/1.1\r\nHost: 127").unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = fds();
+    eprintln!(
+        "{} half heads: daemon fds {before} before, {during} during",
+        slow.len()
+    );
+    // Slack for the worker's pipes, still opening when `before` was read.
+    assert!(
+        during <= before + MAX_ADMIN_CONNECTIONS + 16,
+        "{during} fds (from {before})"
+    );
+    // Once they go, the endpoint answers again.
+    drop(slow);
+    let start = Instant::now();
+    while http_get(&addr, "/healthz").0 != 200 {
+        assert!(start.elapsed() < WAIT, "healthz after the slow connections");
+    }
+    eprintln!("healthz again after {:?}", start.elapsed());
 }
 
 #[test]

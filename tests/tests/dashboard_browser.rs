@@ -3,7 +3,9 @@
 //! and ready again with a new pid, its exit and restart in the event list, a client's session and
 //! held requests counted on its slot and tenant, requests and an error reply counted in the
 //! running totals, the tenant's rate and the errors chart's legend; no error in the browser's
-//! console; `draining` on SIGTERM and `disconnected` once the daemon has exited. Screenshots of the page are left in
+//! console; `draining` on SIGTERM and `disconnected` once the daemon has exited. A page whose
+//! stream was refused (503, 16 open) goes live once a seat is free. Screenshots of the page are
+//! left in
 //! `<target>/tmp/dashboard_browser/` (`restarting.png`, `dashboard.png`; the path is printed),
 //! with the browser's logs.
 
@@ -272,4 +274,45 @@ fn the_dashboard_in_chromium_is_refused_without_the_token_and_shows_slots_restar
             .is_some_and(|l| l.starts_with("disconnected"))
     });
     assert_eq!(gone["drain"], json!("draining"), "{gone:#}");
+}
+
+#[test]
+#[ignore = "tier chromium: needs chromium and chromedriver (Debian packages chromium, chromium-driver); .ci/run installs them and runs this tier"]
+fn a_page_refused_a_stream_while_sixteen_are_open_connects_once_a_seat_is_free() {
+    use std::io::{BufRead, BufReader, Write};
+    let output = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard_browser_503");
+    let _ = std::fs::remove_dir_all(&output);
+    std::fs::create_dir_all(&output).unwrap();
+    let browser = Browser::start(&output);
+    let bus = Bus::start_with(
+        &BusConfig::mock(1),
+        Mode::Tcp,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let addr = bus.metrics_addr();
+    // Every seat taken (`admin/ui.rs`, MAX_STREAMS = 16).
+    let held: Vec<_> = (0..16)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            write!(stream, "GET /ui/events HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut status = String::new();
+            reader.read_line(&mut status).unwrap();
+            assert!(status.contains(" 200 "), "{status}");
+            reader
+        })
+        .collect();
+    browser.goto(&format!("http://{addr}/ui"));
+    let link = r#"return document.getElementById("link").textContent;"#;
+    browser.until(WAIT, "the page refused its stream", link, |l| {
+        l == &json!("disconnected: retrying")
+    });
+    // An EventSource answered 503 gives up for good; the page opens a new one (every 5 s).
+    drop(held);
+    let (_, after) = browser.until(Duration::from_secs(15), "the page live", link, |l| {
+        l == &json!("live")
+    });
+    say(&format!(
+        "the page live {after:?} after the seats were freed"
+    ));
 }

@@ -29,9 +29,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::auth::AdminBearer;
 use crate::error::Error;
+use crate::io::capacity::HEADROOM;
 use crate::io::probes::{self, json_answer as json, PLAIN_TEXT};
 use crate::io::tls::Tls;
 use crate::io::ACCEPT_RETRY;
@@ -43,6 +45,19 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Smallest read buffer hyper allows; a request head larger than this is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
+
+/// Admin connections served at once: room for every dashboard stream ([`ui::MAX_STREAMS`]) and
+/// a few scrapes and probes. Each holds an fd, and the client listener's cap keeps only
+/// [`HEADROOM`] fds free beyond the workers' (`io::capacity`): unbounded, a peer opening
+/// connections faster than [`READ_TIMEOUT`] closes them took the fds a worker restart needs
+/// (seen: `accept failed: Too many open files`). Beyond it the listener waits for a connection
+/// to end before accepting the next (they queue in the kernel's backlog).
+const MAX_CONNECTIONS: usize = ui::MAX_STREAMS + 8;
+
+const _: () = assert!(
+    (MAX_CONNECTIONS as u64) < HEADROOM,
+    "admin connections must fit in the fds the client cap leaves free"
+);
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -92,6 +107,57 @@ impl Admin {
     fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
         self.refuse_with(headers, BEARER_CHALLENGE)
     }
+
+    /// `None` when a request for the status document (`/status`, `/ui`, `/ui/events`) may be
+    /// answered whatever names its `Host`, else the 403 answer. Without `metrics.bearer_sha256`
+    /// the endpoint (on loopback) trusts whoever connects, and a web page can connect too: a
+    /// domain that an attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin with its own
+    /// page, which could then read the status (pids, pool ids, config path, worker stderr).
+    /// Such a request names that domain in `Host`; a page the operator opens names an IP
+    /// literal, `localhost` or a `*.localhost` name (RFC 6761: loopback only), which
+    /// [`local_host`] admits, as it admits a request without `Host` (not a browser's). With a
+    /// bearer token the rebound page cannot authenticate, so any `Host` is served.
+    fn refuse_foreign_host(&self, headers: &HeaderMap) -> Option<Response> {
+        if self.bearer.is_some() {
+            return None;
+        }
+        let host = headers.get(header::HOST)?;
+        (!local_host(host.as_bytes())).then(|| {
+            (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, PLAIN_TEXT)],
+                "forbidden: the Host header is not an IP address, localhost or *.localhost; \
+                 open the dashboard by address (http://127.0.0.1:PORT/ui), or set \
+                 metrics.bearer_sha256 to serve any host name\n",
+            )
+                .into_response()
+        })
+    }
+}
+
+/// Whether a `Host` header value (`host[:port]`, RFC 9110 §7.2) names an IP literal (`[::1]`
+/// for IPv6), `localhost` or a name under `.localhost`, in any case, with or without a trailing
+/// dot; a name any DNS server can answer for is not local.
+fn local_host(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let port_ok = |port: &str| port.is_empty() || port.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split_once(']').is_some_and(|(ip, tail)| {
+            ip.parse::<std::net::Ipv6Addr>().is_ok()
+                && (tail.is_empty() || tail.strip_prefix(':').is_some_and(port_ok))
+        });
+    }
+    let host = match value.rsplit_once(':') {
+        Some((host, port)) if port_ok(port) => host,
+        Some(_) => return false,
+        None => value,
+    };
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
 }
 
 /// Binds the admin endpoint (before workers start, like the client listener).
@@ -138,7 +204,12 @@ pub(crate) async fn serve(
         .header_read_timeout(READ_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .keep_alive(false);
+    let seats = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // The semaphore is never closed.
+        let Ok(seat) = seats.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -159,6 +230,7 @@ pub(crate) async fn serve(
             if let Err(error) = served {
                 tracing::debug!(%error, "metrics request failed");
             }
+            drop(seat);
         });
     }
 }
@@ -184,7 +256,10 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 
 /// `GET /status`: the status document.
 async fn status_document(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin.refuse(&headers) {
+    if let Some(refused) = admin
+        .refuse_foreign_host(&headers)
+        .or_else(|| admin.refuse(&headers))
+    {
         return refused;
     }
     let body = format!("{}\n", status::snapshot(&admin.router));
@@ -200,4 +275,42 @@ async fn not_found() -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_host;
+
+    #[test]
+    fn only_ip_literals_and_localhost_names_are_local_hosts() {
+        for local in [
+            "127.0.0.1",
+            "127.0.0.1:9100",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:9100",
+            "localhost",
+            "LocalHost:9100",
+            "localhost.:9100",
+            "dash.localhost:9100",
+        ] {
+            assert!(local_host(local.as_bytes()), "{local}");
+        }
+        for foreign in [
+            "evil.example",
+            "evil.example:9100",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:9100",
+            "evillocalhost",
+            "127.0.0.1:http",
+            "[::1]x",
+            "[::1",
+            "::1",
+            "",
+            "\u{ff}",
+        ] {
+            assert!(!local_host(foreign.as_bytes()), "{foreign}");
+        }
+        assert!(!local_host(b"\xff127.0.0.1"), "not UTF-8");
+    }
 }

@@ -147,7 +147,10 @@ pub(super) async fn root() -> Redirect {
 
 /// `GET /ui`: the page.
 pub(super) async fn page(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin.refuse_with(&headers, BROWSER_CHALLENGE) {
+    if let Some(refused) = admin
+        .refuse_foreign_host(&headers)
+        .or_else(|| admin.refuse_with(&headers, BROWSER_CHALLENGE))
+    {
         return refused;
     }
     (
@@ -164,7 +167,10 @@ pub(super) async fn page(State(admin): State<Admin>, headers: HeaderMap) -> Resp
 /// `GET /ui/events`: the status stream (`event: status`, `data:` the status document), with a
 /// comment every 15 s so that proxies keep an idle stream open.
 pub(super) async fn events(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin.refuse_with(&headers, BROWSER_CHALLENGE) {
+    if let Some(refused) = admin
+        .refuse_foreign_host(&headers)
+        .or_else(|| admin.refuse_with(&headers, BROWSER_CHALLENGE))
+    {
         return refused;
     }
     match admin.feed.subscribe(&admin.router) {

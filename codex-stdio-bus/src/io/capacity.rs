@@ -19,9 +19,10 @@ use crate::core::log_limit::LogLimit;
 /// pipe; rounded up.
 const FDS_PER_WORKER: u64 = 16;
 
-/// Fds kept free beyond the workers' and those open at start: admin scrapes, DNS lookups, log
-/// rotation, and writers still flushing to a connection that has just left.
-const HEADROOM: u64 = 32;
+/// Fds kept free beyond the workers' and those open at start: admin connections (bounded by the
+/// admin endpoint to fit), DNS lookups, log rotation, and writers still flushing to a connection
+/// that has just left.
+pub(crate) const HEADROOM: u64 = 32;
 
 /// The connections of one listener against its cap.
 #[derive(Debug)]

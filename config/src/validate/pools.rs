@@ -8,7 +8,7 @@ use crate::schema::{MAX_INSTANCES, POOL_KEYS};
 use crate::tree::Json;
 use crate::validate::problems::Problems;
 use crate::validate::supervision;
-use crate::validate::values::{exec_string, integer, non_empty_string, object};
+use crate::validate::values::{exec_string, integer, object};
 use crate::{PoolConfig, Supervision};
 
 /// What the rest of validation needs from the pools section.
@@ -92,7 +92,8 @@ fn pool(
     for (key, value) in entries {
         let path = path.key(key);
         match key.as_str() {
-            "id" => id = non_empty_string(&path, value, problems).map(str::to_owned),
+            // Handed to every worker as `CODEX_BUS_POOL`, so held to what `exec` takes.
+            "id" => id = exec_string(&path, value, true, problems).map(str::to_owned),
             "command" => command = exec_string(&path, value, true, problems).map(str::to_owned),
             "args" => args = string_array(&path, value, problems),
             "instances" => instances = integer(&path, value, 1, MAX_INSTANCES, problems),
