@@ -18,6 +18,7 @@ mod ui;
 
 pub use fetch::{fetch, TOKEN_VARIABLE};
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +29,10 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 
 use crate::auth::AdminBearer;
 use crate::error::Error;
@@ -42,6 +45,12 @@ use crate::router::Router;
 /// How long a client may take to send its request head (a connection that sends nothing is
 /// closed then, so idle connections cannot pile up).
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a write to a client may stay blocked (the client not reading) before its connection
+/// is closed: a dashboard stream whose page stopped reading would otherwise keep its seat
+/// ([`ui::MAX_STREAMS`]) and its connection ([`MAX_CONNECTIONS`]) for good, since hyper has no
+/// write timeout of its own. A browser reads its event stream even in a background tab.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Smallest read buffer hyper allows; a request head larger than this is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
@@ -222,10 +231,16 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let served = match tls {
                 Some(tls) => match tls.accept(stream, peer).await {
-                    Some(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                    Some(stream) => {
+                        let stream = write_deadline(stream);
+                        http.serve_connection(TokioIo::new(stream), service).await
+                    }
                     None => return,
                 },
-                None => http.serve_connection(TokioIo::new(stream), service).await,
+                None => {
+                    let stream = write_deadline(stream);
+                    http.serve_connection(TokioIo::new(stream), service).await
+                }
             };
             if let Err(error) = served {
                 tracing::debug!(%error, "metrics request failed");
@@ -233,6 +248,13 @@ pub(crate) async fn serve(
             drop(seat);
         });
     }
+}
+
+/// `stream` whose writes fail once blocked for [`WRITE_TIMEOUT`], which ends its connection.
+fn write_deadline<S: AsyncRead + AsyncWrite>(stream: S) -> Pin<Box<TimeoutStream<S>>> {
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    Box::pin(stream)
 }
 
 /// `GET /metrics`: the exposition text, with the state gauges refreshed first.
@@ -279,7 +301,42 @@ async fn not_found() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::local_host;
+    use std::io::ErrorKind;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::{local_host, write_deadline, WRITE_TIMEOUT};
+
+    /// A client that stops reading: writes go on while its buffer has room, then one stays
+    /// blocked, and fails when the deadline passes (which ends the connection and frees its
+    /// seats); a client that reads again in time is not cut off.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_blocked_past_the_deadline_fails() {
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut server = write_deadline(server);
+        server
+            .write_all(&[b'x'; 64])
+            .await
+            .expect("room for 64 bytes");
+
+        // Blocked for less than the deadline, then the client reads: the write completes.
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(WRITE_TIMEOUT / 2).await;
+            let mut buffer = [0; 64];
+            tokio::io::AsyncReadExt::read_exact(&mut client, &mut buffer)
+                .await
+                .unwrap();
+            client
+        });
+        server.write_all(&[b'y'; 64]).await.expect("read in time");
+        let _client = reader.await.unwrap();
+
+        // Blocked for good: the deadline fails the write.
+        let start = tokio::time::Instant::now();
+        let error = server.write_all(&[b'z'; 64]).await.expect_err("never read");
+        assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+        assert_eq!(start.elapsed(), WRITE_TIMEOUT);
+    }
 
     #[test]
     fn only_ip_literals_and_localhost_names_are_local_hosts() {
