@@ -29,6 +29,7 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
+use nix::sys::socket::{setsockopt, sockopt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -51,6 +52,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// ([`ui::MAX_STREAMS`]) and its connection ([`MAX_CONNECTIONS`]) for good, since hyper has no
 /// write timeout of its own. A browser reads its event stream even in a background tab.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The kernel send buffer of an admin connection, in bytes (Linux doubles it): fixed rather than
+/// autotuned (up to 4 MiB by default), so that a client that stops reading blocks a write, and
+/// meets [`WRITE_TIMEOUT`], after seconds of dashboard frames rather than minutes.
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// Smallest read buffer hyper allows; a request head larger than this is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
@@ -227,6 +233,9 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        if let Err(error) = setsockopt(&stream, sockopt::SndBuf, &SEND_BUFFER) {
+            tracing::debug!(%error, "cannot set an admin connection's send buffer");
+        }
         let (http, service, tls) = (http.clone(), service.clone(), tls.clone());
         tokio::spawn(async move {
             let served = match tls {
