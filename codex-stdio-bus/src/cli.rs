@@ -57,7 +57,8 @@ pub struct RunArgs {
     /// WebSocket listeners and no --stdio, --unix, --tcp or `transport.mode`, stdio is not served.
     #[arg(long, value_name = "HOST:PORT")]
     pub ws: Vec<String>,
-    /// Serve /metrics, /healthz, /readyz and /status over HTTP at HOST:PORT (overrides
+    /// Serve /metrics, /healthz, /readyz, /status and the dashboard (/ui) over HTTP (HTTPS with
+    /// `metrics.tls`) at HOST:PORT (overrides
     /// `metrics.listen`; bind to loopback unless a firewall protects it).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<String>,

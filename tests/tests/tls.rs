@@ -492,6 +492,8 @@ fn the_admin_endpoint_with_tls_serves_the_dashboard_over_https() {
         .output()
         .unwrap();
     assert!(!plain.status.success());
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(err.contains("pass --cacert"), "{err}");
 
     // A key file that is not there: status 78, naming the field and the file.
     let broken = BusConfig::mock(1).section(

@@ -25,6 +25,10 @@ pub const TOKEN_VARIABLE: &str = "CODEX_BUS_METRICS_TOKEN";
 /// [`Kind::Config`] when `ca_file` is unusable; [`Kind::Admin`] when the endpoint cannot be
 /// reached, the TLS handshake fails, or the answer is not 200.
 pub fn fetch(address: &str, path: &str, ca_file: Option<&Path>) -> Result<String, Error> {
+    if address.contains("://") {
+        let hint = "give HOST:PORT, not a URL (and --cacert FILE for HTTPS)";
+        return Err(Error::new(Kind::Admin, format!("{address}: {hint}")));
+    }
     let stream = TcpStream::connect(address)
         .map_err(|e| Error::because(Kind::Admin, format!("cannot connect to {address}"), e))?;
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
@@ -53,7 +57,15 @@ pub fn fetch(address: &str, path: &str, ca_file: Option<&Path>) -> Result<String
         |what: String| Error::new(Kind::Admin, format!("GET {path} from {address}: {what}"));
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .ok_or_else(|| answer("malformed HTTP response".to_owned()))?;
+        .filter(|(head, _)| head.starts_with("HTTP/"))
+        .ok_or_else(|| {
+            answer(match ca_file {
+                None => "not an HTTP response (an endpoint with metrics.tls speaks HTTPS: pass \
+                         --cacert FILE)"
+                    .to_owned(),
+                Some(_) => "malformed HTTP response".to_owned(),
+            })
+        })?;
     if !head.starts_with("HTTP/1.1 200") {
         let status = head.lines().next().unwrap_or("");
         return Err(answer(format!("{status}: {}", body.trim())));

@@ -219,6 +219,9 @@ pub(crate) async fn serve(
         .header_read_timeout(READ_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .keep_alive(false);
+    if let Some(tls) = &tls {
+        tracing::info!(transport = "metrics", field = tls.field(), "speaking HTTPS only");
+    }
     let seats = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         // The semaphore is never closed.
