@@ -197,6 +197,7 @@ fn the_page_is_served_and_its_stream_shows_a_killed_worker_down_within_a_second_
     assert_eq!(tenant["sessions"], json!(1), "{tenant}");
     assert_eq!(tenant["connections"], json!(1), "{tenant}");
     assert!(all_ready(&ready), "{ready}");
+    assert_eq!(ready["ready"], json!(true), "as /readyz: {ready}");
 
     // At most one snapshot per 500 ms: five more take at least two seconds (with 10% slack for
     // when each was read).
@@ -502,6 +503,9 @@ fn a_worker_killed_for_missing_its_readiness_probe_is_listed_as_not_ready_then_r
     }));
     let bus = Bus::start_with(&config, Mode::Tcp, &["--metrics", "127.0.0.1:0"]);
     let mut events = Events::open(&bus.metrics_addr(), None);
+    // The only pool has no ready worker: the status says what /readyz says.
+    let status = events.next_named("status");
+    assert_eq!(status["ready"], json!(false), "{status}");
     let frame = events.until_named("events", WAIT, "a not-ready kill and a restart", |f| {
         let kills = events_of(f, "not_ready", "(not ready in time)");
         kills.first().is_some_and(|kill| {

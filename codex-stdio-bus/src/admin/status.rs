@@ -63,6 +63,7 @@ pub(crate) fn snapshot(router: &Router) -> Value {
         "config": router.config_source().map(|path| path.to_string_lossy()),
         "uptime_sec": router.uptime().as_secs_f64(),
         "draining": router.draining(),
+        "ready": router.readiness().is_ok(),
         "clients": router.client_count(),
         "pools": pools,
         "tenants": tenants,
