@@ -220,7 +220,11 @@ pub(crate) async fn serve(
         .max_buf_size(MAX_HEAD)
         .keep_alive(false);
     if let Some(tls) = &tls {
-        tracing::info!(transport = "metrics", field = tls.field(), "speaking HTTPS only");
+        tracing::info!(
+            transport = "metrics",
+            field = tls.field(),
+            "speaking HTTPS only"
+        );
     }
     let seats = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
