@@ -20,7 +20,9 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use super::log_limit::Window;
 
 /// Lifecycle events kept (exits, restarts, …), the oldest overwritten.
 pub(crate) const LIFECYCLE_CAPACITY: usize = 64;
@@ -31,7 +33,8 @@ pub(crate) const STDERR_CAPACITY: usize = 200;
 /// Longest text kept, in bytes (a stderr line is cut there, at a character boundary).
 pub(crate) const MAX_TEXT: usize = 512;
 
-/// Stderr lines kept per second of one worker process; more are logged only.
+/// Stderr lines kept per second (the [`Window`] period) of one worker process; more are logged
+/// only.
 pub(crate) const STDERR_PER_SECOND: u32 = 20;
 
 /// What happened to a worker.
@@ -199,16 +202,10 @@ fn cut(text: &str) -> Arc<str> {
 }
 
 /// How many stderr lines of one worker process are kept: at most [`STDERR_PER_SECOND`] in each
-/// second from its first line of that second. Owned by the task reading that worker's stderr.
+/// second from its first line of that second (a [`Window`]). Owned by the task reading that
+/// worker's stderr.
 #[derive(Debug, Default)]
-pub(crate) struct StderrRate {
-    /// When the current second began.
-    since: Option<Instant>,
-    /// Lines kept in it.
-    kept: u32,
-    /// Lines not kept since the last one kept.
-    held: u64,
-}
+pub(crate) struct StderrRate(Window);
 
 impl StderrRate {
     /// Records stderr `line` of slot `slot` of `pool` into `events` if the rate allows, at `now`;
@@ -221,38 +218,36 @@ impl StderrRate {
         line: &str,
         now: Instant,
     ) {
-        match self.since {
-            Some(since) if now.saturating_duration_since(since) < Duration::from_secs(1) => {}
-            _ => {
-                self.since = Some(now);
-                self.kept = 0;
+        match self.0.admit(now, STDERR_PER_SECOND) {
+            None => events.count_limited(),
+            Some(held) => {
+                note_held(events, pool, slot, held);
+                events.push(pool, slot, EventKind::Stderr, line);
             }
         }
-        if self.kept == STDERR_PER_SECOND {
-            self.held += 1;
-            events.count_limited();
-            return;
-        }
-        self.kept += 1;
-        self.flush(events, pool, slot);
-        events.push(pool, slot, EventKind::Stderr, line);
     }
 
     /// Records a `stderr_dropped` event if lines were not kept since the last one kept (called
     /// when the worker's stderr ends too, so the count is not lost).
     pub(crate) fn flush(&mut self, events: &WorkerEvents, pool: &Arc<str>, slot: u32) {
-        let held = std::mem::take(&mut self.held);
-        if held > 0 {
-            let text = format!(
-                "{held} stderr lines not kept: over {STDERR_PER_SECOND} per second (see the log)"
-            );
-            events.push(pool, slot, EventKind::StderrDropped, &text);
-        }
+        note_held(events, pool, slot, self.0.take_held());
+    }
+}
+
+/// A `stderr_dropped` event for `held` lines not kept, if any.
+fn note_held(events: &WorkerEvents, pool: &Arc<str>, slot: u32, held: u64) {
+    if held > 0 {
+        let text = format!(
+            "{held} stderr lines not kept: over {STDERR_PER_SECOND} per second (see the log)"
+        );
+        events.push(pool, slot, EventKind::StderrDropped, &text);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn pool() -> Arc<str> {
