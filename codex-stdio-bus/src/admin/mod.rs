@@ -123,6 +123,14 @@ impl Admin {
         self.refuse_with(headers, BEARER_CHALLENGE)
     }
 
+    /// `None` when a request for the daemon's state (`/status`, `/ui`, `/ui/events`) may be
+    /// answered: its `Host` is local or a token is configured ([`Admin::refuse_foreign_host`],
+    /// 403), and it carries the token if one is ([`Admin::refuse_with`] `challenge`, 401).
+    fn guard_state(&self, headers: &HeaderMap, challenge: &'static str) -> Option<Response> {
+        self.refuse_foreign_host(headers)
+            .or_else(|| self.refuse_with(headers, challenge))
+    }
+
     /// `None` when a request for the status document (`/status`, `/ui`, `/ui/events`) may be
     /// answered whatever names its `Host`, else the 403 answer. Without `metrics.bearer_sha256`
     /// the endpoint (on loopback) trusts whoever connects, and a web page can connect too: a
@@ -294,10 +302,7 @@ async fn readyz(State(admin): State<Admin>) -> Response {
 
 /// `GET /status`: the status document.
 async fn status_document(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin
-        .refuse_foreign_host(&headers)
-        .or_else(|| admin.refuse(&headers))
-    {
+    if let Some(refused) = admin.guard_state(&headers, BEARER_CHALLENGE) {
         return refused;
     }
     let body = format!("{}\n", status::snapshot(&admin.router));

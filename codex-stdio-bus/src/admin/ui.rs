@@ -1,10 +1,11 @@
-//! The dashboard: `GET /ui` serves one page embedded in the binary, `GET /ui/events` streams the
-//! status document ([`status::snapshot`]) to it as Server-Sent Events, `GET /` redirects to `/ui`.
+//! The dashboard: `GET /ui` serves one page embedded in the binary, `GET /ui/events` streams it
+//! the daemon's state as Server-Sent Events ([`frames`]: the status document, the rates, the
+//! recent worker events), `GET /` redirects to `/ui`.
 //!
-//! The snapshot is built by one shared ticker, at most once per [`PERIOD`], and only while at
-//! least one stream is connected: with no page open the dashboard costs nothing, with many open it
-//! costs one snapshot per period, not one per page. Every stream gets the latest snapshot (a
-//! `watch` keeps one value), so a slow reader skips snapshots rather than queueing them. At most
+//! A tick's frames are built by one shared ticker, at most once per [`PERIOD`], and only while at
+//! least one stream is connected: with no page open the stream costs nothing, with many open it
+//! costs one tick per period, not one per page. Every stream gets the latest tick (a `watch`
+//! keeps one value), so a slow reader skips ticks rather than queueing them. At most
 //! [`MAX_STREAMS`] streams are served at once; one more is answered 503.
 //!
 //! `/ui` and `/ui/events` are guarded like `/status` (`metrics.bearer_sha256`), but their 401
@@ -147,10 +148,7 @@ pub(super) async fn root() -> Redirect {
 
 /// `GET /ui`: the page.
 pub(super) async fn page(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin
-        .refuse_foreign_host(&headers)
-        .or_else(|| admin.refuse_with(&headers, BROWSER_CHALLENGE))
-    {
+    if let Some(refused) = admin.guard_state(&headers, BROWSER_CHALLENGE) {
         return refused;
     }
     (
@@ -164,13 +162,10 @@ pub(super) async fn page(State(admin): State<Admin>, headers: HeaderMap) -> Resp
         .into_response()
 }
 
-/// `GET /ui/events`: the status stream (`event: status`, `data:` the status document), with a
+/// `GET /ui/events`: the dashboard's stream (each tick's [`frames`] as named events), with a
 /// comment every 15 s so that proxies keep an idle stream open.
 pub(super) async fn events(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Some(refused) = admin
-        .refuse_foreign_host(&headers)
-        .or_else(|| admin.refuse_with(&headers, BROWSER_CHALLENGE))
-    {
+    if let Some(refused) = admin.guard_state(&headers, BROWSER_CHALLENGE) {
         return refused;
     }
     match admin.feed.subscribe(&admin.router) {
