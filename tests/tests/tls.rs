@@ -484,6 +484,7 @@ fn the_admin_endpoint_with_tls_serves_the_dashboard_over_https() {
         );
         assert!(status.status.success(), "{endpoint}: {err}");
         assert!(out.contains("ready"), "{endpoint}: {out}");
+        assert!(out.starts_with("POOL"), "the table: {endpoint}: {out}");
     }
     // Without --cacert it speaks plain HTTP, which this port does not answer: a clear failure.
     let plain = std::process::Command::new(codex_bus_tests::bin("codex-stdio-bus"))
