@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, MutexGuard};
+use tokio::time::Instant;
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::{
@@ -25,8 +26,9 @@ const MIGRATIONS: &[Migration] = &[(
     include_str!("../migrations/postgres/0001_init.sql"),
 )];
 
-/// The longest any one call (connecting included) may take: a dead server then gives a
-/// retryable error promptly instead of hanging the worker's request.
+/// The longest any one call may take, waiting for the connection and connecting included: a
+/// dead or hung server then gives a retryable error promptly instead of hanging the worker's
+/// request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The advisory lock key that serialises migrations across processes ("codexbus" in ASCII).
@@ -104,20 +106,29 @@ impl Postgres {
             password,
             client: Mutex::new(None),
         };
-        let mut guard = store.connected().await?;
+        // Migrating may wait for another process's migration (the advisory lock): more time.
+        let deadline = Instant::now() + CALL_TIMEOUT * 4;
+        let mut guard = store.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let migrated = tokio::time::timeout(CALL_TIMEOUT * 4, migrate(client)).await;
+        let migrated = tokio::time::timeout_at(deadline, migrate(client)).await;
         store.settle(&mut guard, migrated)?;
         drop(guard);
         Ok(store)
     }
 
-    /// The connection, connecting first if there is none or it closed.
-    async fn connected(&self) -> Result<MutexGuard<'_, Option<Client>>, StoreError> {
-        let mut guard = self.client.lock().await;
+    /// The connection, connecting first if there is none or it closed; waiting for the
+    /// connection (another call holds it) and connecting both end at `deadline`, the end of
+    /// the whole call, so no call outlives [`CALL_TIMEOUT`].
+    async fn connected(
+        &self,
+        deadline: Instant,
+    ) -> Result<MutexGuard<'_, Option<Client>>, StoreError> {
+        let mut guard = tokio::time::timeout_at(deadline, self.client.lock())
+            .await
+            .map_err(|_| timed_out())?;
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = None;
-            let connecting = tokio::time::timeout(CALL_TIMEOUT, self.config.connect(NoTls)).await;
+            let connecting = tokio::time::timeout_at(deadline, self.config.connect(NoTls)).await;
             let (client, connection) = match connecting {
                 Ok(Ok(pair)) => pair,
                 Ok(Err(e)) => return Err(self.scrubbed(error(&e))),
@@ -167,9 +178,10 @@ impl Postgres {
 
     /// See [`crate::Store::owner`].
     pub(crate) async fn owner(&self, thread: &str) -> Result<Option<String>, StoreError> {
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             let row = client
                 .query_opt("SELECT tenant FROM threads WHERE thread = $1", &[&thread])
                 .await?;
@@ -181,9 +193,10 @@ impl Postgres {
 
     /// See [`crate::Store::claim`].
     pub(crate) async fn claim(&self, tenant: &str, thread: &str) -> Result<String, StoreError> {
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             // One statement: insert, or keep the recorded owner (COALESCE), and read it back.
             let row = client
                 .query_one(
@@ -206,9 +219,10 @@ impl Postgres {
         holder: &str,
         ttl: Duration,
     ) -> Result<Acquire, StoreError> {
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             let tx = client.transaction().await?;
             // Insert-or-take in one statement. When the WHERE refuses, ON CONFLICT still locks
             // the row until commit, so the read below sees the holder that refused us.
@@ -269,9 +283,10 @@ impl Postgres {
         leases: &[(String, u64)],
         ttl: Duration,
     ) -> Result<Vec<String>, StoreError> {
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             let tx = client.transaction().await?;
             let update = tx
                 .prepare(
@@ -302,9 +317,10 @@ impl Postgres {
         holder: &str,
         epoch: u64,
     ) -> Result<(), StoreError> {
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             client
                 .execute(
                     "UPDATE threads SET holder = NULL WHERE thread = $1 AND holder = $2 AND epoch = $3",
@@ -325,9 +341,10 @@ impl Postgres {
         epoch: u64,
         rollout: &str,
     ) -> Result<bool, StoreError> {
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             let changed = client
                 .execute(
                     "UPDATE threads SET published_epoch = $3, rollout = $4
@@ -349,9 +366,10 @@ impl Postgres {
         holder: &str,
         ttl: Duration,
     ) -> Result<Begin, StoreError> {
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             let tx = client.transaction().await?;
             tx.execute(
                 "DELETE FROM idempotency WHERE began_at <= now() - make_interval(secs => $1)",
@@ -400,9 +418,10 @@ impl Postgres {
         reply: Finished,
     ) -> Result<(), StoreError> {
         let (state, reply) = finished_row(reply);
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             client
                 .execute(
                     "UPDATE idempotency SET state = $4, reply = $5
@@ -423,9 +442,10 @@ impl Postgres {
         key: &str,
         holder: &str,
     ) -> Result<(), StoreError> {
-        let mut guard = self.connected().await?;
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
         let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, async {
+        let outcome = tokio::time::timeout_at(deadline, async {
             client
                 .execute(
                     "DELETE FROM idempotency

@@ -139,3 +139,32 @@ fn opening_a_stopped_server_is_retryable() {
     cluster.restart();
     rt.block_on(common::open(&url));
 }
+
+/// A hung server (frozen, not gone: the kernel still accepts the connection) costs a call at
+/// most the call timeout, with a retryable error; once it answers again the store reconnects.
+#[test]
+#[ignore = "tier postgres: needs PostgreSQL (Debian package `postgresql`); .ci/run installs it and runs this tier"]
+fn a_hung_server_times_out_retryably() {
+    let cluster =
+        PgCluster::start().expect("the postgres tier runs only where PostgreSQL is installed");
+    let rt = runtime();
+    let store = rt.block_on(common::open(&cluster.url()));
+    assert_eq!(rt.block_on(store.claim("t", "th")).unwrap(), "t");
+
+    cluster.freeze();
+    let start = Instant::now();
+    let outcome = rt.block_on(store.owner("th"));
+    let took = start.elapsed();
+    cluster.thaw();
+    let err = outcome.expect_err("the server is frozen");
+    assert!(err.retryable(), "{err}");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(7),
+        "{err} after {took:?}"
+    );
+
+    assert_eq!(
+        rt.block_on(store.owner("th")).unwrap().as_deref(),
+        Some("t")
+    );
+}

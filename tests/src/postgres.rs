@@ -145,6 +145,26 @@ impl PgCluster {
         }
     }
 
+    /// Freezes the server (SIGSTOP to the postmaster, then to each of its processes, by pid):
+    /// it still accepts TCP connections in the kernel but answers nothing, like a hung host.
+    /// [`PgCluster::thaw`] resumes it; dropping the guard kills it either way.
+    pub fn freeze(&self) {
+        let pid = self.pid.expect("the server runs");
+        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGSTOP);
+        for child in children(pid) {
+            let _ = signal::kill(Pid::from_raw(child), Signal::SIGSTOP);
+        }
+    }
+
+    /// Resumes a server stopped by [`PgCluster::freeze`].
+    pub fn thaw(&self) {
+        let pid = self.pid.expect("the server runs");
+        for child in children(pid) {
+            let _ = signal::kill(Pid::from_raw(child), Signal::SIGCONT);
+        }
+        let _ = signal::kill(Pid::from_raw(pid), Signal::SIGCONT);
+    }
+
     /// The cluster's data directory.
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -218,6 +238,8 @@ impl Drop for PgCluster {
         // they notice the postmaster is gone).
         let pid = Pid::from_raw(pid);
         let _ = signal::kill(pid, Signal::SIGQUIT);
+        // A frozen server (freeze) acts on SIGQUIT only once it runs again.
+        let _ = signal::kill(pid, Signal::SIGCONT);
         let deadline = Instant::now() + Duration::from_secs(10);
         let pid_file = self.data().join("postmaster.pid");
         while pid_file.exists() && signal::kill(pid, None).is_ok() && Instant::now() < deadline {
@@ -243,6 +265,30 @@ fn find_bin() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop().map(|(_, bin)| bin)
+}
+
+/// The pids of the processes whose parent is `parent` (from /proc/*/stat).
+fn children(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after
+            // the last ')'.
+            let ppid: i32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 /// A TCP port on loopback that was free a moment ago (the kernel's pick).
