@@ -61,11 +61,11 @@ fn error(err: &tokio_postgres::Error) -> StoreError {
     StoreError::new(retryable, format!("postgres: {err}"))
 }
 
-/// A call that ran past [`CALL_TIMEOUT`].
+/// A call that ran past its deadline ([`CALL_TIMEOUT`]; longer for the migrations of `open`).
 fn timed_out() -> StoreError {
     StoreError::new(
         true,
-        format!("postgres: no answer within {} s", CALL_TIMEOUT.as_secs()),
+        "postgres: no answer in time (the server is down, hung or unreachable)",
     )
 }
 
@@ -145,8 +145,9 @@ impl Postgres {
         Ok(guard)
     }
 
-    /// The outcome of one bounded call: on a timeout or a broken connection, drops the client
-    /// (the server rolls back whatever transaction it had open) so the next call reconnects.
+    /// The outcome of one bounded call: on a timeout or a retryable error (a broken connection
+    /// among them), drops the client (the server rolls back whatever transaction it had open)
+    /// so the next call starts on a fresh connection.
     fn settle<T>(
         &self,
         guard: &mut MutexGuard<'_, Option<Client>>,
