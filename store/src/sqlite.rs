@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
@@ -38,11 +38,15 @@ pub struct Sqlite {
 /// A rusqlite error as a store error: busy/locked is retryable (another process holds the
 /// lock longer than the busy timeout), anything else is not.
 fn error(err: rusqlite::Error) -> StoreError {
-    let retryable = matches!(
+    StoreError::new(busy(&err), format!("sqlite: {err}"))
+}
+
+/// Whether `err` is SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock.
+fn busy(err: &rusqlite::Error) -> bool {
+    matches!(
         err.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    );
-    StoreError::new(retryable, format!("sqlite: {err}"))
+    )
 }
 
 /// The local clock in milliseconds since the Unix epoch.
@@ -68,11 +72,18 @@ impl Sqlite {
                 )
             })?;
             conn.busy_timeout(BUSY_TIMEOUT).map_err(error)?;
-            // WAL is a property of the file: setting it again is a no-op. Readers then never
-            // block the writer of another process.
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(error)?;
-            migrate(&mut conn).map_err(error)?;
+            // Two processes opening a new file at once can get SQLITE_BUSY here without the
+            // busy handler being called (switching the journal to WAL needs the file to
+            // itself), so these steps retry on their own, up to the busy timeout.
+            let deadline = Instant::now() + BUSY_TIMEOUT;
+            loop {
+                match prepare(&mut conn) {
+                    Err(err) if busy(&err) && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    outcome => break outcome.map_err(error)?,
+                }
+            }
             Ok(conn)
         })
         .await
@@ -344,6 +355,13 @@ impl Sqlite {
         })
         .await
     }
+}
+
+/// Makes a freshly opened connection ready: WAL journal (a property of the file, so setting it
+/// again is a no-op; readers then never block the writer of another process), migrations.
+fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    migrate(conn)
 }
 
 /// Applies the migrations not yet recorded in `schema_migrations`, in one `BEGIN IMMEDIATE`

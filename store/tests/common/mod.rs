@@ -325,13 +325,22 @@ pub async fn idempotency_ttl(url: String) {
     }
 }
 
-/// Opening applies the migrations once, even from two handles at the same moment, and again
-/// on a store already migrated.
+/// Opening applies the migrations once, even from four handles at the same moment (four
+/// processes starting together), and again on a store already migrated.
 pub async fn concurrent_open(url: String) {
-    let (first, second) = tokio::join!(Store::open(&url), Store::open(&url));
-    let (first, second) = (first.unwrap(), second.unwrap());
-    let third = open(&url).await;
-    assert_eq!(first.claim("t", "th-open").await.unwrap(), "t");
-    assert_eq!(second.owner("th-open").await.unwrap().as_deref(), Some("t"));
-    assert_eq!(third.owner("th-open").await.unwrap().as_deref(), Some("t"));
+    let opening: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for task in opening {
+        stores.push(task.await.unwrap().unwrap());
+    }
+    stores.push(open(&url).await);
+    assert_eq!(stores[0].claim("t", "th-open").await.unwrap(), "t");
+    for store in &stores {
+        assert_eq!(store.owner("th-open").await.unwrap().as_deref(), Some("t"));
+    }
 }
