@@ -307,10 +307,11 @@ async fn serve(settings: Settings) -> io::Result<u8> {
         }
     };
     if let Some(cluster) = &mut cluster {
-        let mut fx = Effects::default();
-        cluster.refuse_blocked(&mut fx);
-        outbound.push_all(fx.bus);
+        // Published first, so the `turn/completed` lines still held go out once their turn is.
         cluster.release_all().await;
+        let mut fx = Effects::default();
+        cluster.finish(&mut fx);
+        outbound.push_all(fx.bus);
     }
     outbound.finish();
     Ok(status)

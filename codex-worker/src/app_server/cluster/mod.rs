@@ -12,6 +12,7 @@
 //!
 //! The store and the files are reached from tasks ([`tasks`]); this state machine only decides.
 
+mod hold;
 mod keys;
 mod leases;
 mod rollouts;
@@ -33,6 +34,7 @@ use super::manager::{Effects, Manager};
 use super::outbound::{BusLine, Kind};
 use super::sessions::{key_of, Scope, SessionKey};
 use super::wire;
+use hold::Hold;
 use leases::Leases;
 pub use tasks::Done;
 use tasks::{Op, TakeError, Taken, Tasks};
@@ -96,6 +98,8 @@ pub struct Cluster {
     /// Threads created while the store was unreachable (thread, owner, home): recorded at the
     /// next renewal.
     unadopted: Vec<(String, String, PathBuf)>,
+    /// `turn/completed` lines (and what follows them) waiting for their turn to be published.
+    hold: Hold,
 }
 
 impl Cluster {
@@ -138,6 +142,7 @@ impl Cluster {
                 awaiting_sessions: HashMap::new(),
                 running: HashMap::new(),
                 unadopted: Vec::new(),
+                hold: Hold::default(),
             },
             done,
         ))
@@ -214,18 +219,10 @@ impl Cluster {
                 thread,
                 epoch,
                 result,
-            } => match result {
-                Ok(true) => self.leases.published(&thread, epoch),
-                Ok(false) => {
-                    log::line(format_args!(
-                        "the lease of thread {thread} moved on from epoch {epoch}: it is no longer driven here"
-                    ));
-                    self.leases.lost(&thread);
-                }
-                Err(err) => log::line(format_args!(
-                    "cannot publish the rollout of thread {thread}: {err}"
-                )),
-            },
+            } => {
+                self.hold.release(&thread, &mut fx.bus);
+                self.published(thread, epoch, result);
+            }
             Done::Renewed { sent, result } => match result {
                 Ok(lost) => self.leases.renewed(sent, &lost),
                 Err(err) => {
@@ -233,6 +230,22 @@ impl Cluster {
                     log::line(format_args!("cannot renew leases: {err}"));
                 }
             },
+        }
+    }
+
+    /// A publish ended: `Ok(false)` means the lease moved on (fenced out).
+    fn published(&mut self, thread: String, epoch: u64, result: Result<bool, String>) {
+        match result {
+            Ok(true) => self.leases.published(&thread, epoch),
+            Ok(false) => {
+                log::line(format_args!(
+                    "the lease of thread {thread} moved on from epoch {epoch}: it is no longer driven here"
+                ));
+                self.leases.lost(&thread);
+            }
+            Err(err) => log::line(format_args!(
+                "cannot publish the rollout of thread {thread}: {err}"
+            )),
         }
     }
 
@@ -293,8 +306,10 @@ impl Cluster {
         }
     }
 
-    /// Answers every request still waiting for the store: the worker is exiting.
-    pub fn refuse_blocked(&mut self, fx: &mut Effects) {
+    /// The worker is exiting: answers every request still waiting for the store, and lets out
+    /// every held line.
+    pub fn finish(&mut self, fx: &mut Effects) {
+        self.hold.release_all(&mut fx.bus);
         for (session, queue) in std::mem::take(&mut self.blocked) {
             for head in queue {
                 reply_error(&session, &head.line, &WorkerError::Draining, fx);
@@ -548,8 +563,10 @@ impl Cluster {
                 });
             }
         }
+        let mut publishing = Vec::new();
         for thread in std::mem::take(&mut fx.turns_ended) {
             if let Some((epoch, home)) = self.leases.publishable(&thread, now) {
+                publishing.push((thread.clone(), epoch));
                 self.tasks.spawn(Op::Publish {
                     thread,
                     epoch,
@@ -558,6 +575,7 @@ impl Cluster {
                 });
             }
         }
+        self.hold.hold(&mut fx.bus, &publishing);
         if self.awaiting.is_empty() {
             return;
         }

@@ -1,0 +1,187 @@
+//! Holding back `turn/completed` until the turn is published.
+//!
+//! A client that saw a turn complete may lose its node the next moment; the turn must then be in
+//! the shared directory already, or the client's next request on another node would miss it (or
+//! find no thread at all). So a session's `turn/completed`, and every line after it toward that
+//! session, waits until the thread's rollout is published. The wait is bounded by the publish
+//! (the store's per-call deadline); a publish that fails releases the lines all the same.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::app_server::outbound::BusLine;
+use crate::app_server::sessions::SessionKey;
+
+/// Lines held per session, and the publishes each session waits for.
+#[derive(Debug, Default)]
+pub struct Hold {
+    sessions: HashMap<SessionKey, Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    /// Threads whose publish the session waits for.
+    threads: HashSet<String>,
+    lines: VecDeque<BusLine>,
+}
+
+/// Whether `line` is a `turn/completed` of one of `threads`; returns that thread.
+fn completes<'t>(line: &[u8], threads: &'t [(String, u64)]) -> Option<&'t str> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Params<'a> {
+        #[serde(borrow)]
+        thread_id: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Notification<'a> {
+        method: Option<&'a str>,
+        #[serde(borrow)]
+        params: Option<Params<'a>>,
+    }
+    // Cheap test first: this runs on every line of a batch in which a turn ended.
+    if !contains(line, b"\"turn/completed\"") {
+        return None;
+    }
+    let note: Notification<'_> = serde_json::from_slice(line).ok()?;
+    if note.method != Some("turn/completed") {
+        return None;
+    }
+    let thread: String = serde_json::from_str(note.params?.thread_id?.get()).ok()?;
+    threads
+        .iter()
+        .find(|(published, _)| *published == thread)
+        .map(|(thread, _)| thread.as_str())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+impl Hold {
+    /// Takes out of `bus` what must wait: the `turn/completed` of the `publishing` threads
+    /// (thread, epoch) and every later line of its session, and every line of a session that
+    /// already waits.
+    pub fn hold(&mut self, bus: &mut Vec<BusLine>, publishing: &[(String, u64)]) {
+        if self.sessions.is_empty() && publishing.is_empty() {
+            return;
+        }
+        let mut kept = Vec::with_capacity(bus.len());
+        for line in bus.drain(..) {
+            let Some(session) = line.session.clone() else {
+                kept.push(line);
+                continue;
+            };
+            let thread = if publishing.is_empty() {
+                None
+            } else {
+                completes(&line.line, publishing)
+            };
+            match (self.sessions.get_mut(&session), thread) {
+                (Some(held), thread) => {
+                    if let Some(thread) = thread {
+                        held.threads.insert(thread.to_owned());
+                    }
+                    held.lines.push_back(line);
+                }
+                (None, Some(thread)) => {
+                    self.sessions.insert(
+                        session,
+                        Held {
+                            threads: HashSet::from([thread.to_owned()]),
+                            lines: VecDeque::from([line]),
+                        },
+                    );
+                }
+                (None, None) => kept.push(line),
+            }
+        }
+        *bus = kept;
+    }
+
+    /// The publish of `thread` ended (either way): the sessions that waited only for it get their
+    /// lines back, in order, appended to `bus`.
+    pub fn release(&mut self, thread: &str, bus: &mut Vec<BusLine>) {
+        let done: Vec<SessionKey> = self
+            .sessions
+            .iter_mut()
+            .filter_map(|(session, held)| {
+                held.threads.remove(thread);
+                held.threads.is_empty().then(|| session.clone())
+            })
+            .collect();
+        for session in done {
+            if let Some(held) = self.sessions.remove(&session) {
+                bus.extend(held.lines);
+            }
+        }
+    }
+
+    /// Every held line, at the end (the worker exits: better late than never).
+    pub fn release_all(&mut self, bus: &mut Vec<BusLine>) {
+        for (_, held) in self.sessions.drain() {
+            bus.extend(held.lines);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::app_server::outbound::Kind;
+
+    fn line(session: &str, text: &str) -> BusLine {
+        BusLine {
+            session: Some(Arc::from(session.as_bytes())),
+            line: text.as_bytes().to_vec(),
+            kind: Kind::Essential,
+        }
+    }
+
+    fn texts(bus: &[BusLine]) -> Vec<String> {
+        bus.iter()
+            .map(|line| String::from_utf8(line.line.clone()).unwrap())
+            .collect()
+    }
+
+    const DONE_T1: &str = r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{}}}"#;
+
+    #[test]
+    fn turn_completed_and_what_follows_wait_for_the_publish_other_sessions_do_not() {
+        let mut hold = Hold::default();
+        let mut bus = vec![
+            line("a", "delta"),
+            line("a", DONE_T1),
+            line("b", "b1"),
+            line("a", "after"),
+        ];
+        hold.hold(&mut bus, &[("t1".to_owned(), 3)]);
+        assert_eq!(texts(&bus), ["delta", "b1"]);
+        // A later batch for the held session waits too.
+        let mut later = vec![line("a", "later"), line("b", "b2")];
+        hold.hold(&mut later, &[]);
+        assert_eq!(texts(&later), ["b2"]);
+        let mut released = Vec::new();
+        hold.release("other", &mut released);
+        assert!(released.is_empty());
+        hold.release("t1", &mut released);
+        assert_eq!(texts(&released), [DONE_T1, "after", "later"]);
+    }
+
+    #[test]
+    fn a_turn_completed_of_a_thread_not_being_published_passes() {
+        let mut hold = Hold::default();
+        let mut bus = vec![line("a", DONE_T1)];
+        hold.hold(&mut bus, &[("t2".to_owned(), 1)]);
+        assert_eq!(texts(&bus), [DONE_T1]);
+        let mut all = Vec::new();
+        hold.release_all(&mut all);
+        assert!(all.is_empty());
+    }
+}
