@@ -83,7 +83,9 @@ pub struct Cli {
     #[arg(long, default_value_t = 300, requires = "child_per_session")]
     pub child_idle_sec: u64,
     /// Cluster mode (docs/node-loss.md): the shared store of thread owners, leases and
-    /// idempotency records, `sqlite:PATH` (one host) or `postgres://USER@HOST:PORT/DB`.
+    /// idempotency records, `sqlite:PATH` (one host) or `postgres://USER@HOST:PORT/DB`; or
+    /// `env:NAME` to read the URL from the environment variable NAME (keeps a password off the
+    /// command line).
     #[arg(long, requires = "shared_dir")]
     pub store: Option<String>,
     /// Cluster mode: the directory every node shares (a shared filesystem), where rollouts are

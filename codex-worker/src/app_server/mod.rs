@@ -128,8 +128,15 @@ impl Settings {
                 let slot =
                     slot.map_or_else(|| format!("pid-{}", std::process::id()), |n| n.to_string());
                 let pool = if pool.is_empty() { "default" } else { pool };
+                // `env:NAME` keeps a password out of the command line (`ps` shows it to every
+                // user): the URL is read from the worker's environment (the pool's `env`).
+                let store = match store.strip_prefix("env:") {
+                    Some(name) => std::env::var(name)
+                        .map_err(|_| format!("--store env:{name}: {name} is not set"))?,
+                    None => store.clone(),
+                };
                 Some(ClusterConfig {
-                    store: store.clone(),
+                    store,
                     shared_dir: shared_dir.clone(),
                     holder: format!("{node}/{pool}/{slot}"),
                     lease_ttl: Duration::from_secs(args.lease_ttl_sec),
