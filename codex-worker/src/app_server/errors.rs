@@ -1,7 +1,7 @@
 //! The error replies the worker gives itself, in the bus's shape (`data.reason`, `data.retryable`).
 //!
-//! Codes -32050…-32059 are the worker's: the bus uses -32010…-32049 and Codex -32001. Cluster
-//! mode's (docs/node-loss.md) are -32057…-32059.
+//! Codes -32050…-32069 are the worker's: the bus uses -32010…-32049 and Codex -32001. Cluster
+//! mode's (docs/node-loss.md) are -32057…-32060.
 
 use std::io::Write;
 
@@ -56,6 +56,9 @@ pub enum WorkerError {
     /// Cluster mode: the request with this idempotency key ran, but its reply was larger than
     /// `--idempotency-max-reply-bytes` and was not kept.
     IdempotentReplyTooLarge,
+    /// Cluster mode: the thread came back from another node while this worker's child still has
+    /// its old state loaded; the child must restart to reload it and is busy with other work.
+    ThreadReloading,
 }
 
 impl WorkerError {
@@ -202,6 +205,11 @@ impl WorkerError {
                 "The request with this idempotency key may have run; its outcome is unknown",
                 Some(("idempotency_outcome_unknown", false, Detail::None)),
             ),
+            ThreadReloading => (
+                -32060,
+                "Thread changed on another node; codex app-server must reload it",
+                Some(("thread_reloading", true, Detail::None)),
+            ),
             IdempotentReplyTooLarge => (
                 -32059,
                 "The request with this idempotency key ran; its reply was too large to keep",
@@ -308,6 +316,10 @@ mod tests {
             (
                 IdempotencyOutcomeUnknown,
                 json!({"code":-32059,"message":"The request with this idempotency key may have run; its outcome is unknown","data":{"reason":"idempotency_outcome_unknown","retryable":false}}),
+            ),
+            (
+                ThreadReloading,
+                json!({"code":-32060,"message":"Thread changed on another node; codex app-server must reload it","data":{"reason":"thread_reloading","retryable":true}}),
             ),
             (
                 IdempotentReplyTooLarge,

@@ -168,6 +168,17 @@ impl Bridge {
         })
     }
 
+    /// Whether the child has `thread` loaded (or is loading it): cluster mode must restart the
+    /// child before the thread's rollout, changed on another node, is used here.
+    pub fn thread_loaded(&self, thread: &str) -> bool {
+        self.threads.get(thread).is_some_and(|entry| {
+            matches!(
+                entry.residency,
+                super::threads::Residency::Loaded | super::threads::Residency::Resuming
+            )
+        })
+    }
+
     /// Marks threads owned in an earlier worker life (from the owner log), or on another node
     /// (cluster mode), as resumable.
     pub fn restore_owner(&mut self, thread: &str, scope: Scope, session: SessionKey) {

@@ -18,7 +18,7 @@ mod leases;
 mod rollouts;
 mod tasks;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,6 +100,9 @@ pub struct Cluster {
     unadopted: Vec<(String, String, PathBuf)>,
     /// `turn/completed` lines (and what follows them) waiting for their turn to be published.
     hold: Hold,
+    /// Threads that came back from another node while the local child still has them loaded:
+    /// the child must restart (reloading them from the rollout) before they are used here.
+    stale: HashSet<String>,
 }
 
 impl Cluster {
@@ -143,6 +146,7 @@ impl Cluster {
                 running: HashMap::new(),
                 unadopted: Vec::new(),
                 hold: Hold::default(),
+                stale: HashSet::new(),
             },
             done,
         ))
@@ -274,6 +278,9 @@ impl Cluster {
             });
         }
         self.leases.expire(now);
+        // A thread no longer leased here is checked afresh when it comes back.
+        let leases = &self.leases;
+        self.stale.retain(|thread| leases.holds(thread, now));
     }
 
     /// When [`Cluster::on_timer`] must run next.
@@ -373,6 +380,17 @@ impl Cluster {
                 return Some(head);
             }
             self.leases.used(thread, now);
+            if self.stale.contains(thread) {
+                // Codex numbers a rollout's lines and keeps the thread in memory: a child that
+                // loaded the thread before it moved would hide, and not know, the turns added
+                // elsewhere. It reloads by restarting, which must not fail other turns.
+                let why = format!("thread {thread} changed on another node");
+                if !manager.reload_child(&scope, &why, now, fx) {
+                    self.refuse(session, head, &WorkerError::ThreadReloading, fx);
+                    return None;
+                }
+                self.stale.remove(thread);
+            }
         }
         self.pass(session, head, now, manager, fx);
         None
@@ -487,6 +505,10 @@ impl Cluster {
             }
             Ok(Taken::Granted { epoch, published }) => {
                 let home = manager.codex_home(&scope);
+                let imported = published.is_some() && published != self.leases.known_epoch(thread);
+                if imported && manager.thread_loaded(&scope, thread) {
+                    self.stale.insert(thread.to_owned());
+                }
                 self.leases.granted(thread, epoch, home, now);
                 if let Some(published) = published {
                     self.leases.published(thread, published);
@@ -508,6 +530,13 @@ impl Cluster {
             }) => WorkerError::StoreUnavailable(detail),
             Err(TakeError { detail, .. }) => WorkerError::ThreadLost(detail),
         };
+        self.refuse(session, head, &error, fx);
+        None
+    }
+
+    /// Answers `head` with `error`: the request did not run, so its idempotency key (if it began
+    /// one) is released, and the retries that attached to it get the same answer.
+    fn refuse(&mut self, session: &SessionKey, head: Head, error: &WorkerError, fx: &mut Effects) {
         if let Some((owner, key)) = head.begun {
             // Retries that attached to it get the same refusal: nothing ran.
             for waiter in self
@@ -525,8 +554,7 @@ impl Cluster {
             }
             self.tasks.spawn(Op::Abandon { owner, key });
         }
-        reply_error(session, &head.line, &error, fx);
-        None
+        reply_error(session, &head.line, error, fx);
     }
 
     /// Passes `head` on to the manager; a keyed one is remembered until its reply goes out.

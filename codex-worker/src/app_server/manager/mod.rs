@@ -283,6 +283,38 @@ impl Manager {
         }
     }
 
+    /// Whether the child serving `scope` has `thread` loaded.
+    pub fn thread_loaded(&self, scope: &Scope, thread: &str) -> bool {
+        self.lanes
+            .get(&self.lane_key(scope))
+            .is_some_and(|lane| lane.is_alive() && lane.bridge.thread_loaded(thread))
+    }
+
+    /// Restarts the child serving `scope` so that it reloads its threads from their rollouts
+    /// (one changed on another node); only when the child is idle, since its running turns
+    /// would fail. Returns whether the next request reaches a child that loads threads afresh
+    /// (restarting now, already stopping, or none running).
+    pub fn reload_child(
+        &mut self,
+        scope: &Scope,
+        why: &str,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> bool {
+        let key = self.lane_key(scope);
+        let Some(lane) = self.lanes.get_mut(&key) else {
+            return true;
+        };
+        match lane.phase {
+            Phase::Running { .. } if !lane.bridge.is_idle() => false,
+            Phase::Running { .. } => {
+                lane.stop(why, now, fx);
+                true
+            }
+            Phase::Stopping { .. } | Phase::Down { .. } | Phase::GaveUp => true,
+        }
+    }
+
     /// Whether a turn runs on `thread`, or requests wait for it, in any lane.
     pub fn thread_busy(&self, thread: &str) -> bool {
         self.lanes
