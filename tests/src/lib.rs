@@ -17,6 +17,7 @@
 
 pub mod browser;
 pub mod codex;
+pub mod postgres;
 pub mod tmux;
 pub mod worker;
 
