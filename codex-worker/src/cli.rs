@@ -82,6 +82,33 @@ pub struct Cli {
     /// lives on before it is stopped (0: until it is evicted).
     #[arg(long, default_value_t = 300, requires = "child_per_session")]
     pub child_idle_sec: u64,
+    /// Cluster mode (docs/node-loss.md): the shared store of thread owners, leases and
+    /// idempotency records, `sqlite:PATH` (one host) or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, requires = "shared_dir")]
+    pub store: Option<String>,
+    /// Cluster mode: the directory every node shares (a shared filesystem), where rollouts are
+    /// published for other nodes to resume.
+    #[arg(long, requires = "store")]
+    pub shared_dir: Option<PathBuf>,
+    /// Cluster mode: this node's name in lease holders (`NODE/POOL/SLOT`) and `thread_leased`
+    /// errors; unique per daemon. Default: the host name.
+    #[arg(long, requires = "store")]
+    pub node: Option<String>,
+    /// Cluster mode: seconds a lease lives after its last renewal (renewed every third of it):
+    /// the bound on how long a dead node's threads stay locked.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
+    pub lease_ttl_sec: u64,
+    /// Cluster mode: seconds without a turn or request after which a thread's lease is released,
+    /// so a user the balancer moves elsewhere is not locked out by an idle holder.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_idle_sec: u64,
+    /// Cluster mode: seconds an idempotency key is remembered.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_ttl_sec: u64,
+    /// Cluster mode: largest reply kept for replays, in bytes; a retry of a request whose reply
+    /// was larger gets `idempotent_reply_too_large`.
+    #[arg(long, default_value_t = 65_536)]
+    pub idempotency_max_reply_bytes: usize,
 }
 
 #[cfg(test)]

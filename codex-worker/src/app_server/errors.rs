@@ -1,6 +1,7 @@
 //! The error replies the worker gives itself, in the bus's shape (`data.reason`, `data.retryable`).
 //!
-//! Codes -32050…-32059 are the worker's: the bus uses -32010…-32049 and Codex -32001.
+//! Codes -32050…-32059 are the worker's: the bus uses -32010…-32049 and Codex -32001. Cluster
+//! mode's (docs/node-loss.md) are -32057…-32059.
 
 use std::io::Write;
 
@@ -37,6 +38,24 @@ pub enum WorkerError {
     /// `--child-per-session`: the session needs a child, and every one of the `--max-children`
     /// running children is busy.
     ChildrenBusy(usize),
+    /// Cluster mode: another live holder (`node/pool/slot`) has the thread's lease; it may be
+    /// taken in `retry_after_ms` at the latest, or reached at that node now.
+    ThreadLeased {
+        /// The holder, `node/pool/slot`.
+        holder: String,
+        /// Milliseconds until the lease expires unless its holder renews it.
+        retry_after_ms: u64,
+    },
+    /// Cluster mode: the shared store cannot be reached; the text says why.
+    StoreUnavailable(String),
+    /// Cluster mode: a request with this idempotency key runs at the holder named.
+    IdempotencyInProgress(String),
+    /// Cluster mode: a request with this idempotency key began at a holder that died before it
+    /// answered; whether it ran is unknown, so it is not run again.
+    IdempotencyOutcomeUnknown,
+    /// Cluster mode: the request with this idempotency key ran, but its reply was larger than
+    /// `--idempotency-max-reply-bytes` and was not kept.
+    IdempotentReplyTooLarge,
 }
 
 impl WorkerError {
@@ -68,6 +87,19 @@ impl WorkerError {
                     ))
                 ),
                 Detail::Number(name, value) => write!(out, ",\"{name}\":{value}"),
+                Detail::Holder(holder, retry_after_ms) => {
+                    let node = holder.split('/').next().unwrap_or(holder);
+                    let _ = write!(
+                        out,
+                        ",\"holder\":{},\"node\":{}",
+                        json_string(holder),
+                        json_string(node)
+                    );
+                    match retry_after_ms {
+                        Some(ms) => write!(out, ",\"retryAfterMs\":{ms}"),
+                        None => Ok(()),
+                    }
+                }
             };
             out.push(b'}');
         }
@@ -139,6 +171,42 @@ impl WorkerError {
                 "All codex app-server children are busy",
                 Some(("children_busy", true, Number("maxChildren", *max as u64))),
             ),
+            ThreadLeased {
+                holder,
+                retry_after_ms,
+            } => (
+                -32057,
+                "Thread leased by another node",
+                Some((
+                    "thread_leased",
+                    true,
+                    Detail::Holder(holder, Some(*retry_after_ms)),
+                )),
+            ),
+            StoreUnavailable(detail) => (
+                -32058,
+                "Shared store unavailable",
+                Some(("store_unavailable", true, Text(detail))),
+            ),
+            IdempotencyInProgress(holder) => (
+                -32059,
+                "A request with this idempotency key is in progress",
+                Some((
+                    "idempotency_in_progress",
+                    true,
+                    Detail::Holder(holder, None),
+                )),
+            ),
+            IdempotencyOutcomeUnknown => (
+                -32059,
+                "The request with this idempotency key may have run; its outcome is unknown",
+                Some(("idempotency_outcome_unknown", false, Detail::None)),
+            ),
+            IdempotentReplyTooLarge => (
+                -32059,
+                "The request with this idempotency key ran; its reply was too large to keep",
+                Some(("idempotent_reply_too_large", false, Detail::None)),
+            ),
         }
     }
 }
@@ -153,6 +221,9 @@ enum Detail<'a> {
     NotAllowed(&'a str),
     /// A number under its own member name.
     Number(&'static str, u64),
+    /// `"holder"` (`node/pool/slot`), `"node"` (its first part) and, when given,
+    /// `"retryAfterMs"`.
+    Holder(&'a str, Option<u64>),
 }
 
 #[cfg(test)]
@@ -218,6 +289,29 @@ mod tests {
             (
                 ChildrenBusy(2),
                 json!({"code":-32055,"message":"All codex app-server children are busy","data":{"reason":"children_busy","retryable":true,"maxChildren":2}}),
+            ),
+            (
+                ThreadLeased {
+                    holder: "a/codex/0".into(),
+                    retry_after_ms: 1500,
+                },
+                json!({"code":-32057,"message":"Thread leased by another node","data":{"reason":"thread_leased","retryable":true,"holder":"a/codex/0","node":"a","retryAfterMs":1500}}),
+            ),
+            (
+                StoreUnavailable("connection refused".into()),
+                json!({"code":-32058,"message":"Shared store unavailable","data":{"reason":"store_unavailable","retryable":true,"detail":"connection refused"}}),
+            ),
+            (
+                IdempotencyInProgress("b/codex/1".into()),
+                json!({"code":-32059,"message":"A request with this idempotency key is in progress","data":{"reason":"idempotency_in_progress","retryable":true,"holder":"b/codex/1","node":"b"}}),
+            ),
+            (
+                IdempotencyOutcomeUnknown,
+                json!({"code":-32059,"message":"The request with this idempotency key may have run; its outcome is unknown","data":{"reason":"idempotency_outcome_unknown","retryable":false}}),
+            ),
+            (
+                IdempotentReplyTooLarge,
+                json!({"code":-32059,"message":"The request with this idempotency key ran; its reply was too large to keep","data":{"reason":"idempotent_reply_too_large","retryable":false}}),
             ),
         ]
     }

@@ -8,6 +8,7 @@
 mod approvals;
 mod bridge;
 mod child_log;
+mod cluster;
 mod errors;
 mod held;
 mod home;
@@ -39,6 +40,7 @@ use codex_bus_worker_io::timer::sleep_until;
 
 use crate::cli::Cli;
 use bridge::{BridgeConfig, Handshake};
+use cluster::{Cluster, ClusterConfig, Done};
 use home::SlotDir;
 use manager::{Effects, Layout, Manager, ManagerConfig};
 use outbound::Outbound;
@@ -57,6 +59,7 @@ pub struct Settings {
     seed_home: Option<PathBuf>,
     manager: ManagerConfig,
     queue_bytes: usize,
+    cluster: Option<ClusterConfig>,
 }
 
 impl Settings {
@@ -113,7 +116,33 @@ impl Settings {
             },
             private_home: args.child_per_session,
         };
+        let cluster = match (&args.store, &args.shared_dir) {
+            (Some(store), Some(shared_dir)) => {
+                let node = match &args.node {
+                    Some(node) => node.clone(),
+                    None => host_name(),
+                };
+                if node.is_empty() || node.contains('/') {
+                    return Err(format!("--node {node:?}: must be non-empty, without '/'"));
+                }
+                let slot =
+                    slot.map_or_else(|| format!("pid-{}", std::process::id()), |n| n.to_string());
+                let pool = if pool.is_empty() { "default" } else { pool };
+                Some(ClusterConfig {
+                    store: store.clone(),
+                    shared_dir: shared_dir.clone(),
+                    holder: format!("{node}/{pool}/{slot}"),
+                    lease_ttl: Duration::from_secs(args.lease_ttl_sec),
+                    lease_idle: Duration::from_secs(args.lease_idle_sec),
+                    idempotency_ttl: Duration::from_secs(args.idempotency_ttl_sec),
+                    max_reply: args.idempotency_max_reply_bytes,
+                    request_timeout: Duration::from_secs(args.request_timeout_sec),
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
+            cluster,
             command,
             slot: SlotDir::new(&state_dir, pool, slot),
             seed_home: args.seed_home.clone(),
@@ -140,6 +169,23 @@ fn default_state_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "no --state-dir, and neither XDG_STATE_HOME nor HOME is set".to_owned())
 }
 
+/// The host name, the default `--node`.
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The next report of cluster mode's tasks; never, without cluster mode.
+async fn cluster_report(done: &mut Option<mpsc::UnboundedReceiver<Done>>) -> Option<Done> {
+    match done {
+        Some(done) => done.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the bridge until the drain completes; returns the exit status.
 pub fn run(settings: Settings) -> io::Result<u8> {
     tokio::runtime::Builder::new_current_thread()
@@ -160,6 +206,15 @@ async fn serve(settings: Settings) -> io::Result<u8> {
         settings.slot.clone(),
         Instant::now(),
     )?;
+    let (mut cluster, mut cluster_done) = match &settings.cluster {
+        Some(config) => {
+            let (cluster, done) = Cluster::open(config.clone())
+                .await
+                .map_err(io::Error::other)?;
+            (Some(cluster), Some(done))
+        }
+        None => (None, None),
+    };
     let (events_tx, mut events) = mpsc::channel(16);
     let mut chunks = input::spawn_stdin_reader()?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -169,6 +224,9 @@ async fn serve(settings: Settings) -> io::Result<u8> {
     let mut fx = Effects::default();
     manager.begin(Instant::now(), &mut fx);
     let status = loop {
+        if let Some(cluster) = &mut cluster {
+            cluster.follow_up(Instant::now(), &manager, &mut fx);
+        }
         apply(
             &settings,
             fx,
@@ -184,12 +242,23 @@ async fn serve(settings: Settings) -> io::Result<u8> {
             break 0;
         }
         fx = Effects::default();
-        let timer = manager.next_deadline(Instant::now());
+        let timer = [
+            manager.next_deadline(Instant::now()),
+            cluster.as_ref().and_then(Cluster::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             biased;
             _ = sigterm.recv() => {
                 log::line(format_args!("SIGTERM: draining"));
                 manager.begin_drain(Instant::now(), false, &mut fx);
+            }
+            Some(done) = cluster_report(&mut cluster_done) => {
+                if let Some(cluster) = &mut cluster {
+                    cluster.done(done, Instant::now(), &mut manager, &mut fx);
+                }
             }
             event = events.recv() => match event {
                 Some(ChildEvent::Stdout(generation, chunk)) => {
@@ -207,14 +276,20 @@ async fn serve(settings: Settings) -> io::Result<u8> {
                 match chunk {
                     Some(chunk) => {
                         let _: ControlFlow<()> = stdin_lines.feed(&chunk, |line| {
-                            manager.bus_line(line, now, &mut fx);
+                            match &mut cluster {
+                                Some(cluster) => cluster.bus_line(line, now, &mut manager, &mut fx),
+                                None => manager.bus_line(line, now, &mut fx),
+                            }
                             ControlFlow::Continue(())
                         });
                     }
                     None => {
                         reading = false;
                         let _: ControlFlow<()> = stdin_lines.finish(|line| {
-                            manager.bus_line(line, now, &mut fx);
+                            match &mut cluster {
+                                Some(cluster) => cluster.bus_line(line, now, &mut manager, &mut fx),
+                                None => manager.bus_line(line, now, &mut fx),
+                            }
                             ControlFlow::Continue(())
                         });
                         log::line(format_args!("end of input: draining"));
@@ -222,9 +297,21 @@ async fn serve(settings: Settings) -> io::Result<u8> {
                     }
                 }
             }
-            () = sleep_until(timer) => manager.on_timer(Instant::now(), &mut fx),
+            () = sleep_until(timer) => {
+                let now = Instant::now();
+                manager.on_timer(now, &mut fx);
+                if let Some(cluster) = &mut cluster {
+                    cluster.on_timer(now, &manager);
+                }
+            }
         }
     };
+    if let Some(cluster) = &mut cluster {
+        let mut fx = Effects::default();
+        cluster.refuse_blocked(&mut fx);
+        outbound.push_all(fx.bus);
+        cluster.release_all().await;
+    }
     outbound.finish();
     Ok(status)
 }

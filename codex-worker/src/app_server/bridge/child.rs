@@ -281,7 +281,7 @@ impl Bridge {
                 }
             },
         };
-        self.track(&call.name, &thread, &refs);
+        self.track(&call.name, &thread, &refs, out);
         if call.name == "serverRequest/resolved" {
             self.resolved(&owner, &refs, line, out);
             return;
@@ -317,8 +317,8 @@ impl Bridge {
         Some(session)
     }
 
-    /// Keeps the turn state that child death and drain rely on.
-    fn track(&mut self, method: &str, thread: &str, refs: &ParamsRefs<'_>) {
+    /// Keeps the turn state that child death, drain and cluster mode's publishing rely on.
+    fn track(&mut self, method: &str, thread: &str, refs: &ParamsRefs<'_>, out: &mut Out) {
         match method {
             "turn/started" => {
                 if let (Some(entry), Some(turn)) = (self.threads.get_mut(thread), &refs.turn) {
@@ -328,6 +328,9 @@ impl Bridge {
             "turn/completed" => {
                 if let Some(entry) = self.threads.get_mut(thread) {
                     entry.active_turn = None;
+                    if !entry.ephemeral {
+                        out.turns_ended.push(thread.to_owned());
+                    }
                 }
                 self.approvals.forget_thread(thread);
             }

@@ -90,6 +90,8 @@ pub struct Out {
     /// Persistent threads that just got an owner, for the owner log: thread, owning scope,
     /// receiving session.
     pub owned: Vec<(String, Scope, SessionKey)>,
+    /// Threads whose turn just completed: their rollout grew, so cluster mode publishes it.
+    pub turns_ended: Vec<String>,
 }
 
 /// Where the child is in its life.
@@ -156,7 +158,18 @@ impl Bridge {
         }
     }
 
-    /// Marks threads owned in an earlier worker life (from the owner log) as resumable.
+    /// Whether `thread` has a turn running or requests waiting for it: cluster mode keeps the
+    /// lease of such a thread however long it has been since a client named it.
+    pub fn thread_busy(&self, thread: &str) -> bool {
+        self.threads.get(thread).is_some_and(|entry| {
+            entry.active_turn.is_some()
+                || !entry.parked.is_empty()
+                || entry.residency == super::threads::Residency::Resuming
+        })
+    }
+
+    /// Marks threads owned in an earlier worker life (from the owner log), or on another node
+    /// (cluster mode), as resumable.
     pub fn restore_owner(&mut self, thread: &str, scope: Scope, session: SessionKey) {
         self.threads.restore(thread, scope, session, self.now);
     }

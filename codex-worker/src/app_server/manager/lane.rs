@@ -17,6 +17,7 @@ use crate::app_server::bridge::{Bridge, Out};
 use crate::app_server::home::SlotDir;
 use crate::app_server::owners::OwnerLog;
 use crate::app_server::restart::RestartPolicy;
+use crate::app_server::sessions::{Scope, SessionKey};
 
 /// How long a child gets to exit after its stdin closes (Codex exits at end of input) before its
 /// group is sent SIGTERM.
@@ -243,7 +244,7 @@ impl Lane {
     }
 
     /// Carries out what the bridge asked for: bytes and kills for the child alive now, owner
-    /// records, lines for the bus.
+    /// records, lines for the bus; new owners and ended turns go on to cluster mode.
     pub fn absorb(&mut self, out: Out, fx: &mut Effects) {
         if let Some(generation) = self.generation() {
             if !out.child.is_empty() {
@@ -253,7 +254,30 @@ impl Lane {
                 fx.signal.push((generation, Signal::SIGKILL));
             }
         }
-        if !out.owned.is_empty() && self.owners.is_none() {
+        self.log_owners(&out.owned);
+        fx.owned.extend(
+            out.owned
+                .into_iter()
+                .map(|(thread, scope, _)| (thread, scope)),
+        );
+        fx.turns_ended.extend(out.turns_ended);
+        fx.bus.extend(out.bus);
+    }
+
+    /// Takes on a thread another node (or an earlier life) owned, resumed on its next request,
+    /// and records it in the owner log so a restarted worker still knows it.
+    pub fn restore(&mut self, thread: &str, scope: Scope, session: SessionKey) {
+        self.bridge
+            .restore_owner(thread, scope.clone(), session.clone());
+        self.log_owners(&[(thread.to_owned(), scope, session)]);
+    }
+
+    /// Appends owner records, opening the log on the first one.
+    fn log_owners(&mut self, owned: &[(String, Scope, SessionKey)]) {
+        if owned.is_empty() {
+            return;
+        }
+        if self.owners.is_none() {
             let opened = fs::create_dir_all(&self.dir.root)
                 .and_then(|()| OwnerLog::open(&self.dir.owner_log(), usize::MAX));
             match opened {
@@ -265,10 +289,9 @@ impl Lane {
             }
         }
         if let Some(owners) = &mut self.owners {
-            for (thread, scope, session) in &out.owned {
+            for (thread, scope, session) in owned {
                 owners.append(thread, scope, session);
             }
         }
-        fx.bus.extend(out.bus);
     }
 }

@@ -29,7 +29,7 @@ use super::bridge::{refuse_unscoped, session_of, BridgeConfig, Out};
 use super::errors::WorkerError;
 use super::home::SlotDir;
 use super::outbound::{BusLine, Kind};
-use super::sessions::Scope;
+use super::sessions::{Scope, SessionKey};
 use super::EXIT_CHILD_FAILING;
 use lane::{Lane, Phase};
 
@@ -84,6 +84,10 @@ pub struct Effects {
     pub signal: Vec<(u64, Signal)>,
     /// Lines for the bus.
     pub bus: Vec<BusLine>,
+    /// Persistent threads that just got an owner (cluster mode records and leases them).
+    pub owned: Vec<(String, Scope)>,
+    /// Persistent threads whose turn just completed (cluster mode publishes their rollout).
+    pub turns_ended: Vec<String>,
 }
 
 /// Which lane serves a line: `None` is the shared child's, `Some` a session's own.
@@ -238,6 +242,52 @@ impl Manager {
             }
         };
         Lane::open(dir, label, &self.config, self.approval_ids.clone(), now)
+    }
+
+    /// The lane that serves `scope`: the shared child's, or the scope's own.
+    fn lane_key(&self, scope: &Scope) -> LaneKey {
+        match self.config.layout {
+            Layout::Shared => None,
+            Layout::PerSession { .. } => Some(scope.clone()),
+        }
+    }
+
+    /// The `CODEX_HOME` whose rollouts hold `scope`'s threads (cluster mode imports and
+    /// publishes them there).
+    pub fn codex_home(&self, scope: &Scope) -> std::path::PathBuf {
+        match self.lane_key(scope) {
+            None => self.slot.codex_home(),
+            Some(Scope::Session(session)) => self.slot.session(&session).codex_home(),
+            Some(Scope::Tenant(tenant)) => self.slot.tenant(&tenant).codex_home(),
+        }
+    }
+
+    /// Takes on `thread` of `scope`, whose rollout cluster mode just brought into the scope's
+    /// `CODEX_HOME`: owned, its events going to `session`, resumed on its next request. A thread
+    /// the lane already knows keeps its entry.
+    pub fn restore_owner(&mut self, thread: &str, scope: Scope, session: SessionKey, now: Instant) {
+        let key = self.lane_key(&scope);
+        if !self.lanes.contains_key(&key) {
+            match self.open_lane(&key, now) {
+                Ok(lane) => {
+                    self.lanes.insert(key.clone(), lane);
+                }
+                Err(err) => {
+                    log::line(format_args!("cannot open a session's state: {err}"));
+                    return;
+                }
+            }
+        }
+        if let Some(lane) = self.lanes.get_mut(&key) {
+            lane.restore(thread, scope, session);
+        }
+    }
+
+    /// Whether a turn runs on `thread`, or requests wait for it, in any lane.
+    pub fn thread_busy(&self, thread: &str) -> bool {
+        self.lanes
+            .values()
+            .any(|lane| lane.bridge.thread_busy(thread))
     }
 
     /// Handles a chunk of the stdout of the child of `generation`.

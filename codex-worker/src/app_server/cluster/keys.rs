@@ -1,0 +1,157 @@
+//! Idempotency keys: where a request carries one, and the replies a retry receives.
+//!
+//! A request's key is its top-level `idempotencyKey` (a string of 1 to [`MAX_KEY`] bytes) or,
+//! for `turn/start` without one, `params.clientUserMessageId`, which the Codex TUI sends with
+//! every prompt (docs/node-loss.md, "Idempotent retries").
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Longest key kept; a longer one is not a key (the request runs unkeyed).
+pub const MAX_KEY: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyedRequest<'a> {
+    #[serde(borrow, default)]
+    idempotency_key: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TurnParams {
+    #[serde(default)]
+    client_user_message_id: Option<String>,
+}
+
+/// The idempotency key of the request `line` calling `method`, if it carries one.
+pub fn key_of(line: &[u8], method: &str) -> Option<String> {
+    let request: KeyedRequest<'_> = serde_json::from_slice(line).ok()?;
+    let key = match request.idempotency_key {
+        Some(raw) => serde_json::from_str::<String>(raw.get()).ok()?,
+        None if method == "turn/start" => {
+            serde_json::from_str::<TurnParams>(request.params?.get())
+                .ok()?
+                .client_user_message_id?
+        }
+        None => return None,
+    };
+    (!key.is_empty() && key.len() <= MAX_KEY).then_some(key)
+}
+
+/// The outcome of a reply line toward the bus: `{"result":…}` or `{"error":…}` as JSON text,
+/// with the `id` it answers; `None` for any other line (notifications, server requests).
+pub fn outcome_of(line: &[u8]) -> Option<(Vec<u8>, String, bool)> {
+    #[derive(Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow, default)]
+        id: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        method: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        result: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        error: Option<&'a RawValue>,
+    }
+    let reply: Reply<'_> = serde_json::from_slice(line).ok()?;
+    if reply.method.is_some() {
+        return None;
+    }
+    let id = reply.id?.get().as_bytes().to_vec();
+    match (reply.result, reply.error) {
+        (Some(result), _) => Some((id, format!("{{\"result\":{}}}", result.get()), false)),
+        (None, Some(error)) => Some((id, format!("{{\"error\":{}}}", error.get()), true)),
+        (None, None) => None,
+    }
+}
+
+/// Whether an error outcome says trying again may succeed (`data.retryable`): such a request
+/// did not run, so its key is released for the retry.
+pub fn retryable(outcome: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Outcome {
+        error: Option<Error>,
+    }
+    #[derive(Deserialize)]
+    struct Error {
+        data: Option<Data>,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        retryable: Option<bool>,
+    }
+    serde_json::from_str::<Outcome>(outcome)
+        .ok()
+        .and_then(|outcome| outcome.error?.data?.retryable)
+        .unwrap_or(false)
+}
+
+/// The reply line to request `id` of the session whose token is `session`, from a stored
+/// `outcome` (`{"result":…}` or `{"error":…}`).
+pub fn replay(id: &[u8], outcome: &str, session: &[u8]) -> Vec<u8> {
+    let inner = outcome
+        .strip_prefix('{')
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or("\"result\":null");
+    let mut line = Vec::with_capacity(inner.len() + id.len() + session.len() + 40);
+    line.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    line.extend_from_slice(id);
+    line.push(b',');
+    line.extend_from_slice(inner.as_bytes());
+    line.extend_from_slice(b",\"sessionId\":");
+    line.extend_from_slice(session);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn the_top_level_key_wins_and_turn_start_falls_back_to_the_client_message_id() {
+        let keyed = br#"{"id":1,"method":"turn/start","idempotencyKey":"k1","params":{"clientUserMessageId":"m1"}}"#;
+        assert_eq!(key_of(keyed, "turn/start").as_deref(), Some("k1"));
+        let tui = br#"{"id":1,"method":"turn/start","params":{"threadId":"t","clientUserMessageId":"m1"}}"#;
+        assert_eq!(key_of(tui, "turn/start").as_deref(), Some("m1"));
+        // Only turn/start's message id is a key.
+        let other = br#"{"id":1,"method":"thread/resume","params":{"clientUserMessageId":"m1"}}"#;
+        assert_eq!(key_of(other, "thread/resume"), None);
+        for bad in [json!(""), json!(7), json!("x".repeat(MAX_KEY + 1))] {
+            let line = json!({"id":1,"method":"turn/start","idempotencyKey":bad}).to_string();
+            assert_eq!(key_of(line.as_bytes(), "turn/start"), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn outcomes_are_read_from_replies_and_replayed_with_the_retry_s_id() {
+        let reply =
+            br#"{"jsonrpc":"2.0","id":"w:7","result":{"turn":{"id":"t1"}},"sessionId":"s"}"#;
+        let (id, outcome, is_error) = outcome_of(reply).unwrap();
+        assert_eq!((id.as_slice(), is_error), (&br#""w:7""#[..], false));
+        let line = replay(b"9", &outcome, br#""other""#);
+        let value: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            value,
+            json!({"jsonrpc":"2.0","id":9,"result":{"turn":{"id":"t1"}},"sessionId":"other"})
+        );
+        assert!(outcome_of(br#"{"method":"turn/started","params":{}}"#).is_none());
+        assert!(
+            outcome_of(br#"{"id":3,"method":"item/commandExecution/requestApproval"}"#).is_none()
+        );
+    }
+
+    #[test]
+    fn only_errors_that_say_so_are_retryable() {
+        assert!(retryable(
+            r#"{"error":{"code":-32053,"data":{"reason":"worker_draining","retryable":true}}}"#
+        ));
+        assert!(!retryable(
+            r#"{"error":{"code":-32600,"message":"no such thread"}}"#
+        ));
+        assert!(!retryable(r#"{"result":{}}"#));
+    }
+}

@@ -1,0 +1,262 @@
+//! The leases this worker holds, as it last heard from the store.
+//!
+//! A lease counts as held only until the time the store would let it expire: the last renewal's
+//! send time plus the TTL. So when the store cannot be reached, the worker stops driving a
+//! thread no later than another node may take it (docs/node-loss.md, "Leases").
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use codex_bus_worker_io::log;
+
+/// Most published epochs remembered for threads no longer leased here; beyond it the memory is
+/// cleared, which costs at most one needless import per thread.
+const MAX_KNOWN: usize = 10_000;
+
+/// One lease held here.
+#[derive(Debug)]
+struct Lease {
+    /// The fencing token the store granted.
+    epoch: u64,
+    /// After this the store may give the lease to someone else.
+    valid_until: Instant,
+    /// The last request that named the thread, or turn that ended on it.
+    last_used: Instant,
+    /// The `CODEX_HOME` whose rollout of the thread is published.
+    home: PathBuf,
+}
+
+/// Every lease held here, and when to renew them.
+#[derive(Debug)]
+pub struct Leases {
+    ttl: Duration,
+    idle: Duration,
+    map: HashMap<String, Lease>,
+    /// The epoch whose rollout each thread's local copy is (so an unchanged one is not copied
+    /// again when the lease comes back).
+    known: HashMap<String, u64>,
+    next_renew: Instant,
+    renewing: bool,
+}
+
+impl Leases {
+    /// No leases; leases live `ttl` after their last renewal and are released after `idle`.
+    pub fn new(ttl: Duration, idle: Duration, now: Instant) -> Self {
+        Self {
+            ttl,
+            idle,
+            map: HashMap::new(),
+            known: HashMap::new(),
+            next_renew: now + ttl / 3,
+            renewing: false,
+        }
+    }
+
+    /// Records a lease the store just granted at `epoch`.
+    pub fn granted(&mut self, thread: &str, epoch: u64, home: PathBuf, now: Instant) {
+        self.map.insert(
+            thread.to_owned(),
+            Lease {
+                epoch,
+                valid_until: now + self.ttl,
+                last_used: now,
+                home,
+            },
+        );
+    }
+
+    /// Whether the lease of `thread` is held and has not lapsed.
+    pub fn holds(&self, thread: &str, now: Instant) -> bool {
+        self.map
+            .get(thread)
+            .is_some_and(|lease| lease.valid_until > now)
+    }
+
+    /// A request named `thread`.
+    pub fn used(&mut self, thread: &str, now: Instant) {
+        if let Some(lease) = self.map.get_mut(thread) {
+            lease.last_used = now;
+        }
+    }
+
+    /// The epoch of the rollout the local copy of `thread` is.
+    pub fn known_epoch(&self, thread: &str) -> Option<u64> {
+        self.known.get(thread).copied()
+    }
+
+    /// The local copy of `thread` is now the rollout published at `epoch`.
+    pub fn published(&mut self, thread: &str, epoch: u64) {
+        if self.known.len() >= MAX_KNOWN && !self.known.contains_key(thread) {
+            self.known.clear();
+        }
+        self.known.insert(thread.to_owned(), epoch);
+    }
+
+    /// The store says the lease moved on: the thread is no longer driven here.
+    pub fn lost(&mut self, thread: &str) {
+        self.map.remove(thread);
+    }
+
+    /// When a turn of `thread` ended: the epoch and home to publish under, if leased here.
+    pub fn publishable(&mut self, thread: &str, now: Instant) -> Option<(u64, PathBuf)> {
+        let lease = self.map.get_mut(thread)?;
+        lease.last_used = now;
+        (lease.valid_until > now).then(|| (lease.epoch, lease.home.clone()))
+    }
+
+    /// Whether a renewal is due: if so, the leases to renew (possibly none; the tick also
+    /// retries what failed to reach the store).
+    pub fn due_renewal(&mut self, now: Instant) -> Option<Vec<(String, u64)>> {
+        if self.renewing || now < self.next_renew {
+            return None;
+        }
+        self.next_renew = now + self.ttl / 3;
+        self.renewing = !self.map.is_empty();
+        Some(
+            self.map
+                .iter()
+                .map(|(thread, lease)| (thread.clone(), lease.epoch))
+                .collect(),
+        )
+    }
+
+    /// The store renewed the leases as of `sent`, except `lost` (taken over or gone).
+    pub fn renewed(&mut self, sent: Instant, lost: &[String]) {
+        self.renewing = false;
+        for thread in lost {
+            if self.map.remove(thread).is_some() {
+                log::line(format_args!(
+                    "the lease of thread {thread} was lost: it is no longer driven here"
+                ));
+            }
+        }
+        for lease in self.map.values_mut() {
+            lease.valid_until = lease.valid_until.max(sent + self.ttl);
+        }
+    }
+
+    /// The renewal did not reach the store: the leases lapse at their time unless the next does.
+    pub fn renew_failed(&mut self) {
+        self.renewing = false;
+    }
+
+    /// Takes out the leases idle for the idle time whose thread is not `busy`: (thread,
+    /// epoch, home) of each, to publish and release.
+    pub fn idle(
+        &mut self,
+        now: Instant,
+        busy: impl Fn(&str) -> bool,
+    ) -> Vec<(String, u64, PathBuf)> {
+        let idle: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(thread, lease)| lease.last_used + self.idle <= now && !busy(thread))
+            .map(|(thread, _)| thread.clone())
+            .collect();
+        idle.into_iter()
+            .filter_map(|thread| {
+                let lease = self.map.remove(&thread)?;
+                Some((thread, lease.epoch, lease.home))
+            })
+            .collect()
+    }
+
+    /// Forgets leases past the time the store may have given them away.
+    pub fn expire(&mut self, now: Instant) {
+        self.map.retain(|thread, lease| {
+            let live = lease.valid_until > now;
+            if !live {
+                log::line(format_args!(
+                    "the lease of thread {thread} lapsed (the store could not renew it)"
+                ));
+            }
+            live
+        });
+    }
+
+    /// When something is due: a renewal (also when `retry` asks for the tick), a lapse, an idle
+    /// release.
+    pub fn next_deadline(&self, retry: bool) -> Option<Instant> {
+        let mut next = (retry || !self.map.is_empty()).then_some(self.next_renew);
+        for lease in self.map.values() {
+            let due = lease.valid_until.min(lease.last_used + self.idle);
+            next = Some(next.map_or(due, |next| next.min(due)));
+        }
+        next
+    }
+
+    /// Takes out every lease: (thread, epoch, home), to publish and release at the end.
+    pub fn drain_all(&mut self) -> Vec<(String, u64, PathBuf)> {
+        self.map
+            .drain()
+            .map(|(thread, lease)| (thread, lease.epoch, lease.home))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(15);
+    const IDLE: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_lease_holds_until_the_last_renewal_plus_the_ttl() {
+        let t0 = Instant::now();
+        let mut leases = Leases::new(TTL, IDLE, t0);
+        leases.granted("a", 1, PathBuf::from("/h"), t0);
+        assert!(leases.holds("a", t0 + TTL - Duration::from_millis(1)));
+        assert!(!leases.holds("a", t0 + TTL));
+        assert!(leases.due_renewal(t0).is_none());
+        let due = leases.due_renewal(t0 + TTL / 3).unwrap();
+        assert_eq!(due, vec![("a".to_owned(), 1)]);
+        // One renewal at a time.
+        assert!(leases.due_renewal(t0 + TTL).is_none());
+        leases.renewed(t0 + TTL / 3, &[]);
+        assert!(leases.holds("a", t0 + TTL + TTL / 4));
+    }
+
+    #[test]
+    fn a_failed_renewal_lets_the_lease_lapse_and_a_lost_one_is_dropped() {
+        let t0 = Instant::now();
+        let mut leases = Leases::new(TTL, IDLE, t0);
+        leases.granted("a", 1, PathBuf::from("/h"), t0);
+        leases.granted("b", 4, PathBuf::from("/h"), t0);
+        leases.due_renewal(t0 + TTL / 3).unwrap();
+        leases.renewed(t0 + TTL / 3, &["b".to_owned()]);
+        assert!(!leases.holds("b", t0));
+        leases.due_renewal(t0 + TTL).unwrap();
+        leases.renew_failed();
+        leases.expire(t0 + TTL + TTL / 3);
+        assert!(leases.drain_all().is_empty());
+    }
+
+    #[test]
+    fn idle_threads_are_released_unless_busy() {
+        let t0 = Instant::now();
+        let mut leases = Leases::new(TTL, IDLE, t0);
+        leases.granted("quiet", 1, PathBuf::from("/h"), t0);
+        leases.granted("turning", 2, PathBuf::from("/h"), t0);
+        assert_eq!(leases.next_deadline(false), Some(t0 + TTL / 3));
+        let released = leases.idle(t0 + IDLE, |thread| thread == "turning");
+        assert_eq!(released, vec![("quiet".to_owned(), 1, PathBuf::from("/h"))]);
+        assert_eq!(leases.publishable("turning", t0 + IDLE), None);
+        leases.granted("turning", 3, PathBuf::from("/h"), t0 + IDLE);
+        assert_eq!(
+            leases.publishable("turning", t0 + IDLE),
+            Some((3, PathBuf::from("/h")))
+        );
+    }
+
+    #[test]
+    fn known_epochs_are_bounded() {
+        let mut leases = Leases::new(TTL, IDLE, Instant::now());
+        for n in 0..=MAX_KNOWN {
+            leases.published(&n.to_string(), 1);
+        }
+        assert!(leases.known.len() <= MAX_KNOWN);
+        assert_eq!(leases.known_epoch(&MAX_KNOWN.to_string()), Some(1));
+    }
+}

@@ -1,0 +1,644 @@
+//! Cluster mode (`--store`): threads that survive the loss of a node, and idempotent retries
+//! (docs/node-loss.md).
+//!
+//! This layer sits between the bus and the [`Manager`]. Before a request that names a thread this
+//! worker does not hold a lease on reaches the manager, it checks in the shared store that the
+//! request's tenant owns the thread, takes the thread's lease (refusing with `thread_leased`
+//! while another live holder has it) and brings the thread's newest published rollout into the
+//! local `CODEX_HOME`, where the bridge resumes it. A request with an idempotency key runs at
+//! most once per (tenant, key): a retry while it runs waits for its reply, a later one gets the
+//! stored reply. While a request waits for the store, the later lines of its session wait
+//! behind it, so a session's order is kept; other sessions go on.
+//!
+//! The store and the files are reached from tasks ([`tasks`]); this state machine only decides.
+
+mod keys;
+mod leases;
+mod rollouts;
+mod tasks;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use codex_bus_store::{Acquire, Begin, Finished, Store, StoreError};
+use codex_bus_worker_io::log;
+use codex_bus_worker_io::message::{self, Message};
+
+use super::errors::WorkerError;
+use super::manager::{Effects, Manager};
+use super::outbound::{BusLine, Kind};
+use super::sessions::{key_of, Scope, SessionKey};
+use super::wire;
+use leases::Leases;
+pub use tasks::Done;
+use tasks::{Op, TakeError, Taken, Tasks};
+
+/// How long the final publish-and-release of every lease may take at the end of a drain.
+const RELEASE_BUDGET: Duration = Duration::from_secs(5);
+
+/// Cluster mode's settings (docs/codex-worker.md, "Cluster mode").
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `sqlite:PATH` or `postgres://…`.
+    pub store: String,
+    /// The shared state directory, where rollouts are published.
+    pub shared_dir: PathBuf,
+    /// This worker's lease holder name, `node/pool/slot`.
+    pub holder: String,
+    /// A lease expires this long after its last renewal; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// A lease of a thread without a turn or request for this long is released.
+    pub lease_idle: Duration,
+    /// How long an idempotency record is kept.
+    pub idempotency_ttl: Duration,
+    /// Largest reply kept for a replay, in bytes.
+    pub max_reply: usize,
+    /// The worker's per-request timeout: a request still running after it (plus a lease TTL)
+    /// at a holder that never answered has lost its holder.
+    pub request_timeout: Duration,
+}
+
+/// A request line held back while the store is asked about it.
+#[derive(Debug)]
+struct Head {
+    line: Vec<u8>,
+    /// The idempotency record this request began, once it has.
+    begun: Option<(String, String)>,
+}
+
+/// A request that retried a running keyed request: it gets the same reply.
+#[derive(Debug)]
+struct Waiter {
+    session: SessionKey,
+    id: Vec<u8>,
+    token: Vec<u8>,
+}
+
+/// What cluster mode keeps between events.
+#[derive(Debug)]
+pub struct Cluster {
+    config: ClusterConfig,
+    tasks: Tasks,
+    leases: Leases,
+    /// Per session, the lines waiting behind a request whose store work is in flight (that
+    /// request first).
+    blocked: HashMap<SessionKey, VecDeque<Head>>,
+    /// Keyed requests passed on, by (session, request id), until their reply goes out.
+    awaiting: HashMap<(SessionKey, Vec<u8>), (String, String)>,
+    /// How many entries of `awaiting` each session has, so other sessions' lines are not read.
+    awaiting_sessions: HashMap<SessionKey, usize>,
+    /// Keyed requests running here, with the retries that wait for their reply.
+    running: HashMap<(String, String), Vec<Waiter>>,
+    /// Threads created while the store was unreachable (thread, owner, home): recorded at the
+    /// next renewal.
+    unadopted: Vec<(String, String, PathBuf)>,
+}
+
+impl Cluster {
+    /// Opens the store (running its migrations) and the shared directory; the returned
+    /// receiver carries the tasks' reports to [`Cluster::done`].
+    pub async fn open(
+        config: ClusterConfig,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Done>), String> {
+        std::fs::create_dir_all(config.shared_dir.join("threads")).map_err(|err| {
+            format!(
+                "cannot use the shared directory {}: {err}",
+                config.shared_dir.display()
+            )
+        })?;
+        let store = Store::open(&config.store)
+            .await
+            .map_err(|err| format!("cannot open the store: {err}"))?;
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let tasks = Tasks::new(
+            Arc::new(store),
+            Arc::from(config.holder.as_str()),
+            config.shared_dir.clone(),
+            (config.lease_ttl, config.idempotency_ttl),
+            done_tx,
+        );
+        log::line(format_args!(
+            "cluster mode: holder {}, shared directory {}, lease TTL {} s",
+            config.holder,
+            config.shared_dir.display(),
+            config.lease_ttl.as_secs()
+        ));
+        let leases = Leases::new(config.lease_ttl, config.lease_idle, Instant::now());
+        Ok((
+            Self {
+                config,
+                tasks,
+                leases,
+                blocked: HashMap::new(),
+                awaiting: HashMap::new(),
+                awaiting_sessions: HashMap::new(),
+                running: HashMap::new(),
+                unadopted: Vec::new(),
+            },
+            done,
+        ))
+    }
+
+    /// Handles one line from the bus: on to the manager now, or after the store answered.
+    pub fn bus_line(&mut self, line: &[u8], now: Instant, manager: &mut Manager, fx: &mut Effects) {
+        let session = match message::classify(line) {
+            Message::Call(call) => call
+                .session
+                .and_then(|token| key_of(token.get().as_bytes())),
+            _ => None,
+        };
+        match session {
+            Some(session) if self.blocked.contains_key(&session) => {
+                if let Some(queue) = self.blocked.get_mut(&session) {
+                    queue.push_back(Head {
+                        line: line.to_vec(),
+                        begun: None,
+                    });
+                }
+            }
+            Some(session) => {
+                let head = Head {
+                    line: line.to_vec(),
+                    begun: None,
+                };
+                if let Some(head) = self.admit(&session, head, now, manager, fx) {
+                    self.blocked.insert(session, VecDeque::from([head]));
+                }
+            }
+            // Answers to server requests need nothing from the store and name no session to
+            // wait behind; what cannot be routed is the bridge's to answer.
+            None => manager.bus_line(line, now, fx),
+        }
+    }
+
+    /// Handles a task's report: the blocked request it was for goes on (or is answered), and so
+    /// do the lines of its session behind it.
+    pub fn done(&mut self, done: Done, now: Instant, manager: &mut Manager, fx: &mut Effects) {
+        match done {
+            Done::Begun { session, result } => {
+                if let Some(head) = self.take_head(&session) {
+                    let head = self.begun(&session, head, result, fx);
+                    self.resume(&session, head, now, manager, fx);
+                }
+            }
+            Done::Taken { session, result } => {
+                if let Some(head) = self.take_head(&session) {
+                    let head = self.taken(&session, head, result, now, manager, fx);
+                    self.resume(&session, head, now, manager, fx);
+                }
+            }
+            Done::Adopted {
+                thread,
+                owner,
+                home,
+                result,
+            } => match result {
+                Ok(Acquire::Granted { epoch, .. }) => {
+                    self.leases.granted(&thread, epoch, home, now)
+                }
+                Ok(Acquire::Held { holder, .. }) => log::line(format_args!(
+                    "thread {thread}, created here, is leased by {holder}"
+                )),
+                Err(err) => {
+                    log::line(format_args!(
+                        "cannot record thread {thread} in the store ({err}); retrying"
+                    ));
+                    self.unadopted.push((thread, owner, home));
+                }
+            },
+            Done::Published {
+                thread,
+                epoch,
+                result,
+            } => match result {
+                Ok(true) => self.leases.published(&thread, epoch),
+                Ok(false) => {
+                    log::line(format_args!(
+                        "the lease of thread {thread} moved on from epoch {epoch}: it is no longer driven here"
+                    ));
+                    self.leases.lost(&thread);
+                }
+                Err(err) => log::line(format_args!(
+                    "cannot publish the rollout of thread {thread}: {err}"
+                )),
+            },
+            Done::Renewed { sent, result } => match result {
+                Ok(lost) => self.leases.renewed(sent, &lost),
+                Err(err) => {
+                    self.leases.renew_failed();
+                    log::line(format_args!("cannot renew leases: {err}"));
+                }
+            },
+        }
+    }
+
+    /// Runs what is due: renewals, idle releases, local expiry of leases the store could not
+    /// renew.
+    pub fn on_timer(&mut self, now: Instant, manager: &Manager) {
+        if let Some(leases) = self.leases.due_renewal(now) {
+            if !leases.is_empty() {
+                self.tasks.spawn(Op::Renew { leases });
+            }
+            for (thread, owner, home) in std::mem::take(&mut self.unadopted) {
+                self.tasks.spawn(Op::Adopt {
+                    thread,
+                    owner,
+                    home,
+                });
+            }
+        }
+        for (thread, epoch, home) in self.leases.idle(now, |thread| manager.thread_busy(thread)) {
+            log::line(format_args!("releasing the lease of idle thread {thread}"));
+            self.tasks.spawn(Op::Publish {
+                thread,
+                epoch,
+                home,
+                release: true,
+            });
+        }
+        self.leases.expire(now);
+    }
+
+    /// When [`Cluster::on_timer`] must run next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.leases.next_deadline(!self.unadopted.is_empty())
+    }
+
+    /// At the end of a drain: publishes and releases every lease, so another node takes the
+    /// threads at once instead of after the TTL; bounded by [`RELEASE_BUDGET`].
+    pub async fn release_all(&mut self) {
+        let leases = self.leases.drain_all();
+        let tasks = &self.tasks;
+        let all = async move {
+            for (thread, epoch, home) in leases {
+                tasks
+                    .run(Op::Publish {
+                        thread,
+                        epoch,
+                        home,
+                        release: true,
+                    })
+                    .await;
+            }
+        };
+        if tokio::time::timeout(RELEASE_BUDGET, all).await.is_err() {
+            log::line(format_args!(
+                "leases not all released within {} s: they expire by their TTL",
+                RELEASE_BUDGET.as_secs()
+            ));
+        }
+    }
+
+    /// Answers every request still waiting for the store: the worker is exiting.
+    pub fn refuse_blocked(&mut self, fx: &mut Effects) {
+        for (session, queue) in std::mem::take(&mut self.blocked) {
+            for head in queue {
+                reply_error(&session, &head.line, &WorkerError::Draining, fx);
+            }
+        }
+    }
+
+    /// Decides about one request: returns it when it must wait for a task (started here), or
+    /// `None` when it went on to the manager or was answered.
+    fn admit(
+        &mut self,
+        session: &SessionKey,
+        head: Head,
+        now: Instant,
+        manager: &mut Manager,
+        fx: &mut Effects,
+    ) -> Option<Head> {
+        let Message::Call(call) = message::classify(&head.line) else {
+            manager.bus_line(&head.line, now, fx);
+            return None;
+        };
+        let Some(id) = call.id else {
+            manager.bus_line(&head.line, now, fx);
+            return None;
+        };
+        let scope = Scope::of(session, call.tenant);
+        let owner = owner_name(&scope);
+        if head.begun.is_none() {
+            if let Some(key) = keys::key_of(&head.line, &call.name) {
+                let id_token = id.get().as_bytes().to_vec();
+                let token = call.session.map(|token| token.get().as_bytes().to_vec());
+                if let Some(waiters) = self.running.get_mut(&(owner.clone(), key.clone())) {
+                    // A retry while it runs here: it gets the first one's reply.
+                    waiters.push(Waiter {
+                        session: session.clone(),
+                        id: id_token,
+                        token: token.unwrap_or_default(),
+                    });
+                    return None;
+                }
+                self.tasks.spawn(Op::Begin {
+                    session: session.clone(),
+                    owner,
+                    key,
+                });
+                return Some(head);
+            }
+        }
+        let refs = wire::params_refs(call.params);
+        if let Some(thread) = refs.thread_id.as_deref() {
+            if rollouts::shareable(thread) && !self.leases.holds(thread, now) {
+                let thread = thread.to_owned();
+                let home = manager.codex_home(&scope);
+                self.tasks.spawn(Op::Take {
+                    session: session.clone(),
+                    known_epoch: self.leases.known_epoch(&thread),
+                    thread,
+                    owner,
+                    home,
+                });
+                return Some(head);
+            }
+            self.leases.used(thread, now);
+        }
+        self.pass(session, head, now, manager, fx);
+        None
+    }
+
+    /// The head of a blocked session's queue, whose task just reported.
+    fn take_head(&mut self, session: &SessionKey) -> Option<Head> {
+        self.blocked.get_mut(session)?.pop_front()
+    }
+
+    /// Goes on with `head` (when it still has a step to take) and then the lines behind it,
+    /// until one must wait again or none is left.
+    fn resume(
+        &mut self,
+        session: &SessionKey,
+        head: Option<Head>,
+        now: Instant,
+        manager: &mut Manager,
+        fx: &mut Effects,
+    ) {
+        let mut next = head;
+        loop {
+            let head = match next.take() {
+                Some(head) => head,
+                None => match self.blocked.get_mut(session).and_then(VecDeque::pop_front) {
+                    Some(head) => head,
+                    None => {
+                        self.blocked.remove(session);
+                        return;
+                    }
+                },
+            };
+            if let Some(waiting) = self.admit(session, head, now, manager, fx) {
+                if let Some(queue) = self.blocked.get_mut(session) {
+                    queue.push_front(waiting);
+                } else {
+                    self.blocked
+                        .insert(session.clone(), VecDeque::from([waiting]));
+                }
+                return;
+            }
+        }
+    }
+
+    /// The store's answer to beginning a key: the request goes on (`Some`) or is answered here.
+    fn begun(
+        &mut self,
+        session: &SessionKey,
+        mut head: Head,
+        result: Result<Begin, StoreError>,
+        fx: &mut Effects,
+    ) -> Option<Head> {
+        let Message::Call(call) = message::classify(&head.line) else {
+            return None;
+        };
+        let scope = Scope::of(session, call.tenant);
+        let key = keys::key_of(&head.line, &call.name)?;
+        let owner = owner_name(&scope);
+        let error = match result {
+            Ok(Begin::New) => {
+                self.running
+                    .insert((owner.clone(), key.clone()), Vec::new());
+                head.begun = Some((owner, key));
+                return Some(head);
+            }
+            Ok(Begin::Done(Finished::Reply(outcome))) => {
+                let (Some(id), Some(token)) = (call.id, call.session) else {
+                    return None;
+                };
+                fx.bus.push(BusLine {
+                    session: Some(session.clone()),
+                    line: keys::replay(id.get().as_bytes(), &outcome, token.get().as_bytes()),
+                    kind: Kind::Essential,
+                });
+                return None;
+            }
+            Ok(Begin::Done(Finished::TooLarge)) => WorkerError::IdempotentReplyTooLarge,
+            Ok(Begin::Running { holder, age }) => {
+                if age > self.config.request_timeout + self.config.lease_ttl {
+                    WorkerError::IdempotencyOutcomeUnknown
+                } else {
+                    WorkerError::IdempotencyInProgress(holder)
+                }
+            }
+            Err(err) => WorkerError::StoreUnavailable(err.to_string()),
+        };
+        reply_error(session, &head.line, &error, fx);
+        None
+    }
+
+    /// The store's answer to taking a thread: the request goes on (`Some`) or is refused here.
+    fn taken(
+        &mut self,
+        session: &SessionKey,
+        head: Head,
+        result: Result<Taken, TakeError>,
+        now: Instant,
+        manager: &mut Manager,
+        fx: &mut Effects,
+    ) -> Option<Head> {
+        let Message::Call(call) = message::classify(&head.line) else {
+            return None;
+        };
+        let scope = Scope::of(session, call.tenant);
+        let refs = wire::params_refs(call.params);
+        let thread = refs.thread_id.as_deref().unwrap_or_default();
+        let error = match result {
+            Ok(Taken::Unowned) => {
+                // Not shared (yet): the worker's own rules decide.
+                self.pass(session, head, now, manager, fx);
+                return None;
+            }
+            Ok(Taken::Granted { epoch, published }) => {
+                let home = manager.codex_home(&scope);
+                self.leases.granted(thread, epoch, home, now);
+                if let Some(published) = published {
+                    self.leases.published(thread, published);
+                }
+                manager.restore_owner(thread, scope, session.clone(), now);
+                return Some(head);
+            }
+            Ok(Taken::Foreign) => match scope {
+                Scope::Tenant(_) => WorkerError::ThreadNotFound,
+                Scope::Session(_) => WorkerError::ThreadNotOwned,
+            },
+            Ok(Taken::Held { holder, expires_in }) => WorkerError::ThreadLeased {
+                holder,
+                retry_after_ms: u64::try_from(expires_in.as_millis()).unwrap_or(u64::MAX),
+            },
+            Err(TakeError {
+                detail,
+                retryable: true,
+            }) => WorkerError::StoreUnavailable(detail),
+            Err(TakeError { detail, .. }) => WorkerError::ThreadLost(detail),
+        };
+        if let Some((owner, key)) = head.begun {
+            // Retries that attached to it get the same refusal: nothing ran.
+            for waiter in self
+                .running
+                .remove(&(owner.clone(), key.clone()))
+                .unwrap_or_default()
+            {
+                let mut reply = Vec::new();
+                error.write_reply(&mut reply, &waiter.id, Some(&waiter.token));
+                fx.bus.push(BusLine {
+                    session: Some(waiter.session),
+                    line: reply,
+                    kind: Kind::Essential,
+                });
+            }
+            self.tasks.spawn(Op::Abandon { owner, key });
+        }
+        reply_error(session, &head.line, &error, fx);
+        None
+    }
+
+    /// Passes `head` on to the manager; a keyed one is remembered until its reply goes out.
+    fn pass(
+        &mut self,
+        session: &SessionKey,
+        head: Head,
+        now: Instant,
+        manager: &mut Manager,
+        fx: &mut Effects,
+    ) {
+        if let Some(begun) = head.begun {
+            if let Message::Call(call) = message::classify(&head.line) {
+                if let Some(id) = call.id {
+                    *self.awaiting_sessions.entry(session.clone()).or_default() += 1;
+                    self.awaiting
+                        .insert((session.clone(), id.get().as_bytes().to_vec()), begun);
+                }
+            }
+        }
+        manager.bus_line(&head.line, now, fx);
+    }
+
+    /// Follows up what the manager just did (called before its effects are carried out): new
+    /// threads are recorded and leased, finished turns published, keyed replies stored and
+    /// copied to their retries.
+    pub fn follow_up(&mut self, now: Instant, manager: &Manager, fx: &mut Effects) {
+        for (thread, scope) in std::mem::take(&mut fx.owned) {
+            if rollouts::shareable(&thread) {
+                self.tasks.spawn(Op::Adopt {
+                    thread,
+                    owner: owner_name(&scope),
+                    home: manager.codex_home(&scope),
+                });
+            }
+        }
+        for thread in std::mem::take(&mut fx.turns_ended) {
+            if let Some((epoch, home)) = self.leases.publishable(&thread, now) {
+                self.tasks.spawn(Op::Publish {
+                    thread,
+                    epoch,
+                    home,
+                    release: false,
+                });
+            }
+        }
+        if self.awaiting.is_empty() {
+            return;
+        }
+        let mut copies = Vec::new();
+        for line in &fx.bus {
+            let Some(session) = &line.session else {
+                continue;
+            };
+            if !self.awaiting_sessions.contains_key(session) {
+                continue;
+            }
+            let Some((id, outcome, is_error)) = keys::outcome_of(&line.line) else {
+                continue;
+            };
+            let Some((owner, key)) = self.awaiting.remove(&(session.clone(), id)) else {
+                continue;
+            };
+            if let Some(count) = self.awaiting_sessions.get_mut(session) {
+                *count -= 1;
+                if *count == 0 {
+                    self.awaiting_sessions.remove(session);
+                }
+            }
+            for waiter in self
+                .running
+                .remove(&(owner.clone(), key.clone()))
+                .unwrap_or_default()
+            {
+                copies.push(BusLine {
+                    session: Some(waiter.session),
+                    line: keys::replay(&waiter.id, &outcome, &waiter.token),
+                    kind: Kind::Essential,
+                });
+            }
+            let op = if is_error && keys::retryable(&outcome) {
+                Op::Abandon { owner, key }
+            } else if outcome.len() > self.config.max_reply {
+                Op::Finish {
+                    owner,
+                    key,
+                    outcome: Finished::TooLarge,
+                }
+            } else {
+                Op::Finish {
+                    owner,
+                    key,
+                    outcome: Finished::Reply(outcome),
+                }
+            };
+            self.tasks.spawn(op);
+        }
+        fx.bus.extend(copies);
+    }
+}
+
+/// The store's name for who owns a scope's threads: `t:<tenant>`, or without `auth` (where the
+/// session is the only identity) `s:<session key>`.
+fn owner_name(scope: &Scope) -> String {
+    match scope {
+        Scope::Tenant(tenant) => format!("t:{tenant}"),
+        Scope::Session(session) => format!("s:{}", String::from_utf8_lossy(session)),
+    }
+}
+
+/// Answers the request `line` of `session` with `error`.
+fn reply_error(session: &SessionKey, line: &[u8], error: &WorkerError, fx: &mut Effects) {
+    let Message::Call(call) = message::classify(line) else {
+        return;
+    };
+    let Some(id) = call.id else {
+        return;
+    };
+    let mut reply = Vec::new();
+    error.write_reply(
+        &mut reply,
+        id.get().as_bytes(),
+        call.session.map(|token| token.get().as_bytes()),
+    );
+    fx.bus.push(BusLine {
+        session: Some(session.clone()),
+        line: reply,
+        kind: Kind::Essential,
+    });
+}
