@@ -177,10 +177,10 @@ struct Tree(Vec<Proc>);
 
 impl Tree {
     fn of(bus: &Bus) -> Tree {
-        let procs: Vec<Proc> = descendants(bus.pid())
-            .into_iter()
-            .filter_map(Proc::of)
-            .collect();
+        let mut pids = descendants(bus.pid());
+        pids.sort_unstable();
+        pids.dedup();
+        let procs: Vec<Proc> = pids.into_iter().filter_map(Proc::of).collect();
         assert!(!procs.is_empty(), "a node without workers");
         Tree(procs)
     }
@@ -218,7 +218,7 @@ fn kill_node(name: &str, bus: &mut Bus, tree: &Tree) -> Instant {
         std::thread::sleep(Duration::from_millis(20));
     }
     say(&format!(
-        "node loss: node {name} SIGKILLed; its {} workers and children gone after {} ms",
+        "node loss: node {name} SIGKILLed; its {} other processes (workers, app-servers) gone after {} ms",
         tree.0.len(),
         killed.elapsed().as_millis()
     ));
@@ -704,6 +704,9 @@ fn a_keyed_turn_starts_once_with_postgres() {
     idempotency(&Shared::at(&cluster.url()), "postgres");
 }
 
+/// A thread id (a UUIDv7, as Codex makes them) that no node holds.
+const ELSEWHERE: &str = "019ad0c4-0000-7000-8000-000000000000";
+
 /// How long a request that needs a stopped store may take to be refused.
 const REFUSED_WITHIN: Duration = Duration::from_secs(10);
 
@@ -756,6 +759,14 @@ fn store_loss_refuses_what_needs_the_store_and_recovers_with_postgres() {
         took.as_millis(),
         reply["error"]
     ));
+    // A thread this node holds no lease on: only the store can say whose it is.
+    let start = Instant::now();
+    let reply = a.call("turn/start", turn_params(ELSEWHERE, "not held here"));
+    assert_store_unavailable(
+        &reply,
+        start.elapsed(),
+        "turn/start on a thread not held here",
+    );
     // What does not: a new session's initialize, and a turn on the thread this node holds.
     let mut fresh = Client::new(&mut node, "a", "s2");
     fresh.sync();
@@ -910,6 +921,11 @@ fn real_failover(codex: &Path) {
     let history = resumed["result"]["thread"]["turns"].to_string();
     assert!(history.contains("say hello on A"), "{history}");
     assert!(history.contains("say hello on B"), "{history}");
+    assert_eq!(
+        history.matches(&ANSWER.concat()).count(),
+        2,
+        "both answers: {history}"
+    );
     say(&format!(
         "real Codex failover: thread/resume on B shows {} turns ({turn_a} from A, {turn_b} from B); PASSED in {} ms ({} model requests)",
         turns.len(),
