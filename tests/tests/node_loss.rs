@@ -103,10 +103,16 @@ impl Shared {
 
     /// Starts node `name`: a daemon with `auth` and one `codex-worker` over the fake child.
     fn node(&self, name: &str, ttl: u64) -> Bus {
+        self.node_with(name, ttl, &[])
+    }
+
+    /// Like [`Shared::node`], with `extra` worker arguments.
+    fn node_with(&self, name: &str, ttl: u64, extra: &[&str]) -> Bus {
         let child = format!("{} {CHILD}", bin("codex-mock").display());
         let state = self.dir.path().join(name).display().to_string();
         let mut args = vec!["--codex-cmd".to_owned(), child, "--state-dir".into(), state];
         args.extend(self.cluster_args(name, ttl));
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let bus = Bus::start(&with_auth(worker_pool("codex-worker", 1, &args)), Mode::Tcp);
         bus.wait_workers(1);
@@ -670,6 +676,126 @@ fn failover_to_another_node_with_sqlite() {
 #[test]
 fn a_keyed_turn_starts_once_with_sqlite() {
     idempotency(&Shared::sqlite(), "sqlite");
+}
+
+/// The TTL of the hand-over tests: long enough that only a release frees a thread in time.
+const LONG_TTL_SEC: u64 = 15;
+
+/// Asserts `client`'s `thread/resume` of `thread` shows every text of `texts`.
+fn assert_history(client: &mut Client, thread: &str, texts: &[&str]) {
+    let resumed = client.call("thread/resume", json!({"threadId": thread}));
+    let history = resumed["result"]["thread"]["turns"].to_string();
+    for text in texts {
+        assert!(history.contains(text), "{text:?} missing: {resumed}");
+    }
+}
+
+#[test]
+fn a_draining_node_hands_its_threads_over_at_once_with_sqlite() {
+    let shared = Shared::sqlite();
+    let mut a = shared.node("A", LONG_TTL_SEC);
+    let mut b = shared.node("B", LONG_TTL_SEC);
+    let mut on_a = Client::new(&mut a, "a", "s1");
+    let thread = on_a.start_thread();
+    let turn = turn_id(&on_a.call("turn/start", turn_params(&thread, "before the drain")));
+    on_a.wait_turn(&turn);
+    let _tree_a = Tree::of(&a);
+
+    // SIGTERM: the worker publishes and releases its leases as it drains.
+    a.signal(Signal::SIGTERM);
+    let drained = Instant::now();
+    a.wait_exit();
+    let mut on_b = Client::new(&mut b, "a", "s1");
+    let reply = on_b.call("turn/start", turn_params(&thread, "after the drain"));
+    let took = drained.elapsed();
+    let turn = turn_id(&reply);
+    on_b.wait_turn(&turn);
+    say(&format!(
+        "node loss [sqlite]: node A drained (SIGTERM); B ran the thread's next turn at its first try, {} ms after the signal (lease TTL {LONG_TTL_SEC} s)",
+        took.as_millis()
+    ));
+    assert_history(&mut on_b, &thread, &["before the drain", "after the drain"]);
+}
+
+#[test]
+fn an_idle_lease_moves_to_another_live_node_and_back_with_sqlite() {
+    const IDLE_SEC: u64 = 2;
+    let idle = IDLE_SEC.to_string();
+    let shared = Shared::sqlite();
+    let mut a = shared.node_with("A", LONG_TTL_SEC, &["--lease-idle-sec", &idle]);
+    let mut b = shared.node_with("B", LONG_TTL_SEC, &["--lease-idle-sec", &idle]);
+    let mut on_a = Client::new(&mut a, "a", "s1");
+    let thread = on_a.start_thread();
+    let turn = turn_id(&on_a.call("turn/start", turn_params(&thread, "first on A")));
+    on_a.wait_turn(&turn);
+    let idle_since = Instant::now();
+
+    // B waits for A's lease to go idle; A lives on.
+    let mut on_b = Client::new(&mut b, "a", "s2");
+    let mut refusals = 0;
+    let reply = loop {
+        let reply = on_b.call("turn/start", turn_params(&thread, "then on B"));
+        if reply.get("result").is_some() {
+            break reply;
+        }
+        assert_leased(&reply, "A");
+        refusals += 1;
+        assert!(
+            idle_since.elapsed() < Duration::from_secs(IDLE_SEC) + MARGIN,
+            "A's idle lease was not released: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = idle_since.elapsed();
+    assert!(refusals > 0, "B was refused while A's lease was in use");
+    assert!(
+        took >= Duration::from_secs(IDLE_SEC) - Duration::from_millis(300),
+        "released before it was idle: {} ms",
+        took.as_millis()
+    );
+    say(&format!(
+        "node loss [sqlite]: A's lease released {} ms after the thread went idle (--lease-idle-sec {IDLE_SEC}); B refused {refusals} times before",
+        took.as_millis()
+    ));
+    let turn_b = turn_id(&reply);
+
+    // Now B holds the thread: A, alive, must not drive it.
+    let refused = on_a.call("turn/start", turn_params(&thread, "again on A"));
+    assert_leased(&refused, "B");
+    on_b.wait_turn(&turn_b);
+    assert_history(&mut on_b, &thread, &["first on A", "then on B"]);
+    on_a.sync();
+    assert_eq!(
+        on_a.count(is_started),
+        1,
+        "A started only its own turn: {:?}",
+        on_a.log
+    );
+    // And back: once B's lease idles out, A, whose child still has the thread loaded from
+    // before, takes it again and continues from the history B added.
+    let idle_since = Instant::now();
+    let reply = loop {
+        let reply = on_a.call("turn/start", turn_params(&thread, "back on A"));
+        if reply.get("result").is_some() {
+            break reply;
+        }
+        assert_leased(&reply, "B");
+        assert!(
+            idle_since.elapsed() < Duration::from_secs(IDLE_SEC) + MARGIN + Duration::from_secs(1),
+            "B's idle lease was not released: {reply}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    on_a.wait_turn(&turn_id(&reply));
+    assert_history(
+        &mut on_a,
+        &thread,
+        &["first on A", "then on B", "back on A"],
+    );
+    say(&format!(
+        "node loss [sqlite]: the thread moved back to A {} ms after B's turn; A's history holds all three turns",
+        idle_since.elapsed().as_millis()
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
