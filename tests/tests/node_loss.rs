@@ -792,6 +792,7 @@ fn an_idle_lease_moves_to_another_live_node_and_back_with_sqlite() {
         &thread,
         &["first on A", "then on B", "back on A"],
     );
+    wait_published(&shared.shared_dir(), &thread, "back on A");
     say(&format!(
         "node loss [sqlite]: the thread moved back to A {} ms after B's turn; A's history holds all three turns",
         idle_since.elapsed().as_millis()
