@@ -1060,3 +1060,73 @@ fn real_failover(codex: &Path) {
         server.requests()
     ));
 }
+
+#[test]
+#[ignore = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm); `CODEX_REAL=1 bash .ci/run` installs @openai/codex@0.169.0 and runs it"]
+fn real_codex_idle_thread_moves_to_another_node_and_back() {
+    let codex = require_codex();
+    if !rerun_offline(
+        "real_codex_idle_thread_moves_to_another_node_and_back",
+        &codex,
+    ) {
+        real_move_back(&codex);
+    }
+}
+
+/// A thread idle on A moves to B (A alive) and, idle on B, back to A, whose app-server still
+/// has it loaded: A's history must hold B's turn.
+fn real_move_back(codex: &Path) {
+    const IDLE_SEC: &str = "2";
+    let server = ResponsesServer::start();
+    let shared = Shared::sqlite();
+    let node = |name: &str| {
+        let state = shared.dir.path().join(name);
+        let mut args = shared.cluster_args(name, LONG_TTL_SEC);
+        args.extend(["--lease-idle-sec".to_owned(), IDLE_SEC.to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let config = with_auth(worker_pool_config(codex, &server, &state, &args));
+        let bus = Bus::start(&config, Mode::Tcp);
+        bus.wait_workers(1);
+        bus
+    };
+    let mut a = node("A");
+    let mut b = node("B");
+    let mut on_a = Client::new(&mut a, "a", "s1");
+    let mut on_b = Client::new(&mut b, "a", "s1");
+    let thread = on_a.start_thread();
+    let run = |client: &mut Client, text: &str, holder: &str| {
+        let start = Instant::now();
+        let reply = loop {
+            let reply = client.call("turn/start", turn_params(&thread, text));
+            if reply.get("result").is_some() {
+                break reply;
+            }
+            assert_leased(&reply, holder);
+            assert!(start.elapsed() < Duration::from_secs(15), "{reply}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        client.wait_turn(&turn_id(&reply));
+        say(&format!(
+            "real Codex move: {text:?} ran after {} ms",
+            start.elapsed().as_millis()
+        ));
+    };
+    run(&mut on_a, "first on A", "B");
+    run(&mut on_b, "then on B", "A");
+    run(&mut on_a, "back on A", "B");
+    let resumed = on_a.call("thread/resume", json!({"threadId": thread}));
+    let history = resumed["result"]["thread"]["turns"].to_string();
+    say(&format!(
+        "real Codex move: A's history after moving back: {} turns; holds B's turn: {}",
+        resumed["result"]["thread"]["turns"]
+            .as_array()
+            .map_or(0, Vec::len),
+        history.contains("then on B")
+    ));
+    // The turn run after moving back must reach the shared directory too, or the next node to
+    // take the thread loses it.
+    wait_published(&shared.shared_dir(), &thread, "back on A");
+    for text in ["first on A", "then on B", "back on A"] {
+        assert!(history.contains(text), "{text:?} missing: {history}");
+    }
+}
