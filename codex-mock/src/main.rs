@@ -32,14 +32,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let status = match cli.tool {
         Some(Tool::AppServer(knobs)) => mock_app_server::run(knobs),
-        None => mock::Mock::new(Identity::of(&Placement::from_env()), cli.scenario).and_then(
-            |mut mock| {
-                if cli.stubborn {
-                    mock.become_stubborn();
-                }
-                event_loop::run(mock)
-            },
-        ),
+        None => {
+            let mut mock = mock::Mock::new(Identity::of(&Placement::from_env()), cli.scenario);
+            if cli.stubborn {
+                mock.become_stubborn();
+            }
+            event_loop::run(mock)
+        }
     };
     match status {
         Ok(code) => ExitCode::from(code),

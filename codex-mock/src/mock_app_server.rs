@@ -3,8 +3,9 @@
 //! notifications, `Not initialized`/`Already initialized`, exit at end of input), driven by the
 //! scenario engine, so `codex-worker` is tested without Codex.
 //!
-//! Persistent threads are kept under `$CODEX_HOME/mock-app-server`, so that a restarted fake
-//! child can resume them as Codex resumes its rollouts.
+//! Persistent threads are rollouts in `$CODEX_HOME` laid out as Codex lays them out, with
+//! Codex's per-thread writer lock, so that a restarted fake child resumes them and a thread moves
+//! to another home by copying its rollout, as with Codex (docs/thread-resume.md).
 
 use std::io;
 use std::ops::ControlFlow;
@@ -29,10 +30,7 @@ const CRASH_STATUS: u8 = 1;
 /// Runs the fake child until end of input (status 0) or a scripted crash (status 1).
 pub fn run(knobs: Knobs) -> io::Result<u8> {
     let home = std::env::var_os("CODEX_HOME").map(PathBuf::from);
-    let engine = Engine::new(
-        knobs,
-        home.as_ref().map(|home| home.join("mock-app-server")),
-    )?;
+    let engine = Engine::fake_child(knobs, home.clone())?;
     let mut child = FakeChild {
         engine,
         initialized: false,

@@ -9,7 +9,6 @@ mod tests;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -61,14 +60,14 @@ struct PendingAsk {
 
 impl Mock {
     /// A mock that reports `identity` in its results and plays turns by `knobs`.
-    pub fn new(identity: Identity, knobs: Knobs) -> io::Result<Self> {
-        Ok(Self {
+    pub fn new(identity: Identity, knobs: Knobs) -> Self {
+        Self {
             identity,
             delayed: DelayQueue::default(),
             asks: HashMap::new(),
-            engine: Engine::new(knobs, None)?,
+            engine: Engine::new(knobs),
             stubborn: false,
-        })
+        }
     }
 
     /// From now on SIGTERM and end of input are ignored; only SIGKILL ends the worker.

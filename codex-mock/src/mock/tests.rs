@@ -28,7 +28,7 @@ fn mock_with(knobs: &[&str]) -> Mock {
     let knobs = Wrapper::try_parse_from(std::iter::once("x").chain(knobs.iter().copied()))
         .unwrap()
         .knobs;
-    Mock::new(Identity::new("p", Some(1), 9), knobs).unwrap()
+    Mock::new(Identity::new("p", Some(1), 9), knobs)
 }
 
 fn run(mock: &mut Mock, line: &str) -> (String, ControlFlow<Stop>) {

@@ -12,9 +12,12 @@ mod shapes;
 mod store;
 mod text;
 mod turn;
+mod utc;
 
 use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,8 +26,10 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use codex_bus_worker_io::log;
+
 use clock::Clock;
-use knobs::{Directives, Knobs};
+use knobs::{ClockKind, Directives, Knobs};
 use rng::Rng;
 use shapes::{ThreadMeta, TurnTimes};
 use store::Store;
@@ -139,6 +144,9 @@ struct Turn {
     text: String,
     input_bytes: usize,
     waiting: Option<Waiting>,
+    /// The user message items, kept only when the turn goes into a rollout (the mock worker's
+    /// benchmarks run thousands of turns at once and keep nothing).
+    users: Vec<Value>,
 }
 
 /// An approval the turn waits for.
@@ -165,6 +173,9 @@ pub struct Engine {
     clock: Clock,
     rng: Rng,
     store: Option<Store>,
+    /// Thread and turn ids are UUIDv7-shaped, as Codex's, with these random bits mixed in
+    /// (the fake child); `None`: `thr_0001`-style counters (the mock worker).
+    uuid_salt: Option<u64>,
     next_id: u64,
     threads: HashMap<Arc<str>, Thread>,
     timers: BinaryHeap<Reverse<Timer>>,
@@ -177,23 +188,44 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine with `knobs`; with `store_dir`, persistent threads survive the process.
-    pub fn new(knobs: Knobs, store_dir: Option<PathBuf>) -> io::Result<Self> {
-        let (store, next_id) = match store_dir {
-            Some(dir) => {
-                let (store, first) = Store::open(dir)?;
+    /// The mock worker's engine: `thr_0001`-style ids, nothing persisted.
+    pub fn new(knobs: Knobs) -> Self {
+        Self::with(knobs, None, None, 1)
+    }
+
+    /// The fake child's engine: Codex-like UUIDv7 thread and turn ids and, with `CODEX_HOME`
+    /// `home`, persistent threads in rollouts there as Codex keeps them (see [`store`]).
+    pub fn fake_child(knobs: Knobs, home: Option<PathBuf>) -> io::Result<Self> {
+        // On the virtual clock transcripts must be exact, so the ids' random bits come from the
+        // seed and the home (two homes a thread moves between must not mint the same ids from
+        // the same counter); otherwise from the OS, so that no two processes ever do.
+        let salt = match knobs.clock {
+            ClockKind::Virtual => {
+                let fixed = BuildHasherDefault::<DefaultHasher>::default();
+                knobs.seed ^ home.as_ref().map_or(0, |home| fixed.hash_one(home))
+            }
+            ClockKind::Real => RandomState::new().hash_one(std::process::id()),
+        };
+        let (store, next_id) = match home {
+            Some(home) => {
+                let (store, first) = Store::open(home)?;
                 (Some(store), first)
             }
             None => (None, 1),
         };
+        Ok(Self::with(knobs, store, Some(salt), next_id))
+    }
+
+    fn with(knobs: Knobs, store: Option<Store>, uuid_salt: Option<u64>, next_id: u64) -> Self {
         let cwd = std::env::current_dir()
             .map(|dir| dir.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "/".to_owned());
-        Ok(Self {
+        Self {
             clock: Clock::new(knobs.clock),
             rng: Rng::new(knobs.seed),
             knobs,
             store,
+            uuid_salt,
             next_id,
             threads: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -202,7 +234,7 @@ impl Engine {
             next_request_id: 0,
             turns_started: 0,
             cwd,
-        })
+        }
     }
 
     /// A fresh server-request id (shared with the front end's own requests).
@@ -261,10 +293,14 @@ impl Engine {
             "thread/resume" => self.thread_resume(&params, tag, tenant, emits),
             "thread/fork" => self.thread_fork(&params, tag, tenant, emits),
             "thread/unsubscribe" => self.thread_unsubscribe(&params, emits),
-            "thread/read" => emits
-                .push(Emit::Reply(self.known(&params).map(|(id, meta)| {
-                    json!({"thread": shapes::thread(&id, &meta)}).to_string()
-                }))),
+            "thread/read" => {
+                let with_turns = params["includeTurns"].as_bool().unwrap_or(false);
+                let reply = self.find(&params).map(|found| {
+                    let turns: &[Value] = if with_turns { &found.turns } else { &[] };
+                    json!({"thread": found.thread(turns)}).to_string()
+                });
+                emits.push(Emit::Reply(reply));
+            }
             "thread/list" => self.thread_list(tenant, emits),
             "thread/loaded/list" => {
                 let mut ids: Vec<&str> = self
@@ -381,13 +417,31 @@ impl Engine {
         }
     }
 
-    fn next_id(&mut self, kind: &str) -> String {
+    fn next_id(&mut self, kind: IdKind) -> String {
         let id = self.next_id;
         self.next_id += 1;
         if let Some(store) = &mut self.store {
             store.used(id);
         }
-        format!("{kind}_{id:04}")
+        match (self.uuid_salt, kind) {
+            (Some(salt), IdKind::Thread | IdKind::Turn) => {
+                let mut rng = Rng::new(salt ^ id);
+                uuid_v7(self.now_ms(), rng.next_u64(), rng.next_u64())
+            }
+            _ => format!("{}_{id:04}", kind.prefix()),
+        }
+    }
+
+    /// Where `meta`'s thread `id` is recorded, for `Thread.path`: its rollout; `None` for an
+    /// ephemeral thread; a `mock://` name when the fake child has no `CODEX_HOME` to write in.
+    fn path_of(&self, id: &str, meta: &ThreadMeta) -> Option<String> {
+        if meta.ephemeral {
+            return None;
+        }
+        Some(match self.store.as_ref().and_then(|store| store.path(id)) {
+            Some(path) => path.to_string_lossy().into_owned(),
+            None => format!("mock://{id}.jsonl"),
+        })
     }
 
     fn stamp_s(&self) -> u64 {
@@ -405,12 +459,12 @@ impl Engine {
             preview: String::new(),
             forked_from: None,
         };
-        let id = self.next_id("thr");
+        let id = self.next_id(IdKind::Thread);
         self.create(id, meta, tag, tenant, emits);
     }
 
     fn thread_fork(&mut self, params: &Value, tag: &Tag, tenant: &str, emits: &mut Vec<Emit>) {
-        let source = match self.known(params) {
+        let source = match self.find(params) {
             Ok(source) => source,
             Err(error) => return emits.push(Emit::Reply(Err(error))),
         };
@@ -419,10 +473,10 @@ impl Engine {
             ephemeral: params["ephemeral"].as_bool().unwrap_or(false),
             created_s: now_s,
             updated_s: now_s,
-            forked_from: Some(source.0),
-            ..source.1
+            forked_from: Some(source.id),
+            ..source.meta
         };
-        let id = self.next_id("thr");
+        let id = self.next_id(IdKind::Thread);
         self.create(id, meta, tag, tenant, emits);
     }
 
@@ -437,18 +491,18 @@ impl Engine {
         emits: &mut Vec<Emit>,
     ) {
         if !meta.ephemeral {
-            if let Some(store) = &self.store {
-                store.save(&id, &meta);
+            if let Some(store) = &mut self.store {
+                if let Err(err) = store.create(&id, &meta) {
+                    log::line(format_args!(
+                        "cannot start the rollout of thread {id}: {err}"
+                    ));
+                }
             }
         }
-        let reply = Emit::Reply(Ok(shapes::thread_result(&id, &meta).to_string()));
+        let thread = shapes::thread(&id, &meta, self.path_of(&id, &meta).as_deref(), &[]);
+        let reply = Emit::Reply(Ok(shapes::thread_result(thread.clone(), &meta).to_string()));
         let at = self.clock.stamp_ms(self.clock.virtual_now());
-        let started = notify(
-            tag,
-            "thread/started",
-            json!({"thread": shapes::thread(&id, &meta)}),
-            at,
-        );
+        let started = notify(tag, "thread/started", json!({"thread": thread}), at);
         if self.knobs.thread_started_first {
             emits.extend([started, reply]);
         } else {
@@ -465,26 +519,42 @@ impl Engine {
         );
     }
 
-    /// Loads a thread (a stored one becomes `tenant`'s) and sends its events to `tag` from now
-    /// on.
+    /// Loads a thread (a stored one becomes `tenant`'s, and this process its only writer, as
+    /// in Codex) and sends its events to `tag` from now on; answers with its full history
+    /// unless `excludeTurns`.
     fn thread_resume(&mut self, params: &Value, tag: &Tag, tenant: &str, emits: &mut Vec<Emit>) {
-        let (id, meta) = match self.known(params) {
-            Ok(known) => known,
+        let id = params["threadId"].as_str().unwrap_or_default();
+        let found = if self.threads.contains_key(id) {
+            self.find(params)
+        } else {
+            match &mut self.store {
+                Some(store) => store.claim(id).map(|rollout| Found {
+                    id: id.to_owned(),
+                    path: Some(rollout.path.to_string_lossy().into_owned()),
+                    meta: rollout.meta,
+                    turns: rollout.turns,
+                }),
+                None => Err(no_rollout(id)),
+            }
+        };
+        let found = match found {
+            Ok(found) => found,
             Err(error) => return emits.push(Emit::Reply(Err(error))),
         };
-        let thread = self
-            .threads
-            .entry(Arc::from(id.as_str()))
-            .or_insert_with(|| Thread {
-                tag: tag.clone(),
-                tenant: Tenant::from(tenant),
-                meta: meta.clone(),
-                turn: None,
-            });
+        let thread = self.threads.entry(Arc::from(id)).or_insert_with(|| Thread {
+            tag: tag.clone(),
+            tenant: Tenant::from(tenant),
+            meta: found.meta.clone(),
+            turn: None,
+        });
         thread.tag = tag.clone();
-        emits.push(Emit::Reply(Ok(
-            shapes::thread_result(&id, &meta).to_string()
-        )));
+        let turns: &[Value] = if params["excludeTurns"].as_bool().unwrap_or(false) {
+            &[]
+        } else {
+            &found.turns
+        };
+        let result = shapes::thread_result(found.thread(turns), &found.meta);
+        emits.push(Emit::Reply(Ok(result.to_string())));
     }
 
     fn thread_unsubscribe(&mut self, params: &Value, emits: &mut Vec<Emit>) {
@@ -501,46 +571,66 @@ impl Engine {
     }
 
     /// The threads of `tenant`: loaded ones, and (in the fake child, whose one tenant owns the
-    /// store) stored ones.
+    /// store) the other rollouts in its home.
     fn thread_list(&mut self, tenant: &str, emits: &mut Vec<Emit>) {
-        let mut all: BTreeMap<String, ThreadMeta> = self
+        let mut all: BTreeMap<String, (ThreadMeta, Option<String>)> = self
             .threads
             .iter()
             .filter(|(_, thread)| *thread.tenant == *tenant)
-            .map(|(id, thread)| (id.to_string(), thread.meta.clone()))
+            .map(|(id, thread)| {
+                let path = self.path_of(id, &thread.meta);
+                (id.to_string(), (thread.meta.clone(), path))
+            })
             .collect();
         // Only the fake child keeps a store, and it has one tenant; a loaded thread is listed
         // above or not at all, by its tenant.
-        let loaded = |id: &String| self.threads.contains_key(id.as_str());
         if let Some(store) = &self.store {
-            for id in store.ids().into_iter().filter(|id| !loaded(id)) {
-                if let std::collections::btree_map::Entry::Vacant(slot) = all.entry(id) {
-                    if let Some(meta) = store.load(slot.key()) {
-                        slot.insert(meta);
-                    }
+            for (id, rollout) in store.list() {
+                if !self.threads.contains_key(id.as_str()) {
+                    let path = rollout.path.to_string_lossy().into_owned();
+                    all.insert(id, (rollout.meta, Some(path)));
                 }
             }
         }
         let data: Vec<Value> = all
             .iter()
-            .map(|(id, meta)| shapes::thread(id, meta))
+            .map(|(id, (meta, path))| shapes::thread(id, meta, path.as_deref(), &[]))
             .collect();
         emits.push(Emit::Reply(Ok(
             json!({"data": data, "nextCursor": null}).to_string()
         )));
     }
 
-    /// The thread named by `params.threadId`, loaded or persisted.
-    fn known(&self, params: &Value) -> Result<(String, ThreadMeta), RpcError> {
+    /// The thread named by `params.threadId`, loaded or in a rollout, with its history: the
+    /// rollout is the only record of a thread's turns, so a loaded thread's are read back.
+    fn find(&self, params: &Value) -> Result<Found, RpcError> {
         let id = params["threadId"].as_str().unwrap_or_default();
         if let Some(thread) = self.threads.get(id) {
-            return Ok((id.to_owned(), thread.meta.clone()));
+            let turns = self
+                .store
+                .as_ref()
+                .filter(|_| !thread.meta.ephemeral)
+                .and_then(|store| store.read(id).ok())
+                .map(|rollout| rollout.turns)
+                .unwrap_or_default();
+            return Ok(Found {
+                id: id.to_owned(),
+                path: self.path_of(id, &thread.meta),
+                meta: thread.meta.clone(),
+                turns,
+            });
         }
-        self.store
+        let rollout = self
+            .store
             .as_ref()
-            .and_then(|store| store.load(id))
-            .map(|meta| (id.to_owned(), meta))
-            .ok_or_else(|| no_rollout(id))
+            .ok_or_else(|| no_rollout(id))?
+            .read(id)?;
+        Ok(Found {
+            id: id.to_owned(),
+            path: Some(rollout.path.to_string_lossy().into_owned()),
+            meta: rollout.meta,
+            turns: rollout.turns,
+        })
     }
 
     fn turn_start(&mut self, params: &Value, tag: &Tag, now: Instant, emits: &mut Vec<Emit>) {
@@ -560,8 +650,9 @@ impl Engine {
         self.turns_started += 1;
         let directives = Directives::parse(&input);
         let steps = turn::plan(&self.knobs, &directives, self.turns_started, &mut self.rng);
-        let turn_id = self.next_id("turn");
-        let user_item = self.next_id("item");
+        let turn_id = self.next_id(IdKind::Turn);
+        let user_item = self.next_id(IdKind::Item);
+        let persistent = self.store.is_some();
         self.seq += 1;
         let start_v = self.clock.virtual_now();
         let started_s = self.clock.stamp_ms(start_v) / 1000;
@@ -569,8 +660,13 @@ impl Engine {
             return;
         };
         if thread.meta.preview.is_empty() {
-            thread.meta.preview = input.chars().take(80).collect();
+            thread.meta.preview = input.chars().take(shapes::PREVIEW_CHARS).collect();
         }
+        let users = if persistent && !thread.meta.ephemeral {
+            vec![shapes::user_item(&user_item, &input)]
+        } else {
+            Vec::new()
+        };
         thread.turn = Some(Turn {
             id: turn_id.clone(),
             serial: self.seq,
@@ -584,6 +680,7 @@ impl Engine {
             text: String::new(),
             input_bytes: input.len(),
             waiting: None,
+            users,
         });
         let tag = thread.tag.clone();
         let reply =
@@ -614,7 +711,7 @@ impl Engine {
 
     /// More input for a running turn: a user message and more deltas.
     fn add_input(&mut self, thread_id: &str, input: &str, emits: &mut Vec<Emit>) {
-        let item_id = self.next_id("item");
+        let item_id = self.next_id(IdKind::Item);
         let count = (self.knobs.deltas / 4).max(1);
         let interval = self.knobs.delta_interval_ms;
         let Some(thread) = self.threads.get_mut(thread_id) else {
@@ -624,6 +721,9 @@ impl Engine {
             return;
         };
         turn.input_bytes += input.len();
+        if !turn.users.is_empty() {
+            turn.users.push(shapes::user_item(&item_id, input));
+        }
         turn::extend(&mut turn.steps, count, interval);
         let (tag, turn_id, at) = (
             thread.tag.clone(),
@@ -744,7 +844,7 @@ impl Engine {
             .and_then(|turn| turn.steps.front())
             .map(|planned| planned.step);
         let fresh_item = match ids_needed {
-            Some(Step::Approval(_) | Step::AgentStart) => Some(self.next_id("item")),
+            Some(Step::Approval(_) | Step::AgentStart) => Some(self.next_id(IdKind::Item)),
             Some(_) => None,
             None => return false,
         };
@@ -911,19 +1011,29 @@ impl Engine {
             json!({"threadId": thread_id, "status": {"type": "idle"}}),
             at,
         ));
+        let finished = shapes::turn(&turn.id, status, error, times, &items);
+        if !turn.users.is_empty() {
+            // The rollout keeps what `thread/resume` returns: the user messages, then the
+            // agent's answer.
+            let mut recorded = finished.clone();
+            recorded["items"] = turn.users.iter().chain(&items).cloned().collect();
+            if let Some(store) = &self.store {
+                if let Err(err) = store.append_turn(thread_id, at, &recorded) {
+                    log::line(format_args!(
+                        "cannot record turn {} of thread {thread_id}: {err}",
+                        turn.id
+                    ));
+                }
+            }
+        }
         emits.push(notify(
             tag,
             "turn/completed",
-            json!({"threadId": thread_id, "turn": shapes::turn(&turn.id, status, error, times, &items)}),
+            json!({"threadId": thread_id, "turn": finished}),
             at,
         ));
         if let Some(thread) = self.threads.get_mut(thread_id) {
             thread.meta.updated_s = at / 1000;
-            if !thread.meta.ephemeral {
-                if let Some(store) = &self.store {
-                    store.save(thread_id, &thread.meta);
-                }
-            }
         }
     }
 }
@@ -1012,6 +1122,56 @@ fn input_text(params: &Value) -> String {
 /// A JSON string token.
 fn quote(text: &str) -> String {
     Value::from(text).to_string()
+}
+
+/// What an id names: threads and turns get Codex-like ids in the fake child, items never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdKind {
+    Thread,
+    Turn,
+    Item,
+}
+
+impl IdKind {
+    /// The prefix of a counter id.
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Thread => "thr",
+            Self::Turn => "turn",
+            Self::Item => "item",
+        }
+    }
+}
+
+/// A UUIDv7 string: `ms` (Unix milliseconds) in the top 48 bits, then version 7, 12 bits of
+/// `high`, the RFC 4122 variant and 62 bits of `low`, the form of Codex's thread and turn ids.
+fn uuid_v7(ms: u64, high: u64, low: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        (ms >> 16) & 0xffff_ffff,
+        ms & 0xffff,
+        0x7000 | (high & 0x0fff),
+        0x8000 | ((low >> 48) & 0x3fff),
+        low & 0xffff_ffff_ffff
+    )
+}
+
+/// A thread a request names, with what answering it needs.
+#[derive(Debug)]
+struct Found {
+    id: String,
+    meta: ThreadMeta,
+    /// `Thread.path`.
+    path: Option<String>,
+    /// The finished turns in its rollout.
+    turns: Vec<Value>,
+}
+
+impl Found {
+    /// Its Thread object, with `turns` as its history.
+    fn thread(&self, turns: &[Value]) -> Value {
+        shapes::thread(&self.id, &self.meta, self.path.as_deref(), turns)
+    }
 }
 
 /// `ms` milliseconds times `scale`.

@@ -6,6 +6,9 @@ use serde_json::{json, Value};
 /// The Codex version the shapes follow.
 pub const CLI_VERSION: &str = "0.169.0";
 
+/// A thread's `preview` is its first user message cut to this many characters.
+pub const PREVIEW_CHARS: usize = 80;
+
 /// What a thread is, as far as the scenario needs (and persists).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThreadMeta {
@@ -25,8 +28,9 @@ pub struct ThreadMeta {
     pub forked_from: Option<String>,
 }
 
-/// A Thread object.
-pub fn thread(id: &str, meta: &ThreadMeta) -> Value {
+/// A Thread object; `path` is its rollout (`None`: ephemeral), `turns` its history (empty but
+/// in `thread/resume`, `thread/fork` and `thread/read` with `includeTurns`).
+pub fn thread(id: &str, meta: &ThreadMeta, path: Option<&str>, turns: &[Value]) -> Value {
     json!({
         "id": id,
         "sessionId": id,
@@ -40,19 +44,20 @@ pub fn thread(id: &str, meta: &ThreadMeta) -> Value {
         "createdAt": meta.created_s,
         "updatedAt": meta.updated_s,
         "status": {"type": "idle"},
-        "path": if meta.ephemeral { Value::Null } else { Value::from(format!("mock://{id}.jsonl")) },
+        "path": path,
         "cwd": meta.cwd,
         "cliVersion": CLI_VERSION,
         "source": "vscode",
         "name": null,
-        "turns": [],
+        "turns": turns,
     })
 }
 
-/// The result of `thread/start`, `thread/resume` and `thread/fork`.
-pub fn thread_result(id: &str, meta: &ThreadMeta) -> Value {
+/// The result of `thread/start`, `thread/resume` and `thread/fork`, with `thread` as
+/// [`thread`] makes it.
+pub fn thread_result(thread: Value, meta: &ThreadMeta) -> Value {
     json!({
-        "thread": thread(id, meta),
+        "thread": thread,
         "model": meta.model,
         "modelProvider": "mock_provider",
         "serviceTier": null,
@@ -177,7 +182,7 @@ mod tests {
             preview: String::new(),
             forked_from: None,
         };
-        let value = thread("thr_1", &meta);
+        let value = thread("thr_1", &meta, None, &[]);
         for field in [
             "cliVersion",
             "createdAt",
@@ -196,7 +201,7 @@ mod tests {
             assert!(value.get(field).is_some(), "{field}");
         }
         assert_eq!(value["path"], Value::Null);
-        let result = thread_result("thr_1", &meta);
+        let result = thread_result(value, &meta);
         for field in [
             "approvalPolicy",
             "approvalsReviewer",

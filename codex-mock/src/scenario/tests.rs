@@ -53,7 +53,7 @@ struct Driver {
 impl Driver {
     fn new(knobs: Knobs) -> Self {
         Self {
-            engine: Engine::new(knobs, None).unwrap(),
+            engine: Engine::new(knobs),
             now: Instant::now(),
             tag: Tag::from(&b"s"[..]),
             tenant: "default",
@@ -361,30 +361,69 @@ fn knobs_fail_and_crash_turns() {
     assert!(crashed.contains(&Event::Crash));
 }
 
+impl Driver {
+    /// A fake child's engine with `CODEX_HOME` `home`, as a new process would start it.
+    fn fake_child(home: &std::path::Path) -> Self {
+        let mut driver = Self::new(knobs(&[]));
+        driver.engine = Engine::fake_child(knobs(&[]), Some(home.to_path_buf())).unwrap();
+        driver
+    }
+
+    /// The reply to `method`, which must succeed.
+    fn ok(&mut self, method: &str, params: Value) -> Value {
+        match &self.call(method, params)[..] {
+            [Event::Reply(result), ..] => result.clone(),
+            other => panic!("{method}: {other:?}"),
+        }
+    }
+
+    /// A finished turn on `thread` with input `text`.
+    fn turn(&mut self, thread: &str, text: &str) {
+        let input = json!([{"type": "text", "text": text}]);
+        self.ok("turn/start", json!({"threadId": thread, "input": input}));
+        let events = self.run();
+        assert_eq!(
+            note(&events, "turn/completed")["turn"]["status"],
+            "completed"
+        );
+    }
+}
+
+/// The one rollout file under `home`.
+fn rollout_in(home: &std::path::Path) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    let mut dirs = vec![home.join("sessions")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
 #[test]
 fn persistent_threads_resume_in_a_new_process_and_ephemeral_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let mut first = Driver::new(knobs(&[]));
-    first.engine = Engine::new(knobs(&[]), Some(store.clone())).unwrap();
+    let mut first = Driver::fake_child(dir.path());
     let kept = first.thread();
-    let gone = first.call("thread/start", json!({"ephemeral": true}));
-    let Event::Reply(gone) = &gone[0] else {
-        unreachable!()
-    };
+    let gone = first.ok("thread/start", json!({"ephemeral": true}));
+    assert_eq!(gone["thread"]["path"], Value::Null);
     let gone = gone["thread"]["id"].as_str().unwrap().to_owned();
+    // The process ends: the kernel drops its writer locks.
+    drop(first);
 
-    let mut second = Driver::new(knobs(&[]));
-    second.engine = Engine::new(knobs(&[]), Some(store)).unwrap();
+    let mut second = Driver::fake_child(dir.path());
     let not_loaded = second.call("turn/start", json!({"threadId": kept, "input": []}));
     assert_eq!(
         not_loaded,
         [Event::Error(format!("thread not found: {kept}"))]
     );
-    let resumed = second.call("thread/resume", json!({"threadId": kept}));
-    let Event::Reply(resumed) = &resumed[0] else {
-        panic!("{resumed:?}")
-    };
+    let resumed = second.ok("thread/resume", json!({"threadId": kept}));
     assert_eq!(resumed["thread"]["id"], kept.as_str());
     let lost = second.call("thread/resume", json!({"threadId": gone}));
     assert_eq!(
@@ -395,11 +434,155 @@ fn persistent_threads_resume_in_a_new_process_and_ephemeral_ones_do_not() {
     );
     let fresh = second.thread();
     assert_ne!(fresh, kept, "ids never repeat across processes");
-    let listed = second.call("thread/list", json!({}));
-    let Event::Reply(listed) = &listed[0] else {
-        unreachable!()
-    };
+    let listed = second.ok("thread/list", json!({}));
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn fake_child_ids_are_uuid_v7_shaped_and_the_rollout_is_named_after_the_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Driver::fake_child(dir.path());
+    let started = child.ok("thread/start", json!({"cwd": "/w"}));
+    let thread = started["thread"]["id"].as_str().unwrap().to_owned();
+    let uuid_shape = |id: &str| {
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        groups == [8, 4, 4, 4, 12]
+            && id
+                .bytes()
+                .all(|byte| byte == b'-' || byte.is_ascii_hexdigit())
+            && id.as_bytes()[14] == b'7'
+    };
+    assert!(uuid_shape(&thread), "{thread}");
+    // The virtual clock's epoch is 2023-11-14T22:13:20Z: the time the rollout is named after.
+    let expected = dir.path().join(format!(
+        "sessions/2023/11/14/rollout-2023-11-14T22-13-20-{thread}.jsonl"
+    ));
+    assert_eq!(rollout_in(dir.path()), expected);
+    assert_eq!(started["thread"]["path"], expected.to_str().unwrap());
+    let turn = child.ok(
+        "turn/start",
+        json!({"threadId": thread, "input": [{"type": "text", "text": "hi"}]}),
+    );
+    assert!(uuid_shape(turn["turn"]["id"].as_str().unwrap()), "{turn}");
+    assert!(
+        dir.path()
+            .join(format!("thread-writer-locks/{thread}.lock"))
+            .exists(),
+        "the writer lock is Codex's"
+    );
+    assert!(
+        !dir.path().join("mock-app-server/threads").exists(),
+        "the rollout is the only record of a thread"
+    );
+}
+
+#[test]
+fn a_copied_rollout_resumes_in_another_home_with_its_history() {
+    let homes = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut first = Driver::fake_child(homes[0].path());
+    let thread = first.thread();
+    first.turn(&thread, "one");
+    first.turn(&thread, "two");
+    let source = rollout_in(homes[0].path());
+    let relative = source.strip_prefix(homes[0].path()).unwrap();
+    let target = homes[1].path().join(relative);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(&source, &target).unwrap();
+
+    // The first process still runs and holds its lock, but in its own home: the copy is free.
+    let mut second = Driver::fake_child(homes[1].path());
+    let resumed = second.ok("thread/resume", json!({"threadId": thread}));
+    assert_ne!(second.thread(), thread, "the homes mint different ids");
+    assert_eq!(resumed["thread"]["path"], target.to_str().unwrap());
+    assert_eq!(resumed["thread"]["preview"], "one");
+    assert_eq!(resumed["thread"]["cwd"], "/w");
+    let turns = resumed["thread"]["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 2);
+    for (turn, text) in turns.iter().zip(["one", "two"]) {
+        assert_eq!(turn["status"], "completed");
+        let items = turn["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2, "{turn}");
+        assert_eq!(items[0]["type"], "userMessage");
+        assert_eq!(items[0]["content"][0]["text"], text);
+        assert_eq!(items[1]["type"], "agentMessage");
+        assert!(!items[1]["text"].as_str().unwrap().is_empty());
+    }
+    // The history goes on in the new home, in the copied file.
+    second.turn(&thread, "three");
+    let again = second.ok("thread/resume", json!({"threadId": thread}));
+    assert_eq!(again["thread"]["turns"].as_array().unwrap().len(), 3);
+    let bare = second.ok(
+        "thread/resume",
+        json!({"threadId": thread, "excludeTurns": true}),
+    );
+    assert_eq!(bare["thread"]["turns"], json!([]));
+    let read = second.ok("thread/read", json!({"threadId": thread}));
+    assert_eq!(read["thread"]["turns"], json!([]));
+    let read = second.ok(
+        "thread/read",
+        json!({"threadId": thread, "includeTurns": true}),
+    );
+    assert_eq!(read["thread"]["turns"].as_array().unwrap().len(), 3);
+    let listed = second.ok("thread/list", json!({}));
+    let listed = listed["data"].as_array().unwrap();
+    assert!(listed.iter().any(|entry| entry["id"] == thread.as_str()));
+    assert_eq!(
+        std::fs::read_to_string(&source).unwrap().lines().count(),
+        3,
+        "the source home is untouched"
+    );
+}
+
+#[test]
+fn a_missing_or_archived_rollout_and_a_second_writer_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Driver::fake_child(dir.path());
+    let thread = first.thread();
+    first.turn(&thread, "hi");
+    assert_eq!(
+        first.ok("thread/unsubscribe", json!({"threadId": thread}))["status"],
+        "unsubscribed"
+    );
+
+    // Unsubscribing does not release the writer: only the end of the process does.
+    let mut second = Driver::fake_child(dir.path());
+    let busy = second.call("thread/resume", json!({"threadId": thread}));
+    assert_eq!(
+        busy,
+        [Event::Error(format!(
+            "thread {thread} already has an active writer"
+        ))]
+    );
+    assert_eq!(
+        second.ok("thread/read", json!({"threadId": thread}))["thread"]["id"],
+        thread.as_str(),
+        "reading takes no lock"
+    );
+    // The holder itself resumes what it unsubscribed from.
+    let back = first.ok("thread/resume", json!({"threadId": thread}));
+    assert_eq!(back["thread"]["turns"].as_array().unwrap().len(), 1);
+    drop(first);
+    second.ok("thread/resume", json!({"threadId": thread}));
+    second.turn(&thread, "again");
+    drop(second);
+
+    let mut third = Driver::fake_child(dir.path());
+    let missing = "018bcfe5-6800-7000-8000-00000000dead";
+    assert_eq!(
+        third.call("thread/resume", json!({"threadId": missing})),
+        [Event::Error(format!(
+            "no rollout found for thread id {missing}"
+        ))]
+    );
+    let live = rollout_in(dir.path());
+    let archived = dir.path().join("archived_sessions");
+    std::fs::create_dir_all(&archived).unwrap();
+    std::fs::rename(&live, archived.join(live.file_name().unwrap())).unwrap();
+    assert_eq!(
+        third.call("thread/resume", json!({"threadId": thread})),
+        [Event::Error(format!("thread {thread} is archived"))]
+    );
+    assert_eq!(third.ok("thread/list", json!({}))["data"], json!([]));
 }
 
 #[test]

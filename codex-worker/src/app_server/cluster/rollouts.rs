@@ -6,7 +6,7 @@
 //! the store does not point at.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
 /// Longest thread id the cluster layer shares; Codex's are 36-character UUIDs.
@@ -90,6 +90,10 @@ fn copy_atomically(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Brings the rollout published at `epoch` into `home` under its recorded name `relative`,
 /// replacing an older local copy of the thread under another name.
+///
+/// A local copy under the same name is rewritten in place rather than replaced: a child that
+/// still has the thread loaded from an earlier lease keeps the file open for appending, and its
+/// next lines must land in the file other nodes will read, not in an unlinked one.
 pub fn import(
     home: &Path,
     shared: &Path,
@@ -108,7 +112,17 @@ pub fn import(
             fs::remove_file(old)?;
         }
     }
-    copy_atomically(&published_path(shared, thread, epoch), &target)
+    let source = published_path(shared, thread, epoch);
+    if target.exists() {
+        let bytes = fs::read(&source)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&target)?;
+        file.write_all(&bytes)?;
+        return file.sync_all();
+    }
+    copy_atomically(&source, &target)
 }
 
 /// Publishes the local rollout of `thread` at `epoch`; returns its relative name, or `None` when
@@ -191,6 +205,30 @@ mod tests {
                 "sessions/2026/11/30/rollout-2026-12-01T10-00-00-{THREAD}.jsonl"
             ))
             .exists());
+    }
+
+    #[test]
+    fn a_copy_under_the_same_name_is_rewritten_in_place_for_a_child_that_appends_to_it() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let (a, b, shared) = (
+            root.path().join("a"),
+            root.path().join("b"),
+            root.path().join("s"),
+        );
+        let relative = write_rollout(&a, "2026/12/01", "meta\nturn on a\nturn on b\n");
+        publish(&a, &shared, THREAD, 2).unwrap();
+        write_rollout(&b, "2026/12/01", "meta\nturn on a\n");
+        let path = b.join(&relative);
+        let mut appender = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let inode = fs::metadata(&path).unwrap().ino();
+        import(&b, &shared, THREAD, 2, &relative).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
+        appender.write_all(b"turn on a again\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "meta\nturn on a\nturn on b\nturn on a again\n"
+        );
     }
 
     #[test]
