@@ -1074,7 +1074,9 @@ fn real_codex_idle_thread_moves_to_another_node_and_back() {
 }
 
 /// A thread idle on A moves to B (A alive) and, idle on B, back to A, whose app-server still
-/// has it loaded: A's history must hold B's turn.
+/// has it loaded. Every turn must reach the shared directory: a node that has never seen the
+/// thread (C) resumes all three. What A itself shows is printed (docs/node-loss.md, "A thread
+/// that moves back": its child's view may lag).
 fn real_move_back(codex: &Path) {
     const IDLE_SEC: &str = "2";
     let server = ResponsesServer::start();
@@ -1114,19 +1116,70 @@ fn real_move_back(codex: &Path) {
     run(&mut on_a, "first on A", "B");
     run(&mut on_b, "then on B", "A");
     run(&mut on_a, "back on A", "B");
+    let texts = |resumed: &Value| -> Vec<&str> {
+        ["first on A", "then on B", "back on A"]
+            .into_iter()
+            .filter(|text| {
+                resumed["result"]["thread"]["turns"]
+                    .to_string()
+                    .contains(text)
+            })
+            .collect()
+    };
     let resumed = on_a.call("thread/resume", json!({"threadId": thread}));
-    let history = resumed["result"]["thread"]["turns"].to_string();
     say(&format!(
-        "real Codex move: A's history after moving back: {} turns; holds B's turn: {}",
-        resumed["result"]["thread"]["turns"]
-            .as_array()
-            .map_or(0, Vec::len),
-        history.contains("then on B")
+        "real Codex move: thread/resume on A after moving back shows {:?}",
+        texts(&resumed)
     ));
     // The turn run after moving back must reach the shared directory too, or the next node to
     // take the thread loses it.
     wait_published(&shared.shared_dir(), &thread, "back on A");
+    say(&format!(
+        "real Codex move: the published rollout repeats {} line ordinals",
+        repeated_ordinals(&shared.shared_dir().join("threads").join(&thread))
+    ));
+    let mut c = node("C");
+    let mut on_c = Client::new(&mut c, "a", "s1");
+    let start = Instant::now();
+    let resumed = loop {
+        let reply = on_c.call("thread/resume", json!({"threadId": thread}));
+        if reply.get("result").is_some() {
+            break reply;
+        }
+        assert_leased(&reply, "A");
+        assert!(start.elapsed() < Duration::from_secs(15), "{reply}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    say(&format!(
+        "real Codex move: thread/resume on a third node C shows {:?}",
+        texts(&resumed)
+    ));
     for text in ["first on A", "then on B", "back on A"] {
-        assert!(history.contains(text), "{text:?} missing: {history}");
+        assert!(
+            texts(&resumed).contains(&text),
+            "{text:?} missing on C: {resumed}"
+        );
     }
+}
+
+/// How many lines of the newest rollout published under `dir` carry an `ordinal` an earlier line
+/// already had: Codex numbers a rollout's lines, and a child that appends to a thread it loaded
+/// before another node's turns goes on from its own count.
+fn repeated_ordinals(dir: &Path) -> usize {
+    let newest = std::fs::read_dir(dir)
+        .expect("published rollouts")
+        .flatten()
+        .map(|entry| entry.path())
+        .max_by_key(|path| {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            name.trim_start_matches('e').parse::<u64>().unwrap_or(0)
+        })
+        .expect("a published rollout");
+    let body = std::fs::read_to_string(newest).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    body.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| line["ordinal"].as_u64())
+        .filter(|ordinal| !seen.insert(*ordinal))
+        .count()
 }
