@@ -67,7 +67,7 @@ pub fn bin(name: &str) -> PathBuf {
 fn sources_of(binary: &str) -> &'static [&'static str] {
     match binary {
         "codex-stdio-bus" => &["codex-stdio-bus", "protocol", "config", "process"],
-        "codex-worker" => &["codex-worker", "protocol", "process", "worker-io"],
+        "codex-worker" => &["codex-worker", "protocol", "process", "worker-io", "store"],
         "codex-mock" => &["codex-mock", "protocol", "worker-io"],
         _ => &[],
     }
