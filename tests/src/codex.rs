@@ -181,7 +181,10 @@ impl ResponsesServer {
         self.requests.load(Ordering::SeqCst)
     }
 
-    /// The `config.toml` that points Codex at this server (the reference recipe).
+    /// The `config.toml` that points Codex at this server (the reference recipe), without the
+    /// shell snapshot: Codex runs it as `bash -lc` in a session of its own, so it outlives a
+    /// SIGKILLed node (and hangs on a `.bashrc` that waits, as pyenv's rehash lock does), which
+    /// the tests that count a node's processes would report.
     pub fn config_toml(&self) -> String {
         format!(
             r#"model = "mock-model"
@@ -196,6 +199,9 @@ base_url = "http://127.0.0.1:{}/v1"
 wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
+
+[features]
+shell_snapshot = false
 "#,
             self.port
         )
