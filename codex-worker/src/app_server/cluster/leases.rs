@@ -142,18 +142,23 @@ impl Leases {
     }
 
     /// Takes out the leases idle for the idle time whose thread is not `busy`: (thread,
-    /// epoch, home) of each, to publish and release.
+    /// epoch, home) of each, to publish and release. A busy one counts as used now, so its idle
+    /// time starts when its turn ends.
     pub fn idle(
         &mut self,
         now: Instant,
         busy: impl Fn(&str) -> bool,
     ) -> Vec<(String, u64, PathBuf)> {
-        let idle: Vec<String> = self
-            .map
-            .iter()
-            .filter(|(thread, lease)| lease.last_used + self.idle <= now && !busy(thread))
-            .map(|(thread, _)| thread.clone())
-            .collect();
+        let mut idle = Vec::new();
+        for (thread, lease) in &mut self.map {
+            if lease.last_used + self.idle <= now {
+                if busy(thread) {
+                    lease.last_used = now;
+                } else {
+                    idle.push(thread.clone());
+                }
+            }
+        }
         idle.into_iter()
             .filter_map(|thread| {
                 let lease = self.map.remove(&thread)?;
@@ -240,14 +245,18 @@ mod tests {
         leases.granted("quiet", 1, PathBuf::from("/h"), t0);
         leases.granted("turning", 2, PathBuf::from("/h"), t0);
         assert_eq!(leases.next_deadline(false), Some(t0 + TTL / 3));
+        // Renewed all along.
+        leases.due_renewal(t0 + IDLE).unwrap();
+        leases.renewed(t0 + IDLE, &[]);
         let released = leases.idle(t0 + IDLE, |thread| thread == "turning");
         assert_eq!(released, vec![("quiet".to_owned(), 1, PathBuf::from("/h"))]);
-        assert_eq!(leases.publishable("turning", t0 + IDLE), None);
-        leases.granted("turning", 3, PathBuf::from("/h"), t0 + IDLE);
+        // The busy one's idle time starts over, so the timer does not fire again at once.
+        assert!(leases.next_deadline(false).unwrap() > t0 + IDLE);
         assert_eq!(
             leases.publishable("turning", t0 + IDLE),
-            Some((3, PathBuf::from("/h")))
+            Some((2, PathBuf::from("/h")))
         );
+        assert_eq!(leases.publishable("quiet", t0 + IDLE), None);
     }
 
     #[test]

@@ -42,6 +42,10 @@ use tasks::{Op, TakeError, Taken, Tasks};
 /// How long the final publish-and-release of every lease may take at the end of a drain.
 const RELEASE_BUDGET: Duration = Duration::from_secs(5);
 
+/// Most threads created during a store outage kept for recording once it is back; beyond it the
+/// oldest stay local to this slot (logged), as without cluster mode.
+const MAX_UNADOPTED: usize = 10_000;
+
 /// Cluster mode's settings (docs/codex-worker.md, "Cluster mode").
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -216,6 +220,12 @@ impl Cluster {
                     log::line(format_args!(
                         "cannot record thread {thread} in the store ({err}); retrying"
                     ));
+                    if self.unadopted.len() >= MAX_UNADOPTED {
+                        let (oldest, _, _) = self.unadopted.remove(0);
+                        log::line(format_args!(
+                            "too many threads wait to be recorded in the store: {oldest} stays local"
+                        ));
+                    }
                     self.unadopted.push((thread, owner, home));
                 }
             },
