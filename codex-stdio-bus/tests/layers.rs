@@ -128,6 +128,7 @@ fn no_module_imports_one_that_imports_it_back() {
         "codex-mock",
         "process",
         "worker-io",
+        "store",
     ];
     let mut checked = 0;
     for name in crates {
