@@ -14,6 +14,28 @@ use codex_bus_worker_io::log;
 use super::rollouts;
 use crate::app_server::sessions::SessionKey;
 
+/// How long a copy to or from the shared directory may take before the request that waits for
+/// it is answered: a network filesystem that hangs must not leave a client without a reply.
+const FILE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs `work` on the blocking pool within [`FILE_DEADLINE`]; a copy still running after it is
+/// left to finish on its own (what it writes is never made current without the store).
+async fn file_work<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match tokio::time::timeout(FILE_DEADLINE, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panicked)) => Err(io::Error::other(panicked.to_string())),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the shared directory did not answer within {} s",
+                FILE_DEADLINE.as_secs()
+            ),
+        )),
+    }
+}
+
 /// Work for a task.
 #[derive(Debug)]
 pub enum Op {
@@ -285,18 +307,17 @@ impl Tasks {
                         thread.to_owned(),
                         published.rollout.clone(),
                     );
-                    let imported = tokio::task::spawn_blocking(move || {
+                    let imported = file_work(move || {
                         rollouts::import(&home, &shared, &thread_id, published.epoch, &rollout)
                     })
-                    .await
-                    .map_err(|err| io::Error::other(err.to_string()))
-                    .and_then(|imported| imported);
+                    .await;
                     if let Err(err) = imported {
                         // The lease is given back so the thread is not stuck here until expiry.
                         let _ = self.store.release(thread, &self.holder, epoch).await;
                         return Err(TakeError {
                             detail: format!("cannot import the thread's rollout: {err}"),
-                            retryable: false,
+                            // A hung filesystem may come back; a missing or broken file will not.
+                            retryable: err.kind() == io::ErrorKind::TimedOut,
                         });
                     }
                 }
@@ -318,12 +339,9 @@ impl Tasks {
     ) -> Result<bool, String> {
         let (home, shared, thread_id) =
             (home.to_owned(), Arc::clone(&self.shared), thread.to_owned());
-        let copied = tokio::task::spawn_blocking(move || {
-            rollouts::publish(&home, &shared, &thread_id, epoch)
-        })
-        .await
-        .map_err(|err| err.to_string())?
-        .map_err(|err| format!("cannot copy the rollout: {err}"))?;
+        let copied = file_work(move || rollouts::publish(&home, &shared, &thread_id, epoch))
+            .await
+            .map_err(|err| format!("cannot copy the rollout: {err}"))?;
         let Some(relative) = copied else {
             // Codex writes the rollout with the first turn: nothing to publish yet.
             return Ok(true);
