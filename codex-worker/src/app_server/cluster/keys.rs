@@ -2,13 +2,19 @@
 //!
 //! A request's key is its top-level `idempotencyKey` (a string of 1 to [`MAX_KEY`] bytes) or,
 //! for `turn/start` without one, `params.clientUserMessageId`, which the Codex TUI sends with
-//! every prompt (docs/node-loss.md, "Idempotent retries").
+//! every prompt (docs/node-loss.md, "Idempotent retries"). The key is scoped by the request's
+//! method and thread as well as by its tenant: a retry is always the same call on the same
+//! thread, and a key reused by mistake for another call must not answer it with a stale reply.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// Longest key kept; a longer one is not a key (the request runs unkeyed).
 pub const MAX_KEY: usize = 256;
+
+/// Longest method and thread id a key is scoped by (Codex's are far shorter); a request with a
+/// longer one runs unkeyed, so a record's size stays bounded.
+const MAX_SCOPE: usize = 128;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -19,26 +25,36 @@ struct KeyedRequest<'a> {
     params: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TurnParams {
+struct Params {
+    #[serde(default)]
+    thread_id: Option<String>,
     #[serde(default)]
     client_user_message_id: Option<String>,
 }
 
-/// The idempotency key of the request `line` calling `method`, if it carries one.
+/// The idempotency key of the request `line` calling `method`, if it carries one, as the store
+/// keeps it: `<method> <threadId> <key>` (the thread empty for a call that names none).
 pub fn key_of(line: &[u8], method: &str) -> Option<String> {
     let request: KeyedRequest<'_> = serde_json::from_slice(line).ok()?;
+    let params: Params = request
+        .params
+        .and_then(|params| serde_json::from_str(params.get()).ok())
+        .unwrap_or_default();
     let key = match request.idempotency_key {
         Some(raw) => serde_json::from_str::<String>(raw.get()).ok()?,
-        None if method == "turn/start" => {
-            serde_json::from_str::<TurnParams>(request.params?.get())
-                .ok()?
-                .client_user_message_id?
-        }
+        None if method == "turn/start" => params.client_user_message_id?,
         None => return None,
     };
-    (!key.is_empty() && key.len() <= MAX_KEY).then_some(key)
+    if key.is_empty() || key.len() > MAX_KEY {
+        return None;
+    }
+    let thread = params.thread_id.unwrap_or_default();
+    if method.len() > MAX_SCOPE || thread.len() > MAX_SCOPE {
+        return None;
+    }
+    Some(format!("{method} {thread} {key}"))
 }
 
 /// The outcome of a reply line toward the bus: `{"result":…}` or `{"error":…}` as JSON text,
@@ -114,12 +130,35 @@ mod tests {
     #[test]
     fn the_top_level_key_wins_and_turn_start_falls_back_to_the_client_message_id() {
         let keyed = br#"{"id":1,"method":"turn/start","idempotencyKey":"k1","params":{"clientUserMessageId":"m1"}}"#;
-        assert_eq!(key_of(keyed, "turn/start").as_deref(), Some("k1"));
+        assert_eq!(
+            key_of(keyed, "turn/start").as_deref(),
+            Some("turn/start  k1")
+        );
         let tui = br#"{"id":1,"method":"turn/start","params":{"threadId":"t","clientUserMessageId":"m1"}}"#;
-        assert_eq!(key_of(tui, "turn/start").as_deref(), Some("m1"));
+        assert_eq!(
+            key_of(tui, "turn/start").as_deref(),
+            Some("turn/start t m1")
+        );
+        // One key on another thread, or for another call, is another key.
+        let other_thread =
+            br#"{"id":2,"method":"turn/start","idempotencyKey":"m1","params":{"threadId":"u"}}"#;
+        assert_eq!(
+            key_of(other_thread, "turn/start").as_deref(),
+            Some("turn/start u m1")
+        );
+        let start = br#"{"id":3,"method":"thread/start","idempotencyKey":"m1","params":{}}"#;
+        assert_eq!(
+            key_of(start, "thread/start").as_deref(),
+            Some("thread/start  m1")
+        );
         // Only turn/start's message id is a key.
         let other = br#"{"id":1,"method":"thread/resume","params":{"clientUserMessageId":"m1"}}"#;
         assert_eq!(key_of(other, "thread/resume"), None);
+        let long_thread = json!({"id":1,"method":"turn/start","idempotencyKey":"k","params":{"threadId":"t".repeat(MAX_SCOPE + 1)}});
+        assert_eq!(
+            key_of(long_thread.to_string().as_bytes(), "turn/start"),
+            None
+        );
         for bad in [json!(""), json!(7), json!("x".repeat(MAX_KEY + 1))] {
             let line = json!({"id":1,"method":"turn/start","idempotencyKey":bad}).to_string();
             assert_eq!(key_of(line.as_bytes(), "turn/start"), None, "{bad}");

@@ -302,6 +302,12 @@ impl Cluster {
     /// threads at once instead of after the TTL; bounded by [`RELEASE_BUDGET`].
     pub async fn release_all(&mut self) {
         let leases = self.leases.drain_all();
+        if !leases.is_empty() {
+            log::line(format_args!(
+                "publishing and releasing {} lease(s) before exiting",
+                leases.len()
+            ));
+        }
         let tasks = &self.tasks;
         let all = async move {
             for (thread, epoch, home) in leases {
@@ -516,6 +522,13 @@ impl Cluster {
             Ok(Taken::Granted { epoch, published }) => {
                 let home = manager.codex_home(&scope);
                 let imported = published.is_some() && published != self.leases.known_epoch(thread);
+                log::line(format_args!(
+                    "took the lease of thread {thread} (epoch {epoch}){}",
+                    match (imported, published) {
+                        (true, Some(from)) => format!(", its rollout of epoch {from} brought in"),
+                        _ => String::new(),
+                    }
+                ));
                 if imported && manager.thread_loaded(&scope, thread) {
                     self.stale.insert(thread.to_owned());
                 }
