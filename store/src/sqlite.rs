@@ -93,21 +93,32 @@ impl Sqlite {
         })
     }
 
-    /// Runs `work` on the connection on the blocking pool.
+    /// Runs `work` on the connection on the blocking pool, answering within [`BUSY_TIMEOUT`]
+    /// however many calls wait for the connection: while another process holds the database
+    /// locked, each queued call would otherwise wait its own busy timeout in turn.
     async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
+        let call = tokio::task::spawn_blocking(move || {
             // A panic while locked cannot leave a transaction open (rusqlite rolls back on
             // drop), so a poisoned lock still guards a usable connection.
             let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             work(&mut conn).map_err(error)
-        })
-        .await
-        .map_err(|e| StoreError::new(false, format!("sqlite: task failed: {e}")))?
+        });
+        match tokio::time::timeout(BUSY_TIMEOUT, call).await {
+            Ok(done) => {
+                done.map_err(|e| StoreError::new(false, format!("sqlite: task failed: {e}")))?
+            }
+            // The call still runs (and commits or not) on its own; its caller learns the store
+            // is busy, as from SQLITE_BUSY.
+            Err(_) => Err(StoreError::new(
+                true,
+                "sqlite: the database stayed locked".to_owned(),
+            )),
+        }
     }
 
     /// See [`crate::Store::owner`].
