@@ -29,7 +29,7 @@ pub struct Cli {
     #[arg(long = "allow-sandbox", value_name = "[TENANT=]MODE")]
     pub allow_sandboxes: Vec<String>,
     /// Seconds the child gets to answer one request.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub request_timeout_sec: u64,
     /// Seconds a drain (SIGTERM or end of input) waits for active turns before interrupting
     /// them; keep it below the bus's `drain_timeout_sec`.
@@ -98,14 +98,14 @@ pub struct Cli {
     pub node: Option<String>,
     /// Cluster mode: seconds a lease lives after its last renewal (renewed every third of it):
     /// the bound on how long a dead node's threads stay locked.
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=86_400))]
     pub lease_ttl_sec: u64,
     /// Cluster mode: seconds without a turn or request after which a thread's lease is released,
     /// so a user the balancer moves elsewhere is not locked out by an idle holder.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub lease_idle_sec: u64,
     /// Cluster mode: seconds an idempotency key is remembered.
-    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub idempotency_ttl_sec: u64,
     /// Cluster mode: largest reply kept for replays, in bytes; a retry of a request whose reply
     /// was larger gets `idempotent_reply_too_large`.
@@ -137,6 +137,19 @@ mod tests {
         assert_eq!(cli.request_timeout_sec, 30);
         assert_eq!((cli.max_threads, cli.thread_ttl_sec), (10_000, 604_800));
         assert!(Cli::try_parse_from(["codex-worker", "--max-threads", "0"]).is_err());
+        // Durations a clock can add without overflowing.
+        for flag in [
+            "--request-timeout-sec",
+            "--lease-ttl-sec",
+            "--lease-idle-sec",
+            "--idempotency-ttl-sec",
+        ] {
+            let huge = u64::MAX.to_string();
+            assert!(
+                Cli::try_parse_from(["codex-worker", flag, huge.as_str()]).is_err(),
+                "{flag}"
+            );
+        }
     }
 
     #[test]

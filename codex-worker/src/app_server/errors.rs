@@ -56,6 +56,8 @@ pub enum WorkerError {
     /// Cluster mode: the request with this idempotency key ran, but its reply was larger than
     /// `--idempotency-max-reply-bytes` and was not kept.
     IdempotentReplyTooLarge,
+    /// Cluster mode: `idempotencyKey` is not a string of 1 to 256 bytes.
+    InvalidIdempotencyKey,
     /// Cluster mode: the thread came back from another node while this worker's child still has
     /// its old state loaded; the child must restart to reload it and is busy with other work.
     ThreadReloading,
@@ -205,6 +207,11 @@ impl WorkerError {
                 "The request with this idempotency key may have run; its outcome is unknown",
                 Some(("idempotency_outcome_unknown", false, Detail::None)),
             ),
+            InvalidIdempotencyKey => (
+                -32602,
+                "Invalid params: idempotencyKey must be a string of 1 to 256 bytes",
+                Some(("invalid_idempotency_key", false, Detail::None)),
+            ),
             ThreadReloading => (
                 -32060,
                 "Thread changed on another node; codex app-server must reload it",
@@ -316,6 +323,10 @@ mod tests {
             (
                 IdempotencyOutcomeUnknown,
                 json!({"code":-32059,"message":"The request with this idempotency key may have run; its outcome is unknown","data":{"reason":"idempotency_outcome_unknown","retryable":false}}),
+            ),
+            (
+                InvalidIdempotencyKey,
+                json!({"code":-32602,"message":"Invalid params: idempotencyKey must be a string of 1 to 256 bytes","data":{"reason":"invalid_idempotency_key","retryable":false}}),
             ),
             (
                 ThreadReloading,

@@ -195,10 +195,14 @@ async fn cluster_report(done: &mut Option<mpsc::UnboundedReceiver<Done>>) -> Opt
 
 /// Runs the bridge until the drain completes; returns the exit status.
 pub fn run(settings: Settings) -> io::Result<u8> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(serve(settings))
+        .build()?;
+    let status = runtime.block_on(serve(settings));
+    // A copy to a hung shared directory may still hold a blocking thread: the worker exits
+    // anyway (dropping the runtime would wait for it).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    status
 }
 
 async fn serve(settings: Settings) -> io::Result<u8> {
@@ -232,7 +236,7 @@ async fn serve(settings: Settings) -> io::Result<u8> {
     manager.begin(Instant::now(), &mut fx);
     let status = loop {
         if let Some(cluster) = &mut cluster {
-            cluster.follow_up(Instant::now(), &manager, &mut fx);
+            cluster.follow_up(Instant::now(), &mut manager, &mut fx);
         }
         apply(
             &settings,
@@ -278,7 +282,7 @@ async fn serve(settings: Settings) -> io::Result<u8> {
                 // Every sender gone: cannot happen, we hold one.
                 None => {}
             },
-            chunk = chunks.recv(), if reading => {
+            chunk = chunks.recv(), if reading && !cluster.as_ref().is_some_and(Cluster::saturated) => {
                 let now = Instant::now();
                 match chunk {
                     Some(chunk) => {
@@ -317,7 +321,7 @@ async fn serve(settings: Settings) -> io::Result<u8> {
         // Published first, so the `turn/completed` lines still held go out once their turn is.
         cluster.release_all().await;
         let mut fx = Effects::default();
-        cluster.finish(&mut fx);
+        cluster.finish(&mut fx).await;
         outbound.push_all(fx.bus);
     }
     outbound.finish();

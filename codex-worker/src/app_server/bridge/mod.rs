@@ -168,6 +168,23 @@ impl Bridge {
         })
     }
 
+    /// Interrupts the turn running on `thread`, if any: cluster mode lost the thread's lease, so
+    /// this node must stop driving it.
+    pub fn interrupt_thread(&mut self, thread: &str, now: Instant, out: &mut Out) {
+        self.now = now;
+        let turn = self
+            .threads
+            .get(thread)
+            .and_then(|entry| entry.active_turn.clone());
+        if let (Some(turn), ChildState::Ready) = (turn, self.child) {
+            self.internal_request(
+                out,
+                "turn/interrupt",
+                &serde_json::json!({"threadId": thread, "turnId": turn}),
+            );
+        }
+    }
+
     /// Whether the child has `thread` loaded (or is loading it): cluster mode must restart the
     /// child before the thread's rollout, changed on another node, is used here.
     pub fn thread_loaded(&self, thread: &str) -> bool {

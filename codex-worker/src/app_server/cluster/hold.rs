@@ -4,7 +4,9 @@
 //! the shared directory already, or the client's next request on another node would miss it (or
 //! find no thread at all). So a session's `turn/completed`, and every line after it toward that
 //! session, waits until the thread's rollout is published. The wait is bounded by the publish
-//! (the store's per-call deadline); a publish that fails releases the lines all the same.
+//! (the copy's and the store's deadlines); a publish that fails releases the lines all the same,
+//! and one fenced out (the lease moved on: the turn is not in the thread's shared history) turns
+//! the `turn/completed` into a failed turn saying so, so no client takes a lost turn for saved.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -56,6 +58,35 @@ fn completes<'t>(line: &[u8], threads: &'t [(String, u64)]) -> Option<&'t str> {
         .map(|(thread, _)| thread.as_str())
 }
 
+/// Rewrites the `turn/completed` lines of `thread` among `lines` into failed turns with `why`:
+/// the turn ran, but is not in the thread's shared history.
+pub fn fail_turns<'a>(lines: impl Iterator<Item = &'a mut BusLine>, thread: &str, why: &str) {
+    let threads = [(thread.to_owned(), 0)];
+    for line in lines {
+        if completes(&line.line, &threads).is_none() {
+            continue;
+        }
+        let Ok(mut note) = serde_json::from_slice::<serde_json::Value>(&line.line) else {
+            continue;
+        };
+        let Some(turn) = note
+            .pointer_mut("/params/turn")
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            continue;
+        };
+        turn.insert("status".into(), "failed".into());
+        turn.insert(
+            "error".into(),
+            serde_json::json!({"message": why, "codexErrorInfo": "other"}),
+        );
+        if let Ok(mut bytes) = serde_json::to_vec(&note) {
+            bytes.push(b'\n');
+            line.line = bytes;
+        }
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
@@ -103,9 +134,15 @@ impl Hold {
         *bus = kept;
     }
 
-    /// The publish of `thread` ended (either way): the sessions that waited only for it get their
-    /// lines back, in order, appended to `bus`.
-    pub fn release(&mut self, thread: &str, bus: &mut Vec<BusLine>) {
+    /// The publish of `thread` ended: the sessions that waited only for it get their lines back,
+    /// in order, appended to `bus`; with `lost`, the thread's `turn/completed` lines among them
+    /// report a failed turn with that message.
+    pub fn release(&mut self, thread: &str, lost: Option<&str>, bus: &mut Vec<BusLine>) {
+        if let Some(why) = lost {
+            for held in self.sessions.values_mut() {
+                fail_turns(held.lines.iter_mut(), thread, why);
+            }
+        }
         let done: Vec<SessionKey> = self
             .sessions
             .iter_mut()
@@ -168,10 +205,23 @@ mod tests {
         hold.hold(&mut later, &[]);
         assert_eq!(texts(&later), ["b2"]);
         let mut released = Vec::new();
-        hold.release("other", &mut released);
+        hold.release("other", None, &mut released);
         assert!(released.is_empty());
-        hold.release("t1", &mut released);
+        hold.release("t1", None, &mut released);
         assert_eq!(texts(&released), [DONE_T1, "after", "later"]);
+    }
+
+    #[test]
+    fn a_turn_whose_publish_was_fenced_out_is_reported_failed() {
+        let mut hold = Hold::default();
+        let mut bus = vec![line("a", DONE_T1)];
+        hold.hold(&mut bus, &[("t1".to_owned(), 3)]);
+        let mut released = Vec::new();
+        hold.release("t1", Some("lease lost"), &mut released);
+        let note: serde_json::Value = serde_json::from_slice(&released[0].line).unwrap();
+        assert_eq!(note["params"]["turn"]["status"], "failed");
+        assert_eq!(note["params"]["turn"]["error"]["message"], "lease lost");
+        assert_eq!(note["params"]["threadId"], "t1");
     }
 
     #[test]

@@ -36,25 +36,34 @@ struct Params {
 
 /// The idempotency key of the request `line` calling `method`, if it carries one, as the store
 /// keeps it: `<method> <threadId> <key>` (the thread empty for a call that names none).
-pub fn key_of(line: &[u8], method: &str) -> Option<String> {
-    let request: KeyedRequest<'_> = serde_json::from_slice(line).ok()?;
+/// `Err` for an `idempotencyKey` that is not a string of 1 to [`MAX_KEY`] bytes: the client asked
+/// for protection it would not get, so the request is refused rather than run unkeyed.
+pub fn key_of(line: &[u8], method: &str) -> Result<Option<String>, ()> {
+    let Ok(request) = serde_json::from_slice::<KeyedRequest<'_>>(line) else {
+        return Ok(None);
+    };
+    let valid = |key: &String| !key.is_empty() && key.len() <= MAX_KEY;
     let params: Params = request
         .params
         .and_then(|params| serde_json::from_str(params.get()).ok())
         .unwrap_or_default();
     let key = match request.idempotency_key {
-        Some(raw) => serde_json::from_str::<String>(raw.get()).ok()?,
-        None if method == "turn/start" => params.client_user_message_id?,
-        None => return None,
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(key) if valid(&key) => key,
+            _ => return Err(()),
+        },
+        // Codex's own field: one it would not accept as a key leaves the request unkeyed.
+        None if method == "turn/start" => match params.client_user_message_id {
+            Some(key) if valid(&key) => key,
+            _ => return Ok(None),
+        },
+        None => return Ok(None),
     };
-    if key.is_empty() || key.len() > MAX_KEY {
-        return None;
-    }
     let thread = params.thread_id.unwrap_or_default();
     if method.len() > MAX_SCOPE || thread.len() > MAX_SCOPE {
-        return None;
+        return Ok(None);
     }
-    Some(format!("{method} {thread} {key}"))
+    Ok(Some(format!("{method} {thread} {key}")))
 }
 
 /// The outcome of a reply line toward the bus: `{"result":…}` or `{"error":…}` as JSON text,
@@ -83,9 +92,24 @@ pub fn outcome_of(line: &[u8]) -> Option<(Vec<u8>, String, bool)> {
     }
 }
 
-/// Whether an error outcome says trying again may succeed (`data.retryable`): such a request
-/// did not run, so its key is released for the retry.
-pub fn retryable(outcome: &str) -> bool {
+/// The error reasons that mean the request was refused before it reached Codex: it did not
+/// run, so its key is released for the retry. A timeout or a child that died with the request
+/// in flight are not among them: the request may have run.
+const NOT_RUN: &[&str] = &[
+    "worker_draining",
+    "children_busy",
+    "thread_leased",
+    "store_unavailable",
+    "thread_reloading",
+    "session_required",
+    "method_not_allowed",
+    "not_permitted",
+    "thread_not_found",
+    "thread_not_owned",
+];
+
+/// Whether an error `outcome` says the request never reached Codex (see [`NOT_RUN`]).
+pub fn not_run(outcome: &str) -> bool {
     #[derive(Deserialize)]
     struct Outcome {
         error: Option<Error>,
@@ -96,12 +120,12 @@ pub fn retryable(outcome: &str) -> bool {
     }
     #[derive(Deserialize)]
     struct Data {
-        retryable: Option<bool>,
+        reason: Option<String>,
     }
     serde_json::from_str::<Outcome>(outcome)
         .ok()
-        .and_then(|outcome| outcome.error?.data?.retryable)
-        .unwrap_or(false)
+        .and_then(|outcome| outcome.error?.data?.reason)
+        .is_some_and(|reason| NOT_RUN.contains(&reason.as_str()))
 }
 
 /// The reply line to request `id` of the session whose token is `session`, from a stored
@@ -129,40 +153,46 @@ mod tests {
 
     #[test]
     fn the_top_level_key_wins_and_turn_start_falls_back_to_the_client_message_id() {
+        let key = |line: &[u8], method: &str| key_of(line, method).unwrap();
         let keyed = br#"{"id":1,"method":"turn/start","idempotencyKey":"k1","params":{"clientUserMessageId":"m1"}}"#;
-        assert_eq!(
-            key_of(keyed, "turn/start").as_deref(),
-            Some("turn/start  k1")
-        );
+        assert_eq!(key(keyed, "turn/start").as_deref(), Some("turn/start  k1"));
         let tui = br#"{"id":1,"method":"turn/start","params":{"threadId":"t","clientUserMessageId":"m1"}}"#;
-        assert_eq!(
-            key_of(tui, "turn/start").as_deref(),
-            Some("turn/start t m1")
-        );
+        assert_eq!(key(tui, "turn/start").as_deref(), Some("turn/start t m1"));
         // One key on another thread, or for another call, is another key.
         let other_thread =
             br#"{"id":2,"method":"turn/start","idempotencyKey":"m1","params":{"threadId":"u"}}"#;
         assert_eq!(
-            key_of(other_thread, "turn/start").as_deref(),
+            key(other_thread, "turn/start").as_deref(),
             Some("turn/start u m1")
         );
         let start = br#"{"id":3,"method":"thread/start","idempotencyKey":"m1","params":{}}"#;
         assert_eq!(
-            key_of(start, "thread/start").as_deref(),
+            key(start, "thread/start").as_deref(),
             Some("thread/start  m1")
         );
-        // Only turn/start's message id is a key.
+        // Only turn/start's message id is a key; one Codex would not take leaves it unkeyed.
         let other = br#"{"id":1,"method":"thread/resume","params":{"clientUserMessageId":"m1"}}"#;
-        assert_eq!(key_of(other, "thread/resume"), None);
+        assert_eq!(key(other, "thread/resume"), None);
+        let long_id = json!({"id":1,"method":"turn/start","params":{"clientUserMessageId":"m".repeat(MAX_KEY + 1)}});
+        assert_eq!(key(long_id.to_string().as_bytes(), "turn/start"), None);
         let long_thread = json!({"id":1,"method":"turn/start","idempotencyKey":"k","params":{"threadId":"t".repeat(MAX_SCOPE + 1)}});
-        assert_eq!(
-            key_of(long_thread.to_string().as_bytes(), "turn/start"),
-            None
-        );
-        for bad in [json!(""), json!(7), json!("x".repeat(MAX_KEY + 1))] {
+        assert_eq!(key(long_thread.to_string().as_bytes(), "turn/start"), None);
+    }
+
+    #[test]
+    fn an_idempotency_key_that_is_no_key_is_an_error() {
+        for bad in [
+            json!(""),
+            json!(7),
+            json!(["k"]),
+            json!("x".repeat(MAX_KEY + 1)),
+        ] {
             let line = json!({"id":1,"method":"turn/start","idempotencyKey":bad}).to_string();
-            assert_eq!(key_of(line.as_bytes(), "turn/start"), None, "{bad}");
+            assert_eq!(key_of(line.as_bytes(), "turn/start"), Err(()), "{bad}");
         }
+        // `null` is JSON-RPC's absent member.
+        let null = json!({"id":1,"method":"turn/start","idempotencyKey":null}).to_string();
+        assert_eq!(key_of(null.as_bytes(), "turn/start"), Ok(None));
     }
 
     #[test]
@@ -184,13 +214,13 @@ mod tests {
     }
 
     #[test]
-    fn only_errors_that_say_so_are_retryable() {
-        assert!(retryable(
+    fn only_refusals_before_codex_release_the_key() {
+        assert!(not_run(
             r#"{"error":{"code":-32053,"data":{"reason":"worker_draining","retryable":true}}}"#
         ));
-        assert!(!retryable(
+        assert!(!not_run(
             r#"{"error":{"code":-32600,"message":"no such thread"}}"#
         ));
-        assert!(!retryable(r#"{"result":{}}"#));
+        assert!(!not_run(r#"{"result":{}}"#));
     }
 }

@@ -4,7 +4,7 @@
 //! send time plus the TTL. So when the store cannot be reached, the worker stops driving a
 //! thread no later than another node may take it (docs/node-loss.md, "Leases").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,11 @@ pub struct Leases {
     known: HashMap<String, u64>,
     next_renew: Instant,
     renewing: bool,
+    /// Threads whose lease lapsed or moved on while held here, until taken again: a turn that
+    /// ends on one is not published (it cannot be) and is reported failed.
+    lost: HashSet<String>,
+    /// Threads lost since the last [`Leases::take_newly_lost`]: their running turns must stop.
+    newly_lost: Vec<String>,
 }
 
 impl Leases {
@@ -50,11 +55,14 @@ impl Leases {
             known: HashMap::new(),
             next_renew: now + ttl / 3,
             renewing: false,
+            lost: HashSet::new(),
+            newly_lost: Vec::new(),
         }
     }
 
     /// Records a lease the store just granted at `epoch`.
     pub fn granted(&mut self, thread: &str, epoch: u64, home: PathBuf, now: Instant) {
+        self.lost.remove(thread);
         self.map.insert(
             thread.to_owned(),
             Lease {
@@ -95,7 +103,29 @@ impl Leases {
 
     /// The store says the lease moved on: the thread is no longer driven here.
     pub fn lost(&mut self, thread: &str) {
-        self.map.remove(thread);
+        if self.map.remove(thread).is_some() {
+            self.note_lost(thread);
+        }
+    }
+
+    /// Whether the lease of `thread` lapsed or moved on while held here (and was not taken
+    /// again since).
+    pub fn was_lost(&self, thread: &str) -> bool {
+        self.lost.contains(thread)
+    }
+
+    /// The threads lost since the last call.
+    pub fn take_newly_lost(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.newly_lost)
+    }
+
+    fn note_lost(&mut self, thread: &str) {
+        self.newly_lost.push(thread.to_owned());
+        // Bounded like the published epochs: forgetting only loses the failure report.
+        if self.lost.len() >= MAX_KNOWN {
+            self.lost.clear();
+        }
+        self.lost.insert(thread.to_owned());
     }
 
     /// When a turn of `thread` ended: the epoch and home to publish under, if leased here.
@@ -126,6 +156,7 @@ impl Leases {
         self.renewing = false;
         for thread in lost {
             if self.map.remove(thread).is_some() {
+                self.note_lost(thread);
                 log::line(format_args!(
                     "the lease of thread {thread} was lost: it is no longer driven here"
                 ));
@@ -169,15 +200,19 @@ impl Leases {
 
     /// Forgets leases past the time the store may have given them away.
     pub fn expire(&mut self, now: Instant) {
-        self.map.retain(|thread, lease| {
-            let live = lease.valid_until > now;
-            if !live {
-                log::line(format_args!(
-                    "the lease of thread {thread} lapsed (the store could not renew it)"
-                ));
-            }
-            live
-        });
+        let lapsed: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, lease)| lease.valid_until <= now)
+            .map(|(thread, _)| thread.clone())
+            .collect();
+        for thread in lapsed {
+            self.map.remove(&thread);
+            self.note_lost(&thread);
+            log::line(format_args!(
+                "the lease of thread {thread} lapsed (the store could not renew it)"
+            ));
+        }
     }
 
     /// When something is due: a renewal (also when `retry` asks for the tick), a lapse, an idle

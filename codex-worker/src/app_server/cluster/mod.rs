@@ -13,6 +13,7 @@
 //! The store and the files are reached from tasks ([`tasks`]); this state machine only decides.
 
 mod hold;
+mod keyed;
 mod keys;
 mod leases;
 mod rollouts;
@@ -35,12 +36,24 @@ use super::outbound::{BusLine, Kind};
 use super::sessions::{key_of, Scope, SessionKey};
 use super::wire;
 use hold::Hold;
+use keyed::{Key, Keyed, Waiter};
 use leases::Leases;
 pub use tasks::Done;
 use tasks::{Op, TakeError, Taken, Tasks};
 
 /// How long the final publish-and-release of every lease may take at the end of a drain.
 const RELEASE_BUDGET: Duration = Duration::from_secs(5);
+
+/// Most bytes of lines waiting behind requests that wait for the store; beyond it the worker
+/// stops reading from the bus until the store answers (backpressure, through the bus to the
+/// clients), rather than buffer without bound.
+const MAX_BLOCKED_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a client is told of a turn that ran while this worker's lease of its thread lapsed or
+/// moved on: it is not in the history other nodes read.
+const LOST_TURN: &str = "this node lost the thread's lease while the turn ran (the shared store \
+was unreachable, or another node took the thread over): the turn is not in the thread's shared \
+history";
 
 /// Most threads created during a store outage kept for recording once it is back; beyond it the
 /// oldest stay local to this slot (logged), as without cluster mode.
@@ -73,15 +86,7 @@ pub struct ClusterConfig {
 struct Head {
     line: Vec<u8>,
     /// The idempotency record this request began, once it has.
-    begun: Option<(String, String)>,
-}
-
-/// A request that retried a running keyed request: it gets the same reply.
-#[derive(Debug)]
-struct Waiter {
-    session: SessionKey,
-    id: Vec<u8>,
-    token: Vec<u8>,
+    begun: Option<Key>,
 }
 
 /// What cluster mode keeps between events.
@@ -93,12 +98,13 @@ pub struct Cluster {
     /// Per session, the lines waiting behind a request whose store work is in flight (that
     /// request first).
     blocked: HashMap<SessionKey, VecDeque<Head>>,
-    /// Keyed requests passed on, by (session, request id), until their reply goes out.
-    awaiting: HashMap<(SessionKey, Vec<u8>), (String, String)>,
-    /// How many entries of `awaiting` each session has, so other sessions' lines are not read.
-    awaiting_sessions: HashMap<SessionKey, usize>,
-    /// Keyed requests running here, with the retries that wait for their reply.
-    running: HashMap<(String, String), Vec<Waiter>>,
+    /// The bytes of the lines in `blocked`.
+    blocked_bytes: usize,
+    /// Keyed requests in progress here.
+    keyed: Keyed,
+    /// When this worker started: a record that says it runs here but began before is from an
+    /// earlier life of this slot, whose outcome is unknown.
+    started: Instant,
     /// Threads created while the store was unreachable (thread, owner, home): recorded at the
     /// next renewal.
     unadopted: Vec<(String, String, PathBuf)>,
@@ -145,9 +151,9 @@ impl Cluster {
                 tasks,
                 leases,
                 blocked: HashMap::new(),
-                awaiting: HashMap::new(),
-                awaiting_sessions: HashMap::new(),
-                running: HashMap::new(),
+                blocked_bytes: 0,
+                keyed: Keyed::default(),
+                started: Instant::now(),
                 unadopted: Vec::new(),
                 hold: Hold::default(),
                 stale: HashSet::new(),
@@ -167,6 +173,7 @@ impl Cluster {
         match session {
             Some(session) if self.blocked.contains_key(&session) => {
                 if let Some(queue) = self.blocked.get_mut(&session) {
+                    self.blocked_bytes += line.len();
                     queue.push_back(Head {
                         line: line.to_vec(),
                         begun: None,
@@ -179,6 +186,7 @@ impl Cluster {
                     begun: None,
                 };
                 if let Some(head) = self.admit(&session, head, now, manager, fx) {
+                    self.blocked_bytes += head.line.len();
                     self.blocked.insert(session, VecDeque::from([head]));
                 }
             }
@@ -234,8 +242,14 @@ impl Cluster {
                 epoch,
                 result,
             } => {
-                self.hold.release(&thread, &mut fx.bus);
+                let lost = matches!(result, Ok(false)).then_some(LOST_TURN);
+                self.hold.release(&thread, lost, &mut fx.bus);
                 self.published(thread, epoch, result);
+            }
+            Done::Stored { owner, key, stored } => {
+                if stored {
+                    self.keyed.stored(&(owner, key));
+                }
             }
             Done::Renewed { sent, result } => match result {
                 Ok(lost) => self.leases.renewed(sent, &lost),
@@ -269,6 +283,14 @@ impl Cluster {
         if let Some(leases) = self.leases.due_renewal(now) {
             if !leases.is_empty() {
                 self.tasks.spawn(Op::Renew { leases });
+            }
+            // Replies the store could not take yet.
+            for ((owner, key), outcome) in self.keyed.unstored() {
+                self.tasks.spawn(Op::Finish {
+                    owner,
+                    key,
+                    outcome,
+                });
             }
             for (thread, owner, home) in std::mem::take(&mut self.unadopted) {
                 self.tasks.spawn(Op::Adopt {
@@ -329,14 +351,51 @@ impl Cluster {
         }
     }
 
-    /// The worker is exiting: answers every request still waiting for the store, and lets out
-    /// every held line.
-    pub fn finish(&mut self, fx: &mut Effects) {
+    /// The worker is exiting: answers every request still waiting for the store (and the
+    /// retries attached to it), releases their keys, stores the replies the store has not taken
+    /// yet, and lets out every held line; the store work is bounded by [`RELEASE_BUDGET`].
+    pub async fn finish(&mut self, fx: &mut Effects) {
         self.hold.release_all(&mut fx.bus);
+        let mut abandon = Vec::new();
+        self.blocked_bytes = 0;
         for (session, queue) in std::mem::take(&mut self.blocked) {
             for head in queue {
+                if let Message::Call(call) = message::classify(&head.line) {
+                    let scope = Scope::of(&session, call.tenant);
+                    if let Ok(Some(key)) = keys::key_of(&head.line, &call.name) {
+                        let key: Key = (owner_name(&scope), key);
+                        if self.keyed.runs(&key) {
+                            for waiter in self.keyed.end(&key) {
+                                fx.bus.push(waiter.error(&WorkerError::Draining));
+                            }
+                            abandon.push(key);
+                        }
+                    }
+                }
                 reply_error(&session, &head.line, &WorkerError::Draining, fx);
             }
+        }
+        let unstored = self.keyed.unstored();
+        let tasks = &self.tasks;
+        let work = async move {
+            for (owner, key) in abandon {
+                tasks.run(Op::Abandon { owner, key }).await;
+            }
+            for ((owner, key), outcome) in unstored {
+                tasks
+                    .run(Op::Finish {
+                        owner,
+                        key,
+                        outcome,
+                    })
+                    .await;
+            }
+        };
+        if tokio::time::timeout(RELEASE_BUDGET, work).await.is_err() {
+            log::line(format_args!(
+                "idempotency records not all settled within {} s",
+                RELEASE_BUDGET.as_secs()
+            ));
         }
     }
 
@@ -361,22 +420,37 @@ impl Cluster {
         let scope = Scope::of(session, call.tenant);
         let owner = owner_name(&scope);
         if head.begun.is_none() {
-            if let Some(key) = keys::key_of(&head.line, &call.name) {
-                let id_token = id.get().as_bytes().to_vec();
-                let token = call.session.map(|token| token.get().as_bytes().to_vec());
-                if let Some(waiters) = self.running.get_mut(&(owner.clone(), key.clone())) {
-                    // A retry while it runs here: it gets the first one's reply.
-                    waiters.push(Waiter {
-                        session: session.clone(),
-                        id: id_token,
-                        token: token.unwrap_or_default(),
-                    });
+            let key = match keys::key_of(&head.line, &call.name) {
+                Ok(key) => key,
+                Err(()) => {
+                    reply_error(session, &head.line, &WorkerError::InvalidIdempotencyKey, fx);
                     return None;
                 }
+            };
+            if let Some(key) = key {
+                let key: Key = (owner.clone(), key);
+                let waiter = Waiter {
+                    session: session.clone(),
+                    id: id.get().as_bytes().to_vec(),
+                    token: call
+                        .session
+                        .map(|token| token.get().as_bytes().to_vec())
+                        .unwrap_or_default(),
+                };
+                if let Some(outcome) = self.keyed.finishing(&key) {
+                    // It finished here; the store may not have the reply yet.
+                    fx.bus.push(waiter.replay(outcome));
+                    return None;
+                }
+                // A retry while it runs here gets the first one's reply.
+                if self.keyed.attach(&key, waiter).is_ok() {
+                    return None;
+                }
+                self.keyed.begin(key.clone());
                 self.tasks.spawn(Op::Begin {
                     session: session.clone(),
-                    owner,
-                    key,
+                    owner: key.0,
+                    key: key.1,
                 });
                 return Some(head);
             }
@@ -414,7 +488,14 @@ impl Cluster {
 
     /// The head of a blocked session's queue, whose task just reported.
     fn take_head(&mut self, session: &SessionKey) -> Option<Head> {
-        self.blocked.get_mut(session)?.pop_front()
+        let head = self.blocked.get_mut(session)?.pop_front()?;
+        self.blocked_bytes -= head.line.len();
+        Some(head)
+    }
+
+    /// Whether so much waits behind the store that the worker must stop reading from the bus.
+    pub fn saturated(&self) -> bool {
+        self.blocked_bytes > MAX_BLOCKED_BYTES
     }
 
     /// Goes on with `head` (when it still has a step to take) and then the lines behind it,
@@ -431,7 +512,7 @@ impl Cluster {
         loop {
             let head = match next.take() {
                 Some(head) => head,
-                None => match self.blocked.get_mut(session).and_then(VecDeque::pop_front) {
+                None => match self.take_head(session) {
                     Some(head) => head,
                     None => {
                         self.blocked.remove(session);
@@ -440,6 +521,7 @@ impl Cluster {
                 },
             };
             if let Some(waiting) = self.admit(session, head, now, manager, fx) {
+                self.blocked_bytes += waiting.line.len();
                 if let Some(queue) = self.blocked.get_mut(session) {
                     queue.push_front(waiting);
                 } else {
@@ -451,7 +533,8 @@ impl Cluster {
         }
     }
 
-    /// The store's answer to beginning a key: the request goes on (`Some`) or is answered here.
+    /// The store's answer to beginning a key: the request goes on (`Some`) or is answered here,
+    /// and so are the retries that attached to it meanwhile.
     fn begun(
         &mut self,
         session: &SessionKey,
@@ -463,29 +546,44 @@ impl Cluster {
             return None;
         };
         let scope = Scope::of(session, call.tenant);
-        let key = keys::key_of(&head.line, &call.name)?;
-        let owner = owner_name(&scope);
+        let key: Key = (
+            owner_name(&scope),
+            keys::key_of(&head.line, &call.name).ok()??,
+        );
         let error = match result {
             Ok(Begin::New) => {
-                self.running
-                    .insert((owner.clone(), key.clone()), Vec::new());
-                head.begun = Some((owner, key));
+                head.begun = Some(key);
                 return Some(head);
             }
-            Ok(Begin::Done(Finished::Reply(outcome))) => {
-                let (Some(id), Some(token)) = (call.id, call.session) else {
-                    return None;
-                };
-                fx.bus.push(BusLine {
-                    session: Some(session.clone()),
-                    line: keys::replay(id.get().as_bytes(), &outcome, token.get().as_bytes()),
-                    kind: Kind::Essential,
-                });
+            // Began in this life of this worker, and not running here (it would have been
+            // attached to): an earlier call committed the record but failed to say so, and the
+            // request never ran. It is this worker's to run.
+            Ok(Begin::Running { holder, age })
+                if holder == self.config.holder && age < self.started.elapsed() =>
+            {
+                head.begun = Some(key);
+                return Some(head);
+            }
+            Ok(Begin::Done(outcome)) => {
+                if let (Some(id), Some(token)) = (call.id, call.session) {
+                    let first = Waiter {
+                        session: session.clone(),
+                        id: id.get().as_bytes().to_vec(),
+                        token: token.get().as_bytes().to_vec(),
+                    };
+                    fx.bus.push(first.replay(&outcome));
+                }
+                for waiter in self.keyed.end(&key) {
+                    fx.bus.push(waiter.replay(&outcome));
+                }
                 return None;
             }
-            Ok(Begin::Done(Finished::TooLarge)) => WorkerError::IdempotentReplyTooLarge,
             Ok(Begin::Running { holder, age }) => {
-                if age > self.config.request_timeout + self.config.lease_ttl {
+                let bound = self
+                    .config
+                    .request_timeout
+                    .saturating_add(self.config.lease_ttl);
+                if age > bound {
                     WorkerError::IdempotencyOutcomeUnknown
                 } else {
                     WorkerError::IdempotencyInProgress(holder)
@@ -493,6 +591,9 @@ impl Cluster {
             }
             Err(err) => WorkerError::StoreUnavailable(err.to_string()),
         };
+        for waiter in self.keyed.end(&key) {
+            fx.bus.push(waiter.error(&error));
+        }
         reply_error(session, &head.line, &error, fx);
         None
     }
@@ -560,22 +661,15 @@ impl Cluster {
     /// Answers `head` with `error`: the request did not run, so its idempotency key (if it began
     /// one) is released, and the retries that attached to it get the same answer.
     fn refuse(&mut self, session: &SessionKey, head: Head, error: &WorkerError, fx: &mut Effects) {
-        if let Some((owner, key)) = head.begun {
+        if let Some(key) = head.begun {
             // Retries that attached to it get the same refusal: nothing ran.
-            for waiter in self
-                .running
-                .remove(&(owner.clone(), key.clone()))
-                .unwrap_or_default()
-            {
-                let mut reply = Vec::new();
-                error.write_reply(&mut reply, &waiter.id, Some(&waiter.token));
-                fx.bus.push(BusLine {
-                    session: Some(waiter.session),
-                    line: reply,
-                    kind: Kind::Essential,
-                });
+            for waiter in self.keyed.end(&key) {
+                fx.bus.push(waiter.error(error));
             }
-            self.tasks.spawn(Op::Abandon { owner, key });
+            self.tasks.spawn(Op::Abandon {
+                owner: key.0,
+                key: key.1,
+            });
         }
         reply_error(session, &head.line, error, fx);
     }
@@ -589,12 +683,11 @@ impl Cluster {
         manager: &mut Manager,
         fx: &mut Effects,
     ) {
-        if let Some(begun) = head.begun {
+        if let Some(key) = head.begun {
             if let Message::Call(call) = message::classify(&head.line) {
                 if let Some(id) = call.id {
-                    *self.awaiting_sessions.entry(session.clone()).or_default() += 1;
-                    self.awaiting
-                        .insert((session.clone(), id.get().as_bytes().to_vec()), begun);
+                    self.keyed
+                        .expect_reply(session, id.get().as_bytes().to_vec(), key);
                 }
             }
         }
@@ -604,7 +697,12 @@ impl Cluster {
     /// Follows up what the manager just did (called before its effects are carried out): new
     /// threads are recorded and leased, finished turns published, keyed replies stored and
     /// copied to their retries.
-    pub fn follow_up(&mut self, now: Instant, manager: &Manager, fx: &mut Effects) {
+    pub fn follow_up(&mut self, now: Instant, manager: &mut Manager, fx: &mut Effects) {
+        // Another node may drive these threads now: stop this node's turns on them (their
+        // `turn/completed` reports the turn failed, below).
+        for thread in self.leases.take_newly_lost() {
+            manager.interrupt_thread(&thread, now, fx);
+        }
         for (thread, scope) in std::mem::take(&mut fx.owned) {
             if rollouts::shareable(&thread) {
                 self.tasks.spawn(Op::Adopt {
@@ -616,6 +714,10 @@ impl Cluster {
         }
         let mut publishing = Vec::new();
         for thread in std::mem::take(&mut fx.turns_ended) {
+            if self.leases.was_lost(&thread) {
+                hold::fail_turns(fx.bus.iter_mut(), &thread, LOST_TURN);
+                continue;
+            }
             if let Some((epoch, home)) = self.leases.publishable(&thread, now) {
                 publishing.push((thread.clone(), epoch));
                 self.tasks.spawn(Op::Publish {
@@ -627,56 +729,49 @@ impl Cluster {
             }
         }
         self.hold.hold(&mut fx.bus, &publishing);
-        if self.awaiting.is_empty() {
-            return;
-        }
         let mut copies = Vec::new();
         for line in &fx.bus {
             let Some(session) = &line.session else {
                 continue;
             };
-            if !self.awaiting_sessions.contains_key(session) {
+            if !self.keyed.awaits(session) {
                 continue;
             }
             let Some((id, outcome, is_error)) = keys::outcome_of(&line.line) else {
                 continue;
             };
-            let Some((owner, key)) = self.awaiting.remove(&(session.clone(), id)) else {
+            let Some(key) = self.keyed.replied(session, id) else {
                 continue;
             };
-            if let Some(count) = self.awaiting_sessions.get_mut(session) {
-                *count -= 1;
-                if *count == 0 {
-                    self.awaiting_sessions.remove(session);
-                }
+            let outcome = Finished::Reply(outcome);
+            for waiter in self.keyed.end(&key) {
+                copies.push(waiter.replay(&outcome));
             }
-            for waiter in self
-                .running
-                .remove(&(owner.clone(), key.clone()))
-                .unwrap_or_default()
-            {
-                copies.push(BusLine {
-                    session: Some(waiter.session),
-                    line: keys::replay(&waiter.id, &outcome, &waiter.token),
-                    kind: Kind::Essential,
-                });
-            }
-            let op = if is_error && keys::retryable(&outcome) {
-                Op::Abandon { owner, key }
-            } else if outcome.len() > self.config.max_reply {
-                Op::Finish {
-                    owner,
-                    key,
-                    outcome: Finished::TooLarge,
-                }
-            } else {
-                Op::Finish {
-                    owner,
-                    key,
-                    outcome: Finished::Reply(outcome),
-                }
+            let Finished::Reply(text) = outcome else {
+                continue;
             };
-            self.tasks.spawn(op);
+            if is_error && keys::not_run(&text) {
+                self.tasks.spawn(Op::Abandon {
+                    owner: key.0,
+                    key: key.1,
+                });
+                continue;
+            }
+            let stored = if text.len() > self.config.max_reply {
+                Finished::TooLarge
+            } else {
+                Finished::Reply(text)
+            };
+            if let Some((owner, dropped)) = self.keyed.finish(key.clone(), stored.clone()) {
+                log::line(format_args!(
+                    "too many replies wait for the store: {owner}'s {dropped:?} is kept only there"
+                ));
+            }
+            self.tasks.spawn(Op::Finish {
+                owner: key.0,
+                key: key.1,
+                outcome: stored,
+            });
         }
         fx.bus.extend(copies);
     }

@@ -128,6 +128,12 @@ pub enum Done {
         /// `Ok(false)`: fenced out (the lease moved on).
         result: Result<bool, String>,
     },
+    /// An [`Op::Finish`] ended; `stored` false: try again later.
+    Stored {
+        owner: String,
+        key: String,
+        stored: bool,
+    },
     Renewed {
         /// When the renewal was sent: the leases hold until then plus the TTL.
         sent: Instant,
@@ -254,10 +260,14 @@ impl Tasks {
                 key,
                 outcome,
             } => {
-                if let Err(err) = self.store.finish(&owner, &key, holder, outcome).await {
-                    log::line(format_args!("cannot store an idempotent reply: {err}"));
-                }
-                None
+                let stored = match self.store.finish(&owner, &key, holder, outcome).await {
+                    Ok(()) => true,
+                    Err(err) => {
+                        log::line(format_args!("cannot store an idempotent reply yet: {err}"));
+                        false
+                    }
+                };
+                Some(Done::Stored { owner, key, stored })
             }
             Op::Abandon { owner, key } => {
                 if let Err(err) = self.store.abandon(&owner, &key, holder).await {

@@ -283,6 +283,18 @@ impl Manager {
         }
     }
 
+    /// Interrupts the turn running on `thread` in whichever lane has it (cluster mode lost the
+    /// thread's lease).
+    pub fn interrupt_thread(&mut self, thread: &str, now: Instant, fx: &mut Effects) {
+        for lane in self.lanes.values_mut() {
+            if lane.bridge.thread_busy(thread) {
+                let mut out = Out::default();
+                lane.bridge.interrupt_thread(thread, now, &mut out);
+                lane.absorb(out, fx);
+            }
+        }
+    }
+
     /// Whether the child serving `scope` has `thread` loaded.
     pub fn thread_loaded(&self, scope: &Scope, thread: &str) -> bool {
         self.lanes
