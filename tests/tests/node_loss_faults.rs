@@ -118,10 +118,16 @@ impl Node {
         self.call(method, params, key).pop().expect("a reply")
     }
 
-    /// Reads lines until one satisfies `last`; returns them all.
+    /// Reads lines until one satisfies `last`; returns them all. Fails after [`MAX_LINES`]
+    /// lines or 20 s.
     fn until(&self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.until_by(Instant::now() + Duration::from_secs(20), last)
+    }
+
+    /// Like [`Node::until`], failing at `deadline` (checked at every line).
+    fn until_by(&self, deadline: Instant, last: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut lines = Vec::new();
-        for _ in 0..MAX_LINES {
+        while lines.len() < MAX_LINES && Instant::now() < deadline {
             let line = self.worker.json();
             let done = last(&line);
             lines.push(line);
@@ -129,7 +135,11 @@ impl Node {
                 return lines;
             }
         }
-        panic!("no matching line within {MAX_LINES} lines: {lines:?}");
+        let tail = &lines[lines.len().saturating_sub(3)..];
+        panic!(
+            "no matching line among {} lines (the last: {tail:?})",
+            lines.len()
+        );
     }
 
     fn start_thread(&mut self) -> String {
@@ -403,7 +413,9 @@ fn a_lease_that_lapses_while_a_turn_runs_fails_the_turn_then_the_thread_works_ag
         return;
     };
     let locked = Instant::now();
-    let lines = node.until(|line| line["method"] == "turn/completed");
+    let lines = node.until_by(locked + Duration::from_secs(TTL_SEC + 4), |line| {
+        line["method"] == "turn/completed"
+    });
     let failed_after = locked.elapsed();
     let completed = &lines.last().unwrap()["params"]["turn"];
     assert_eq!(completed["id"], turn.as_str(), "{completed}");
