@@ -33,20 +33,20 @@ pub struct Cli {
     pub request_timeout_sec: u64,
     /// Seconds a drain (SIGTERM or end of input) waits for active turns before interrupting
     /// them; keep it below the bus's `drain_timeout_sec`.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(..=31_536_000))]
     pub drain_timeout_sec: u64,
     /// Seconds before an unanswered approval is declined (0: wait, as Codex does).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=31_536_000))]
     pub approval_timeout_sec: u64,
     /// Seconds of silence after which a session's approvals are declined, its turns interrupted
     /// and its threads unsubscribed (0: never).
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(..=31_536_000))]
     pub session_idle_sec: u64,
     /// Child restarts allowed within the window; one more and the worker exits with status 3.
     #[arg(long, default_value_t = 5)]
     pub max_child_restarts: u32,
     /// The window of `--max-child-restarts`, in seconds.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub child_restart_window_sec: u64,
     /// Most requests in flight to the child (Codex queues 128 and then refuses).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
@@ -71,7 +71,7 @@ pub struct Cli {
     pub max_threads: u64,
     /// Seconds a thread without a turn or waiting request stays owned after its last use
     /// (0: until the --max-threads bound forgets it).
-    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    #[arg(long, default_value_t = 7 * 24 * 3600, value_parser = clap::value_parser!(u64).range(..=31_536_000))]
     pub thread_ttl_sec: u64,
     /// With --child-per-session: most children alive at once; the least recently used idle one
     /// makes room for a new session, and when all are busy the new session is refused.
@@ -80,7 +80,7 @@ pub struct Cli {
     pub max_children: u64,
     /// With --child-per-session: seconds a child with no active turn and no request in flight
     /// lives on before it is stopped (0: until it is evicted).
-    #[arg(long, default_value_t = 300, requires = "child_per_session")]
+    #[arg(long, default_value_t = 300, requires = "child_per_session", value_parser = clap::value_parser!(u64).range(..=31_536_000))]
     pub child_idle_sec: u64,
     /// Cluster mode (docs/node-loss.md): the shared store of thread owners, leases and
     /// idempotency records, `sqlite:PATH` (one host) or `postgres://USER@HOST:PORT/DB`; or
@@ -139,6 +139,11 @@ mod tests {
         assert!(Cli::try_parse_from(["codex-worker", "--max-threads", "0"]).is_err());
         // Durations a clock can add without overflowing.
         for flag in [
+            "--drain-timeout-sec",
+            "--approval-timeout-sec",
+            "--session-idle-sec",
+            "--child-restart-window-sec",
+            "--thread-ttl-sec",
             "--request-timeout-sec",
             "--lease-ttl-sec",
             "--lease-idle-sec",

@@ -67,8 +67,9 @@ impl Waiter {
 pub struct Keyed {
     /// Keys whose first request is being begun or runs, with the retries that wait for it.
     running: HashMap<Key, Vec<Waiter>>,
-    /// Keyed requests passed on, by (session, request id), until their reply goes out.
-    awaiting: HashMap<(SessionKey, Vec<u8>), Key>,
+    /// Keyed requests passed on, by (session, request id), until their reply goes out (a
+    /// session that reuses an id in flight has several, answered in order).
+    awaiting: HashMap<(SessionKey, Vec<u8>), VecDeque<Key>>,
     /// How many entries of `awaiting` each session has, so other sessions' lines are not read.
     awaiting_sessions: HashMap<SessionKey, usize>,
     /// Outcomes the store has not confirmed yet, oldest first.
@@ -111,7 +112,10 @@ impl Keyed {
     /// The request `id` of `session` with `key` was passed on: its reply is the key's outcome.
     pub fn expect_reply(&mut self, session: &SessionKey, id: Vec<u8>, key: Key) {
         *self.awaiting_sessions.entry(session.clone()).or_default() += 1;
-        self.awaiting.insert((session.clone(), id), key);
+        self.awaiting
+            .entry((session.clone(), id))
+            .or_default()
+            .push_back(key);
     }
 
     /// Whether a line toward `session` may be a keyed request's reply.
@@ -121,7 +125,12 @@ impl Keyed {
 
     /// The key whose reply `id` toward `session` is, if it is one.
     pub fn replied(&mut self, session: &SessionKey, id: Vec<u8>) -> Option<Key> {
-        let key = self.awaiting.remove(&(session.clone(), id))?;
+        let entry = (session.clone(), id);
+        let keys = self.awaiting.get_mut(&entry)?;
+        let key = keys.pop_front()?;
+        if keys.is_empty() {
+            self.awaiting.remove(&entry);
+        }
         if let Some(count) = self.awaiting_sessions.get_mut(session) {
             *count -= 1;
             if *count == 0 {

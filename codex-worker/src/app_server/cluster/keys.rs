@@ -35,9 +35,10 @@ struct Params {
 }
 
 /// The idempotency key of the request `line` calling `method`, if it carries one, as the store
-/// keeps it: `<method> <threadId> <key>` (the thread empty for a call that names none).
-/// `Err` for an `idempotencyKey` that is not a string of 1 to [`MAX_KEY`] bytes: the client asked
-/// for protection it would not get, so the request is refused rather than run unkeyed.
+/// keeps it: `<len>:<method><len>:<threadId><key>` (the thread empty for a call that names none;
+/// `initialize` is never keyed). `Err` for an `idempotencyKey` that is not a string of 1 to
+/// [`MAX_KEY`] bytes, or on a method or thread id longer than `MAX_SCOPE`: the client asked for
+/// protection it would not get, so the request is refused rather than run unkeyed.
 pub fn key_of(line: &[u8], method: &str) -> Result<Option<String>, ()> {
     let Ok(request) = serde_json::from_slice::<KeyedRequest<'_>>(line) else {
         return Ok(None);
@@ -47,9 +48,15 @@ pub fn key_of(line: &[u8], method: &str) -> Result<Option<String>, ()> {
         .params
         .and_then(|params| serde_json::from_str(params.get()).ok())
         .unwrap_or_default();
+    // A session's handshake is its own: a replay would answer it without initializing it.
+    if method == "initialize" {
+        return Ok(None);
+    }
+    let thread = params.thread_id.unwrap_or_default();
+    let scoped = method.len() <= MAX_SCOPE && thread.len() <= MAX_SCOPE;
     let key = match request.idempotency_key {
         Some(raw) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(key) if valid(&key) => key,
+            Ok(key) if valid(&key) && scoped => key,
             _ => return Err(()),
         },
         // Codex's own field: one it would not accept as a key leaves the request unkeyed.
@@ -59,11 +66,15 @@ pub fn key_of(line: &[u8], method: &str) -> Result<Option<String>, ()> {
         },
         None => return Ok(None),
     };
-    let thread = params.thread_id.unwrap_or_default();
-    if method.len() > MAX_SCOPE || thread.len() > MAX_SCOPE {
+    if !scoped {
         return Ok(None);
     }
-    Ok(Some(format!("{method} {thread} {key}")))
+    // Lengths first, so no method, thread and key can spell another's.
+    Ok(Some(format!(
+        "{}:{method}{}:{thread}{key}",
+        method.len(),
+        thread.len()
+    )))
 }
 
 /// The outcome of a reply line toward the bus: `{"result":…}` or `{"error":…}` as JSON text,
@@ -155,28 +166,43 @@ mod tests {
     fn the_top_level_key_wins_and_turn_start_falls_back_to_the_client_message_id() {
         let key = |line: &[u8], method: &str| key_of(line, method).unwrap();
         let keyed = br#"{"id":1,"method":"turn/start","idempotencyKey":"k1","params":{"clientUserMessageId":"m1"}}"#;
-        assert_eq!(key(keyed, "turn/start").as_deref(), Some("turn/start  k1"));
+        assert_eq!(
+            key(keyed, "turn/start").as_deref(),
+            Some("10:turn/start0:k1")
+        );
         let tui = br#"{"id":1,"method":"turn/start","params":{"threadId":"t","clientUserMessageId":"m1"}}"#;
-        assert_eq!(key(tui, "turn/start").as_deref(), Some("turn/start t m1"));
+        assert_eq!(
+            key(tui, "turn/start").as_deref(),
+            Some("10:turn/start1:tm1")
+        );
         // One key on another thread, or for another call, is another key.
         let other_thread =
             br#"{"id":2,"method":"turn/start","idempotencyKey":"m1","params":{"threadId":"u"}}"#;
         assert_eq!(
             key(other_thread, "turn/start").as_deref(),
-            Some("turn/start u m1")
+            Some("10:turn/start1:um1")
         );
         let start = br#"{"id":3,"method":"thread/start","idempotencyKey":"m1","params":{}}"#;
         assert_eq!(
             key(start, "thread/start").as_deref(),
-            Some("thread/start  m1")
+            Some("12:thread/start0:m1")
         );
         // Only turn/start's message id is a key; one Codex would not take leaves it unkeyed.
         let other = br#"{"id":1,"method":"thread/resume","params":{"clientUserMessageId":"m1"}}"#;
         assert_eq!(key(other, "thread/resume"), None);
         let long_id = json!({"id":1,"method":"turn/start","params":{"clientUserMessageId":"m".repeat(MAX_KEY + 1)}});
         assert_eq!(key(long_id.to_string().as_bytes(), "turn/start"), None);
-        let long_thread = json!({"id":1,"method":"turn/start","idempotencyKey":"k","params":{"threadId":"t".repeat(MAX_SCOPE + 1)}});
+        let long_thread = json!({"id":1,"method":"turn/start","params":{"clientUserMessageId":"k","threadId":"t".repeat(MAX_SCOPE + 1)}});
         assert_eq!(key(long_thread.to_string().as_bytes(), "turn/start"), None);
+        // A handshake is never keyed.
+        let init = br#"{"id":1,"method":"initialize","idempotencyKey":"i","params":{}}"#;
+        assert_eq!(key(init, "initialize"), None);
+        // Spaces cannot make one thread's key another's.
+        let spaced =
+            br#"{"id":1,"method":"turn/start","idempotencyKey":"y","params":{"threadId":"T x"}}"#;
+        let plain =
+            br#"{"id":1,"method":"turn/start","idempotencyKey":"x y","params":{"threadId":"T"}}"#;
+        assert_ne!(key(spaced, "turn/start"), key(plain, "turn/start"));
     }
 
     #[test]
@@ -190,6 +216,11 @@ mod tests {
             let line = json!({"id":1,"method":"turn/start","idempotencyKey":bad}).to_string();
             assert_eq!(key_of(line.as_bytes(), "turn/start"), Err(()), "{bad}");
         }
+        let long_thread = json!({"id":1,"method":"turn/start","idempotencyKey":"k","params":{"threadId":"t".repeat(MAX_SCOPE + 1)}});
+        assert_eq!(
+            key_of(long_thread.to_string().as_bytes(), "turn/start"),
+            Err(())
+        );
         // `null` is JSON-RPC's absent member.
         let null = json!({"id":1,"method":"turn/start","idempotencyKey":null}).to_string();
         assert_eq!(key_of(null.as_bytes(), "turn/start"), Ok(None));

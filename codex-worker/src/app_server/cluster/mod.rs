@@ -55,6 +55,11 @@ const LOST_TURN: &str = "this node lost the thread's lease while the turn ran (t
 was unreachable, or another node took the thread over): the turn is not in the thread's shared \
 history";
 
+/// What a client is told of a turn whose publish failed (the shared directory or the store
+/// failed): it ran here, but another node taking the thread over would not have it.
+const UNPUBLISHED_TURN: &str = "the turn ran, but could not be saved where other nodes read the \
+thread's history (the shared directory or store failed): it may be missing if the thread moves";
+
 /// Most threads created during a store outage kept for recording once it is back; beyond it the
 /// oldest stay local to this slot (logged), as without cluster mode.
 const MAX_UNADOPTED: usize = 10_000;
@@ -213,13 +218,14 @@ impl Cluster {
                 }
             }
             Done::Adopted {
+                sent,
                 thread,
                 owner,
                 home,
                 result,
             } => match result {
                 Ok(Acquire::Granted { epoch, .. }) => {
-                    self.leases.granted(&thread, epoch, home, now)
+                    self.leases.granted(&thread, epoch, home, sent)
                 }
                 Ok(Acquire::Held { holder, .. }) => log::line(format_args!(
                     "thread {thread}, created here, is leased by {holder}"
@@ -242,7 +248,11 @@ impl Cluster {
                 epoch,
                 result,
             } => {
-                let lost = matches!(result, Ok(false)).then_some(LOST_TURN);
+                let lost = match &result {
+                    Ok(true) => None,
+                    Ok(false) => Some(LOST_TURN),
+                    Err(_) => Some(UNPUBLISHED_TURN),
+                };
                 self.hold.release(&thread, lost, &mut fx.bus);
                 self.published(thread, epoch, result);
             }
@@ -589,7 +599,15 @@ impl Cluster {
                     WorkerError::IdempotencyInProgress(holder)
                 }
             }
-            Err(err) => WorkerError::StoreUnavailable(err.to_string()),
+            Err(err) => {
+                // The record may have been written before the call failed: released, so the
+                // retry this error invites is not told the request runs.
+                self.tasks.spawn(Op::Abandon {
+                    owner: key.0.clone(),
+                    key: key.1.clone(),
+                });
+                WorkerError::StoreUnavailable(err.to_string())
+            }
         };
         for waiter in self.keyed.end(&key) {
             fx.bus.push(waiter.error(&error));
@@ -620,7 +638,11 @@ impl Cluster {
                 self.pass(session, head, now, manager, fx);
                 return None;
             }
-            Ok(Taken::Granted { epoch, published }) => {
+            Ok(Taken::Granted {
+                epoch,
+                published,
+                sent,
+            }) => {
                 let home = manager.codex_home(&scope);
                 let imported = published.is_some() && published != self.leases.known_epoch(thread);
                 log::line(format_args!(
@@ -633,7 +655,7 @@ impl Cluster {
                 if imported && manager.thread_loaded(&scope, thread) {
                     self.stale.insert(thread.to_owned());
                 }
-                self.leases.granted(thread, epoch, home, now);
+                self.leases.granted(thread, epoch, home, sent);
                 if let Some(published) = published {
                     self.leases.published(thread, published);
                 }
@@ -698,6 +720,11 @@ impl Cluster {
     /// threads are recorded and leased, finished turns published, keyed replies stored and
     /// copied to their retries.
     pub fn follow_up(&mut self, now: Instant, manager: &mut Manager, fx: &mut Effects) {
+        // A turn that ended on a lease past its time must count it lost now, not at the next
+        // timer (it would go out as completed, unpublished).
+        if !fx.turns_ended.is_empty() {
+            self.leases.expire(now);
+        }
         // Another node may drive these threads now: stop this node's turns on them (their
         // `turn/completed` reports the turn failed, below).
         for thread in self.leases.take_newly_lost() {

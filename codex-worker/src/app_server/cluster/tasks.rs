@@ -91,8 +91,13 @@ pub enum Taken {
         holder: String,
         expires_in: Duration,
     },
-    /// Leased here at `epoch`; `published` is the epoch whose rollout `home` now has.
-    Granted { epoch: u64, published: Option<u64> },
+    /// Leased here at `epoch`; `published` is the epoch whose rollout `home` now has. The lease
+    /// holds until `sent` (when the store was asked) plus the TTL.
+    Granted {
+        epoch: u64,
+        published: Option<u64>,
+        sent: Instant,
+    },
 }
 
 /// Why a [`Op::Take`] failed.
@@ -117,6 +122,8 @@ pub enum Done {
         result: Result<Taken, TakeError>,
     },
     Adopted {
+        /// When the store was asked.
+        sent: Instant,
         thread: String,
         owner: String,
         home: PathBuf,
@@ -221,11 +228,13 @@ impl Tasks {
                 owner,
                 home,
             } => {
+                let sent = Instant::now();
                 let result = match self.store.claim(&owner, &thread).await {
                     Ok(_) => self.store.acquire(&thread, holder, self.lease_ttl).await,
                     Err(err) => Err(err),
                 };
                 Some(Done::Adopted {
+                    sent,
                     thread,
                     owner,
                     home,
@@ -287,6 +296,7 @@ impl Tasks {
         home: &std::path::Path,
         known_epoch: Option<u64>,
     ) -> Result<Taken, TakeError> {
+        let sent = Instant::now();
         let store_error = |err: StoreError| TakeError {
             detail: err.to_string(),
             retryable: true,
@@ -308,6 +318,7 @@ impl Tasks {
                     return Ok(Taken::Granted {
                         epoch,
                         published: None,
+                        sent,
                     });
                 };
                 if known_epoch != Some(published.epoch) {
@@ -334,6 +345,7 @@ impl Tasks {
                 Ok(Taken::Granted {
                     epoch,
                     published: Some(published.epoch),
+                    sent,
                 })
             }
         }
