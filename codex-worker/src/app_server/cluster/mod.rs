@@ -5,9 +5,11 @@
 //! worker does not hold a lease on reaches the manager, it checks in the shared store that the
 //! request's tenant owns the thread, takes the thread's lease (refusing with `thread_leased`
 //! while another live holder has it) and brings the thread's newest published rollout into the
-//! local `CODEX_HOME`, where the bridge resumes it. A request with an idempotency key runs at
-//! most once per (tenant, key): a retry while it runs waits for its reply, a later one gets the
-//! stored reply. While a request waits for the store, the later lines of its session wait
+//! local `CODEX_HOME`, where the bridge resumes it. After each turn the rollout is published, and
+//! the turn's `turn/completed` waits for that ([`hold`]); a lease lost while a turn runs stops the
+//! turn and reports it failed. A request with an idempotency key runs at most once per (tenant,
+//! method, thread, key) ([`keyed`]): a retry while it runs waits for its reply, a later one gets
+//! the stored reply. While a request waits for the store, the later lines of its session wait
 //! behind it, so a session's order is kept; other sessions go on.
 //!
 //! The store and the files are reached from tasks ([`tasks`]); this state machine only decides.
