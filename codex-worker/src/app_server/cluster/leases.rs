@@ -43,6 +43,8 @@ pub struct Leases {
     lost: HashSet<String>,
     /// Threads lost since the last [`Leases::take_newly_lost`]: their running turns must stop.
     newly_lost: Vec<String>,
+    /// Leased threads whose last publish failed, to publish again.
+    unpublished: HashSet<String>,
 }
 
 impl Leases {
@@ -57,6 +59,7 @@ impl Leases {
             renewing: false,
             lost: HashSet::new(),
             newly_lost: Vec::new(),
+            unpublished: HashSet::new(),
         }
     }
 
@@ -112,6 +115,24 @@ impl Leases {
     /// again since).
     pub fn was_lost(&self, thread: &str) -> bool {
         self.lost.contains(thread)
+    }
+
+    /// The last publish of `thread` failed: it is published again at the next renewal.
+    pub fn unpublished(&mut self, thread: &str) {
+        if self.map.contains_key(thread) {
+            self.unpublished.insert(thread.to_owned());
+        }
+    }
+
+    /// The leased threads to publish again: (thread, epoch, home).
+    pub fn take_unpublished(&mut self) -> Vec<(String, u64, PathBuf)> {
+        std::mem::take(&mut self.unpublished)
+            .into_iter()
+            .filter_map(|thread| {
+                let lease = self.map.get(&thread)?;
+                Some((thread, lease.epoch, lease.home.clone()))
+            })
+            .collect()
     }
 
     /// The threads lost since the last call.
@@ -292,6 +313,23 @@ mod tests {
             Some((2, PathBuf::from("/h")))
         );
         assert_eq!(leases.publishable("quiet", t0 + IDLE), None);
+    }
+
+    #[test]
+    fn a_failed_publish_is_retried_while_the_lease_lives() {
+        let t0 = Instant::now();
+        let mut leases = Leases::new(TTL, IDLE, t0);
+        leases.granted("a", 2, PathBuf::from("/h"), t0);
+        leases.unpublished("a");
+        leases.unpublished("not leased");
+        assert_eq!(
+            leases.take_unpublished(),
+            vec![("a".to_owned(), 2, PathBuf::from("/h"))]
+        );
+        assert!(leases.take_unpublished().is_empty());
+        leases.unpublished("a");
+        leases.lost("a");
+        assert!(leases.take_unpublished().is_empty());
     }
 
     #[test]

@@ -57,11 +57,6 @@ const LOST_TURN: &str = "this node lost the thread's lease while the turn ran (t
 was unreachable, or another node took the thread over): the turn is not in the thread's shared \
 history";
 
-/// What a client is told of a turn whose publish failed (the shared directory or the store
-/// failed): it ran here, but another node taking the thread over would not have it.
-const UNPUBLISHED_TURN: &str = "the turn ran, but could not be saved where other nodes read the \
-thread's history (the shared directory or store failed): it may be missing if the thread moves";
-
 /// Most threads created during a store outage kept for recording once it is back; beyond it the
 /// oldest stay local to this slot (logged), as without cluster mode.
 const MAX_UNADOPTED: usize = 10_000;
@@ -250,11 +245,9 @@ impl Cluster {
                 epoch,
                 result,
             } => {
-                let lost = match &result {
-                    Ok(true) => None,
-                    Ok(false) => Some(LOST_TURN),
-                    Err(_) => Some(UNPUBLISHED_TURN),
-                };
+                // A publish that failed (store or shared directory down) is retried at every
+                // renewal while the lease lives: the turn stands, and is saved once they are back.
+                let lost = matches!(result, Ok(false)).then_some(LOST_TURN);
                 self.hold.release(&thread, lost, &mut fx.bus);
                 self.published(thread, epoch, result);
             }
@@ -283,9 +276,12 @@ impl Cluster {
                 ));
                 self.leases.lost(&thread);
             }
-            Err(err) => log::line(format_args!(
-                "cannot publish the rollout of thread {thread}: {err}"
-            )),
+            Err(err) => {
+                log::line(format_args!(
+                    "cannot publish the rollout of thread {thread} yet: {err}"
+                ));
+                self.leases.unpublished(&thread);
+            }
         }
     }
 
@@ -295,6 +291,14 @@ impl Cluster {
         if let Some(leases) = self.leases.due_renewal(now) {
             if !leases.is_empty() {
                 self.tasks.spawn(Op::Renew { leases });
+            }
+            for (thread, epoch, home) in self.leases.take_unpublished() {
+                self.tasks.spawn(Op::Publish {
+                    thread,
+                    epoch,
+                    home,
+                    release: false,
+                });
             }
             // Replies the store could not take yet.
             for ((owner, key), outcome) in self.keyed.unstored() {
