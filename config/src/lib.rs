@@ -34,9 +34,10 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use model::{
-    AuditConfig, AuthConfig, Config, IdReferenceConfig, JwtConfig, Limits, MetricsConfig,
-    PoolConfig, ReadyProbe, RestartPolicy, RoutingConfig, Supervision, TenantLimits, TlsConfig,
-    TokenEntry, TokenSecret, TransportConfig, TransportMode, WebSocketConfig,
+    Account, AuditConfig, AuthConfig, Config, GroupId, IdReferenceConfig, JwtConfig, Limits,
+    MetricsConfig, PoolConfig, Privileges, ReadyProbe, RestartPolicy, Rlimits, RoutingConfig,
+    Supervision, TenantLimits, TlsConfig, TokenEntry, TokenSecret, TransportConfig, TransportMode,
+    WebSocketConfig,
 };
 pub use tenant::{validate_tenant_name, MAX_TENANT_BYTES};
 
@@ -79,6 +80,7 @@ impl Config {
                 env: Default::default(),
                 cwd: None,
                 supervision: Supervision::default(),
+                privileges: Default::default(),
             }],
             limits: Limits::default(),
             transport: TransportConfig::default(),

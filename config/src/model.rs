@@ -107,6 +107,101 @@ pub struct PoolConfig {
     /// How the pool's workers are restarted, timed out and checked for readiness.
     #[serde(flatten)]
     pub supervision: Supervision,
+    /// The rights the pool's workers run with: user, group, umask, resource limits (our extension).
+    #[serde(flatten)]
+    pub privileges: Privileges,
+}
+
+/// The least-privilege settings of one pool's workers (our extension to the stdio Bus config), each
+/// applied in the child between fork and exec. The ids are resolved when the config is loaded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Privileges {
+    /// The account the workers run as (only a daemon running as root switches to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<Account>,
+    /// The primary group of the workers; the user's own primary group when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
+    /// The file mode creation mask of the workers (e.g. `0o077`); the daemon's own when absent.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_octal"
+    )]
+    pub umask: Option<u32>,
+    /// Resource limits, each set as both soft and hard limit.
+    #[serde(skip_serializing_if = "Rlimits::is_empty")]
+    pub rlimits: Rlimits,
+    /// Whether the workers run with `PR_SET_NO_NEW_PRIVS` (no privileges gained through exec).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privs: bool,
+}
+
+/// A user as the config names it, resolved: its uid, primary gid and supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// The name or number as written in the config.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid from the user database (`None` for a bare uid without an entry).
+    pub gid: Option<u32>,
+    /// Its supplementary groups from the group database (empty for a bare uid).
+    pub groups: Vec<u32>,
+}
+
+impl Serialize for Account {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
+
+/// A group as the config names it, resolved to its gid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupId {
+    /// The name or number as written in the config.
+    pub name: String,
+    /// Its gid.
+    pub gid: u32,
+}
+
+impl Serialize for GroupId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
+
+fn serialize_octal<S: Serializer>(mask: &Option<u32>, serializer: S) -> Result<S::Ok, S::Error> {
+    match mask {
+        Some(mask) => serializer.serialize_str(&format!("{mask:03o}")),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A pool's resource limits (`setrlimit(2)`, soft = hard); each absent one is inherited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Rlimits {
+    /// `RLIMIT_AS`: bytes of virtual address space.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_space_bytes: Option<u64>,
+    /// `RLIMIT_NOFILE`: open file descriptors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    /// `RLIMIT_NPROC`: processes (threads included) of the worker's user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// `RLIMIT_CPU`: seconds of CPU time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    /// `RLIMIT_CORE`: bytes of a core dump (0: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_bytes: Option<u64>,
+}
+
+impl Rlimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Rlimits::default()
+    }
 }
 
 /// Which worker exits the supervisor answers with a restart.

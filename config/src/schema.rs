@@ -27,6 +27,15 @@ pub(crate) const WEBSOCKET_KEYS: &[&str] = &[
 /// Keys of `audit` (our extension).
 pub(crate) const AUDIT_KEYS: &[&str] = &["path"];
 
+/// Keys of a pool's `rlimits` object (our extension).
+pub(crate) const RLIMIT_KEYS: &[&str] = &[
+    "address_space_bytes",
+    "open_files",
+    "processes",
+    "cpu_seconds",
+    "core_bytes",
+];
+
 /// Keys of one `pools[]` object; all but the first four are our extensions.
 pub(crate) const POOL_KEYS: &[&str] = &[
     "id",
@@ -35,6 +44,11 @@ pub(crate) const POOL_KEYS: &[&str] = &[
     "instances",
     "env",
     "cwd",
+    "user",
+    "group",
+    "umask",
+    "rlimits",
+    "no_new_privs",
     "restart_policy",
     "backoff_initial_ms",
     "backoff_max_ms",
@@ -147,6 +161,7 @@ mod tests {
         let levels = [
             TOP_KEYS,
             POOL_KEYS,
+            RLIMIT_KEYS,
             PROBE_KEYS,
             LIMIT_KEYS,
             TRANSPORT_KEYS,

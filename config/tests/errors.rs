@@ -675,3 +675,63 @@ fn websocket_listeners_are_checked_with_their_defaults_filled_in() {
         &["websocket: needs routing.session_id_field to be a top-level member name (the session of a WebSocket connection is added to its messages there), got \"params.sessionId\""],
     );
 }
+
+#[test]
+fn privilege_fields_are_checked() {
+    assert_problems(
+        &with_pools(
+            r#"[{"id": "a", "command": "cat", "instances": 1, "umask": "0800", "no_new_privs": 1,
+                 "user": "no-such-user-here", "group": "no-such-group-here",
+                 "rlimits": {"address_space_bytes": 0, "open_file": 5, "core_bytes": -1}}]"#,
+        ),
+        &[
+            r#"pools[0].umask: must be an octal mode string from "000" to "777" (e.g. "077"), got "0800""#,
+            "pools[0].no_new_privs: must be true or false, got 1",
+            "pools[0].user: no such user 'no-such-user-here' in the user database",
+            "pools[0].group: no such group 'no-such-group-here' in the group database",
+            "pools[0].rlimits.address_space_bytes: must be an integer ≥ 1, got 0",
+            "pools[0].rlimits.open_file: unknown key (did you mean 'open_files'?)",
+            "pools[0].rlimits.core_bytes: must be a non-negative integer, got -1",
+        ],
+    );
+    assert_problems(
+        &with_pools(
+            r#"[{"id": "a", "command": "cat", "instances": 1, "rlimits": [], "umask": 77}]"#,
+        ),
+        &[
+            "pools[0].rlimits: must be an object, got an array",
+            r#"pools[0].umask: must be an octal mode string from "000" to "777" (e.g. "077"), got 77"#,
+        ],
+    );
+}
+
+#[test]
+fn privileges_are_resolved_at_load() {
+    let text = r#"{"pools": [{"id": "a", "command": "cat", "instances": 1, "user": "root",
+        "group": "0", "umask": "027", "no_new_privs": true,
+        "rlimits": {"address_space_bytes": 1073741824, "processes": 64, "core_bytes": 0}}]}"#;
+    let root = nix::unistd::geteuid().is_root();
+    match Config::from_json_str(text, "t.json") {
+        Ok(config) => {
+            assert!(root, "a daemon that is not root must refuse user root");
+            let p = &config.pools[0].privileges;
+            let user = p.user.as_ref().unwrap();
+            assert_eq!((user.uid, user.gid), (0, Some(0)));
+            assert_eq!(p.group.as_ref().unwrap().gid, 0);
+            assert_eq!(p.umask, Some(0o027));
+            assert!(p.no_new_privs);
+            assert_eq!(p.rlimits.address_space_bytes, Some(1 << 30));
+            assert_eq!(p.rlimits.processes, Some(64));
+            assert_eq!(p.rlimits.core_bytes, Some(0));
+            assert_eq!(p.rlimits.open_files, None);
+            let effective = serde_json::to_value(&config).unwrap();
+            assert_eq!(effective["pools"][0]["user"], "root");
+            assert_eq!(effective["pools"][0]["umask"], "027");
+            assert_eq!(effective["pools"][0]["rlimits"]["processes"], 64);
+        }
+        Err(e) => {
+            assert!(!root, "{e:?}");
+            assert!(e.problems[0].starts_with("pools[0].user: asks for user 'root' (uid 0)"));
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! What a child must not inherit from this process: fds it was handed by whoever started it, an
-//! open-file limit raised for our own use, and a life beyond ours.
+//! open-file limit raised for our own use, a life beyond ours, and (when restricted) our
+//! user, groups, umask and resource limits.
 //!
 //! The one module with unsafe code: `pre_exec` runs code between `fork` and `exec`, and fds
 //! known only by number must be borrowed to be changed.
@@ -10,7 +11,21 @@ use std::os::fd::{BorrowedFd, RawFd};
 use nix::errno::Errno;
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
 use tokio::process::Command;
+
+use crate::{Limit, Restrictions};
+
+fn resource(limit: Limit) -> Resource {
+    match limit {
+        Limit::AddressSpace => Resource::RLIMIT_AS,
+        Limit::OpenFiles => Resource::RLIMIT_NOFILE,
+        Limit::Processes => Resource::RLIMIT_NPROC,
+        Limit::CpuSeconds => Resource::RLIMIT_CPU,
+        Limit::CoreBytes => Resource::RLIMIT_CORE,
+    }
+}
 
 /// Marks every inherited fd above stderr close-on-exec. Call once at startup, before any thread
 /// or fd of our own exists.
@@ -38,16 +53,35 @@ pub fn cloexec_inherited_fds() {
     }
 }
 
-/// Makes the kernel SIGKILL the child when the thread that spawns it dies, and gives it the
-/// open-file limit `fd_limit` (soft, hard) when one is set.
+/// Makes the kernel SIGKILL the child when the thread that spawns it dies, gives it the
+/// open-file limit `fd_limit` (soft, hard) when one is set, and applies `restrictions`.
 ///
 /// PDEATHSIG fires on the death of the parent *thread* (prctl(2)): spawn from a thread that lives
 /// as long as the process, such as a current-thread runtime's, never from `spawn_blocking`.
 #[allow(unsafe_code)]
-pub(crate) fn in_child(command: &mut Command, fd_limit: Option<(u64, u64)>) {
+pub(crate) fn in_child(
+    command: &mut Command,
+    fd_limit: Option<(u64, u64)>,
+    restrictions: &Restrictions,
+) {
     let parent = std::process::id();
+    // Everything the child needs is built here, before fork: the closure must not allocate.
+    let limits: Vec<(Resource, u64)> = restrictions
+        .limits
+        .iter()
+        .map(|&(limit, value)| (resource(limit), value))
+        .collect();
+    let umask = restrictions.umask.map(Mode::from_bits_truncate);
+    let groups: Option<Vec<Gid>> = restrictions
+        .groups
+        .as_ref()
+        .map(|groups| groups.iter().copied().map(Gid::from_raw).collect());
+    let gid = restrictions.gid.map(Gid::from_raw);
+    let uid = restrictions.uid.map(Uid::from_raw);
+    let no_new_privs = restrictions.no_new_privs;
     // SAFETY: the closure runs between fork and exec, where only async-signal-safe functions may
-    // be called: it calls setrlimit, prctl and getppid (through nix, which returns `Errno` values
+    // be called: it calls setrlimit, umask, setgroups, setgid, setuid, prctl and getppid (through
+    // nix, which passes the prepared slices and values straight to libc, which returns `Errno` values
     // and converts them with `io::Error::from_raw_os_error`) and allocates nothing. Its error is
     // an OS error code, which std keeps in the `io::Error` itself (no `Box`); std passes only
     // that code back to the parent anyway.
@@ -56,6 +90,27 @@ pub(crate) fn in_child(command: &mut Command, fd_limit: Option<(u64, u64)>) {
             if let Some((soft, hard)) = fd_limit {
                 setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
             }
+            // Limits first, while a root child may still raise a hard limit.
+            for &(resource, value) in &limits {
+                setrlimit(resource, value, value)?;
+            }
+            if let Some(mask) = umask {
+                nix::sys::stat::umask(mask);
+            }
+            // Groups before the uid: once the uid is dropped, nothing else may change.
+            if let Some(groups) = &groups {
+                nix::unistd::setgroups(groups)?;
+            }
+            if let Some(gid) = gid {
+                nix::unistd::setgid(gid)?;
+            }
+            if let Some(uid) = uid {
+                nix::unistd::setuid(uid)?;
+            }
+            if no_new_privs {
+                nix::sys::prctl::set_no_new_privs()?;
+            }
+            // After any change of credentials, which clears the parent-death signal.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The parent may have died before prctl: then nobody would ever send the signal.
             if nix::unistd::getppid().as_raw() as u32 != parent {

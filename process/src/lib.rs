@@ -3,7 +3,8 @@
 //!
 //! - [`Spec`] spawns a child with piped stdio into its own process group, killed by the kernel when
 //!   the spawning thread dies, with the open-file limit this process was started with
-//!   ([`fd_limit`]); [`resolve_command`] finds a program as `execvp` would.
+//!   ([`fd_limit`]) and any [`Restrictions`] (user, group, umask, resource limits);
+//!   [`resolve_command`] finds a program as `execvp` would.
 //! - [`cloexec_inherited_fds`] keeps fds this process inherited out of its children.
 //! - [`stop`] ends a child (stdin closed, SIGTERM to its group, SIGKILL at a deadline, reaped);
 //!   [`reap`] waits for a child that ends on its own and kills what is left of its group before
@@ -28,6 +29,7 @@ pub mod fd_limit;
 mod inherit;
 mod orphans;
 mod restart_limit;
+mod restrict;
 mod spawn;
 mod stderr;
 mod stop;
@@ -39,6 +41,7 @@ pub use exit::reap;
 pub use inherit::cloexec_inherited_fds;
 pub use orphans::{adopt_orphans, adopting_orphans, kill_orphans};
 pub use restart_limit::RestartLimit;
+pub use restrict::{Limit, Restrictions};
 pub use spawn::{resolve_command, Spec};
 pub use stderr::capture_stderr;
 pub use stop::{signal_group, stop, Stopped};

@@ -10,6 +10,8 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
+use crate::Restrictions;
+
 /// What to run: program, arguments, environment and directory. Stdin, stdout and stderr are always
 /// piped: a supervised child talks to its parent and is logged by it.
 ///
@@ -23,9 +25,14 @@ use tokio::process::{Child, Command};
 ///   [`fd_limit::raise`](crate::fd_limit::raise) raised ours before the `Spec` was made;
 /// - holding no fd of ours but its three pipes, since Rust and tokio open every fd close-on-exec
 ///   (and [`cloexec_inherited_fds`](crate::cloexec_inherited_fds) covers the inherited ones).
+/// - with the [`Restrictions`] given to [`restrict`](Spec::restrict), if any.
 #[derive(Debug)]
 pub struct Spec {
     command: Command,
+    fd_limit: Option<(u64, u64)>,
+    restrictions: Restrictions,
+    /// Whether the code run between fork and exec has been registered (at the first spawn).
+    armed: bool,
 }
 
 impl Spec {
@@ -37,8 +44,20 @@ impl Spec {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        crate::inherit::in_child(&mut command, crate::fd_limit::for_children());
-        Spec { command }
+        Spec {
+            command,
+            fd_limit: crate::fd_limit::for_children(),
+            restrictions: Restrictions::default(),
+            armed: false,
+        }
+    }
+
+    /// Restricts the child: another user and group, a umask, resource limits (see
+    /// [`Restrictions`]). Call before the first [`spawn`](Spec::spawn).
+    pub fn restrict(&mut self, restrictions: Restrictions) -> &mut Self {
+        debug_assert!(!self.armed, "restrict a Spec before its first spawn");
+        self.restrictions = restrictions;
+        self
     }
 
     /// Adds one argument.
@@ -90,8 +109,13 @@ impl Spec {
     /// Starts the child; its `stdin`, `stdout` and `stderr` are `Some`.
     ///
     /// Errors: the program cannot be found or executed (the `execve(2)` errno), or the spawning
-    /// process died while the child started (`ESRCH`).
+    /// process died while the child started (`ESRCH`), or a restriction could not be applied
+    /// (its errno, such as `EPERM` for another user when this process is not root).
     pub fn spawn(&mut self) -> io::Result<Child> {
+        if !self.armed {
+            crate::inherit::in_child(&mut self.command, self.fd_limit, &self.restrictions);
+            self.armed = true;
+        }
         self.command.spawn()
     }
 }
@@ -205,5 +229,60 @@ mod tests {
         spec.args(["-c", "ulimit -n"]);
         let out = output(&mut spec).await;
         assert_eq!(out.trim(), original.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_restricted_child_gets_its_umask_limits_and_no_new_privs() {
+        let mut spec = Spec::new("sh");
+        spec.args([
+            "-c",
+            "umask; ulimit -v; ulimit -n; ulimit -c; grep NoNewPrivs /proc/$$/status",
+        ])
+        .restrict(Restrictions {
+            umask: Some(0o077),
+            limits: vec![
+                (crate::Limit::AddressSpace, 512 << 20),
+                (crate::Limit::OpenFiles, 100),
+                (crate::Limit::CoreBytes, 0),
+            ],
+            no_new_privs: true,
+            ..Restrictions::default()
+        });
+        let out = output(&mut spec).await;
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(lines[..4], ["0077", "524288", "100", "0"], "{out}");
+        assert!(lines[4].ends_with('1'), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_root_parent_drops_a_child_to_another_user() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: only root can switch a child's user");
+            return;
+        }
+        let mut spec = Spec::new("sh");
+        spec.args(["-c", "grep -E '^(Uid|Gid|Groups):' /proc/$$/status"])
+            .restrict(Restrictions {
+                groups: Some(vec![]),
+                gid: Some(65534),
+                uid: Some(65534),
+                ..Restrictions::default()
+            });
+        let out = output(&mut spec).await;
+        let fields: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            fields[0],
+            ["Uid:", "65534", "65534", "65534", "65534"],
+            "{out}"
+        );
+        assert_eq!(
+            fields[1],
+            ["Gid:", "65534", "65534", "65534", "65534"],
+            "{out}"
+        );
+        assert_eq!(fields[2], ["Groups:"], "{out}");
     }
 }

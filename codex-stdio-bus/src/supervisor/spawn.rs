@@ -1,11 +1,12 @@
-//! Starting one worker process: its command, environment and directory. Its own process group,
+//! Starting one worker process: its command, environment, directory and privileges (user,
+//! group, umask, resource limits). Its own process group,
 //! piped stdio, death with the daemon and the open-file limit it gets come with
 //! [`codex_bus_process::Spec`].
 
 use std::io;
 
-use codex_bus_config::PoolConfig;
-use codex_bus_process::Spec;
+use codex_bus_config::{PoolConfig, Privileges};
+use codex_bus_process::{Limit, Restrictions, Spec};
 use tokio::process::Child;
 
 /// Spawns a worker for `slot` of `pool`.
@@ -25,5 +26,45 @@ pub(crate) fn spawn_worker(pool: &PoolConfig, slot: u32) -> io::Result<Child> {
     if let Some(cwd) = &pool.cwd {
         spec.current_dir(cwd);
     }
+    spec.restrict(restrictions(
+        &pool.privileges,
+        nix::unistd::geteuid().is_root(),
+    ));
     spec.spawn()
+}
+
+/// What the pool's privileges ask of its workers. Only a daemon running as `root` switches user
+/// and group; config validation has refused any other user or group for a daemon that is not, so
+/// there a `user` or `group` names the daemon's own and nothing needs to change.
+fn restrictions(privileges: &Privileges, root: bool) -> Restrictions {
+    let r = &privileges.rlimits;
+    let limits = [
+        (Limit::AddressSpace, r.address_space_bytes),
+        (Limit::OpenFiles, r.open_files),
+        (Limit::Processes, r.processes),
+        (Limit::CpuSeconds, r.cpu_seconds),
+        (Limit::CoreBytes, r.core_bytes),
+    ]
+    .into_iter()
+    .filter_map(|(limit, value)| Some((limit, value?)))
+    .collect();
+    let mut restrictions = Restrictions {
+        umask: privileges.umask,
+        limits,
+        no_new_privs: privileges.no_new_privs,
+        ..Restrictions::default()
+    };
+    if root {
+        let user = privileges.user.as_ref();
+        let gid = privileges.group.as_ref().map(|g| g.gid);
+        // The user's supplementary groups, or none at all: never root's.
+        restrictions.groups = match (user, gid) {
+            (Some(user), _) => Some(user.groups.clone()),
+            (None, Some(_)) => Some(Vec::new()),
+            (None, None) => None,
+        };
+        restrictions.gid = gid.or(user.and_then(|u| u.gid));
+        restrictions.uid = user.map(|u| u.uid);
+    }
+    restrictions
 }

@@ -5,6 +5,7 @@ mod auth;
 mod limits;
 mod metrics;
 mod pools;
+mod privileges;
 mod problems;
 mod routing;
 mod supervision;

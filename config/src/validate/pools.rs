@@ -7,9 +7,9 @@ use crate::path::FieldPath;
 use crate::schema::{MAX_INSTANCES, POOL_KEYS};
 use crate::tree::Json;
 use crate::validate::problems::Problems;
-use crate::validate::supervision;
 use crate::validate::values::{exec_string, integer, object};
-use crate::{PoolConfig, Supervision};
+use crate::validate::{privileges, supervision};
+use crate::{PoolConfig, Privileges, Supervision};
 
 /// What the rest of validation needs from the pools section.
 pub(crate) struct Pools {
@@ -89,6 +89,7 @@ fn pool(
     let mut env = BTreeMap::new();
     let mut cwd = None;
     let mut supervision = Supervision::default();
+    let mut privileges = Privileges::default();
     for (key, value) in entries {
         let path = path.key(key);
         match key.as_str() {
@@ -100,13 +101,16 @@ fn pool(
             "env" => env = environment(&path, value, problems),
             "cwd" => cwd = exec_string(&path, value, true, problems).map(PathBuf::from),
             _ => {
-                if !supervision::field(&path, key, value, &mut supervision, problems) {
+                if !supervision::field(&path, key, value, &mut supervision, problems)
+                    && !privileges::field(&path, key, value, &mut privileges, problems)
+                {
                     problems.unknown_key(&path, key, POOL_KEYS);
                 }
             }
         }
     }
     supervision::check(path, &supervision, problems);
+    privileges::check(path, &privileges, problems);
     let required = [
         ("id", "a non-empty string", value.get("id").is_some()),
         (
@@ -138,6 +142,7 @@ fn pool(
                 env,
                 cwd,
                 supervision,
+                privileges,
             })
         }
         _ => None,

@@ -1,0 +1,308 @@
+//! Least privilege per pool (our extension): `user`, `group`, `umask`, `rlimits` and
+//! `no_new_privs` reach the workers, a daemon that is not root refuses a pool asking for another
+//! user, and a worker killed by its address-space limit is a failed worker like any other.
+//!
+//! The tests that switch users need root: they are the `root` tier (`#[ignore = "tier root: …"]`,
+//! see tests/src/lib.rs), which `.ci/run` runs when it runs as root.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use codex_bus_tests::{bin, still_works, Bus, BusConfig, Mode};
+use serde_json::{json, Value};
+
+/// The exit status of a config error (`EX_CONFIG` of sysexits.h).
+const EX_CONFIG: i32 = 78;
+
+/// A worker of the contract in docs/worker-contract.md, small enough to read: it answers every
+/// request with an empty result, except `read` (tries to read `params.path` and says whether it
+/// could) and `hog` (allocates 200 MiB, which kills it under a smaller address-space limit).
+const WORKER: &str = r#"
+import json, sys
+for line in sys.stdin:
+    if not line.strip():
+        continue
+    msg = json.loads(line)
+    if "id" not in msg or "method" not in msg:
+        continue
+    result = {}
+    if msg["method"] == "read":
+        try:
+            with open(msg["params"]["path"]) as f:
+                result = {"read": True, "text": f.read()}
+        except OSError as e:
+            result = {"read": False, "error": e.strerror}
+    elif msg["method"] == "hog":
+        hog = bytearray(200 << 20)
+        result = {"allocated": len(hog)}
+    out = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+    if "sessionId" in msg:
+        out["sessionId"] = msg["sessionId"]
+    print(json.dumps(out), flush=True)
+"#;
+
+/// A directory every user can enter, holding the script worker (world-readable).
+fn world_readable_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.path().join("worker.py");
+    std::fs::write(&script, WORKER).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    dir
+}
+
+/// A pool running the script worker in `dir`, plus the given extra fields.
+fn script_pool(id: &str, dir: &Path, extra: Value) -> Value {
+    let mut pool = json!({
+        "id": id,
+        "command": "/usr/bin/python3",
+        "args": ["-u", dir.join("worker.py").to_str().unwrap()],
+        "instances": 1,
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        pool[key] = value.clone();
+    }
+    pool
+}
+
+/// Sends `method` to `pool` and returns the reply.
+fn call(
+    conn: &mut codex_bus_tests::Conn,
+    id: i64,
+    pool: &str,
+    method: &str,
+    params: Value,
+) -> Value {
+    conn.send(&json!({
+        "jsonrpc": "2.0", "id": id, "method": method, "params": params,
+        "pool": pool, "sessionId": format!("s-{pool}"),
+    }));
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!(id), "{reply}");
+    reply
+}
+
+/// The worker of `pool` (its `CODEX_BUS_POOL`), once it runs its program.
+fn worker_of(bus: &Bus, pool: &str) -> u32 {
+    let start = std::time::Instant::now();
+    loop {
+        let found = bus.worker_pids().into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0)
+                    .any(|v| v == format!("CODEX_BUS_POOL={pool}").as_bytes())
+            })
+        });
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(
+            start.elapsed() < codex_bus_tests::WAIT,
+            "no worker of pool {pool}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The value of `field` in /proc/`pid`/status, its words.
+fn status_field(pid: u32, field: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"));
+    line.split_whitespace().skip(1).map(str::to_owned).collect()
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the root tier runs as root (cargo test … -- --ignored as root)"
+    );
+}
+
+#[test]
+#[ignore = "tier root: needs root to run a pool as another user; .ci/run runs it when it is root"]
+fn a_pool_running_as_nobody_cannot_read_a_root_only_file() {
+    require_root();
+    let dir = world_readable_dir();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = BusConfig(json!({
+        "pools": [
+            script_pool("asroot", dir.path(), json!({})),
+            script_pool("asnobody", dir.path(), json!({"user": "nobody"})),
+        ],
+        "routing": {"default_pool": "asroot"},
+        "limits": {"drain_grace_sec": 0}
+    }));
+    let mut bus = Bus::start(&config, Mode::Unix);
+    let mut conn = bus.connect();
+    let path = json!({"path": secret.to_str().unwrap()});
+
+    // The same worker as root reads it: the file and the request are right.
+    let reply = call(&mut conn, 1, "asroot", "read", path.clone());
+    assert_eq!(reply["result"]["read"], json!(true), "{reply}");
+
+    let reply = call(&mut conn, 2, "asnobody", "read", path);
+    assert_eq!(reply["result"]["read"], json!(false), "{reply}");
+    assert_eq!(
+        reply["result"]["error"],
+        json!("Permission denied"),
+        "{reply}"
+    );
+
+    let pid = worker_of(&bus, "asnobody");
+    assert_eq!(status_field(pid, "Uid"), ["65534"; 4]);
+    assert_eq!(status_field(pid, "Gid"), ["65534"; 4]);
+    // nobody's own groups (nogroup), never root's.
+    assert!(!status_field(pid, "Groups").contains(&"0".to_owned()));
+    let root_pid = worker_of(&bus, "asroot");
+    assert_eq!(status_field(root_pid, "Uid"), ["0"; 4]);
+}
+
+/// Runs the daemon with `args` as nobody:nogroup without supplementary groups.
+fn as_nobody(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(bin("codex-stdio-bus"))
+        .args(args)
+        .output()
+        .expect("run setpriv");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "tier root: needs root to start the daemon as another user (setpriv); .ci/run runs it when it is root"]
+fn a_daemon_that_is_not_root_refuses_a_pool_asking_for_root() {
+    require_root();
+    let dir = world_readable_dir();
+    let mock = bin("codex-mock");
+    let write = |name: &str, user: &str| {
+        let path = dir.path().join(name);
+        let config = json!({"pools": [{"id": "p", "command": mock.to_str().unwrap(), "instances": 1, "user": user}]});
+        std::fs::write(&path, config.to_string()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let root = write("root.json", "root");
+    let socket = dir.path().join("bus.sock");
+
+    let (code, err) = as_nobody(&["--config", &root, "--unix", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(EX_CONFIG), "{err}");
+    assert!(err.contains("pools[0].user"), "{err}");
+    assert!(
+        err.contains("asks for user 'root' (uid 0), but the daemon runs as uid 65534, not root"),
+        "{err}"
+    );
+    assert!(!socket.exists(), "it never listened");
+
+    let (code, check) = as_nobody(&["check", "--config", &root]);
+    assert_eq!(code, Some(EX_CONFIG), "{check}");
+    assert!(check.contains("pools[0].user"), "{check}");
+    assert!(
+        check.contains("asks for user 'root' (uid 0), but the daemon runs as uid 65534, not root"),
+        "{check}"
+    );
+
+    // Its own user is no change, and accepted.
+    let own = write("own.json", "nobody");
+    let (code, err) = as_nobody(&["check", "--config", &own]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_worker_past_its_address_space_limit_dies_and_restarts_while_its_neighbour_serves() {
+    let dir = world_readable_dir();
+    let mock = bin("codex-mock");
+    let config = BusConfig(json!({
+        "pools": [
+            {"id": "mock", "command": mock.to_str().unwrap(), "instances": 1},
+            script_pool("hog", dir.path(), json!({
+                "rlimits": {"address_space_bytes": 64u64 << 20},
+                "backoff_initial_ms": 50,
+            })),
+        ],
+        "routing": {"default_pool": "mock"},
+        "limits": {"drain_grace_sec": 0}
+    }));
+    let mut bus = Bus::start(&config, Mode::Unix);
+    let mut hog = bus.connect();
+    let mut neighbour = bus.connect();
+    still_works(&mut neighbour, 1);
+
+    let first = worker_of(&bus, "hog");
+    let limits = std::fs::read_to_string(format!("/proc/{first}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["67108864", "67108864"],
+        "{line}"
+    );
+    assert_eq!(
+        call(&mut hog, 1, "hog", "ping", json!({}))["result"],
+        json!({})
+    );
+
+    // Past its limit: the allocation fails (MemoryError), the worker dies, the request is
+    // answered with an error, and the supervisor starts another worker.
+    let reply = call(&mut hog, 2, "hog", "hog", json!({}));
+    assert!(reply.get("error").is_some(), "{reply}");
+    bus.wait_log("MemoryError");
+    bus.wait_log("worker exited");
+    still_works(&mut neighbour, 2);
+    let start = std::time::Instant::now();
+    let second = loop {
+        let pid = worker_of(&bus, "hog");
+        if pid != first {
+            break pid;
+        }
+        assert!(start.elapsed() < codex_bus_tests::WAIT, "hog not restarted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!codex_bus_tests::alive(first));
+    assert_eq!(
+        call(&mut hog, 3, "hog", "ping", json!({}))["result"],
+        json!({}),
+        "pid {second}"
+    );
+    for id in 3..20 {
+        still_works(&mut neighbour, id);
+    }
+}
+
+#[test]
+fn umask_no_new_privs_and_limits_reach_the_worker() {
+    let config = BusConfig::mock(1)
+        .pool_key("umask", json!("077"))
+        .pool_key("no_new_privs", json!(true))
+        .pool_key(
+            "rlimits",
+            json!({"open_files": 256, "core_bytes": 0, "cpu_seconds": 3600}),
+        );
+    let mut bus = Bus::start(&config, Mode::Unix);
+    let mut conn = bus.connect();
+    still_works(&mut conn, 1);
+    let pid = bus.wait_workers(1)[0];
+    assert_eq!(status_field(pid, "Umask"), ["0077"]);
+    assert_eq!(status_field(pid, "NoNewPrivs"), ["1"]);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    for (name, value) in [
+        ("Max open files", "256"),
+        ("Max core file size", "0"),
+        ("Max cpu time", "3600"),
+    ] {
+        let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+        let words: Vec<&str> = line[name.len()..].split_whitespace().collect();
+        assert_eq!(words[..2], [value, value], "{line}");
+    }
+    // And the daemon's own umask is untouched.
+    assert_ne!(status_field(bus.pid(), "Umask"), ["0077"]);
+}
