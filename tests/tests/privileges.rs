@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use codex_bus_tests::{bin, still_works, Bus, BusConfig, Mode};
+use codex_bus_tests::{bin, metric, reason, still_works, Bus, BusConfig, Mode};
 use serde_json::{json, Value};
 
 /// The exit status of a config error (`EX_CONFIG` of sysexits.h).
@@ -42,6 +42,16 @@ for line in sys.stdin:
     print(json.dumps(out), flush=True)
 "#;
 
+/// A Python 3 every user can run: the system's (a user's own, such as pyenv's shims under
+/// /root, may be out of reach of the pool's user).
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
 /// A directory every user can enter, holding the script worker (world-readable).
 fn world_readable_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +66,7 @@ fn world_readable_dir() -> tempfile::TempDir {
 fn script_pool(id: &str, dir: &Path, extra: Value) -> Value {
     let mut pool = json!({
         "id": id,
-        "command": "/usr/bin/python3",
+        "command": python(),
         "args": ["-u", dir.join("worker.py").to_str().unwrap()],
         "instances": 1,
     });
@@ -230,7 +240,7 @@ fn a_worker_past_its_address_space_limit_dies_and_restarts_while_its_neighbour_s
         "routing": {"default_pool": "mock"},
         "limits": {"drain_grace_sec": 0}
     }));
-    let mut bus = Bus::start(&config, Mode::Unix);
+    let mut bus = Bus::start_with(&config, Mode::Unix, &["--metrics", "127.0.0.1:0"]);
     let mut hog = bus.connect();
     let mut neighbour = bus.connect();
     still_works(&mut neighbour, 1);
@@ -254,7 +264,7 @@ fn a_worker_past_its_address_space_limit_dies_and_restarts_while_its_neighbour_s
     // Past its limit: the allocation fails (MemoryError), the worker dies, the request is
     // answered with an error, and the supervisor starts another worker.
     let reply = call(&mut hog, 2, "hog", "hog", json!({}));
-    assert!(reply.get("error").is_some(), "{reply}");
+    assert_eq!(reason(&reply), Some("worker_exited"), "{reply}");
     bus.wait_log("MemoryError");
     bus.wait_log("worker exited");
     still_works(&mut neighbour, 2);
@@ -268,6 +278,12 @@ fn a_worker_past_its_address_space_limit_dies_and_restarts_while_its_neighbour_s
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(!codex_bus_tests::alive(first));
+    let restarts = metric(
+        &bus.metrics_addr(),
+        "codex_bus_worker_restarts_total",
+        &[("pool", "hog"), ("reason", "exit_nonzero")],
+    );
+    assert_eq!(restarts, 1.0);
     assert_eq!(
         call(&mut hog, 3, "hog", "ping", json!({}))["result"],
         json!({}),
