@@ -145,6 +145,20 @@ impl Postgres {
         Ok(guard)
     }
 
+    /// Runs `work` on the connection (made if there is none) within [`CALL_TIMEOUT`], counting
+    /// the wait for the connection and the connecting; see [`Postgres::settle`] for what a
+    /// failure does to the connection.
+    async fn call<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut guard = self.connected(deadline).await?;
+        let client = guard.as_mut().expect("connected() leaves a client");
+        let outcome = tokio::time::timeout_at(deadline, work(client)).await;
+        self.settle(&mut guard, outcome)
+    }
+
     /// The outcome of one bounded call: on a timeout or a retryable error (a broken connection
     /// among them), drops the client (the server rolls back whatever transaction it had open)
     /// so the next call starts on a fresh connection.
@@ -179,25 +193,18 @@ impl Postgres {
 
     /// See [`crate::Store::owner`].
     pub(crate) async fn owner(&self, thread: &str) -> Result<Option<String>, StoreError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             let row = client
                 .query_opt("SELECT tenant FROM threads WHERE thread = $1", &[&thread])
                 .await?;
             Ok(row.and_then(|row| row.get::<_, Option<String>>(0)))
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 
     /// See [`crate::Store::claim`].
     pub(crate) async fn claim(&self, tenant: &str, thread: &str) -> Result<String, StoreError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             // One statement: insert, or keep the recorded owner (COALESCE), and read it back.
             let row = client
                 .query_one(
@@ -209,8 +216,7 @@ impl Postgres {
                 .await?;
             Ok(row.get::<_, String>(0))
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 
     /// See [`crate::Store::acquire`].
@@ -220,10 +226,7 @@ impl Postgres {
         holder: &str,
         ttl: Duration,
     ) -> Result<Acquire, StoreError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             let tx = client.transaction().await?;
             // Insert-or-take in one statement. When the WHERE refuses, ON CONFLICT still locks
             // the row until commit, so the read below sees the holder that refused us.
@@ -273,8 +276,7 @@ impl Postgres {
             tx.commit().await?;
             Ok(outcome)
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 
     /// See [`crate::Store::renew`].
@@ -284,10 +286,7 @@ impl Postgres {
         leases: &[(String, u64)],
         ttl: Duration,
     ) -> Result<Vec<String>, StoreError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             let tx = client.transaction().await?;
             let update = tx
                 .prepare(
@@ -307,8 +306,7 @@ impl Postgres {
             tx.commit().await?;
             Ok(lost)
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 
     /// See [`crate::Store::release`].
@@ -318,10 +316,7 @@ impl Postgres {
         holder: &str,
         epoch: u64,
     ) -> Result<(), StoreError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             client
                 .execute(
                     "UPDATE threads SET holder = NULL WHERE thread = $1 AND holder = $2 AND epoch = $3",
@@ -330,8 +325,7 @@ impl Postgres {
                 .await?;
             Ok(())
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 
     /// See [`crate::Store::publish`].
@@ -342,10 +336,7 @@ impl Postgres {
         epoch: u64,
         rollout: &str,
     ) -> Result<bool, StoreError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             let changed = client
                 .execute(
                     "UPDATE threads SET published_epoch = $3, rollout = $4
@@ -355,8 +346,7 @@ impl Postgres {
                 .await?;
             Ok(changed == 1)
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 
     /// See [`crate::Store::begin`].
@@ -367,10 +357,7 @@ impl Postgres {
         holder: &str,
         ttl: Duration,
     ) -> Result<Begin, StoreError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             let tx = client.transaction().await?;
             tx.execute(
                 "DELETE FROM idempotency WHERE began_at <= now() - make_interval(secs => $1)",
@@ -406,8 +393,7 @@ impl Postgres {
             tx.commit().await?;
             Ok(outcome)
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 
     /// See [`crate::Store::finish`].
@@ -419,10 +405,7 @@ impl Postgres {
         reply: Finished,
     ) -> Result<(), StoreError> {
         let (state, reply) = finished_row(reply);
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             client
                 .execute(
                     "UPDATE idempotency SET state = $4, reply = $5
@@ -432,8 +415,7 @@ impl Postgres {
                 .await?;
             Ok(())
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 
     /// See [`crate::Store::abandon`].
@@ -443,10 +425,7 @@ impl Postgres {
         key: &str,
         holder: &str,
     ) -> Result<(), StoreError> {
-        let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut guard = self.connected(deadline).await?;
-        let client = guard.as_mut().expect("connected() leaves a client");
-        let outcome = tokio::time::timeout_at(deadline, async {
+        self.call(async |client| {
             client
                 .execute(
                     "DELETE FROM idempotency
@@ -456,8 +435,7 @@ impl Postgres {
                 .await?;
             Ok(())
         })
-        .await;
-        self.settle(&mut guard, outcome)
+        .await
     }
 }
 

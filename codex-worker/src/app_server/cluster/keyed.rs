@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use codex_bus_store::Finished;
+use codex_bus_worker_io::message::Call;
 
 use super::keys;
 use crate::app_server::errors::WorkerError;
@@ -33,6 +34,16 @@ pub struct Waiter {
 }
 
 impl Waiter {
+    /// The request `call` of `session`, to answer later; `None` for a notification or a call
+    /// without a `sessionId` (nothing to answer, or nowhere to route the answer).
+    pub fn of(session: &SessionKey, call: &Call<'_>) -> Option<Self> {
+        Some(Self {
+            session: session.clone(),
+            id: call.id?.get().as_bytes().to_vec(),
+            token: call.session?.get().as_bytes().to_vec(),
+        })
+    }
+
     /// Its reply, from a stored outcome.
     pub fn replay(&self, outcome: &Finished) -> BusLine {
         let line = match outcome {

@@ -9,6 +9,8 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use codex_bus_worker_io::render;
+
 /// Longest key kept; a longer one is not a key (the request runs unkeyed).
 pub const MAX_KEY: usize = 256;
 
@@ -142,18 +144,29 @@ pub fn not_run(outcome: &str) -> bool {
 /// The reply line to request `id` of the session whose token is `session`, from a stored
 /// `outcome` (`{"result":…}` or `{"error":…}`).
 pub fn replay(id: &[u8], outcome: &str, session: &[u8]) -> Vec<u8> {
-    let inner = outcome
-        .strip_prefix('{')
-        .and_then(|rest| rest.strip_suffix('}'))
-        .unwrap_or("\"result\":null");
-    let mut line = Vec::with_capacity(inner.len() + id.len() + session.len() + 40);
-    line.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    line.extend_from_slice(id);
-    line.push(b',');
-    line.extend_from_slice(inner.as_bytes());
-    line.extend_from_slice(b",\"sessionId\":");
-    line.extend_from_slice(session);
-    line.extend_from_slice(b"}\n");
+    #[derive(Deserialize)]
+    struct Outcome<'a> {
+        #[serde(borrow, default)]
+        result: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        error: Option<&'a RawValue>,
+    }
+    let mut line = Vec::with_capacity(outcome.len() + id.len() + session.len() + 40);
+    match serde_json::from_str::<Outcome<'_>>(outcome) {
+        Ok(Outcome {
+            error: Some(error),
+            result: None,
+        }) => render::error_reply(&mut line, id, Some(session), |out| {
+            out.extend_from_slice(error.get().as_bytes());
+        }),
+        // Only this module writes outcomes, so one that is not an error is a result.
+        parsed => {
+            let result = parsed.ok().and_then(|outcome| outcome.result);
+            render::result(&mut line, id, Some(session), |out| {
+                out.extend_from_slice(result.map_or("null", |result| result.get()).as_bytes());
+            });
+        }
+    }
     line
 }
 

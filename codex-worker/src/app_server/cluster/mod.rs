@@ -34,7 +34,6 @@ use codex_bus_worker_io::message::{self, Message};
 
 use super::errors::WorkerError;
 use super::manager::{Effects, Manager};
-use super::outbound::{BusLine, Kind};
 use super::sessions::{key_of, Scope, SessionKey};
 use super::wire;
 use hold::Hold;
@@ -429,10 +428,10 @@ impl Cluster {
             manager.bus_line(&head.line, now, fx);
             return None;
         };
-        let Some(id) = call.id else {
+        if call.id.is_none() {
             manager.bus_line(&head.line, now, fx);
             return None;
-        };
+        }
         let scope = Scope::of(session, call.tenant);
         let owner = owner_name(&scope);
         if head.begun.is_none() {
@@ -445,13 +444,9 @@ impl Cluster {
             };
             if let Some(key) = key {
                 let key: Key = (owner.clone(), key);
-                let waiter = Waiter {
-                    session: session.clone(),
-                    id: id.get().as_bytes().to_vec(),
-                    token: call
-                        .session
-                        .map(|token| token.get().as_bytes().to_vec())
-                        .unwrap_or_default(),
+                let Some(waiter) = Waiter::of(session, &call) else {
+                    manager.bus_line(&head.line, now, fx);
+                    return None;
                 };
                 if let Some(outcome) = self.keyed.finishing(&key) {
                     // It finished here; the store may not have the reply yet.
@@ -581,12 +576,7 @@ impl Cluster {
                 return Some(head);
             }
             Ok(Begin::Done(outcome)) => {
-                if let (Some(id), Some(token)) = (call.id, call.session) {
-                    let first = Waiter {
-                        session: session.clone(),
-                        id: id.get().as_bytes().to_vec(),
-                        token: token.get().as_bytes().to_vec(),
-                    };
+                if let Some(first) = Waiter::of(session, &call) {
                     fx.bus.push(first.replay(&outcome));
                 }
                 for waiter in self.keyed.end(&key) {
@@ -824,18 +814,7 @@ fn reply_error(session: &SessionKey, line: &[u8], error: &WorkerError, fx: &mut 
     let Message::Call(call) = message::classify(line) else {
         return;
     };
-    let Some(id) = call.id else {
-        return;
-    };
-    let mut reply = Vec::new();
-    error.write_reply(
-        &mut reply,
-        id.get().as_bytes(),
-        call.session.map(|token| token.get().as_bytes()),
-    );
-    fx.bus.push(BusLine {
-        session: Some(session.clone()),
-        line: reply,
-        kind: Kind::Essential,
-    });
+    if let Some(request) = Waiter::of(session, &call) {
+        fx.bus.push(request.error(error));
+    }
 }
