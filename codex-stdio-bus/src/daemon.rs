@@ -241,7 +241,7 @@ pub async fn run(
     };
     let (stop, stop_order) = watch::channel(None);
     let supervisors = TaskTracker::new();
-    for pool in router.pools() {
+    for pool in router.pools().iter() {
         for slot in 0..pool.slots.len() {
             let task =
                 supervisor::supervise(context.clone(), pool.clone(), slot, stop_order.clone());
@@ -255,13 +255,13 @@ pub async fn run(
     }
     // Only where main made the daemon the subreaper: an embedder's own children are not orphans.
     if codex_bus_process::adopting_orphans() {
-        let pools = router.pools().to_vec();
+        let pools = router.pool_table();
         supervisors.spawn(supervisor::orphans::clear(pools, stop_order.clone()));
     }
     supervisors.close();
     tracing::info!(
         pools = router.pools().len(),
-        workers = router.slots().count(),
+        workers = router.slots().len(),
         version = env!("CARGO_PKG_VERSION"),
         "codex-stdio-bus started"
     );
@@ -272,10 +272,7 @@ pub async fn run(
         router: router.clone(),
         limits,
         auth,
-        capacity: Arc::new(Capacity::new(
-            limits.max_connections,
-            router.slots().count(),
-        )),
+        capacity: Arc::new(Capacity::new(limits.max_connections, router.slots().len())),
         writers: writers.clone(),
         drain: drain.clone(),
     };
@@ -387,7 +384,7 @@ pub async fn run(
         () = &mut now => {
             // Whatever stage the drain is in, nothing more is waited for.
             for slot in router.slots() {
-                signal_group(slot, Signal::SIGKILL);
+                signal_group(&slot, Signal::SIGKILL);
             }
             tracing::warn!("workers killed; stopping at once");
             return Ok(Outcome::Stopped);

@@ -21,9 +21,9 @@ const STATES: [SlotState; 7] = [
 
 /// Refreshes the state gauges from the router and renders the exposition text.
 pub(crate) fn render(handle: &PrometheusHandle, router: &Router) -> String {
-    for pool in router.pools() {
+    for pool in router.pools().iter() {
         let mut by_state = [0u32; STATES.len()];
-        for slot in &pool.slots {
+        for slot in pool.live_slots() {
             let snapshot = slot.snapshot();
             if let Some(i) = STATES.iter().position(|s| *s == snapshot.state) {
                 by_state[i] += 1;

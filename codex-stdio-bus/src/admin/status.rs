@@ -15,10 +15,11 @@ pub(crate) fn snapshot(router: &Router) -> Value {
     let pools: Vec<Value> = router
         .pools()
         .iter()
+        // A removed pool is shown while its slots drain.
+        .filter(|pool| pool.live_slots().next().is_some())
         .map(|pool| {
             let slots: Vec<Value> = pool
-                .slots
-                .iter()
+                .live_slots()
                 .map(|slot| {
                     let s = slot.snapshot();
                     totals.0 += 1;

@@ -425,6 +425,7 @@ impl ConnectionMetrics {
 }
 
 /// Per-pool handles.
+#[derive(Clone)]
 pub struct PoolMetrics {
     /// Request in → reply out, matched by bus id.
     pub request_duration: Histogram,

@@ -12,6 +12,7 @@ use codex_bus_protocol::{
 };
 
 use super::placement::slot_for;
+use super::pool::Pool;
 use super::{send_error, Router};
 use crate::audit::Event;
 use crate::core::client::Client;
@@ -263,7 +264,7 @@ impl Router {
             .clone()
             .and_then(|method| self.references.path_for(&line[method]));
         let queued = match reference {
-            Some(path) => self.queue_reference(client, line, slot, path),
+            Some(path) => self.queue_reference(client, line, &slot, path),
             None => slot.enqueue_line(None, |buf| {
                 buf.extend_from_slice(line);
                 buf.push(b'\n');
@@ -323,7 +324,7 @@ impl Router {
             self.audit.record(&Event::WorkerRequestAnswered {
                 tenant: &client.tenant.name,
                 subject: &client.principal.subject,
-                pool: &self.pools[asked.slot.pool as usize].id,
+                pool: &slot.pool,
                 slot: asked.slot.slot,
                 request_id: String::from_utf8_lossy(&asked.id),
             });
@@ -355,7 +356,7 @@ impl Router {
         envelope: &Envelope,
         received: Instant,
         paid: bool,
-    ) -> Result<&Arc<Slot>, Refusal> {
+    ) -> Result<Arc<Slot>, Refusal> {
         let session = match envelope.session.clone() {
             Some(span) => key_bytes(&line[span]),
             None => client
@@ -369,6 +370,7 @@ impl Router {
         } else {
             0
         };
+        let pools = self.pools.load();
         let (pool, slot) = match session {
             Some(key) if key.len() - prefix.min(key.len()) > self.max_session_id => {
                 return Err(Refusal::new(
@@ -390,18 +392,18 @@ impl Router {
                     }
                     client.tenant.reserve_session().map_err(Refusal::Tenant)?;
                     let pool = self
-                        .choose_pool(line, envelope)
+                        .choose_pool(&pools, line, envelope)
                         .inspect_err(|_| client.tenant.session_gone())?;
-                    let slots = &self.pools[pool].slots;
-                    let slot = slot_for(&key, slots.len() as u32);
-                    slots[slot as usize].count_session();
+                    // Hashed onto the active slots only: removed ones are draining.
+                    let slot = slot_for(&key, pools[pool].active);
+                    pools[pool].slots[slot as usize].count_session();
                     metrics::get().session_assigned();
                     if self.audit.enabled() {
                         self.audit.record(&Event::SessionCreated {
                             tenant: &client.tenant.name,
                             subject: &client.principal.subject,
                             session: String::from_utf8_lossy(&key[prefix..]),
-                            pool: &self.pools[pool].id,
+                            pool: &pools[pool].id,
                             slot,
                         });
                     }
@@ -410,8 +412,8 @@ impl Router {
                 || self.table_full(),
             )?,
             None => {
-                let pool = &self.pools[self.choose_pool(line, envelope)?];
-                return pool.least_loaded().ok_or_else(|| {
+                let pool = &pools[self.choose_pool(&pools, line, envelope)?];
+                return pool.least_loaded().cloned().ok_or_else(|| {
                     Refusal::new(
                         ErrorKind::NoWorker,
                         format!("pool '{}' has no live worker", pool.id),
@@ -419,36 +421,44 @@ impl Router {
                 });
             }
         };
-        Ok(&self.pools[pool].slots[slot as usize])
+        Ok(pools[pool].slots[slot as usize].clone())
     }
 
-    /// The pool a message names, else the default pool, else the only pool.
-    fn choose_pool(&self, line: &[u8], envelope: &Envelope) -> Result<usize, Refusal> {
+    /// The pool of `pools` a message names, else the default pool, else the only pool (removed
+    /// pools are not there to be named).
+    fn choose_pool(
+        &self,
+        pools: &[Arc<Pool>],
+        line: &[u8],
+        envelope: &Envelope,
+    ) -> Result<usize, Refusal> {
+        let mut present = pools.iter().filter(|p| !p.is_removed());
         if let Some(span) = envelope.pool.clone() {
             let name = key_bytes(&line[span]).unwrap_or(Cow::Borrowed(b""));
-            return self
-                .pools
-                .iter()
-                .position(|p| p.id.as_bytes() == &*name)
+            return present
+                .find(|p| p.id.as_bytes() == &*name)
+                .map(|p| p.index as usize)
                 .ok_or_else(|| {
                     Refusal::new(
                         ErrorKind::UnknownPool,
                         format!(
                             "no pool named '{}' (pools: {})",
                             String::from_utf8_lossy(&name),
-                            self.pool_names()
+                            pool_names(pools)
                         ),
                     )
                 });
         }
-        match (self.default_pool, self.pools.len()) {
-            (Some(pool), _) => Ok(pool),
-            (None, 1) => Ok(0),
-            (None, _) => Err(Refusal::new(
+        if let Some(pool) = self.default_pool {
+            return Ok(pool);
+        }
+        match (present.next(), present.next()) {
+            (Some(only), None) => Ok(only.index as usize),
+            _ => Err(Refusal::new(
                 ErrorKind::PoolRequired,
                 format!(
                     "several pools and no routing.default_pool: name one in a top-level \"pool\" field (pools: {})",
-                    self.pool_names()
+                    pool_names(pools)
                 ),
             )),
         }
@@ -465,12 +475,16 @@ impl Router {
             ),
         )
     }
+}
 
-    /// The pool ids, comma-separated, for error details.
-    fn pool_names(&self) -> String {
-        let names: Vec<&str> = self.pools.iter().map(|p| &*p.id).collect();
-        names.join(", ")
-    }
+/// The ids of the pools in force, comma-separated, for error details.
+fn pool_names(pools: &[Arc<Pool>]) -> String {
+    let names: Vec<&str> = pools
+        .iter()
+        .filter(|p| !p.is_removed())
+        .map(|p| &*p.id)
+        .collect();
+    names.join(", ")
 }
 
 /// Refuses a batch of `elements` with one error reply for the whole line: one per element would

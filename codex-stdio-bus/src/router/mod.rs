@@ -41,12 +41,15 @@ use crate::core::tenant::{Quota, Refused, Tenant};
 use crate::core::worker_events::WorkerEvents;
 use crate::metrics::{self, Discard};
 use placement::Sessions;
-use pool::Pool;
+use pool::{Pool, Pools};
 use tenants::Tenants;
 
 /// Routes messages between clients and the pools' worker slots.
 pub(crate) struct Router {
-    pools: Vec<Arc<Pool>>,
+    /// The pool table in force (a reload replaces it whole).
+    pools: Arc<Pools>,
+    /// `limits.max_worker_queue`: what a slot made by a reload queues toward its worker.
+    worker_queue: usize,
     default_pool: Option<usize>,
     session_path: SessionPath,
     /// Notifications whose member names a request of their sender (cancellations).
@@ -92,7 +95,7 @@ impl Router {
                 .collect(),
         );
         let worker_events = Arc::new(WorkerEvents::default());
-        let pools: Vec<Arc<Pool>> = config
+        let table: Vec<Arc<Pool>> = config
             .pools
             .iter()
             .enumerate()
@@ -109,11 +112,12 @@ impl Router {
             .routing
             .default_pool
             .as_deref()
-            .and_then(|name| pools.iter().position(|p| &*p.id == name));
+            .and_then(|name| table.iter().position(|p| &*p.id == name));
         // The config crate already rejected malformed paths; falling back keeps this infallible.
         let session_path = SessionPath::parse(&config.routing.session_id_field).unwrap_or_default();
         Router {
-            pools,
+            pools: Arc::new(Pools::new(table)),
+            worker_queue: config.limits.max_worker_queue,
             default_pool,
             session_path,
             references,
@@ -145,14 +149,20 @@ impl Router {
         self
     }
 
-    /// The pools, in config order.
-    pub(crate) fn pools(&self) -> &[Arc<Pool>] {
-        &self.pools
+    /// The pool table now, removed pools included (see [`Pool::is_removed`]).
+    pub(crate) fn pools(&self) -> arc_swap::Guard<Arc<Vec<Arc<Pool>>>> {
+        self.pools.load()
     }
 
-    /// The slot at `address`.
-    fn slot(&self, address: SlotAddress) -> &Arc<Slot> {
-        &self.pools[address.pool as usize].slots[address.slot as usize]
+    /// The pool table itself, which supervisors read the current version of their pool from.
+    pub(crate) fn pool_table(&self) -> Arc<Pools> {
+        self.pools.clone()
+    }
+
+    /// The slot at `address`. Addresses stay valid across reloads: pools keep their index and
+    /// never lose slots.
+    fn slot(&self, address: SlotAddress) -> Arc<Slot> {
+        self.pools.load()[address.pool as usize].slots[address.slot as usize].clone()
     }
 
     /// The recent worker events of every slot.
@@ -187,10 +197,11 @@ impl Router {
     /// ([`Router::session_sweep_period`]), never per message.
     pub(crate) fn expire_sessions(&self) {
         let now = self.second(Instant::now());
+        let pools = self.pools.load();
         let expired = self
             .sessions
             .expire(now, self.session_idle, |key, placement| {
-                self.pools[placement.pool].slots[placement.slot as usize].forget_session();
+                pools[placement.pool].slots[placement.slot as usize].forget_session();
                 let tenant = &placement.owner;
                 tenant.session_gone();
                 if self.audit.enabled() {
@@ -313,14 +324,15 @@ impl Router {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Every slot of every pool.
-    pub(crate) fn slots(&self) -> impl Iterator<Item = &Arc<Slot>> {
-        self.pools.iter().flat_map(|p| &p.slots)
+    /// Every slot of every pool, removed ones included (they may still drain), as of now.
+    pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
+        let pools = self.pools.load();
+        pools.iter().flat_map(|p| p.slots.iter().cloned()).collect()
     }
 
     /// Requests sent to workers and not yet answered, over every slot.
     pub(crate) fn in_flight(&self) -> usize {
-        self.slots().map(|s| s.in_flight()).sum()
+        self.slots().iter().map(|s| s.in_flight()).sum()
     }
 
     /// Closes every client's output queue: writers flush what is queued, then end.

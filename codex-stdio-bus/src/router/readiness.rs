@@ -32,8 +32,13 @@ impl Router {
         let not_ready: Vec<Value> = self
             .pools()
             .iter()
+            .filter(|pool| !pool.is_removed())
             .filter_map(|pool| {
-                let states: Vec<&str> = pool.slots.iter().map(|s| s.state().as_str()).collect();
+                let states: Vec<&str> = pool
+                    .active_slots()
+                    .iter()
+                    .map(|s| s.state().as_str())
+                    .collect();
                 let ready = states.iter().filter(|s| **s == "ready").count();
                 (ready == 0)
                     .then(|| json!({"pool": &*pool.id, "ready_workers": 0, "slots": states}))

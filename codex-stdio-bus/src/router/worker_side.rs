@@ -190,7 +190,7 @@ impl Router {
             subject: &client.principal.subject,
             session: session[skip..].into(),
             method: text(envelope.method.clone()).into(),
-            pool: &self.pools[slot.address.pool as usize].id,
+            pool: &slot.pool,
             slot: slot.address.slot,
             request_id: String::from_utf8_lossy(&line[id]),
         });
@@ -243,7 +243,7 @@ impl Router {
                 read_at,
             );
         };
-        self.pools[slot.address.pool as usize]
+        self.pools.load()[slot.address.pool as usize]
             .metrics
             .request_duration
             .record(read_at.saturating_duration_since(pending.since));

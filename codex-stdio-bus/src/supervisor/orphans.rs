@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::instance::StopOrder;
-use crate::router::pool::Pool;
+use crate::router::pool::Pools;
 
 /// How often children that are not workers are looked for.
 const TICK: Duration = Duration::from_secs(1);
@@ -18,7 +18,7 @@ const TICK: Duration = Duration::from_secs(1);
 ///
 /// The supervisors spawn workers on the same thread as this task and record each pid before
 /// they next yield, so a worker is never taken for an orphan.
-pub(crate) async fn clear(pools: Vec<Arc<Pool>>, mut stop: StopOrder) {
+pub(crate) async fn clear(pools: Arc<Pools>, mut stop: StopOrder) {
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -28,6 +28,7 @@ pub(crate) async fn clear(pools: Vec<Arc<Pool>>, mut stop: StopOrder) {
         }
         let worker = |pid: u32| {
             pools
+                .load()
                 .iter()
                 .flat_map(|p| &p.slots)
                 .any(|s| s.pid() == Some(pid))
