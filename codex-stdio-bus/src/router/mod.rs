@@ -19,6 +19,7 @@ mod client_side;
 pub mod placement;
 pub(crate) mod pool;
 mod readiness;
+pub(crate) mod reconfigure;
 pub(crate) mod tenants;
 mod worker_side;
 

@@ -51,6 +51,17 @@ pub struct Placement<T> {
     last_seen: AtomicU32,
 }
 
+/// What becomes of one session when a reload changes its pool ([`Sessions::relocate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relocation {
+    /// It stays where it is.
+    Keep,
+    /// Its slot was removed: it moves to this slot of the same pool.
+    Move(u32),
+    /// Its pool was removed: it leaves the table, and its next message is placed again.
+    Remove,
+}
+
 /// A new session refused because the table holds its maximum.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TableFull;
@@ -150,6 +161,36 @@ impl<T> Sessions<T> {
             }
             keep
         });
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
+    /// Re-places sessions after a reload: `decide(key, placement)` says of each whether it stays
+    /// ([`Relocation::Keep`]), moves to another slot of its pool ([`Relocation::Move`]) or leaves
+    /// the table ([`Relocation::Remove`], its pool is gone). `moved(placement, to)` runs for each
+    /// session that moves or leaves (`to` is `None` when it leaves), before the change, so the
+    /// caller can count it. Returns how many left. Locks one shard at a time, as
+    /// [`Sessions::expire`] does; a reload calls it once, never per message.
+    pub fn relocate(
+        &self,
+        mut decide: impl FnMut(&[u8], &Placement<T>) -> Relocation,
+        mut moved: impl FnMut(&[u8], &Placement<T>, Option<u32>),
+    ) -> usize {
+        let mut removed = 0;
+        self.table
+            .retain(|key, placement| match decide(key, placement) {
+                Relocation::Keep => true,
+                Relocation::Move(slot) => {
+                    moved(key, placement, Some(slot));
+                    placement.slot = slot;
+                    true
+                }
+                Relocation::Remove => {
+                    moved(key, placement, None);
+                    removed += 1;
+                    false
+                }
+            });
         self.count.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
@@ -286,6 +327,39 @@ mod tests {
         assert_eq!(
             sessions.locate(b"a", 2, 0, || panic!("already placed"), full),
             Ok((0, 1))
+        );
+    }
+
+    #[test]
+    fn relocation_moves_and_removes_only_what_it_is_told_and_keeps_the_count() {
+        let sessions = Sessions::<()>::new(10);
+        for (key, pool, slot) in [(&b"a"[..], 0, 1), (b"b", 0, 3), (b"c", 1, 0)] {
+            sessions
+                .locate(key, 1, 0, || Ok((pool, slot, ())), full)
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let removed = sessions.relocate(
+            |_, p| match (p.pool, p.slot) {
+                (0, 3) => Relocation::Move(0),
+                (1, _) => Relocation::Remove,
+                _ => Relocation::Keep,
+            },
+            |key, p, to| seen.push((key.to_vec(), p.slot, to)),
+        );
+        assert_eq!(removed, 1);
+        seen.sort();
+        assert_eq!(
+            seen,
+            [(b"b".to_vec(), 3, Some(0)), (b"c".to_vec(), 0, None)]
+        );
+        assert_eq!(sessions.placed(b"a"), Some((0, 1)), "kept");
+        assert_eq!(sessions.placed(b"b"), Some((0, 0)), "moved");
+        assert_eq!(sessions.placed(b"c"), None, "removed");
+        assert_eq!(sessions.count(), 2);
+        assert_eq!(
+            sessions.locate(b"b", 2, 0, || panic!("still placed"), full),
+            Ok((0, 0))
         );
     }
 
