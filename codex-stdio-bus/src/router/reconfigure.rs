@@ -165,6 +165,21 @@ impl Router {
         Ok(changes)
     }
 
+    /// Puts pool `index` back on `config` at its current size, after a roll onto a newer config
+    /// failed: what the pool runs and what the table says agree again, for slots started later
+    /// and for the next reload's comparison.
+    pub(crate) fn restore_config(&self, index: u32, config: Arc<PoolConfig>) {
+        let mut table: Vec<Arc<Pool>> = self.pools.load().iter().cloned().collect();
+        let Some(pool) = table.get(index as usize).cloned() else {
+            return;
+        };
+        let mut config = (*config).clone();
+        config.instances = pool.active;
+        let restored = pool.reconfigured(Arc::new(config), self.worker_queue, &self.worker_events);
+        table[index as usize] = Arc::new(restored);
+        self.pools.replace(table);
+    }
+
     /// Moves the sessions of the slots `shrunk` pools lost, and drops those of `removed` pools
     /// (both by index), counting them into `changes`.
     fn relocate_sessions(&self, shrunk: &[(usize, u32)], removed: &[usize], changes: &mut Changes) {
@@ -211,4 +226,179 @@ impl Router {
 /// The addresses of slots `range` of pool `pool`.
 fn addresses(pool: u32, range: std::ops::Range<u32>) -> impl Iterator<Item = SlotAddress> {
     range.map(move |slot| SlotAddress { pool, slot })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use codex_bus_config::Config;
+
+    use super::*;
+    use crate::core::client::Transport;
+    use crate::core::principal::Principal;
+
+    fn pools(text: &str) -> Vec<PoolConfig> {
+        let text = format!(r#"{{"pools":[{text}]}}"#);
+        Config::from_json_str(&text, "t").unwrap().pools
+    }
+
+    /// Sends one request on each of `sessions`; returns each session's (pool, slot).
+    async fn place(router: &Router, sessions: &[String]) -> Vec<(usize, u32)> {
+        let client = router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
+        for (i, session) in sessions.iter().enumerate() {
+            let line = format!(r#"{{"id":{i},"method":"m","sessionId":"{session}"}}"#);
+            router
+                .client_message(&client, line.as_bytes(), Instant::now())
+                .await;
+        }
+        sessions
+            .iter()
+            .map(|s| router.sessions.placed(s.as_bytes()).unwrap())
+            .collect()
+    }
+
+    fn sessions(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("s{i}")).collect()
+    }
+
+    #[tokio::test]
+    async fn growing_keeps_every_session_and_shrinking_moves_only_those_of_removed_slots() {
+        let router = Router::new(&Config::single_pool("p", "cat", &[], 2));
+        let names = sessions(64);
+        let before = place(&router, &names).await;
+
+        let grown = router
+            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":4}"#))
+            .unwrap();
+        let started: Vec<u32> = grown.started.iter().map(|a| a.slot).collect();
+        assert_eq!(started, [2, 3]);
+        assert!(grown.retired.is_empty() && grown.rolled.is_empty());
+        assert_eq!(grown.described, ["pool 'p': instances 2 -> 4"]);
+        assert_eq!(router.pools()[0].active, 4);
+        let after_growth: Vec<_> = names
+            .iter()
+            .map(|s| router.sessions.placed(s.as_bytes()).unwrap())
+            .collect();
+        assert_eq!(
+            after_growth, before,
+            "no live session moves when a pool grows"
+        );
+
+        // New sessions now hash over 4 slots; then shrink back to 2.
+        let newer: Vec<String> = (0..64).map(|i| format!("n{i}")).collect();
+        let placed = place(&router, &newer).await;
+        assert!(
+            placed.iter().any(|(_, slot)| *slot >= 2),
+            "new slots take new sessions"
+        );
+        let shrunk = router
+            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":2}"#))
+            .unwrap();
+        let retired: Vec<u32> = shrunk.retired.iter().map(|a| a.slot).collect();
+        assert_eq!(retired, [2, 3]);
+        let on_removed = placed.iter().filter(|(_, slot)| *slot >= 2).count();
+        assert_eq!(shrunk.moved_sessions, on_removed);
+        for (name, was) in newer.iter().chain(&names).zip(placed.iter().chain(&before)) {
+            let now = router.sessions.placed(name.as_bytes()).unwrap();
+            if was.1 < 2 {
+                assert_eq!(now, *was, "{name} was on a kept slot: it stays");
+            } else {
+                assert_eq!(
+                    now.1,
+                    slot_for(name.as_bytes(), 2),
+                    "{name} moves by the new hash"
+                );
+            }
+        }
+        let slots = &router.pools()[0].slots;
+        assert_eq!(
+            slots.len(),
+            4,
+            "removed slots stay addressable while they drain"
+        );
+        let counted: usize = slots.iter().map(|s| s.snapshot().sessions).sum();
+        assert_eq!(counted, 128, "every session counted once, on its slot");
+        assert_eq!(
+            slots[2].snapshot().sessions + slots[3].snapshot().sessions,
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removed_pool_releases_its_sessions_and_comes_back_at_its_index() {
+        let config = Config::from_json_str(
+            r#"{"pools":[{"id":"a","command":"cat","instances":1},
+                         {"id":"b","command":"cat","instances":2}],
+                "routing":{"default_pool":"a"}}"#,
+            "t",
+        )
+        .unwrap();
+        let router = Router::new(&config);
+        let client = router.connect(Transport::Tcp, Principal::anonymous("tcp"), None);
+        let line = br#"{"id":1,"method":"m","sessionId":"x","pool":"b"}"#;
+        router.client_message(&client, line, Instant::now()).await;
+        assert_eq!(router.sessions.placed(b"x").map(|p| p.0), Some(1));
+
+        let only_a = pools(r#"{"id":"a","command":"cat","instances":1}"#);
+        let removed = router.reconfigure(&only_a).unwrap();
+        assert_eq!(removed.described, ["pool 'b' removed"]);
+        assert_eq!(removed.retired.len(), 2);
+        assert_eq!(removed.dropped_sessions, 1);
+        assert_eq!(router.sessions.placed(b"x"), None);
+        assert!(router.pools()[1].is_removed());
+        assert!(
+            !router.pools()[1].all_down(),
+            "a removed pool is not a failed one"
+        );
+
+        let both = pools(
+            r#"{"id":"a","command":"cat","instances":1},{"id":"b","command":"cat","instances":3}"#,
+        );
+        let back = router.reconfigure(&both).unwrap();
+        assert_eq!(back.described, ["pool 'b' added again with 3 instances"]);
+        assert!(back.started.iter().all(|a| a.pool == 1));
+        assert_eq!(back.started.len(), 3);
+        assert_eq!(
+            router.pools().len(),
+            2,
+            "the index is taken back, not a new one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_worker_config_rolls_the_kept_slots_and_restoring_undoes_it() {
+        let router = Router::new(&Config::single_pool("p", "cat", &[], 3));
+        let changed = router
+            .reconfigure(&pools(
+                r#"{"id":"p","command":"cat","args":["-u"],"instances":2}"#,
+            ))
+            .unwrap();
+        assert_eq!(changed.rolled.len(), 1);
+        let rolled = &changed.rolled[0];
+        assert_eq!((rolled.pool, rolled.slots), (0, 2), "only kept slots roll");
+        assert!(rolled.previous.args.is_empty());
+        assert_eq!(rolled.next.args, ["-u"]);
+        assert_eq!(changed.retired.len(), 1);
+        router.restore_config(0, rolled.previous.clone());
+        let pool = router.pools()[0].clone();
+        assert!(pool.config.args.is_empty());
+        assert_eq!(pool.config.instances, 2, "restored at its current size");
+
+        let same = router
+            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":2}"#))
+            .unwrap();
+        assert!(same.is_empty(), "{:?}", same.described);
+    }
+
+    #[test]
+    fn the_pool_table_is_bounded() {
+        let router = Router::new(&Config::single_pool("p", "cat", &[], 1));
+        let many: Vec<String> = (0..MAX_POOLS)
+            .map(|i| format!(r#"{{"id":"q{i}","command":"cat","instances":1}}"#))
+            .collect();
+        let refused = router.reconfigure(&pools(&many.join(","))).unwrap_err();
+        assert!(refused.contains("at most 256 pools"), "{refused}");
+        assert_eq!(router.pools().len(), 1, "nothing changed");
+    }
 }
