@@ -29,8 +29,14 @@ pub(crate) const HEADROOM: u64 = 32;
 pub(crate) struct Capacity {
     /// Connections being served now.
     open: AtomicUsize,
-    /// The effective cap.
-    max: usize,
+    /// The effective cap; lowered or raised when a reload changes the number of worker slots
+    /// ([`Capacity::resize`]).
+    max: AtomicUsize,
+    /// `limits.max_connections`.
+    configured: usize,
+    /// Fds left for connections and workers: the open-file limit less the fds open at start and
+    /// [`HEADROOM`]; `None` when either could not be read (the cap is then `configured`).
+    room: Option<u64>,
     /// Refusals are warned about at most once a second.
     warnings: LogLimit,
 }
@@ -40,42 +46,54 @@ impl Capacity {
     /// (`limits.max_connections`): the smaller of it and the open-file limit less the fds open
     /// now and [`FDS_PER_WORKER`] per slot and [`HEADROOM`]. Logged once, with how it was reached.
     pub(crate) fn new(configured: usize, workers: usize) -> Capacity {
-        let max = match (getrlimit(Resource::RLIMIT_NOFILE), open_fds()) {
-            (Ok((soft, _)), Ok(open)) => {
-                let reserve = open + FDS_PER_WORKER * workers as u64 + HEADROOM;
-                let room = usize::try_from(soft.saturating_sub(reserve)).unwrap_or(usize::MAX);
-                let max = configured.min(room);
-                if max < configured {
-                    tracing::warn!(
-                        max_connections = max,
-                        configured,
-                        open_file_limit = soft,
-                        reserved = reserve,
-                        "max_connections lowered to keep fds for worker restarts"
-                    );
-                } else {
-                    tracing::info!(
-                        max_connections = max,
-                        open_file_limit = soft,
-                        "connection cap"
-                    );
-                }
-                max
-            }
+        let room = match (getrlimit(Resource::RLIMIT_NOFILE), open_fds()) {
+            (Ok((soft, _)), Ok(open)) => Some(soft.saturating_sub(open + HEADROOM)),
             (Err(error), _) => {
                 tracing::warn!(%error, max_connections = configured, "cannot read the open-file limit");
-                configured
+                None
             }
             (_, Err(error)) => {
                 tracing::warn!(%error, max_connections = configured, "cannot count open fds");
-                configured
+                None
             }
         };
-        Capacity {
+        let capacity = Capacity {
             open: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(configured),
+            configured,
+            room,
             warnings: LogLimit::default(),
+        };
+        capacity.resize(workers);
+        capacity
+    }
+
+    /// Sets the cap for `workers` worker slots (at start, and when a reload adds or removes
+    /// slots): [`FDS_PER_WORKER`] each are kept from connections. A lower cap closes no
+    /// connection; new ones wait until enough have left.
+    pub(crate) fn resize(&self, workers: usize) {
+        let Some(room) = self.room else {
+            return;
+        };
+        let reserve = FDS_PER_WORKER * workers as u64;
+        let fits = usize::try_from(room.saturating_sub(reserve)).unwrap_or(usize::MAX);
+        let max = self.configured.min(fits);
+        let was = self.max.swap(max, Ordering::Relaxed);
+        if max < self.configured {
+            tracing::warn!(
+                max_connections = max,
+                configured = self.configured,
+                workers,
+                "max_connections lowered to keep fds for worker restarts"
+            );
+        } else if was != max || workers == 0 {
+            tracing::info!(max_connections = max, workers, "connection cap");
         }
+    }
+
+    /// The cap now.
+    fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
     }
 
     /// A seat for one more connection, held while it is served; `None` (and a rate-limited
@@ -85,14 +103,14 @@ impl Capacity {
         let taken = self
             .open
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
-                (open < self.max).then_some(open + 1)
+                (open < self.max()).then_some(open + 1)
             });
         match taken {
             Ok(_) => Some(Seat(self.clone())),
             Err(_) => {
                 if let Some(suppressed) = self.warnings.admit(Instant::now()) {
                     tracing::warn!(
-                        max_connections = self.max,
+                        max_connections = self.max(),
                         suppressed,
                         "connection over max_connections closed"
                     );
@@ -133,5 +151,22 @@ mod tests {
             capacity.take().is_some(),
             "a seat given back is taken again"
         );
+    }
+
+    #[test]
+    fn more_workers_leave_fewer_seats_and_fewer_workers_give_them_back() {
+        let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return;
+        };
+        let capacity = Capacity::new(usize::MAX, 0);
+        let all = capacity.max();
+        assert!(
+            (all as u64) < soft,
+            "fds open now and the headroom are kept"
+        );
+        capacity.resize(4);
+        assert_eq!(capacity.max(), all - 4 * FDS_PER_WORKER as usize);
+        capacity.resize(0);
+        assert_eq!(capacity.max(), all);
     }
 }
