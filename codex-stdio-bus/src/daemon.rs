@@ -26,9 +26,10 @@ use crate::error::{Error, Kind};
 use crate::io::capacity::Capacity;
 use crate::io::{self, listen::Bound, listen::Endpoint, tls::Tls, websocket};
 use crate::metrics::recorder;
+use crate::router::pool::Pools;
 use crate::router::Router;
 use crate::supervisor::instance::signal_group;
-use crate::supervisor::{self, deadlines};
+use crate::supervisor::{self, Fleet};
 
 /// Workers get at least this long between SIGTERM and SIGKILL, even when the drain ran out.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -241,21 +242,20 @@ pub async fn run(
     };
     let (stop, stop_order) = watch::channel(None);
     let supervisors = TaskTracker::new();
+    let pools = Arc::new(Pools::new(router.pools().to_vec()));
+    let fleet = Fleet::new(
+        context,
+        pools.clone(),
+        stop_order.clone(),
+        supervisors.clone(),
+    );
     for pool in router.pools() {
-        for slot in 0..pool.slots.len() {
-            let task =
-                supervisor::supervise(context.clone(), pool.clone(), slot, stop_order.clone());
-            supervisors.spawn(task);
+        for slot in 0..pool.config.instances {
+            fleet.start(pool, slot);
         }
-        supervisors.spawn(deadlines::enforce(
-            pool.clone(),
-            sink.clone(),
-            stop_order.clone(),
-        ));
     }
     // Only where main made the daemon the subreaper: an embedder's own children are not orphans.
     if codex_bus_process::adopting_orphans() {
-        let pools = router.pools().to_vec();
         supervisors.spawn(supervisor::orphans::clear(pools, stop_order.clone()));
     }
     supervisors.close();

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, Guard};
 use codex_bus_config::PoolConfig;
 
 use crate::core::address::SlotAddress;
@@ -13,10 +14,14 @@ use crate::metrics::PoolMetrics;
 pub(crate) struct Pool {
     /// The pool's id, as clients name it in a top-level `pool` field.
     pub id: Arc<str>,
-    /// How to start its workers.
-    pub config: PoolConfig,
+    /// Its position in the pool table, stable for the daemon's life.
+    pub index: u32,
+    /// How to start its workers (the config in force: new slots spawn with it).
+    pub config: Arc<PoolConfig>,
     /// One slot per instance, numbered from 0.
     pub slots: Vec<Arc<Slot>>,
+    /// Slots `0..active` take sessions (`config.instances`; 0 once the pool is removed).
+    pub active: u32,
     /// The pool's metric handles.
     pub metrics: PoolMetrics,
 }
@@ -40,7 +45,9 @@ impl Pool {
             .collect();
         Pool {
             id,
-            config,
+            index,
+            active: config.instances,
+            config: Arc::new(config),
             slots,
             metrics,
         }
@@ -55,12 +62,50 @@ impl Pool {
                 .filter(|s| wanted(s.state()))
                 .min_by_key(|s| s.in_flight())
         };
-        pick(|s| s == SlotState::Ready)
-            .or_else(|| pick(|s| matches!(s, SlotState::Starting | SlotState::Backoff)))
+        pick(|s| s == SlotState::Ready).or_else(|| {
+            pick(|s| {
+                matches!(
+                    s,
+                    SlotState::Starting | SlotState::Backoff | SlotState::Replacing
+                )
+            })
+        })
     }
 
-    /// Whether no slot of the pool will get a worker back without the supervisor trying again.
+    /// Whether no active slot of the pool will get a worker back without the supervisor trying
+    /// again (false for a pool without active slots: a removed pool escalates nothing).
     pub(crate) fn all_down(&self) -> bool {
-        self.slots.iter().all(|s| s.state().is_down())
+        let active = &self.slots[..(self.active as usize).min(self.slots.len())];
+        !active.is_empty() && active.iter().all(|s| s.state().is_down())
+    }
+}
+
+/// The pool table in force: a snapshot replaced whole by a reload, read without a lock.
+pub(crate) struct Pools {
+    current: ArcSwap<Vec<Arc<Pool>>>,
+}
+
+impl Pools {
+    /// A table holding `pools`, in pool-index order.
+    pub(crate) fn new(pools: Vec<Arc<Pool>>) -> Self {
+        Pools {
+            current: ArcSwap::from_pointee(pools),
+        }
+    }
+
+    /// The current table (hot path: no lock, no reference count taken).
+    pub(crate) fn load(&self) -> Guard<Arc<Vec<Arc<Pool>>>> {
+        self.current.load()
+    }
+
+    /// The current version of the pool at `index`, if there is one.
+    pub(crate) fn get(&self, index: u32) -> Option<Arc<Pool>> {
+        self.load().iter().find(|p| p.index == index).cloned()
+    }
+
+    /// Puts `pools` in force.
+    #[allow(dead_code)] // used by reload (issue 16)
+    pub(crate) fn replace(&self, pools: Vec<Arc<Pool>>) {
+        self.current.store(Arc::new(pools));
     }
 }
