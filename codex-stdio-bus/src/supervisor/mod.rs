@@ -164,7 +164,11 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
                     sink.fail(old, ErrorKind::WorkerExited, Some(REPLACED_DETAIL));
                     tracing::info!(?slot, status = %describe(ended.status), "worker stopped for a rolling restart");
                 } else {
-                    slot.record_exit(EventKind::Exit, describe(ended.status));
+                    let kind = match ended.ending {
+                        Ending::NotReady => EventKind::NotReady,
+                        _ => EventKind::Exit,
+                    };
+                    slot.record_exit(kind, describe(ended.status));
                     fail(old, ErrorKind::WorkerExited);
                     tracing::warn!(?slot, status = %describe(ended.status), "worker exited during a rolling restart");
                 }
@@ -178,9 +182,7 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
             None => {}
         }
         if let Some(done) = replacing.take() {
-            let reason = spawn_error
-                .clone()
-                .unwrap_or_else(|| describe_ending(&ended));
+            let reason = spawn_error.unwrap_or_else(|| describe_ending(&ended));
             let _ = done.send(Replaced::Failed(reason));
         }
         if slot.draining() {

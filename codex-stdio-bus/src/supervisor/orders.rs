@@ -18,7 +18,8 @@ pub(crate) enum Order {
     /// finish its requests for up to `within`, stop it, and start the replacement with `config`.
     /// `done` gets [`Replaced::Ready`] once the replacement is ready, [`Replaced::Failed`] if it
     /// exits or fails its readiness bound first (the supervisor then restarts it per policy); it
-    /// is dropped unanswered if the daemon stops meanwhile.
+    /// is dropped unanswered if the daemon stops meanwhile, or if the supervisor ends before it
+    /// takes the order (its pool's policy left the slot empty, or failed it for good).
     Replace {
         /// The pool's new config; the slot's workers are spawned with it from now on.
         config: Arc<PoolConfig>,
@@ -28,8 +29,9 @@ pub(crate) enum Order {
         done: oneshot::Sender<Replaced>,
     },
     /// Retire this slot for good: refuse new work (`shutting_down`), let the worker finish what it
-    /// holds for up to `within`, stop it; `done` fires once its worker is stopped and the
-    /// supervisor ends.
+    /// holds for up to `within`, stop it (its leftover requests are refused with
+    /// `shutting_down`); `done` fires once its worker is stopped and the supervisor ends. Dropped
+    /// unanswered as a Replace's `done` is.
     Retire {
         /// How long the worker may take to answer what it has before it is stopped.
         within: Duration,
