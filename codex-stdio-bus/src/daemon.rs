@@ -29,7 +29,7 @@ use crate::preflight::{authenticator, secure_by_default, tls, Addresses, Tlses};
 pub use crate::preflight::{check_auth, check_commands, check_tls};
 use crate::router::Router;
 use crate::supervisor::instance::signal_group;
-use crate::supervisor::{self, deadlines};
+use crate::supervisor::{self, Fleet};
 
 /// Workers get at least this long between SIGTERM and SIGKILL, even when the drain ran out.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -242,17 +242,16 @@ pub async fn run(
     };
     let (stop, stop_order) = watch::channel(None);
     let supervisors = TaskTracker::new();
+    let fleet = Arc::new(Fleet::new(
+        context,
+        router.pool_table(),
+        stop_order.clone(),
+        supervisors.clone(),
+    ));
     for pool in router.pools().iter() {
-        for slot in 0..pool.slots.len() {
-            let task =
-                supervisor::supervise(context.clone(), pool.clone(), slot, stop_order.clone());
-            supervisors.spawn(task);
+        for slot in 0..pool.active {
+            fleet.start(pool, slot);
         }
-        supervisors.spawn(deadlines::enforce(
-            pool.clone(),
-            sink.clone(),
-            stop_order.clone(),
-        ));
     }
     // Only where main made the daemon the subreaper: an embedder's own children are not orphans.
     if codex_bus_process::adopting_orphans() {

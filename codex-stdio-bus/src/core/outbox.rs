@@ -34,6 +34,10 @@ pub(crate) struct Queued<S> {
     pub closed: bool,
     /// The owner's state guarded by the same lock (e.g. a worker slot's pending requests).
     pub state: S,
+    /// Complete lines set aside for a later writer (a slot holding work for its next worker):
+    /// the writer does not take them, but they count toward the soft limit, so producers still
+    /// wait for space while they pile up.
+    pub aside: Vec<u8>,
     /// Bytes the writer has taken and not yet written: still queued, as far as the bounds go.
     writing: usize,
     /// When the queued bytes last rose to the soft limit; `None` while they are below it.
@@ -113,6 +117,7 @@ impl<S> Outbox<S> {
                 buf: Vec::new(),
                 closed: false,
                 state,
+                aside: Vec::new(),
                 writing: 0,
                 over_since: None,
                 overflow: None,
@@ -194,10 +199,14 @@ impl<S> Outbox<S> {
         })
     }
 
-    /// True while the queued bytes exceed the limit.
+    /// True while the queued bytes (those set aside included) exceed the limit.
+    ///
+    /// A closed queue's own bytes never drain to a writer, so they no longer hold producers back;
+    /// bytes set aside still do: they wait for the next writer, which reopens the queue.
     pub(crate) fn over_limit(&self) -> bool {
         let q = self.lock();
-        !q.closed && q.buf.len() >= self.limit
+        let own = if q.closed { 0 } else { q.buf.len() };
+        own + q.aside.len() >= self.limit
     }
 
     /// Waits until the queue is below its limit (or closed).

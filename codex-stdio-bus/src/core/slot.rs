@@ -40,7 +40,11 @@ pub(crate) enum SlotState {
     Failed,
     /// The worker exited and the pool's restart policy leaves the slot empty; requests are refused.
     Exited,
-    /// The daemon is draining: new requests are refused, the worker still finishes what it holds.
+    /// A rolling restart holds new work for the next worker while the running one finishes
+    /// what it has ([`Slot::hold`]).
+    Replacing,
+    /// The daemon is draining, or the slot is retired: new requests are refused, the worker still
+    /// finishes what it holds.
     Draining,
     /// The daemon stopped the worker; everything is refused.
     Stopped,
@@ -55,6 +59,7 @@ impl SlotState {
             SlotState::Backoff => "backoff",
             SlotState::Failed => "failed",
             SlotState::Exited => "exited",
+            SlotState::Replacing => "replacing",
             SlotState::Draining => "draining",
             SlotState::Stopped => "stopped",
         }
@@ -74,7 +79,7 @@ impl SlotState {
     fn takes_work(self) -> bool {
         matches!(
             self,
-            SlotState::Starting | SlotState::Ready | SlotState::Backoff
+            SlotState::Starting | SlotState::Ready | SlotState::Backoff | SlotState::Replacing
         )
     }
 
@@ -130,6 +135,11 @@ pub(crate) struct SlotBook {
     state: SlotState,
     /// Set once the daemon drains: no worker (re)started here takes new work again.
     draining: bool,
+    /// Set by [`Slot::retire`]: the slot refuses new work until a worker is started here again.
+    retired: bool,
+    /// While a rolling restart holds new work ([`Slot::hold`]): the first bus id held. Requests
+    /// from it on (and the lines naming them) wait in the queue's `aside` for the next worker.
+    hold: Option<u64>,
     /// Counts worker processes started in this slot; answers from a client to an older process's
     /// request must not reach its successor.
     generation: u64,
@@ -159,7 +169,7 @@ pub(crate) struct SlotSnapshot {
     pub uptime: Option<Duration>,
     /// Requests awaiting a reply.
     pub in_flight: usize,
-    /// Bytes queued toward the worker.
+    /// Bytes queued toward the worker (those held for its successor included).
     pub queued_bytes: usize,
     /// Sessions placed on this slot.
     pub sessions: usize,
@@ -187,7 +197,8 @@ pub(crate) struct Slot {
     sessions: AtomicUsize,
     /// Restarts so far.
     restarts: AtomicU64,
-    /// Signalled when `in_flight` drops to zero during a drain (and whenever the worker goes).
+    /// Signalled when `in_flight` drops to zero during a drain or a retirement (and whenever the
+    /// worker goes), and whenever a request leaves the table while work is held.
     idle: Notify,
     /// The latest worker generation that answered the pool's readiness probe.
     probe_answered: watch::Sender<u64>,
@@ -217,6 +228,8 @@ impl Slot {
             next_bus_id: 1,
             state: SlotState::Starting,
             draining: false,
+            retired: false,
+            hold: None,
             generation: 0,
             started_at: None,
             last_exit: None,
@@ -288,7 +301,7 @@ impl Slot {
             pid: self.pid(),
             uptime: q.state.started_at.map(|t| t.elapsed()),
             in_flight: self.in_flight(),
-            queued_bytes: q.buf.len(),
+            queued_bytes: q.buf.len() + q.aside.len(),
             sessions: self.sessions.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             last_exit: q.state.last_exit.clone(),
@@ -322,6 +335,12 @@ impl Slot {
 
     /// Queues a client request with its id replaced by a fresh bus id, and records it as pending
     /// since `received` (when its read completed: one clock read per read, not per message).
+    /// While work is held ([`Slot::hold`]) it waits for the next worker instead.
+    ///
+    /// # Errors
+    ///
+    /// The state's refusal when the slot takes no work: `shutting_down` (draining, retired,
+    /// stopped), `no_worker` (exited), `worker_failed` (failed).
     pub(crate) fn enqueue_request(
         &self,
         client: &Arc<Client>,
@@ -344,7 +363,12 @@ impl Slot {
                     since: received,
                 },
             );
-            append_with_bus_id(&mut q.buf, line, id, bus_id);
+            let out = if q.state.hold.is_some() {
+                &mut q.aside
+            } else {
+                &mut q.buf
+            };
+            append_with_bus_id(out, line, id, bus_id);
             Ok(())
         })?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +379,14 @@ impl Slot {
     /// Queues a line that needs no reply bookkeeping (a notification, or an answer to the worker).
     ///
     /// `generation`, when given, must match the running worker: an answer meant for a process that
-    /// has since exited is refused rather than handed to its successor.
+    /// has since exited is refused rather than handed to its successor. An answer goes to the
+    /// running worker even while work is held; a notification (`None`) is then held for the next
+    /// one, behind the requests held before it.
+    ///
+    /// # Errors
+    ///
+    /// The state's refusal (see [`Slot::enqueue_request`]; answers are still taken while
+    /// draining or retired), or `worker_exited` for an answer to a process that has exited.
     pub(crate) fn enqueue_line(
         &self,
         generation: Option<u64>,
@@ -373,7 +404,11 @@ impl Slot {
             if generation.is_some_and(|g| g != q.state.generation) {
                 return Err(ErrorKind::WorkerExited);
             }
-            fill(&mut q.buf);
+            if generation.is_none() && q.state.hold.is_some() {
+                fill(&mut q.aside);
+            } else {
+                fill(&mut q.buf);
+            }
             Ok(())
         })
     }
@@ -387,6 +422,9 @@ impl Slot {
     ///
     /// The pending table is scanned (the newest match wins when a client reused an id in
     /// flight): cancellations are rare, and an index by client id would cost every request.
+    ///
+    /// While work is held, a line naming a request of the running worker goes to it (it may be
+    /// a cancellation that lets it finish sooner); one naming a held request is held with it.
     pub(crate) fn enqueue_reference(
         &self,
         client: &Client,
@@ -408,7 +446,12 @@ impl Slot {
             let Some(bus_id) = named else {
                 return Ok(false);
             };
-            append_with_bus_id(&mut q.buf, line, span, bus_id);
+            let out = if q.state.hold.is_some_and(|mark| bus_id >= mark) {
+                &mut q.aside
+            } else {
+                &mut q.buf
+            };
+            append_with_bus_id(out, line, span, bus_id);
             Ok(true)
         })
     }
@@ -418,17 +461,24 @@ impl Slot {
     /// the reply was read from. Anything a dead worker left behind (a child holding its stdout)
     /// must not answer for its successor, whose bus ids continue the same sequence.
     pub(crate) fn take_pending(&self, bus_id: u64, generation: u64) -> Option<Pending> {
-        let (taken, draining) = {
+        let (taken, draining, holding) = {
             let mut q = self.queue.lock();
             if q.state.generation != generation {
                 return None;
             }
-            (q.state.pending.remove(&bus_id), q.state.draining)
+            let draining = q.state.draining || q.state.retired;
+            (
+                q.state.pending.remove(&bus_id),
+                draining,
+                q.state.hold.is_some(),
+            )
         };
         if taken.is_some() {
             let was = self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            // Only a drain waits for the slot to go idle: the hot path skips the wake-up.
-            if was == 1 && draining {
+            // Only a drain, a retirement or a roll waits for the slot to go idle: the hot path
+            // skips the wake-up. A roll waits for the old requests only, which the count does not
+            // tell apart from the held ones: it looks again at every reply.
+            if (was == 1 && draining) || holding {
                 self.idle.notify_waiters();
             }
         }
@@ -436,12 +486,34 @@ impl Slot {
     }
 
     /// Waits until no request is in flight here. Meant for the drain: wake-ups come from replies
-    /// only once [`Slot::begin_drain`] has run, and from expiries and worker exits at any time.
+    /// only once [`Slot::begin_drain`] (or [`Slot::retire`]) has run, and from expiries and worker
+    /// exits at any time.
     pub(crate) async fn wait_idle(&self) {
+        self.wait_until(|| self.in_flight() == 0).await;
+    }
+
+    /// Waits until the running worker has nothing left to answer: while work is held
+    /// ([`Slot::hold`]), until no request below the hold mark is pending (the held ones are the
+    /// next worker's); otherwise (a retired slot) until no request at all is pending. Meant for a
+    /// roll or a retirement, whose replies, expiries and worker exits wake it.
+    pub(crate) async fn wait_old_idle(&self) {
+        self.wait_until(|| {
+            let q = self.queue.lock();
+            match q.state.hold {
+                Some(mark) => !q.state.pending.keys().any(|&id| id < mark),
+                None => q.state.pending.is_empty(),
+            }
+        })
+        .await;
+    }
+
+    /// Waits until `idle` holds, looking again at every wake-up of `self.idle`.
+    async fn wait_until(&self, idle: impl Fn() -> bool) {
         loop {
             let mut notified = pin!(self.idle.notified());
+            // Registered before the check, so a wake-up in between is not lost.
             notified.as_mut().enable();
-            if self.in_flight() == 0 {
+            if idle() {
                 return;
             }
             notified.await;
@@ -461,7 +533,8 @@ impl Slot {
 
     /// Removes and returns the pending requests past their deadline at `now`: older than
     /// `request_timeout` (if any), or older than `queue_timeout` while no worker is up to take
-    /// them. Each comes with the setting it exceeded, for the error's detail.
+    /// them (the slot is restarting, or they are held for the next worker). Each comes with the
+    /// setting it exceeded, for the error's detail.
     pub(crate) fn expire(
         &self,
         now: Instant,
@@ -469,9 +542,11 @@ impl Slot {
         queue_timeout: Duration,
     ) -> Vec<(Pending, Deadline)> {
         let mut q = self.queue.lock();
-        let waiting = q.state.state.is_restarting();
-        let over = |since: Instant| {
+        let restarting = q.state.state.is_restarting();
+        let hold = q.state.hold;
+        let over = |bus_id: u64, since: Instant| {
             let age = now.saturating_duration_since(since);
+            let waiting = restarting || hold.is_some_and(|mark| bus_id >= mark);
             if request_timeout.is_some_and(|t| age >= t) {
                 Some(Deadline::Request)
             } else if waiting && age >= queue_timeout {
@@ -484,7 +559,7 @@ impl Slot {
             .state
             .pending
             .iter()
-            .filter_map(|(&id, p)| over(p.since).map(|d| (id, d)))
+            .filter_map(|(&id, p)| over(id, p.since).map(|d| (id, d)))
             .collect();
         let expired: Vec<(Pending, Deadline)> = late
             .into_iter()
@@ -492,6 +567,10 @@ impl Slot {
             .collect();
         drop(q);
         self.forget(expired.len());
+        if hold.is_some() && !expired.is_empty() {
+            // A roll waiting for the old requests must look again (see `take_pending`).
+            self.idle.notify_waiters();
+        }
         expired
     }
 
@@ -506,28 +585,66 @@ impl Slot {
     /// that was meant to answer them is gone (`Backoff`, `Failed`, `Exited`, `Stopped`).
     ///
     /// Once draining, a slot never takes new work again: a worker (re)started during the drain
-    /// reports `Draining`, not `Starting` or `Ready`.
+    /// reports `Draining`, not `Starting` or `Ready`. A retired slot reports `Draining` too until
+    /// a worker is started here again (`Starting` revives it).
+    ///
+    /// While work is held ([`Slot::hold`]): a ready worker reports `Replacing`; `Backoff` (the
+    /// old worker is gone, its successor comes next) returns only the requests below the hold
+    /// mark and keeps the held bytes and requests; `Starting` ends the hold and hands the held
+    /// bytes to the new worker. `Failed`, `Exited` and `Stopped` end the hold and return every
+    /// pending request: no successor is coming to answer the held ones soon.
     pub(crate) fn transition(&self, state: SlotState) -> Vec<Pending> {
         let mut q = self.queue.lock();
-        let draining = q.state.draining;
+        if state == SlotState::Starting {
+            q.state.retired = false;
+        }
+        let refusing = q.state.draining || q.state.retired;
         q.state.state = match state {
-            SlotState::Starting | SlotState::Ready if draining => SlotState::Draining,
+            SlotState::Starting | SlotState::Ready if refusing => SlotState::Draining,
+            SlotState::Ready if q.state.hold.is_some() => SlotState::Replacing,
             other => other,
         };
         match state {
             SlotState::Starting => {
                 q.state.generation += 1;
                 q.state.started_at = Some(Instant::now());
+                // The previous worker's writer stopped with its process (a stop closed the queue):
+                // this worker's writer takes what was held for it, after anything queued since.
+                q.closed = false;
+                if q.state.hold.take().is_some() {
+                    let held = std::mem::take(&mut q.aside);
+                    q.buf.extend_from_slice(&held);
+                }
                 Vec::new()
             }
-            SlotState::Ready => Vec::new(),
-            SlotState::Draining => Vec::new(),
+            SlotState::Ready | SlotState::Replacing | SlotState::Draining => Vec::new(),
             SlotState::Backoff | SlotState::Failed | SlotState::Exited | SlotState::Stopped => {
                 q.state.started_at = None;
                 q.buf.clear();
-                let failed: Vec<Pending> = q.state.pending.drain().map(|(_, p)| p).collect();
+                // The requests from the hold mark on stay for the next worker, if one comes.
+                let held_from = match q.state.hold {
+                    Some(mark) if state == SlotState::Backoff => Some(mark),
+                    _ => {
+                        q.state.hold = None;
+                        q.aside = Vec::new();
+                        None
+                    }
+                };
+                let old: Vec<u64> = q
+                    .state
+                    .pending
+                    .keys()
+                    .copied()
+                    .filter(|&id| held_from.is_none_or(|mark| id < mark))
+                    .collect();
+                let failed: Vec<Pending> = old
+                    .into_iter()
+                    .filter_map(|id| q.state.pending.remove(&id))
+                    .collect();
                 drop(q);
                 self.forget(failed.len());
+                // A roll waits for the old requests alone, which may leave held ones in flight.
+                self.idle.notify_waiters();
                 self.queue.wake_producers();
                 failed
             }
@@ -542,6 +659,37 @@ impl Slot {
         if !q.state.state.is_down() {
             q.state.state = SlotState::Draining;
         }
+    }
+
+    /// Starts a handover to a new worker (a rolling restart): from now on, new requests,
+    /// notifications and lines naming the new requests are held for the next worker (started
+    /// with [`SlotState::Starting`]) instead of reaching the running one, which still gets the
+    /// answers to its own requests and the cancellations of its pending ones. Held bytes count
+    /// toward the queue's limit. The slot reports [`SlotState::Replacing`] while it takes work.
+    /// Holding already, it keeps its mark.
+    pub(crate) fn hold(&self) {
+        let mut q = self.queue.lock();
+        if q.state.hold.is_none() {
+            q.state.hold = Some(q.state.next_bus_id);
+        }
+        if q.state.state.takes_work() {
+            q.state.state = SlotState::Replacing;
+        }
+    }
+
+    /// Retires the slot (it leaves the pool): like [`Slot::begin_drain`] for this slot alone,
+    /// new work is refused with `shutting_down` while the worker still gets its input and the
+    /// answers to its requests. No worker started during the retirement takes work; one started
+    /// later, by a new supervisor, does ([`Slot::transition`] to `Starting`).
+    pub(crate) fn retire(&self) {
+        let mut q = self.queue.lock();
+        q.state.retired = true;
+        if q.state.state != SlotState::Stopped {
+            q.state.state = SlotState::Draining;
+        }
+        drop(q);
+        // A drain of the slot waits for replies, which wake it only from now on.
+        self.idle.notify_waiters();
     }
 }
 
@@ -720,5 +868,246 @@ mod tests {
             slot.enqueue_request(&client, line, 6..7, Instant::now()),
             Err(ErrorKind::WorkerFailed)
         );
+    }
+
+    #[test]
+    fn a_held_slot_keeps_new_work_for_the_next_worker_and_fails_only_the_old() {
+        let slot = slot();
+        let client = client();
+        slot.transition(SlotState::Starting);
+        slot.transition(SlotState::Ready);
+        let old_gen = slot.generation();
+        let request = |id: &str| format!(r#"{{"id":"{id}","method":"m"}}"#);
+        slot.enqueue_request(&client, request("a").as_bytes(), 6..9, Instant::now())
+            .unwrap();
+        slot.queue.lock().buf.clear();
+        slot.hold();
+        assert_eq!(slot.state(), SlotState::Replacing);
+        slot.enqueue_request(&client, request("b").as_bytes(), 6..9, Instant::now())
+            .unwrap();
+        slot.enqueue_line(None, |b| b.extend_from_slice(b"note\n"))
+            .unwrap();
+        slot.enqueue_line(Some(old_gen), |b| b.extend_from_slice(b"answer\n"))
+            .unwrap();
+        let cancel = br#"{"params":{"id":"a"}}"#;
+        assert_eq!(slot.enqueue_reference(&client, cancel, 16..19), Ok(true));
+        let cancel_b = br#"{"params":{"id":"b"}}"#;
+        assert_eq!(slot.enqueue_reference(&client, cancel_b, 16..19), Ok(true));
+        {
+            let q = slot.queue.lock();
+            assert_eq!(
+                q.buf, b"answer\n{\"params\":{\"id\":1}}\n",
+                "the running worker gets its answers and cancellations only"
+            );
+            assert_eq!(
+                q.aside,
+                b"{\"id\":2,\"method\":\"m\"}\nnote\n{\"params\":{\"id\":2}}\n"
+            );
+        }
+        assert_eq!(slot.snapshot().queued_bytes, 27 + 47);
+        // The old worker turning ready late does not end the hold.
+        slot.transition(SlotState::Ready);
+        assert_eq!(slot.state(), SlotState::Replacing);
+        assert_eq!(slot.in_flight(), 2);
+        let failed = slot.transition(SlotState::Backoff);
+        assert_eq!(failed.len(), 1, "only the old worker's request fails");
+        assert_eq!(&*failed[0].id, b"\"a\"");
+        assert_eq!(slot.in_flight(), 1);
+        assert!(slot.queue.lock().buf.is_empty());
+        assert_eq!(
+            slot.queue.lock().aside.len(),
+            47,
+            "held bytes survive the old worker"
+        );
+        slot.transition(SlotState::Starting);
+        assert_eq!(slot.state(), SlotState::Starting);
+        {
+            let q = slot.queue.lock();
+            assert!(q.aside.is_empty());
+            assert_eq!(
+                q.buf, b"{\"id\":2,\"method\":\"m\"}\nnote\n{\"params\":{\"id\":2}}\n",
+                "the new worker gets the held work"
+            );
+        }
+        assert!(slot.take_pending(2, slot.generation()).is_some());
+        // The hold is over: new work goes straight to the new worker.
+        slot.enqueue_line(None, |b| b.extend_from_slice(b"x\n"))
+            .unwrap();
+        assert!(slot.queue.lock().buf.ends_with(b"x\n"));
+        slot.transition(SlotState::Ready);
+        assert_eq!(slot.state(), SlotState::Ready);
+    }
+
+    #[test]
+    fn the_daemon_stopping_a_holding_slot_fails_held_work_too() {
+        let slot = slot();
+        let client = client();
+        slot.transition(SlotState::Ready);
+        let line = br#"{"id":1,"method":"m"}"#;
+        slot.enqueue_request(&client, line, 6..7, Instant::now())
+            .unwrap();
+        slot.hold();
+        slot.enqueue_request(&client, line, 6..7, Instant::now())
+            .unwrap();
+        assert_eq!(slot.transition(SlotState::Stopped).len(), 2);
+        assert_eq!(slot.in_flight(), 0);
+        assert!(slot.queue.lock().aside.is_empty());
+        assert_eq!(
+            slot.enqueue_request(&client, line, 6..7, Instant::now()),
+            Err(ErrorKind::ShuttingDown),
+            "stopped: refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn held_bytes_hold_producers_back_until_they_drain_or_are_dropped() {
+        let slot = Arc::new(Slot::new(
+            "p".into(),
+            SlotAddress { pool: 0, slot: 0 },
+            32,
+            Arc::default(),
+        ));
+        let client = client();
+        slot.transition(SlotState::Ready);
+        slot.hold();
+        let line = br#"{"id":1,"method":"a-long-method-name"}"#;
+        slot.enqueue_request(&client, line, 6..7, Instant::now())
+            .unwrap();
+        assert!(slot.queue.lock().buf.is_empty());
+        assert!(slot.queue.over_limit(), "held bytes count toward the limit");
+        // The old worker is being stopped (its queue closed): held bytes still count.
+        slot.queue.close();
+        assert!(slot.queue.over_limit());
+        let producer = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.queue.wait_for_space().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !producer.is_finished(),
+            "a producer waits while held bytes fill the queue"
+        );
+        slot.transition(SlotState::Backoff);
+        slot.transition(SlotState::Starting);
+        assert!(slot.queue.over_limit(), "now queued for the new worker");
+        assert!(!slot.queue.lock().closed, "the new worker's queue is open");
+        slot.transition(SlotState::Stopped);
+        tokio::time::timeout(Duration::from_secs(5), producer)
+            .await
+            .expect("discarding the queue wakes producers")
+            .unwrap();
+    }
+
+    #[test]
+    fn held_requests_wait_for_a_worker_under_the_queue_timeout() {
+        let slot = slot();
+        let client = client();
+        slot.transition(SlotState::Ready);
+        let line = br#"{"id":1,"method":"m"}"#;
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        slot.enqueue_request(&client, line, 6..7, long_ago).unwrap();
+        slot.hold();
+        slot.enqueue_request(&client, line, 6..7, long_ago).unwrap();
+        let expired = slot.expire(Instant::now(), None, Duration::from_secs(30));
+        assert_eq!(
+            expired.len(),
+            1,
+            "the running worker's request is not queued"
+        );
+        assert_eq!(expired[0].1, Deadline::Queue);
+        assert_eq!(slot.in_flight(), 1);
+        assert!(slot.take_pending(1, slot.generation()).is_some());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_old_worker_ignores_held_requests() {
+        let slot = Arc::new(slot());
+        let client = client();
+        slot.transition(SlotState::Ready);
+        let line = br#"{"id":1,"method":"m"}"#;
+        for _ in 0..2 {
+            slot.enqueue_request(&client, line, 6..7, Instant::now())
+                .unwrap();
+        }
+        slot.hold();
+        slot.enqueue_request(&client, line, 6..7, Instant::now())
+            .unwrap();
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.wait_old_idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(slot.take_pending(1, slot.generation()).is_some());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "request 2 is still the old worker's");
+        assert_eq!(
+            slot.expire(Instant::now(), Some(Duration::ZERO), Duration::MAX)
+                .len(),
+            2,
+            "an expiry takes the old request (and the held one)"
+        );
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the expiry wakes the wait")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retired_slot_refuses_new_work_finishes_the_old_and_can_be_revived() {
+        let slot = Arc::new(slot());
+        let client = client();
+        slot.transition(SlotState::Starting);
+        slot.transition(SlotState::Ready);
+        let line = br#"{"id":1,"method":"m"}"#;
+        slot.enqueue_request(&client, line, 6..7, Instant::now())
+            .unwrap();
+        slot.retire();
+        assert_eq!(slot.state(), SlotState::Draining);
+        assert_eq!(
+            slot.enqueue_request(&client, line, 6..7, Instant::now()),
+            Err(ErrorKind::ShuttingDown)
+        );
+        assert_eq!(
+            slot.enqueue_line(None, |b| b.push(b'x')),
+            Err(ErrorKind::ShuttingDown)
+        );
+        let generation = slot.generation();
+        slot.queue.lock().buf.clear();
+        slot.enqueue_line(Some(generation), |b| b.push(b'x'))
+            .unwrap();
+        assert_eq!(
+            slot.queue.lock().buf,
+            b"x",
+            "answers still reach the worker"
+        );
+        slot.transition(SlotState::Ready);
+        assert_eq!(
+            slot.state(),
+            SlotState::Draining,
+            "a late ready takes no work"
+        );
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.wait_old_idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert!(slot.take_pending(1, generation).is_some());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the last reply wakes the retirement")
+            .unwrap();
+        assert!(slot.transition(SlotState::Stopped).is_empty());
+        slot.queue.close();
+        // A new supervisor brings the slot back.
+        slot.transition(SlotState::Starting);
+        assert_eq!(slot.state(), SlotState::Starting);
+        assert!(!slot.queue.lock().closed);
+        slot.enqueue_request(&client, line, 6..7, Instant::now())
+            .unwrap();
+        // The daemon-wide drain still wins over a revival.
+        slot.begin_drain();
+        slot.transition(SlotState::Starting);
+        assert_eq!(slot.state(), SlotState::Draining);
     }
 }

@@ -50,6 +50,10 @@ pub(crate) enum EventKind {
     NotReady,
     /// The slot passed the restart limit and is failed (text: when it is tried again).
     Failed,
+    /// The supervisor stopped the worker for a rolling restart (text: its status).
+    Replaced,
+    /// The supervisor stopped the worker of a slot leaving its pool (text: its status).
+    Retired,
     /// A line the worker wrote to stderr.
     Stderr,
     /// Stderr lines of the worker not kept, over [`STDERR_PER_SECOND`] (text: how many).
@@ -65,6 +69,8 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::NotReady => "not_ready",
             EventKind::Failed => "failed",
+            EventKind::Replaced => "replaced",
+            EventKind::Retired => "retired",
             EventKind::Stderr => "stderr",
             EventKind::StderrDropped => "stderr_dropped",
         }

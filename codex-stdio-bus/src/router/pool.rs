@@ -142,8 +142,14 @@ impl Pool {
                 .filter(|s| wanted(s.state()))
                 .min_by_key(|s| s.in_flight())
         };
-        pick(|s| s == SlotState::Ready)
-            .or_else(|| pick(|s| matches!(s, SlotState::Starting | SlotState::Backoff)))
+        // A replacing slot holds the message for its next worker.
+        let waiting = |s| {
+            matches!(
+                s,
+                SlotState::Starting | SlotState::Backoff | SlotState::Replacing
+            )
+        };
+        pick(|s| s == SlotState::Ready).or_else(|| pick(waiting))
     }
 
     /// Whether no active slot of the pool will get a worker back without the supervisor trying

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use codex_bus_config::PoolConfig;
 use codex_bus_protocol::ErrorKind;
 use tokio::time::MissedTickBehavior;
 
 use super::instance::StopOrder;
 use crate::core::sink::WorkerSink;
 use crate::core::slot::Deadline;
-use crate::router::pool::Pool;
+use crate::router::pool::{Pool, Pools};
 
 /// Shortest scan period: a 1 s timeout is met within 10 %.
 const MIN_TICK: Duration = Duration::from_millis(100);
@@ -21,20 +22,46 @@ const MIN_TICK: Duration = Duration::from_millis(100);
 /// Longest scan period, so a 30 s queue deadline is met within about a second.
 const MAX_TICK: Duration = Duration::from_secs(1);
 
-/// Enforces the deadlines of `pool` until the daemon orders the workers to stop; expired requests
-/// are answered through `sink`.
-pub(crate) async fn enforce(pool: Arc<Pool>, sink: Arc<dyn WorkerSink>, mut stop: StopOrder) {
-    let settings = &pool.config.supervision;
+/// The timeouts of a pool's config: `request_timeout_sec` (none if 0), `queue_timeout_sec`, and
+/// the scan period that meets them.
+fn timeouts(config: &PoolConfig) -> (Option<Duration>, Duration, Duration) {
+    let settings = &config.supervision;
     let request = (settings.request_timeout_sec > 0)
         .then(|| Duration::from_secs(settings.request_timeout_sec));
     let queue = Duration::from_secs(settings.queue_timeout_sec);
     let tick = (request.map_or(queue, |r| r.min(queue)) / 10).clamp(MIN_TICK, MAX_TICK);
+    (request, queue, tick)
+}
+
+/// Enforces the deadlines of `pool` until the daemon orders the workers to stop; expired requests
+/// are answered through `sink`. Each scan reads the pool's version in force in `pools` (`pool`
+/// itself until the table holds it): a reload may change its timeouts and add slots (retired
+/// slots are still scanned: they may hold requests).
+pub(crate) async fn enforce(
+    pools: Arc<Pools>,
+    pool: Arc<Pool>,
+    sink: Arc<dyn WorkerSink>,
+    mut stop: StopOrder,
+) {
+    let (index, first) = (pool.index, pool);
+    let mut config = first.config.clone();
+    let (mut request, mut queue, mut tick) = timeouts(&config);
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = super::stop_requested(&mut stop) => return,
+        }
+        let pool = pools.get(index).unwrap_or_else(|| first.clone());
+        if !Arc::ptr_eq(&pool.config, &config) {
+            config = pool.config.clone();
+            let period = tick;
+            (request, queue, tick) = timeouts(&config);
+            if tick != period {
+                ticks = tokio::time::interval(tick);
+                ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            }
         }
         let now = Instant::now();
         for slot in pool.slots.iter().filter(|s| s.in_flight() > 0) {

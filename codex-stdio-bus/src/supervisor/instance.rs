@@ -1,5 +1,6 @@
 //! One running worker process, from its pipes being attached until it exits or is stopped.
 
+use std::future::Future;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ pub(crate) type StopOrder = watch::Receiver<Option<Instant>>;
 pub(crate) enum Ending {
     /// It exited (or never started) on its own.
     Exited,
-    /// The daemon stopped it.
+    /// The supervisor stopped it: the daemon's stop order, or an order to the slot's supervisor.
     Stopped,
     /// It was killed for not answering its readiness probe in time.
     NotReady,
@@ -59,13 +60,14 @@ pub(crate) struct Instance<'a> {
     pub supervision: &'a Supervision,
 }
 
-/// Runs `child` until it exits or the daemon stops it; `on_ready` runs once the worker counts as
-/// ready under the pool's supervision settings.
+/// Runs `child` until it exits or `halt` resolves (with the SIGKILL deadline of the stop that
+/// follows: stdin EOF once its queue is flushed, SIGTERM to its group, SIGKILL at the deadline);
+/// `on_ready` runs once the worker counts as ready under the pool's supervision settings.
 pub(crate) async fn run(
     instance: Instance<'_>,
     mut child: Child,
     on_ready: impl FnOnce(),
-    stop: &mut StopOrder,
+    halt: impl Future<Output = Instant>,
 ) -> Ended {
     let Instance {
         slot,
@@ -96,12 +98,13 @@ pub(crate) async fn run(
     let mut ending = Ending::Exited;
     let ready = readiness::wait_ready(slot, generation, supervision);
     tokio::pin!(ready);
+    tokio::pin!(halt);
     let mut on_ready = Some(on_ready);
     let status = loop {
         tokio::select! {
             status = codex_bus_process::reap(&mut child) => break status.ok(),
             () = pipes.stdout_closed() => break stdout_closed(slot, &mut child).await,
-            deadline = super::stop_requested(stop) => {
+            deadline = &mut halt => {
                 ending = Ending::Stopped;
                 break stop_worker(slot, &mut child, deadline).await;
             }

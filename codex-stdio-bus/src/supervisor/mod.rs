@@ -9,7 +9,9 @@
 //! Imports: the core, the pools (router), the worker pipes (io) and the metrics and error leaves.
 
 pub(crate) mod deadlines;
+mod fleet;
 pub(crate) mod instance;
+mod orders;
 pub(crate) mod orphans;
 mod readiness;
 mod spawn;
@@ -18,9 +20,10 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codex_bus_config::{Limits, RestartPolicy, Supervision};
+use codex_bus_config::{Limits, PoolConfig, RestartPolicy, Supervision};
 use codex_bus_process::{Backoff, RestartLimit};
 use codex_bus_protocol::ErrorKind;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::sink::WorkerSink;
@@ -28,8 +31,17 @@ use crate::core::slot::{Pending, Slot, SlotState};
 use crate::core::worker_events::EventKind;
 use crate::error::{Error, Kind};
 use crate::metrics::{RestartReason, SlotMetrics};
-use crate::router::pool::Pool;
+use crate::router::pool::{Pool, Pools};
+pub(crate) use fleet::Fleet;
 use instance::{Ended, Ending, Instance, StopOrder};
+pub(crate) use orders::{Order, Replaced};
+
+/// A worker stopped by an order gets at least this long between SIGTERM and SIGKILL, as the
+/// daemon's own stop gives its workers.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The `data.detail` of the requests a rolled worker leaves unanswered.
+const REPLACED_DETAIL: &str = "worker replaced by a rolling restart";
 
 /// What every supervisor of the daemon shares.
 #[derive(Clone)]
@@ -42,35 +54,55 @@ pub(crate) struct Context {
     pub escalation: CancellationToken,
 }
 
-/// Supervises slot `slot_index` of `pool` until the daemon orders the workers to stop.
-pub(crate) async fn supervise(
-    context: Context,
+/// The slot one supervisor keeps a worker in.
+struct Post {
+    /// The pool the slot belongs to, as it was when the supervisor started (its id and metrics,
+    /// which every version of the pool shares).
     pool: Arc<Pool>,
-    slot_index: usize,
-    mut stop: StopOrder,
-) {
+    /// The slot.
+    slot: Arc<Slot>,
+    /// The config its workers are spawned with, until an [`Order::Replace`] brings another.
+    config: Arc<PoolConfig>,
+    /// The orders of a reload (see [`Fleet`]).
+    orders: mpsc::UnboundedReceiver<Order>,
+}
+
+/// Supervises `post`'s slot until the daemon orders the workers to stop (`stop`), the slot is
+/// retired, or its pool's policy leaves it empty or failed for good. `pools` is the pool table
+/// in force, for the escalation check.
+async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: StopOrder) {
     let Context {
         sink,
         limits,
         escalation,
     } = context;
+    let Post {
+        pool,
+        slot,
+        mut config,
+        mut orders,
+    } = post;
     let fail = |pending: Vec<Pending>, kind| sink.fail(pending, kind, None);
-    let slot: Arc<Slot> = pool.slots[slot_index].clone();
-    let config = pool.config.clone();
-    let settings = &config.supervision;
     let metrics = SlotMetrics::new(&pool.id, slot.index);
     let startup = pool.metrics.startup_duration.clone();
-    let mut backoff = backoff_of(settings);
-    let mut limit = RestartLimit::new(
-        limits.max_restarts,
-        Duration::from_secs(limits.restart_window_sec),
-    );
+    let mut backoff = backoff_of(&config.supervision);
+    let fresh_limit = || {
+        RestartLimit::new(
+            limits.max_restarts,
+            Duration::from_secs(limits.restart_window_sec),
+        )
+    };
+    let mut limit = fresh_limit();
     // The event a spawn records: the slot's first worker starts, the others restart.
     let mut spawned = EventKind::Start;
+    // The answer owed to a Replace order, once its replacement is ready (or is not).
+    let mut replacing: Option<oneshot::Sender<Replaced>> = None;
     loop {
         slot.transition(SlotState::Starting);
         let generation = slot.generation();
         let started = Instant::now();
+        let mut ordered: Option<Order> = None;
+        let mut spawn_error = None;
         let ended = match spawn::spawn_worker(&config, slot.index) {
             Ok(child) => {
                 slot.set_pid(child.id());
@@ -81,18 +113,23 @@ pub(crate) async fn supervise(
                     slot.transition(SlotState::Ready);
                     startup.record(started.elapsed());
                     tracing::info!(?slot, "worker ready");
+                    if let Some(done) = replacing.take() {
+                        let _ = done.send(Replaced::Ready);
+                    }
                 };
                 let instance = Instance {
                     slot: &slot,
                     generation,
                     sink: &sink,
                     max_line: limits.max_worker_line,
-                    supervision: settings,
+                    supervision: &config.supervision,
                 };
-                instance::run(instance, child, on_ready, &mut stop).await
+                let halt = halt(&slot, &mut stop, &mut orders, &mut ordered);
+                instance::run(instance, child, on_ready, halt).await
             }
             Err(error) => {
                 let context = format!("{slot:?}: worker '{}' failed to start", config.command);
+                spawn_error = Some(format!("spawn failed: {error}"));
                 let _ = Error::because(Kind::Spawn, context, error).log();
                 Ended {
                     status: None,
@@ -102,10 +139,51 @@ pub(crate) async fn supervise(
         };
         slot.set_pid(None);
         let uptime = started.elapsed();
-        if ended.ending == Ending::Stopped || stop.borrow().is_some() {
+        if stop.borrow().is_some() {
+            // The daemon's stop wins over any order: an order taken meanwhile goes unanswered.
             fail(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown);
             tracing::info!(?slot, status = %describe(ended.status), "worker stopped");
             return;
+        }
+        match ordered {
+            Some(Order::Retire { done, .. }) => {
+                slot.record(EventKind::Retired, &describe(ended.status));
+                fail(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown);
+                tracing::info!(?slot, status = %describe(ended.status), "worker stopped; slot retired");
+                let _ = done.send(());
+                return;
+            }
+            Some(Order::Replace {
+                config: next, done, ..
+            }) => {
+                // Its sessions' state in the process is gone, whoever ended it.
+                sink.worker_exited(&slot);
+                let old = slot.transition(SlotState::Backoff);
+                if ended.ending == Ending::Stopped {
+                    slot.record(EventKind::Replaced, &describe(ended.status));
+                    sink.fail(old, ErrorKind::WorkerExited, Some(REPLACED_DETAIL));
+                    tracing::info!(?slot, status = %describe(ended.status), "worker stopped for a rolling restart");
+                } else {
+                    let kind = match ended.ending {
+                        Ending::NotReady => EventKind::NotReady,
+                        _ => EventKind::Exit,
+                    };
+                    slot.record_exit(kind, describe(ended.status));
+                    fail(old, ErrorKind::WorkerExited);
+                    tracing::warn!(?slot, status = %describe(ended.status), "worker exited during a rolling restart");
+                }
+                supersede(&mut replacing, done);
+                // The replacement starts afresh, as a new slot's worker would.
+                config = next;
+                backoff = backoff_of(&config.supervision);
+                limit = fresh_limit();
+                continue;
+            }
+            None => {}
+        }
+        if let Some(done) = replacing.take() {
+            let reason = spawn_error.unwrap_or_else(|| describe_ending(&ended));
+            let _ = done.send(Replaced::Failed(reason));
         }
         if slot.draining() {
             // Nothing new will be routed here; a replacement would only be stopped again.
@@ -121,10 +199,11 @@ pub(crate) async fn supervise(
             ),
             _ => slot.record_exit(EventKind::Exit, describe(ended.status)),
         }
+        let settings = &config.supervision;
         if !restarts(settings.restart_policy, ended.status) {
             fail(slot.transition(SlotState::Exited), ErrorKind::WorkerExited);
             tracing::warn!(?slot, status = %describe(ended.status), policy = ?settings.restart_policy, "worker exited; not restarted by the pool's restart policy");
-            escalate_if_down(&pool, &escalation);
+            escalate_if_down(&pools, &slot, &escalation);
             return;
         }
         fail(slot.transition(SlotState::Backoff), ErrorKind::WorkerExited);
@@ -133,14 +212,15 @@ pub(crate) async fn supervise(
             backoff.reset();
         }
         let reason = restart_reason(&ended);
-        if !limit.allow(Instant::now()) {
+        let failed = !limit.allow(Instant::now());
+        let rested = if failed {
             metrics.limit_trips.increment(1);
             fail(slot.transition(SlotState::Failed), ErrorKind::WorkerFailed);
             let exceeded = format!(
                 "restart limit exceeded ({} restarts in {} s); slot failed",
                 limits.max_restarts, limits.restart_window_sec
             );
-            if escalate_if_down(&pool, &escalation) || settings.escalate {
+            if escalate_if_down(&pools, &slot, &escalation) || settings.escalate {
                 slot.record(EventKind::Failed, &exceeded);
                 // The outer supervisor (systemd, Kubernetes) recovers an escalating pool.
                 tracing::error!(
@@ -162,12 +242,10 @@ pub(crate) async fn supervise(
                 retry_in_ms = retry_in.as_millis() as u64,
                 "restart limit exceeded; slot failed until the window allows a restart"
             );
-            // A failed slot holds no request (it refuses them), so a drain has nothing to wait for.
-            if !rest_until(&slot, &*sink, retry, &mut stop).await || slot.draining() {
-                return;
-            }
+            let rested = rest_until(&slot, &*sink, retry, &mut stop, &mut orders).await;
             limit.allow(Instant::now());
             backoff.reset();
+            rested
         } else {
             let delay = backoff.next_delay();
             tracing::info!(
@@ -177,8 +255,30 @@ pub(crate) async fn supervise(
             );
             // Requests queued during the backoff were accepted: even during a drain, the next
             // worker starts (as `Draining`) to answer them.
-            if !rest_until(&slot, &*sink, Instant::now() + delay, &mut stop).await {
+            rest_until(
+                &slot,
+                &*sink,
+                Instant::now() + delay,
+                &mut stop,
+                &mut orders,
+            )
+            .await
+        };
+        match rested {
+            // A failed slot holds no request (it refuses them), so a drain has nothing to wait for.
+            Rested::Elapsed if failed && slot.draining() => return,
+            Rested::Elapsed => {}
+            Rested::Stopped => return,
+            Rested::Retired(done) => {
+                let _ = done.send(());
                 return;
+            }
+            Rested::Replace { config: next, done } => {
+                // No worker runs to finish anything: the replacement starts at once, afresh.
+                supersede(&mut replacing, done);
+                config = next;
+                backoff = backoff_of(&config.supervision);
+                limit = fresh_limit();
             }
         }
         metrics.restarted(reason);
@@ -186,27 +286,115 @@ pub(crate) async fn supervise(
     }
 }
 
-/// Waits until `until`; false if the daemon's stop order came first, in which case the requests
-/// queued in `slot` are refused through `sink` with `shutting_down` (no worker will come to
-/// answer them).
+/// Resolves with the SIGKILL deadline once the running worker of `slot` must stop: at the
+/// daemon's stop order, or once an order (moved into `taken`) has held or retired the slot and
+/// the worker has answered its requests, or the order's `within` has passed. The daemon's stop
+/// wins even then.
+async fn halt(
+    slot: &Slot,
+    stop: &mut StopOrder,
+    orders: &mut mpsc::UnboundedReceiver<Order>,
+    taken: &mut Option<Order>,
+) -> Instant {
+    let ordered = async {
+        let Some(order) = orders.recv().await else {
+            // The fleet is gone: only the daemon's stop ends this worker now.
+            return std::future::pending().await;
+        };
+        let within = order.within();
+        match &order {
+            Order::Replace { .. } => slot.hold(),
+            Order::Retire { .. } => slot.retire(),
+        }
+        // Kept before the wait: a worker that exits meanwhile still leaves the order to carry out.
+        *taken = Some(order);
+        let _ = tokio::time::timeout(within, slot.wait_old_idle()).await;
+        Instant::now() + STOP_GRACE
+    };
+    tokio::select! {
+        biased;
+        deadline = stop_requested(stop) => deadline,
+        deadline = ordered => deadline,
+    }
+}
+
+/// Keeps `done` as the answer owed for the latest Replace; one still owed for an earlier
+/// Replace is answered `Failed`: its replacement is itself being replaced before it was ready.
+fn supersede(owed: &mut Option<oneshot::Sender<Replaced>>, done: oneshot::Sender<Replaced>) {
+    if let Some(earlier) = owed.replace(done) {
+        let reason = "replaced again before it was ready".to_owned();
+        let _ = earlier.send(Replaced::Failed(reason));
+    }
+}
+
+/// How a rest between workers ended.
+enum Rested {
+    /// Its time passed: the next worker starts.
+    Elapsed,
+    /// The daemon's stop order came first; the slot is stopped.
+    Stopped,
+    /// A Retire order came; the slot is stopped, the order is to be answered on this.
+    Retired(oneshot::Sender<()>),
+    /// A Replace order came: the next worker starts at once with `config`.
+    Replace {
+        /// The pool's new config.
+        config: Arc<PoolConfig>,
+        /// Answered once the replacement is ready (or is not).
+        done: oneshot::Sender<Replaced>,
+    },
+}
+
+/// Waits until `until`, the daemon's stop order, or an order. On the stop order, or a Retire,
+/// the requests queued in `slot` are refused through `sink` with `shutting_down` (no worker will
+/// come to answer them) and the slot is stopped.
 async fn rest_until(
     slot: &Slot,
     sink: &dyn WorkerSink,
     until: Instant,
     stop: &mut StopOrder,
-) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep_until(until.into()) => true,
-        _ = stop_requested(stop) => {
-            sink.fail(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown, None);
-            false
+    orders: &mut mpsc::UnboundedReceiver<Order>,
+) -> Rested {
+    let order = async {
+        match orders.recv().await {
+            Some(order) => order,
+            // The fleet is gone: only the daemon's stop or the time ends the rest now.
+            None => std::future::pending().await,
         }
+    };
+    let stopped = |slot: &Slot| {
+        sink.fail(
+            slot.transition(SlotState::Stopped),
+            ErrorKind::ShuttingDown,
+            None,
+        );
+    };
+    tokio::select! {
+        biased;
+        _ = stop_requested(stop) => {
+            stopped(slot);
+            Rested::Stopped
+        }
+        order = order => match order {
+            Order::Retire { done, .. } => {
+                slot.retire();
+                stopped(slot);
+                slot.record(EventKind::Retired, "no worker was running");
+                tracing::info!(?slot, "slot retired");
+                Rested::Retired(done)
+            }
+            Order::Replace { config, done, .. } => Rested::Replace { config, done },
+        },
+        () = tokio::time::sleep_until(until.into()) => Rested::Elapsed,
     }
 }
 
-/// Escalates if every slot of `pool` is down and the pool is configured to: cancels `escalation`,
-/// which makes the daemon drain and exit non-zero. True if the pool escalates.
-fn escalate_if_down(pool: &Pool, escalation: &CancellationToken) -> bool {
+/// Escalates if every active slot of `slot`'s pool (its version in force in `pools`) is down
+/// and the pool is configured to: cancels `escalation`, which makes the daemon drain and exit
+/// non-zero. True if the pool escalates.
+fn escalate_if_down(pools: &Pools, slot: &Slot, escalation: &CancellationToken) -> bool {
+    let Some(pool) = pools.get(slot.address.pool) else {
+        return false;
+    };
     if !pool.config.supervision.escalate || !pool.all_down() {
         return false;
     }
@@ -265,4 +453,12 @@ fn restart_reason(ended: &Ended) -> RestartReason {
 /// An exit status for logs.
 fn describe(status: Option<ExitStatus>) -> String {
     status.map_or_else(|| "unknown".to_owned(), |s| s.to_string())
+}
+
+/// How a worker ended, as the reason its replacement failed.
+fn describe_ending(ended: &Ended) -> String {
+    match ended.ending {
+        Ending::NotReady => format!("{} (not ready in time)", describe(ended.status)),
+        _ => format!("exited: {}", describe(ended.status)),
+    }
 }

@@ -14,7 +14,8 @@ use crate::router::pool::Pools;
 /// How often children that are not workers are looked for.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Kills adopted orphans every [`TICK`] until the daemon orders the workers to stop.
+/// Kills adopted orphans every [`TICK`] until the daemon orders the workers to stop; a worker is
+/// a process running in some slot of the pool table in force in `pools` (retired slots too).
 ///
 /// The supervisors spawn workers on the same thread as this task and record each pid before
 /// they next yield, so a worker is never taken for an orphan.
@@ -26,9 +27,9 @@ pub(crate) async fn clear(pools: Arc<Pools>, mut stop: StopOrder) {
             _ = ticks.tick() => {}
             _ = super::stop_requested(&mut stop) => return,
         }
+        let table = pools.load();
         let worker = |pid: u32| {
-            pools
-                .load()
+            table
                 .iter()
                 .flat_map(|p| &p.slots)
                 .any(|s| s.pid() == Some(pid))
