@@ -11,7 +11,7 @@
 //! differs: [`reload_cli`] / [`restart_cli`] (exit status 0 for applied or unchanged, 1 otherwise;
 //! stdout and stderr searched together), [`post`] (HTTP status and the JSON body
 //! `{"result","reason","changes"}`), [`reloads`] (the counter `codex_bus_config_reloads_total`),
-//! [`slot_states`] (`/status`), and the reason texts [`SYNTAX_REASON`], [`INSTANCES_REASON`] and
+//! [`slot_states`] and [`REPLACING`] (`/status`), and the reason texts [`SYNTAX_REASON`], [`INSTANCES_REASON`] and
 //! [`RESTART_REASON`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -290,8 +290,17 @@ fn slot_states(addr: &str) -> Vec<(String, u64, String, Option<u64>)> {
     slots
 }
 
-/// Polls `/status` until slot `slot` of `pool` shows `state`.
-fn wait_state(addr: &str, pool: &str, slot: u64, state: &str) {
+/// The state of slot `slot` of `pool` on `/status` (`"replacing"` while a roll holds its work).
+const REPLACING: &str = "replacing";
+
+/// Polls `/status` until slot `slot` of `pool` shows `state`; panics with what `gave_up` says
+/// when it says something (the command that should cause the state ended), or after [`WAIT`].
+fn wait_state(
+    addr: &str,
+    (pool, slot): (&str, u64),
+    state: &str,
+    gave_up: &mut dyn FnMut() -> Option<String>,
+) {
     let start = Instant::now();
     loop {
         let slots = slot_states(addr);
@@ -300,6 +309,9 @@ fn wait_state(addr: &str, pool: &str, slot: u64, state: &str) {
             .any(|(p, s, st, _)| p == pool && *s == slot && st == state)
         {
             return;
+        }
+        if let Some(why) = gave_up() {
+            panic!("{pool}/{slot} never {state} ({slots:?}): {why}");
         }
         assert!(
             start.elapsed() < WAIT,
@@ -428,17 +440,20 @@ fn load(
                     .remove(&id)
                     .unwrap_or_else(|| panic!("a reply to no pending request: {reply}"));
                 let answer = match worker_of(&reply) {
-                    Some(worker) => Answer::Served(worker),
+                    Some(worker) => {
+                        // The worker's result carries the session (a bus error need not).
+                        assert_eq!(
+                            reply["sessionId"],
+                            json!(session),
+                            "the reply carries its request's session: {reply}"
+                        );
+                        Answer::Served(worker)
+                    }
                     None => Answer::Refused {
                         reason: reason(&reply).unwrap_or("(no reason)").to_owned(),
                         retryable: reply["error"]["data"]["retryable"] == json!(true),
                     },
                 };
-                assert_eq!(
-                    reply["sessionId"],
-                    json!(session),
-                    "the reply carries its request's session: {reply}"
-                );
                 records.push(Record {
                     session,
                     sent,
@@ -814,8 +829,9 @@ fn a_rotated_token_applies_to_new_connections_only() {
 /// `codex-stdio-bus restart --pool codex` rolls that pool slot by slot (each slot's pid changes; a
 /// replacement appears while the other slot's old worker still runs; the other pool is left
 /// alone) with every request of a client running meanwhile answered; `POST /reload` and `POST
-/// /restart` need the bearer (401 without it, 404 for an unknown pool), and without
-/// `metrics.bearer_sha256` they are forbidden (403).
+/// /restart` need the bearer (401 without it, 404 for an unknown pool, 200 and the JSON outcome
+/// with it), and without `metrics.bearer_sha256` they are forbidden (403) while SIGHUP still
+/// reloads.
 #[test]
 fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
     // Without ready_probe, each replacement is ready ready_grace_ms after its spawn: long enough
@@ -906,19 +922,34 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
         records.len()
     );
 
-    // Without a configured bearer the admin posts are forbidden (SIGHUP still reloads).
+    // `POST /restart` with the bearer: 200 and the outcome in JSON, once the roll is done.
+    let (code, body, raw) = post(&daemon.admin, "/restart?pool=other", Some(ADMIN_TOKEN));
+    assert_eq!(code, 200, "{raw}");
+    assert_eq!(body["result"], json!("applied"), "{raw}");
+    assert!(body["changes"].is_array(), "{raw}");
+    let other_now = workers_by_slot(&mut conn, "other", 1, "other-restarted");
+    assert_ne!(other_now[&0].pid as u32, keep, "other rolled: {raw}");
+
+    // Without a configured bearer the admin posts are forbidden; SIGHUP still reloads.
     let mut open = config(vec![pool("codex", "v1", 1)]);
     open["metrics"] = json!({"listen": "127.0.0.1:0"});
-    let open = Bus::start(&BusConfig(open), Mode::Tcp);
-    let admin = open.metrics_addr();
+    let mut open = Daemon::start(open, 1);
     for path in ["/reload", "/restart?pool=codex"] {
-        let (code, _, raw) = post(&admin, path, None);
+        let (code, _, raw) = post(&open.admin, path, Some(ADMIN_TOKEN));
         assert_eq!(code, 403, "{path} without metrics.bearer_sha256: {raw}");
         assert!(
             raw.contains("bearer_sha256"),
             "the answer says what to set: {raw}"
         );
     }
+    let mut open_conn = open.connect();
+    assert_eq!(ping(&mut open_conn, "o1", "s", None).tag, "v1");
+    let mut v2 = config(vec![pool("codex", "v2", 1)]);
+    v2["metrics"] = json!({"listen": "127.0.0.1:0"});
+    open.write(&v2);
+    sighup_reload(&open);
+    assert_eq!(reloads(&open.admin, Some("applied")), 1.0);
+    assert_eq!(ping(&mut open_conn, "o2", "s", None).tag, "v2");
 }
 
 /// A rolling restart waits for a long request: a `mock/delay` of 1.5 s in flight when the roll
@@ -947,7 +978,16 @@ fn a_roll_lets_the_old_worker_finish_its_long_request() {
         let run = reload_cli(&admin);
         (run, Instant::now())
     });
-    wait_state(&daemon.admin, "codex", 0, "replacing");
+    let mut reload = Some(reload);
+    wait_state(&daemon.admin, ("codex", 0), REPLACING, &mut || {
+        if reload.as_ref().is_some_and(|r| r.is_finished()) {
+            let (run, _) = reload.take().unwrap().join().unwrap();
+            Some(format!("the reload ended first: {run:?}"))
+        } else {
+            None
+        }
+    });
+    let reload = reload.unwrap();
 
     // During the handover: held for the next worker.
     let mut other = daemon.connect();
