@@ -321,6 +321,15 @@ fn wait_state(
     }
 }
 
+/// Waits until none of `pids` is alive (a stopped worker may take a moment to be reaped).
+fn wait_dead(pids: &[u32]) {
+    let start = Instant::now();
+    while pids.iter().any(|p| codex_bus_tests::alive(*p)) {
+        assert!(start.elapsed() < WAIT, "workers {pids:?} still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Replies
 
@@ -872,24 +881,29 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
         let watching = watching.clone();
         let old_pids = old_pids.clone();
         std::thread::spawn(move || {
-            // At the first sample showing a replacement, is an old worker still alive?
-            let mut first_new: Option<Vec<u32>> = None;
-            while watching.load(Ordering::SeqCst) && first_new.is_none() {
+            // At the first sample showing a replacement: the workers then, and the old ones
+            // still alive (not zombies).
+            while watching.load(Ordering::SeqCst) {
                 let pids = codex_bus_tests::children_of(daemon_pid);
                 if pids.iter().any(|p| !old_pids.contains(p) && *p != keep) {
-                    first_new = Some(pids);
+                    let running: Vec<u32> = old_pids
+                        .iter()
+                        .copied()
+                        .filter(|p| codex_bus_tests::alive(*p))
+                        .collect();
+                    return Some((pids, running));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            first_new
+            None
         })
     };
     let run = restart_cli(&daemon.admin, "codex");
     watching.store(false, Ordering::SeqCst);
     assert!(run.succeeded(), "{run:?}");
-    let first_new = watcher.join().unwrap().expect("a replacement was seen");
+    let (first_new, running) = watcher.join().unwrap().expect("a replacement was seen");
     assert!(
-        old_pids.iter().any(|p| first_new.contains(p)),
+        !running.is_empty(),
         "slot by slot: an old worker still ran when the first replacement appeared \
          (old {old_pids:?}, then {first_new:?})"
     );
@@ -907,10 +921,7 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
         assert_ne!(worker.pid, old[slot].pid, "slot {slot} got a new worker");
         assert_eq!(worker.tag, "v1", "same config: {worker:?}");
     }
-    assert!(
-        old_pids.iter().all(|p| !codex_bus_tests::alive(*p)),
-        "old workers stopped"
-    );
+    wait_dead(&old_pids);
     let other_now = workers_by_slot(&mut conn, "other", 1, "other-after");
     assert_eq!(
         other_now[&0].pid as u32, keep,
@@ -1017,10 +1028,7 @@ fn a_roll_lets_the_old_worker_finish_its_long_request() {
         "the reload answered only once the roll was done, after the long request ({:?})",
         run.took
     );
-    assert!(
-        !codex_bus_tests::alive(old.pid as u32),
-        "the old worker stopped"
-    );
+    wait_dead(&[old.pid as u32]);
     eprintln!(
         "roll waiting for a 1.5 s request: reload took {:?}",
         run.took
