@@ -15,6 +15,10 @@ pub struct Cli {
     /// ends the worker.
     #[arg(long)]
     pub stubborn: bool,
+    /// Adds `"tag":"TEXT"` to every reply that names the worker (beside `pool`, `slot`, `pid`):
+    /// which version of a pool's worker answered, e.g. across a rolling restart.
+    #[arg(long, value_name = "TEXT")]
+    pub tag: Option<String>,
     /// How the mock worker's turns unfold.
     #[command(flatten)]
     pub scenario: Knobs,
@@ -66,6 +70,14 @@ mod tests {
                 .stubborn
         );
         assert!(Cli::try_parse_from(["codex-mock", "app-server", "--stubborn"]).is_err());
+    }
+
+    #[test]
+    fn tag_is_unset_by_default_and_not_a_fake_child_option() {
+        assert_eq!(Cli::try_parse_from(["codex-mock"]).unwrap().tag, None);
+        let cli = Cli::try_parse_from(["codex-mock", "--tag", "v2", "--deltas", "1"]).unwrap();
+        assert_eq!(cli.tag.as_deref(), Some("v2"));
+        assert!(Cli::try_parse_from(["codex-mock", "app-server", "--tag", "v2"]).is_err());
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! The worker's identity (pool, slot, pid), rendered once because every mock reply carries it.
+//! The worker's identity (pool, slot, pid, and the optional `--tag`), rendered once because every
+//! mock reply carries it.
 
 use codex_bus_worker_io::placement::Placement;
 
-/// Pre-rendered `"pool":…,"slot":…,"pid":…` JSON members for splicing into result objects.
+/// Pre-rendered `"pool":…,"slot":…,"pid":…[,"tag":…]` JSON members for splicing into result
+/// objects.
 #[derive(Debug, Clone)]
 pub struct Identity {
     members: Vec<u8>,
 }
 
 impl Identity {
-    /// The identity of this process at `placement`.
-    pub fn of(placement: &Placement) -> Self {
-        Self::new(&placement.pool, placement.slot, std::process::id())
+    /// The identity of this process at `placement`, tagged `tag` when given (`--tag`).
+    pub fn of(placement: &Placement, tag: Option<&str>) -> Self {
+        Self::new(&placement.pool, placement.slot, std::process::id()).tagged(tag)
     }
 
     /// Renders the members for an explicit pool, slot and pid.
@@ -20,6 +22,17 @@ impl Identity {
         let slot = slot.map_or_else(|| "null".to_owned(), |slot| slot.to_string());
         let members = format!(r#""pool":{pool},"slot":{slot},"pid":{pid}"#).into_bytes();
         Self { members }
+    }
+
+    /// Adds a `"tag"` member after the others (nothing when `tag` is `None`): which version of a
+    /// pool's worker answered, for a test that rolls a pool from one tag to another.
+    pub fn tagged(mut self, tag: Option<&str>) -> Self {
+        if let Some(tag) = tag {
+            let tag = serde_json::Value::from(tag).to_string();
+            self.members.extend_from_slice(b",\"tag\":");
+            self.members.extend_from_slice(tag.as_bytes());
+        }
+        self
     }
 
     /// The members without surrounding braces.
@@ -42,5 +55,42 @@ mod tests {
     fn missing_slot_is_null() {
         let identity = Identity::new("", None, 1);
         assert_eq!(identity.members(), br#""pool":"","slot":null,"pid":1"#);
+    }
+
+    #[test]
+    fn no_tag_adds_nothing() {
+        let identity = Identity::new("p", Some(0), 7).tagged(None);
+        assert_eq!(identity.members(), br#""pool":"p","slot":0,"pid":7"#);
+    }
+
+    #[test]
+    fn a_tag_follows_the_pid_escaped() {
+        let identity = Identity::new("p", Some(0), 7).tagged(Some("v\"2\\"));
+        assert_eq!(
+            identity.members(),
+            br#""pool":"p","slot":0,"pid":7,"tag":"v\"2\\""#
+        );
+        let members = format!("{{{}}}", String::from_utf8_lossy(identity.members()));
+        let value: serde_json::Value = serde_json::from_str(&members).unwrap();
+        assert_eq!(value["tag"], "v\"2\\");
+    }
+
+    #[test]
+    fn of_takes_this_process_pid_and_the_tag() {
+        let placement = Placement {
+            pool: "codex".into(),
+            slot: Some(2),
+        };
+        let members = format!(
+            "{{{}}}",
+            String::from_utf8_lossy(Identity::of(&placement, Some("v1")).members())
+        );
+        let value: serde_json::Value = serde_json::from_str(&members).unwrap();
+        assert_eq!(value["pid"], std::process::id());
+        assert_eq!(
+            (value["pool"].as_str(), value["slot"].as_i64()),
+            (Some("codex"), Some(2))
+        );
+        assert_eq!(value["tag"], "v1");
     }
 }

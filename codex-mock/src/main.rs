@@ -33,7 +33,8 @@ fn main() -> ExitCode {
     let status = match cli.tool {
         Some(Tool::AppServer(knobs)) => mock_app_server::run(knobs),
         None => {
-            let mut mock = mock::Mock::new(Identity::of(&Placement::from_env()), cli.scenario);
+            let identity = Identity::of(&Placement::from_env(), cli.tag.as_deref());
+            let mut mock = mock::Mock::new(identity, cli.scenario);
             if cli.stubborn {
                 mock.become_stubborn();
             }

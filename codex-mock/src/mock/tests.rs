@@ -75,6 +75,34 @@ fn echo_returns_params_verbatim() {
 }
 
 #[test]
+fn a_tag_is_in_default_echo_and_delayed_results() {
+    let knobs = Wrapper::try_parse_from(["x"]).unwrap().knobs;
+    let mut mock = Mock::new(Identity::new("p", Some(1), 9).tagged(Some("v2")), knobs);
+    let tagged = |line: &str| -> Value {
+        let reply: Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(reply["result"]["tag"], json!("v2"), "{line}");
+        assert_eq!(reply["result"]["pid"], json!(9), "{line}");
+        reply
+    };
+    tagged(&output(&mut mock, r#"{"id":1,"method":"ping"}"#));
+    let echo = tagged(&output(
+        &mut mock,
+        r#"{"id":2,"method":"mock/echo","params":{"a":1}}"#,
+    ));
+    assert_eq!(echo["result"]["params"], json!({"a": 1}));
+    let held = output(
+        &mut mock,
+        r#"{"id":3,"method":"mock/delay","params":{"ms":0}}"#,
+    );
+    assert_eq!(held, "");
+    let mut out = Vec::new();
+    let flow = mock.release_due(mock.next_deadline().unwrap(), &mut out);
+    assert!(flow.is_continue());
+    let delayed = tagged(&String::from_utf8(out).unwrap());
+    assert_eq!(delayed["id"], json!(3));
+}
+
+#[test]
 fn delay_holds_the_reply_until_due() {
     let mut mock = mock();
     assert_eq!(

@@ -64,6 +64,20 @@ fn pool_and_slot_come_from_the_environment() {
 }
 
 #[test]
+fn tag_option_adds_the_tag_beside_the_identity() {
+    let mut worker = support::spawn_with(
+        &["--tag", "v2"],
+        &[("CODEX_BUS_POOL", "alpha"), ("CODEX_BUS_SLOT", "0")],
+    );
+    worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"who\"}\n");
+    let reply = worker.json();
+    assert_eq!(
+        reply["result"],
+        json!({"pool": "alpha", "slot": 0, "pid": worker.pid(), "tag": "v2", "method": "who"})
+    );
+}
+
+#[test]
 fn missing_environment_gives_empty_pool_and_null_slot() {
     let mut worker = support::spawn_with_env(&[]);
     worker.send("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"who\"}\n");
