@@ -29,6 +29,7 @@ pub mod error;
 pub mod io;
 pub mod logging;
 mod metrics;
+mod reload;
 pub mod router;
 pub mod signals;
 mod supervisor;
