@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::audit::Audit;
-use crate::auth::{AdminBearer, Authenticator};
+use crate::auth::{AdminBearer, AdminCredentials, Authenticator, Credentials};
 use crate::core::sink::WorkerSink;
 use crate::error::{Error, Kind};
 use crate::io::capacity::Capacity;
@@ -221,14 +221,16 @@ pub async fn run(
             .metrics
             .bearer_sha256
             .as_deref()
-            .and_then(AdminBearer::new);
+            .and_then(AdminBearer::new)
+            .map(Arc::new);
         tokio::spawn(recorder::upkeep(handle.clone()));
         tokio::spawn(admin::serve(
             listener,
             admin_tls.clone(),
             router.clone(),
             handle,
-            bearer,
+            Arc::new(AdminCredentials::new(bearer)),
+            None,
         ));
     }
 
@@ -271,7 +273,7 @@ pub async fn run(
     let listening = io::Listening {
         router: router.clone(),
         limits,
-        auth,
+        auth: Arc::new(Credentials::new(auth)),
         capacity: Arc::new(Capacity::new(
             limits.max_connections,
             router.slots().count(),
