@@ -69,6 +69,7 @@ pub struct Shutdown {
     now: Pin<Box<dyn Future<Output = ()> + Send>>,
     status: Arc<Notify>,
     reopen: Arc<Notify>,
+    reload: Arc<Notify>,
 }
 
 impl Shutdown {
@@ -82,6 +83,7 @@ impl Shutdown {
             now: Box::pin(now),
             status: Arc::new(Notify::new()),
             reopen: Arc::new(Notify::new()),
+            reload: Arc::new(Notify::new()),
         }
     }
 
@@ -96,6 +98,12 @@ impl Shutdown {
     /// audit trail, `audit.path`), after a log rotation moved them away.
     pub fn reopen_requests(&self) -> Arc<Notify> {
         self.reopen.clone()
+    }
+
+    /// Each `notify_one` on this asks the running daemon to reload its config file (as
+    /// `POST /reload` does); requests made while a reload runs are folded into one more after it.
+    pub fn reload_requests(&self) -> Arc<Notify> {
+        self.reload.clone()
     }
 }
 
@@ -305,6 +313,8 @@ pub async fn run(
         mut now,
         status,
         reopen,
+        // Not acted on yet: the reloader (issue 16) takes it.
+        reload: _,
     } = shutdown;
     tokio::spawn(async move {
         loop {

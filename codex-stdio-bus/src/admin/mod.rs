@@ -15,6 +15,7 @@
 //! Imports: the router (to read pools, slots and clients), the core, the metrics leaf and the
 //! reload interface it calls.
 
+mod control;
 mod event_list;
 mod fetch;
 mod rates;
@@ -22,7 +23,8 @@ mod scrape;
 pub mod status;
 mod ui;
 
-pub use fetch::{fetch, TOKEN_VARIABLE};
+pub use control::{report, Report};
+pub use fetch::{encode, fetch, submit, Answer, TOKEN_VARIABLE};
 
 use std::pin::Pin;
 use std::sync::Arc;
