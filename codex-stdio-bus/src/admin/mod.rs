@@ -172,10 +172,11 @@ impl Admin {
 
 impl Admin {
     /// `None` when a control request (`POST /reload`, `POST /restart`) may run: a token is
-    /// configured and presented. Without one configured, 403 saying how to enable them; with a
-    /// wrong or missing one, 401.
+    /// configured and presented as a bearer token ([`crate::auth::AdminBearer::admits_bearer`]: Basic, which
+    /// a browser would attach to a cross-site form's POST, is refused). Without one configured,
+    /// 403 saying how to enable them; with a wrong or missing one, 401.
     fn guard_control(&self, headers: &HeaderMap) -> Option<Response> {
-        if self.bearer.current().is_none() {
+        let Some(bearer) = self.bearer.current() else {
             return Some(
                 (
                     StatusCode::FORBIDDEN,
@@ -185,8 +186,21 @@ impl Admin {
                 )
                     .into_response(),
             );
-        }
-        self.refuse(headers)
+        };
+        let admitted = headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|value| bearer.admits_bearer(value.as_bytes()));
+        (!admitted).then(|| {
+            (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (header::CONTENT_TYPE, PLAIN_TEXT),
+                    (header::WWW_AUTHENTICATE, BEARER_CHALLENGE),
+                ],
+                "unauthorized: send Authorization: Bearer <token> (metrics.bearer_sha256)\n",
+            )
+                .into_response()
+        })
     }
 
     /// Runs a control request to its end in a task of its own, so that a client that hangs up
@@ -628,7 +642,11 @@ mod tests {
         #[tokio::test]
         async fn a_missing_or_wrong_token_is_unauthorized() {
             let (admin, fake) = admin(Some("s3cret"), ReloadResult::Applied);
-            for headers in [HeaderMap::new(), authorized("s3cre"), authorized("")] {
+            // base64("operator:s3cret"): the right token, but as a browser's Basic password.
+            let mut basic = HeaderMap::new();
+            let value = HeaderValue::from_static("Basic b3BlcmF0b3I6czNjcmV0");
+            basic.insert(header::AUTHORIZATION, value);
+            for headers in [HeaderMap::new(), authorized("s3cre"), authorized(""), basic] {
                 let response = reload_config(State(admin.clone()), headers).await;
                 assert_eq!(
                     response.headers().get(header::WWW_AUTHENTICATE).unwrap(),

@@ -243,6 +243,14 @@ impl AdminBearer {
             return basic_password(credential.trim_ascii())
                 .is_some_and(|token| self.0.matches(&token));
         }
+        self.admits_bearer(authorization)
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <token>` with the token; HTTP Basic is
+    /// not accepted. For requests that change something: a browser that has the token as a
+    /// Basic password attaches it to any request to the endpoint, a cross-site form's POST
+    /// included, while no other site can make it send a bearer header.
+    pub(crate) fn admits_bearer(&self, authorization: &[u8]) -> bool {
         bearer_token(authorization).is_some_and(|token| self.0.matches(token))
     }
 }
