@@ -311,4 +311,56 @@ mod tests {
         );
         assert!(reply.ends_with(b"}\n"));
     }
+    /// Credentials naming `tenant` for the token `t0k`.
+    fn credentials_of(tenant: &str) -> std::sync::Arc<crate::auth::Authenticator> {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(b"t0k")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let config = codex_bus_config::AuthConfig {
+            tokens: vec![codex_bus_config::TokenEntry {
+                tenant: tenant.to_owned(),
+                secret: codex_bus_config::TokenSecret::Sha256(hex),
+                subject: None,
+            }],
+            ..codex_bus_config::AuthConfig::default()
+        };
+        std::sync::Arc::new(crate::auth::Authenticator::load(&config).unwrap())
+    }
+
+    /// A connection that began its handshake before a reload authenticates with the credentials
+    /// in force when its line arrives.
+    #[tokio::test]
+    async fn a_credential_is_checked_by_the_authenticator_in_force_when_it_arrives() {
+        let credentials = Credentials::new(Some(credentials_of("before")));
+        let (audit, refusals) = (Audit::off(), LogLimit::default());
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (mut reader, mut writer) = tokio::io::split(server);
+        let handshake = handshake(
+            &credentials,
+            &audit,
+            &refusals,
+            peer,
+            &mut reader,
+            &mut writer,
+        );
+        let client = async {
+            // The handshake has begun (it awaits the first line) when the reload lands.
+            tokio::task::yield_now().await;
+            credentials.replace(Some(credentials_of("after")));
+            let line =
+                br#"{"jsonrpc":"2.0","id":1,"method":"bus/authenticate","params":{"token":"t0k"}}"#;
+            tokio::io::AsyncWriteExt::write_all(&mut client, line)
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut client, b"\n")
+                .await
+                .unwrap();
+            client
+        };
+        let (done, _client) = tokio::join!(handshake, client);
+        assert_eq!(&*done.expect("authenticated").principal.tenant, "after");
+    }
 }
