@@ -3,7 +3,8 @@
 //! docs/operations.md ("Audit trail"); this module is the one place that writes them.
 //!
 //! A line is written with one `write(2)` on a file opened with `O_APPEND`, so lines never
-//! interleave, and a rotated file is let go on SIGHUP ([`Audit::reopen`]). Secrets never reach
+//! interleave, and a rotated file is let go on SIGHUP ([`Audit::reopen`]); a reload may point it
+//! at another file, or turn it on or off ([`Audit::retarget`]). Secrets never reach
 //! it: an event carries who (tenant, subject), what and where, never a credential. A line that
 //! cannot be written is counted (`codex_bus_audit_write_errors_total`) and warned about once a
 //! second; the daemon keeps serving.
@@ -15,7 +16,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -141,18 +143,23 @@ struct Line<'a> {
     event: &'a Event<'a>,
 }
 
-/// The audit trail: off, or a file that lines are appended to.
+/// The audit trail: off, or a file that lines are appended to. A reload may move it to another
+/// file, turn it on or off ([`Audit::retarget`]).
 #[derive(Debug, Default)]
 pub struct Audit {
-    sink: Option<Sink>,
+    /// Whether a file is open, read without taking the lock: callers skip building an event when
+    /// the trail is off, which is the common case.
+    on: AtomicBool,
+    /// The file lines go to, `None` while off.
+    sink: Mutex<Option<Sink>>,
+    /// When a failed write was last warned about, and how many failed since.
+    failures: Mutex<(Option<Instant>, u64)>,
 }
 
 #[derive(Debug)]
 struct Sink {
     path: PathBuf,
-    file: Mutex<File>,
-    /// When a failed write was last warned about, and how many failed since.
-    failures: Mutex<(Option<Instant>, u64)>,
+    file: File,
 }
 
 impl Audit {
@@ -167,18 +174,14 @@ impl Audit {
     ///
     /// The `open(2)` error, e.g. a missing directory or no permission.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(Audit {
-            sink: Some(Sink {
-                path: path.to_owned(),
-                file: Mutex::new(open(path)?),
-                failures: Mutex::new((None, 0)),
-            }),
-        })
+        let audit = Audit::off();
+        audit.retarget(Some(path))?;
+        Ok(audit)
     }
 
     /// Whether events are recorded: callers skip building an event when they are not.
     pub fn enabled(&self) -> bool {
-        self.sink.is_some()
+        self.on.load(Ordering::Relaxed)
     }
 
     /// Closes the file and opens the same path again (after a rotation moved it away). On failure
@@ -188,47 +191,73 @@ impl Audit {
     ///
     /// The `open(2)` error.
     pub fn reopen(&self) -> io::Result<()> {
-        let Some(sink) = &self.sink else {
+        let mut sink = self.sink();
+        let Some(sink) = sink.as_mut() else {
             return Ok(());
         };
-        let file = open(&sink.path)?;
-        *sink.file.lock().unwrap_or_else(|e| e.into_inner()) = file;
+        sink.file = open(&sink.path)?;
+        Ok(())
+    }
+
+    /// Appends from now on to the file at `path` (opened, or created with mode 0600), or stops
+    /// recording with `None`: what a reload that changed `audit.path` does. The next line goes to
+    /// the new file; none is lost or split between the two. On failure the trail stays as it was
+    /// (the old file, or off).
+    ///
+    /// # Errors
+    ///
+    /// The `open(2)` error of `path`.
+    pub fn retarget(&self, path: Option<&Path>) -> io::Result<()> {
+        let next = match path {
+            Some(path) => Some(Sink {
+                path: path.to_owned(),
+                file: open(path)?,
+            }),
+            None => None,
+        };
+        let mut sink = self.sink();
+        self.on.store(next.is_some(), Ordering::Relaxed);
+        *sink = next;
         Ok(())
     }
 
     /// Appends `event` as one line, stamped with the current time. Returns whether it was written.
     pub fn record(&self, event: &Event<'_>) -> bool {
-        let Some(sink) = &self.sink else {
+        if !self.enabled() {
             return false;
-        };
+        }
         let ts = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default();
         let mut line = match serde_json::to_vec(&Line { ts, event }) {
             Ok(line) => line,
-            Err(error) => return sink.failed(&io::Error::other(error)),
+            Err(error) => return self.failed(self.path().as_deref(), &io::Error::other(error)),
         };
         line.push(b'\n');
-        let written = sink
-            .file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&line);
-        match written {
+        let mut sink = self.sink();
+        // Turned off since the check above.
+        let Some(sink) = sink.as_mut() else {
+            return false;
+        };
+        match sink.file.write_all(&line) {
             Ok(()) => true,
-            Err(error) => sink.failed(&error),
+            Err(error) => self.failed(Some(&sink.path), &error),
         }
     }
 
     /// The file's path, if the trail is on.
-    pub fn path(&self) -> Option<&Path> {
-        self.sink.as_ref().map(|s| s.path.as_path())
+    pub fn path(&self) -> Option<PathBuf> {
+        self.sink().as_ref().map(|sink| sink.path.clone())
     }
-}
 
-impl Sink {
-    /// Counts a line not written and warns, at most once per [`WARN_PERIOD`]. Returns false.
-    fn failed(&self, error: &io::Error) -> bool {
+    /// The sink, locked; a panic while it was held left nothing half-done worth refusing.
+    fn sink(&self) -> MutexGuard<'_, Option<Sink>> {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a line not written to `path` and warns, at most once per [`WARN_PERIOD`]. Returns
+    /// false.
+    fn failed(&self, path: Option<&Path>, error: &io::Error) -> bool {
         metrics::counter!("codex_bus_audit_write_errors_total").increment(1);
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         failures.1 += 1;
@@ -237,7 +266,8 @@ impl Sink {
             .0
             .is_none_or(|last| now.saturating_duration_since(last) >= WARN_PERIOD)
         {
-            tracing::warn!(path = %self.path.display(), %error, failed = failures.1, "audit line not written");
+            let path = path.map(Path::display);
+            tracing::warn!(path = ?path, %error, failed = failures.1, "audit line not written");
             *failures = (Some(now), 0);
         }
         false
@@ -315,5 +345,33 @@ mod tests {
             subject: "x",
             suppressed: 0,
         }));
+    }
+    #[test]
+    fn a_reload_moves_the_trail_or_turns_it_on_and_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        let event = Event::SessionExpired {
+            tenant: "t",
+            session: "s".into(),
+        };
+        let audit = Audit::off();
+        assert!(!audit.record(&event));
+        audit.retarget(Some(&first)).unwrap();
+        assert!(audit.enabled() && audit.record(&event));
+        assert_eq!(audit.path().as_deref(), Some(first.as_path()));
+
+        let missing = dir.path().join("no/such/dir.jsonl");
+        assert!(audit.retarget(Some(&missing)).is_err());
+        assert_eq!(audit.path().as_deref(), Some(first.as_path()), "unchanged");
+
+        audit.retarget(Some(&second)).unwrap();
+        assert!(audit.record(&event));
+        assert_eq!((lines(&first).len(), lines(&second).len()), (1, 1));
+
+        audit.retarget(None).unwrap();
+        assert!(!audit.enabled() && !audit.record(&event));
+        assert_eq!(audit.path(), None);
+        audit.reopen().unwrap();
+        assert_eq!(lines(&second).len(), 1);
     }
 }

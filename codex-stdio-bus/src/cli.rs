@@ -29,6 +29,34 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         cacert: Option<PathBuf>,
     },
+    /// Ask a running daemon to re-read its config file and apply it (`POST /reload`): pools
+    /// added, removed, resized or rolled, credentials, TLS files and the audit path replaced.
+    /// Prints the result, and why or what changed. Exit status 0 when applied or unchanged, else 1.
+    /// Needs `metrics.bearer_sha256` on the daemon and the token in CODEX_BUS_METRICS_TOKEN.
+    Reload {
+        /// The daemon's metrics endpoint, as given to its `--metrics`.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: String,
+        /// Speak HTTPS (to an endpoint with `metrics.tls`), trusting the PEM certificates in
+        /// FILE (the endpoint's own certificate, or the CA that signed it).
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+    },
+    /// Ask a running daemon to replace a pool's workers one at a time (`POST /restart`), each
+    /// finishing its requests first (within the pool's `roll_timeout_sec`). Exit status 0 once
+    /// done, else 1. Needs `metrics.bearer_sha256` and CODEX_BUS_METRICS_TOKEN, like `reload`.
+    Restart {
+        /// The pool's id.
+        #[arg(long, value_name = "NAME")]
+        pool: String,
+        /// The daemon's metrics endpoint, as given to its `--metrics`.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: String,
+        /// Speak HTTPS (to an endpoint with `metrics.tls`), trusting the PEM certificates in
+        /// FILE (the endpoint's own certificate, or the CA that signed it).
+        #[arg(long, value_name = "FILE")]
+        cacert: Option<PathBuf>,
+    },
     /// Validate a config file and print the effective config (defaults filled in).
     Check {
         /// Config file (stdio Bus format); without it, the built-in default is checked.

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::audit::Audit;
-use crate::auth::AdminBearer;
+use crate::auth::{AdminBearer, AdminCredentials, Credentials};
 use crate::core::sink::WorkerSink;
 use crate::error::{Error, Kind};
 use crate::io::capacity::Capacity;
@@ -70,6 +70,7 @@ pub struct Shutdown {
     now: Pin<Box<dyn Future<Output = ()> + Send>>,
     status: Arc<Notify>,
     reopen: Arc<Notify>,
+    reload: Arc<Notify>,
 }
 
 impl Shutdown {
@@ -83,6 +84,7 @@ impl Shutdown {
             now: Box::pin(now),
             status: Arc::new(Notify::new()),
             reopen: Arc::new(Notify::new()),
+            reload: Arc::new(Notify::new()),
         }
     }
 
@@ -97,6 +99,12 @@ impl Shutdown {
     /// audit trail, `audit.path`), after a log rotation moved them away.
     pub fn reopen_requests(&self) -> Arc<Notify> {
         self.reopen.clone()
+    }
+
+    /// Each `notify_one` on this asks the running daemon to reload its config file (as
+    /// `POST /reload` does); requests made while a reload runs are folded into one more after it.
+    pub fn reload_requests(&self) -> Arc<Notify> {
+        self.reload.clone()
     }
 }
 
@@ -222,14 +230,16 @@ pub async fn run(
             .metrics
             .bearer_sha256
             .as_deref()
-            .and_then(AdminBearer::new);
+            .and_then(AdminBearer::new)
+            .map(Arc::new);
         tokio::spawn(recorder::upkeep(handle.clone()));
         tokio::spawn(admin::serve(
             listener,
             admin_tls.clone(),
             router.clone(),
             handle,
-            bearer,
+            Arc::new(AdminCredentials::new(bearer)),
+            None,
         ));
     }
 
@@ -271,7 +281,7 @@ pub async fn run(
     let listening = io::Listening {
         router: router.clone(),
         limits,
-        auth,
+        auth: Arc::new(Credentials::new(auth)),
         capacity: Arc::new(Capacity::new(limits.max_connections, router.slots().len())),
         writers: writers.clone(),
         drain: drain.clone(),
@@ -300,6 +310,8 @@ pub async fn run(
         mut now,
         status,
         reopen,
+        // Not acted on yet: the reloader (issue 16) takes it.
+        reload: _,
     } = shutdown;
     tokio::spawn(async move {
         loop {

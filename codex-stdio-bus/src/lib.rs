@@ -30,6 +30,7 @@ pub mod io;
 pub mod logging;
 mod metrics;
 mod preflight;
+mod reload;
 pub mod router;
 pub mod signals;
 mod supervisor;

@@ -20,6 +20,17 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { config }) => check(config.as_deref()),
         Some(Command::Status { metrics, cacert }) => status(&metrics, cacert.as_deref()),
+        Some(Command::Reload { metrics, cacert }) => {
+            control("reload", &metrics, "/reload", cacert.as_deref())
+        }
+        Some(Command::Restart {
+            pool,
+            metrics,
+            cacert,
+        }) => {
+            let path = format!("/restart?pool={}", admin::encode(&pool));
+            control("restart", &metrics, &path, cacert.as_deref())
+        }
         None => run(cli.run),
     }
 }
@@ -37,6 +48,27 @@ fn status(address: &str, ca_file: Option<&Path>) -> ExitCode {
         }
         Err(message) => {
             eprintln!("codex-stdio-bus status: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `reload` and `restart`: posts to `path` and prints the outcome, on stdout when it succeeded
+/// (exit status 0), else on stderr (1).
+fn control(verb: &str, address: &str, path: &str, ca_file: Option<&Path>) -> ExitCode {
+    match admin::submit(address, path, ca_file) {
+        Ok(answer) => {
+            let report = admin::report(&answer);
+            if report.success {
+                print!("{}", report.text);
+                ExitCode::SUCCESS
+            } else {
+                eprint!("codex-stdio-bus {verb}: {}", report.text);
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("codex-stdio-bus {verb}: {error}");
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,8 @@
 //! The daemon's signal table (docs/operations.md, "Signals"): SIGTERM and SIGINT ask for a drain
 //! and a second one for an immediate stop; SIGQUIT stops at once; SIGUSR1 asks for a status dump
 //! in the log; SIGHUP reopens the files the daemon appends to (the audit trail), for log
-//! rotation; SIGUSR2 is logged and ignored.
+//! rotation, and reloads the config file (as `POST /reload` does, for operators and service
+//! managers without the admin token: `systemctl reload`); SIGUSR2 is logged and ignored.
 //!
 //! The daemon itself knows no signals: [`daemon::run`](crate::daemon::run) takes a [`Shutdown`],
 //! and this module makes one from the process's signals (tests and embedders make their own).
@@ -40,6 +41,7 @@ pub fn shutdown() -> Result<Shutdown, Error> {
     );
     let status = shutdown.status_requests();
     let reopen = shutdown.reopen_requests();
+    let reload = shutdown.reload_requests();
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
@@ -53,8 +55,9 @@ pub fn shutdown() -> Result<Shutdown, Error> {
                     return;
                 }
                 _ = hup.recv() => {
-                    tracing::info!(signal = "SIGHUP", "reopening files");
+                    tracing::info!(signal = "SIGHUP", "reopening files and reloading the config");
                     reopen.notify_one();
+                    reload.notify_one();
                     continue;
                 }
                 _ = usr1.recv() => {

@@ -253,10 +253,14 @@ pub struct Supervision {
     pub ready_probe: Option<ReadyProbe>,
     /// How long a new worker may take to answer the probe before it is killed and restarted.
     pub ready_timeout_sec: u64,
+    /// Seconds a slot being replaced by a rolling restart, or removed by a reload, may take to
+    /// finish the requests it holds before its worker is stopped anyway (1 to 86400).
+    pub roll_timeout_sec: u64,
 }
 
 impl Default for Supervision {
-    /// Restart always; 100 ms doubling to 30 s ±20 %; ready after 1 s up; no request timeout.
+    /// Restart always; 100 ms doubling to 30 s ±20 %; ready after 1 s up; no request timeout;
+    /// 5 min to finish before a roll or a retirement stops a worker.
     fn default() -> Self {
         Supervision {
             restart_policy: RestartPolicy::Always,
@@ -270,6 +274,8 @@ impl Default for Supervision {
             ready_grace_ms: 1_000,
             ready_probe: None,
             ready_timeout_sec: 30,
+            // Long enough for a Codex turn in progress to finish.
+            roll_timeout_sec: 300,
         }
     }
 }

@@ -60,6 +60,7 @@ pub(crate) const POOL_KEYS: &[&str] = &[
     "ready_grace_ms",
     "ready_probe",
     "ready_timeout_sec",
+    "roll_timeout_sec",
 ];
 
 /// Keys of a pool's `ready_probe` object.

@@ -159,6 +159,7 @@ fn supervision_keys_are_read_and_default_to_the_documented_values() {
     assert_eq!(defaults.queue_timeout_sec, 30);
     assert_eq!(defaults.ready_grace_ms, 1_000);
     assert_eq!(defaults.ready_timeout_sec, 30);
+    assert_eq!(defaults.roll_timeout_sec, 300);
     assert!(!defaults.escalate && defaults.ready_probe.is_none());
     let set = &config.pools[1].supervision;
     assert_eq!(set.restart_policy, RestartPolicy::Never);
@@ -198,6 +199,7 @@ fn pretty_json_round_trips_every_field() {
                        "restart_policy": "on-failure", "backoff_initial_ms": 5, "backoff_max_ms": 6,
                        "backoff_jitter_pct": 0, "stable_after_sec": 0, "escalate": true, "request_timeout_sec": 3,
                        "queue_timeout_sec": 4, "ready_grace_ms": 0, "ready_timeout_sec": 2,
+                       "roll_timeout_sec": 86400,
                        "ready_probe": {"method": "ping", "params": {"deep": [1, "x", null, true]}}},
                       {"id": "b", "command": "cat", "instances": 1}],
             "limits": {"max_input_buffer": 10, "max_output_queue": 20, "max_output_bytes": 25, "max_restarts": 0, "restart_window_sec": 9,

@@ -406,6 +406,19 @@ fn supervision_keys_are_checked() {
         ),
         &["pools[0].backoff_max_ms: must be at least backoff_initial_ms (500), got 100"],
     );
+    // A roll must end: 0 would stop workers mid-request, more than a day is a typo.
+    assert_problems(
+        &with_pools(
+            r#"[{"id": "a", "command": "cat", "instances": 1, "roll_timeout_sec": 0},
+                {"id": "b", "command": "cat", "instances": 1, "roll_timeout_sec": 86401},
+                {"id": "c", "command": "cat", "instances": 1, "rol_timeout_sec": 5}]"#,
+        ),
+        &[
+            "pools[0].roll_timeout_sec: must be an integer ≥ 1, got 0",
+            "pools[1].roll_timeout_sec: must be at most 86400, got 86401",
+            "pools[2].rol_timeout_sec: unknown key (did you mean 'roll_timeout_sec'?)",
+        ],
+    );
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //! Secrets (tokens, JWTs, the JWT secret) never leave this module's values: nothing here logs,
 //! refusals carry a fixed reason, and the `Debug` impls print counts only.
 //!
+//! A reload replaces the credentials in force ([`Credentials`], [`AdminCredentials`]): a
+//! connection authenticates with those in force when it presents its credential, and keeps the
+//! principal it got once it has.
+//!
 //! A leaf: it imports nothing of the daemon (the config and the JWT crate only), so the I/O layer
 //! (the handshake) and the admin endpoint (its bearer token) both use it.
 
@@ -20,6 +24,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use codex_bus_config::{AuthConfig, Config};
 
 use jwt::JwtVerifier;
@@ -177,6 +182,46 @@ impl fmt::Debug for Authenticator {
     }
 }
 
+/// A credential verifier that a reload can replace while connections use it: a lock-free read
+/// per authentication, the swap atomic (a reader sees the old value or the new one, whole).
+pub(crate) struct Replaceable<T>(ArcSwapOption<T>);
+
+/// The client authenticator in force: `None` without `auth` (every connection is the default
+/// tenant's). A reload never turns `auth` on or off (`reload::plan` refuses it), so it only ever
+/// replaces one authenticator with another.
+pub(crate) type Credentials = Replaceable<Authenticator>;
+
+/// The admin endpoint's bearer in force (`metrics.bearer_sha256`): `None` leaves the endpoint
+/// open (and refuses `POST /reload` and `POST /restart`, which need one).
+pub(crate) type AdminCredentials = Replaceable<AdminBearer>;
+
+impl<T> Replaceable<T> {
+    /// Holding `initial`, the value built at start.
+    pub(crate) fn new(initial: Option<Arc<T>>) -> Self {
+        Replaceable(ArcSwapOption::new(initial))
+    }
+
+    /// The value in force now. A caller keeps the `Arc` for one decision (one handshake, one
+    /// request): a replacement meanwhile applies from the next one.
+    pub(crate) fn current(&self) -> Option<Arc<T>> {
+        self.0.load_full()
+    }
+
+    /// Puts `next` in force for every later [`Replaceable::current`]; holders of the old value
+    /// keep it until they drop it.
+    #[allow(dead_code)] // used by reload (issue 16)
+    pub(crate) fn replace(&self, next: Option<Arc<T>>) {
+        self.0.store(next);
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Replaceable<T> {
+    /// As the value in force (whose own `Debug` prints no secret).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.load().fmt(f)
+    }
+}
+
 /// The admin endpoint's bearer token (`metrics.bearer_sha256`), checked like a capability token.
 pub(crate) struct AdminBearer(Digest);
 
@@ -198,6 +243,14 @@ impl AdminBearer {
             return basic_password(credential.trim_ascii())
                 .is_some_and(|token| self.0.matches(&token));
         }
+        self.admits_bearer(authorization)
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <token>` with the token; HTTP Basic is
+    /// not accepted. For requests that change something: a browser that has the token as a
+    /// Basic password attaches it to any request to the endpoint, a cross-site form's POST
+    /// included, while no other site can make it send a bearer header.
+    pub(crate) fn admits_bearer(&self, authorization: &[u8]) -> bool {
         bearer_token(authorization).is_some_and(|token| self.0.matches(token))
     }
 }
@@ -253,5 +306,39 @@ mod tests {
         assert!(!bearer.admits(b"Basic czNjcmV0Og=="));
         assert!(!bearer.admits(b"Basic "));
         assert!(!bearer.admits(b""));
+    }
+
+    #[test]
+    fn replaced_credentials_apply_to_the_next_reader_only() {
+        let digest = |token: &[u8]| -> String {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(token)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let admin = AdminCredentials::new(AdminBearer::new(&digest(b"old")).map(Arc::new));
+        let held = admin.current().unwrap();
+        admin.replace(AdminBearer::new(&digest(b"new")).map(Arc::new));
+        assert!(held.admits(b"Bearer old"), "a holder keeps what it loaded");
+        let now = admin.current().unwrap();
+        assert!(now.admits(b"Bearer new") && !now.admits(b"Bearer old"));
+        admin.replace(None);
+        assert!(admin.current().is_none());
+
+        let config = |tenant: &str| AuthConfig {
+            tokens: vec![codex_bus_config::TokenEntry {
+                tenant: tenant.to_owned(),
+                secret: codex_bus_config::TokenSecret::Sha256(digest(b"t")),
+                subject: None,
+            }],
+            ..AuthConfig::default()
+        };
+        let load = |tenant: &str| Some(Arc::new(Authenticator::load(&config(tenant)).unwrap()));
+        let credentials = Credentials::new(load("acme"));
+        let verify = |c: &Credentials| c.current().unwrap().verify("t").unwrap().tenant;
+        assert_eq!(&*verify(&credentials), "acme");
+        credentials.replace(load("globex"));
+        assert_eq!(&*verify(&credentials), "globex");
     }
 }

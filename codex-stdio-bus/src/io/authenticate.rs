@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::audit::{Audit, Event};
-use crate::auth::{Authenticator, Identity, Refusal};
+use crate::auth::{Credentials, Identity, Refusal};
 use crate::core::log_limit::LogLimit;
 use crate::core::principal::Principal;
 use crate::metrics::{self, AuthResult};
@@ -41,8 +41,12 @@ pub(crate) struct Authenticated {
 ///
 /// Every outcome is written to the audit trail with the peer's address: the success, each refused
 /// line, the timeout.
+///
+/// Each credential is verified by the authenticator in force when it arrives (a reload may
+/// replace it meanwhile); the time allowed and the lines refused before closing are those in
+/// force when the handshake began.
 pub(crate) async fn handshake<R, W>(
-    auth: &Authenticator,
+    credentials: &Credentials,
     audit: &Audit,
     refusals: &LogLimit,
     peer: SocketAddr,
@@ -53,6 +57,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // `auth` is never turned off at runtime (a reload refuses it); were it, nobody could
+    // authenticate, so the connection is dropped.
+    let auth = credentials.current()?;
     let peer = audit.enabled().then(|| peer.to_string());
     let witness = Witness {
         audit,
@@ -61,7 +68,13 @@ where
     };
     // The deadline covers the writes too: a client that does not read its refusals cannot hold
     // the connection past it.
-    let exchange = exchange(auth, witness, reader, writer);
+    let exchange = exchange(
+        credentials,
+        auth.max_unauthenticated_lines,
+        witness,
+        reader,
+        writer,
+    );
     match tokio::time::timeout(auth.handshake_timeout, exchange).await {
         Ok(outcome) => outcome,
         Err(_) => {
@@ -112,7 +125,8 @@ impl Witness<'_> {
 
 /// Reads lines until one authenticates, the refusals reach their limit, or the input ends.
 async fn exchange<R, W>(
-    auth: &Authenticator,
+    credentials: &Credentials,
+    max_refused: u32,
     witness: Witness<'_>,
     reader: &mut R,
     writer: &mut W,
@@ -134,7 +148,7 @@ where
         }
         while let Some(frame) = framer.next_frame() {
             let (id, why) = match frame {
-                Frame::Line(line) => match attempt(auth, line) {
+                Frame::Line(line) => match attempt(credentials, line) {
                     Ok((id, identity)) => {
                         let method = identity.method;
                         let principal = super::principal(identity);
@@ -169,7 +183,7 @@ where
             if writer.write_all(&out).await.is_err() {
                 return None;
             }
-            if refused >= auth.max_unauthenticated_lines {
+            if refused >= max_refused {
                 tracing::debug!(refused, "too many unauthenticated lines; closing");
                 let _ = writer.shutdown().await;
                 return None;
@@ -208,7 +222,7 @@ type Refused = (Option<Vec<u8>>, Why);
 
 /// Judges one line: the request's id (as JSON text) and who its credential names, or why it was
 /// refused.
-fn attempt(auth: &Authenticator, line: &[u8]) -> Result<(Vec<u8>, Identity), Refused> {
+fn attempt(credentials: &Credentials, line: &[u8]) -> Result<(Vec<u8>, Identity), Refused> {
     let Some(request) = Request::parse(line) else {
         return Err((None, Why::NotAuthenticate));
     };
@@ -221,6 +235,9 @@ fn attempt(auth: &Authenticator, line: &[u8]) -> Result<(Vec<u8>, Identity), Ref
     };
     let Some(token) = request.token else {
         return Err((Some(id), Why::NoToken));
+    };
+    let Some(auth) = credentials.current() else {
+        return Err((Some(id), Why::Credential(Refusal::UnknownToken)));
     };
     match auth.verify(&token) {
         Ok(identity) => Ok((id, identity)),
@@ -293,5 +310,57 @@ mod tests {
             serde_json::json!({"jsonrpc": "2.0", "id": 7, "result": {"tenant": "acme", "subject": "ide \"1\""}})
         );
         assert!(reply.ends_with(b"}\n"));
+    }
+    /// Credentials naming `tenant` for the token `t0k`.
+    fn credentials_of(tenant: &str) -> std::sync::Arc<crate::auth::Authenticator> {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(b"t0k")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let config = codex_bus_config::AuthConfig {
+            tokens: vec![codex_bus_config::TokenEntry {
+                tenant: tenant.to_owned(),
+                secret: codex_bus_config::TokenSecret::Sha256(hex),
+                subject: None,
+            }],
+            ..codex_bus_config::AuthConfig::default()
+        };
+        std::sync::Arc::new(crate::auth::Authenticator::load(&config).unwrap())
+    }
+
+    /// A connection that began its handshake before a reload authenticates with the credentials
+    /// in force when its line arrives.
+    #[tokio::test]
+    async fn a_credential_is_checked_by_the_authenticator_in_force_when_it_arrives() {
+        let credentials = Credentials::new(Some(credentials_of("before")));
+        let (audit, refusals) = (Audit::off(), LogLimit::default());
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (mut reader, mut writer) = tokio::io::split(server);
+        let handshake = handshake(
+            &credentials,
+            &audit,
+            &refusals,
+            peer,
+            &mut reader,
+            &mut writer,
+        );
+        let client = async {
+            // The handshake has begun (it awaits the first line) when the reload lands.
+            tokio::task::yield_now().await;
+            credentials.replace(Some(credentials_of("after")));
+            let line =
+                br#"{"jsonrpc":"2.0","id":1,"method":"bus/authenticate","params":{"token":"t0k"}}"#;
+            tokio::io::AsyncWriteExt::write_all(&mut client, line)
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut client, b"\n")
+                .await
+                .unwrap();
+            client
+        };
+        let (done, _client) = tokio::join!(handshake, client);
+        assert_eq!(&*done.expect("authenticated").principal.tenant, "after");
     }
 }

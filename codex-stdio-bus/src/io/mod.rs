@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::Event;
-use crate::auth::{Authenticator, Identity};
+use crate::auth::{Credentials, Identity};
 use crate::core::client::Transport;
 use crate::core::log_limit::LogLimit;
 use crate::core::principal::Principal;
@@ -68,7 +68,7 @@ pub(crate) async fn serve(bound: Bound, tls: Option<Arc<Tls>>, listening: Listen
     match bound {
         Bound::Stdio => {
             let (input, output) = stdio::streams();
-            let arrival = match &lines.shared.auth {
+            let arrival = match lines.shared.auth.current() {
                 Some(auth) => Arrival::Known(lines.authenticated(auth.stdio(), None)),
                 None => Arrival::Known(Principal::anonymous(transport.as_str())),
             };
@@ -119,8 +119,9 @@ pub(crate) struct Listening {
     pub router: Arc<Router>,
     /// The daemon's limits.
     pub limits: Limits,
-    /// Who clients are, when `auth` is configured.
-    pub auth: Option<Arc<Authenticator>>,
+    /// Who clients are, when `auth` is configured: the authenticator in force, which a reload
+    /// may replace (a connection keeps the principal it authenticated as).
+    pub auth: Arc<Credentials>,
     /// One cap for all listeners: `limits.max_connections` (and the fds it keeps for worker
     /// restarts) counts every client connection, whichever port it came in on.
     pub capacity: Arc<Capacity>,
@@ -145,17 +146,17 @@ struct Lines {
 enum Arrival {
     /// Known from the transport: stdio, a Unix peer's uid, or anyone without `auth`.
     Known(Principal),
-    /// To be learnt from its first line (`bus/authenticate`); the peer's address, for the
-    /// audit trail.
-    Handshake(Arc<Authenticator>, SocketAddr),
+    /// To be learnt from its first line (`bus/authenticate`), checked by the credentials then in
+    /// force; the peer's address, for the audit trail.
+    Handshake(SocketAddr),
 }
 
 impl Lines {
     /// A TCP connection: it authenticates when `auth` gives bearer credentials; otherwise (no
     /// `auth`, or `auth.insecure_no_auth` without credentials) it is the default tenant's.
     fn tcp_arrival(&self, peer: SocketAddr) -> Arrival {
-        match &self.shared.auth {
-            Some(auth) if auth.accepts_bearers() => Arrival::Handshake(auth.clone(), peer),
+        match self.shared.auth.current() {
+            Some(auth) if auth.accepts_bearers() => Arrival::Handshake(peer),
             _ => Arrival::Known(Principal::anonymous(self.transport.as_str())),
         }
     }
@@ -183,7 +184,7 @@ impl Lines {
     /// A Unix-socket connection: with `auth`, the tenant of its peer's uid (`SO_PEERCRED`);
     /// `None` (the connection is dropped) when the kernel does not say who the peer is.
     fn unix_arrival(&self, stream: &UnixStream) -> Option<Arrival> {
-        let Some(auth) = &self.shared.auth else {
+        let Some(auth) = self.shared.auth.current() else {
             return Some(Arrival::Known(Principal::anonymous(
                 self.transport.as_str(),
             )));
@@ -224,10 +225,10 @@ impl Lines {
     {
         match arrival {
             Arrival::Known(principal) => self.serve_as(reader, writer, seat, principal, None).await,
-            Arrival::Handshake(auth, peer) => {
+            Arrival::Handshake(peer) => {
                 let audit = self.shared.router.audit();
                 let exchange = authenticate::handshake(
-                    &auth,
+                    &self.shared.auth,
                     audit,
                     &self.refusals,
                     peer,

@@ -1,6 +1,7 @@
 //! TLS for a client listener (rustls with the *ring* provider; TLS 1.3 and 1.2, no client
 //! certificates): the certificate chain and key are read from PEM files and checked to belong
-//! together at start, swapped in whole on reload, and a TCP stream becomes a TLS stream within a
+//! together at start, swapped in whole on reload (the same files again, or new ones a reloaded
+//! config names), and a TCP stream becomes a TLS stream within a
 //! handshake deadline. A failed handshake costs its own connection only. The one client side,
 //! [`client_config`], is `codex-stdio-bus status --cacert` reading an HTTPS admin endpoint.
 //!
@@ -29,13 +30,13 @@ use crate::metrics::{self, TlsFailure};
 pub(crate) struct Tls {
     /// The config field that named the files (`transport.tls`), for messages.
     field: String,
-    files: TlsConfig,
     /// ALPN protocols offered, most preferred first (none for NDJSON).
     alpn: Vec<Vec<u8>>,
     /// How long a client has to complete its handshake.
     handshake_timeout: Duration,
-    /// Replaced whole on reload; a handshake under way keeps the config it started with.
-    acceptor: RwLock<TlsAcceptor>,
+    /// The files in force and the acceptor built from them, replaced together on reload; a
+    /// handshake under way keeps the config it started with.
+    current: RwLock<Current>,
     /// One failed-handshake line per second at most: a port scanner must not flood the log.
     failures: LogLimit,
 }
@@ -58,10 +59,12 @@ impl Tls {
         let config = server_config(field, files, &alpn)?;
         Ok(Tls {
             field: field.to_owned(),
-            files: files.clone(),
             alpn,
             handshake_timeout,
-            acceptor: RwLock::new(TlsAcceptor::from(Arc::new(config))),
+            current: RwLock::new(Current {
+                files: files.clone(),
+                acceptor: TlsAcceptor::from(Arc::new(config)),
+            }),
             failures: LogLimit::default(),
         })
     }
@@ -78,12 +81,30 @@ impl Tls {
     ///
     /// As [`Tls::load`].
     pub(crate) fn reload(&self) -> Result<(), Error> {
-        let config = server_config(&self.field, &self.files, &self.alpn)?;
-        *self
-            .acceptor
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = TlsAcceptor::from(Arc::new(config));
+        let files = self.files();
+        self.replace(&files)
+    }
+
+    /// Reads `files` (a reloaded config's, which may name other paths) and serves new
+    /// connections with them from now on, [`Tls::reload`] reading them from then on; on error
+    /// the previous files and certificate stay in use.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tls::load`].
+    pub(crate) fn replace(&self, files: &TlsConfig) -> Result<(), Error> {
+        let config = server_config(&self.field, files, &self.alpn)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
+            files: files.clone(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        };
         Ok(())
+    }
+
+    /// The files in force.
+    pub(crate) fn files(&self) -> TlsConfig {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.files.clone()
     }
 
     /// The TLS stream over `stream` once its handshake completes, or `None` (the connection is
@@ -95,9 +116,10 @@ impl Tls {
         peer: SocketAddr,
     ) -> Option<TlsStream<TcpStream>> {
         let acceptor = self
-            .acceptor
+            .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .acceptor
             .clone();
         let (failure, error) =
             match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
@@ -111,6 +133,12 @@ impl Tls {
         }
         None
     }
+}
+
+/// A listener's TLS files and the acceptor built from them.
+struct Current {
+    files: TlsConfig,
+    acceptor: TlsAcceptor,
 }
 
 /// The rustls server config for `files`, offering `alpn`.
@@ -220,4 +248,52 @@ fn pem_error(field: &str, path: &Path, error: pem::Error) -> Error {
         Kind::Config,
         format!("{field}: {path} is not valid PEM: {malformed}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A self-signed certificate for `localhost` and its key, written to `dir` as
+    /// `<name>.crt` and `<name>.key`.
+    fn pair(dir: &Path, name: &str) -> TlsConfig {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let files = TlsConfig {
+            cert_file: dir.join(format!("{name}.crt")),
+            key_file: dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&files.cert_file, cert.pem()).unwrap();
+        std::fs::write(&files.key_file, signing_key.serialize_pem()).unwrap();
+        files
+    }
+
+    #[test]
+    fn new_files_replace_the_old_ones_only_when_they_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = pair(dir.path(), "first");
+        let second = pair(dir.path(), "second");
+        let tls = Tls::load("transport.tls", &first, Vec::new(), Duration::from_secs(1)).unwrap();
+
+        let missing = TlsConfig {
+            cert_file: PathBuf::from("/nonexistent/cert.pem"),
+            ..second.clone()
+        };
+        let error = tls.replace(&missing).unwrap_err().to_string();
+        assert!(error.contains("transport.tls.cert_file"), "{error}");
+        assert_eq!(
+            tls.files(),
+            first,
+            "a failed replace keeps the files in force"
+        );
+
+        tls.replace(&second).unwrap();
+        assert_eq!(tls.files(), second);
+        // A reload now re-reads the new files: gone, it fails and keeps them.
+        std::fs::remove_file(&second.key_file).unwrap();
+        assert!(tls.reload().is_err());
+        assert_eq!(tls.files(), second);
+    }
 }

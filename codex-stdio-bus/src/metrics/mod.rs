@@ -195,6 +195,48 @@ impl AuthResult {
     }
 }
 
+/// How a reload (SIGHUP, `POST /reload`) or a rolling restart (`POST /restart`) ended
+/// (`codex_bus_config_reloads_total{result}`); also the `result` of the admin endpoint's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The new config (or the restart) was put in force, every roll and retirement done.
+    Applied,
+    /// The file holds the config already in force: nothing to do.
+    Unchanged,
+    /// The file is invalid, or changes what only a restart can: the old config keeps serving.
+    Rejected,
+    /// Applying failed midway (e.g. a replacement worker did not become ready).
+    Failed,
+    /// Another reload or restart was running; this one was not started.
+    Busy,
+    /// A restart named a pool the daemon does not have.
+    UnknownPool,
+}
+
+impl ReloadResult {
+    /// Every result, in declaration order.
+    const ALL: [ReloadResult; 6] = [
+        ReloadResult::Applied,
+        ReloadResult::Unchanged,
+        ReloadResult::Rejected,
+        ReloadResult::Failed,
+        ReloadResult::Busy,
+        ReloadResult::UnknownPool,
+    ];
+
+    /// The `result` label, and the `result` member of the admin endpoint's answer.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Rejected => "rejected",
+            ReloadResult::Failed => "failed",
+            ReloadResult::Busy => "busy",
+            ReloadResult::UnknownPool => "unknown_pool",
+        }
+    }
+}
+
 /// Why a TLS handshake did not complete (`codex_bus_tls_handshake_failures_total{reason}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsFailure {
@@ -221,6 +263,7 @@ impl TlsFailure {
 /// Process-wide handles.
 pub struct BusMetrics {
     auth: Vec<Counter>,
+    reloads: Vec<Counter>,
     tls_failures: Vec<Counter>,
     errors: Vec<Counter>,
     /// `errors` again, readable (by [`BusMetrics::error_replies`]): the recorder's counters
@@ -261,6 +304,10 @@ impl BusMetrics {
                 .iter()
                 .map(|r| counter!("codex_bus_auth_total", "result" => r.label()))
                 .collect(),
+            reloads: ReloadResult::ALL
+                .iter()
+                .map(|r| counter!("codex_bus_config_reloads_total", "result" => r.label()))
+                .collect(),
             tls_failures: TlsFailure::ALL
                 .iter()
                 .map(|r| counter!("codex_bus_tls_handshake_failures_total", "reason" => r.label()))
@@ -294,6 +341,12 @@ impl BusMetrics {
     /// Counts an authentication attempt's result.
     pub fn auth(&self, result: AuthResult) {
         self.auth[result as usize].increment(1);
+    }
+
+    /// Counts a reload's or a rolling restart's result.
+    #[allow(dead_code)] // used by reload (issue 16)
+    pub fn config_reload(&self, result: ReloadResult) {
+        self.reloads[result as usize].increment(1);
     }
 
     /// Counts a TLS handshake that did not complete.
@@ -514,6 +567,10 @@ pub fn describe() {
     describe_counter!(
         "codex_bus_auth_total",
         "Authentication results: ok, refused (a line refused before authentication), timeout."
+    );
+    describe_counter!(
+        "codex_bus_config_reloads_total",
+        "Reloads (SIGHUP, POST /reload) and rolling restarts (POST /restart), by result."
     );
     describe_counter!(
         "codex_bus_tls_handshake_failures_total",

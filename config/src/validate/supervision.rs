@@ -1,4 +1,5 @@
-//! A pool's supervision keys: restart policy, backoff, escalation, timeouts and readiness.
+//! A pool's supervision keys: restart policy, backoff, escalation, timeouts, readiness and the
+//! rolling-restart bound.
 
 use crate::path::FieldPath;
 use crate::schema::PROBE_KEYS;
@@ -50,6 +51,10 @@ pub(crate) fn field(
         "ready_probe" => s.ready_probe = probe(path, value, problems),
         "ready_timeout_sec" => set(
             &mut s.ready_timeout_sec,
+            integer(path, value, 1, DAY_SEC, problems),
+        ),
+        "roll_timeout_sec" => set(
+            &mut s.roll_timeout_sec,
             integer(path, value, 1, DAY_SEC, problems),
         ),
         _ => return false,

@@ -11,7 +11,7 @@
 //! so TLS can wrap the accepted socket before HTTP sees it.
 
 mod frames;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -208,7 +208,7 @@ impl Front {
             header: &self.config.session_header,
             max_bytes: self.shared.limits.max_session_id_bytes,
         };
-        let subject = match &self.shared.auth {
+        let subject = match self.shared.auth.current() {
             Some(_) => &*principal.subject,
             None => ANONYMOUS,
         };
@@ -244,7 +244,8 @@ impl Front {
         headers: &axum::http::HeaderMap,
         peer: SocketAddr,
     ) -> Result<Principal, Unauthorized> {
-        let auth = match &self.shared.auth {
+        // The credentials in force now: a reload may have replaced those of the listener's start.
+        let auth = match self.shared.auth.current() {
             Some(auth) if auth.accepts_bearers() => auth,
             _ => return Ok(Principal::anonymous(Transport::WebSocket.as_str())),
         };

@@ -158,8 +158,9 @@ impl Binding<'_> {
 }
 
 /// Percent-decodes `text` (RFC 3986; `+` stays itself); `Err` if the result is not UTF-8. A `%`
-/// not followed by two hex digits is kept as it is.
-fn decode(text: &str) -> Result<String, ()> {
+/// not followed by two hex digits is kept as it is. Also reads the admin endpoint's
+/// `/restart?pool=` value.
+pub(crate) fn decode(text: &str) -> Result<String, ()> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
