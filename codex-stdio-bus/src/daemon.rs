@@ -27,12 +27,10 @@ use crate::io::{self, listen::Bound, listen::Endpoint, websocket};
 use crate::metrics::recorder;
 use crate::preflight::{authenticator, secure_by_default, tls, Addresses, Tlses};
 pub use crate::preflight::{check_auth, check_commands, check_tls};
+use crate::reload::{self, Reload, Reloader};
 use crate::router::Router;
 use crate::supervisor::instance::signal_group;
-use crate::supervisor::{self, Fleet};
-
-/// Workers get at least this long between SIGTERM and SIGKILL, even when the drain ran out.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+use crate::supervisor::{self, Fleet, STOP_GRACE};
 
 /// How long queued replies may take to reach clients once the workers are stopped.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,6 +112,9 @@ pub struct Listeners {
     clients: Option<Bound>,
     websocket: Vec<websocket::Listener>,
     admin: Option<TcpListener>,
+    /// How many of the last `websocket` listeners come from `--ws` flags rather than the config
+    /// file (a reload, which reads the file again, keeps them).
+    flag_websockets: usize,
 }
 
 impl Listeners {
@@ -145,7 +146,15 @@ impl Listeners {
             clients,
             websocket: bound,
             admin,
+            flag_websockets: 0,
         })
+    }
+
+    /// These listeners, the last `count` WebSocket ones of which come from `--ws` flags (main
+    /// appends them to the config's): a reload keeps them, since the file does not name them.
+    pub fn with_flag_websockets(mut self, count: usize) -> Self {
+        self.flag_websockets = count.min(self.websocket.len());
+        self
     }
 }
 
@@ -166,7 +175,7 @@ pub async fn run(
         Some(Bound::Tcp(listener)) => Some(local_address(listener)?),
         _ => None,
     };
-    let admin = listeners.admin.as_ref().map(local_address).transpose()?;
+    let admin_address = listeners.admin.as_ref().map(local_address).transpose()?;
     let websockets = listeners
         .websocket
         .iter()
@@ -178,7 +187,7 @@ pub async fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let addresses = Addresses {
         tcp,
-        admin,
+        admin: admin_address,
         websocket: &websockets,
     };
     secure_by_default(&config, auth.as_deref(), addresses)?;
@@ -225,24 +234,6 @@ pub async fn run(
         );
     }
     let router = Arc::new(Router::new(&config).audited(audit.clone()));
-    if let Some((listener, handle)) = admin {
-        let bearer = config
-            .metrics
-            .bearer_sha256
-            .as_deref()
-            .and_then(AdminBearer::new)
-            .map(Arc::new);
-        tokio::spawn(recorder::upkeep(handle.clone()));
-        tokio::spawn(admin::serve(
-            listener,
-            admin_tls.clone(),
-            router.clone(),
-            handle,
-            Arc::new(AdminCredentials::new(bearer)),
-            None,
-        ));
-    }
-
     let sink: Arc<dyn WorkerSink> = router.clone();
     let escalation = CancellationToken::new();
     let context = supervisor::Context {
@@ -269,6 +260,51 @@ pub async fn run(
         supervisors.spawn(supervisor::orphans::clear(pools, stop_order.clone()));
     }
     supervisors.close();
+    let credentials = Arc::new(Credentials::new(auth));
+    let capacity = Arc::new(Capacity::new(limits.max_connections, router.slots().len()));
+    let bearer = config
+        .metrics
+        .bearer_sha256
+        .as_deref()
+        .and_then(AdminBearer::new)
+        .map(Arc::new);
+    let bearer = Arc::new(AdminCredentials::new(bearer));
+    let live = reload::Live {
+        credentials: credentials.clone(),
+        tls: Tlses {
+            tcp: tls.clone(),
+            websocket: websocket_tls.clone(),
+            admin: admin_tls.clone(),
+        },
+        audit: audit.clone(),
+        bearer: bearer.clone(),
+        capacity: capacity.clone(),
+        bound: reload::Bound {
+            tcp,
+            admin: admin_address,
+            websocket: websockets.clone(),
+        },
+    };
+    let session_id_field: Arc<str> = config.routing.session_id_field.as_str().into();
+    let reloader = Arc::new(Reloader::new(
+        config,
+        listeners.flag_websockets,
+        router.clone(),
+        fleet,
+        live,
+    ));
+    if let Some((listener, handle)) = admin {
+        tokio::spawn(recorder::upkeep(handle.clone()));
+        let reload: Arc<dyn Reload> = reloader.clone();
+        tokio::spawn(admin::serve(
+            listener,
+            admin_tls.clone(),
+            router.clone(),
+            handle,
+            bearer,
+            Some(reload),
+        ));
+    }
     tracing::info!(
         pools = router.pools().len(),
         workers = router.slots().len(),
@@ -281,8 +317,8 @@ pub async fn run(
     let listening = io::Listening {
         router: router.clone(),
         limits,
-        auth: Arc::new(Credentials::new(auth)),
-        capacity: Arc::new(Capacity::new(limits.max_connections, router.slots().len())),
+        auth: credentials,
+        capacity,
         writers: writers.clone(),
         drain: drain.clone(),
     };
@@ -292,7 +328,7 @@ pub async fn run(
         accepting.push(tokio::spawn(websocket::serve(
             listener,
             tls,
-            config.routing.session_id_field.as_str().into(),
+            session_id_field.clone(),
             listening.clone(),
         )));
     }
@@ -310,9 +346,15 @@ pub async fn run(
         mut now,
         status,
         reopen,
-        // Not acted on yet: the reloader (issue 16) takes it.
-        reload: _,
+        reload,
     } = shutdown;
+    // A SIGHUP during a reload is kept (one `Notify` permit) and runs once that one has ended.
+    tokio::spawn(async move {
+        loop {
+            reload.notified().await;
+            reloader.reload_when_free().await;
+        }
+    });
     tokio::spawn(async move {
         loop {
             reopen.notified().await;

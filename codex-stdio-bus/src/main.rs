@@ -142,7 +142,9 @@ fn run(args: RunArgs) -> ExitCode {
         let shutdown = signals::shutdown()?;
         // Bind before anything starts: a bad address must cost no worker.
         let listeners =
-            Listeners::bind_all(endpoint.as_ref(), &config.websocket, metrics.as_deref()).await?;
+            Listeners::bind_all(endpoint.as_ref(), &config.websocket, metrics.as_deref())
+                .await?
+                .with_flag_websockets(args.ws.len());
         daemon::run(config, listeners, shutdown).await
     });
     // The runtime goes first (its tasks may still log), then the log guard flushes every line.

@@ -9,12 +9,13 @@ use crate::metrics::process;
 use crate::router::Router;
 
 /// Every state a slot reports, so that `codex_bus_workers` always shows all of them (zeros too).
-const STATES: [SlotState; 7] = [
+const STATES: [SlotState; 8] = [
     SlotState::Starting,
     SlotState::Ready,
     SlotState::Backoff,
     SlotState::Failed,
     SlotState::Exited,
+    SlotState::Replacing,
     SlotState::Draining,
     SlotState::Stopped,
 ];

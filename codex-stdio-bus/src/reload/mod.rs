@@ -1,11 +1,42 @@
-//! Hot reload and rolling restarts (issue 16): re-reading the config file the daemon started with
-//! and applying the difference without dropping clients.
+//! Layer 5, live changes: a reload reads the config file again and puts the difference in force
+//! without dropping a connection or a request (docs/operations.md, "Reload and rolling
+//! restarts"); a restart rolls one pool onto fresh workers.
+//!
+//! A reload validates everything before it changes anything: the file parses and checks
+//! (`config`), every pool's program is found, the credentials, certificates and audit file load
+//! and no listener would be open beyond loopback without authentication (`preflight`), nothing
+//! changed that only a restart can change ([`plan`]), and the pool table has room
+//! (`router::reconfigure`). Then, in one step on the daemon's thread: credentials, certificates,
+//! the audit file and the admin token are swapped, the pool table is replaced, new slots get
+//! supervisors and removed ones are told to retire. Then it waits for what takes time: rolling
+//! restarts ([`roll`]) and retiring slots. One reload or restart runs at a time.
+//!
+//! Imports: the router, the supervisors, preflight, the TLS and capacity parts of io, and the
+//! auth, audit and metrics leaves. Nothing imports it but the daemon and the admin endpoint.
 
-#[allow(dead_code)] // used by the reload orchestration (issue 16)
 pub(crate) mod plan;
+mod roll;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codex_bus_config::{Config, WebSocketConfig};
+use tokio::sync::{oneshot, Mutex};
+
+use crate::audit::Audit;
+use crate::auth::{AdminBearer, AdminCredentials, Credentials};
+use crate::io::capacity::Capacity;
+use crate::metrics;
+use crate::preflight::{self, Addresses, Tlses};
+use crate::router::reconfigure::Rolled;
+use crate::router::Router;
+use crate::supervisor::{Fleet, Order, STOP_GRACE};
+use plan::Plan;
+use roll::Rolling;
 
 pub(crate) use crate::metrics::ReloadResult;
 
@@ -34,3 +65,349 @@ pub(crate) trait Reload: Send + Sync {
     /// when there is no such pool.
     fn restart<'a>(&'a self, pool: &'a str) -> Pending<'a>;
 }
+
+impl Outcome {
+    /// An outcome that changed nothing, for `reason`.
+    fn only(result: ReloadResult, reason: impl Into<String>) -> Self {
+        Outcome {
+            result,
+            reason: Some(reason.into()),
+            changes: Vec::new(),
+        }
+    }
+}
+
+/// Reloads and restarts for one running daemon.
+pub(crate) struct Reloader {
+    /// The config in force; held for the whole of a reload or restart, so they run one at a time.
+    in_force: Mutex<Config>,
+    /// The WebSocket listeners given as `--ws` flags, not in the file: kept on every reload.
+    flag_websockets: Vec<WebSocketConfig>,
+    router: Arc<Router>,
+    fleet: Arc<Fleet>,
+    /// What a reload swaps in place.
+    live: Live,
+}
+
+/// What a reload swaps in place, shared with the listeners, the router and the admin endpoint.
+pub(crate) struct Live {
+    /// Who clients are (`auth`), for connections that authenticate from now on.
+    pub credentials: Arc<Credentials>,
+    /// Every listener's TLS (each replaced in place, so open connections keep theirs).
+    pub tls: Tlses,
+    /// The audit trail.
+    pub audit: Arc<Audit>,
+    /// The admin endpoint's token (`metrics.bearer_sha256`).
+    pub bearer: Arc<AdminCredentials>,
+    /// The client listeners' connection cap, which keeps fds for every worker.
+    pub capacity: Arc<Capacity>,
+    /// Where the listeners are bound, judged again by `preflight::secure_by_default` against the
+    /// new credentials.
+    pub bound: Bound,
+}
+
+/// The addresses the daemon's listeners are bound to (they never change on a reload).
+pub(crate) struct Bound {
+    /// The TCP NDJSON listener, if any.
+    pub tcp: Option<SocketAddr>,
+    /// The admin endpoint, if any.
+    pub admin: Option<SocketAddr>,
+    /// Every WebSocket listener.
+    pub websocket: Vec<SocketAddr>,
+}
+
+/// What a reload loaded and checked before it changes anything.
+struct Prepared {
+    credentials: Option<Arc<crate::auth::Authenticator>>,
+    bearer: Option<Arc<AdminBearer>>,
+}
+
+impl Reloader {
+    /// The reloader of a daemon running `config` (whose last `flag_websockets` WebSocket
+    /// listeners came from `--ws` flags), routing with `router` and supervising with `fleet`.
+    pub(crate) fn new(
+        config: Config,
+        flag_websockets: usize,
+        router: Arc<Router>,
+        fleet: Arc<Fleet>,
+        live: Live,
+    ) -> Self {
+        let from_file = config.websocket.len().saturating_sub(flag_websockets);
+        Reloader {
+            flag_websockets: config.websocket[from_file..].to_vec(),
+            in_force: Mutex::new(config),
+            router,
+            fleet,
+            live,
+        }
+    }
+
+    /// Reloads the config file once the reload running now (if any) has ended: SIGHUP's way,
+    /// since a signal has no one to answer `busy` to.
+    pub(crate) async fn reload_when_free(&self) -> Outcome {
+        let mut in_force = self.in_force.lock().await;
+        let outcome = self.reload_locked(&mut in_force).await;
+        counted(outcome)
+    }
+
+    /// The reload itself, with the config in force held.
+    async fn reload_locked(&self, in_force: &mut Config) -> Outcome {
+        let rejected = |reason: String| Outcome::only(ReloadResult::Rejected, reason);
+        let Some(source) = in_force.source.clone() else {
+            return rejected(
+                "the daemon runs its built-in default config: there is no file to read again \
+                 (start it with --config FILE)"
+                    .into(),
+            );
+        };
+        let next = match self.read(&source) {
+            Ok(next) => next,
+            Err(reason) => return rejected(reason),
+        };
+        let plan = match Plan::between(in_force, &next) {
+            Ok(plan) => plan,
+            Err(reason) => return rejected(reason),
+        };
+        let prepared = match self.live.prepare(&next, &plan) {
+            Ok(prepared) => prepared,
+            Err(reason) => return rejected(reason),
+        };
+        // The last check that can refuse; from here on everything is applied.
+        let pools = match self.router.reconfigure(&next.pools) {
+            Ok(changes) => changes,
+            Err(reason) => return rejected(reason),
+        };
+        let mut changes = pools.described.clone();
+        changes.extend(self.live.apply(prepared, &next, &plan));
+        if pools.moved_sessions + pools.dropped_sessions > 0 {
+            changes.push(format!(
+                "sessions of removed slots: {} moved to the remaining slots, {} of removed pools \
+                 released",
+                pools.moved_sessions, pools.dropped_sessions
+            ));
+        }
+        let unchanged = pools.is_empty() && plan == Plan::default();
+        let table = self.router.pool_table();
+        self.live
+            .capacity
+            .resize(table.load().iter().map(|p| p.active as usize).sum());
+        for address in &pools.started {
+            if let Some(pool) = table.get(address.pool) {
+                self.fleet.start(&pool, address.slot);
+            }
+        }
+        let retiring: Vec<(Duration, oneshot::Receiver<()>)> = pools
+            .retired
+            .iter()
+            .filter_map(|address| {
+                let within = table.get(address.pool).map_or(Duration::ZERO, |p| {
+                    Duration::from_secs(p.config.supervision.roll_timeout_sec)
+                });
+                let (done, retired) = oneshot::channel();
+                let order = Order::Retire { within, done };
+                self.fleet
+                    .order(address.pool, address.slot, order)
+                    .then_some((within, retired))
+            })
+            .collect();
+        *in_force = next;
+        let mut failures = Vec::new();
+        for rolled in &pools.rolled {
+            if let Some(failure) = self.roll(in_force, rolled).await {
+                failures.push(failure);
+            }
+        }
+        for (within, retired) in retiring {
+            // The supervisor answers once its worker has stopped: within the bound, then SIGTERM
+            // and SIGKILL; the timeout only guards against one that never answers.
+            if tokio::time::timeout(within + STOP_GRACE * 2, retired)
+                .await
+                .is_err()
+            {
+                failures.push("a removed slot did not stop in time".to_owned());
+            }
+        }
+        let (result, reason) = match failures.is_empty() {
+            true if unchanged => (ReloadResult::Unchanged, None),
+            true => (ReloadResult::Applied, None),
+            false => (ReloadResult::Failed, Some(failures.join("; "))),
+        };
+        Outcome {
+            result,
+            reason,
+            changes,
+        }
+    }
+
+    /// Rolls one pool of a reload; on failure puts the pool's previous config back in force (in
+    /// the table and in `in_force`) and returns why.
+    async fn roll(&self, in_force: &mut Config, rolled: &Rolled) -> Option<String> {
+        let id = rolled.next.id.as_str();
+        match roll::roll(&self.fleet, id, rolled).await {
+            Rolling::Done => None,
+            Rolling::RolledBack(reason) => {
+                self.router
+                    .restore_config(rolled.pool, rolled.previous.clone());
+                if let Some(entry) = in_force.pools.iter_mut().find(|p| p.id == id) {
+                    let instances = entry.instances;
+                    *entry = (*rolled.previous).clone();
+                    entry.instances = instances;
+                }
+                Some(reason)
+            }
+            Rolling::Interrupted => Some(STOPPING.to_owned()),
+        }
+    }
+
+    /// Rolls every slot of pool `id` onto fresh workers of its current config, one at a time.
+    async fn restart_pool(&self, id: &str) -> Outcome {
+        let Ok(_in_force) = self.in_force.try_lock() else {
+            return Outcome::only(ReloadResult::Busy, BUSY);
+        };
+        let pool = self
+            .router
+            .pools()
+            .iter()
+            .find(|p| &*p.id == id && !p.is_removed())
+            .cloned();
+        let Some(pool) = pool else {
+            return Outcome::only(ReloadResult::UnknownPool, format!("no pool named '{id}'"));
+        };
+        let rolled = Rolled {
+            pool: pool.index,
+            slots: pool.active,
+            previous: pool.config.clone(),
+            next: pool.config.clone(),
+        };
+        tracing::info!(pool = id, slots = pool.active, "rolling restart requested");
+        let changes = vec![format!(
+            "pool '{id}': rolling restart of {} slots",
+            pool.active
+        )];
+        let (result, reason) = match roll::roll(&self.fleet, id, &rolled).await {
+            Rolling::Done => (ReloadResult::Applied, None),
+            Rolling::RolledBack(reason) => (ReloadResult::Failed, Some(reason)),
+            Rolling::Interrupted => (ReloadResult::Failed, Some(STOPPING.to_owned())),
+        };
+        Outcome {
+            result,
+            reason,
+            changes,
+        }
+    }
+
+    /// The config file at `source`, checked as at start, with the `--ws` listeners added back.
+    fn read(&self, source: &Path) -> Result<Config, String> {
+        let mut next = Config::load(source).map_err(|e| e.to_string())?;
+        next.websocket.extend(self.flag_websockets.iter().cloned());
+        preflight::check_commands(&next).map_err(|e| e.to_string())?;
+        Ok(next)
+    }
+}
+
+impl Reload for Reloader {
+    fn reload(&self) -> Pending<'_> {
+        Box::pin(async move {
+            let Ok(mut in_force) = self.in_force.try_lock() else {
+                return counted(Outcome::only(ReloadResult::Busy, BUSY));
+            };
+            let outcome = self.reload_locked(&mut in_force).await;
+            counted(outcome)
+        })
+    }
+
+    fn restart<'a>(&'a self, pool: &'a str) -> Pending<'a> {
+        Box::pin(async move { counted(self.restart_pool(pool).await) })
+    }
+}
+
+impl Live {
+    /// Loads what `next` needs that can fail, changing nothing: its credentials (the tokens file
+    /// and JWT secret read again, so a rotated token takes effect even when the file's path did
+    /// not change), every listener's TLS files, the audit file if it moved, and the check that no
+    /// listener would be open beyond loopback without authentication.
+    fn prepare(&self, next: &Config, plan: &Plan) -> Result<Prepared, String> {
+        let credentials = preflight::authenticator(next).map_err(|e| e.to_string())?;
+        let addresses = Addresses {
+            tcp: self.bound.tcp,
+            admin: self.bound.admin,
+            websocket: &self.bound.websocket,
+        };
+        preflight::secure_by_default(next, credentials.as_deref(), addresses)
+            .map_err(|e| e.to_string())?;
+        preflight::tls(next).map_err(|e| e.to_string())?;
+        if plan.audit {
+            if let Some(path) = &next.audit.path {
+                Audit::open(path)
+                    .map_err(|e| format!("audit.path: cannot open '{}': {e}", path.display()))?;
+            }
+        }
+        let bearer = next
+            .metrics
+            .bearer_sha256
+            .as_deref()
+            .and_then(AdminBearer::new)
+            .map(Arc::new);
+        Ok(Prepared {
+            credentials,
+            bearer,
+        })
+    }
+
+    /// Puts what [`Live::prepare`] loaded in force; returns one line per change made. A file
+    /// that fails between the two (replaced again meanwhile) keeps the previous one in use,
+    /// with a WARN.
+    fn apply(&self, prepared: Prepared, next: &Config, plan: &Plan) -> Vec<String> {
+        self.credentials.replace(prepared.credentials);
+        self.bearer.replace(prepared.bearer);
+        let every = [(&self.tls.tcp, next.transport.tls.as_ref())]
+            .into_iter()
+            .chain(
+                self.tls
+                    .websocket
+                    .iter()
+                    .zip(next.websocket.iter().map(|w| w.tls.as_ref())),
+            )
+            .chain([(&self.tls.admin, next.metrics.tls.as_ref())]);
+        for (tls, files) in every {
+            let (Some(tls), Some(files)) = (tls, files) else {
+                continue;
+            };
+            if let Err(error) = tls.replace(files) {
+                tracing::warn!(%error, "cannot load the reloaded TLS files; still serving the previous ones");
+            }
+        }
+        let audit = match plan.audit {
+            true => self.audit.retarget(next.audit.path.as_deref()),
+            false => self.audit.reopen(),
+        };
+        if let Err(error) = audit {
+            tracing::warn!(%error, "cannot open the audit trail; still appending to the previous file");
+        }
+        plan.changes()
+    }
+}
+
+/// Logs `outcome` and counts it in `codex_bus_config_reloads_total`.
+fn counted(outcome: Outcome) -> Outcome {
+    metrics::get().config_reload(outcome.result);
+    let (result, changes) = (outcome.result.label(), &outcome.changes);
+    match outcome.result {
+        ReloadResult::Applied | ReloadResult::Unchanged => {
+            tracing::info!(result, ?changes, "config reloaded")
+        }
+        _ => tracing::warn!(
+            result,
+            reason = outcome.reason.as_deref().unwrap_or(""),
+            ?changes,
+            "config reload not applied in full"
+        ),
+    }
+    outcome
+}
+
+/// The reason of a `busy` answer.
+const BUSY: &str = "a reload or restart is running";
+
+/// Why a roll stopped when the daemon began stopping.
+const STOPPING: &str = "the daemon began stopping during the rolling restart";

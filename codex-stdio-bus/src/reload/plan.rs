@@ -1,30 +1,20 @@
-//! What a reload has to do: the difference between the config in force and a newly loaded one,
-//! computed without touching anything (pure, so every rule is unit-tested here).
+//! What a reload has to do beyond the pools: the difference between the config in force and a
+//! newly loaded one, computed without touching anything (pure, so every rule is unit-tested here).
 //!
-//! Pools are matched by id (their order in the file does not matter) and may be added, removed,
-//! resized and changed at runtime. Credentials (`auth` tokens, tokens file, JWT settings, the
+//! The pools' difference is the router's (`router::reconfigure`), which compares the new pools with
+//! the table it routes on. Credentials (`auth` tokens, tokens file, JWT settings, the
 //! admin bearer), TLS files and the audit path are replaced in place. Everything the daemon only
 //! reads at start (listeners and their addresses, `limits`, `routing`, `tenants`, turning `auth`
 //! or a listener's TLS on or off) needs a restart: a plan that changes one is refused with a
 //! reason naming the field, and the old config keeps serving.
 
-use codex_bus_config::{Config, PoolConfig};
+use codex_bus_config::Config;
 use serde::Serialize;
 use serde_json::Value;
 
-/// The changes a reload applies, in the new config's pool order where an order exists.
+/// What a reload replaces in place besides the pools.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Plan {
-    /// Pools whose id is new, as the new config has them.
-    pub added: Vec<PoolConfig>,
-    /// Ids of the pools the new config no longer has.
-    pub removed: Vec<String>,
-    /// Pools whose `instances` changed: id, old count, new count. A pool may also be in
-    /// [`Plan::rolled`] when more than its size changed.
-    pub resized: Vec<(String, u32, u32)>,
-    /// Ids of the kept pools whose config changed in anything but `instances`: their remaining
-    /// slots are rolled onto the new config.
-    pub rolled: Vec<String>,
     /// `auth` changed (it stays on): the authenticator is rebuilt from it.
     pub auth: bool,
     /// A listener's TLS file paths changed (transport, metrics or a WebSocket listener).
@@ -50,7 +40,7 @@ impl Plan {
     /// `"auth turned on: a restart is needed to apply it"`.
     pub(crate) fn between(old: &Config, new: &Config) -> Result<Plan, String> {
         restart_only(old, new)?;
-        let mut plan = Plan {
+        let plan = Plan {
             auth: old.auth != new.auth,
             tls: old.transport.tls != new.transport.tls
                 || old.metrics.tls != new.metrics.tls
@@ -61,57 +51,14 @@ impl Plan {
                     .any(|(a, b)| a.tls != b.tls),
             audit: old.audit != new.audit,
             bearer: old.metrics.bearer_sha256 != new.metrics.bearer_sha256,
-            ..Plan::default()
         };
-        for pool in &old.pools {
-            if !new.pools.iter().any(|p| p.id == pool.id) {
-                plan.removed.push(pool.id.clone());
-            }
-        }
-        for pool in &new.pools {
-            let Some(before) = old.pools.iter().find(|p| p.id == pool.id) else {
-                plan.added.push(pool.clone());
-                continue;
-            };
-            if before.instances != pool.instances {
-                plan.resized
-                    .push((pool.id.clone(), before.instances, pool.instances));
-            }
-            let same_size = PoolConfig {
-                instances: pool.instances,
-                ..before.clone()
-            };
-            if same_size != *pool {
-                plan.rolled.push(pool.id.clone());
-            }
-        }
         Ok(plan)
     }
 
-    /// Whether the new config changes nothing the daemon uses (a reload is `unchanged`).
-    pub(crate) fn is_empty(&self) -> bool {
-        *self == Plan::default()
-    }
-
     /// The changes, one short line each, for logs and the reload answer's `changes`, e.g.
-    /// `"pool b added (2 instances)"`, `"pool a resized from 2 to 4 instances"`, `"pool a rolled"`.
+    /// `"auth credentials replaced"`.
     pub(crate) fn changes(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for pool in &self.added {
-            lines.push(format!(
-                "pool {} added ({} instances)",
-                pool.id, pool.instances
-            ));
-        }
-        for id in &self.removed {
-            lines.push(format!("pool {id} removed"));
-        }
-        for (id, from, to) in &self.resized {
-            lines.push(format!("pool {id} resized from {from} to {to} instances"));
-        }
-        for id in &self.rolled {
-            lines.push(format!("pool {id} rolled"));
-        }
         let sections = [
             (self.auth, "auth credentials replaced"),
             (self.bearer, "metrics.bearer_sha256 replaced"),
@@ -249,89 +196,8 @@ mod tests {
         let mut new = old.clone();
         new.source = Some("/elsewhere/bus.json".into());
         let plan = plan(&old, &new);
-        assert!(plan.is_empty(), "{plan:?}");
+        assert_eq!(plan, Plan::default());
         assert!(plan.changes().is_empty());
-    }
-
-    #[test]
-    fn pool_order_is_not_a_change() {
-        let old = config(POOLS, "");
-        let new = config(
-            r#"[{"id": "b", "command": "cat", "instances": 1},
-                {"id": "a", "command": "cat", "instances": 2}]"#,
-            "",
-        );
-        assert!(plan(&old, &new).is_empty());
-    }
-
-    #[test]
-    fn pools_are_added_removed_resized_and_rolled_by_id() {
-        let old = config(
-            r#"[{"id": "a", "command": "cat", "instances": 2},
-                {"id": "b", "command": "cat", "instances": 1},
-                {"id": "c", "command": "cat", "instances": 3},
-                {"id": "d", "command": "cat", "instances": 1}]"#,
-            "",
-        );
-        let new = config(
-            r#"[{"id": "d", "command": "cat", "instances": 1},
-                {"id": "e", "command": "cat", "instances": 4},
-                {"id": "c", "command": "cat", "instances": 1, "args": ["-u"]},
-                {"id": "b", "command": "cat", "instances": 5},
-                {"id": "f", "command": "cat", "instances": 1}]"#,
-            "",
-        );
-        let plan = plan(&old, &new);
-        let added: Vec<&str> = plan.added.iter().map(|p| p.id.as_str()).collect();
-        assert_eq!(added, ["e", "f"], "new ids, in the new order");
-        assert_eq!(plan.added[0], new.pools[1], "the whole new pool config");
-        assert_eq!(plan.removed, ["a"]);
-        assert_eq!(
-            plan.resized,
-            [("c".to_owned(), 3, 1), ("b".to_owned(), 1, 5)]
-        );
-        assert_eq!(
-            plan.rolled,
-            ["c"],
-            "c also changed its args; b only its size"
-        );
-        assert!(!plan.auth && !plan.tls && !plan.audit && !plan.bearer);
-        assert_eq!(
-            plan.changes(),
-            [
-                "pool e added (4 instances)",
-                "pool f added (1 instances)",
-                "pool a removed",
-                "pool c resized from 3 to 1 instances",
-                "pool b resized from 1 to 5 instances",
-                "pool c rolled",
-            ]
-        );
-    }
-
-    #[test]
-    fn any_pool_field_but_instances_rolls_the_pool() {
-        let old = config(POOLS, "");
-        for change in [
-            r#""args": ["-u"]"#,
-            r#""env": {"K": "v"}"#,
-            r#""cwd": "/""#,
-            r#""ready_timeout_sec": 5"#,
-            r#""roll_timeout_sec": 5"#,
-            r#""restart_policy": "never""#,
-            r#""no_new_privs": true"#,
-        ] {
-            let new = config(
-                &format!(
-                    r#"[{{"id": "a", "command": "cat", "instances": 2, {change}}},
-                        {{"id": "b", "command": "cat", "instances": 1}}]"#
-                ),
-                "",
-            );
-            let plan = plan(&old, &new);
-            assert_eq!(plan.rolled, ["a"], "{change}");
-            assert!(plan.resized.is_empty() && plan.added.is_empty() && plan.removed.is_empty());
-        }
     }
 
     #[test]
@@ -411,7 +277,6 @@ mod tests {
         let plan = plan(&on, &config(POOLS, &token('b')));
         assert!(plan.auth && !plan.tls && !plan.audit && !plan.bearer);
         assert_eq!(plan.changes(), ["auth credentials replaced"]);
-        assert!(!plan.is_empty());
     }
 
     #[test]

@@ -39,7 +39,11 @@ impl Router {
                     .iter()
                     .map(|s| s.state().as_str())
                     .collect();
-                let ready = states.iter().filter(|s| **s == "ready").count();
+                // A replacing slot serves on: its worker finishes, new work waits for the next.
+                let ready = states
+                    .iter()
+                    .filter(|s| matches!(**s, "ready" | "replacing"))
+                    .count();
                 (ready == 0)
                     .then(|| json!({"pool": &*pool.id, "ready_workers": 0, "slots": states}))
             })

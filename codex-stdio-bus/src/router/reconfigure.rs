@@ -392,6 +392,49 @@ mod tests {
     }
 
     #[test]
+    fn any_pool_field_but_instances_rolls_the_pool_and_order_is_no_change() {
+        let two =
+            r#"{"id":"a","command":"cat","instances":2},{"id":"b","command":"cat","instances":1}"#;
+        for change in [
+            r#""args": ["-u"]"#,
+            r#""env": {"K": "v"}"#,
+            r#""cwd": "/""#,
+            r#""ready_timeout_sec": 5"#,
+            r#""roll_timeout_sec": 5"#,
+            r#""restart_policy": "never""#,
+            r#""no_new_privs": true"#,
+            r#""umask": "0077""#,
+        ] {
+            let router = Router::new(
+                &Config::from_json_str(&format!(r#"{{"pools":[{two}]}}"#), "t").unwrap(),
+            );
+            let reordered = pools(
+                r#"{"id":"b","command":"cat","instances":1},{"id":"a","command":"cat","instances":2}"#,
+            );
+            assert!(
+                router.reconfigure(&reordered).unwrap().is_empty(),
+                "pool order is no change"
+            );
+            let changed = pools(&format!(
+                r#"{{"id":"a","command":"cat","instances":2,{change}}},{{"id":"b","command":"cat","instances":1}}"#
+            ));
+            let other_command = pools(
+                r#"{"id":"a","command":"tac","instances":2},{"id":"b","command":"cat","instances":1}"#,
+            );
+            assert_eq!(other_command[0].command, "tac");
+            let changes = router.reconfigure(&changed).unwrap();
+            let rolled: Vec<u32> = changes.rolled.iter().map(|r| r.pool).collect();
+            assert_eq!(rolled, [0], "{change}");
+            assert!(
+                changes.started.is_empty() && changes.retired.is_empty(),
+                "{change}"
+            );
+            let changes = router.reconfigure(&other_command).unwrap();
+            assert_eq!(changes.rolled.len(), 1, "a new command rolls too");
+        }
+    }
+
+    #[test]
     fn the_pool_table_is_bounded() {
         let router = Router::new(&Config::single_pool("p", "cat", &[], 1));
         let many: Vec<String> = (0..MAX_POOLS)

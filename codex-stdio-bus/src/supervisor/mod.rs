@@ -36,9 +36,9 @@ pub(crate) use fleet::Fleet;
 use instance::{Ended, Ending, Instance, StopOrder};
 pub(crate) use orders::{Order, Replaced};
 
-/// A worker stopped by an order gets at least this long between SIGTERM and SIGKILL, as the
-/// daemon's own stop gives its workers.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+/// A stopped worker gets at least this long between SIGTERM and SIGKILL: by the daemon's stop,
+/// even when its drain ran out, and by an order (rolling restart, retirement).
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The `data.detail` of the requests a rolled worker leaves unanswered.
 const REPLACED_DETAIL: &str = "worker replaced by a rolling restart";
