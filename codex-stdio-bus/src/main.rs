@@ -43,7 +43,7 @@ fn status(address: &str, ca_file: Option<&Path>) -> ExitCode {
 }
 
 /// `check`: validate, print the effective config, and refuse (like `run`) a pool whose program
-/// cannot be found here.
+/// cannot be found here, or whose cgroup limits this host cannot apply.
 fn check(path: Option<&Path>) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
@@ -52,7 +52,8 @@ fn check(path: Option<&Path>) -> ExitCode {
     println!("{}", config.to_pretty_json());
     let checks = daemon::check_commands(&config)
         .and_then(|()| daemon::check_auth(&config))
-        .and_then(|()| daemon::check_tls(&config));
+        .and_then(|()| daemon::check_tls(&config))
+        .and_then(|()| daemon::check_cgroups(&config));
     match checks {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
