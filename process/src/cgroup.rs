@@ -310,7 +310,8 @@ impl Workers {
     /// `memory.swap.max` is 0 with a memory limit, so swapping cannot stretch it, and
     /// `memory.oom.group` is 1, so the OOM killer ends the whole child (its own children with it)
     /// rather than leave it half alive; both only where the files exist (no swap accounting, an
-    /// older kernel).
+    /// older kernel). An absent limit is written only where its file exists (its controller is
+    /// on), so a pool that needs one controller works where only that one is delegated.
     ///
     /// # Errors
     ///
@@ -318,23 +319,27 @@ impl Workers {
     pub fn slot(&self, name: &str, limits: &Limits) -> io::Result<File> {
         let dir = self.dir.join(name);
         make_dir(&dir)?;
-        let memory = limits
-            .memory_max_bytes
-            .map_or_else(|| "max".to_owned(), |b| b.to_string());
-        write(&dir.join("memory.max"), &memory)?;
-        let swap = if limits.memory_max_bytes.is_some() {
-            "0"
-        } else {
-            "max"
-        };
-        write_if_present(&dir.join("memory.swap.max"), swap)?;
-        write_if_present(&dir.join("memory.oom.group"), "1")?;
+        // A limit set needs its file; an absent one is lifted where its controller is on (a
+        // reload may have dropped it), and needs nothing where it is not.
+        match limits.memory_max_bytes {
+            Some(bytes) => {
+                write(&dir.join("memory.max"), &bytes.to_string())?;
+                write_if_present(&dir.join("memory.swap.max"), "0")?;
+                write_if_present(&dir.join("memory.oom.group"), "1")?;
+            }
+            None => {
+                write_if_present(&dir.join("memory.max"), "max")?;
+                write_if_present(&dir.join("memory.swap.max"), "max")?;
+            }
+        }
         // 100 ms is the kernel's default period (and systemd's for CPUQuota=).
-        let cpu = limits.cpu_max_percent.map_or_else(
-            || "max 100000".to_owned(),
-            |p| format!("{} 100000", u64::from(p) * 1000),
-        );
-        write(&dir.join("cpu.max"), &cpu)?;
+        match limits.cpu_max_percent {
+            Some(percent) => write(
+                &dir.join("cpu.max"),
+                &format!("{} 100000", u64::from(percent) * 1000),
+            )?,
+            None => write_if_present(&dir.join("cpu.max"), "max 100000")?,
+        }
         let procs = dir.join("cgroup.procs");
         OpenOptions::new()
             .write(true)
@@ -539,7 +544,17 @@ mod tests {
         assert!(!slot.join("memory.oom.group").exists());
         workers.slot("pool-a%2fb-0", &Limits::default()).unwrap();
         assert_eq!(read(&slot.join("memory.max")).unwrap(), "max");
+        assert_eq!(read(&slot.join("memory.swap.max")).unwrap(), "max");
         assert_eq!(read(&slot.join("cpu.max")).unwrap(), "max 100000");
+        // Where cpu is not on, a memory limit alone does not touch its file.
+        let memory_only = workers.dir.join("pool-m-0");
+        cgroup_dir(&memory_only, "");
+        let limits = Limits {
+            memory_max_bytes: Some(1 << 20),
+            cpu_max_percent: None,
+        };
+        workers.slot("pool-m-0", &limits).unwrap();
+        assert!(!memory_only.join("cpu.max").exists());
     }
 
     #[test]
