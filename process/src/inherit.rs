@@ -88,11 +88,12 @@ pub(crate) fn in_child(
     let uid = restrictions.uid.map(Uid::from_raw);
     let no_new_privs = restrictions.no_new_privs;
     // SAFETY: the closure runs between fork and exec, where only async-signal-safe functions may
-    // be called: it calls write (on an fd opened before fork), setrlimit, umask, setgroups, setgid, setuid, prctl and getppid (through
-    // nix, which passes the prepared slices and values straight to libc, which returns `Errno` values
-    // and converts them with `io::Error::from_raw_os_error`) and allocates nothing. Its error is
-    // an OS error code, which std keeps in the `io::Error` itself (no `Box`); std passes only
-    // that code back to the parent anyway.
+    // be called: it calls write (on an fd opened before fork), setrlimit, umask, setgroups,
+    // setgid, setuid, prctl and getppid (through nix, which passes the prepared slices and
+    // values straight to libc, which returns `Errno` values and converts them with
+    // `io::Error::from_raw_os_error`) and allocates nothing. Its error is an OS error code, which
+    // std keeps in the `io::Error` itself (no `Box`); std passes only that code back to the
+    // parent anyway.
     unsafe {
         command.pre_exec(move || {
             if let Some(procs) = &cgroup {
