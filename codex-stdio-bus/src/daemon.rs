@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin;
 use crate::audit::Audit;
 use crate::auth::{AdminBearer, AdminCredentials, Credentials};
+pub use crate::cgroups::check_cgroups;
 use crate::core::sink::WorkerSink;
 use crate::error::{Error, Kind};
 use crate::io::capacity::Capacity;
@@ -170,6 +171,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<Outcome, Error> {
     check_commands(&config)?;
+    crate::cgroups::prepare(&config)?;
     let auth = authenticator(&config)?;
     let tcp = match &listeners.clients {
         Some(Bound::Tcp(listener)) => Some(local_address(listener)?),
@@ -444,6 +446,7 @@ pub async fn run(
             return Ok(Outcome::Stopped);
         }
     }
+    crate::cgroups::release();
     tracing::info!(?outcome, "codex-stdio-bus stopped");
     Ok(outcome)
 }

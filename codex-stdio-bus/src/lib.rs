@@ -10,7 +10,7 @@
 //! 4. `supervisor`: the restart policy loop, driving workers through a `WorkerSink`;
 //! 5. [`daemon`] (`run(config, listeners, shutdown)`) and [`admin`] (metrics, health, status).
 //!
-//! `auth` (credentials), `metrics` and [`error`] are leaves that any layer may use; [`signals`] makes the [`Shutdown`]
+//! `auth` (credentials), `cgroups` (the pools' cgroup v2 limits), `metrics` and [`error`] are leaves that any layer may use; [`signals`] makes the [`Shutdown`]
 //! that `main` hands to [`daemon::run`].
 //!
 //! [`Shutdown`]: daemon::Shutdown
@@ -21,6 +21,7 @@
 pub mod admin;
 mod audit;
 mod auth;
+mod cgroups;
 pub mod cli;
 mod core;
 pub mod daemon;

@@ -75,7 +75,7 @@ fn control(verb: &str, address: &str, path: &str, ca_file: Option<&Path>) -> Exi
 }
 
 /// `check`: validate, print the effective config, and refuse (like `run`) a pool whose program
-/// cannot be found here.
+/// cannot be found here, or whose cgroup limits this host cannot apply.
 fn check(path: Option<&Path>) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
@@ -84,7 +84,8 @@ fn check(path: Option<&Path>) -> ExitCode {
     println!("{}", config.to_pretty_json());
     let checks = daemon::check_commands(&config)
         .and_then(|()| daemon::check_auth(&config))
-        .and_then(|()| daemon::check_tls(&config));
+        .and_then(|()| daemon::check_tls(&config))
+        .and_then(|()| daemon::check_cgroups(&config));
     match checks {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),

@@ -20,11 +20,13 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         // Leaves: nothing of the daemon.
         "metrics" | "error" | "cli" | "audit" | "auth" => &[],
         "core" => &[],
+        // The pools' cgroup v2 limits: checked by the daemon (and `check`), applied at spawn.
+        "cgroups" => &["error"],
         "router" => &["core", "metrics", "audit", "error"],
         // Every client transport (stdio, Unix, TCP, and `io/websocket`) and the HTTP probes
         // (`io/probes`) the admin endpoint and the WebSocket listeners share.
         "io" => &["core", "router", "auth", "metrics", "audit", "error"],
-        "supervisor" => &["core", "router", "io", "metrics", "error"],
+        "supervisor" => &["core", "router", "io", "cgroups", "metrics", "error"],
         // Layer 5: what a config needs before it is put in force, at start and on a reload.
         "preflight" => &["io", "auth", "error"],
         "reload" => &[
@@ -34,6 +36,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "supervisor",
             "preflight",
             "auth",
+            "cgroups",
             "metrics",
             "audit",
             "error",
@@ -48,6 +51,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "preflight",
             "reload",
             "auth",
+            "cgroups",
             "metrics",
             "audit",
             "error",

@@ -34,10 +34,10 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use model::{
-    Account, AuditConfig, AuthConfig, Config, GroupId, IdReferenceConfig, JwtConfig, Limits,
-    MetricsConfig, PoolConfig, Privileges, ReadyProbe, RestartPolicy, Rlimits, RoutingConfig,
-    Supervision, TenantLimits, TlsConfig, TokenEntry, TokenSecret, TransportConfig, TransportMode,
-    WebSocketConfig,
+    Account, AuditConfig, AuthConfig, CgroupLimits, Config, GroupId, IdReferenceConfig, JwtConfig,
+    Limits, MetricsConfig, PoolConfig, Privileges, ReadyProbe, RestartPolicy, Rlimits,
+    RoutingConfig, Supervision, TenantLimits, TlsConfig, TokenEntry, TokenSecret, TransportConfig,
+    TransportMode, WebSocketConfig,
 };
 pub use tenant::{validate_tenant_name, MAX_TENANT_BYTES};
 

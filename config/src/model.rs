@@ -134,6 +134,10 @@ pub struct Privileges {
     /// Whether the workers run with `PR_SET_NO_NEW_PRIVS` (no privileges gained through exec).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_new_privs: bool,
+    /// cgroup v2 limits of each worker, in a cgroup of its own (needs a delegated cgroup v2; the
+    /// daemon refuses the field where it has none).
+    #[serde(skip_serializing_if = "CgroupLimits::is_empty")]
+    pub cgroup: CgroupLimits,
 }
 
 /// A user as the config names it, resolved: its uid, primary gid and supplementary groups.
@@ -201,6 +205,27 @@ impl Rlimits {
     /// Whether no limit is set.
     pub fn is_empty(&self) -> bool {
         *self == Rlimits::default()
+    }
+}
+
+/// A pool's cgroup v2 limits, each applied to every worker's own cgroup; each absent one is
+/// unlimited (`max`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CgroupLimits {
+    /// `memory.max` in bytes (at least 1 MiB), with `memory.swap.max` 0 so it bounds all the
+    /// worker's memory; past it the kernel's OOM killer ends the worker. systemd: `MemoryMax=`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_max_bytes: Option<u64>,
+    /// `cpu.max` as a percentage of one CPU (1 to 10000: 250 is two and a half CPUs), written as
+    /// `P*1000 100000` (µs of CPU per 100 ms period). systemd: `CPUQuota=`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_max_percent: Option<u32>,
+}
+
+impl CgroupLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == CgroupLimits::default()
     }
 }
 

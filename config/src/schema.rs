@@ -36,6 +36,9 @@ pub(crate) const RLIMIT_KEYS: &[&str] = &[
     "core_bytes",
 ];
 
+/// Keys of a pool's `cgroup` object (our extension).
+pub(crate) const CGROUP_KEYS: &[&str] = &["memory_max_bytes", "cpu_max_percent"];
+
 /// Keys of one `pools[]` object; all but the first four are our extensions.
 pub(crate) const POOL_KEYS: &[&str] = &[
     "id",
@@ -49,6 +52,7 @@ pub(crate) const POOL_KEYS: &[&str] = &[
     "umask",
     "rlimits",
     "no_new_privs",
+    "cgroup",
     "restart_policy",
     "backoff_initial_ms",
     "backoff_max_ms",
@@ -163,6 +167,7 @@ mod tests {
             TOP_KEYS,
             POOL_KEYS,
             RLIMIT_KEYS,
+            CGROUP_KEYS,
             PROBE_KEYS,
             LIMIT_KEYS,
             TRANSPORT_KEYS,

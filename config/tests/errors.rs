@@ -748,3 +748,53 @@ fn privileges_are_resolved_at_load() {
         }
     }
 }
+
+#[test]
+fn cgroup_limits_are_checked() {
+    assert_problems(
+        &with_pools(
+            r#"[{"id": "a", "command": "cat", "instances": 1,
+                 "cgroup": {"memory_max_bytes": 1048575, "cpu_max_percent": 0, "memory_max": 5}},
+                {"id": "b", "command": "cat", "instances": 1,
+                 "cgroup": {"memory_max_bytes": "1G", "cpu_max_percent": 10001}},
+                {"id": "c", "command": "cat", "instances": 1, "cgroup": 64}]"#,
+        ),
+        &[
+            "pools[0].cgroup.memory_max_bytes: must be an integer ≥ 1048576, got 1048575",
+            "pools[0].cgroup.cpu_max_percent: must be an integer ≥ 1, got 0",
+            "pools[0].cgroup.memory_max: unknown key (did you mean 'memory_max_bytes'?)",
+            r#"pools[1].cgroup.memory_max_bytes: must be an integer ≥ 1048576, got "1G""#,
+            "pools[1].cgroup.cpu_max_percent: must be at most 10000, got 10001",
+            "pools[2].cgroup: must be an object, got 64",
+        ],
+    );
+}
+
+#[test]
+fn cgroup_limits_are_parsed_and_shown_in_the_effective_config() {
+    let text = r#"{"pools": [{"id": "a", "command": "cat", "instances": 1,
+        "cgroup": {"memory_max_bytes": 268435456, "cpu_max_percent": 250}},
+        {"id": "b", "command": "cat", "instances": 1, "cgroup": {"cpu_max_percent": 1}},
+        {"id": "c", "command": "cat", "instances": 1}]}"#;
+    let config = Config::from_json_str(text, "t.json").unwrap();
+    let limits = |i: usize| config.pools[i].privileges.cgroup;
+    assert_eq!(limits(0).memory_max_bytes, Some(256 << 20));
+    assert_eq!(limits(0).cpu_max_percent, Some(250));
+    assert_eq!(limits(1).memory_max_bytes, None);
+    assert_eq!(limits(1).cpu_max_percent, Some(1));
+    assert!(limits(2).is_empty());
+    let effective = serde_json::to_value(&config).unwrap();
+    assert_eq!(
+        effective["pools"][0]["cgroup"],
+        serde_json::json!({"memory_max_bytes": 268435456, "cpu_max_percent": 250})
+    );
+    assert_eq!(
+        effective["pools"][1]["cgroup"],
+        serde_json::json!({"cpu_max_percent": 1})
+    );
+    assert!(effective["pools"][2].get("cgroup").is_none());
+    assert_eq!(
+        Config::from_json_str(&config.to_pretty_json(), "t.json").unwrap(),
+        config
+    );
+}

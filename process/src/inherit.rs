@@ -1,6 +1,6 @@
 //! What a child must not inherit from this process: fds it was handed by whoever started it, an
-//! open-file limit raised for our own use, a life beyond ours, and (when restricted) our
-//! user, groups, umask and resource limits.
+//! open-file limit raised for our own use, a life beyond ours, (when restricted) our
+//! user, groups, umask and resource limits, and (when given one) our cgroup.
 //!
 //! The one module with unsafe code: `pre_exec` runs code between `fork` and `exec`, and fds
 //! known only by number must be borrowed to be changed.
@@ -54,7 +54,14 @@ pub fn cloexec_inherited_fds() {
 }
 
 /// Makes the kernel SIGKILL the child when the thread that spawns it dies, gives it the
-/// open-file limit `fd_limit` (soft, hard) when one is set, and applies `restrictions`.
+/// open-file limit `fd_limit` (soft, hard) when one is set, applies `restrictions`, and first of
+/// all moves it into the cgroup whose `cgroup.procs` is `cgroup`, when given.
+///
+/// The cgroup is joined by writing `0` (the writing process) to that file, opened before fork:
+/// one `write(2)`, async-signal-safe, before the child changes its credentials (the kernel checks
+/// the opener's, but this keeps the order plain) and before exec, so everything the worker ever
+/// maps is charged to its cgroup. (`clone3` with `CLONE_INTO_CGROUP` would do it in the kernel,
+/// but std's `Command` does not offer it.)
 ///
 /// PDEATHSIG fires on the death of the parent *thread* (prctl(2)): spawn from a thread that lives
 /// as long as the process, such as a current-thread runtime's, never from `spawn_blocking`.
@@ -63,6 +70,7 @@ pub(crate) fn in_child(
     command: &mut Command,
     fd_limit: Option<(u64, u64)>,
     restrictions: &Restrictions,
+    cgroup: Option<std::fs::File>,
 ) {
     let parent = std::process::id();
     // Everything the child needs is built here, before fork: the closure must not allocate.
@@ -80,13 +88,17 @@ pub(crate) fn in_child(
     let uid = restrictions.uid.map(Uid::from_raw);
     let no_new_privs = restrictions.no_new_privs;
     // SAFETY: the closure runs between fork and exec, where only async-signal-safe functions may
-    // be called: it calls setrlimit, umask, setgroups, setgid, setuid, prctl and getppid (through
-    // nix, which passes the prepared slices and values straight to libc, which returns `Errno` values
-    // and converts them with `io::Error::from_raw_os_error`) and allocates nothing. Its error is
-    // an OS error code, which std keeps in the `io::Error` itself (no `Box`); std passes only
-    // that code back to the parent anyway.
+    // be called: it calls write (on an fd opened before fork), setrlimit, umask, setgroups,
+    // setgid, setuid, prctl and getppid (through nix, which passes the prepared slices and
+    // values straight to libc, which returns `Errno` values and converts them with
+    // `io::Error::from_raw_os_error`) and allocates nothing. Its error is an OS error code, which
+    // std keeps in the `io::Error` itself (no `Box`); std passes only that code back to the
+    // parent anyway.
     unsafe {
         command.pre_exec(move || {
+            if let Some(procs) = &cgroup {
+                nix::unistd::write(procs, b"0")?;
+            }
             if let Some((soft, hard)) = fd_limit {
                 setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
             }

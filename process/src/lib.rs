@@ -3,7 +3,8 @@
 //!
 //! - [`Spec`] spawns a child with piped stdio into its own process group, killed by the kernel when
 //!   the spawning thread dies, with the open-file limit this process was started with
-//!   ([`fd_limit`]) and any [`Restrictions`] (user, group, umask, resource limits);
+//!   ([`fd_limit`]) and any [`Restrictions`] (user, group, umask, resource limits), in a cgroup v2
+//!   of its own if given one ([`cgroup`]);
 //!   [`resolve_command`] finds a program as `execvp` would.
 //! - [`cloexec_inherited_fds`] keeps fds this process inherited out of its children.
 //! - [`stop`] ends a child (stdin closed, SIGTERM to its group, SIGKILL at a deadline, reaped);
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod backoff;
+pub mod cgroup;
 mod exit;
 pub mod fd_limit;
 mod inherit;

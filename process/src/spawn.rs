@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,12 +26,15 @@ use crate::Restrictions;
 ///   [`fd_limit::raise`](crate::fd_limit::raise) raised ours before the `Spec` was made;
 /// - holding no fd of ours but its three pipes, since Rust and tokio open every fd close-on-exec
 ///   (and [`cloexec_inherited_fds`](crate::cloexec_inherited_fds) covers the inherited ones).
-/// - with the [`Restrictions`] given to [`restrict`](Spec::restrict), if any.
+/// - with the [`Restrictions`] given to [`restrict`](Spec::restrict), if any;
+/// - in the cgroup given to [`cgroup`](Spec::cgroup), if any.
 #[derive(Debug)]
 pub struct Spec {
     command: Command,
     fd_limit: Option<(u64, u64)>,
     restrictions: Restrictions,
+    /// The `cgroup.procs` of the child's cgroup, opened for writing.
+    cgroup: Option<File>,
     /// Whether the code run between fork and exec has been registered (at the first spawn).
     armed: bool,
 }
@@ -48,6 +52,7 @@ impl Spec {
             command,
             fd_limit: crate::fd_limit::for_children(),
             restrictions: Restrictions::default(),
+            cgroup: None,
             armed: false,
         }
     }
@@ -57,6 +62,16 @@ impl Spec {
     pub fn restrict(&mut self, restrictions: Restrictions) -> &mut Self {
         debug_assert!(!self.armed, "restrict a Spec before its first spawn");
         self.restrictions = restrictions;
+        self
+    }
+
+    /// Moves the child into the cgroup whose `cgroup.procs` this is (opened for writing, as
+    /// [`cgroup::Workers::slot`](crate::cgroup::Workers::slot) returns it) before anything else
+    /// between fork and exec, so all it runs is limited by that cgroup. Call before the first
+    /// [`spawn`](Spec::spawn).
+    pub fn cgroup(&mut self, procs: File) -> &mut Self {
+        debug_assert!(!self.armed, "give a Spec its cgroup before its first spawn");
+        self.cgroup = Some(procs);
         self
     }
 
@@ -110,10 +125,16 @@ impl Spec {
     ///
     /// Errors: the program cannot be found or executed (the `execve(2)` errno), or the spawning
     /// process died while the child started (`ESRCH`), or a restriction could not be applied
-    /// (its errno, such as `EPERM` for another user when this process is not root).
+    /// (its errno, such as `EPERM` for another user when this process is not root), or the child
+    /// could not join its cgroup (its errno).
     pub fn spawn(&mut self) -> io::Result<Child> {
         if !self.armed {
-            crate::inherit::in_child(&mut self.command, self.fd_limit, &self.restrictions);
+            crate::inherit::in_child(
+                &mut self.command,
+                self.fd_limit,
+                &self.restrictions,
+                self.cgroup.take(),
+            );
             self.armed = true;
         }
         self.command.spawn()
@@ -252,6 +273,18 @@ mod tests {
         let lines: Vec<&str> = out.lines().map(str::trim).collect();
         assert_eq!(lines[..4], ["0077", "524288", "100", "0"], "{out}");
         assert!(lines[4].ends_with('1'), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_child_joins_its_cgroup_before_it_runs() {
+        // A plain file stands in for `cgroup.procs`: the child writes `0` (itself) to it, once,
+        // before exec; the real move is the cgroup tier's (tests/tests/privileges.rs).
+        let procs = tempfile::NamedTempFile::new().unwrap();
+        let mut spec = Spec::new("sh");
+        spec.args(["-c", "echo ran"])
+            .cgroup(File::options().write(true).open(procs.path()).unwrap());
+        assert_eq!(output(&mut spec).await.trim(), "ran");
+        assert_eq!(std::fs::read_to_string(procs.path()).unwrap(), "0");
     }
 
     #[tokio::test]

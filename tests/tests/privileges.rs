@@ -1,9 +1,12 @@
-//! Least privilege per pool (our extension): `user`, `group`, `umask`, `rlimits` and
-//! `no_new_privs` reach the workers, a daemon that is not root refuses a pool asking for another
-//! user, and a worker killed by its address-space limit is a failed worker like any other.
+//! Least privilege per pool (our extension): `user`, `group`, `umask`, `rlimits`,
+//! `no_new_privs` and `cgroup` reach the workers, a daemon that is not root refuses a pool asking
+//! for another user, one without a delegated cgroup v2 refuses `cgroup` limits, and a worker
+//! killed by its address-space or memory limit is a failed worker like any other.
 //!
 //! The tests that switch users need root: they are the `root` tier (`#[ignore = "tier root: …"]`,
-//! see tests/src/lib.rs), which `.ci/run` runs when it runs as root.
+//! see tests/src/lib.rs), which `.ci/run` runs when it runs as root. The test that applies cgroup
+//! limits needs a delegated cgroup v2 with the memory and cpu controllers: it is the `cgroup2`
+//! tier, which `.ci/run` runs (with `CODEX_BUS_CGROUP` naming that cgroup) where it can set one up.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -17,7 +20,8 @@ const EX_CONFIG: i32 = 78;
 
 /// A worker of the contract in docs/worker-contract.md, small enough to read: it answers every
 /// request with an empty result, except `read` (tries to read `params.path` and says whether it
-/// could) and `hog` (allocates 200 MiB, which kills it under a smaller address-space limit).
+/// could) and `hog` (allocates and fills 200 MiB, which kills it under a smaller address-space or
+/// memory limit: filled, so the pages are really charged to its cgroup).
 const WORKER: &str = r#"
 import json, sys
 for line in sys.stdin:
@@ -34,7 +38,7 @@ for line in sys.stdin:
         except OSError as e:
             result = {"read": False, "error": e.strerror}
     elif msg["method"] == "hog":
-        hog = bytearray(200 << 20)
+        hog = bytearray(b"x" * (200 << 20))
         result = {"allocated": len(hog)}
     out = {"jsonrpc": "2.0", "id": msg["id"], "result": result}
     if "sessionId" in msg:
@@ -292,6 +296,175 @@ fn a_worker_past_its_address_space_limit_dies_and_restarts_while_its_neighbour_s
     for id in 3..20 {
         still_works(&mut neighbour, id);
     }
+}
+
+/// A config whose pool asks for cgroup limits, in `dir`.
+fn cgroup_config(dir: &Path) -> String {
+    let config = json!({"pools": [
+        {"id": "plain", "command": bin("codex-mock").to_str().unwrap(), "instances": 1},
+        {"id": "limited", "command": bin("codex-mock").to_str().unwrap(), "instances": 1,
+         "cgroup": {"memory_max_bytes": 64u64 << 20, "cpu_max_percent": 50}},
+    ]});
+    let path = dir.join("cgroup.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn cgroup_limits_are_refused_where_no_delegated_cgroup_v2_offers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cgroup_config(dir.path());
+    let expected = "pools[1].cgroup: the cgroup v2 memory and cpu controllers are not available to this daemon (";
+    let remedy = "): remove the field or run the daemon in a delegated cgroup v2 (systemd Delegate=memory cpu; see docs/operations.md, \"cgroup v2 limits\")";
+
+    let (status, _, check) = codex_bus_tests::run_bus(&["check", "--config", &config]);
+    if status.success() {
+        // Only a cgroup v2 offering memory and cpu may accept the field; what it does with it is
+        // the cgroup2 tier's test.
+        let controllers =
+            std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+        assert!(
+            controllers.contains("memory") && controllers.contains("cpu"),
+            "accepted without cgroup v2 memory and cpu: {controllers:?}"
+        );
+        codex_bus_tests::say("privileges: this host has a delegated cgroup v2 with memory and cpu, so `check` accepts `cgroup` (no refusal to test; the cgroup2 tier applies the limits)");
+        return;
+    }
+    assert_eq!(status.code(), Some(EX_CONFIG), "{check}");
+    assert!(check.contains(expected), "{check}");
+    assert!(check.contains(remedy), "{check}");
+
+    let socket = dir.path().join("bus.sock");
+    let (status, _, err) =
+        codex_bus_tests::run_bus(&["--config", &config, "--unix", socket.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(EX_CONFIG), "{err}");
+    assert!(err.contains(expected), "{err}");
+    assert!(err.contains(remedy), "{err}");
+    assert!(!err.contains("codex-stdio-bus started"), "{err}");
+    assert!(!socket.exists(), "its socket is gone with it");
+}
+
+/// The cgroup v2 directory the `cgroup2` tier may make cgroups in (`CODEX_BUS_CGROUP`), with
+/// memory and cpu enabled for its children.
+fn delegated_cgroup() -> std::path::PathBuf {
+    let dir = std::env::var_os("CODEX_BUS_CGROUP").map(std::path::PathBuf::from);
+    let dir = dir.expect(
+        "the cgroup2 tier needs CODEX_BUS_CGROUP: a cgroup v2 directory with memory and cpu in its cgroup.subtree_control, writable (.ci/run sets one up where it can)",
+    );
+    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    for controller in ["memory", "cpu"] {
+        assert!(
+            enabled.split_whitespace().any(|c| c == controller),
+            "{} does not enable {controller} for its children: {enabled:?}",
+            dir.display()
+        );
+    }
+    dir
+}
+
+#[test]
+#[ignore = "tier cgroup2: needs a delegated cgroup v2 with memory and cpu (CODEX_BUS_CGROUP); .ci/run runs it where it can set one up"]
+fn cgroup_limits_reach_the_worker_and_its_oom_kill_is_a_failed_worker_while_its_neighbour_serves() {
+    let base = delegated_cgroup();
+    // A cgroup of the daemon's own, as systemd's Delegate= gives a service: the shell joins it,
+    // then execs the daemon, which keeps its pid.
+    let own = base.join(format!("bus-test-{}", std::process::id()));
+    std::fs::create_dir_all(&own).unwrap();
+    let join = format!(
+        "echo $$ > '{}/cgroup.procs' && exec \"$0\" \"$@\"",
+        own.display()
+    );
+    let dir = world_readable_dir();
+    let config = BusConfig(json!({
+        "pools": [
+            {"id": "mock", "command": bin("codex-mock").to_str().unwrap(), "instances": 1},
+            script_pool("hog", dir.path(), json!({
+                "cgroup": {"memory_max_bytes": 64u64 << 20, "cpu_max_percent": 50},
+                "backoff_initial_ms": 50,
+            })),
+        ],
+        "routing": {"default_pool": "mock"},
+        "limits": {"drain_grace_sec": 0}
+    }));
+    let mut bus = Bus::start_under(
+        &["sh", "-c", &join],
+        &config,
+        Mode::Unix,
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let mut hog = bus.connect();
+    let mut neighbour = bus.connect();
+    still_works(&mut neighbour, 1);
+
+    // The daemon moved itself to a leaf; the worker is in its slot's cgroup, with the limits.
+    let daemon = std::fs::read_to_string(own.join("daemon/cgroup.procs")).unwrap();
+    assert!(
+        daemon.lines().any(|p| p == bus.pid().to_string()),
+        "{daemon}"
+    );
+    let first = worker_of(&bus, "hog");
+    let slot = own.join("workers/pool-hog-0");
+    let procs = std::fs::read_to_string(slot.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|p| p == first.to_string()), "{procs}");
+    let read = |file: &str| std::fs::read_to_string(slot.join(file)).unwrap();
+    assert_eq!(read("cpu.max").trim(), "50000 100000");
+    assert_eq!(read("memory.max").trim(), "67108864");
+    // The neighbour has no cgroup of its own.
+    let mock = worker_of(&bus, "mock");
+    let mock_cgroup = std::fs::read_to_string(format!("/proc/{mock}/cgroup")).unwrap();
+    assert!(!mock_cgroup.contains("/workers/"), "{mock_cgroup}");
+
+    assert_eq!(
+        call(&mut hog, 1, "hog", "ping", json!({}))["result"],
+        json!({})
+    );
+    // Past memory.max the OOM killer ends the worker: its request is answered with an error and
+    // the supervisor starts another one, in the same cgroup.
+    let reply = call(&mut hog, 2, "hog", "hog", json!({}));
+    assert_eq!(reason(&reply), Some("worker_exited"), "{reply}");
+    bus.wait_log("worker exited");
+    still_works(&mut neighbour, 2);
+    let start = std::time::Instant::now();
+    let second = loop {
+        let pid = worker_of(&bus, "hog");
+        if pid != first {
+            break pid;
+        }
+        assert!(start.elapsed() < codex_bus_tests::WAIT, "hog not restarted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        read("memory.events").contains("oom_kill 1"),
+        "{}",
+        read("memory.events")
+    );
+    let restarts = metric(
+        &bus.metrics_addr(),
+        "codex_bus_worker_restarts_total",
+        &[("pool", "hog"), ("reason", "signal")],
+    );
+    assert_eq!(restarts, 1.0);
+    assert_eq!(
+        call(&mut hog, 3, "hog", "ping", json!({}))["result"],
+        json!({}),
+        "pid {second}"
+    );
+    assert!(read("cgroup.procs")
+        .lines()
+        .any(|p| p == second.to_string()));
+    for id in 3..20 {
+        still_works(&mut neighbour, id);
+    }
+
+    // A clean stop removes the workers' cgroups; the daemon's leaf goes with its cgroup, here.
+    bus.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(bus.wait_exit().success());
+    assert!(
+        !own.join("workers").exists(),
+        "workers/ is removed at a clean stop"
+    );
+    let _ = std::fs::remove_dir(own.join("daemon"));
+    let _ = std::fs::remove_dir(&own);
 }
 
 #[test]

@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use crate::audit::Audit;
 use crate::auth::{AdminBearer, AdminCredentials, Credentials};
+use crate::cgroups;
 use crate::io::capacity::Capacity;
 use crate::metrics;
 use crate::preflight::{self, Addresses, Tlses};
@@ -336,6 +337,9 @@ impl Live {
         preflight::secure_by_default(next, credentials.as_deref(), addresses)
             .map_err(|e| e.to_string())?;
         preflight::tls(next).map_err(|e| e.to_string())?;
+        // Pools with cgroup limits need a delegated cgroup v2 (taken over once, at the first
+        // config that asks for one).
+        cgroups::prepare(next).map_err(|e| e.to_string())?;
         if plan.audit {
             if let Some(path) = &next.audit.path {
                 Audit::open(path)

@@ -1,5 +1,5 @@
 //! Starting one worker process: its command, environment, directory and privileges (user,
-//! group, umask, resource limits). Its own process group,
+//! group, umask, resource limits, cgroup). Its own process group,
 //! piped stdio, death with the daemon and the open-file limit it gets come with
 //! [`codex_bus_process::Spec`].
 
@@ -30,6 +30,9 @@ pub(crate) fn spawn_worker(pool: &PoolConfig, slot: u32) -> io::Result<Child> {
         &pool.privileges,
         nix::unistd::geteuid().is_root(),
     ));
+    if let Some(procs) = crate::cgroups::slot(pool, slot)? {
+        spec.cgroup(procs);
+    }
     spec.spawn()
 }
 

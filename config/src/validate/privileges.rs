@@ -1,5 +1,5 @@
 //! A pool's least-privilege fields (our extension): `user`, `group`, `umask`, `rlimits`,
-//! `no_new_privs`. Users and groups are resolved here, when the config is loaded, so a typo or a
+//! `no_new_privs`, `cgroup`. Users and groups are resolved here, when the config is loaded, so a typo or a
 //! request only root could grant fails at startup (and in `check`), not in a crash loop.
 
 use std::ffi::CString;
@@ -7,11 +7,11 @@ use std::ffi::CString;
 use nix::unistd::{getegid, geteuid, getgrouplist, Gid, Group, Uid, User};
 
 use crate::path::FieldPath;
-use crate::schema::RLIMIT_KEYS;
+use crate::schema::{CGROUP_KEYS, RLIMIT_KEYS};
 use crate::tree::Json;
 use crate::validate::problems::Problems;
 use crate::validate::values::{boolean, integer, object};
-use crate::{Account, GroupId, Privileges, Rlimits};
+use crate::{Account, CgroupLimits, GroupId, Privileges, Rlimits};
 
 /// Handles `key` if it is a privilege field; returns whether it was one.
 pub(crate) fn field(
@@ -27,6 +27,7 @@ pub(crate) fn field(
         "umask" => into.umask = umask(path, value, problems),
         "rlimits" => into.rlimits = rlimits(path, value, problems),
         "no_new_privs" => into.no_new_privs = boolean(path, value, problems).unwrap_or(false),
+        "cgroup" => into.cgroup = cgroup(path, value, problems),
         _ => return false,
     }
     true
@@ -224,6 +225,35 @@ fn rlimits(path: &FieldPath<'_>, value: &Json, problems: &mut Problems) -> Rlimi
             }
         };
         *slot = integer(&path, value, min, u64::MAX, problems);
+    }
+    limits
+}
+
+/// The smallest `cgroup.memory_max_bytes`: below 1 MiB no program gets as far as its `main`.
+const MIN_MEMORY_MAX: u64 = 1 << 20;
+
+/// The largest `cgroup.cpu_max_percent`: 100 CPUs, beyond any host this runs on, so a typo such
+/// as 250000 is caught rather than read as "unlimited".
+const MAX_CPU_PERCENT: u32 = 10_000;
+
+/// `{"memory_max_bytes": N, "cpu_max_percent": P}`, each optional. Whether this host can apply
+/// them is checked before the config is put in force (the daemon's preflight), not here.
+fn cgroup(path: &FieldPath<'_>, value: &Json, problems: &mut Problems) -> CgroupLimits {
+    let mut limits = CgroupLimits::default();
+    let Some(entries) = object(path, value, problems) else {
+        return limits;
+    };
+    for (key, value) in entries {
+        let path = path.key(key);
+        match key.as_str() {
+            "memory_max_bytes" => {
+                limits.memory_max_bytes = integer(&path, value, MIN_MEMORY_MAX, u64::MAX, problems);
+            }
+            "cpu_max_percent" => {
+                limits.cpu_max_percent = integer(&path, value, 1, MAX_CPU_PERCENT, problems);
+            }
+            _ => problems.unknown_key(&path, key, CGROUP_KEYS),
+        }
     }
     limits
 }
