@@ -209,7 +209,6 @@ impl<T> Replaceable<T> {
 
     /// Puts `next` in force for every later [`Replaceable::current`]; holders of the old value
     /// keep it until they drop it.
-    #[allow(dead_code)] // used by reload (issue 16)
     pub(crate) fn replace(&self, next: Option<Arc<T>>) {
         self.0.store(next);
     }

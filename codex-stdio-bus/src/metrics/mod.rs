@@ -344,7 +344,6 @@ impl BusMetrics {
     }
 
     /// Counts a reload's or a rolling restart's result.
-    #[allow(dead_code)] // used by reload (issue 16)
     pub fn config_reload(&self, result: ReloadResult) {
         self.reloads[result as usize].increment(1);
     }

@@ -97,7 +97,6 @@ impl Fleet {
 
     /// Sends `order` to the supervisor of slot `slot` of pool index `pool`; false if none runs
     /// (never started, or ended: retired, stopped, or left empty or failed by its policy).
-    #[allow(dead_code)] // used by reload (issue 16)
     pub(crate) fn order(&self, pool: u32, slot: u32, order: Order) -> bool {
         let crew = self.crew();
         crew.orders

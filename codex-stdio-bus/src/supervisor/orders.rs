@@ -12,7 +12,6 @@ use tokio::sync::oneshot;
 
 /// An order to a slot's supervisor.
 #[derive(Debug)]
-#[allow(dead_code)] // used by reload (issue 16)
 pub(crate) enum Order {
     /// Roll this slot onto `config`: hold new work for the next worker, let the running one
     /// finish its requests for up to `within`, stop it, and start the replacement with `config`.
