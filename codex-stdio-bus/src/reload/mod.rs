@@ -154,6 +154,10 @@ impl Reloader {
     /// The reload itself, with the config in force held.
     async fn reload_locked(&self, in_force: &mut Config) -> Outcome {
         let rejected = |reason: String| Outcome::only(ReloadResult::Rejected, reason);
+        if self.router.leaving() {
+            // New workers would only be stopped again; the next start reads the file anyway.
+            return rejected(SHUTTING_DOWN.into());
+        }
         let Some(source) = in_force.source.clone() else {
             return rejected(
                 "the daemon runs its built-in default config: there is no file to read again \
@@ -244,7 +248,7 @@ impl Reloader {
     /// the table and in `in_force`) and returns why.
     async fn roll(&self, in_force: &mut Config, rolled: &Rolled) -> Option<String> {
         let id = rolled.next.id.as_str();
-        match roll::roll(&self.fleet, id, rolled).await {
+        match roll::roll(&self.fleet, &self.router, id, rolled).await {
             Rolling::Done => None,
             Rolling::RolledBack(reason) => {
                 self.router
@@ -265,6 +269,9 @@ impl Reloader {
         let Ok(_in_force) = self.in_force.try_lock() else {
             return Outcome::only(ReloadResult::Busy, BUSY);
         };
+        if self.router.leaving() {
+            return Outcome::only(ReloadResult::Rejected, SHUTTING_DOWN);
+        }
         let pool = self
             .router
             .pools()
@@ -285,7 +292,7 @@ impl Reloader {
             "pool '{id}': rolling restart of {} slots",
             pool.active
         )];
-        let (result, reason) = match roll::roll(&self.fleet, id, &rolled).await {
+        let (result, reason) = match roll::roll(&self.fleet, &self.router, id, &rolled).await {
             Rolling::Done => (ReloadResult::Applied, None),
             Rolling::RolledBack(reason) => (ReloadResult::Failed, Some(reason)),
             Rolling::Interrupted => (ReloadResult::Failed, Some(STOPPING.to_owned())),
@@ -410,8 +417,11 @@ fn counted(outcome: Outcome) -> Outcome {
     outcome
 }
 
+/// Why nothing is changed once a shutdown was requested.
+const SHUTTING_DOWN: &str = "the daemon is shutting down";
+
 /// The reason of a `busy` answer.
 const BUSY: &str = "a reload or restart is running";
 
 /// Why a roll stopped when the daemon began stopping.
-const STOPPING: &str = "the daemon began stopping during the rolling restart";
+const STOPPING: &str = "the daemon began shutting down during the rolling restart";

@@ -12,6 +12,7 @@ use codex_bus_config::PoolConfig;
 use tokio::sync::oneshot;
 
 use crate::router::reconfigure::Rolled;
+use crate::router::Router;
 use crate::supervisor::{Fleet, Order, Replaced};
 
 /// How a roll ended.
@@ -22,13 +23,22 @@ pub(crate) enum Rolling {
     /// A replacement did not become ready (the reason says where and why); that slot was put back
     /// on the previous config and the roll stopped.
     RolledBack(String),
-    /// The daemon began stopping (a supervisor was gone); the roll stopped where it was.
+    /// The daemon began shutting down; the roll stopped where it was.
     Interrupted,
 }
 
-/// Rolls slots `0..rolled.slots` of pool `rolled.pool` onto `rolled.next`, in slot order.
-pub(crate) async fn roll(fleet: &Fleet, pool_id: &str, rolled: &Rolled) -> Rolling {
+/// Rolls slots `0..rolled.slots` of pool `rolled.pool` onto `rolled.next`, in slot order; stops
+/// before the next slot once the daemon is shutting down (`router` leaving).
+pub(crate) async fn roll(
+    fleet: &Fleet,
+    router: &Router,
+    pool_id: &str,
+    rolled: &Rolled,
+) -> Rolling {
     for slot in 0..rolled.slots {
+        if router.leaving() {
+            return Rolling::Interrupted;
+        }
         match replace(fleet, rolled.pool, slot, &rolled.next).await {
             Some(Replaced::Ready) => {
                 tracing::info!(
