@@ -394,8 +394,8 @@ const NEXT: &str = "the turn after the roll";
 
 /// One slot, one session, one thread with one completed turn, then a second turn in progress (its
 /// first deltas seen) when the pool is rolled with `roll_timeout_sec`; the codex-worker has
-/// `worker_args`.
-fn roll_during_a_turn(roll_timeout_sec: u64, worker_args: &[&str]) -> Rolled {
+/// `worker_args`, in cluster mode or not.
+fn roll_during_a_turn(roll_timeout_sec: u64, worker_args: &[&str], cluster: Cluster) -> Rolled {
     let state = tempfile::tempdir().unwrap();
     let pool = |generation| {
         codex_pool(
@@ -404,7 +404,7 @@ fn roll_during_a_turn(roll_timeout_sec: u64, worker_args: &[&str]) -> Rolled {
             1,
             roll_timeout_sec,
             generation,
-            Cluster::Off,
+            cluster,
             worker_args,
         )
     };
@@ -464,11 +464,21 @@ fn outcome(lines: &[Value], turn: &str) -> (usize, Option<Value>) {
     (deltas, completed)
 }
 
+/// How the client takes its thread up again on the replacement.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// `thread/resume` by id first, its history checked, then `turn/start`.
+    Explicit,
+    /// `turn/start` at once: codex-worker knows the thread from the slot's owner log and resumes it
+    /// in its child by itself (lazy resume).
+    ByTheWorker,
+}
+
 /// After the roll: the replacement does not know the session, so the next request is refused
-/// `Not initialized` (-32600, Codex's wording) until the client initializes again; then
-/// `thread/resume` by id brings the thread back on the replacement with `expected` as its
-/// history, and a new turn runs on it to completion. Returns the history after that turn.
-fn continue_after_the_roll(rolled: &mut Rolled, expected: &[&str]) -> Vec<String> {
+/// `Not initialized` (-32600, Codex's wording, no `data`) until the client initializes again;
+/// then the thread is taken up as `how` says, with `expected` as its history, and a new turn runs
+/// on it to completion. Returns the history after that turn.
+fn continue_after_the_roll(rolled: &mut Rolled, expected: &[&str], how: Resume) -> Vec<String> {
     let thread = rolled.thread.clone();
     let client = &mut rolled.client;
     let refused = client.start_turn("turn-refused", &thread, NEXT);
@@ -483,9 +493,11 @@ fn continue_after_the_roll(rolled: &mut Rolled, expected: &[&str]) -> Vec<String
         init["codexHome"], rolled.home,
         "the replacement serves the same slot, with the same CODEX_HOME"
     );
-    let resumed = client.call("resume", "thread/resume", json!({"threadId": thread}));
-    assert!(resumed["result"].is_object(), "thread/resume: {resumed}");
-    assert_eq!(history(&resumed["result"]), expected, "{resumed}");
+    if how == Resume::Explicit {
+        let resumed = client.call("resume", "thread/resume", json!({"threadId": thread}));
+        assert!(resumed["result"].is_object(), "thread/resume: {resumed}");
+        assert_eq!(history(&resumed["result"]), expected, "{resumed}");
+    }
 
     let done = client.turn("turn-3", &thread, NEXT);
     assert_eq!(done["params"]["turn"]["status"], "completed", "{done}");
@@ -499,12 +511,13 @@ fn continue_after_the_roll(rolled: &mut Rolled, expected: &[&str]) -> Vec<String
 
 /// (a) A turn that ends within `roll_timeout_sec` ends on the worker being replaced: the client
 /// gets every delta and `turn/completed`; the replacement takes over the slot only then, and the
-/// thread, with all three turns, goes on there once the client has initialized again.
+/// thread goes on there once the client has initialized again: its next `turn/start` needs no
+/// `thread/resume` (codex-worker resumes the thread by itself), and all three turns are in it.
 #[test]
 fn a_turn_that_ends_within_roll_timeout_completes_on_the_old_worker() {
     let started = Instant::now();
     // codex-worker's own drain (--drain-timeout-sec, 20 s by default) lets the 4 s turn end.
-    let mut rolled = roll_during_a_turn(30, &[]);
+    let mut rolled = roll_during_a_turn(30, &[], Cluster::Off);
     let (deltas, completed) = outcome(&rolled.after, &rolled.turn);
     let completed = completed.unwrap_or_else(|| {
         panic!(
@@ -537,7 +550,7 @@ fn a_turn_that_ends_within_roll_timeout_completes_on_the_old_worker() {
         "{}",
         rolled.bus.log()
     );
-    continue_after_the_roll(&mut rolled, &[FIRST, CUT]);
+    continue_after_the_roll(&mut rolled, &[FIRST, CUT], Resume::ByTheWorker);
     say(&format!(
         "(a) PASSED in {:?}: the turn completed on the old worker, the roll took {:?}",
         started.elapsed(),
@@ -551,7 +564,7 @@ fn a_turn_that_ends_within_roll_timeout_completes_on_the_old_worker() {
 #[test]
 fn a_turn_longer_than_the_bound_is_interrupted_and_its_thread_resumes_on_the_replacement() {
     let started = Instant::now();
-    let mut rolled = roll_during_a_turn(5, &["--drain-timeout-sec", "1"]);
+    let mut rolled = roll_during_a_turn(5, &["--drain-timeout-sec", "1"], Cluster::Off);
     let (deltas, completed) = outcome(&rolled.after, &rolled.turn);
     let completed = completed.unwrap_or_else(|| {
         panic!(
@@ -573,7 +586,7 @@ fn a_turn_longer_than_the_bound_is_interrupted_and_its_thread_resumes_on_the_rep
         "the worker left once its turn was interrupted, before the bound: {:?}",
         rolled.took
     );
-    let history = continue_after_the_roll(&mut rolled, &[FIRST, CUT]);
+    let history = continue_after_the_roll(&mut rolled, &[FIRST, CUT], Resume::Explicit);
     say(&format!(
         "(b) PASSED in {:?}: interrupted after {} deltas, roll {:?}, history {history:?}",
         started.elapsed(),
@@ -588,8 +601,19 @@ fn a_turn_longer_than_the_bound_is_interrupted_and_its_thread_resumes_on_the_rep
 /// request of it). The thread still resumes on the replacement, without the cut turn.
 #[test]
 fn a_bound_below_the_workers_drain_cuts_the_turn_without_a_word() {
+    cut_without_a_word(Cluster::Off);
+}
+
+/// (b') in cluster mode: the replacement is the same lease holder (`node/pool/slot`), so it takes
+/// the SIGKILLed worker's lease at once, and the thread resumes the same way.
+#[test]
+fn a_bound_below_the_workers_drain_cuts_the_turn_without_a_word_in_cluster_mode() {
+    cut_without_a_word(Cluster::Sqlite);
+}
+
+fn cut_without_a_word(cluster: Cluster) {
     let started = Instant::now();
-    let mut rolled = roll_during_a_turn(1, &[]);
+    let mut rolled = roll_during_a_turn(1, &[], cluster);
     let (deltas, completed) = outcome(&rolled.after, &rolled.turn);
     assert!(completed.is_none(), "turn/completed came: {completed:?}");
     assert!(
@@ -610,7 +634,7 @@ fn a_bound_below_the_workers_drain_cuts_the_turn_without_a_word() {
         "the roll took {:?}",
         rolled.took
     );
-    let history = continue_after_the_roll(&mut rolled, &[FIRST]);
+    let history = continue_after_the_roll(&mut rolled, &[FIRST], Resume::Explicit);
     say(&format!(
         "(b') PASSED in {:?}: cut after {} deltas without turn/completed, roll {:?}, history {history:?}",
         started.elapsed(),
