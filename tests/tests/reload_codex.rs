@@ -736,22 +736,50 @@ fn real_codex_turn_cut_by_a_roll_resumes_on_the_replacement() {
         "real_codex_turn_cut_by_a_roll_resumes_on_the_replacement",
         &codex,
     ) {
-        real_roll(&codex);
+        real_roll(&codex, Cut::Interrupted);
     }
 }
 
-fn real_roll(codex: &Path) {
+/// (b') with the real `codex app-server`: `roll_timeout_sec` 1 and codex-worker's default drain,
+/// so the worker is SIGKILLed 2 s after SIGTERM with the turn stalled; the client gets no
+/// `turn/completed`, and the thread still resumes on the replacement, the cut turn in its history
+/// as `interrupted`.
+#[test]
+#[ignore = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm); `CODEX_REAL=1 bash .ci/run` installs @openai/codex@0.169.0 and runs it"]
+fn real_codex_turn_killed_by_a_roll_resumes_on_the_replacement() {
+    let codex = require_codex();
+    if !rerun_offline(
+        "real_codex_turn_killed_by_a_roll_resumes_on_the_replacement",
+        &codex,
+    ) {
+        real_roll(&codex, Cut::Killed);
+    }
+}
+
+/// How the stalled real turn ends in [`real_roll`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cut {
+    /// codex-worker's drain (`--drain-timeout-sec 1`) interrupts it within `roll_timeout_sec` 5.
+    Interrupted,
+    /// `roll_timeout_sec` 1: SIGKILL 2 s after SIGTERM, codex-worker's drain (20 s) still waiting.
+    Killed,
+}
+
+fn real_roll(codex: &Path, cut: Cut) {
     let started = Instant::now();
+    let (roll_timeout_sec, worker_args): (u64, &[&str]) = match cut {
+        Cut::Interrupted => (5, &["--drain-timeout-sec", "1"]),
+        Cut::Killed => (1, &[]),
+    };
     let server = ResponsesServer::start_pausing(Some(Pause {
         nth: 2,
         pause: Duration::from_secs(30),
     }));
     let state = tempfile::tempdir().expect("state dir");
     let config = |generation: u32| {
-        let mut config =
-            worker_pool_config(codex, &server, state.path(), &["--drain-timeout-sec", "1"]).0;
+        let mut config = worker_pool_config(codex, &server, state.path(), worker_args).0;
         let pool = &mut config["pools"][0];
-        pool["roll_timeout_sec"] = json!(5);
+        pool["roll_timeout_sec"] = json!(roll_timeout_sec);
         pool["env"]["ROLL_GENERATION"] = json!(generation.to_string());
         config["limits"] = json!({"drain_grace_sec": 0});
         config["metrics"] =
@@ -774,14 +802,27 @@ fn real_roll(codex: &Path) {
     });
     rewrite(&bus, &config(2));
     let reload = reload_in_background(&admin);
-    let lines = client.until("the cut turn's turn/completed", |line| {
-        completes(line, &turn)
-    });
-    let completed = lines.last().unwrap();
-    assert_eq!(
-        completed["params"]["turn"]["status"], "interrupted",
-        "{completed}"
-    );
+    match cut {
+        Cut::Interrupted => {
+            let lines = client.until("the cut turn's turn/completed", |line| {
+                completes(line, &turn)
+            });
+            let completed = lines.last().unwrap();
+            assert_eq!(
+                completed["params"]["turn"]["status"], "interrupted",
+                "{completed}"
+            );
+        }
+        Cut::Killed => {
+            let after = client.drain_for(Duration::from_secs(3));
+            assert!(
+                after
+                    .iter()
+                    .all(|line| !completes(line, &turn) && line.get("error").is_none()),
+                "the killed turn was reported: {after:?}"
+            );
+        }
+    }
     let took = applied(reload);
     wait_dead(&old);
     assert_ne!(bus.wait_workers(1), old, "the roll replaced the worker");
@@ -792,17 +833,29 @@ fn real_roll(codex: &Path) {
     assert_eq!(init["codexHome"], home, "same slot, same CODEX_HOME");
     let resumed = client.call("resume", "thread/resume", json!({"threadId": thread}));
     assert!(resumed["result"].is_object(), "thread/resume: {resumed}");
+    // Codex writes a turn's user message into the rollout when the turn starts, so the cut turn
+    // is there, interrupted, even when its worker was SIGKILLed (measured with 0.169.0).
     let before = history(&resumed["result"]);
-    assert_eq!(before.first().map(String::as_str), Some(FIRST), "{resumed}");
+    let statuses: Vec<Value> = resumed["result"]["thread"]["turns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|turn| turn["status"].clone())
+        .collect();
+    assert_eq!(before, [FIRST, CUT], "{resumed}");
+    assert_eq!(
+        statuses,
+        [json!("completed"), json!("interrupted")],
+        "{resumed}"
+    );
     let done = client.turn("turn-3", &thread, NEXT);
     assert_eq!(done["params"]["turn"]["status"], "completed", "{done}");
     let again = client.call("resume-2", "thread/resume", json!({"threadId": thread}));
     let after = history(&again["result"]);
-    assert_eq!(after.first().map(String::as_str), Some(FIRST), "{again}");
-    assert_eq!(after.last().map(String::as_str), Some(NEXT), "{again}");
+    assert_eq!(after, [FIRST, CUT, NEXT], "{again}");
     say(&format!(
-        "real Codex tier: roll PASSED in {:?}: the stalled turn interrupted, the roll took {took:?}; \
-         history on the replacement {before:?}, then {after:?}; {} model requests",
+        "real Codex tier: roll ({cut:?}) PASSED in {:?}: the roll took {took:?}; \
+         history on the replacement {before:?} ({statuses:?}), then {after:?}; {} model requests",
         started.elapsed(),
         server.requests()
     ));
