@@ -160,9 +160,24 @@ pub struct ResponsesServer {
     requests: Arc<AtomicUsize>,
 }
 
+/// A model request the mock answers slowly: the `nth` request (counted from 1) stops after its
+/// first delta for `pause`, then finishes, so the turn it belongs to is in progress meanwhile.
+#[derive(Clone, Copy)]
+pub struct Pause {
+    /// Which request, from 1.
+    pub nth: usize,
+    /// How long it stops after its first delta.
+    pub pause: Duration,
+}
+
 impl ResponsesServer {
     /// Binds a free loopback port and serves it on a thread.
     pub fn start() -> Self {
+        Self::start_pausing(None)
+    }
+
+    /// Like [`ResponsesServer::start`], with one request answered slowly (see [`Pause`]).
+    pub fn start_pausing(pause: Option<Pause>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the mock model");
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -170,7 +185,7 @@ impl ResponsesServer {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let counter = counter.clone();
-                std::thread::spawn(move || serve(stream, &counter));
+                std::thread::spawn(move || serve(stream, &counter, pause));
             }
         });
         Self { port, requests }
@@ -216,7 +231,7 @@ shell_snapshot = false
 }
 
 /// Answers one connection: the request is read whole, then one turn is streamed as SSE.
-fn serve(stream: TcpStream, requests: &AtomicUsize) {
+fn serve(stream: TcpStream, requests: &AtomicUsize, pause: Option<Pause>) {
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
     let mut request_line = String::new();
@@ -252,14 +267,27 @@ fn serve(stream: TcpStream, requests: &AtomicUsize) {
             .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         return;
     }
-    requests.fetch_add(1, Ordering::SeqCst);
+    let nth = requests.fetch_add(1, Ordering::SeqCst) + 1;
     let body = sse_turn();
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
+    match pause.filter(|pause| pause.nth == nth) {
+        Some(pause) => {
+            // Up to the end of the first delta event, then the pause, then the rest.
+            let first = body.find("response.output_text.delta").unwrap_or(0);
+            let cut = first + body[first..].find("\n\n").map_or(0, |end| end + 2);
+            let _ = stream.write_all(&body.as_bytes()[..cut]);
+            let _ = stream.flush();
+            std::thread::sleep(pause.pause);
+            let _ = stream.write_all(&body.as_bytes()[cut..]);
+        }
+        None => {
+            let _ = stream.write_all(body.as_bytes());
+        }
+    }
 }
 
 fn read_chunked(reader: &mut impl BufRead) {

@@ -351,6 +351,54 @@ mod tests {
             .expect("stopped");
     }
 
+    /// Replaces a worker that ignores SIGTERM and, once its stdin ends, works 3 s more and then
+    /// leaves `finished` behind (as codex-worker finishes its turns); returns whether it did.
+    async fn finished_after_input_ended(within: Duration) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let finished = dir.path().join("finished");
+        let script = format!(
+            "trap '' TERM; cat >/dev/null; sleep 3; touch '{}'",
+            finished.display()
+        );
+        let (fleet, slot, _sink, stop, tracker) = running(pool_config(&script));
+        until(&slot, SlotState::Ready).await;
+        let (done, replaced) = oneshot::channel();
+        let config = Arc::new(pool_config("exec cat"));
+        assert!(fleet.order(
+            0,
+            0,
+            Order::Replace {
+                config,
+                within,
+                done
+            }
+        ));
+        let replaced = tokio::time::timeout(Duration::from_secs(20), replaced)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(replaced, Replaced::Ready);
+        stop.send(Some(Instant::now())).unwrap();
+        tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .expect("stopped");
+        finished.exists()
+    }
+
+    #[tokio::test]
+    async fn a_replaced_worker_has_the_rest_of_the_bound_after_its_input_ends() {
+        // Nothing pending: the worker is stopped at once, but SIGKILL waits for the bound (10 s),
+        // not STOP_GRACE (2 s), so the 3 s of work after end of input are done.
+        assert!(finished_after_input_ended(Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_worker_is_killed_at_the_end_of_the_bound() {
+        // A bound of 1 s: SIGKILL STOP_GRACE after SIGTERM, before the 3 s of work end.
+        assert!(!finished_after_input_ended(Duration::from_secs(1)).await);
+    }
+
     #[tokio::test]
     async fn the_daemons_stop_wins_over_a_roll_in_progress() {
         let (fleet, slot, sink, stop, tracker) = running(pool_config("exec sleep 1000"));

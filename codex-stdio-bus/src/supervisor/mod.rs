@@ -288,8 +288,8 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
 
 /// Resolves with the SIGKILL deadline once the running worker of `slot` must stop: at the
 /// daemon's stop order, or once an order (moved into `taken`) has held or retired the slot and
-/// the worker has answered its requests, or the order's `within` has passed. The daemon's stop
-/// wins even then.
+/// the worker has answered its requests, or the order's `within` has passed; the deadline is then
+/// the end of `within` (at least [`STOP_GRACE`] away). The daemon's stop wins even then.
 async fn halt(
     slot: &Slot,
     stop: &mut StopOrder,
@@ -306,10 +306,15 @@ async fn halt(
             Order::Replace { .. } => slot.hold(),
             Order::Retire { .. } => slot.retire(),
         }
+        let bound = Instant::now() + within;
         // Kept before the wait: a worker that exits meanwhile still leaves the order to carry out.
         *taken = Some(order);
         let _ = tokio::time::timeout(within, slot.wait_old_idle()).await;
-        Instant::now() + STOP_GRACE
+        // As in the daemon's drain, the bound covers the stop too: a worker with nothing pending
+        // may still be finishing work of its own (codex-worker's active turns, whose `turn/start`
+        // was answered long ago) once its stdin is closed, so SIGKILL waits for the rest of the
+        // bound, and at least STOP_GRACE after SIGTERM.
+        bound.max(Instant::now() + STOP_GRACE)
     };
     tokio::select! {
         biased;
