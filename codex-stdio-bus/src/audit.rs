@@ -133,6 +133,20 @@ pub enum Event<'a> {
         /// Refusals of this tenant not written since the previous line.
         suppressed: u64,
     },
+    /// A reload (`reload`) or a rolling restart of one pool (`restart`) ended.
+    ConfigChanged {
+        /// `reload` or `restart`.
+        action: &'a str,
+        /// Who asked: `sighup` or `admin` (the bearer of `metrics.bearer_sha256`).
+        by: &'a str,
+        /// `applied`, `unchanged`, `rejected`, `failed`, `busy` or `unknown_pool`.
+        result: &'a str,
+        /// Why it was rejected or failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        /// What changed, one line each.
+        changes: &'a [String],
+    },
 }
 
 /// One line: the time, then the event's own members.

@@ -28,6 +28,7 @@ use crate::io::{self, listen::Bound, listen::Endpoint, websocket};
 use crate::metrics::recorder;
 use crate::preflight::{authenticator, secure_by_default, tls, Addresses, Tlses};
 pub use crate::preflight::{check_auth, check_commands, check_tls};
+use crate::reload::plan::Overrides;
 use crate::reload::{self, Reload, Reloader};
 use crate::router::Router;
 use crate::supervisor::instance::signal_group;
@@ -116,6 +117,9 @@ pub struct Listeners {
     /// How many of the last `websocket` listeners come from `--ws` flags rather than the config
     /// file (a reload, which reads the file again, keeps them).
     flag_websockets: usize,
+    /// Which of the file's listener settings flags override, so that a reload does not take a
+    /// change to them for a change in force.
+    overrides: Overrides,
 }
 
 impl Listeners {
@@ -148,13 +152,19 @@ impl Listeners {
             websocket: bound,
             admin,
             flag_websockets: 0,
+            overrides: Overrides::default(),
         })
     }
 
-    /// These listeners, the last `count` WebSocket ones of which come from `--ws` flags (main
-    /// appends them to the config's): a reload keeps them, since the file does not name them.
-    pub fn with_flag_websockets(mut self, count: usize) -> Self {
-        self.flag_websockets = count.min(self.websocket.len());
+    /// These listeners as the command line gave them: the last `websockets` WebSocket ones come
+    /// from `--ws` flags (main appends them to the config's, and a reload keeps them, since the
+    /// file does not name them); `endpoint` when `--stdio`, `--unix` or `--tcp` chose the NDJSON
+    /// endpoint, `metrics` when `--metrics` chose the admin endpoint (the file's
+    /// `transport.mode`/`address` and `metrics.listen` are then not in force, and a reload
+    /// ignores changes to them).
+    pub fn from_flags(mut self, websockets: usize, endpoint: bool, metrics: bool) -> Self {
+        self.flag_websockets = websockets.min(self.websocket.len());
+        self.overrides = Overrides { endpoint, metrics };
         self
     }
 }
@@ -291,6 +301,7 @@ pub async fn run(
     let reloader = Arc::new(Reloader::new(
         config,
         listeners.flag_websockets,
+        listeners.overrides,
         router.clone(),
         fleet,
         live,
@@ -361,9 +372,9 @@ pub async fn run(
         loop {
             reopen.notified().await;
             match audit.reopen() {
-                Ok(()) => tracing::info!(path = ?audit.path(), "files reopened"),
+                Ok(()) => tracing::info!(path = %shown(audit.path()), "files reopened"),
                 Err(error) => {
-                    tracing::warn!(path = ?audit.path(), %error, "cannot reopen the audit trail; still appending to the old file")
+                    tracing::warn!(path = %shown(audit.path()), %error, "cannot reopen the audit trail; still appending to the old file")
                 }
             }
             // A renewed certificate is picked up the same way rotated logs are.
@@ -499,6 +510,11 @@ fn local_address(listener: &TcpListener) -> Result<std::net::SocketAddr, Error> 
     listener
         .local_addr()
         .map_err(|e| Error::because(Kind::Environment, "cannot read a listener's address", e))
+}
+
+/// The audit trail's path for a log line, `off` when there is none.
+fn shown(path: Option<std::path::PathBuf>) -> String {
+    path.map_or_else(|| "off".to_owned(), |p| p.display().to_string())
 }
 
 /// Tells the service manager (systemd's `NOTIFY_SOCKET`, when set) how the daemon is doing. The

@@ -145,7 +145,11 @@ fn run(args: RunArgs) -> ExitCode {
         let listeners =
             Listeners::bind_all(endpoint.as_ref(), &config.websocket, metrics.as_deref())
                 .await?
-                .with_flag_websockets(args.ws.len());
+                .from_flags(
+                    args.ws.len(),
+                    args.stdio || args.unix.is_some() || args.tcp.is_some(),
+                    args.metrics.is_some(),
+                );
         daemon::run(config, listeners, shutdown).await
     });
     // The runtime goes first (its tasks may still log), then the log guard flushes every line.

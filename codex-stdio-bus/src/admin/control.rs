@@ -24,9 +24,17 @@ pub fn report(answer: &Answer) -> Report {
         .and_then(|outcome| outcome.get("result"))
         .and_then(Value::as_str)
     else {
+        // A 401 is most often a token the command did not send.
+        let hint = match (answer.status, std::env::var_os(super::TOKEN_VARIABLE)) {
+            (401, None) => format!(
+                "\n(set {} to the token of metrics.bearer_sha256)",
+                super::TOKEN_VARIABLE
+            ),
+            _ => String::new(),
+        };
         return Report {
             success: false,
-            text: format!("{}: {}\n", answer.status_line, answer.body.trim()),
+            text: format!("{}: {}{hint}\n", answer.status_line, answer.body.trim()),
         };
     };
     let outcome = outcome.as_ref().unwrap_or(&Value::Null);

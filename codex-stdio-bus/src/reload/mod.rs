@@ -27,7 +27,7 @@ use std::time::Duration;
 use codex_bus_config::{Config, WebSocketConfig};
 use tokio::sync::{oneshot, Mutex};
 
-use crate::audit::Audit;
+use crate::audit::{Audit, Event};
 use crate::auth::{AdminBearer, AdminCredentials, Credentials};
 use crate::cgroups;
 use crate::io::capacity::Capacity;
@@ -35,8 +35,8 @@ use crate::metrics;
 use crate::preflight::{self, Addresses, Tlses};
 use crate::router::reconfigure::Rolled;
 use crate::router::Router;
-use crate::supervisor::{Fleet, Order, STOP_GRACE};
-use plan::Plan;
+use crate::supervisor::{Fleet, Order, Replaced, STOP_GRACE};
+use plan::{Overrides, Plan};
 use roll::Rolling;
 
 pub(crate) use crate::metrics::ReloadResult;
@@ -84,6 +84,8 @@ pub(crate) struct Reloader {
     in_force: Mutex<Config>,
     /// The WebSocket listeners given as `--ws` flags, not in the file: kept on every reload.
     flag_websockets: Vec<WebSocketConfig>,
+    /// The file's listener settings that flags override.
+    overrides: Overrides,
     router: Arc<Router>,
     fleet: Arc<Fleet>,
     /// What a reload swaps in place.
@@ -125,10 +127,12 @@ struct Prepared {
 
 impl Reloader {
     /// The reloader of a daemon running `config` (whose last `flag_websockets` WebSocket
-    /// listeners came from `--ws` flags), routing with `router` and supervising with `fleet`.
+    /// listeners came from `--ws` flags, and whose listener settings `overrides` names came from
+    /// flags too), routing with `router` and supervising with `fleet`.
     pub(crate) fn new(
         config: Config,
         flag_websockets: usize,
+        overrides: Overrides,
         router: Arc<Router>,
         fleet: Arc<Fleet>,
         live: Live,
@@ -137,6 +141,7 @@ impl Reloader {
         Reloader {
             flag_websockets: config.websocket[from_file..].to_vec(),
             in_force: Mutex::new(config),
+            overrides,
             router,
             fleet,
             live,
@@ -148,7 +153,7 @@ impl Reloader {
     pub(crate) async fn reload_when_free(&self) -> Outcome {
         let mut in_force = self.in_force.lock().await;
         let outcome = self.reload_locked(&mut in_force).await;
-        counted(outcome)
+        self.counted(Action::Reload, "sighup", outcome)
     }
 
     /// The reload itself, with the config in force held.
@@ -169,7 +174,7 @@ impl Reloader {
             Ok(next) => next,
             Err(reason) => return rejected(reason),
         };
-        let plan = match Plan::between(in_force, &next) {
+        let plan = match Plan::between(in_force, &next, self.overrides) {
             Ok(plan) => plan,
             Err(reason) => return rejected(reason),
         };
@@ -178,7 +183,10 @@ impl Reloader {
             Err(reason) => return rejected(reason),
         };
         // The last check that can refuse; from here on everything is applied.
-        let pools = match self.router.reconfigure(&next.pools) {
+        let pools = match self
+            .router
+            .reconfigure(&next.pools, next.routing.default_pool.as_deref())
+        {
             Ok(changes) => changes,
             Err(reason) => return rejected(reason),
         };
@@ -196,11 +204,15 @@ impl Reloader {
         self.live
             .capacity
             .resize(table.load().iter().map(|p| p.active as usize).sum());
-        for address in &pools.started {
-            if let Some(pool) = table.get(address.pool) {
-                self.fleet.start(&pool, address.slot);
-            }
-        }
+        let starting: Vec<_> = pools
+            .started
+            .iter()
+            .filter_map(|address| {
+                let pool = table.get(address.pool)?;
+                let first = self.fleet.start(&pool, address.slot);
+                Some((pool, address.slot, first))
+            })
+            .collect();
         let retiring: Vec<(Duration, oneshot::Receiver<()>)> = pools
             .retired
             .iter()
@@ -217,6 +229,25 @@ impl Reloader {
             .collect();
         *in_force = next;
         let mut failures = Vec::new();
+        for (pool, slot, first) in starting {
+            // A new worker is ready within its readiness bound, or has failed before it; the
+            // timeout only guards against a supervisor that never answers.
+            let settings = &pool.config.supervision;
+            let bound = Duration::from_secs(settings.ready_timeout_sec)
+                + Duration::from_millis(settings.ready_grace_ms)
+                + STOP_GRACE * 2;
+            let why = match tokio::time::timeout(bound, first).await {
+                Ok(Ok(Replaced::Ready)) => continue,
+                Ok(Ok(Replaced::Failed(why))) => why,
+                Ok(Err(_)) => STOPPING.to_owned(),
+                Err(_) => "no answer in time".to_owned(),
+            };
+            failures.push(format!(
+                "pool '{}' slot {slot}: the new worker did not become ready ({why}); it is \
+                 restarted as its restart policy says",
+                pool.id
+            ));
+        }
         for rolled in &pools.rolled {
             if let Some(failure) = self.roll(in_force, rolled).await {
                 failures.push(failure);
@@ -317,15 +348,19 @@ impl Reload for Reloader {
     fn reload(&self) -> Pending<'_> {
         Box::pin(async move {
             let Ok(mut in_force) = self.in_force.try_lock() else {
-                return counted(Outcome::only(ReloadResult::Busy, BUSY));
+                let busy = Outcome::only(ReloadResult::Busy, BUSY);
+                return self.counted(Action::Reload, "admin", busy);
             };
             let outcome = self.reload_locked(&mut in_force).await;
-            counted(outcome)
+            self.counted(Action::Reload, "admin", outcome)
         })
     }
 
     fn restart<'a>(&'a self, pool: &'a str) -> Pending<'a> {
-        Box::pin(async move { counted(self.restart_pool(pool).await) })
+        Box::pin(async move {
+            let outcome = self.restart_pool(pool).await;
+            self.counted(Action::Restart, "admin", outcome)
+        })
     }
 }
 
@@ -399,22 +434,77 @@ impl Live {
     }
 }
 
-/// Logs `outcome` and counts it in `codex_bus_config_reloads_total`.
-fn counted(outcome: Outcome) -> Outcome {
-    metrics::get().config_reload(outcome.result);
-    let (result, changes) = (outcome.result.label(), &outcome.changes);
-    match outcome.result {
-        ReloadResult::Applied | ReloadResult::Unchanged => {
-            tracing::info!(result, ?changes, "config reloaded")
+/// What an [`Outcome`] answers.
+#[derive(Clone, Copy)]
+enum Action {
+    /// A reload of the config file.
+    Reload,
+    /// A rolling restart of one pool.
+    Restart,
+}
+
+impl Reloader {
+    /// Logs `outcome` of `action` asked for `by` (`sighup`, `admin`), counts it in
+    /// `codex_bus_config_reloads_total` and writes it to the audit trail.
+    fn counted(&self, action: Action, by: &str, outcome: Outcome) -> Outcome {
+        metrics::get().config_reload(outcome.result);
+        let (result, changes) = (outcome.result.label(), &outcome.changes);
+        let reason = outcome.reason.as_deref();
+        let name = match action {
+            Action::Reload => "reload",
+            Action::Restart => "restart",
+        };
+        match (action, outcome.result) {
+            (Action::Reload, ReloadResult::Applied) => {
+                tracing::info!(by, ?changes, "config reloaded")
+            }
+            (Action::Reload, ReloadResult::Unchanged) => {
+                tracing::info!(
+                    by,
+                    "config reloaded: nothing changed (credentials and certificates read again)"
+                )
+            }
+            (Action::Restart, ReloadResult::Applied) => {
+                tracing::info!(by, ?changes, "rolling restart done")
+            }
+            (_, ReloadResult::Rejected) => tracing::warn!(
+                action = name,
+                by,
+                reason = reason.unwrap_or(""),
+                "config reload rejected; the config in force is unchanged"
+            ),
+            (_, ReloadResult::Failed) => tracing::warn!(
+                action = name,
+                by,
+                reason = reason.unwrap_or(""),
+                ?changes,
+                "config reload or restart failed part way; what it lists under changes was applied"
+            ),
+            (_, ReloadResult::Busy) => {
+                tracing::warn!(action = name, by, "refused: a reload or restart is running")
+            }
+            (_, ReloadResult::UnknownPool) => {
+                tracing::warn!(
+                    action = name,
+                    by,
+                    reason = reason.unwrap_or(""),
+                    "restart refused"
+                )
+            }
+            (Action::Restart, ReloadResult::Unchanged) => {}
         }
-        _ => tracing::warn!(
-            result,
-            reason = outcome.reason.as_deref().unwrap_or(""),
-            ?changes,
-            "config reload not applied in full"
-        ),
+        let audit = self.router.audit();
+        if audit.enabled() {
+            audit.record(&Event::ConfigChanged {
+                action: name,
+                by,
+                result,
+                reason,
+                changes,
+            });
+        }
+        outcome
     }
-    outcome
 }
 
 /// Why nothing is changed once a shutdown was requested.

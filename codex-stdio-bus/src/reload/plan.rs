@@ -26,20 +26,37 @@ pub(crate) struct Plan {
     pub bearer: bool,
 }
 
+/// Which listener settings of the file the command line overrides (`--stdio`, `--unix` or `--tcp`;
+/// `--metrics`): the file's values there are not in force, so a change to them is no change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Overrides {
+    /// The NDJSON endpoint came from a flag: `transport.mode` and `transport.address` are not
+    /// in force (`transport.tls` is, for a `--tcp` listener).
+    pub endpoint: bool,
+    /// The admin endpoint came from `--metrics`: `metrics.listen` is not in force.
+    pub metrics: bool,
+}
+
 /// The tail of every refusal: the operator needs to know the file is not half-applied.
 const RESTART: &str = "a restart is needed to apply it";
 
 impl Plan {
-    /// Compares the config in force (`old`) with a newly loaded and validated one (`new`).
-    /// `Config::source` is not compared (the same file may be reached by another path).
+    /// Compares the config in force (`old`) with a newly loaded and validated one (`new`), both
+    /// read from the file, whose listener settings `overrides` names are not in force.
+    /// `Config::source` is not compared (the same file may be reached by another path), nor is
+    /// `routing.default_pool`, which the pool table applies (`router::reconfigure`).
     ///
     /// # Errors
     ///
     /// A reason naming the first field found that can only change with a restart, e.g.
     /// `"limits.max_connections changed: a restart is needed to apply it"` or
     /// `"auth turned on: a restart is needed to apply it"`.
-    pub(crate) fn between(old: &Config, new: &Config) -> Result<Plan, String> {
-        restart_only(old, new)?;
+    pub(crate) fn between(
+        old: &Config,
+        new: &Config,
+        overrides: Overrides,
+    ) -> Result<Plan, String> {
+        restart_only(old, new, overrides)?;
         let plan = Plan {
             auth: old.auth != new.auth,
             tls: old.transport.tls != new.transport.tls
@@ -76,7 +93,7 @@ impl Plan {
 }
 
 /// Refuses a change to anything read only at start.
-fn restart_only(old: &Config, new: &Config) -> Result<(), String> {
+fn restart_only(old: &Config, new: &Config, overrides: Overrides) -> Result<(), String> {
     let refuse = |field: String| Err(format!("{field} changed: {RESTART}"));
     match (&old.auth, &new.auth) {
         (None, Some(_)) => return Err(format!("auth turned on: {RESTART}")),
@@ -88,12 +105,12 @@ fn restart_only(old: &Config, new: &Config) -> Result<(), String> {
     let sections = [
         (
             "transport",
-            listener(&old.transport),
-            listener(&new.transport),
+            transport(old, overrides),
+            transport(new, overrides),
         ),
-        ("metrics", admin(old), admin(new)),
+        ("metrics", admin(old, overrides), admin(new, overrides)),
         ("limits", json(&old.limits), json(&new.limits)),
-        ("routing", json(&old.routing), json(&new.routing)),
+        ("routing", routing(old), routing(new)),
         ("tenants", json(&old.tenants), json(&new.tenants)),
     ];
     for (name, before, after) in &sections {
@@ -134,11 +151,35 @@ fn listener(section: &impl Serialize) -> Value {
     value
 }
 
-/// `metrics` without what a reload applies: its bearer digest and its TLS files.
-fn admin(config: &Config) -> Value {
+/// `metrics` without what a reload applies (its bearer digest and its TLS files) and, when
+/// `--metrics` overrides it, its `listen`.
+fn admin(config: &Config, overrides: Overrides) -> Value {
     let mut value = listener(&config.metrics);
     if let Some(section) = value.as_object_mut() {
         section.remove("bearer_sha256");
+        if overrides.metrics {
+            section.remove("listen");
+        }
+    }
+    value
+}
+
+/// `transport` as a listener (see [`listener`]), without its mode and address when a flag names
+/// the endpoint instead.
+fn transport(config: &Config, overrides: Overrides) -> Value {
+    let mut value = listener(&config.transport);
+    if let Some(section) = value.as_object_mut().filter(|_| overrides.endpoint) {
+        section.remove("mode");
+        section.remove("address");
+    }
+    value
+}
+
+/// `routing` without `default_pool`, which a reload applies.
+fn routing(config: &Config) -> Value {
+    let mut value = json(&config.routing);
+    if let Some(section) = value.as_object_mut() {
+        section.remove("default_pool");
     }
     value
 }
@@ -183,11 +224,11 @@ mod tests {
     }
 
     fn plan(old: &Config, new: &Config) -> Plan {
-        Plan::between(old, new).unwrap_or_else(|e| panic!("refused: {e}"))
+        Plan::between(old, new, Overrides::default()).unwrap_or_else(|e| panic!("refused: {e}"))
     }
 
     fn refusal(old: &Config, new: &Config) -> String {
-        Plan::between(old, new).expect_err("should be refused")
+        Plan::between(old, new, Overrides::default()).expect_err("should be refused")
     }
 
     #[test]
@@ -227,11 +268,6 @@ mod tests {
             ),
             (
                 r#""transport": {"mode": "tcp", "address": "127.0.0.1:4000"},
-                   "routing": {"default_pool": "b"}"#,
-                "routing.default_pool changed: a restart is needed to apply it",
-            ),
-            (
-                r#""transport": {"mode": "tcp", "address": "127.0.0.1:4000"},
                    "tenants": {"acme": {"max_sessions": 3}}"#,
                 "tenants.acme changed: a restart is needed to apply it",
             ),
@@ -244,6 +280,42 @@ mod tests {
         for (rest, reason) in cases {
             assert_eq!(refusal(&old, &config(POOLS, rest)), reason, "{rest}");
         }
+    }
+
+    #[test]
+    fn the_default_pool_and_what_flags_override_are_no_restart() {
+        let old = config(POOLS, "");
+        let new = config(POOLS, r#""routing": {"default_pool": "b"}"#);
+        assert_eq!(
+            plan(&old, &new),
+            Plan::default(),
+            "the pool table applies it"
+        );
+        // Started with --tcp and --metrics: the file's listener settings are not in force.
+        let flags = Overrides {
+            endpoint: true,
+            metrics: true,
+        };
+        let moved = config(
+            POOLS,
+            r#""transport": {"mode": "tcp", "address": "127.0.0.1:7000"},
+               "metrics": {"listen": "127.0.0.1:9464"}"#,
+        );
+        assert_eq!(Plan::between(&old, &moved, flags), Ok(Plan::default()));
+        assert_eq!(
+            refusal(&old, &moved),
+            "transport.address changed: a restart is needed to apply it",
+            "without the flags they are in force"
+        );
+        let tls = config(
+            POOLS,
+            r#""transport": {"mode": "tcp", "tls": {"cert_file": "c.pem", "key_file": "k.pem"}}"#,
+        );
+        assert_eq!(
+            Plan::between(&old, &tls, flags).unwrap_err(),
+            "transport.tls changed: a restart is needed to apply it",
+            "a --tcp listener still takes transport.tls from the file"
+        );
     }
 
     #[test]
@@ -303,7 +375,11 @@ mod tests {
         let admin = |tls: &str| format!(r#""metrics": {{"listen": "127.0.0.1:9464"{tls}}}"#);
         let with = config(POOLS, &admin(&format!(", {}", tls("a.pem"))));
         let moved = config(POOLS, &admin(&format!(", {}", tls("b.pem"))));
-        assert!(Plan::between(&with, &moved).unwrap().tls);
+        assert!(
+            Plan::between(&with, &moved, Overrides::default())
+                .unwrap()
+                .tls
+        );
         assert_eq!(
             refusal(&with, &config(POOLS, &admin(""))),
             "metrics.tls changed: a restart is needed to apply it"

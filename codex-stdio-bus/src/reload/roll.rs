@@ -39,6 +39,12 @@ pub(crate) async fn roll(
         if router.leaving() {
             return Rolling::Interrupted;
         }
+        tracing::info!(
+            pool = pool_id,
+            slot,
+            roll_timeout_sec = rolled.next.supervision.roll_timeout_sec,
+            "rolling restart: the slot holds new work while its worker finishes what it has"
+        );
         match replace(fleet, rolled.pool, slot, &rolled.next).await {
             Some(Replaced::Ready) => {
                 tracing::info!(

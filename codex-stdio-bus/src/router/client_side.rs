@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use codex_bus_protocol::{
 
 use super::placement::slot_for;
 use super::pool::Pool;
-use super::{send_error, Router};
+use super::{send_error, Router, NO_DEFAULT};
 use crate::audit::Event;
 use crate::core::client::Client;
 use crate::core::slot::Slot;
@@ -449,8 +450,9 @@ impl Router {
                     )
                 });
         }
-        if let Some(pool) = self.default_pool {
-            return Ok(pool);
+        let default = self.default_pool.load(Ordering::Relaxed);
+        if default != NO_DEFAULT {
+            return Ok(default as usize);
         }
         match (present.next(), present.next()) {
             (Some(only), None) => Ok(only.index as usize),

@@ -24,7 +24,7 @@ pub(crate) mod tenants;
 mod worker_side;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,9 @@ pub(crate) struct Router {
     pools: Arc<Pools>,
     /// `limits.max_worker_queue`: what a slot made by a reload queues toward its worker.
     worker_queue: usize,
-    default_pool: Option<usize>,
+    /// `routing.default_pool`'s index in the pool table, [`NO_DEFAULT`] when unset; a reload may
+    /// change it (with the table, in the same step).
+    default_pool: AtomicU32,
     session_path: SessionPath,
     /// Notifications whose member names a request of their sender (cancellations).
     references: IdReferences,
@@ -109,17 +111,13 @@ impl Router {
                 ))
             })
             .collect();
-        let default_pool = config
-            .routing
-            .default_pool
-            .as_deref()
-            .and_then(|name| table.iter().position(|p| &*p.id == name));
+        let default_pool = default_index(&table, config.routing.default_pool.as_deref());
         // The config crate already rejected malformed paths; falling back keeps this infallible.
         let session_path = SessionPath::parse(&config.routing.session_id_field).unwrap_or_default();
         Router {
             pools: Arc::new(Pools::new(table)),
             worker_queue: config.limits.max_worker_queue,
-            default_pool,
+            default_pool: AtomicU32::new(default_pool),
             session_path,
             references,
             sessions: Sessions::new(config.limits.max_sessions),
@@ -354,6 +352,15 @@ impl Router {
             Err(_) => tracing::debug!(?slot, "worker gone; its request needs no refusal"),
         }
     }
+}
+
+/// [`Router::default_pool`]'s value when `routing.default_pool` is unset.
+const NO_DEFAULT: u32 = u32::MAX;
+
+/// The index in `pools` of the pool named `name` (`routing.default_pool`), or [`NO_DEFAULT`].
+fn default_index(pools: &[Arc<Pool>], name: Option<&str>) -> u32 {
+    name.and_then(|name| pools.iter().find(|p| &*p.id == name && !p.is_removed()))
+        .map_or(NO_DEFAULT, |p| p.index)
 }
 
 /// Queues an error reply to `client` and counts it (or counts it lost if the client is gone).

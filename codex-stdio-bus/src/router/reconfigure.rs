@@ -6,13 +6,14 @@
 //! change. What it leaves to others takes time (workers to start, drain and stop); it only
 //! decides.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use codex_bus_config::PoolConfig;
 
 use super::placement::{slot_for, Relocation};
 use super::pool::{Pool, MAX_POOLS};
-use super::Router;
+use super::{default_index, Router, NO_DEFAULT};
 use crate::core::address::SlotAddress;
 
 /// What a reload changed in the routing table, and what the supervisors must do about it.
@@ -58,16 +59,21 @@ impl Changes {
 }
 
 impl Router {
-    /// Puts `pools` (a validated config's pools, in its order) in force: a pool is known by its
-    /// id, so a renamed pool is one removed and one added. Sessions stay where they are, except
-    /// those of removed slots: moved to `slot_for(key, new instances)` of their pool, or out of
-    /// the table when their pool is gone.
+    /// Puts `pools` (a validated config's pools, in its order) in force, with `default_pool`
+    /// (`routing.default_pool`, which names one of them) as the pool of messages that name none:
+    /// a pool is known by its id, so a renamed pool is one removed and one added. Sessions stay
+    /// where they are, except those of removed slots: moved to `slot_for(key, new instances)` of
+    /// their pool, or out of the table when their pool is gone.
     ///
     /// # Errors
     ///
     /// Nothing is changed when the table would need more than [`MAX_POOLS`] pools over the
     /// daemon's life; the message says so.
-    pub(crate) fn reconfigure(&self, pools: &[PoolConfig]) -> Result<Changes, String> {
+    pub(crate) fn reconfigure(
+        &self,
+        pools: &[PoolConfig],
+        default_pool: Option<&str>,
+    ) -> Result<Changes, String> {
         let current = Arc::clone(&self.pools.load());
         let added = pools
             .iter()
@@ -97,8 +103,9 @@ impl Router {
                 );
                 changes.started.extend(addresses(index, 0..pool.active));
                 changes.described.push(format!(
-                    "pool '{}' added with {} instances",
-                    wanted.id, wanted.instances
+                    "pool '{}' added with {}",
+                    wanted.id,
+                    slots(wanted.instances)
                 ));
                 table.push(Arc::new(pool));
                 continue;
@@ -108,8 +115,9 @@ impl Router {
                 let pool = old.reconfigured(config, self.worker_queue, &self.worker_events);
                 changes.started.extend(addresses(old.index, 0..pool.active));
                 changes.described.push(format!(
-                    "pool '{}' added again with {} instances",
-                    wanted.id, wanted.instances
+                    "pool '{}' added again with {}",
+                    wanted.id,
+                    slots(wanted.instances)
                 ));
                 table[at] = Arc::new(pool);
                 continue;
@@ -140,9 +148,10 @@ impl Router {
                     next: config.clone(),
                 });
                 changes.described.push(format!(
-                    "pool '{}': worker config changed; rolling restart of {} slots",
+                    "pool '{}': {} changed; rolling restart of {}",
                     wanted.id,
-                    before.min(after)
+                    changed_keys(&same_but_size, wanted).join(", "),
+                    slots(before.min(after))
                 ));
             }
             table[at] = Arc::new(old.reconfigured(config, self.worker_queue, &self.worker_events));
@@ -159,6 +168,31 @@ impl Router {
                 .push(format!("pool '{}' removed", pool.id));
             table[at] = Arc::new(pool.removed());
             removed.push(at);
+        }
+        let default = default_index(&table, default_pool);
+        let was = self.default_pool.swap(default, Ordering::Relaxed);
+        if was != default {
+            let name = |index: u32| match table.get(index as usize) {
+                Some(pool) => format!("'{}'", pool.id),
+                None => "none".to_owned(),
+            };
+            changes.described.push(format!(
+                "routing.default_pool: {} -> {}",
+                name(was),
+                name(default)
+            ));
+        }
+        let present = table.iter().filter(|p| !p.is_removed()).count();
+        if default == NO_DEFAULT
+            && present > 1
+            && current.iter().filter(|p| !p.is_removed()).count() == 1
+        {
+            // Valid, but it changes what clients that name no pool get: say so where it is read.
+            changes.described.push(
+                "several pools and no routing.default_pool: a message that names no pool is now \
+                 refused with pool_required"
+                    .to_owned(),
+            );
         }
         self.pools.replace(table);
         self.relocate_sessions(&shrunk, &removed, &mut changes);
@@ -223,6 +257,32 @@ impl Router {
     }
 }
 
+/// `n` slots, in words.
+fn slots(n: u32) -> String {
+    match n {
+        1 => "1 slot".to_owned(),
+        n => format!("{n} slots"),
+    }
+}
+
+/// The keys of a pool's config (as the file writes them) whose values differ between `old` and
+/// `new`, in the file's order, e.g. `["args", "env"]`.
+fn changed_keys(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
+    let as_object = |pool: &PoolConfig| match serde_json::to_value(pool) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (as_object(old), as_object(new));
+    let mut keys: Vec<String> = new
+        .keys()
+        .chain(old.keys().filter(|k| !new.contains_key(*k)))
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect();
+    keys.dedup();
+    keys
+}
+
 /// The addresses of slots `range` of pool `pool`.
 fn addresses(pool: u32, range: std::ops::Range<u32>) -> impl Iterator<Item = SlotAddress> {
     range.map(move |slot| SlotAddress { pool, slot })
@@ -269,7 +329,7 @@ mod tests {
         let before = place(&router, &names).await;
 
         let grown = router
-            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":4}"#))
+            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":4}"#), None)
             .unwrap();
         let started: Vec<u32> = grown.started.iter().map(|a| a.slot).collect();
         assert_eq!(started, [2, 3]);
@@ -293,7 +353,7 @@ mod tests {
             "new slots take new sessions"
         );
         let shrunk = router
-            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":2}"#))
+            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":2}"#), None)
             .unwrap();
         let retired: Vec<u32> = shrunk.retired.iter().map(|a| a.slot).collect();
         assert_eq!(retired, [2, 3]);
@@ -341,7 +401,7 @@ mod tests {
         assert_eq!(router.sessions.placed(b"x").map(|p| p.0), Some(1));
 
         let only_a = pools(r#"{"id":"a","command":"cat","instances":1}"#);
-        let removed = router.reconfigure(&only_a).unwrap();
+        let removed = router.reconfigure(&only_a, Some("a")).unwrap();
         assert_eq!(removed.described, ["pool 'b' removed"]);
         assert_eq!(removed.retired.len(), 2);
         assert_eq!(removed.dropped_sessions, 1);
@@ -355,8 +415,8 @@ mod tests {
         let both = pools(
             r#"{"id":"a","command":"cat","instances":1},{"id":"b","command":"cat","instances":3}"#,
         );
-        let back = router.reconfigure(&both).unwrap();
-        assert_eq!(back.described, ["pool 'b' added again with 3 instances"]);
+        let back = router.reconfigure(&both, Some("a")).unwrap();
+        assert_eq!(back.described, ["pool 'b' added again with 3 slots"]);
         assert!(back.started.iter().all(|a| a.pool == 1));
         assert_eq!(back.started.len(), 3);
         assert_eq!(
@@ -370,9 +430,10 @@ mod tests {
     async fn a_changed_worker_config_rolls_the_kept_slots_and_restoring_undoes_it() {
         let router = Router::new(&Config::single_pool("p", "cat", &[], 3));
         let changed = router
-            .reconfigure(&pools(
-                r#"{"id":"p","command":"cat","args":["-u"],"instances":2}"#,
-            ))
+            .reconfigure(
+                &pools(r#"{"id":"p","command":"cat","args":["-u"],"instances":2}"#),
+                None,
+            )
             .unwrap();
         assert_eq!(changed.rolled.len(), 1);
         let rolled = &changed.rolled[0];
@@ -380,13 +441,21 @@ mod tests {
         assert!(rolled.previous.args.is_empty());
         assert_eq!(rolled.next.args, ["-u"]);
         assert_eq!(changed.retired.len(), 1);
+        assert_eq!(
+            changed.described,
+            [
+                "pool 'p': instances 3 -> 2",
+                "pool 'p': args changed; rolling restart of 2 slots"
+            ],
+            "the changed keys are named"
+        );
         router.restore_config(0, rolled.previous.clone());
         let pool = router.pools()[0].clone();
         assert!(pool.config.args.is_empty());
         assert_eq!(pool.config.instances, 2, "restored at its current size");
 
         let same = router
-            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":2}"#))
+            .reconfigure(&pools(r#"{"id":"p","command":"cat","instances":2}"#), None)
             .unwrap();
         assert!(same.is_empty(), "{:?}", same.described);
     }
@@ -412,7 +481,7 @@ mod tests {
                 r#"{"id":"b","command":"cat","instances":1},{"id":"a","command":"cat","instances":2}"#,
             );
             assert!(
-                router.reconfigure(&reordered).unwrap().is_empty(),
+                router.reconfigure(&reordered, None).unwrap().is_empty(),
                 "pool order is no change"
             );
             let changed = pools(&format!(
@@ -422,14 +491,14 @@ mod tests {
                 r#"{"id":"a","command":"tac","instances":2},{"id":"b","command":"cat","instances":1}"#,
             );
             assert_eq!(other_command[0].command, "tac");
-            let changes = router.reconfigure(&changed).unwrap();
+            let changes = router.reconfigure(&changed, None).unwrap();
             let rolled: Vec<u32> = changes.rolled.iter().map(|r| r.pool).collect();
             assert_eq!(rolled, [0], "{change}");
             assert!(
                 changes.started.is_empty() && changes.retired.is_empty(),
                 "{change}"
             );
-            let changes = router.reconfigure(&other_command).unwrap();
+            let changes = router.reconfigure(&other_command, None).unwrap();
             assert_eq!(changes.rolled.len(), 1, "a new command rolls too");
         }
     }
@@ -440,7 +509,9 @@ mod tests {
         let many: Vec<String> = (0..MAX_POOLS)
             .map(|i| format!(r#"{{"id":"q{i}","command":"cat","instances":1}}"#))
             .collect();
-        let refused = router.reconfigure(&pools(&many.join(","))).unwrap_err();
+        let refused = router
+            .reconfigure(&pools(&many.join(",")), None)
+            .unwrap_err();
         assert!(refused.contains("at most 256 pools"), "{refused}");
         assert_eq!(router.pools().len(), 1, "nothing changed");
     }

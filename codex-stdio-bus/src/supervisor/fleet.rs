@@ -4,11 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::instance::StopOrder;
-use super::orders::Order;
+use super::orders::{Order, Replaced};
 use super::{deadlines, supervise, Context, Post};
 use crate::router::pool::{Pool, Pools};
 
@@ -64,12 +64,18 @@ impl Fleet {
     /// also the pool's deadline task the first time a pool index is seen. A slot whose
     /// supervisor still runs keeps it (a second one would fight it for the slot): logged, no
     /// effect. `slot` must be below `pool.slots.len()`.
-    pub(crate) fn start(&self, pool: &Arc<Pool>, slot: u32) {
+    ///
+    /// The receiver is answered once the slot's first worker is ready
+    /// ([`Replaced::Ready`](super::Replaced)), or with why it is not (it exited, failed its
+    /// readiness probe or could not be spawned first); dropped unanswered if the daemon stops
+    /// first or the slot was supervised already.
+    pub(crate) fn start(&self, pool: &Arc<Pool>, slot: u32) -> oneshot::Receiver<Replaced> {
+        let (ready, first) = oneshot::channel();
         let key = (pool.index, slot);
         let mut crew = self.crew();
         if crew.orders.get(&key).is_some_and(|s| !s.is_closed()) {
             tracing::warn!(pool = %pool.id, slot, "the slot is supervised already; not started again");
-            return;
+            return first;
         }
         let (orders, received) = mpsc::unbounded_channel();
         crew.orders.insert(key, orders);
@@ -78,6 +84,7 @@ impl Fleet {
             slot: pool.slots[slot as usize].clone(),
             config: pool.config.clone(),
             orders: received,
+            ready,
         };
         self.tracker.spawn(supervise(
             self.context.clone(),
@@ -93,6 +100,7 @@ impl Fleet {
                 self.stop.clone(),
             ));
         }
+        first
     }
 
     /// Sends `order` to the supervisor of slot `slot` of pool index `pool`; false if none runs

@@ -43,6 +43,9 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(2);
 /// The `data.detail` of the requests a rolled worker leaves unanswered.
 const REPLACED_DETAIL: &str = "worker replaced by a rolling restart";
 
+/// The `data.detail` of what a slot removed by a reload still held when its worker was stopped.
+const RETIRED_DETAIL: &str = "slot removed by a reload";
+
 /// What every supervisor of the daemon shares.
 #[derive(Clone)]
 pub(crate) struct Context {
@@ -65,6 +68,8 @@ struct Post {
     config: Arc<PoolConfig>,
     /// The orders of a reload (see [`Fleet`]).
     orders: mpsc::UnboundedReceiver<Order>,
+    /// Answered once the slot's first worker is ready, or is not ([`Fleet::start`]).
+    ready: oneshot::Sender<Replaced>,
 }
 
 /// Supervises `post`'s slot until the daemon orders the workers to stop (`stop`), the slot is
@@ -81,6 +86,7 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
         slot,
         mut config,
         mut orders,
+        ready,
     } = post;
     let fail = |pending: Vec<Pending>, kind| sink.fail(pending, kind, None);
     let metrics = SlotMetrics::new(&pool.id, slot.index);
@@ -95,8 +101,9 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
     let mut limit = fresh_limit();
     // The event a spawn records: the slot's first worker starts, the others restart.
     let mut spawned = EventKind::Start;
-    // The answer owed to a Replace order, once its replacement is ready (or is not).
-    let mut replacing: Option<oneshot::Sender<Replaced>> = None;
+    // The answer owed to whoever started the slot, then to each Replace order: once its worker is
+    // ready (or is not).
+    let mut replacing: Option<oneshot::Sender<Replaced>> = Some(ready);
     loop {
         slot.transition(SlotState::Starting);
         let generation = slot.generation();
@@ -148,7 +155,8 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
         match ordered {
             Some(Order::Retire { done, .. }) => {
                 slot.record(EventKind::Retired, &describe(ended.status));
-                fail(slot.transition(SlotState::Stopped), ErrorKind::ShuttingDown);
+                let left = slot.transition(SlotState::Stopped);
+                sink.fail(left, ErrorKind::ShuttingDown, Some(RETIRED_DETAIL));
                 tracing::info!(?slot, status = %describe(ended.status), "worker stopped; slot retired");
                 let _ = done.send(());
                 return;
@@ -309,7 +317,17 @@ async fn halt(
         let bound = Instant::now() + within;
         // Kept before the wait: a worker that exits meanwhile still leaves the order to carry out.
         *taken = Some(order);
-        let _ = tokio::time::timeout(within, slot.wait_old_idle()).await;
+        if tokio::time::timeout(within, slot.wait_old_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?slot,
+                roll_timeout_sec = within.as_secs(),
+                in_flight = slot.in_flight(),
+                "roll_timeout_sec ran out with requests still pending; stopping the worker"
+            );
+        }
         // As in the daemon's drain, the bound covers the stop too: a worker with nothing pending
         // may still be finishing work of its own (codex-worker's active turns, whose `turn/start`
         // was answered long ago) once its stdin is closed, so SIGKILL waits for the rest of the
