@@ -1034,3 +1034,75 @@ fn a_roll_lets_the_old_worker_finish_its_long_request() {
         run.took
     );
 }
+
+/// A pool added whose worker cannot start makes the reload `failed` (exit 1, the slot and the
+/// worker's exit named) instead of `applied`, while the other pools serve on; the default route
+/// (`routing.default_pool`) moves with a reload; and a change to what a flag overrides
+/// (`metrics.listen` under `--metrics`) is no change.
+#[test]
+fn a_new_pool_that_cannot_start_fails_the_reload_and_the_default_route_follows_the_file() {
+    let mut base = config(vec![pool("codex", "v1", 1)]);
+    let mut daemon = Daemon::start(base.clone(), 1);
+    let mut conn = daemon.connect();
+    assert_eq!(ping(&mut conn, "a", "s-a", None).pool, "codex");
+
+    // A pool whose worker exits at once (codex-mock refuses an unknown flag).
+    let mut broken = pool("broken", "b1", 1);
+    broken["args"] = json!(["--no-such-flag"]);
+    base["pools"] = json!([pool("codex", "v1", 1), broken]);
+    daemon.write(&base);
+    let run = reload_cli(&daemon.admin);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.output.contains("failed")
+            && run
+                .output
+                .contains("pool 'broken' slot 0: the new worker did not become ready"),
+        "{run:?}"
+    );
+    assert!(
+        run.output.contains("pool 'broken' added with 1 slot"),
+        "{run:?}"
+    );
+    assert_eq!(
+        ping(&mut conn, "b", "s-b", None).tag,
+        "v1",
+        "the default pool serves on"
+    );
+    assert!(reloads(&daemon.admin, Some("failed")) >= 1.0);
+
+    // The default route moves to a pool added by the same reload; the broken one goes.
+    base["pools"] = json!([pool("codex", "v1", 1), pool("other", "o1", 1)]);
+    base["routing"]["default_pool"] = json!("other");
+    daemon.write(&base);
+    let run = reload_cli(&daemon.admin);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.output
+            .contains("routing.default_pool: 'codex' -> 'other'"),
+        "{run:?}"
+    );
+    assert_eq!(
+        ping(&mut conn, "c", "s-c", None).tag,
+        "o1",
+        "a new session takes the new default"
+    );
+    assert_eq!(
+        ping(&mut conn, "d", "s-a", None).tag,
+        "v1",
+        "a placed session stays"
+    );
+
+    // No default any more, with two pools: valid, and the change says what it means.
+    base["routing"] = json!({});
+    daemon.write(&base);
+    let run = reload_cli(&daemon.admin);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let reply = call(&mut conn, "e", "s-e", None);
+    assert_eq!(
+        reply["error"]["data"]["reason"],
+        json!("pool_required"),
+        "{reply}"
+    );
+    assert_eq!(ping(&mut conn, "f", "s-f", Some("codex")).tag, "v1");
+}
