@@ -29,10 +29,11 @@ use tokio::sync::{oneshot, Mutex};
 
 use crate::audit::Audit;
 use crate::auth::{AdminBearer, AdminCredentials, Credentials};
+use crate::core::address::SlotAddress;
 use crate::io::capacity::Capacity;
 use crate::metrics;
 use crate::preflight::{self, Addresses, Tlses};
-use crate::router::reconfigure::Rolled;
+use crate::router::reconfigure::{self, Rolled};
 use crate::router::Router;
 use crate::supervisor::{Fleet, Order, STOP_GRACE};
 use plan::Plan;
@@ -213,7 +214,7 @@ impl Reloader {
         *in_force = next;
         let mut failures = Vec::new();
         for rolled in &pools.rolled {
-            if let Some(failure) = self.roll(in_force, rolled).await {
+            if let Some(failure) = self.roll(in_force, rolled, &pools.started).await {
                 failures.push(failure);
             }
         }
@@ -240,14 +241,30 @@ impl Reloader {
     }
 
     /// Rolls one pool of a reload; on failure puts the pool's previous config back in force (in
-    /// the table and in `in_force`) and returns why.
-    async fn roll(&self, in_force: &mut Config, rolled: &Rolled) -> Option<String> {
+    /// the table and in `in_force`), and on the slots the reload grew it with (`started`, which
+    /// began on the failed config), and returns why.
+    async fn roll(
+        &self,
+        in_force: &mut Config,
+        rolled: &Rolled,
+        started: &[SlotAddress],
+    ) -> Option<String> {
         let id = rolled.next.id.as_str();
-        match roll::roll(&self.fleet, id, rolled).await {
+        let draining = || self.router.draining();
+        match roll::roll(&self.fleet, id, rolled, &draining).await {
             Rolling::Done => None,
             Rolling::RolledBack(reason) => {
                 self.router
                     .restore_config(rolled.pool, rolled.previous.clone());
+                let grown: Vec<u32> = started
+                    .iter()
+                    .filter(|a| a.pool == rolled.pool)
+                    .map(|a| a.slot)
+                    .collect();
+                if !grown.is_empty() {
+                    tracing::warn!(pool = id, slots = ?grown, "rolling the slots the reload added back onto the previous config");
+                    roll::revert(&self.fleet, rolled.pool, &grown, &rolled.previous).await;
+                }
                 if let Some(entry) = in_force.pools.iter_mut().find(|p| p.id == id) {
                     let instances = entry.instances;
                     *entry = (*rolled.previous).clone();
@@ -264,6 +281,9 @@ impl Reloader {
         let Ok(_in_force) = self.in_force.try_lock() else {
             return Outcome::only(ReloadResult::Busy, BUSY);
         };
+        if self.router.draining() {
+            return Outcome::only(ReloadResult::Rejected, reconfigure::DRAINING);
+        }
         let pool = self
             .router
             .pools()
@@ -284,7 +304,8 @@ impl Reloader {
             "pool '{id}': rolling restart of {} slots",
             pool.active
         )];
-        let (result, reason) = match roll::roll(&self.fleet, id, &rolled).await {
+        let draining = || self.router.draining();
+        let (result, reason) = match roll::roll(&self.fleet, id, &rolled, &draining).await {
             Rolling::Done => (ReloadResult::Applied, None),
             Rolling::RolledBack(reason) => (ReloadResult::Failed, Some(reason)),
             Rolling::Interrupted => (ReloadResult::Failed, Some(STOPPING.to_owned())),

@@ -66,8 +66,13 @@ impl Router {
     /// # Errors
     ///
     /// Nothing is changed when the table would need more than [`MAX_POOLS`] pools over the
-    /// daemon's life; the message says so.
+    /// daemon's life, or once the daemon's drain has begun (a slot added now would take the new
+    /// work the drain refuses, and a worker started now would only be stopped again); the message
+    /// says so.
     pub(crate) fn reconfigure(&self, pools: &[PoolConfig]) -> Result<Changes, String> {
+        if self.draining() {
+            return Err(DRAINING.to_owned());
+        }
         let current = Arc::clone(&self.pools.load());
         let added = pools
             .iter()
@@ -222,6 +227,9 @@ impl Router {
         changes.dropped_sessions = dropped;
     }
 }
+
+/// Why a reload during the daemon's drain changes nothing.
+pub(crate) const DRAINING: &str = "the daemon is draining to stop: its pools are no longer changed";
 
 /// The addresses of slots `range` of pool `pool`.
 fn addresses(pool: u32, range: std::ops::Range<u32>) -> impl Iterator<Item = SlotAddress> {

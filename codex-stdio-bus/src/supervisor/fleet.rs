@@ -95,6 +95,11 @@ impl Fleet {
         }
     }
 
+    /// Whether the daemon has ordered every worker to stop (the end of its drain).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+
     /// Sends `order` to the supervisor of slot `slot` of pool index `pool`; false if none runs
     /// (never started, or ended: retired, stopped, or left empty or failed by its policy).
     #[allow(dead_code)] // used by reload (issue 16)

@@ -1,0 +1,219 @@
+//! Reloads against faults (issue 16, adversarial pass): a reload arriving during the daemon's
+//! drain, a failed roll of a pool the same reload grew, and a roll of a pool with a slot its
+//! restart policy left empty. In each the config the daemon reports in force must be what its
+//! workers run, and the drain must refuse new work to the end.
+//!
+//! Every pool runs `codex-mock --tag VERSION`, so each reply names the version of the worker that
+//! answered (`result.tag`) beside its pool and slot.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use codex_bus_tests::{bin, reason, sha256_hex, Bus, BusConfig, Conn, Mode, WAIT};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// The admin endpoint's bearer token (`metrics.bearer_sha256` is its digest).
+const ADMIN_TOKEN: &str = "reload-faults-admin-token-8c1d2e3f";
+
+/// A pool `id` of `instances` mock workers tagged `tag` (plus `extra` arguments), ready once they
+/// answer a ping.
+fn pool(id: &str, tag: &str, instances: u32, extra: &[&str]) -> Value {
+    let mut args = vec!["--tag", tag];
+    args.extend_from_slice(extra);
+    json!({
+        "id": id,
+        "command": bin("codex-mock").to_str().unwrap(),
+        "args": args,
+        "instances": instances,
+        "ready_probe": {"method": "ping"},
+    })
+}
+
+/// A config of `pools` (the first, `codex`, is the default route), draining at once on SIGTERM
+/// for up to 30 s, with the admin endpoint on a free loopback port.
+fn config(pools: Vec<Value>) -> Value {
+    json!({
+        "pools": pools,
+        "routing": {"default_pool": "codex"},
+        "limits": {"drain_grace_sec": 0, "drain_timeout_sec": 30},
+        "metrics": {"listen": "127.0.0.1:0", "bearer_sha256": sha256_hex(ADMIN_TOKEN)},
+    })
+}
+
+/// Replaces the config file `bus` started with (written aside, then renamed over it).
+fn rewrite(bus: &Bus, config: &Value) {
+    let path = bus.dir.path().join("bus.json");
+    let next = bus.dir.path().join("bus.json.next");
+    std::fs::write(&next, config.to_string()).unwrap();
+    std::fs::rename(&next, &path).unwrap();
+}
+
+/// `POST /reload` on the admin endpoint `addr`; returns the HTTP status and the JSON answer.
+fn post_reload(addr: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /reload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("answered in time");
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    // The answer is one small JSON object: a chunked body has it between its size lines.
+    let json = body
+        .find('{')
+        .zip(body.rfind('}'))
+        .and_then(|(a, b)| serde_json::from_str(&body[a..=b]).ok())
+        .unwrap_or(Value::Null);
+    (code, json)
+}
+
+/// Pings 64 fresh sessions (to the default pool); returns the (slot, tag) of every worker that
+/// answered, panicking on any error reply.
+fn versions(conn: &mut Conn, round: &str) -> BTreeSet<(i64, String)> {
+    let mut seen = BTreeSet::new();
+    for i in 0..64 {
+        let id = format!("{round}-{i}");
+        conn.send(&json!({"jsonrpc": "2.0", "id": id, "method": "ping", "sessionId": id}));
+        let reply = conn.recv();
+        assert_eq!(reply["id"], json!(id), "{reply}");
+        let result = reply
+            .get("result")
+            .unwrap_or_else(|| panic!("ping {id} not served: {reply}"));
+        seen.insert((
+            result["slot"].as_i64().unwrap(),
+            result["tag"].as_str().unwrap().to_owned(),
+        ));
+    }
+    seen
+}
+
+#[test]
+fn a_reload_during_the_drain_starts_no_pool_that_would_take_new_work() {
+    let mut bus = Bus::start(
+        &BusConfig(config(vec![pool("codex", "v1", 1, &[])])),
+        Mode::Tcp,
+    );
+    bus.wait_workers(1);
+    let mut conn = bus.connect();
+    // A long request keeps the drain going while the reload arrives.
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": "long", "method": "mock/delay",
+                      "params": {"ms": 3000}, "sessionId": "a"}),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    bus.signal(Signal::SIGTERM);
+    let start = Instant::now();
+    loop {
+        conn.send(&json!({"jsonrpc": "2.0", "id": "probe", "method": "ping", "sessionId": "b"}));
+        let reply = conn.recv();
+        if reason(&reply) == Some("shutting_down") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the drain never began: {reply}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    rewrite(
+        &bus,
+        &config(vec![
+            pool("codex", "v1", 1, &[]),
+            pool("late", "late", 1, &[]),
+        ]),
+    );
+    bus.signal(Signal::SIGHUP);
+    bus.wait_log("config reload not applied");
+    conn.send(&json!({"jsonrpc": "2.0", "id": "late", "method": "ping",
+                      "sessionId": "c", "pool": "late"}));
+    let reply = conn.recv();
+    assert!(
+        reply.get("result").is_none(),
+        "a pool added during the drain took new work: {reply}"
+    );
+    assert!(
+        !bus.log().contains("slot=late[0]"),
+        "a worker of the pool added during the drain started:\n{}",
+        bus.log()
+    );
+    let long = conn.recv();
+    assert_eq!(long["id"], json!("long"), "{long}");
+    assert!(long.get("result").is_some(), "the drain answers: {long}");
+    assert!(bus.wait_exit().success(), "{}", bus.log());
+}
+
+#[test]
+fn a_failed_roll_puts_the_slots_the_reload_grew_back_on_the_previous_config() {
+    let mut bus = Bus::start(
+        &BusConfig(config(vec![pool("codex", "v1", 2, &[])])),
+        Mode::Tcp,
+    );
+    bus.wait_workers(2);
+    let admin = bus.metrics_addr();
+    // Grown to 4 with a worker that refuses its arguments: slots 2 and 3 start on it at once, the
+    // roll of slot 0 fails and goes back.
+    rewrite(
+        &bus,
+        &config(vec![pool("codex", "v2", 4, &["--no-such-flag"])]),
+    );
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(code, 500, "{answer}");
+    assert_eq!(answer["result"], json!("failed"), "{answer}");
+
+    // The config in force is the previous one at 4 instances: every slot runs it.
+    let mut conn = bus.connect();
+    let expected: BTreeSet<(i64, String)> = (0..4).map(|s| (s, "v1".to_owned())).collect();
+    assert_eq!(versions(&mut conn, "after-failure"), expected);
+    // Which is why writing it back changes nothing.
+    rewrite(&bus, &config(vec![pool("codex", "v1", 4, &[])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!((code, &answer["result"]), (200, &json!("unchanged")));
+    assert_eq!(versions(&mut conn, "reverted"), expected);
+}
+
+#[test]
+fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
+    let never = |tag: &str| {
+        let mut pool = pool("codex", tag, 2, &[]);
+        pool["restart_policy"] = json!("never");
+        pool
+    };
+    let mut bus = Bus::start(&BusConfig(config(vec![never("v1")])), Mode::Tcp);
+    let workers = bus.wait_workers(2);
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    // Kill one worker: its slot stays empty (`never`).
+    let victim = workers[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    bus.wait_workers(1);
+
+    rewrite(&bus, &config(vec![never("v2")]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    // The live slot runs v2; the empty one answers `no_worker`.
+    let mut tags = BTreeSet::new();
+    for i in 0..32 {
+        let id = format!("s{i}");
+        conn.send(&json!({"jsonrpc": "2.0", "id": id, "method": "ping", "sessionId": id}));
+        let reply = conn.recv();
+        match reply.get("result") {
+            Some(result) => {
+                tags.insert(result["tag"].as_str().unwrap().to_owned());
+            }
+            None => assert_eq!(reason(&reply), Some("no_worker"), "{reply}"),
+        }
+    }
+    assert_eq!(tags, BTreeSet::from(["v2".to_owned()]));
+}
