@@ -217,3 +217,55 @@ fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
     }
     assert_eq!(tags, BTreeSet::from(["v2".to_owned()]));
 }
+
+#[test]
+fn a_cancellation_reaches_a_request_a_removed_slot_is_finishing() {
+    let slow = |instances: u32| {
+        let mut pool = pool("codex", "v1", instances, &[]);
+        pool["roll_timeout_sec"] = json!(120);
+        pool
+    };
+    let mut bus = Bus::start(&BusConfig(config(vec![slow(2)])), Mode::Tcp);
+    bus.wait_workers(2);
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    // A session on slot 1, the slot the reload removes.
+    let session = (0..200)
+        .map(|i| format!("k{i}"))
+        .find(|s| {
+            conn.send(&json!({"jsonrpc": "2.0", "id": s, "method": "ping", "sessionId": s}));
+            conn.recv()["result"]["slot"] == json!(1)
+        })
+        .expect("a session on slot 1");
+    // Far longer than the test waits for a reply: only the cancellation answers it in time.
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": "long", "method": "mock/delay",
+                      "params": {"ms": 600_000}, "sessionId": session}),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    rewrite(&bus, &config(vec![slow(1)]));
+    let reload = std::thread::spawn(move || post_reload(&admin));
+    // The session moves to slot 0 at once, while slot 1 finishes its request.
+    let start = Instant::now();
+    loop {
+        conn.send(&json!({"jsonrpc": "2.0", "id": "where", "method": "ping",
+                          "sessionId": session}));
+        let reply = conn.recv();
+        if reply["result"]["slot"] == json!(0) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the session never moved: {reply}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    conn.send(&json!({"jsonrpc": "2.0", "method": "$/cancelRequest",
+                      "params": {"id": "long"}, "sessionId": session}));
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!("long"), "{reply}");
+    assert_eq!(reply["error"]["code"], json!(-32800), "cancelled: {reply}");
+    let (code, answer) = reload.join().unwrap();
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+}
