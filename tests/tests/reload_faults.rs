@@ -53,13 +53,18 @@ fn rewrite(bus: &Bus, config: &Value) {
 
 /// `POST /reload` on the admin endpoint `addr`; returns the HTTP status and the JSON answer.
 fn post_reload(addr: &str) -> (u16, Value) {
+    post(addr, "/reload")
+}
+
+/// `POST path` on the admin endpoint `addr`; returns the HTTP status and the JSON answer.
+fn post(addr: &str, path: &str) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     write!(
         stream,
-        "POST /reload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
          Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
@@ -268,4 +273,34 @@ fn a_cancellation_reaches_a_request_a_removed_slot_is_finishing() {
         (200, &json!("applied")),
         "{answer}"
     );
+}
+
+#[test]
+fn a_restart_of_a_pool_whose_program_is_gone_is_refused_and_stops_no_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("mock-copy");
+    std::fs::copy(bin("codex-mock"), &program).unwrap();
+    let mut copy = pool("codex", "v1", 2, &[]);
+    copy["command"] = json!(program.to_str().unwrap());
+    let mut bus = Bus::start(&BusConfig(config(vec![copy])), Mode::Tcp);
+    let workers: BTreeSet<u32> = bus.wait_workers(2).into_iter().collect();
+    let admin = bus.metrics_addr();
+    std::fs::remove_file(&program).unwrap();
+
+    let (code, answer) = post(&admin, "/restart?pool=codex");
+    assert_eq!(
+        (code, &answer["result"]),
+        (422, &json!("rejected")),
+        "{answer}"
+    );
+    assert!(
+        answer["reason"].as_str().unwrap().contains("mock-copy"),
+        "the reason names the program: {answer}"
+    );
+    // Both workers still run and serve every session.
+    let now: BTreeSet<u32> = bus.wait_workers(2).into_iter().collect();
+    assert_eq!(now, workers, "no worker was stopped");
+    let mut conn = bus.connect();
+    let expected: BTreeSet<(i64, String)> = (0..2).map(|s| (s, "v1".to_owned())).collect();
+    assert_eq!(versions(&mut conn, "after-restart"), expected);
 }

@@ -278,7 +278,7 @@ impl Reloader {
 
     /// Rolls every slot of pool `id` onto fresh workers of its current config, one at a time.
     async fn restart_pool(&self, id: &str) -> Outcome {
-        let Ok(_in_force) = self.in_force.try_lock() else {
+        let Ok(in_force) = self.in_force.try_lock() else {
             return Outcome::only(ReloadResult::Busy, BUSY);
         };
         if self.router.draining() {
@@ -293,6 +293,17 @@ impl Reloader {
         let Some(pool) = pool else {
             return Outcome::only(ReloadResult::UnknownPool, format!("no pool named '{id}'"));
         };
+        // The replacement of slot 0 is spawned only once its worker has stopped: a program
+        // removed or made unusable since the start would leave that slot without a worker.
+        let checked = in_force
+            .pools
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.id == id)
+            .map_or(Ok(()), |(i, p)| preflight::check_command(i, p));
+        if let Err(error) = checked {
+            return Outcome::only(ReloadResult::Rejected, error.to_string());
+        }
         let rolled = Rolled {
             pool: pool.index,
             slots: pool.active,
