@@ -304,3 +304,41 @@ fn a_restart_of_a_pool_whose_program_is_gone_is_refused_and_stops_no_worker() {
     let expected: BTreeSet<(i64, String)> = (0..2).map(|s| (s, "v1".to_owned())).collect();
     assert_eq!(versions(&mut conn, "after-restart"), expected);
 }
+
+#[test]
+fn a_reload_that_leaves_tcp_clients_no_credential_is_refused() {
+    let token = "reload-faults-client-token-1";
+    let mut secured = config(vec![pool("codex", "v1", 1, &[])]);
+    secured["auth"] = json!({"tokens": [{"tenant": "acme", "sha256": sha256_hex(token)}]});
+    let mut bus = Bus::start(&BusConfig(secured.clone()), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    // `auth` kept, its credentials gone, `insecure_no_auth` set: clients would get in unchecked.
+    let mut open = secured.clone();
+    open["auth"] = json!({"insecure_no_auth": true});
+    rewrite(&bus, &open);
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (422, &json!("rejected")),
+        "{answer}"
+    );
+    assert!(
+        answer["reason"].as_str().unwrap().contains("restart"),
+        "{answer}"
+    );
+    let mut conn = bus.connect();
+    conn.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "sessionId": "s"}));
+    let reply = conn.recv();
+    assert_eq!(reason(&reply), Some("unauthenticated"), "{reply}");
+    // Rotating the credentials is still a reload's business.
+    let mut rotated = secured;
+    rotated["auth"] = json!({"tokens": [{"tenant": "acme", "sha256": sha256_hex("other")}]});
+    rewrite(&bus, &rotated);
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+}

@@ -28,7 +28,7 @@ use codex_bus_config::{Config, WebSocketConfig};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::audit::Audit;
-use crate::auth::{AdminBearer, AdminCredentials, Credentials};
+use crate::auth::{AdminBearer, AdminCredentials, Authenticator, Credentials};
 use crate::core::address::SlotAddress;
 use crate::io::capacity::Capacity;
 use crate::metrics;
@@ -360,6 +360,17 @@ impl Live {
     /// listener would be open beyond loopback without authentication.
     fn prepare(&self, next: &Config, plan: &Plan) -> Result<Prepared, String> {
         let credentials = preflight::authenticator(next).map_err(|e| e.to_string())?;
+        // `auth` kept but left without a bearer credential, with `insecure_no_auth`, would let
+        // new TCP and WebSocket clients in unauthenticated: that is turning auth off for them.
+        let bearers =
+            |auth: Option<&Authenticator>| auth.is_some_and(Authenticator::accepts_bearers);
+        let listening = self.bound.tcp.is_some() || !self.bound.websocket.is_empty();
+        if listening
+            && bearers(self.credentials.current().as_deref())
+            && !bearers(credentials.as_deref())
+        {
+            return Err(AUTH_OFF.to_owned());
+        }
         let addresses = Addresses {
             tcp: self.bound.tcp,
             admin: self.bound.admin,
@@ -437,6 +448,11 @@ fn counted(outcome: Outcome) -> Outcome {
     }
     outcome
 }
+
+/// Why a reload that leaves TCP and WebSocket clients no credential is refused.
+const AUTH_OFF: &str = "auth turned off for TCP and WebSocket clients (no token or JWT secret \
+                        left, so auth.insecure_no_auth would let them in unauthenticated): a \
+                        restart is needed to apply it";
 
 /// The reason of a `busy` answer.
 const BUSY: &str = "a reload or restart is running";
