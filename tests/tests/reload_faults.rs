@@ -342,3 +342,32 @@ fn a_reload_that_leaves_tcp_clients_no_credential_is_refused() {
         "{answer}"
     );
 }
+
+#[test]
+fn a_failed_roll_of_a_never_restarted_escalating_pool_goes_back_and_keeps_the_daemon_up() {
+    let strict = |tag: &str, extra: &[&str]| {
+        let mut pool = pool("codex", tag, 1, extra);
+        pool["restart_policy"] = json!("never");
+        pool["escalate"] = json!(true);
+        pool
+    };
+    let mut bus = Bus::start(&BusConfig(config(vec![strict("v1", &[])])), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    rewrite(&bus, &config(vec![strict("v2", &["--no-such-flag"])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (500, &json!("failed")),
+        "{answer}"
+    );
+    // The slot went back to v1, as the answer says: neither left empty by `never` nor escalated.
+    let mut conn = bus.connect();
+    let expected = BTreeSet::from([(0, "v1".to_owned())]);
+    assert_eq!(versions(&mut conn, "after-failure"), expected);
+    assert!(
+        !bus.log().contains("escalating"),
+        "the daemon escalated:\n{}",
+        bus.log()
+    );
+}
