@@ -371,3 +371,53 @@ fn a_failed_roll_of_a_never_restarted_escalating_pool_goes_back_and_keeps_the_da
         bus.log()
     );
 }
+
+#[test]
+fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue() {
+    let mut slow = pool("codex", "v1", 1, &[]);
+    slow["roll_timeout_sec"] = json!(120);
+    slow["queue_timeout_sec"] = json!(120);
+    let mut small = config(vec![slow]);
+    small["limits"]["max_worker_queue"] = json!(65536);
+    let mut bus = Bus::start(&BusConfig(small), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    // The worker asks the client a question and waits for the answer.
+    conn.send(&json!({"jsonrpc": "2.0", "id": "ask", "method": "mock/ask", "sessionId": "a"}));
+    let question = conn.recv();
+    assert_eq!(question["method"], json!("mock/approval"), "{question}");
+
+    let restart = std::thread::spawn(move || post(&admin, "/restart?pool=codex"));
+    bus.wait_log("rolling restart requested");
+    std::thread::sleep(Duration::from_millis(300));
+    // Another client fills the slot's queue with work held for the replacement, until the bus
+    // stops reading it.
+    let mut flood = TcpStream::connect(bus.tcp_addr()).unwrap();
+    flood
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let pad = "x".repeat(4000);
+    for i in 0..2000 {
+        let line = json!({"jsonrpc": "2.0", "id": i, "method": "ping", "sessionId": "a",
+                          "params": {"pad": pad}});
+        if flood.write_all(format!("{line}\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+    // The answer still reaches the worker being replaced: it finishes now, not at the roll's bound.
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": question["id"], "result": {"ok": true},
+                      "sessionId": "a"}),
+    );
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!("ask"), "{reply}");
+    assert_eq!(reply["result"]["answer"], json!({"ok": true}), "{reply}");
+    let (code, answer) = restart.join().unwrap();
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    drop(flood);
+}

@@ -347,7 +347,9 @@ impl Router {
                 request_id: String::from_utf8_lossy(&asked.id),
             });
         }
-        slot.queue.wait_for_space().await;
+        // Bounded by the worker's own requests, so the bytes held for a rolling restart's next
+        // worker need not drain first (they wait for this worker to finish, which may need this).
+        slot.queue.wait_for_own_space().await;
         let queued = slot.enqueue_line(Some(asked.generation), |buf| {
             append_with_token(buf, line, id, &asked.id)
         });
