@@ -421,3 +421,64 @@ fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue(
     );
     drop(flood);
 }
+
+#[test]
+fn a_removed_pool_whose_slot_its_policy_left_empty_leaves_the_status() {
+    let mut extra = pool("extra", "e", 1, &[]);
+    extra["restart_policy"] = json!("never");
+    let mut bus = Bus::start(
+        &BusConfig(config(vec![pool("codex", "v1", 1, &[]), extra])),
+        Mode::Tcp,
+    );
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "sessionId": "x",
+                      "pool": "extra"}),
+    );
+    let pid = conn.recv()["result"]["pid"].as_u64().expect("extra serves") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    bus.wait_workers(1);
+    rewrite(&bus, &config(vec![pool("codex", "v1", 1, &[])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    let (code, body) = get(&admin, "/status");
+    assert_eq!(code, 200, "{body}");
+    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let status: Value = serde_json::from_str(json).expect("/status is JSON");
+    let pools: Vec<&str> = status["pools"]
+        .as_array()
+        .expect("pools on /status")
+        .iter()
+        .map(|p| p["pool"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        pools,
+        ["codex"],
+        "a removed pool with nothing to drain is still on /status: {body}"
+    );
+}
+
+/// `GET path` on the admin endpoint `addr` with the bearer; returns the status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("answered in time");
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (code, body.to_owned())
+}

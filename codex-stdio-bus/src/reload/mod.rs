@@ -30,6 +30,7 @@ use tokio::sync::{oneshot, Mutex};
 use crate::audit::Audit;
 use crate::auth::{AdminBearer, AdminCredentials, Authenticator, Credentials};
 use crate::core::address::SlotAddress;
+use crate::core::slot::SlotState;
 use crate::io::capacity::Capacity;
 use crate::metrics;
 use crate::preflight::{self, Addresses, Tlses};
@@ -206,9 +207,21 @@ impl Reloader {
                 });
                 let (done, retired) = oneshot::channel();
                 let order = Order::Retire { within, done };
-                self.fleet
-                    .order(address.pool, address.slot, order)
-                    .then_some((within, retired))
+                if self.fleet.order(address.pool, address.slot, order) {
+                    return Some((within, retired));
+                }
+                // No supervisor runs there (its pool's restart policy left it empty): nothing to
+                // drain. It is stopped now, as a retirement would end, so that it leaves /status
+                // and the worker gauges instead of showing a removed slot down for good.
+                if let Some(slot) = table
+                    .get(address.pool)
+                    .and_then(|p| p.slots.get(address.slot as usize).cloned())
+                {
+                    slot.retire();
+                    let left = slot.transition(SlotState::Stopped);
+                    debug_assert!(left.is_empty(), "an empty slot holds no request");
+                }
+                None
             })
             .collect();
         *in_force = next;
