@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use codex_bus_config::{AuthConfig, Config, TransportMode};
+use codex_bus_config::{AuthConfig, Config, PoolConfig, TransportMode};
 use codex_bus_process::resolve_command;
 
 use crate::auth::Authenticator;
@@ -24,27 +24,38 @@ use crate::io::tls::Tls;
 /// [`Kind::Config`] naming the first such pool (`pools[i].command` or `pools[i].cwd`).
 pub fn check_commands(config: &Config) -> Result<(), Error> {
     for (i, pool) in config.pools.iter().enumerate() {
-        if let Some(cwd) = pool.cwd.as_deref().filter(|dir| !dir.is_dir()) {
-            return Err(Error::new(
-                Kind::Config,
-                format!(
-                    "pools[{i}].cwd: '{}' (pool '{}') is not a directory",
-                    cwd.display(),
-                    pool.id
-                ),
-            ));
-        }
-        // The worker's own PATH, if its pool sets one, is where its command will be looked up.
-        let search_path = pool.env.get("PATH").map(std::ffi::OsStr::new);
-        if resolve_command(&pool.command, pool.cwd.as_deref(), search_path).is_none() {
-            return Err(Error::new(
-                Kind::Config,
-                format!(
-                    "pools[{i}].command: '{}' (pool '{}') is not an executable file or not on PATH",
-                    pool.command, pool.id
-                ),
-            ));
-        }
+        check_command(i, pool)?;
+    }
+    Ok(())
+}
+
+/// [`check_commands`] for one pool, `pools[i]`: a rolling restart of it checks this before it
+/// stops a worker, so that a program removed meanwhile leaves the pool serving.
+///
+/// # Errors
+///
+/// As [`check_commands`].
+pub(crate) fn check_command(i: usize, pool: &PoolConfig) -> Result<(), Error> {
+    if let Some(cwd) = pool.cwd.as_deref().filter(|dir| !dir.is_dir()) {
+        return Err(Error::new(
+            Kind::Config,
+            format!(
+                "pools[{i}].cwd: '{}' (pool '{}') is not a directory",
+                cwd.display(),
+                pool.id
+            ),
+        ));
+    }
+    // The worker's own PATH, if its pool sets one, is where its command will be looked up.
+    let search_path = pool.env.get("PATH").map(std::ffi::OsStr::new);
+    if resolve_command(&pool.command, pool.cwd.as_deref(), search_path).is_none() {
+        return Err(Error::new(
+            Kind::Config,
+            format!(
+                "pools[{i}].command: '{}' (pool '{}') is not an executable file or not on PATH",
+                pool.command, pool.id
+            ),
+        ));
     }
     Ok(())
 }

@@ -226,6 +226,29 @@ impl<S> Outbox<S> {
         }
     }
 
+    /// Waits until the bytes for the running writer alone are below the limit (or the queue is
+    /// closed), whatever is set aside for the next one. For lines the running worker needs to
+    /// finish what it holds (answers to its own requests): while a rolling restart holds new work,
+    /// the bytes set aside drain only once that worker is done, so waiting for them as well could
+    /// never end before the roll's bound cut the worker off.
+    pub(crate) async fn wait_for_own_space(&self) {
+        let own_full = || {
+            let q = self.lock();
+            !q.closed && q.buf.len() >= self.limit
+        };
+        if !own_full() {
+            return;
+        }
+        loop {
+            let mut notified = pin!(self.writable.notified());
+            notified.as_mut().enable();
+            if !own_full() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Closes the queue: later pushes are refused; the writer finishes what is queued, then stops.
     pub(crate) fn close(&self) {
         self.lock().closed = true;

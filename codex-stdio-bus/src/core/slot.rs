@@ -425,6 +425,8 @@ impl Slot {
     ///
     /// While work is held, a line naming a request of the running worker goes to it (it may be
     /// a cancellation that lets it finish sooner); one naming a held request is held with it.
+    /// For the same reason a draining or retired slot, which refuses new work, still takes a line
+    /// naming a request its worker is finishing.
     pub(crate) fn enqueue_reference(
         &self,
         client: &Client,
@@ -433,7 +435,7 @@ impl Slot {
     ) -> Result<bool, ErrorKind> {
         let token = &line[span.clone()];
         self.queue.with_queue(|q| {
-            if !q.state.state.takes_work() {
+            if !q.state.state.takes_answers() {
                 return Err(q.state.state.refusal());
             }
             let named = q

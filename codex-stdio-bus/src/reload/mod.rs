@@ -28,8 +28,10 @@ use codex_bus_config::{Config, WebSocketConfig};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::audit::{Audit, Event};
-use crate::auth::{AdminBearer, AdminCredentials, Credentials};
+use crate::auth::{AdminBearer, AdminCredentials, Authenticator, Credentials};
 use crate::cgroups;
+use crate::core::address::SlotAddress;
+use crate::core::slot::SlotState;
 use crate::io::capacity::Capacity;
 use crate::metrics;
 use crate::preflight::{self, Addresses, Tlses};
@@ -222,9 +224,21 @@ impl Reloader {
                 });
                 let (done, retired) = oneshot::channel();
                 let order = Order::Retire { within, done };
-                self.fleet
-                    .order(address.pool, address.slot, order)
-                    .then_some((within, retired))
+                if self.fleet.order(address.pool, address.slot, order) {
+                    return Some((within, retired));
+                }
+                // No supervisor runs there (its pool's restart policy left it empty): nothing to
+                // drain. It is stopped now, as a retirement would end, so that it leaves /status
+                // and the worker gauges instead of showing a removed slot down for good.
+                if let Some(slot) = table
+                    .get(address.pool)
+                    .and_then(|p| p.slots.get(address.slot as usize).cloned())
+                {
+                    slot.retire();
+                    let left = slot.transition(SlotState::Stopped);
+                    debug_assert!(left.is_empty(), "an empty slot holds no request");
+                }
+                None
             })
             .collect();
         *in_force = next;
@@ -249,7 +263,7 @@ impl Reloader {
             ));
         }
         for rolled in &pools.rolled {
-            if let Some(failure) = self.roll(in_force, rolled).await {
+            if let Some(failure) = self.roll(in_force, rolled, &pools.started).await {
                 failures.push(failure);
             }
         }
@@ -276,14 +290,29 @@ impl Reloader {
     }
 
     /// Rolls one pool of a reload; on failure puts the pool's previous config back in force (in
-    /// the table and in `in_force`) and returns why.
-    async fn roll(&self, in_force: &mut Config, rolled: &Rolled) -> Option<String> {
+    /// the table and in `in_force`), and on the slots the reload grew it with (`started`, which
+    /// began on the failed config), and returns why.
+    async fn roll(
+        &self,
+        in_force: &mut Config,
+        rolled: &Rolled,
+        started: &[SlotAddress],
+    ) -> Option<String> {
         let id = rolled.next.id.as_str();
         match roll::roll(&self.fleet, &self.router, id, rolled).await {
             Rolling::Done => None,
             Rolling::RolledBack(reason) => {
                 self.router
                     .restore_config(rolled.pool, rolled.previous.clone());
+                let grown: Vec<u32> = started
+                    .iter()
+                    .filter(|a| a.pool == rolled.pool)
+                    .map(|a| a.slot)
+                    .collect();
+                if !grown.is_empty() {
+                    tracing::warn!(pool = id, slots = ?grown, "rolling the slots the reload added back onto the previous config");
+                    roll::revert(&self.fleet, rolled.pool, &grown, &rolled.previous).await;
+                }
                 if let Some(entry) = in_force.pools.iter_mut().find(|p| p.id == id) {
                     let instances = entry.instances;
                     *entry = (*rolled.previous).clone();
@@ -297,7 +326,7 @@ impl Reloader {
 
     /// Rolls every slot of pool `id` onto fresh workers of its current config, one at a time.
     async fn restart_pool(&self, id: &str) -> Outcome {
-        let Ok(_in_force) = self.in_force.try_lock() else {
+        let Ok(in_force) = self.in_force.try_lock() else {
             return Outcome::only(ReloadResult::Busy, BUSY);
         };
         if self.router.leaving() {
@@ -312,6 +341,17 @@ impl Reloader {
         let Some(pool) = pool else {
             return Outcome::only(ReloadResult::UnknownPool, format!("no pool named '{id}'"));
         };
+        // The replacement of slot 0 is spawned only once its worker has stopped: a program
+        // removed or made unusable since the start would leave that slot without a worker.
+        let checked = in_force
+            .pools
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.id == id)
+            .map_or(Ok(()), |(i, p)| preflight::check_command(i, p));
+        if let Err(error) = checked {
+            return Outcome::only(ReloadResult::Rejected, error.to_string());
+        }
         let rolled = Rolled {
             pool: pool.index,
             slots: pool.active,
@@ -371,6 +411,17 @@ impl Live {
     /// listener would be open beyond loopback without authentication.
     fn prepare(&self, next: &Config, plan: &Plan) -> Result<Prepared, String> {
         let credentials = preflight::authenticator(next).map_err(|e| e.to_string())?;
+        // `auth` kept but left without a bearer credential, with `insecure_no_auth`, would let
+        // new TCP and WebSocket clients in unauthenticated: that is turning auth off for them.
+        let bearers =
+            |auth: Option<&Authenticator>| auth.is_some_and(Authenticator::accepts_bearers);
+        let listening = self.bound.tcp.is_some() || !self.bound.websocket.is_empty();
+        if listening
+            && bearers(self.credentials.current().as_deref())
+            && !bearers(credentials.as_deref())
+        {
+            return Err(AUTH_OFF.to_owned());
+        }
         let addresses = Addresses {
             tcp: self.bound.tcp,
             admin: self.bound.admin,
@@ -509,6 +560,11 @@ impl Reloader {
 
 /// Why nothing is changed once a shutdown was requested.
 const SHUTTING_DOWN: &str = "the daemon is shutting down";
+
+/// Why a reload that leaves TCP and WebSocket clients no credential is refused.
+const AUTH_OFF: &str = "auth turned off for TCP and WebSocket clients (no token or JWT secret \
+                        left, so auth.insecure_no_auth would let them in unauthenticated): a \
+                        restart is needed to apply it";
 
 /// The reason of a `busy` answer.
 const BUSY: &str = "a reload or restart is running";

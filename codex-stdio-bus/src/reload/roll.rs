@@ -18,17 +18,19 @@ use crate::supervisor::{Fleet, Order, Replaced};
 /// How a roll ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Rolling {
-    /// Every slot runs the new config.
+    /// Every slot runs the new config (or has no worker: left empty by its pool's restart policy).
     Done,
     /// A replacement did not become ready (the reason says where and why); that slot was put back
     /// on the previous config and the roll stopped.
     RolledBack(String),
-    /// The daemon began shutting down; the roll stopped where it was.
+    /// The daemon began shutting down (a shutdown was requested, or the workers were ordered to
+    /// stop); the roll stopped where it was.
     Interrupted,
 }
 
 /// Rolls slots `0..rolled.slots` of pool `rolled.pool` onto `rolled.next`, in slot order; stops
-/// before the next slot once the daemon is shutting down (`router` leaving).
+/// before the next slot once the daemon is shutting down (`router` leaving: a worker replaced
+/// then would only be stopped again, and the drain waits for no held work).
 pub(crate) async fn roll(
     fleet: &Fleet,
     router: &Router,
@@ -46,14 +48,14 @@ pub(crate) async fn roll(
             "rolling restart: the slot holds new work while its worker finishes what it has"
         );
         match replace(fleet, rolled.pool, slot, &rolled.next).await {
-            Some(Replaced::Ready) => {
+            Slotted::Replaced(Replaced::Ready) => {
                 tracing::info!(
                     pool = pool_id,
                     slot,
                     "slot rolled onto the new worker config"
                 );
             }
-            Some(Replaced::Failed(why)) => {
+            Slotted::Replaced(Replaced::Failed(why)) => {
                 let reason = format!(
                     "pool '{pool_id}' slot {slot}: the new worker did not become ready ({why}); \
                      the slot went back to the previous config and the roll stopped"
@@ -63,28 +65,57 @@ pub(crate) async fn roll(
                 let _ = replace(fleet, rolled.pool, slot, &rolled.previous).await;
                 return Rolling::RolledBack(reason);
             }
-            None => return Rolling::Interrupted,
+            Slotted::Empty => {
+                // Its pool's restart policy left it empty (or failed it for good): no worker runs
+                // to be replaced and none will start, so there is nothing to roll; the next slots
+                // still are.
+                tracing::warn!(
+                    pool = pool_id,
+                    slot,
+                    "slot has no worker (left empty by its pool's restart policy); not rolled"
+                );
+            }
+            Slotted::Stopping => return Rolling::Interrupted,
         }
     }
     Rolling::Done
 }
 
-/// Orders slot `slot` of pool `pool` onto `config` and waits for the outcome; `None` if the slot
-/// has no supervisor any more (the daemon is stopping).
-async fn replace(
-    fleet: &Fleet,
-    pool: u32,
-    slot: u32,
-    config: &Arc<PoolConfig>,
-) -> Option<Replaced> {
+/// Orders `slots` of pool `pool` back onto `config` at once and waits until each has answered:
+/// the slots a reload grew with a config whose roll then failed, so that the whole pool runs the
+/// config the router has in force again.
+pub(crate) async fn revert(fleet: &Fleet, pool: u32, slots: &[u32], config: &Arc<PoolConfig>) {
+    let orders = slots.iter().map(|&slot| replace(fleet, pool, slot, config));
+    futures_util::future::join_all(orders).await;
+}
+
+/// What became of an order to one slot.
+enum Slotted {
+    /// The supervisor took it and answered.
+    Replaced(Replaced),
+    /// The slot has no supervisor (its pool's policy ended it) while the daemon runs on.
+    Empty,
+    /// The daemon is stopping: the supervisor is gone or will not answer.
+    Stopping,
+}
+
+/// Orders slot `slot` of pool `pool` onto `config` and waits for the outcome.
+async fn replace(fleet: &Fleet, pool: u32, slot: u32, config: &Arc<PoolConfig>) -> Slotted {
     let (done, outcome) = oneshot::channel();
     let order = Order::Replace {
         config: config.clone(),
         within: Duration::from_secs(config.supervision.roll_timeout_sec),
         done,
     };
-    if !fleet.order(pool, slot, order) {
-        return None;
+    let answer = match fleet.order(pool, slot, order) {
+        true => outcome.await.ok(),
+        false => None,
+    };
+    match answer {
+        Some(replaced) => Slotted::Replaced(replaced),
+        // Unanswered: the daemon's stop drops an order, and so does a supervisor that ends
+        // before it takes one (its policy left the slot empty).
+        None if fleet.stopping() => Slotted::Stopping,
+        None => Slotted::Empty,
     }
-    outcome.await.ok()
 }

@@ -284,8 +284,10 @@ impl Router {
 
     /// A notification naming one of the client's requests by its id (a cancellation): queued
     /// with the id at `path` swapped for that request's bus id, if the request is in flight on
-    /// `slot`; otherwise dropped and counted here, since the worker would read the client's id as
-    /// a bus id and could match another client's request. `Err` as for any notification.
+    /// `slot`, or else on a slot a reload removed from `slot`'s pool (the reload moved the
+    /// session to `slot` while the removed one still finishes the request); otherwise dropped
+    /// and counted here, since the worker would read the client's id as a bus id and could match
+    /// another client's request. `Err` as for any notification.
     fn queue_reference(
         &self,
         client: &Client,
@@ -294,7 +296,23 @@ impl Router {
         path: &SessionPath,
     ) -> Result<(), ErrorKind> {
         let found = match value_at(line, path) {
-            Some(span) => slot.enqueue_reference(client, line, span)?,
+            Some(span) => match slot.enqueue_reference(client, line, span.clone()) {
+                Ok(true) => true,
+                queued => {
+                    // Rare (a cancellation after a reload shrank the pool): its removed slots
+                    // are scanned, only for the sender's own requests.
+                    let pool = self.pools.load()[slot.address.pool as usize].clone();
+                    let elsewhere = pool.slots.iter().skip(pool.active as usize).any(|other| {
+                        other
+                            .enqueue_reference(client, line, span.clone())
+                            .unwrap_or(false)
+                    });
+                    if !elsewhere {
+                        queued?;
+                    }
+                    elsewhere
+                }
+            },
             None => false,
         };
         if !found {
@@ -330,7 +348,9 @@ impl Router {
                 request_id: String::from_utf8_lossy(&asked.id),
             });
         }
-        slot.queue.wait_for_space().await;
+        // Bounded by the worker's own requests, so the bytes held for a rolling restart's next
+        // worker need not drain first (they wait for this worker to finish, which may need this).
+        slot.queue.wait_for_own_space().await;
         let queued = slot.enqueue_line(Some(asked.generation), |buf| {
             append_with_token(buf, line, id, &asked.id)
         });

@@ -103,6 +103,11 @@ impl Fleet {
         first
     }
 
+    /// Whether the daemon has ordered every worker to stop (the end of its drain).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+
     /// Sends `order` to the supervisor of slot `slot` of pool index `pool`; false if none runs
     /// (never started, or ended: retired, stopped, or left empty or failed by its policy).
     pub(crate) fn order(&self, pool: u32, slot: u32, order: Order) -> bool {

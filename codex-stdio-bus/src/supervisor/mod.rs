@@ -189,6 +189,10 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
             }
             None => {}
         }
+        // A replacement that failed to become ready is not the pool's policy to judge: the roll
+        // orders the slot back onto the previous config at once, which must find the supervisor
+        // resting here (not ended by `never`, failed by the restart limit, or escalating).
+        let failed_replacement = replacing.is_some();
         if let Some(done) = replacing.take() {
             let reason = spawn_error.unwrap_or_else(|| describe_ending(&ended));
             let _ = done.send(Replaced::Failed(reason));
@@ -208,7 +212,7 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
             _ => slot.record_exit(EventKind::Exit, describe(ended.status)),
         }
         let settings = &config.supervision;
-        if !restarts(settings.restart_policy, ended.status) {
+        if !failed_replacement && !restarts(settings.restart_policy, ended.status) {
             fail(slot.transition(SlotState::Exited), ErrorKind::WorkerExited);
             tracing::warn!(?slot, status = %describe(ended.status), policy = ?settings.restart_policy, "worker exited; not restarted by the pool's restart policy");
             escalate_if_down(&pools, &slot, &escalation);
@@ -220,7 +224,7 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
             backoff.reset();
         }
         let reason = restart_reason(&ended);
-        let failed = !limit.allow(Instant::now());
+        let failed = !failed_replacement && !limit.allow(Instant::now());
         let rested = if failed {
             metrics.limit_trips.increment(1);
             fail(slot.transition(SlotState::Failed), ErrorKind::WorkerFailed);

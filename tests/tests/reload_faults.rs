@@ -1,0 +1,484 @@
+//! Reloads against faults (issue 16, adversarial pass): a reload arriving during the daemon's
+//! drain, a failed roll of a pool the same reload grew, and a roll of a pool with a slot its
+//! restart policy left empty. In each the config the daemon reports in force must be what its
+//! workers run, and the drain must refuse new work to the end.
+//!
+//! Every pool runs `codex-mock --tag VERSION`, so each reply names the version of the worker that
+//! answered (`result.tag`) beside its pool and slot.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use codex_bus_tests::{bin, reason, sha256_hex, Bus, BusConfig, Conn, Mode, WAIT};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+/// The admin endpoint's bearer token (`metrics.bearer_sha256` is its digest).
+const ADMIN_TOKEN: &str = "reload-faults-admin-token-8c1d2e3f";
+
+/// A pool `id` of `instances` mock workers tagged `tag` (plus `extra` arguments), ready once they
+/// answer a ping.
+fn pool(id: &str, tag: &str, instances: u32, extra: &[&str]) -> Value {
+    let mut args = vec!["--tag", tag];
+    args.extend_from_slice(extra);
+    json!({
+        "id": id,
+        "command": bin("codex-mock").to_str().unwrap(),
+        "args": args,
+        "instances": instances,
+        "ready_probe": {"method": "ping"},
+    })
+}
+
+/// A config of `pools` (the first, `codex`, is the default route), draining at once on SIGTERM
+/// for up to 30 s, with the admin endpoint on a free loopback port.
+fn config(pools: Vec<Value>) -> Value {
+    json!({
+        "pools": pools,
+        "routing": {"default_pool": "codex"},
+        "limits": {"drain_grace_sec": 0, "drain_timeout_sec": 30},
+        "metrics": {"listen": "127.0.0.1:0", "bearer_sha256": sha256_hex(ADMIN_TOKEN)},
+    })
+}
+
+/// Replaces the config file `bus` started with (written aside, then renamed over it).
+fn rewrite(bus: &Bus, config: &Value) {
+    let path = bus.dir.path().join("bus.json");
+    let next = bus.dir.path().join("bus.json.next");
+    std::fs::write(&next, config.to_string()).unwrap();
+    std::fs::rename(&next, &path).unwrap();
+}
+
+/// `POST /reload` on the admin endpoint `addr`; returns the HTTP status and the JSON answer.
+fn post_reload(addr: &str) -> (u16, Value) {
+    post(addr, "/reload")
+}
+
+/// `POST path` on the admin endpoint `addr`; returns the HTTP status and the JSON answer.
+fn post(addr: &str, path: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("answered in time");
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    // The answer is one small JSON object: a chunked body has it between its size lines.
+    let json = body
+        .find('{')
+        .zip(body.rfind('}'))
+        .and_then(|(a, b)| serde_json::from_str(&body[a..=b]).ok())
+        .unwrap_or(Value::Null);
+    (code, json)
+}
+
+/// Pings 64 fresh sessions (to the default pool); returns the (slot, tag) of every worker that
+/// answered, panicking on any error reply.
+fn versions(conn: &mut Conn, round: &str) -> BTreeSet<(i64, String)> {
+    let mut seen = BTreeSet::new();
+    for i in 0..64 {
+        let id = format!("{round}-{i}");
+        conn.send(&json!({"jsonrpc": "2.0", "id": id, "method": "ping", "sessionId": id}));
+        let reply = conn.recv();
+        assert_eq!(reply["id"], json!(id), "{reply}");
+        let result = reply
+            .get("result")
+            .unwrap_or_else(|| panic!("ping {id} not served: {reply}"));
+        seen.insert((
+            result["slot"].as_i64().unwrap(),
+            result["tag"].as_str().unwrap().to_owned(),
+        ));
+    }
+    seen
+}
+
+#[test]
+fn a_reload_during_the_drain_starts_no_pool_that_would_take_new_work() {
+    let mut bus = Bus::start(
+        &BusConfig(config(vec![pool("codex", "v1", 1, &[])])),
+        Mode::Tcp,
+    );
+    bus.wait_workers(1);
+    let mut conn = bus.connect();
+    // A long request keeps the drain going while the reload arrives.
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": "long", "method": "mock/delay",
+                      "params": {"ms": 3000}, "sessionId": "a"}),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    bus.signal(Signal::SIGTERM);
+    let start = Instant::now();
+    loop {
+        conn.send(&json!({"jsonrpc": "2.0", "id": "probe", "method": "ping", "sessionId": "b"}));
+        let reply = conn.recv();
+        if reason(&reply) == Some("shutting_down") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the drain never began: {reply}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    rewrite(
+        &bus,
+        &config(vec![
+            pool("codex", "v1", 1, &[]),
+            pool("late", "late", 1, &[]),
+        ]),
+    );
+    bus.signal(Signal::SIGHUP);
+    bus.wait_log("config reload rejected; the config in force is unchanged");
+    conn.send(&json!({"jsonrpc": "2.0", "id": "late", "method": "ping",
+                      "sessionId": "c", "pool": "late"}));
+    let reply = conn.recv();
+    assert!(
+        reply.get("result").is_none(),
+        "a pool added during the drain took new work: {reply}"
+    );
+    assert!(
+        !bus.log().contains("slot=late[0]"),
+        "a worker of the pool added during the drain started:\n{}",
+        bus.log()
+    );
+    let long = conn.recv();
+    assert_eq!(long["id"], json!("long"), "{long}");
+    assert!(long.get("result").is_some(), "the drain answers: {long}");
+    assert!(bus.wait_exit().success(), "{}", bus.log());
+}
+
+#[test]
+fn a_failed_roll_puts_the_slots_the_reload_grew_back_on_the_previous_config() {
+    let mut bus = Bus::start(
+        &BusConfig(config(vec![pool("codex", "v1", 2, &[])])),
+        Mode::Tcp,
+    );
+    bus.wait_workers(2);
+    let admin = bus.metrics_addr();
+    // Grown to 4 with a worker that refuses its arguments: slots 2 and 3 start on it at once, the
+    // roll of slot 0 fails and goes back.
+    rewrite(
+        &bus,
+        &config(vec![pool("codex", "v2", 4, &["--no-such-flag"])]),
+    );
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(code, 500, "{answer}");
+    assert_eq!(answer["result"], json!("failed"), "{answer}");
+
+    // The config in force is the previous one at 4 instances: every slot runs it.
+    let mut conn = bus.connect();
+    let expected: BTreeSet<(i64, String)> = (0..4).map(|s| (s, "v1".to_owned())).collect();
+    assert_eq!(versions(&mut conn, "after-failure"), expected);
+    // Which is why writing it back changes nothing.
+    rewrite(&bus, &config(vec![pool("codex", "v1", 4, &[])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!((code, &answer["result"]), (200, &json!("unchanged")));
+    assert_eq!(versions(&mut conn, "reverted"), expected);
+}
+
+#[test]
+fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
+    let never = |tag: &str| {
+        let mut pool = pool("codex", tag, 2, &[]);
+        pool["restart_policy"] = json!("never");
+        pool
+    };
+    let mut bus = Bus::start(&BusConfig(config(vec![never("v1")])), Mode::Tcp);
+    let workers = bus.wait_workers(2);
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    // Kill one worker: its slot stays empty (`never`).
+    let victim = workers[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    bus.wait_workers(1);
+
+    rewrite(&bus, &config(vec![never("v2")]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    // The live slot runs v2; the empty one answers `no_worker`.
+    let mut tags = BTreeSet::new();
+    for i in 0..32 {
+        let id = format!("s{i}");
+        conn.send(&json!({"jsonrpc": "2.0", "id": id, "method": "ping", "sessionId": id}));
+        let reply = conn.recv();
+        match reply.get("result") {
+            Some(result) => {
+                tags.insert(result["tag"].as_str().unwrap().to_owned());
+            }
+            None => assert_eq!(reason(&reply), Some("no_worker"), "{reply}"),
+        }
+    }
+    assert_eq!(tags, BTreeSet::from(["v2".to_owned()]));
+}
+
+#[test]
+fn a_cancellation_reaches_a_request_a_removed_slot_is_finishing() {
+    let slow = |instances: u32| {
+        let mut pool = pool("codex", "v1", instances, &[]);
+        pool["roll_timeout_sec"] = json!(120);
+        pool
+    };
+    let mut bus = Bus::start(&BusConfig(config(vec![slow(2)])), Mode::Tcp);
+    bus.wait_workers(2);
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    // A session on slot 1, the slot the reload removes.
+    let session = (0..200)
+        .map(|i| format!("k{i}"))
+        .find(|s| {
+            conn.send(&json!({"jsonrpc": "2.0", "id": s, "method": "ping", "sessionId": s}));
+            conn.recv()["result"]["slot"] == json!(1)
+        })
+        .expect("a session on slot 1");
+    // Far longer than the test waits for a reply: only the cancellation answers it in time.
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": "long", "method": "mock/delay",
+                      "params": {"ms": 600_000}, "sessionId": session}),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    rewrite(&bus, &config(vec![slow(1)]));
+    let reload = std::thread::spawn(move || post_reload(&admin));
+    // The session moves to slot 0 at once, while slot 1 finishes its request.
+    let start = Instant::now();
+    loop {
+        conn.send(&json!({"jsonrpc": "2.0", "id": "where", "method": "ping",
+                          "sessionId": session}));
+        let reply = conn.recv();
+        if reply["result"]["slot"] == json!(0) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the session never moved: {reply}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    conn.send(&json!({"jsonrpc": "2.0", "method": "$/cancelRequest",
+                      "params": {"id": "long"}, "sessionId": session}));
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!("long"), "{reply}");
+    assert_eq!(reply["error"]["code"], json!(-32800), "cancelled: {reply}");
+    let (code, answer) = reload.join().unwrap();
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+}
+
+#[test]
+fn a_restart_of_a_pool_whose_program_is_gone_is_refused_and_stops_no_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("mock-copy");
+    std::fs::copy(bin("codex-mock"), &program).unwrap();
+    let mut copy = pool("codex", "v1", 2, &[]);
+    copy["command"] = json!(program.to_str().unwrap());
+    let mut bus = Bus::start(&BusConfig(config(vec![copy])), Mode::Tcp);
+    let workers: BTreeSet<u32> = bus.wait_workers(2).into_iter().collect();
+    let admin = bus.metrics_addr();
+    std::fs::remove_file(&program).unwrap();
+
+    let (code, answer) = post(&admin, "/restart?pool=codex");
+    assert_eq!(
+        (code, &answer["result"]),
+        (422, &json!("rejected")),
+        "{answer}"
+    );
+    assert!(
+        answer["reason"].as_str().unwrap().contains("mock-copy"),
+        "the reason names the program: {answer}"
+    );
+    // Both workers still run and serve every session.
+    let now: BTreeSet<u32> = bus.wait_workers(2).into_iter().collect();
+    assert_eq!(now, workers, "no worker was stopped");
+    let mut conn = bus.connect();
+    let expected: BTreeSet<(i64, String)> = (0..2).map(|s| (s, "v1".to_owned())).collect();
+    assert_eq!(versions(&mut conn, "after-restart"), expected);
+}
+
+#[test]
+fn a_reload_that_leaves_tcp_clients_no_credential_is_refused() {
+    let token = "reload-faults-client-token-1";
+    let mut secured = config(vec![pool("codex", "v1", 1, &[])]);
+    secured["auth"] = json!({"tokens": [{"tenant": "acme", "sha256": sha256_hex(token)}]});
+    let mut bus = Bus::start(&BusConfig(secured.clone()), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    // `auth` kept, its credentials gone, `insecure_no_auth` set: clients would get in unchecked.
+    let mut open = secured.clone();
+    open["auth"] = json!({"insecure_no_auth": true});
+    rewrite(&bus, &open);
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (422, &json!("rejected")),
+        "{answer}"
+    );
+    assert!(
+        answer["reason"].as_str().unwrap().contains("restart"),
+        "{answer}"
+    );
+    let mut conn = bus.connect();
+    conn.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "sessionId": "s"}));
+    let reply = conn.recv();
+    assert_eq!(reason(&reply), Some("unauthenticated"), "{reply}");
+    // Rotating the credentials is still a reload's business.
+    let mut rotated = secured;
+    rotated["auth"] = json!({"tokens": [{"tenant": "acme", "sha256": sha256_hex("other")}]});
+    rewrite(&bus, &rotated);
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+}
+
+#[test]
+fn a_failed_roll_of_a_never_restarted_escalating_pool_goes_back_and_keeps_the_daemon_up() {
+    let strict = |tag: &str, extra: &[&str]| {
+        let mut pool = pool("codex", tag, 1, extra);
+        pool["restart_policy"] = json!("never");
+        pool["escalate"] = json!(true);
+        pool
+    };
+    let mut bus = Bus::start(&BusConfig(config(vec![strict("v1", &[])])), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    rewrite(&bus, &config(vec![strict("v2", &["--no-such-flag"])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (500, &json!("failed")),
+        "{answer}"
+    );
+    // The slot went back to v1, as the answer says: neither left empty by `never` nor escalated.
+    let mut conn = bus.connect();
+    let expected = BTreeSet::from([(0, "v1".to_owned())]);
+    assert_eq!(versions(&mut conn, "after-failure"), expected);
+    assert!(
+        !bus.log().contains("escalating"),
+        "the daemon escalated:\n{}",
+        bus.log()
+    );
+}
+
+#[test]
+fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue() {
+    let mut slow = pool("codex", "v1", 1, &[]);
+    slow["roll_timeout_sec"] = json!(120);
+    slow["queue_timeout_sec"] = json!(120);
+    let mut small = config(vec![slow]);
+    small["limits"]["max_worker_queue"] = json!(65536);
+    let mut bus = Bus::start(&BusConfig(small), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    // The worker asks the client a question and waits for the answer.
+    conn.send(&json!({"jsonrpc": "2.0", "id": "ask", "method": "mock/ask", "sessionId": "a"}));
+    let question = conn.recv();
+    assert_eq!(question["method"], json!("mock/approval"), "{question}");
+
+    let restart = std::thread::spawn(move || post(&admin, "/restart?pool=codex"));
+    bus.wait_log("rolling restart requested");
+    std::thread::sleep(Duration::from_millis(300));
+    // Another client fills the slot's queue with work held for the replacement, until the bus
+    // stops reading it.
+    let mut flood = TcpStream::connect(bus.tcp_addr()).unwrap();
+    flood
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let pad = "x".repeat(4000);
+    for i in 0..2000 {
+        let line = json!({"jsonrpc": "2.0", "id": i, "method": "ping", "sessionId": "a",
+                          "params": {"pad": pad}});
+        if flood.write_all(format!("{line}\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+    // The answer still reaches the worker being replaced: it finishes now, not at the roll's bound.
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": question["id"], "result": {"ok": true},
+                      "sessionId": "a"}),
+    );
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!("ask"), "{reply}");
+    assert_eq!(reply["result"]["answer"], json!({"ok": true}), "{reply}");
+    let (code, answer) = restart.join().unwrap();
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    drop(flood);
+}
+
+#[test]
+fn a_removed_pool_whose_slot_its_policy_left_empty_leaves_the_status() {
+    let mut extra = pool("extra", "e", 1, &[]);
+    extra["restart_policy"] = json!("never");
+    let mut bus = Bus::start(
+        &BusConfig(config(vec![pool("codex", "v1", 1, &[]), extra])),
+        Mode::Tcp,
+    );
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "sessionId": "x",
+                      "pool": "extra"}),
+    );
+    let pid = conn.recv()["result"]["pid"].as_u64().expect("extra serves") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    bus.wait_workers(1);
+    rewrite(&bus, &config(vec![pool("codex", "v1", 1, &[])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    let (code, body) = get(&admin, "/status");
+    assert_eq!(code, 200, "{body}");
+    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let status: Value = serde_json::from_str(json).expect("/status is JSON");
+    let pools: Vec<&str> = status["pools"]
+        .as_array()
+        .expect("pools on /status")
+        .iter()
+        .map(|p| p["pool"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        pools,
+        ["codex"],
+        "a removed pool with nothing to drain is still on /status: {body}"
+    );
+}
+
+/// `GET path` on the admin endpoint `addr` with the bearer; returns the status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("answered in time");
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
+    (code, body.to_owned())
+}
