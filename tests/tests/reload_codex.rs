@@ -735,7 +735,8 @@ fn a_shrink_without_cluster_mode_loses_the_moved_thread() {
 /// (b) with the real `codex app-server` (the real-Codex tier, gated as `codex_real.rs`): the mock
 /// model stalls the second turn after its first delta, the pool is rolled with `roll_timeout_sec`
 /// 5 and codex-worker's `--drain-timeout-sec 1`, Codex reports the turn interrupted, and the
-/// thread resumes on the replacement with its first turn and takes a new one.
+/// thread resumes on the replacement (the session restored there without `initialize`) with its
+/// first turn and takes a new one.
 #[test]
 #[ignore = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm); `CODEX_REAL=1 bash .ci/run` installs @openai/codex@0.169.0 and runs it"]
 fn real_codex_turn_cut_by_a_roll_resumes_on_the_replacement() {
@@ -858,6 +859,13 @@ fn real_roll(codex: &Path, cut: Cut) {
     let again = client.call("resume-2", "thread/resume", json!({"threadId": thread}));
     let after = history(&again["result"]);
     assert_eq!(after, [FIRST, CUT, NEXT], "{again}");
+    let log = bus.log();
+    assert_eq!(
+        log.matches("initialized from its handshake with an earlier worker")
+            .count(),
+        1,
+        "the replacement restored the session once: {log}"
+    );
     say(&format!(
         "real Codex tier: roll ({cut:?}) PASSED in {:?}: the roll took {took:?}; \
          history on the replacement {before:?} ({statuses:?}), then {after:?}; {} model requests",
