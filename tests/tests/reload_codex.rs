@@ -14,6 +14,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
@@ -474,25 +475,23 @@ enum Resume {
     ByTheWorker,
 }
 
-/// After the roll: the replacement does not know the session, so the next request is refused
-/// `Not initialized` (-32600, Codex's wording, no `data`) until the client initializes again;
-/// then the thread is taken up as `how` says, with `expected` as its history, and a new turn runs
-/// on it to completion. Returns the history after that turn.
+/// After the roll: the replacement never saw the session's `initialize`, but codex-worker finds
+/// the session's handshake in the slot's handshake log (`handshakes.jsonl` beside `codex-home`,
+/// 0600) and initializes the session by itself, so the client just goes on, without `initialize`:
+/// the thread is taken up as `how` says, with `expected` as its history, and a new turn runs on
+/// it to completion. Returns the history after that turn.
 fn continue_after_the_roll(rolled: &mut Rolled, expected: &[&str], how: Resume) -> Vec<String> {
     let thread = rolled.thread.clone();
+    let log = Path::new(&rolled.home)
+        .parent()
+        .expect("slot directory")
+        .join("handshakes.jsonl");
+    let mode = std::fs::metadata(&log)
+        .unwrap_or_else(|err| panic!("{}: {err}", log.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", log.display());
     let client = &mut rolled.client;
-    let refused = client.start_turn("turn-refused", &thread, NEXT);
-    assert_eq!(
-        refused["error"]["code"], -32600,
-        "the replacement has not seen this session's initialize: {refused}"
-    );
-    assert_eq!(refused["error"]["message"], "Not initialized", "{refused}");
-
-    let init = client.initialize("init-again");
-    assert_eq!(
-        init["codexHome"], rolled.home,
-        "the replacement serves the same slot, with the same CODEX_HOME"
-    );
     if how == Resume::Explicit {
         let resumed = client.call("resume", "thread/resume", json!({"threadId": thread}));
         assert!(resumed["result"].is_object(), "thread/resume: {resumed}");
@@ -506,13 +505,21 @@ fn continue_after_the_roll(rolled: &mut Rolled, expected: &[&str], how: Resume) 
     let mut want: Vec<String> = expected.iter().map(|text| (*text).to_owned()).collect();
     want.push(NEXT.to_owned());
     assert_eq!(after, want, "{read}");
+    let log = rolled.bus.log();
+    assert_eq!(
+        log.matches("initialized from its handshake with an earlier worker")
+            .count(),
+        1,
+        "the replacement restored the session once: {log}"
+    );
     after
 }
 
 /// (a) A turn that ends within `roll_timeout_sec` ends on the worker being replaced: the client
 /// gets every delta and `turn/completed`; the replacement takes over the slot only then, and the
-/// thread goes on there once the client has initialized again: its next `turn/start` needs no
-/// `thread/resume` (codex-worker resumes the thread by itself), and all three turns are in it.
+/// thread goes on there: the client's next `turn/start` needs neither `initialize` nor
+/// `thread/resume` (codex-worker restores the session and resumes the thread by itself), and all
+/// three turns are in it.
 #[test]
 fn a_turn_that_ends_within_roll_timeout_completes_on_the_old_worker() {
     let started = Instant::now();
@@ -660,7 +667,8 @@ fn session_on_slot_1(addr: &str) -> (Client, String) {
 }
 
 /// Two slots; a session on slot 1 runs a turn on its thread; the pool shrinks to one slot. The
-/// session's next request goes to slot 0, where it initializes again and resumes its thread by
+/// session's next request goes to slot 0, which has no record of it (the handshake log is the
+/// slot's) and refuses it `Not initialized`; there it initializes again and resumes its thread by
 /// id; returns the `thread/resume` reply there (and the client, and what to keep alive).
 fn shrink(cluster: Cluster) -> (Value, Client, String, Bus, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
@@ -727,7 +735,8 @@ fn a_shrink_without_cluster_mode_loses_the_moved_thread() {
 /// (b) with the real `codex app-server` (the real-Codex tier, gated as `codex_real.rs`): the mock
 /// model stalls the second turn after its first delta, the pool is rolled with `roll_timeout_sec`
 /// 5 and codex-worker's `--drain-timeout-sec 1`, Codex reports the turn interrupted, and the
-/// thread resumes on the replacement with its first turn and takes a new one.
+/// thread resumes on the replacement (the session restored there without `initialize`) with its
+/// first turn and takes a new one.
 #[test]
 #[ignore = "tier real-codex: needs a codex binary (CODEX_BIN or ~/.cache/codex-npm); `CODEX_REAL=1 bash .ci/run` installs @openai/codex@0.169.0 and runs it"]
 fn real_codex_turn_cut_by_a_roll_resumes_on_the_replacement() {
@@ -790,7 +799,7 @@ fn real_roll(codex: &Path, cut: Cut) {
     let admin = bus.metrics_addr();
     let old = bus.wait_workers(1);
     let mut client = Client::connect(bus.tcp_addr(), "real-roller");
-    let home = client.initialize("init")["codexHome"].clone();
+    client.initialize("init");
     let thread = client.start_thread();
     let done = client.turn("turn-1", &thread, FIRST);
     assert_eq!(done["params"]["turn"]["status"], "completed", "{done}");
@@ -827,10 +836,7 @@ fn real_roll(codex: &Path, cut: Cut) {
     wait_dead(&old);
     assert_ne!(bus.wait_workers(1), old, "the roll replaced the worker");
 
-    let refused = client.start_turn("turn-refused", &thread, NEXT);
-    assert_eq!(refused["error"]["message"], "Not initialized", "{refused}");
-    let init = client.initialize("init-again");
-    assert_eq!(init["codexHome"], home, "same slot, same CODEX_HOME");
+    // No `initialize`: the replacement restores the session from the slot's handshake log.
     let resumed = client.call("resume", "thread/resume", json!({"threadId": thread}));
     assert!(resumed["result"].is_object(), "thread/resume: {resumed}");
     // Codex writes a turn's user message into the rollout when the turn starts, so the cut turn
@@ -853,6 +859,13 @@ fn real_roll(codex: &Path, cut: Cut) {
     let again = client.call("resume-2", "thread/resume", json!({"threadId": thread}));
     let after = history(&again["result"]);
     assert_eq!(after, [FIRST, CUT, NEXT], "{again}");
+    let log = bus.log();
+    assert_eq!(
+        log.matches("initialized from its handshake with an earlier worker")
+            .count(),
+        1,
+        "the replacement restored the session once: {log}"
+    );
     say(&format!(
         "real Codex tier: roll ({cut:?}) PASSED in {:?}: the roll took {took:?}; \
          history on the replacement {before:?} ({statuses:?}), then {after:?}; {} model requests",

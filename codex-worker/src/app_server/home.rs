@@ -1,10 +1,11 @@
 //! The worker slot's state directory: a stable `CODEX_HOME` (so rollouts survive child
-//! restarts) and the thread-owner log, seeded with the operator's Codex files; with a child per
+//! restarts), the thread-owner log and the handshake log, seeded with the operator's Codex files; with a child per
 //! session, one such directory per session (with `auth`, per tenant) under the slot's.
 
 use std::fmt::Write as _;
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -74,6 +75,11 @@ impl SlotDir {
         self.root.join("owners.jsonl")
     }
 
+    /// The handshake log: each session's last `initialize` (see `handshakes`).
+    pub fn handshake_log(&self) -> PathBuf {
+        self.root.join("handshakes.jsonl")
+    }
+
     /// Creates the directories and copies the regular files of `seed` (e.g. `config.toml`,
     /// `auth.json`) into `CODEX_HOME`, replacing older copies: the seed is the source of truth.
     pub fn prepare(&self, seed: Option<&Path>) -> io::Result<()> {
@@ -90,6 +96,16 @@ impl SlotDir {
         }
         Ok(())
     }
+}
+
+/// Opens `path` with `options`, creating it readable and writable by the worker's user only
+/// (the slot's logs hold client data and thread ids, which are capabilities).
+///
+/// # Errors
+///
+/// As [`OpenOptions::open`].
+pub fn private(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    options.create(true).mode(0o600).open(path)
 }
 
 /// A pool id as one safe path component.

@@ -10,6 +10,7 @@ mod bridge;
 mod child_log;
 mod cluster;
 mod errors;
+mod handshakes;
 mod held;
 mod home;
 mod manager;

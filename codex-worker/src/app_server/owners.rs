@@ -4,7 +4,8 @@
 //! A line is `{"thread":"…","session":"…"}`, plus `"tenant":"…"` when the bus named the
 //! creator's tenant (lines written before tenants existed have none and still read). The log is
 //! bounded like the table it restores: when a lane opens a log holding more threads than the
-//! table keeps, it is rewritten with the newest ones only.
+//! table keeps, it is rewritten with the newest ones only. It is created 0600: a thread id is
+//! the capability to resume the thread.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use codex_bus_worker_io::log;
 
+use super::home::private;
 use super::sessions::{Scope, SessionKey};
 
 #[derive(Serialize, Deserialize)]
@@ -70,7 +72,7 @@ pub struct OwnerLog {
 }
 
 impl OwnerLog {
-    /// Opens (creating) the log at `path` and returns at most `keep` records, the newest, oldest
+    /// Opens (creating, 0600: thread ids are capabilities) the log at `path` and returns at most `keep` records, the newest, oldest
     /// first; unreadable lines are skipped (a torn last line after a crash is expected). A log
     /// holding more is rewritten with those only, so it never outgrows the table it restores
     /// by more than what one lane life appends.
@@ -101,7 +103,9 @@ impl OwnerLog {
                 text.extend(Record::line(&owned.thread, &owned.scope, &owned.session));
             }
             let compacted = path.with_extension("jsonl.new");
-            fs::write(&compacted, text)?;
+            let mut file = private(&compacted, OpenOptions::new().write(true).truncate(true))?;
+            file.write_all(&text)?;
+            drop(file);
             fs::rename(&compacted, path)?;
             log::line(format_args!(
                 "{}: kept the newest {} thread owners",
@@ -109,7 +113,7 @@ impl OwnerLog {
                 records.len()
             ));
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = private(path, OpenOptions::new().append(true))?;
         if !rewrite && existing.last().is_some_and(|&byte| byte != b'\n') {
             // End a torn last line, so the next record starts on a line of its own.
             file.write_all(b"\n")?;
@@ -154,6 +158,10 @@ mod tests {
         let path = dir.path().join("owners.jsonl");
         let (mut log, records) = OwnerLog::open(&path, 100).unwrap();
         assert!(records.is_empty());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         log.append("t1", &alone("alice"), b"alice");
         log.append("t2", &Scope::Tenant(Arc::from("acme")), b"acme:b\"ob");
         drop(log);

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use codex_bus_protocol::{append_with_bus_id, parse_bus_id};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use codex_bus_worker_io::log;
@@ -14,6 +13,7 @@ use codex_bus_worker_io::render;
 use super::{Bridge, ChildState, Out};
 use crate::app_server::approvals::{write_decline, Refusal};
 use crate::app_server::errors::WorkerError;
+use crate::app_server::handshakes::{opt_outs, ClientHandshake};
 use crate::app_server::outbound::{BusLine, Kind};
 use crate::app_server::policy::{starts_work, Class};
 use crate::app_server::requests::{Creation, Forwarded, Purpose};
@@ -36,20 +36,6 @@ const RESUME_OVERRIDES: &[&str] = &[
     "sandbox",
     "serviceTier",
 ];
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct InitializeParams {
-    #[serde(default)]
-    capabilities: Option<Capabilities>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Capabilities {
-    #[serde(default)]
-    opt_out_notification_methods: Option<Vec<String>>,
-}
 
 /// The routing key of a call's `sessionId`, when it has a usable one.
 pub fn session_of(call: &Call<'_>) -> Option<SessionKey> {
@@ -140,19 +126,25 @@ impl Bridge {
             // session outlives connections (the TUI's `codex resume --remote` opens a second
             // one on the same session and initializes it again). The latest opt-outs apply.
             state.initialized = true;
-            let params: InitializeParams = call
+            let params = call
                 .params
-                .and_then(|params| serde_json::from_str(params.get()).ok())
-                .unwrap_or_default();
-            state.opt_outs = params
-                .capabilities
-                .and_then(|capabilities| capabilities.opt_out_notification_methods)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
+                .and_then(|params| serde_json::from_str::<Value>(params.get()).ok());
+            state.opt_outs = opt_outs(params.as_ref());
         } else if !state.initialized {
-            self.reply_error(out, &key, id.get().as_bytes(), &WorkerError::NotInitialized);
-            return;
+            // A session this process has not seen initialize (it did with the worker this one
+            // replaced, or before a crash) is initialized from its handshake as recorded then, so
+            // a rolling restart is transparent to a client that keeps its connection.
+            let scope = Scope::of(&key, call.tenant);
+            let Some(handshake) = self.remembered.get(&key, scope.tenant()) else {
+                self.reply_error(out, &key, id.get().as_bytes(), &WorkerError::NotInitialized);
+                return;
+            };
+            state.initialized = true;
+            state.opt_outs = handshake.opt_outs();
+            log::line(format_args!(
+                "session {} initialized from its handshake with an earlier worker",
+                String::from_utf8_lossy(&key)
+            ));
         }
         let queued = Queued {
             scope: Scope::of(&key, call.tenant),
@@ -298,11 +290,23 @@ impl Bridge {
 
     /// Answers `initialize` from the child's cached handshake, or waits for the first one
     /// (the cache outlives child restarts, so only the very first handshake is waited for).
+    /// An answered `initialize` is remembered, and goes to the handshake log when it differs
+    /// from the session's last one.
     fn answer_initialize(&mut self, queued: Queued, id: &[u8], out: &mut Out) {
         let Some(result) = self.init_result.clone() else {
             self.waiting.push_back(queued);
             return;
         };
+        let params = match message::classify(&queued.line) {
+            Message::Call(call) => call.params,
+            _ => None,
+        };
+        if let Some(handshake) = ClientHandshake::new(params, queued.scope.tenant()) {
+            if self.remembered.remember(&queued.session, handshake.clone()) {
+                out.handshakes
+                    .push((queued.session.clone(), Some(handshake)));
+            }
+        }
         self.reply_result(out, &queued.session, id, &result);
     }
 

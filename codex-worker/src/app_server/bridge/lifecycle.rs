@@ -206,7 +206,7 @@ impl Bridge {
     }
 
     /// An idle session: decline its approvals, interrupt its turns, unsubscribe its threads
-    /// (they resume lazily if it comes back) and forget it.
+    /// (they resume lazily if it comes back) and forget it and its handshake.
     fn reap(&mut self, session: &SessionKey, out: &mut Out) {
         log::line(format_args!(
             "session {} idle: releasing its threads",
@@ -229,6 +229,11 @@ impl Bridge {
             }
         }
         self.sessions.remove(session);
+        // Forgotten here, so forgotten by a later worker too: the session must `initialize`
+        // again either way.
+        if self.remembered.forget(session) {
+            out.handshakes.push((session.clone(), None));
+        }
     }
 
     /// Declines the unanswered approvals of `session` (of everyone with `None`).

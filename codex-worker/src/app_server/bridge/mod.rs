@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::approvals::{ApprovalIds, Approvals};
 use super::errors::WorkerError;
+use super::handshakes::{ClientHandshake, Remembered};
 use super::held::Held;
 use super::outbound::{BusLine, Kind};
 use super::policy::Policy;
@@ -92,6 +93,9 @@ pub struct Out {
     pub owned: Vec<(String, Scope, SessionKey)>,
     /// Threads whose turn just completed: their rollout grew, so cluster mode publishes it.
     pub turns_ended: Vec<String>,
+    /// Sessions whose handshake changed, for the handshake log: the session's latest answered
+    /// `initialize`, or `None` when the session was forgotten.
+    pub handshakes: Vec<(SessionKey, Option<ClientHandshake>)>,
 }
 
 /// Where the child is in its life.
@@ -131,6 +135,9 @@ pub struct Bridge {
     generation: u64,
     /// The child's `InitializeResponse`, answered to every session's `initialize`.
     init_result: Option<Vec<u8>>,
+    /// Sessions' handshakes, this worker's and (from the handshake log) earlier ones', to
+    /// initialize a session that sends a request without having initialized with this worker.
+    remembered: Remembered,
     drain: Option<DrainStage>,
     /// The time of the event being handled.
     now: Instant,
@@ -152,6 +159,7 @@ impl Bridge {
             child: ChildState::Down,
             generation: 0,
             init_result: None,
+            remembered: Remembered::new(limits.max),
             drain: None,
             now,
             next_sweep: now,
@@ -200,6 +208,12 @@ impl Bridge {
     /// (cluster mode), as resumable.
     pub fn restore_owner(&mut self, thread: &str, scope: Scope, session: SessionKey) {
         self.threads.restore(thread, scope, session, self.now);
+    }
+
+    /// Remembers the handshake `session` sent to an earlier worker (from the handshake log), so
+    /// its next request initializes it without an `initialize` of its own.
+    pub fn restore_handshake(&mut self, session: &SessionKey, handshake: ClientHandshake) {
+        self.remembered.remember(session, handshake);
     }
 
     /// When `on_timer` must run next, if anything is outstanding.

@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 
 use super::{Bridge, BridgeConfig, Handshake, Out};
 use crate::app_server::approvals::ApprovalIds;
+use crate::app_server::handshakes::ClientHandshake;
 use crate::app_server::policy::Policy;
+use crate::app_server::sessions::SessionKey;
 use crate::app_server::threads::ThreadLimits;
 
 const INIT_RESULT: &str =
@@ -1094,4 +1096,111 @@ fn reading_or_forking_a_tenants_thread_leaves_its_events_where_they_are() {
     );
     h.child_line(json!({"method": "thread/name/updated", "params": {"threadId": "t-a"}}));
     assert_eq!(h.bus_lines()[0]["sessionId"], "a:s2");
+}
+
+/// What the first bridge wrote to the handshake log, as a later worker's lane reads it back.
+fn handshakes_of(h: &mut Harness) -> Vec<(SessionKey, ClientHandshake)> {
+    std::mem::take(&mut h.out.handshakes)
+        .into_iter()
+        .filter_map(|(session, handshake)| handshake.map(|handshake| (session, handshake)))
+        .collect()
+}
+
+#[test]
+fn a_fresh_bridge_serves_a_session_that_initialized_with_an_earlier_one() {
+    let mut first = Harness::ready();
+    first.request("a", json!(0), "initialize", json!({"clientInfo":{"name":"ide","version":"1"},"capabilities":{"optOutNotificationMethods":["item/agentMessage/delta"]},"extra":true}));
+    first.bus_lines();
+    first.session("b");
+    // The same handshake again (a reconnection) is not worth another line.
+    first.session("b");
+    let logged = handshakes_of(&mut first);
+    assert_eq!(logged.len(), 2);
+    assert_eq!(
+        Value::Object(logged[0].1.params.clone()),
+        json!({"clientInfo":{"name":"ide","version":"1"},"capabilities":{"optOutNotificationMethods":["item/agentMessage/delta"]}})
+    );
+
+    // The replacement: it has the log's records, and never saw `initialize` from a or c.
+    let mut h = Harness::ready();
+    for (session, handshake) in logged {
+        h.bridge.restore_handshake(&session, handshake);
+    }
+    h.request("a", json!(1), "model/list", json!({}));
+    let sent = h.child_lines();
+    assert_eq!(sent.len(), 1, "served without initialize: {sent:?}");
+    assert_eq!(sent[0]["method"], "model/list");
+    assert!(
+        h.bus_lines().is_empty(),
+        "no initialize answer reaches the client"
+    );
+    assert!(h.out.handshakes.is_empty(), "nothing new to log");
+    // The opt-outs came back with it.
+    h.thread("a", "t");
+    h.child_line(json!({"method":"item/agentMessage/delta","params":{"threadId":"t","itemId":"i","delta":"x"}}));
+    h.child_line(json!({"method":"item/completed","params":{"threadId":"t","item":{}}}));
+    let lines = h.bus_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["method"], "item/completed");
+
+    h.request("c", json!(2), "model/list", json!({}));
+    assert_eq!(
+        h.bus_lines()[0]["error"],
+        json!({"code":-32600,"message":"Not initialized"})
+    );
+    assert!(h.child_lines().is_empty());
+}
+
+#[test]
+fn a_handshake_initializes_only_the_tenant_it_was_sent_under() {
+    let mut first = Harness::ready();
+    first.tenant_session("acme", "s");
+    let logged = handshakes_of(&mut first);
+    assert_eq!(logged[0].0[..], b"acme:s"[..]);
+    assert_eq!(logged[0].1.tenant.as_deref(), Some("acme"));
+
+    let mut h = Harness::ready();
+    for (session, handshake) in logged {
+        h.bridge.restore_handshake(&session, handshake);
+    }
+    // The same session key without the tenant (no `auth`), or under another tenant's name.
+    h.request("acme:s", json!(1), "model/list", json!({}));
+    h.bus_line(json!({"jsonrpc":"2.0","id":2,"method":"model/list","params":{},"sessionId":"acme:s","tenant":"evil"}));
+    let refused = h.bus_lines();
+    assert_eq!(refused.len(), 2);
+    assert!(refused
+        .iter()
+        .all(|reply| reply["error"]["message"] == "Not initialized"));
+    assert!(h.child_lines().is_empty());
+    h.tenant_request("acme", "s", json!(3), "model/list", json!({}));
+    assert_eq!(h.child_lines()[0]["method"], "model/list");
+}
+
+#[test]
+fn an_idle_session_forgets_its_handshake_and_an_unanswered_initialize_is_not_logged() {
+    let mut idle = config();
+    idle.session_idle = Some(Duration::from_secs(60));
+    let mut h = Harness::with(idle);
+    h.session("a");
+    assert_eq!(h.out.handshakes.len(), 1);
+    h.out.handshakes.clear();
+    h.advance(Duration::from_secs(61));
+    assert_eq!(
+        std::mem::take(&mut h.out.handshakes),
+        vec![(SessionKey::from(&b"a"[..]), None)]
+    );
+    h.request("a", json!(1), "model/list", json!({}));
+    assert_eq!(h.bus_lines()[0]["error"]["message"], "Not initialized");
+
+    // Before the first child's handshake, `initialize` waits; it is logged once answered.
+    let mut fresh = Harness {
+        bridge: Bridge::new(config(), ApprovalIds::default(), h.now),
+        now: h.now,
+        out: Out::default(),
+    };
+    fresh.request("b", json!(0), "initialize", json!({}));
+    assert!(fresh.out.handshakes.is_empty());
+    assert!(fresh.start_child(1).is_empty());
+    assert_eq!(fresh.bus_lines()[0]["id"], 0);
+    assert_eq!(fresh.out.handshakes.len(), 1);
 }

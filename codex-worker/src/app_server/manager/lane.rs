@@ -1,5 +1,5 @@
 //! One bridge with its child: where the child is in its life, how it is stopped, how long it has
-//! been idle, and the owner log its threads are recorded in.
+//! been idle, and the owner and handshake logs its threads and sessions are recorded in.
 
 use std::fs;
 use std::io;
@@ -14,6 +14,7 @@ use codex_bus_worker_io::log;
 use super::{Effects, ManagerConfig};
 use crate::app_server::approvals::ApprovalIds;
 use crate::app_server::bridge::{Bridge, Out};
+use crate::app_server::handshakes::{ClientHandshake, HandshakeLog};
 use crate::app_server::home::SlotDir;
 use crate::app_server::owners::OwnerLog;
 use crate::app_server::restart::RestartPolicy;
@@ -82,13 +83,15 @@ pub struct Lane {
     /// Opened when the first thread is owned, so a session that never ran a child leaves no
     /// directory behind.
     owners: Option<OwnerLog>,
+    /// Opened when the first session's handshake is recorded, for the same reason.
+    handshakes: Option<HandshakeLog>,
     lines: Lines,
     restarts: RestartPolicy,
 }
 
 impl Lane {
     /// Opens the lane of `dir`: its owner log, if any, tells which threads are owned and must
-    /// be resumed.
+    /// be resumed, and its handshake log which sessions initialized with an earlier worker.
     pub fn open(
         dir: SlotDir,
         label: String,
@@ -103,9 +106,18 @@ impl Lane {
         } else {
             (None, Vec::new())
         };
+        let (handshakes, remembered) = if dir.handshake_log().exists() {
+            let (handshakes, remembered) = HandshakeLog::open(&dir.handshake_log(), keep)?;
+            (Some(handshakes), remembered)
+        } else {
+            (None, Vec::new())
+        };
         let mut bridge = Bridge::new(config.bridge.clone(), approval_ids, now);
         for owned in records {
             bridge.restore_owner(&owned.thread, owned.scope, owned.session);
+        }
+        for (session, handshake) in remembered {
+            bridge.restore_handshake(&session, handshake);
         }
         Ok(Self {
             bridge,
@@ -115,6 +127,7 @@ impl Lane {
             idle_since: None,
             seeking: false,
             owners,
+            handshakes,
             lines: Lines::new("codex app-server"),
             restarts: RestartPolicy::new(config.max_restarts, config.restart_window),
         })
@@ -244,7 +257,7 @@ impl Lane {
     }
 
     /// Carries out what the bridge asked for: bytes and kills for the child alive now, owner
-    /// records, lines for the bus; new owners and ended turns go on to cluster mode.
+    /// and handshake records, lines for the bus; new owners and ended turns go on to cluster mode.
     pub fn absorb(&mut self, out: Out, fx: &mut Effects) {
         if let Some(generation) = self.generation() {
             if !out.child.is_empty() {
@@ -255,6 +268,7 @@ impl Lane {
             }
         }
         self.log_owners(&out.owned);
+        self.log_handshakes(&out.handshakes);
         fx.owned.extend(
             out.owned
                 .into_iter()
@@ -291,6 +305,30 @@ impl Lane {
         if let Some(owners) = &mut self.owners {
             for (thread, scope, session) in owned {
                 owners.append(thread, scope, session);
+            }
+        }
+    }
+
+    /// Appends handshake records (`None`: the session was forgotten), opening the log on the
+    /// first one.
+    fn log_handshakes(&mut self, handshakes: &[(SessionKey, Option<ClientHandshake>)]) {
+        if handshakes.is_empty() {
+            return;
+        }
+        if self.handshakes.is_none() {
+            let opened = fs::create_dir_all(&self.dir.root)
+                .and_then(|()| HandshakeLog::open(&self.dir.handshake_log(), usize::MAX));
+            match opened {
+                Ok((log, _)) => self.handshakes = Some(log),
+                Err(err) => log::line(format_args!(
+                    "cannot open {}: {err}",
+                    self.dir.handshake_log().display()
+                )),
+            }
+        }
+        if let Some(log) = &mut self.handshakes {
+            for (session, handshake) in handshakes {
+                log.append(session, handshake.as_ref());
             }
         }
     }

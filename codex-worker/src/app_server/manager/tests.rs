@@ -326,6 +326,39 @@ fn a_restarted_worker_restores_the_sessions_threads_from_its_owner_log() {
 }
 
 #[test]
+fn a_restarted_worker_serves_a_session_from_its_handshake_log_without_initialize() {
+    // Shared child: the log is the slot's.
+    let mut h = Harness::new(Layout::Shared);
+    let first = h.spawned()[0].0;
+    h.handshake(first, "/h");
+    h.initialize("a");
+    assert_eq!(h.bus_lines()[0]["id"], "init");
+    let log = std::fs::read_to_string(h.slot.handshake_log()).unwrap();
+    assert!(log.contains("\"session\":\"a\""), "{log}");
+    h.manager = Manager::new(h.manager.config.clone(), h.slot.clone(), h.now).unwrap();
+    h.fx = Effects::default();
+    h.manager.begin(h.now, &mut h.fx);
+    let second = h.spawned()[0].0;
+    h.handshake(second, "/h");
+    h.request("a", json!(1), "model/list", json!({}));
+    assert_eq!(h.child_lines(second)[0]["method"], "model/list");
+    h.request("b", json!(2), "model/list", json!({}));
+    assert_eq!(h.bus_lines()[0]["error"]["message"], "Not initialized");
+
+    // A child per session: the log is the session's directory's, read when its lane opens.
+    let mut h = Harness::per_session(2, None);
+    h.session("a");
+    assert!(h.slot.session(b"a").handshake_log().exists());
+    h.manager = Manager::new(h.manager.config.clone(), h.slot.clone(), h.now).unwrap();
+    h.fx = Effects::default();
+    h.request("a", json!(1), "model/list", json!({}));
+    let (generation, home) = h.spawned()[0].clone();
+    let sent = h.handshake(generation, &home);
+    assert_eq!(sent[0]["method"], "model/list", "{sent:?}");
+    assert!(h.bus_lines().is_empty(), "{:?}", h.fx.bus);
+}
+
+#[test]
 fn a_stop_escalates_to_sigterm_then_sigkill() {
     let mut h = Harness::per_session(2, Some(10));
     let (a, _) = h.session("a");
