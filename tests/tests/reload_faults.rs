@@ -482,3 +482,60 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
     (code, body.to_owned())
 }
+
+/// A cancellation of a request the worker being replaced is finishing reaches it at once, even
+/// when work held for its successor fills the slot's queue: it waits only for room in the running
+/// worker's own queue (before, it waited behind the held work until the roll's bound cut the
+/// worker off, and the request ended `worker_exited`).
+#[test]
+fn a_cancellation_reaches_the_worker_being_replaced_when_held_work_fills_its_queue() {
+    let mut slow = pool("codex", "v1", 1, &[]);
+    slow["roll_timeout_sec"] = json!(120);
+    slow["queue_timeout_sec"] = json!(120);
+    let mut small = config(vec![slow]);
+    small["limits"]["max_worker_queue"] = json!(65536);
+    let mut bus = Bus::start(&BusConfig(small), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    let mut conn = bus.connect();
+    // Far longer than the test waits: only the cancellation answers it in time.
+    conn.send(
+        &json!({"jsonrpc": "2.0", "id": "long", "method": "mock/delay",
+                "params": {"ms": 600_000}, "sessionId": "a"}),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let restart = std::thread::spawn(move || post(&admin, "/restart?pool=codex"));
+    bus.wait_log("rolling restart requested");
+    std::thread::sleep(Duration::from_millis(300));
+    // Another client fills the slot's queue with work held for the replacement.
+    let mut flood = TcpStream::connect(bus.tcp_addr()).unwrap();
+    flood
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let pad = "x".repeat(4000);
+    for i in 0..2000 {
+        let line = json!({"jsonrpc": "2.0", "id": i, "method": "ping", "sessionId": "a",
+                          "params": {"pad": pad}});
+        if flood.write_all(format!("{line}\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+    let sent = Instant::now();
+    conn.send(&json!({"jsonrpc": "2.0", "method": "$/cancelRequest",
+                      "params": {"id": "long"}, "sessionId": "a"}));
+    let reply = conn.recv();
+    assert_eq!(reply["id"], json!("long"), "{reply}");
+    assert_eq!(reply["error"]["code"], json!(-32800), "cancelled: {reply}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "answered by the cancellation, not at the roll's bound: {:?}",
+        sent.elapsed()
+    );
+    let (code, answer) = restart.join().unwrap();
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    drop(flood);
+}

@@ -438,14 +438,7 @@ impl Slot {
             if !q.state.state.takes_answers() {
                 return Err(q.state.state.refusal());
             }
-            let named = q
-                .state
-                .pending
-                .iter()
-                .filter(|(_, p)| p.client.id == client.id && *p.id == *token)
-                .map(|(&bus_id, _)| bus_id)
-                .max();
-            let Some(bus_id) = named else {
+            let Some(bus_id) = named(&q.state, client, token) else {
                 return Ok(false);
             };
             let out = if q.state.hold.is_some_and(|mark| bus_id >= mark) {
@@ -456,6 +449,18 @@ impl Slot {
             append_with_bus_id(out, line, span, bus_id);
             Ok(true)
         })
+    }
+
+    /// Whether `token` names a request of `client` that is held for the next worker (a rolling
+    /// restart's hold), rather than one the running worker has: a line naming the running
+    /// worker's request goes to it, past the work held for its successor, so it need only wait
+    /// for room in that worker's own queue ([`Outbox::wait_for_own_space`]).
+    pub(crate) fn names_held(&self, client: &Client, token: &[u8]) -> bool {
+        let q = self.queue.lock();
+        let Some(mark) = q.state.hold else {
+            return false;
+        };
+        named(&q.state, client, token).is_some_and(|bus_id| bus_id >= mark)
     }
 
     /// Removes and returns the pending request with this bus id (its `since` times the reply),
@@ -693,6 +698,17 @@ impl Slot {
         // A drain of the slot waits for replies, which wake it only from now on.
         self.idle.notify_waiters();
     }
+}
+
+/// The bus id of `client`'s pending request whose id token is `token`: the newest, when the
+/// client reused an id in flight. The table is scanned: cancellations are rare, and an index by
+/// client id would cost every request.
+fn named(book: &SlotBook, client: &Client, token: &[u8]) -> Option<u64> {
+    book.pending
+        .iter()
+        .filter(|(_, p)| p.client.id == client.id && *p.id == *token)
+        .map(|(&bus_id, _)| bus_id)
+        .max()
 }
 
 #[cfg(test)]

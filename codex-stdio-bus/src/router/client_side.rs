@@ -258,12 +258,22 @@ impl Router {
                 return;
             }
         };
-        slot.queue.wait_for_space().await;
         // The one extra comparison ordinary notifications pay: is this a cancellation?
         let reference = envelope
             .method
             .clone()
             .and_then(|method| self.references.path_for(&line[method]));
+        // Backpressure. A cancellation of a request the running worker holds goes to it past the
+        // work a rolling restart holds for its successor, so it waits for that worker's own room
+        // only: behind the held work it could wait until the roll's bound cut the worker off.
+        let own = reference
+            .and_then(|path| value_at(line, path))
+            .is_some_and(|span| !slot.names_held(client, &line[span]));
+        if own {
+            slot.queue.wait_for_own_space().await;
+        } else {
+            slot.queue.wait_for_space().await;
+        }
         let queued = match reference {
             Some(path) => self.queue_reference(client, line, &slot, path),
             None => slot.enqueue_line(None, |buf| {
