@@ -189,7 +189,20 @@ fn the_audit_trail_records_sessions_approvals_and_refusals_and_is_reopened_on_si
     bus.wait_log("files reopened");
     conn.request(json!(3), "ping", Value::Null, Some("s3"));
     assert!(conn.recv().get("result").is_some());
-    let fresh = wait_audit(&path, "session_created");
-    assert_eq!(fresh[0]["session"], "s3");
+    wait_audit(&path, "session_created");
+    let fresh = wait_audit(&path, "config_changed");
+    let created = fresh.iter().find(|l| l["event"] == "session_created");
+    assert_eq!(
+        created.map(|l| &l["session"]),
+        Some(&json!("s3")),
+        "{fresh:?}"
+    );
+    // SIGHUP also reloads the config (the same file: unchanged), which the new file records.
+    let reloaded = fresh.iter().find(|l| l["event"] == "config_changed");
+    assert_eq!(
+        reloaded.map(|l| (&l["action"], &l["by"], &l["result"])),
+        Some((&json!("reload"), &json!("sighup"), &json!("unchanged"))),
+        "{fresh:?}"
+    );
     assert!(audit_lines(&rotated).len() >= 5);
 }

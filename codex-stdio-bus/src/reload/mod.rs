@@ -31,7 +31,7 @@ use crate::audit::{Audit, Event};
 use crate::auth::{AdminBearer, AdminCredentials, Authenticator, Credentials};
 use crate::cgroups;
 use crate::core::address::SlotAddress;
-use crate::core::slot::SlotState;
+use crate::core::slot::{Slot, SlotState};
 use crate::io::capacity::Capacity;
 use crate::metrics;
 use crate::preflight::{self, Addresses, Tlses};
@@ -215,29 +215,19 @@ impl Reloader {
                 Some((pool, address.slot, first))
             })
             .collect();
-        let retiring: Vec<(Duration, oneshot::Receiver<()>)> = pools
+        let retiring: Vec<(Arc<Slot>, Duration, oneshot::Receiver<()>)> = pools
             .retired
             .iter()
             .filter_map(|address| {
-                let within = table.get(address.pool).map_or(Duration::ZERO, |p| {
-                    Duration::from_secs(p.config.supervision.roll_timeout_sec)
-                });
+                let pool = table.get(address.pool)?;
+                let slot = pool.slots.get(address.slot as usize)?.clone();
+                let within = Duration::from_secs(pool.config.supervision.roll_timeout_sec);
                 let (done, retired) = oneshot::channel();
                 let order = Order::Retire { within, done };
                 if self.fleet.order(address.pool, address.slot, order) {
-                    return Some((within, retired));
+                    return Some((slot, within, retired));
                 }
-                // No supervisor runs there (its pool's restart policy left it empty): nothing to
-                // drain. It is stopped now, as a retirement would end, so that it leaves /status
-                // and the worker gauges instead of showing a removed slot down for good.
-                if let Some(slot) = table
-                    .get(address.pool)
-                    .and_then(|p| p.slots.get(address.slot as usize).cloned())
-                {
-                    slot.retire();
-                    let left = slot.transition(SlotState::Stopped);
-                    debug_assert!(left.is_empty(), "an empty slot holds no request");
-                }
+                stop_empty(&slot);
                 None
             })
             .collect();
@@ -253,7 +243,12 @@ impl Reloader {
             let why = match tokio::time::timeout(bound, first).await {
                 Ok(Ok(Replaced::Ready)) => continue,
                 Ok(Ok(Replaced::Failed(why))) => why,
-                Ok(Err(_)) => STOPPING.to_owned(),
+                Ok(Err(_)) if self.fleet.stopping() => STOPPING.to_owned(),
+                // `Fleet::start` found the slot still supervised: removed by an earlier reload,
+                // its worker had not stopped yet.
+                Ok(Err(_)) => "the slot was still stopping after an earlier reload removed it; \
+                               reload again once it has"
+                    .to_owned(),
                 Err(_) => "no answer in time".to_owned(),
             };
             failures.push(format!(
@@ -267,14 +262,16 @@ impl Reloader {
                 failures.push(failure);
             }
         }
-        for (within, retired) in retiring {
+        for (slot, within, retired) in retiring {
             // The supervisor answers once its worker has stopped: within the bound, then SIGTERM
             // and SIGKILL; the timeout only guards against one that never answers.
-            if tokio::time::timeout(within + STOP_GRACE * 2, retired)
-                .await
-                .is_err()
-            {
-                failures.push("a removed slot did not stop in time".to_owned());
+            match tokio::time::timeout(within + STOP_GRACE * 2, retired).await {
+                Ok(Ok(())) => {}
+                // Its supervisor ended before it took the order (the pool's policy left the slot
+                // empty just now), or the daemon is stopping, which stops every slot anyway.
+                Ok(Err(_)) if !self.fleet.stopping() => stop_empty(&slot),
+                Ok(Err(_)) => {}
+                Err(_) => failures.push(format!("{slot:?}: the removed slot did not stop in time")),
             }
         }
         let (result, reason) = match failures.is_empty() {
@@ -556,6 +553,15 @@ impl Reloader {
         }
         outcome
     }
+}
+
+/// Stops a removed slot that no supervisor runs (its pool's restart policy left it empty): it
+/// holds nothing to drain, and stopped it leaves /status and the worker gauges as a drained slot
+/// does, instead of showing a removed slot down for good.
+fn stop_empty(slot: &Slot) {
+    slot.retire();
+    let left = slot.transition(SlotState::Stopped);
+    debug_assert!(left.is_empty(), "an empty slot holds no request");
 }
 
 /// Why nothing is changed once a shutdown was requested.

@@ -101,9 +101,12 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
     let mut limit = fresh_limit();
     // The event a spawn records: the slot's first worker starts, the others restart.
     let mut spawned = EventKind::Start;
-    // The answer owed to whoever started the slot, then to each Replace order: once its worker is
-    // ready (or is not).
-    let mut replacing: Option<oneshot::Sender<Replaced>> = Some(ready);
+    // The answer owed to whoever started the slot (a reload waits for a new slot's first worker),
+    // and the one owed to a Replace order: once its worker is ready, or is not. Only the latter
+    // exempts a worker that fails first from the pool's policy (see below): a first worker that
+    // fails is judged as any other.
+    let mut first: Option<oneshot::Sender<Replaced>> = Some(ready);
+    let mut replacing: Option<oneshot::Sender<Replaced>> = None;
     loop {
         slot.transition(SlotState::Starting);
         let generation = slot.generation();
@@ -120,7 +123,7 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
                     slot.transition(SlotState::Ready);
                     startup.record(started.elapsed());
                     tracing::info!(?slot, "worker ready");
-                    if let Some(done) = replacing.take() {
+                    for done in [first.take(), replacing.take()].into_iter().flatten() {
                         let _ = done.send(Replaced::Ready);
                     }
                 };
@@ -193,9 +196,12 @@ async fn supervise(context: Context, pools: Arc<Pools>, post: Post, mut stop: St
         // orders the slot back onto the previous config at once, which must find the supervisor
         // resting here (not ended by `never`, failed by the restart limit, or escalating).
         let failed_replacement = replacing.is_some();
-        if let Some(done) = replacing.take() {
+        let owed = [first.take(), replacing.take()];
+        if owed.iter().any(Option::is_some) {
             let reason = spawn_error.unwrap_or_else(|| describe_ending(&ended));
-            let _ = done.send(Replaced::Failed(reason));
+            for done in owed.into_iter().flatten() {
+                let _ = done.send(Replaced::Failed(reason.clone()));
+            }
         }
         if slot.draining() {
             // Nothing new will be routed here; a replacement would only be stopped again.
