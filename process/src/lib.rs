@@ -7,7 +7,7 @@
 //!   of its own if given one ([`cgroup`]);
 //!   [`resolve_command`] finds a program as `execvp` would.
 //! - [`cloexec_inherited_fds`] keeps fds this process inherited out of its children.
-//! - [`stop`] ends a child (stdin closed, SIGTERM to its group, SIGKILL at a deadline, reaped);
+//! - [`stop`](fn@crate::stop) ends a child (stdin closed, SIGTERM to its group, SIGKILL at a deadline, reaped);
 //!   [`reap`] waits for a child that ends on its own and kills what is left of its group before
 //!   reaping it; [`signal_group`] signals a group.
 //! - [`adopt_orphans`] makes this process adopt what its children leave behind in other groups,

@@ -18,7 +18,7 @@ use crate::Restrictions;
 ///
 /// Every child starts
 /// - in its own process group (its pgid is its pid), so a terminal's Ctrl-C reaches only the
-///   parent, and [`stop`](crate::stop) or [`signal_group`](crate::signal_group) reach the child
+///   parent, and [`stop`](fn@crate::stop) or [`signal_group`](crate::signal_group) reach the child
 ///   together with anything it started;
 /// - with `PR_SET_PDEATHSIG` = SIGKILL, so it dies when the thread that spawned it dies (spawn
 ///   from a thread that lives as long as the process), even if it ignores stdin EOF;
@@ -115,7 +115,7 @@ impl Spec {
     }
 
     /// Whether dropping the [`Child`] SIGKILLs it (default: no). It kills the child only, not its
-    /// group; [`stop`](crate::stop) is the orderly way.
+    /// group; [`stop`](fn@crate::stop) is the orderly way.
     pub fn kill_on_drop(&mut self, kill: bool) -> &mut Self {
         self.command.kill_on_drop(kill);
         self
