@@ -8,17 +8,18 @@
 //! changed that only a restart can change ([`plan`]), and the pool table has room
 //! (`router::reconfigure`). Then, in one step on the daemon's thread: credentials, certificates,
 //! the audit file and the admin token are swapped, the pool table is replaced, new slots get
-//! supervisors and removed ones are told to retire. Then it waits for what takes time: rolling
-//! restarts ([`roll`]) and retiring slots. One reload or restart runs at a time.
+//! supervisors and removed ones are told to retire ([`live`] holds what is swapped in place).
+//! Then it waits for what takes time: new workers' readiness, rolling restarts ([`roll`]) and
+//! retiring slots. One reload or restart runs at a time.
 //!
 //! Imports: the router, the supervisors, preflight, the TLS and capacity parts of io, and the
 //! auth, audit and metrics leaves. Nothing imports it but the daemon and the admin endpoint.
 
+mod live;
 pub(crate) mod plan;
 mod roll;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,17 +28,15 @@ use std::time::Duration;
 use codex_bus_config::{Config, WebSocketConfig};
 use tokio::sync::{oneshot, Mutex};
 
-use crate::audit::{Audit, Event};
-use crate::auth::{AdminBearer, AdminCredentials, Authenticator, Credentials};
-use crate::cgroups;
+use crate::audit::Event;
 use crate::core::address::SlotAddress;
 use crate::core::slot::{Slot, SlotState};
-use crate::io::capacity::Capacity;
 use crate::metrics;
-use crate::preflight::{self, Addresses, Tlses};
+use crate::preflight;
 use crate::router::reconfigure::Rolled;
 use crate::router::Router;
 use crate::supervisor::{Fleet, Order, Replaced, STOP_GRACE};
+pub(crate) use live::{Bound, Live};
 use plan::{Overrides, Plan};
 use roll::Rolling;
 
@@ -92,39 +91,6 @@ pub(crate) struct Reloader {
     fleet: Arc<Fleet>,
     /// What a reload swaps in place.
     live: Live,
-}
-
-/// What a reload swaps in place, shared with the listeners, the router and the admin endpoint.
-pub(crate) struct Live {
-    /// Who clients are (`auth`), for connections that authenticate from now on.
-    pub credentials: Arc<Credentials>,
-    /// Every listener's TLS (each replaced in place, so open connections keep theirs).
-    pub tls: Tlses,
-    /// The audit trail.
-    pub audit: Arc<Audit>,
-    /// The admin endpoint's token (`metrics.bearer_sha256`).
-    pub bearer: Arc<AdminCredentials>,
-    /// The client listeners' connection cap, which keeps fds for every worker.
-    pub capacity: Arc<Capacity>,
-    /// Where the listeners are bound, judged again by `preflight::secure_by_default` against the
-    /// new credentials.
-    pub bound: Bound,
-}
-
-/// The addresses the daemon's listeners are bound to (they never change on a reload).
-pub(crate) struct Bound {
-    /// The TCP NDJSON listener, if any.
-    pub tcp: Option<SocketAddr>,
-    /// The admin endpoint, if any.
-    pub admin: Option<SocketAddr>,
-    /// Every WebSocket listener.
-    pub websocket: Vec<SocketAddr>,
-}
-
-/// What a reload loaded and checked before it changes anything.
-struct Prepared {
-    credentials: Option<Arc<crate::auth::Authenticator>>,
-    bearer: Option<Arc<AdminBearer>>,
 }
 
 impl Reloader {
@@ -401,87 +367,6 @@ impl Reload for Reloader {
     }
 }
 
-impl Live {
-    /// Loads what `next` needs that can fail, changing nothing: its credentials (the tokens file
-    /// and JWT secret read again, so a rotated token takes effect even when the file's path did
-    /// not change), every listener's TLS files, the audit file if it moved, and the check that no
-    /// listener would be open beyond loopback without authentication.
-    fn prepare(&self, next: &Config, plan: &Plan) -> Result<Prepared, String> {
-        let credentials = preflight::authenticator(next).map_err(|e| e.to_string())?;
-        // `auth` kept but left without a bearer credential, with `insecure_no_auth`, would let
-        // new TCP and WebSocket clients in unauthenticated: that is turning auth off for them.
-        let bearers =
-            |auth: Option<&Authenticator>| auth.is_some_and(Authenticator::accepts_bearers);
-        let listening = self.bound.tcp.is_some() || !self.bound.websocket.is_empty();
-        if listening
-            && bearers(self.credentials.current().as_deref())
-            && !bearers(credentials.as_deref())
-        {
-            return Err(AUTH_OFF.to_owned());
-        }
-        let addresses = Addresses {
-            tcp: self.bound.tcp,
-            admin: self.bound.admin,
-            websocket: &self.bound.websocket,
-        };
-        preflight::secure_by_default(next, credentials.as_deref(), addresses)
-            .map_err(|e| e.to_string())?;
-        preflight::tls(next).map_err(|e| e.to_string())?;
-        // Pools with cgroup limits need a delegated cgroup v2 (taken over once, at the first
-        // config that asks for one).
-        cgroups::prepare(next).map_err(|e| e.to_string())?;
-        if plan.audit {
-            if let Some(path) = &next.audit.path {
-                Audit::open(path)
-                    .map_err(|e| format!("audit.path: cannot open '{}': {e}", path.display()))?;
-            }
-        }
-        let bearer = next
-            .metrics
-            .bearer_sha256
-            .as_deref()
-            .and_then(AdminBearer::new)
-            .map(Arc::new);
-        Ok(Prepared {
-            credentials,
-            bearer,
-        })
-    }
-
-    /// Puts what [`Live::prepare`] loaded in force; returns one line per change made. A file
-    /// that fails between the two (replaced again meanwhile) keeps the previous one in use,
-    /// with a WARN.
-    fn apply(&self, prepared: Prepared, next: &Config, plan: &Plan) -> Vec<String> {
-        self.credentials.replace(prepared.credentials);
-        self.bearer.replace(prepared.bearer);
-        let every = [(&self.tls.tcp, next.transport.tls.as_ref())]
-            .into_iter()
-            .chain(
-                self.tls
-                    .websocket
-                    .iter()
-                    .zip(next.websocket.iter().map(|w| w.tls.as_ref())),
-            )
-            .chain([(&self.tls.admin, next.metrics.tls.as_ref())]);
-        for (tls, files) in every {
-            let (Some(tls), Some(files)) = (tls, files) else {
-                continue;
-            };
-            if let Err(error) = tls.replace(files) {
-                tracing::warn!(%error, "cannot load the reloaded TLS files; still serving the previous ones");
-            }
-        }
-        let audit = match plan.audit {
-            true => self.audit.retarget(next.audit.path.as_deref()),
-            false => self.audit.reopen(),
-        };
-        if let Err(error) = audit {
-            tracing::warn!(%error, "cannot open the audit trail; still appending to the previous file");
-        }
-        plan.changes()
-    }
-}
-
 /// What an [`Outcome`] answers.
 #[derive(Clone, Copy)]
 enum Action {
@@ -566,11 +451,6 @@ fn stop_empty(slot: &Slot) {
 
 /// Why nothing is changed once a shutdown was requested.
 const SHUTTING_DOWN: &str = "the daemon is shutting down";
-
-/// Why a reload that leaves TCP and WebSocket clients no credential is refused.
-const AUTH_OFF: &str = "auth turned off for TCP and WebSocket clients (no token or JWT secret \
-                        left, so auth.insecure_no_auth would let them in unauthenticated): a \
-                        restart is needed to apply it";
 
 /// The reason of a `busy` answer.
 const BUSY: &str = "a reload or restart is running";
