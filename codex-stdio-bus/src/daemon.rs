@@ -274,13 +274,7 @@ pub async fn run(
     supervisors.close();
     let credentials = Arc::new(Credentials::new(auth));
     let capacity = Arc::new(Capacity::new(limits.max_connections, router.slots().len()));
-    let bearer = config
-        .metrics
-        .bearer_sha256
-        .as_deref()
-        .and_then(AdminBearer::new)
-        .map(Arc::new);
-    let bearer = Arc::new(AdminCredentials::new(bearer));
+    let bearer = Arc::new(AdminCredentials::new(AdminBearer::of(&config)));
     let live = reload::Live {
         credentials: credentials.clone(),
         tls: Tlses {

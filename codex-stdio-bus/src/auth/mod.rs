@@ -230,6 +230,12 @@ impl AdminBearer {
         Digest::from_hex(hex).map(AdminBearer)
     }
 
+    /// The token `config` sets (`metrics.bearer_sha256`), if any: at start and on every reload.
+    pub(crate) fn of(config: &Config) -> Option<Arc<Self>> {
+        let hex = config.metrics.bearer_sha256.as_deref()?;
+        AdminBearer::new(hex).map(Arc::new)
+    }
+
     /// Whether an `Authorization` header value carries the token: `Bearer <token>` (the scheme
     /// name in any case, as Codex accepts it), or HTTP Basic (RFC 7617) with the token as the
     /// password and any user name, which is what a browser sends for a page and its

@@ -83,15 +83,9 @@ impl Live {
                     .map_err(|e| format!("audit.path: cannot open '{}': {e}", path.display()))?;
             }
         }
-        let bearer = next
-            .metrics
-            .bearer_sha256
-            .as_deref()
-            .and_then(AdminBearer::new)
-            .map(Arc::new);
         Ok(Prepared {
             credentials,
-            bearer,
+            bearer: AdminBearer::of(next),
         })
     }
 
