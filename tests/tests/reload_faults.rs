@@ -539,3 +539,32 @@ fn a_cancellation_reaches_the_worker_being_replaced_when_held_work_fills_its_que
     );
     drop(flood);
 }
+
+#[test]
+fn a_failed_roll_restarts_on_the_previous_config_the_grown_slots_a_never_policy_left_empty() {
+    let never = |tag: &str, instances: u32, extra: &[&str]| {
+        let mut pool = pool("codex", tag, instances, extra);
+        pool["restart_policy"] = json!("never");
+        pool
+    };
+    let mut bus = Bus::start(&BusConfig(config(vec![never("v1", 1, &[])])), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    // Grown to 2 with a worker that refuses its arguments: slot 1's first worker exits and
+    // `never` ends its supervisor before the roll of slot 0 fails and goes back.
+    rewrite(&bus, &config(vec![never("v2", 2, &["--no-such-flag"])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (500, &json!("failed")),
+        "{answer}"
+    );
+    // The config in force is v1 at 2 instances, and slot 1 runs it too: it died of v2 only.
+    let mut conn = bus.connect();
+    let expected = BTreeSet::from([(0, "v1".to_owned()), (1, "v1".to_owned())]);
+    assert_eq!(versions(&mut conn, "after-failure"), expected);
+    rewrite(&bus, &config(vec![never("v1", 2, &[])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!((code, &answer["result"]), (200, &json!("unchanged")));
+    assert_eq!(versions(&mut conn, "reverted"), expected);
+}
