@@ -568,3 +568,37 @@ fn a_failed_roll_restarts_on_the_previous_config_the_grown_slots_a_never_policy_
     assert_eq!((code, &answer["result"]), (200, &json!("unchanged")));
     assert_eq!(versions(&mut conn, "reverted"), expected);
 }
+
+#[test]
+fn a_roll_stops_a_worker_hung_before_its_readiness_answer_within_its_ready_timeout() {
+    // Its probe is never answered (far longer than the test): the worker hangs starting.
+    let mut hung = pool("codex", "v1", 1, &[]);
+    hung["ready_probe"] = json!({"method": "mock/delay", "params": {"ms": 600_000}});
+    hung["ready_timeout_sec"] = json!(3);
+    hung["roll_timeout_sec"] = json!(60);
+    let mut bus = Bus::start(&BusConfig(config(vec![hung.clone()])), Mode::Tcp);
+    bus.wait_log("worker started");
+    let admin = bus.metrics_addr();
+    // The fix: a probe it answers. The roll stops the hung worker, which serves nothing, by its
+    // readiness deadline, not at the end of roll_timeout_sec.
+    let mut fixed = hung;
+    fixed["ready_probe"] = json!({"method": "ping"});
+    rewrite(&bus, &config(vec![fixed]));
+    let start = Instant::now();
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the roll waited {:?} for a worker that was never ready",
+        start.elapsed()
+    );
+    let mut conn = bus.connect();
+    assert_eq!(
+        versions(&mut conn, "fixed"),
+        BTreeSet::from([(0, "v1".to_owned())])
+    );
+}
