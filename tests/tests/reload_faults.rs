@@ -539,3 +539,66 @@ fn a_cancellation_reaches_the_worker_being_replaced_when_held_work_fills_its_que
     );
     drop(flood);
 }
+
+#[test]
+fn a_failed_roll_restarts_on_the_previous_config_the_grown_slots_a_never_policy_left_empty() {
+    let never = |tag: &str, instances: u32, extra: &[&str]| {
+        let mut pool = pool("codex", tag, instances, extra);
+        pool["restart_policy"] = json!("never");
+        pool
+    };
+    let mut bus = Bus::start(&BusConfig(config(vec![never("v1", 1, &[])])), Mode::Tcp);
+    bus.wait_workers(1);
+    let admin = bus.metrics_addr();
+    // Grown to 2 with a worker that refuses its arguments: slot 1's first worker exits and
+    // `never` ends its supervisor before the roll of slot 0 fails and goes back.
+    rewrite(&bus, &config(vec![never("v2", 2, &["--no-such-flag"])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (500, &json!("failed")),
+        "{answer}"
+    );
+    // The config in force is v1 at 2 instances, and slot 1 runs it too: it died of v2 only.
+    let mut conn = bus.connect();
+    let expected = BTreeSet::from([(0, "v1".to_owned()), (1, "v1".to_owned())]);
+    assert_eq!(versions(&mut conn, "after-failure"), expected);
+    rewrite(&bus, &config(vec![never("v1", 2, &[])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!((code, &answer["result"]), (200, &json!("unchanged")));
+    assert_eq!(versions(&mut conn, "reverted"), expected);
+}
+
+#[test]
+fn a_roll_stops_a_worker_hung_before_its_readiness_answer_within_its_ready_timeout() {
+    // Its probe is never answered (far longer than the test): the worker hangs starting.
+    let mut hung = pool("codex", "v1", 1, &[]);
+    hung["ready_probe"] = json!({"method": "mock/delay", "params": {"ms": 600_000}});
+    hung["ready_timeout_sec"] = json!(3);
+    hung["roll_timeout_sec"] = json!(60);
+    let mut bus = Bus::start(&BusConfig(config(vec![hung.clone()])), Mode::Tcp);
+    bus.wait_log("worker started");
+    let admin = bus.metrics_addr();
+    // The fix: a probe it answers. The roll stops the hung worker, which serves nothing, by its
+    // readiness deadline, not at the end of roll_timeout_sec.
+    let mut fixed = hung;
+    fixed["ready_probe"] = json!({"method": "ping"});
+    rewrite(&bus, &config(vec![fixed]));
+    let start = Instant::now();
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("applied")),
+        "{answer}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the roll waited {:?} for a worker that was never ready",
+        start.elapsed()
+    );
+    let mut conn = bus.connect();
+    assert_eq!(
+        versions(&mut conn, "fixed"),
+        BTreeSet::from([(0, "v1".to_owned())])
+    );
+}

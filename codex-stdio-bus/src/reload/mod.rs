@@ -274,7 +274,25 @@ impl Reloader {
                     .collect();
                 if !grown.is_empty() {
                     tracing::warn!(pool = id, slots = ?grown, "rolling the slots the reload added back onto the previous config");
-                    roll::revert(&self.fleet, rolled.pool, &grown, &rolled.previous).await;
+                    let empty =
+                        roll::revert(&self.fleet, rolled.pool, &grown, &rolled.previous).await;
+                    // A grown slot whose first worker, on the config just taken back, was left
+                    // empty by the pool's policy starts afresh on the config in force: otherwise
+                    // it stays empty under a config it never ran, and reloading the previous file
+                    // is `unchanged` with the slot still empty.
+                    if let Some(pool) = self.router.pool_table().get(rolled.pool) {
+                        let settings = &pool.config.supervision;
+                        let bound = Duration::from_secs(settings.ready_timeout_sec)
+                            + Duration::from_millis(settings.ready_grace_ms)
+                            + STOP_GRACE * 2;
+                        for slot in empty {
+                            if self.fleet.stopping() {
+                                break;
+                            }
+                            let first = self.fleet.start(&pool, slot);
+                            let _ = tokio::time::timeout(bound, first).await;
+                        }
+                    }
                 }
                 if let Some(entry) = in_force.pools.iter_mut().find(|p| p.id == id) {
                     let instances = entry.instances;

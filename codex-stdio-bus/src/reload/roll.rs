@@ -83,10 +83,23 @@ pub(crate) async fn roll(
 
 /// Orders `slots` of pool `pool` back onto `config` at once and waits until each has answered:
 /// the slots a reload grew with a config whose roll then failed, so that the whole pool runs the
-/// config the router has in force again.
-pub(crate) async fn revert(fleet: &Fleet, pool: u32, slots: &[u32], config: &Arc<PoolConfig>) {
+/// config the router has in force again. Returns the slots that had no supervisor left to take
+/// the order: their first worker, on the config taken back, was left empty by the pool's policy
+/// (`never`), which judged a config that is no longer in force.
+pub(crate) async fn revert(
+    fleet: &Fleet,
+    pool: u32,
+    slots: &[u32],
+    config: &Arc<PoolConfig>,
+) -> Vec<u32> {
     let orders = slots.iter().map(|&slot| replace(fleet, pool, slot, config));
-    futures_util::future::join_all(orders).await;
+    let answers = futures_util::future::join_all(orders).await;
+    slots
+        .iter()
+        .zip(answers)
+        .filter(|(_, answer)| matches!(answer, Slotted::Empty))
+        .map(|(&slot, _)| slot)
+        .collect()
 }
 
 /// What became of an order to one slot.

@@ -12,6 +12,7 @@ use tokio::process::Child;
 use tokio::sync::watch;
 
 use super::readiness::{self, NotReady};
+use super::STOP_GRACE;
 use crate::core::sink::WorkerSink;
 use crate::core::slot::Slot;
 use crate::io::worker::{self, WorkerStdio};
@@ -96,6 +97,11 @@ pub(crate) async fn run(
     let mut pipes = worker::attach(slot, generation, stdio, sink.clone(), max_line);
 
     let mut ending = Ending::Exited;
+    // When a worker that has not answered its readiness probe is killed for it.
+    let not_ready_by = supervision
+        .ready_probe
+        .as_ref()
+        .map(|_| Instant::now() + Duration::from_secs(supervision.ready_timeout_sec));
     let ready = readiness::wait_ready(slot, generation, supervision);
     tokio::pin!(ready);
     tokio::pin!(halt);
@@ -106,6 +112,14 @@ pub(crate) async fn run(
             () = pipes.stdout_closed() => break stdout_closed(slot, &mut child).await,
             deadline = &mut halt => {
                 ending = Ending::Stopped;
+                // A worker still short of its readiness answer gets no longer to stop than it had
+                // to become ready (a rolling restart's bound is for ready workers finishing their
+                // work): one hung before it was ever ready must not hold a roll, or the reload
+                // that fixes its config, for the whole roll_timeout_sec.
+                let deadline = match not_ready_by.filter(|_| on_ready.is_some()) {
+                    Some(by) => deadline.min(by.max(Instant::now() + STOP_GRACE)),
+                    None => deadline,
+                };
                 break stop_worker(slot, &mut child, deadline).await;
             }
             result = &mut ready, if on_ready.is_some() => match result {

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -100,10 +100,16 @@ impl Record {
     }
 }
 
-/// Appends handshake records.
+/// Appends handshake records; rewrites the log with the newest sessions once it holds more than
+/// twice the bound of lines, so a long-lived worker's log stays bounded too (a session that
+/// alternates two `initialize`s appends a line, of up to 64 KiB, at each).
 #[derive(Debug)]
 pub struct HandshakeLog {
     file: File,
+    path: PathBuf,
+    keep: usize,
+    /// Lines in the file (as read at open, plus those appended since).
+    lines: usize,
 }
 
 impl HandshakeLog {
@@ -147,6 +153,7 @@ impl HandshakeLog {
         }
         let records = newest(latest, keep);
         let rewrite = lines > keep;
+        let lines = if rewrite { records.len() } else { lines };
         if rewrite {
             let mut text = Vec::new();
             for (session, handshake) in &records {
@@ -168,7 +175,13 @@ impl HandshakeLog {
             // End a torn last line, so the next record starts on a line of its own.
             file.write_all(b"\n")?;
         }
-        Ok((Self { file }, records))
+        let log = Self {
+            file,
+            path: path.to_owned(),
+            keep,
+            lines,
+        };
+        Ok((log, records))
     }
 
     /// Records `session`'s handshake, or with `None` that the session was forgotten. A failed
@@ -179,6 +192,18 @@ impl HandshakeLog {
                 "cannot record the handshake of session {}: {err}",
                 String::from_utf8_lossy(session)
             ));
+            return;
+        }
+        self.lines += 1;
+        if self.lines > self.keep.saturating_mul(2) {
+            // Opening a log of more lines than the bound rewrites it with the newest sessions.
+            match Self::open(&self.path, self.keep) {
+                Ok((log, _)) => *self = log,
+                Err(err) => log::line(format_args!(
+                    "cannot rewrite {}: {err}",
+                    self.path.display()
+                )),
+            }
         }
     }
 }
@@ -353,6 +378,30 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 4);
         assert!(!dir.path().join("handshakes.jsonl.new").exists());
+    }
+
+    #[test]
+    fn a_session_alternating_its_handshake_does_not_grow_the_log_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handshakes.jsonl");
+        let (mut log, _) = HandshakeLog::open(&path, 3).unwrap();
+        let one = handshake(None, r#"{"clientInfo":{"name":"c","version":"1"}}"#);
+        let two = handshake(None, r#"{"clientInfo":{"name":"c","version":"2"}}"#);
+        for n in 0..1000 {
+            log.append(b"s", Some(if n % 2 == 0 { &one } else { &two }));
+            log.append(format!("t{}", n % 5).as_bytes(), Some(&one));
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.lines().count() <= 6, "{} lines", text.lines().count());
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        drop(log);
+        let (_, records) = HandshakeLog::open(&path, 3).unwrap();
+        let sessions: Vec<_> = records.iter().map(|(session, _)| &session[..]).collect();
+        assert_eq!(sessions, [&b"t3"[..], b"s", b"t4"]);
+        assert_eq!(records[1].1, two);
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Lane {
     handshakes: Option<HandshakeLog>,
     lines: Lines,
     restarts: RestartPolicy,
+    /// `--max-threads`: the sessions and threads the logs keep.
+    keep: usize,
 }
 
 impl Lane {
@@ -130,6 +132,7 @@ impl Lane {
             handshakes,
             lines: Lines::new("codex app-server"),
             restarts: RestartPolicy::new(config.max_restarts, config.restart_window),
+            keep,
         })
     }
 
@@ -317,7 +320,7 @@ impl Lane {
         }
         if self.handshakes.is_none() {
             let opened = fs::create_dir_all(&self.dir.root)
-                .and_then(|()| HandshakeLog::open(&self.dir.handshake_log(), usize::MAX));
+                .and_then(|()| HandshakeLog::open(&self.dir.handshake_log(), self.keep));
             match opened {
                 Ok((log, _)) => self.handshakes = Some(log),
                 Err(err) => log::line(format_args!(
