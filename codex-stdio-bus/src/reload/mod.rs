@@ -33,7 +33,7 @@ use crate::core::address::SlotAddress;
 use crate::core::slot::{Slot, SlotState};
 use crate::metrics;
 use crate::preflight;
-use crate::router::reconfigure::Rolled;
+use crate::router::reconfigure::{self, Rolled};
 use crate::router::Router;
 use crate::supervisor::{Fleet, Order, Replaced, STOP_GRACE};
 pub(crate) use live::{Bound, Live};
@@ -218,8 +218,8 @@ impl Reloader {
                 Err(_) => "no answer in time".to_owned(),
             };
             failures.push(format!(
-                "pool '{}' slot {slot}: the new worker did not become ready ({why}); it is \
-                 restarted as its restart policy says",
+                "pool '{}' slot {slot}: the new worker did not become ready ({why}); its \
+                 pool's restart policy decides whether it is started again",
                 pool.id
             ));
         }
@@ -341,8 +341,8 @@ impl Reloader {
         };
         tracing::info!(pool = id, slots = pool.active, "rolling restart requested");
         let changes = vec![format!(
-            "pool '{id}': rolling restart of {} slots",
-            pool.active
+            "pool '{id}': rolling restart of {}",
+            reconfigure::slots(pool.active)
         )];
         let (result, reason) = match roll::roll(&self.fleet, &self.router, id, &rolled).await {
             Rolling::Done => (ReloadResult::Applied, None),

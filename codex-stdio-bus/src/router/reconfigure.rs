@@ -257,8 +257,8 @@ impl Router {
     }
 }
 
-/// `n` slots, in words.
-fn slots(n: u32) -> String {
+/// `n` slots, in words (`1 slot`, `2 slots`).
+pub(crate) fn slots(n: u32) -> String {
     match n {
         1 => "1 slot".to_owned(),
         n => format!("{n} slots"),
