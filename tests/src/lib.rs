@@ -15,10 +15,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod browser;
 pub mod codex;
 pub mod postgres;
 pub mod tmux;
+pub mod turns;
 pub mod worker;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -503,6 +505,16 @@ pub fn alive(pid: u32) -> bool {
             .starts_with('Z'),
         Err(_) => false,
     }
+}
+
+/// Waits until no pid of `pids` is alive (at most [`WAIT`]); returns how long that took.
+pub fn wait_dead(pids: &[u32]) -> Duration {
+    let start = Instant::now();
+    while pids.iter().any(|pid| alive(*pid)) {
+        assert!(start.elapsed() < WAIT, "workers {pids:?} still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
 }
 
 /// A line-oriented client connection with bounded waits.
