@@ -43,6 +43,17 @@ fn post(addr: &str, path: &str) -> (u16, Value) {
     (code, json)
 }
 
+/// Asserts that an admin endpoint's answer `(status, body)` has HTTP status `code` and
+/// `"result": result`; returns the body.
+fn answered((status, answer): (u16, Value), code: u16, result: &str) -> Value {
+    assert_eq!(
+        (status, &answer["result"]),
+        (code, &json!(result)),
+        "{answer}"
+    );
+    answer
+}
+
 /// Pings 64 fresh sessions (to the default pool); returns the (slot, tag) of every worker that
 /// answered, panicking on any error reply.
 fn versions(conn: &mut Conn, round: &str) -> BTreeSet<(i64, String)> {
@@ -161,12 +172,7 @@ fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
     bus.wait_workers(1);
 
     bus.rewrite_config(config(vec![never("v2")]));
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(post_reload(&admin), 200, "applied");
     // The live slot runs v2; the empty one answers `no_worker`.
     let mut tags = BTreeSet::new();
     for i in 0..32 {
@@ -227,12 +233,7 @@ fn a_cancellation_reaches_a_request_a_removed_slot_is_finishing() {
     let reply = conn.recv();
     assert_eq!(reply["id"], json!("long"), "{reply}");
     assert_eq!(reply["error"]["code"], json!(-32800), "cancelled: {reply}");
-    let (code, answer) = reload.join().unwrap();
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(reload.join().unwrap(), 200, "applied");
 }
 
 #[test]
@@ -247,12 +248,7 @@ fn a_restart_of_a_pool_whose_program_is_gone_is_refused_and_stops_no_worker() {
     let admin = bus.metrics_addr();
     std::fs::remove_file(&program).unwrap();
 
-    let (code, answer) = post(&admin, "/restart?pool=codex");
-    assert_eq!(
-        (code, &answer["result"]),
-        (422, &json!("rejected")),
-        "{answer}"
-    );
+    let answer = answered(post(&admin, "/restart?pool=codex"), 422, "rejected");
     assert!(
         answer["reason"].as_str().unwrap().contains("mock-copy"),
         "the reason names the program: {answer}"
@@ -277,12 +273,7 @@ fn a_reload_that_leaves_tcp_clients_no_credential_is_refused() {
     let mut open = secured.clone();
     open["auth"] = json!({"insecure_no_auth": true});
     bus.rewrite_config(&open);
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (422, &json!("rejected")),
-        "{answer}"
-    );
+    let answer = answered(post_reload(&admin), 422, "rejected");
     assert!(
         answer["reason"].as_str().unwrap().contains("restart"),
         "{answer}"
@@ -295,12 +286,7 @@ fn a_reload_that_leaves_tcp_clients_no_credential_is_refused() {
     let mut rotated = secured;
     rotated["auth"] = json!({"tokens": [{"tenant": "acme", "sha256": sha256_hex("other")}]});
     bus.rewrite_config(&rotated);
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(post_reload(&admin), 200, "applied");
 }
 
 #[test]
@@ -315,12 +301,7 @@ fn a_failed_roll_of_a_never_restarted_escalating_pool_goes_back_and_keeps_the_da
     bus.wait_workers(1);
     let admin = bus.metrics_addr();
     bus.rewrite_config(config(vec![strict("v2", &["--no-such-flag"])]));
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (500, &json!("failed")),
-        "{answer}"
-    );
+    answered(post_reload(&admin), 500, "failed");
     // The slot went back to v1, as the answer says: neither left empty by `never` nor escalated.
     let mut conn = bus.connect();
     let expected = BTreeSet::from([(0, "v1".to_owned())]);
@@ -393,12 +374,7 @@ fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue(
     let reply = conn.recv();
     assert_eq!(reply["id"], json!("ask"), "{reply}");
     assert_eq!(reply["result"]["answer"], json!({"ok": true}), "{reply}");
-    let (code, answer) = restart.join().unwrap();
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(restart.join().unwrap(), 200, "applied");
     drop(flood);
 }
 
@@ -420,12 +396,7 @@ fn a_removed_pool_whose_slot_its_policy_left_empty_leaves_the_status() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     bus.wait_workers(1);
     bus.rewrite_config(config(vec![mock_pool("codex", "v1", 1, &[])]));
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(post_reload(&admin), 200, "applied");
     let (code, body) = http(&admin, "GET", "/status", Some(ADMIN_TOKEN));
     assert_eq!(code, 200, "{body}");
     let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
@@ -470,11 +441,6 @@ fn a_cancellation_reaches_the_worker_being_replaced_when_held_work_fills_its_que
         "answered by the cancellation, not at the roll's bound: {:?}",
         sent.elapsed()
     );
-    let (code, answer) = restart.join().unwrap();
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(restart.join().unwrap(), 200, "applied");
     drop(flood);
 }
