@@ -15,10 +15,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod browser;
 pub mod codex;
 pub mod postgres;
 pub mod tmux;
+pub mod turns;
 pub mod worker;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -505,6 +507,16 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Waits until no pid of `pids` is alive (at most [`WAIT`]); returns how long that took.
+pub fn wait_dead(pids: &[u32]) -> Duration {
+    let start = Instant::now();
+    while pids.iter().any(|pid| alive(*pid)) {
+        assert!(start.elapsed() < WAIT, "workers {pids:?} still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
 /// A line-oriented client connection with bounded waits.
 pub struct Conn {
     reader: BufReader<Box<dyn Read + Send>>,
@@ -666,24 +678,9 @@ impl Bus {
     }
 }
 
-/// A plain HTTP GET on loopback; returns (status code, body).
+/// A plain HTTP GET on loopback, without a bearer; returns (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (code, body.to_owned())
+    admin::http(addr, "GET", path, None)
 }
 
 /// One pool `codex` of `instances` workers running the workspace binary `program` with `args`

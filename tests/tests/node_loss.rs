@@ -26,6 +26,7 @@ use codex_bus_tests::codex::{
     require_codex, rerun_offline, worker_pool_config, ResponsesServer, ANSWER,
 };
 use codex_bus_tests::postgres::PgCluster;
+use codex_bus_tests::turns::{is_completed, turn_id};
 use codex_bus_tests::{
     alive, bin, children_of, login, say, sha256_hex, worker_pool, Bus, BusConfig, Conn, Mode,
 };
@@ -357,17 +358,6 @@ impl Client {
 
 fn turn_params(thread: &str, text: &str) -> Value {
     json!({"threadId": thread, "input": [{"type": "text", "text": text}]})
-}
-
-fn turn_id(reply: &Value) -> String {
-    reply["result"]["turn"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("turn/start failed: {reply}"))
-        .to_owned()
-}
-
-fn is_completed(line: &Value, turn: &str) -> bool {
-    line["method"] == "turn/completed" && line["params"]["turn"]["id"] == turn
 }
 
 fn is_started(line: &Value) -> bool {

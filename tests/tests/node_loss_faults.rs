@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use codex_bus_tests::turns::user_texts;
 use codex_bus_tests::worker::Worker;
 use codex_bus_tests::{bin, children_of, say};
 use nix::sys::signal::{self, Signal};
@@ -210,23 +211,11 @@ fn send_signal(pid: u32, signal: Signal) {
     signal::kill(target, signal).unwrap_or_else(|err| panic!("{signal} to {pid}: {err}"));
 }
 
-/// The texts of a turn's user messages.
-fn inputs(turn: &Value) -> Vec<String> {
-    turn["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|item| item["type"] == "userMessage")
-        .flat_map(|item| item["content"].as_array().cloned().unwrap_or_default())
-        .filter_map(|part| part["text"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// How many of `turns` have `text` as input.
 fn with_input(turns: &[Value], text: &str) -> usize {
     turns
         .iter()
-        .filter(|turn| inputs(turn).iter().any(|input| input == text))
+        .filter(|turn| user_texts(turn).iter().any(|input| input == text))
         .count()
 }
 

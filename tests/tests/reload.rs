@@ -15,15 +15,13 @@
 //! [`RESTART_REASON`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use codex_bus_tests::{bin, login, reason, sha256_hex, Bus, BusConfig, Conn, Mode, WAIT};
+use codex_bus_tests::admin::{admin_section, http, mock_pool, post, run_cli, CliRun, RELOAD_WAIT};
+use codex_bus_tests::{login, reason, sha256_hex, wait_dead, Bus, BusConfig, Conn, Mode, WAIT};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -44,23 +42,8 @@ const INSTANCES_REASON: &str = "instances";
 /// A fragment of the reason a reload gives for a change that needs a restart (the section named).
 const RESTART_REASON: &str = "limits";
 
-/// How long one reload or restart command may take: a roll of a few mock workers takes seconds.
-const RELOAD_WAIT: Duration = Duration::from_secs(60);
-
 // ---------------------------------------------------------------------------------------------
 // The config
-
-/// A pool `id` of `instances` mock workers tagged `tag`, ready as soon as they answer a ping (so a
-/// roll does not wait `ready_grace_ms` per slot).
-fn pool(id: &str, tag: &str, instances: u32) -> Value {
-    json!({
-        "id": id,
-        "command": bin("codex-mock").to_str().unwrap(),
-        "args": ["--tag", tag],
-        "instances": instances,
-        "ready_probe": {"method": "ping"},
-    })
-}
 
 /// A config of `pools` (the first, `codex`, is the default route) with the admin endpoint on a
 /// free loopback port guarded by [`ADMIN_TOKEN`]. Only `pools` changes from one reload to the next.
@@ -69,7 +52,7 @@ fn config(pools: Vec<Value>) -> Value {
         "pools": pools,
         "routing": {"default_pool": "codex"},
         "limits": {"drain_grace_sec": 0},
-        "metrics": {"listen": "127.0.0.1:0", "bearer_sha256": sha256_hex(ADMIN_TOKEN)},
+        "metrics": admin_section(ADMIN_TOKEN),
     })
 }
 
@@ -92,10 +75,7 @@ impl Daemon {
     /// Replaces the config file the daemon started with (written aside, then renamed over it, so
     /// a reload never reads half a file).
     fn rewrite(&self, text: &str) {
-        let path = self.bus.dir.path().join("bus.json");
-        let next = self.bus.dir.path().join("bus.json.next");
-        std::fs::write(&next, text).unwrap();
-        std::fs::rename(&next, &path).unwrap();
+        self.bus.rewrite_config(text);
     }
 
     /// Rewrites the config file with `config`.
@@ -111,65 +91,17 @@ impl Daemon {
 // ---------------------------------------------------------------------------------------------
 // Reading the daemon's answers (adjust here if a format differs)
 
-/// What a `codex-stdio-bus reload` or `restart` run printed, how it exited and how long it took.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    /// stdout and stderr together.
-    output: String,
-    took: Duration,
-}
-
-impl Run {
-    /// Exit status 0: applied or unchanged.
-    fn succeeded(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-/// Runs `codex-stdio-bus` with `args` and the admin token in `CODEX_BUS_METRICS_TOKEN`, killed if
-/// it outlives [`RELOAD_WAIT`].
-fn run_cli(args: &[&str]) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::fs::File::create(dir.path().join("out")).unwrap();
-    let err = std::fs::File::create(dir.path().join("err")).unwrap();
-    let start = Instant::now();
-    let mut child = Command::new(bin("codex-stdio-bus"))
-        .args(args)
-        .env("CODEX_BUS_METRICS_TOKEN", ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("run codex-stdio-bus");
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > RELOAD_WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("codex-stdio-bus {args:?} still running after {RELOAD_WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let took = start.elapsed();
-    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
-    Run {
-        code: status.code(),
-        output: format!("{}{}", read("out"), read("err")),
-        took,
-    }
-}
-
 /// `codex-stdio-bus reload --metrics ADMIN`.
-fn reload_cli(admin: &str) -> Run {
-    run_cli(&["reload", "--metrics", admin])
+fn reload_cli(admin: &str) -> CliRun {
+    run_cli(&["reload", "--metrics", admin], ADMIN_TOKEN)
 }
 
 /// `codex-stdio-bus restart --pool POOL --metrics ADMIN`.
-fn restart_cli(admin: &str, pool: &str) -> Run {
-    run_cli(&["restart", "--pool", pool, "--metrics", admin])
+fn restart_cli(admin: &str, pool: &str) -> CliRun {
+    run_cli(
+        &["restart", "--pool", pool, "--metrics", admin],
+        ADMIN_TOKEN,
+    )
 }
 
 /// Reloads with the CLI and asserts it applied (exit 0); returns how long it took.
@@ -177,60 +109,6 @@ fn reload_applied(admin: &str, what: &str) -> Duration {
     let run = reload_cli(admin);
     assert!(run.succeeded(), "reload ({what}) failed: {run:?}");
     run.took
-}
-
-/// An HTTP request `method path` to the admin endpoint, with `bearer` if given; returns (status
-/// code, body). Bounded by [`RELOAD_WAIT`]: `POST /reload` answers once the reload is done.
-fn http(addr: &str, method: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
-    stream.set_read_timeout(Some(RELOAD_WAIT)).unwrap();
-    let auth = bearer.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .expect("the admin endpoint answers in time");
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (code, body)
-}
-
-/// The payload of a chunked HTTP body.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// `POST path` on the admin endpoint; returns (status code, the JSON body or `null`).
-fn post(addr: &str, path: &str, bearer: Option<&str>) -> (u16, Value, String) {
-    let (code, body) = http(addr, "POST", path, bearer);
-    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
-    (code, json, body)
 }
 
 /// `codex_bus_config_reloads_total{result}` now (0 before the first reload of that result: a
@@ -318,15 +196,6 @@ fn wait_state(
             "{pool}/{slot} never {state}: {slots:?}"
         );
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Waits until none of `pids` is alive (a stopped worker may take a moment to be reaped).
-fn wait_dead(pids: &[u32]) {
-    let start = Instant::now();
-    while pids.iter().any(|p| codex_bus_tests::alive(*p)) {
-        assert!(start.elapsed() < WAIT, "workers {pids:?} still alive");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -538,7 +407,7 @@ fn quantile(values: &mut [Duration], q: f64) -> Duration {
 #[test]
 fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() {
     const CLIENTS: usize = 4;
-    let mut daemon = Daemon::start(config(vec![pool("codex", "v1", 2)]), 2);
+    let mut daemon = Daemon::start(config(vec![mock_pool("codex", "v1", 2, &[])]), 2);
     let addr = daemon.bus.tcp_addr().to_owned();
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -549,7 +418,7 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
     let mut windows: Vec<Window> = Vec::new();
 
     // Grow 2 → 4.
-    daemon.write(&config(vec![pool("codex", "v1", 4)]));
+    daemon.write(&config(vec![mock_pool("codex", "v1", 4, &[])]));
     windows.push(Window::of("grow 2→4 (cli)", || {
         reload_applied(&daemon.admin, "grow")
     }));
@@ -559,8 +428,8 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
     // Add a second pool, serve it, remove it.
     let mut side = daemon.connect();
     daemon.write(&config(vec![
-        pool("codex", "v1", 4),
-        pool("extra", "x1", 1),
+        mock_pool("codex", "v1", 4, &[]),
+        mock_pool("extra", "x1", 1, &[]),
     ]));
     windows.push(Window::of("add pool (cli)", || {
         reload_applied(&daemon.admin, "add pool")
@@ -573,7 +442,7 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
         "{extra:?}"
     );
     let_run(&answered, PHASE);
-    daemon.write(&config(vec![pool("codex", "v1", 4)]));
+    daemon.write(&config(vec![mock_pool("codex", "v1", 4, &[])]));
     windows.push(Window::of("remove pool (cli)", || {
         reload_applied(&daemon.admin, "remove pool")
     }));
@@ -587,7 +456,7 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
 
     // Roll v1 → v2 at 4 instances.
     let before: HashSet<u32> = daemon.bus.worker_pids().into_iter().collect();
-    daemon.write(&config(vec![pool("codex", "v2", 4)]));
+    daemon.write(&config(vec![mock_pool("codex", "v2", 4, &[])]));
     let roll = Window::of("roll v1→v2 (cli)", || {
         reload_applied(&daemon.admin, "roll")
     });
@@ -601,7 +470,7 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
     let_run(&answered, PHASE);
 
     // Shrink 4 → 2 by SIGHUP.
-    daemon.write(&config(vec![pool("codex", "v2", 2)]));
+    daemon.write(&config(vec![mock_pool("codex", "v2", 2, &[])]));
     let shrink = Window::of("shrink 4→2 (sighup)", || sighup_reload(&daemon));
     let shrink_started = shrink.start;
     windows.push(shrink);
@@ -730,7 +599,7 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
 /// `codex_bus_config_reloads_total{result="rejected"}` counts each; a valid file then applies.
 #[test]
 fn an_invalid_config_is_rejected_and_the_old_one_keeps_serving() {
-    let mut daemon = Daemon::start(config(vec![pool("codex", "v1", 2)]), 2);
+    let mut daemon = Daemon::start(config(vec![mock_pool("codex", "v1", 2, &[])]), 2);
     let mut conn = daemon.connect();
     let old = workers_by_slot(&mut conn, "codex", 2, "before");
     let rejected = reloads(&daemon.admin, Some("rejected"));
@@ -745,7 +614,7 @@ fn an_invalid_config_is_rejected_and_the_old_one_keeps_serving() {
     assert!(run.output.contains(SYNTAX_REASON), "{run:?}");
     still_old(&mut conn, "syntax");
 
-    let mut zero = config(vec![pool("codex", "v2", 0)]);
+    let mut zero = config(vec![mock_pool("codex", "v2", 0, &[])]);
     daemon.write(&zero);
     let run = reload_cli(&daemon.admin);
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -764,7 +633,7 @@ fn an_invalid_config_is_rejected_and_the_old_one_keeps_serving() {
     );
 
     // A valid file that changes what needs a restart.
-    zero["pools"] = json!([pool("codex", "v2", 2)]);
+    zero["pools"] = json!([mock_pool("codex", "v2", 2, &[])]);
     zero["limits"]["max_sessions"] = json!(1000);
     daemon.write(&zero);
     let run = reload_cli(&daemon.admin);
@@ -780,7 +649,7 @@ fn an_invalid_config_is_rejected_and_the_old_one_keeps_serving() {
     daemon.bus.wait_workers(2);
 
     // A valid file applies after all that.
-    daemon.write(&config(vec![pool("codex", "v2", 2)]));
+    daemon.write(&config(vec![mock_pool("codex", "v2", 2, &[])]));
     reload_applied(&daemon.admin, "valid");
     let new = workers_by_slot(&mut conn, "codex", 2, "after");
     assert!(new.values().all(|w| w.tag == "v2"), "{new:?}");
@@ -806,7 +675,7 @@ fn a_rotated_token_applies_to_new_connections_only() {
         std::fs::rename(&next, &tokens).unwrap();
     };
     write_tokens(OLD);
-    let mut cfg = config(vec![pool("codex", "v1", 1)]);
+    let mut cfg = config(vec![mock_pool("codex", "v1", 1, &[])]);
     cfg["auth"] = json!({"tokens_file": tokens});
     let mut daemon = Daemon::start(cfg, 1);
 
@@ -845,10 +714,10 @@ fn a_rotated_token_applies_to_new_connections_only() {
 fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
     // Without ready_probe, each replacement is ready ready_grace_ms after its spawn: long enough
     // to see that the next slot's old worker still runs meanwhile.
-    let mut codex = pool("codex", "v1", 2);
+    let mut codex = mock_pool("codex", "v1", 2, &[]);
     codex.as_object_mut().unwrap().remove("ready_probe");
     codex["ready_grace_ms"] = json!(300);
-    let mut daemon = Daemon::start(config(vec![codex, pool("other", "o1", 1)]), 3);
+    let mut daemon = Daemon::start(config(vec![codex, mock_pool("other", "o1", 1, &[])]), 3);
     let mut conn = daemon.connect();
     let old = workers_by_slot(&mut conn, "codex", 2, "before");
     let other = workers_by_slot(&mut conn, "other", 1, "other-before");
@@ -942,7 +811,7 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
     assert_ne!(other_now[&0].pid as u32, keep, "other rolled: {raw}");
 
     // Without a configured bearer the admin posts are forbidden; SIGHUP still reloads.
-    let mut open = config(vec![pool("codex", "v1", 1)]);
+    let mut open = config(vec![mock_pool("codex", "v1", 1, &[])]);
     open["metrics"] = json!({"listen": "127.0.0.1:0"});
     let mut open = Daemon::start(open, 1);
     for path in ["/reload", "/restart?pool=codex"] {
@@ -955,7 +824,7 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
     }
     let mut open_conn = open.connect();
     assert_eq!(ping(&mut open_conn, "o1", "s", None).tag, "v1");
-    let mut v2 = config(vec![pool("codex", "v2", 1)]);
+    let mut v2 = config(vec![mock_pool("codex", "v2", 1, &[])]);
     v2["metrics"] = json!({"listen": "127.0.0.1:0"});
     open.write(&v2);
     sighup_reload(&open);
@@ -968,7 +837,7 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
 /// handed over is answered by the new one, and the reload answers only after the roll is done.
 #[test]
 fn a_roll_lets_the_old_worker_finish_its_long_request() {
-    let mut daemon = Daemon::start(config(vec![pool("codex", "v1", 1)]), 1);
+    let mut daemon = Daemon::start(config(vec![mock_pool("codex", "v1", 1, &[])]), 1);
     let mut conn = daemon.connect();
     let old = ping(&mut conn, "warm", "long", None);
     assert_eq!(old.tag, "v1");
@@ -983,7 +852,7 @@ fn a_roll_lets_the_old_worker_finish_its_long_request() {
     let sync = ping(&mut conn, "sync", "long", None);
     assert_eq!(sync.pid, old.pid);
 
-    daemon.write(&config(vec![pool("codex", "v2", 1)]));
+    daemon.write(&config(vec![mock_pool("codex", "v2", 1, &[])]));
     let admin = daemon.admin.clone();
     let reload = std::thread::spawn(move || {
         let run = reload_cli(&admin);
@@ -1041,15 +910,15 @@ fn a_roll_lets_the_old_worker_finish_its_long_request() {
 /// (`metrics.listen` under `--metrics`) is no change.
 #[test]
 fn a_new_pool_that_cannot_start_fails_the_reload_and_the_default_route_follows_the_file() {
-    let mut base = config(vec![pool("codex", "v1", 1)]);
+    let mut base = config(vec![mock_pool("codex", "v1", 1, &[])]);
     let mut daemon = Daemon::start(base.clone(), 1);
     let mut conn = daemon.connect();
     assert_eq!(ping(&mut conn, "a", "s-a", None).pool, "codex");
 
     // A pool whose worker exits at once (codex-mock refuses an unknown flag).
-    let mut broken = pool("broken", "b1", 1);
+    let mut broken = mock_pool("broken", "b1", 1, &[]);
     broken["args"] = json!(["--no-such-flag"]);
-    base["pools"] = json!([pool("codex", "v1", 1), broken]);
+    base["pools"] = json!([mock_pool("codex", "v1", 1, &[]), broken]);
     daemon.write(&base);
     let run = reload_cli(&daemon.admin);
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -1072,7 +941,10 @@ fn a_new_pool_that_cannot_start_fails_the_reload_and_the_default_route_follows_t
     assert!(reloads(&daemon.admin, Some("failed")) >= 1.0);
 
     // The default route moves to a pool added by the same reload; the broken one goes.
-    base["pools"] = json!([pool("codex", "v1", 1), pool("other", "o1", 1)]);
+    base["pools"] = json!([
+        mock_pool("codex", "v1", 1, &[]),
+        mock_pool("other", "o1", 1, &[])
+    ]);
     base["routing"]["default_pool"] = json!("other");
     daemon.write(&base);
     let run = reload_cli(&daemon.admin);

@@ -10,20 +10,21 @@
 //! else the worker does.
 //!
 //! Every process is ended by pid: the daemon by [`Bus`]'s drop (its workers die with it through
-//! `PR_SET_PDEATHSIG`, and are SIGKILLed by pid too), the CLI by [`run_cli`].
+//! `PR_SET_PDEATHSIG`, and are SIGKILLed by pid too), the CLI by [`run_cli`](codex_bus_tests::admin::run_cli).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use codex_bus_tests::admin::{admin_section, run_cli, CliRun};
 use codex_bus_tests::codex::{
     require_codex, rerun_offline, worker_pool_config, Pause, ResponsesServer,
 };
-use codex_bus_tests::{alive, bin, say, sha256_hex, Bus, BusConfig, Mode, WAIT};
+use codex_bus_tests::turns::{is_completed, turn_id, user_texts};
+use codex_bus_tests::{bin, say, wait_dead, Bus, BusConfig, Mode, WAIT};
 use serde_json::{json, Value};
 
 /// The admin endpoint's bearer token (`metrics.bearer_sha256` is its digest).
@@ -38,9 +39,6 @@ const LONG_TURNS: &str =
 /// Short turns (about 0.2 s) for the shrink, where no turn is cut.
 const SHORT_TURNS: &str =
     "--first-delta-ms 50 --deltas 5 --delta-interval-ms 20 --jitter-pct 0 --thread-started-first";
-
-/// How long the reload CLI may take (a roll of one codex-worker slot takes about a second here).
-const RELOAD_WAIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 // The config
@@ -100,68 +98,21 @@ fn config(pool: Value) -> Value {
     json!({
         "pools": [pool],
         "limits": {"drain_grace_sec": 0},
-        "metrics": {"listen": "127.0.0.1:0", "bearer_sha256": sha256_hex(ADMIN_TOKEN)},
+        "metrics": admin_section(ADMIN_TOKEN),
     })
-}
-
-/// Replaces the config file the daemon started with (written aside, then renamed over it).
-fn rewrite(bus: &Bus, config: &Value) {
-    let path = bus.dir.path().join("bus.json");
-    let next = bus.dir.path().join("bus.json.next");
-    std::fs::write(&next, config.to_string()).unwrap();
-    std::fs::rename(&next, &path).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
 // The reload command
 
-/// What a `codex-stdio-bus reload` run printed, how it exited and how long it took.
-struct Run {
-    code: Option<i32>,
-    output: String,
-    took: Duration,
-}
-
-/// Runs `codex-stdio-bus reload --metrics ADMIN` with the admin token, killed (by its pid) if it
-/// outlives [`RELOAD_WAIT`].
-fn run_cli(admin: &str) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::fs::File::create(dir.path().join("out")).unwrap();
-    let start = Instant::now();
-    let mut child = Command::new(bin("codex-stdio-bus"))
-        .args(["reload", "--metrics", admin])
-        .env("CODEX_BUS_METRICS_TOKEN", ADMIN_TOKEN)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("run codex-stdio-bus reload");
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > RELOAD_WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("codex-stdio-bus reload still running after {RELOAD_WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code: status.code(),
-        output: std::fs::read_to_string(dir.path().join("out")).unwrap_or_default(),
-        took: start.elapsed(),
-    }
-}
-
 /// Starts a reload on a thread of its own (it answers once the roll is done).
-fn reload_in_background(admin: &str) -> JoinHandle<Run> {
+fn reload_in_background(admin: &str) -> JoinHandle<CliRun> {
     let admin = admin.to_owned();
-    std::thread::spawn(move || run_cli(&admin))
+    std::thread::spawn(move || run_cli(&["reload", "--metrics", &admin], ADMIN_TOKEN))
 }
 
 /// Joins a background reload and asserts it applied.
-fn applied(reload: JoinHandle<Run>) -> Duration {
+fn applied(reload: JoinHandle<CliRun>) -> Duration {
     let run = reload.join().expect("reload thread");
     assert_eq!(
         run.code,
@@ -298,7 +249,7 @@ impl Client {
     fn turn(&mut self, id: &str, thread: &str, text: &str) -> Value {
         let reply = self.start_turn(id, thread, text);
         let turn = turn_id(&reply);
-        self.until("turn/completed", |line| completes(line, &turn))
+        self.until("turn/completed", |line| is_completed(line, &turn))
             .pop()
             .unwrap()
     }
@@ -313,36 +264,13 @@ impl Client {
     }
 }
 
-/// The turn id of a successful `turn/start` reply.
-fn turn_id(reply: &Value) -> String {
-    reply["result"]["turn"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("turn/start failed: {reply}"))
-        .to_owned()
-}
-
-/// Whether `line` is the `turn/completed` of `turn`.
-fn completes(line: &Value, turn: &str) -> bool {
-    line["method"] == "turn/completed" && line["params"]["turn"]["id"] == turn
-}
-
 /// The user texts of every turn of a `thread/resume` (or `thread/read`) result, in order.
 fn history(result: &Value) -> Vec<String> {
     result["thread"]["turns"]
         .as_array()
         .unwrap_or_else(|| panic!("no turns in {result}"))
         .iter()
-        .map(|turn| {
-            turn["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|item| item["type"] == "userMessage")
-                .flat_map(|item| item["content"].as_array().cloned().unwrap_or_default())
-                .filter_map(|content| content["text"].as_str().map(str::to_owned))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        .map(|turn| user_texts(turn).join(" "))
         .collect()
 }
 
@@ -354,16 +282,6 @@ fn slot_of(init: &Value) -> u32 {
         .find_map(|part| part.strip_prefix("slot-"))
         .unwrap_or_else(|| panic!("no slot in {home}"));
     slot.parse().unwrap()
-}
-
-/// Waits until no pid of `pids` is alive.
-fn wait_dead(pids: &[u32]) -> Duration {
-    let start = Instant::now();
-    while pids.iter().any(|pid| alive(*pid)) {
-        assert!(start.elapsed() < WAIT, "workers {pids:?} still alive");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,7 +347,7 @@ fn roll_during_a_turn(roll_timeout_sec: u64, worker_args: &[&str], cluster: Clus
         }
         deltas_before >= 2
     });
-    rewrite(&bus, &config(pool(2)));
+    bus.rewrite_config(config(pool(2)));
     let reload = reload_in_background(&admin);
     let after = client.drain_for(Duration::from_secs(2));
     let took = applied(reload);
@@ -461,7 +379,7 @@ fn outcome(lines: &[Value], turn: &str) -> (usize, Option<Value>) {
         .iter()
         .filter(|line| line["method"] == "item/agentMessage/delta")
         .count();
-    let completed = lines.iter().find(|line| completes(line, turn)).cloned();
+    let completed = lines.iter().find(|line| is_completed(line, turn)).cloned();
     (deltas, completed)
 }
 
@@ -681,7 +599,7 @@ fn shrink(cluster: Cluster) -> (Value, Client, String, Bus, tempfile::TempDir) {
     let done = client.turn("turn-1", &thread, FIRST);
     assert_eq!(done["params"]["turn"]["status"], "completed", "{done}");
 
-    rewrite(&bus, &config(pool(1)));
+    bus.rewrite_config(config(pool(1)));
     applied(reload_in_background(&admin));
     let left = bus.wait_workers(1);
     assert_eq!(left.len(), 1);
@@ -791,8 +709,7 @@ fn real_roll(codex: &Path, cut: Cut) {
         pool["roll_timeout_sec"] = json!(roll_timeout_sec);
         pool["env"]["ROLL_GENERATION"] = json!(generation.to_string());
         config["limits"] = json!({"drain_grace_sec": 0});
-        config["metrics"] =
-            json!({"listen": "127.0.0.1:0", "bearer_sha256": sha256_hex(ADMIN_TOKEN)});
+        config["metrics"] = admin_section(ADMIN_TOKEN);
         config
     };
     let bus = Bus::start(&BusConfig(config(1)), Mode::Tcp);
@@ -809,12 +726,12 @@ fn real_roll(codex: &Path, cut: Cut) {
     client.until("the stalled turn's first delta", |line| {
         line["method"] == "item/agentMessage/delta"
     });
-    rewrite(&bus, &config(2));
+    bus.rewrite_config(config(2));
     let reload = reload_in_background(&admin);
     match cut {
         Cut::Interrupted => {
             let lines = client.until("the cut turn's turn/completed", |line| {
-                completes(line, &turn)
+                is_completed(line, &turn)
             });
             let completed = lines.last().unwrap();
             assert_eq!(
@@ -827,7 +744,7 @@ fn real_roll(codex: &Path, cut: Cut) {
             assert!(
                 after
                     .iter()
-                    .all(|line| !completes(line, &turn) && line.get("error").is_none()),
+                    .all(|line| !is_completed(line, &turn) && line.get("error").is_none()),
                 "the killed turn was reported: {after:?}"
             );
         }

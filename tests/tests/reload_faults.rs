@@ -7,30 +7,18 @@
 //! answered (`result.tag`) beside its pool and slot.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use codex_bus_tests::admin::{self, admin_section, http, mock_pool};
 use codex_bus_tests::{bin, reason, sha256_hex, Bus, BusConfig, Conn, Mode, WAIT};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 /// The admin endpoint's bearer token (`metrics.bearer_sha256` is its digest).
 const ADMIN_TOKEN: &str = "reload-faults-admin-token-8c1d2e3f";
-
-/// A pool `id` of `instances` mock workers tagged `tag` (plus `extra` arguments), ready once they
-/// answer a ping.
-fn pool(id: &str, tag: &str, instances: u32, extra: &[&str]) -> Value {
-    let mut args = vec!["--tag", tag];
-    args.extend_from_slice(extra);
-    json!({
-        "id": id,
-        "command": bin("codex-mock").to_str().unwrap(),
-        "args": args,
-        "instances": instances,
-        "ready_probe": {"method": "ping"},
-    })
-}
 
 /// A config of `pools` (the first, `codex`, is the default route), draining at once on SIGTERM
 /// for up to 30 s, with the admin endpoint on a free loopback port.
@@ -39,16 +27,8 @@ fn config(pools: Vec<Value>) -> Value {
         "pools": pools,
         "routing": {"default_pool": "codex"},
         "limits": {"drain_grace_sec": 0, "drain_timeout_sec": 30},
-        "metrics": {"listen": "127.0.0.1:0", "bearer_sha256": sha256_hex(ADMIN_TOKEN)},
+        "metrics": admin_section(ADMIN_TOKEN),
     })
-}
-
-/// Replaces the config file `bus` started with (written aside, then renamed over it).
-fn rewrite(bus: &Bus, config: &Value) {
-    let path = bus.dir.path().join("bus.json");
-    let next = bus.dir.path().join("bus.json.next");
-    std::fs::write(&next, config.to_string()).unwrap();
-    std::fs::rename(&next, &path).unwrap();
 }
 
 /// `POST /reload` on the admin endpoint `addr`; returns the HTTP status and the JSON answer.
@@ -56,30 +36,22 @@ fn post_reload(addr: &str) -> (u16, Value) {
     post(addr, "/reload")
 }
 
-/// `POST path` on the admin endpoint `addr`; returns the HTTP status and the JSON answer.
+/// `POST path` on the admin endpoint `addr` with the bearer; returns the HTTP status and the JSON
+/// answer.
 fn post(addr: &str, path: &str) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("answered in time");
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
-    // The answer is one small JSON object: a chunked body has it between its size lines.
-    let json = body
-        .find('{')
-        .zip(body.rfind('}'))
-        .and_then(|(a, b)| serde_json::from_str(&body[a..=b]).ok())
-        .unwrap_or(Value::Null);
+    let (code, json, _) = admin::post(addr, path, Some(ADMIN_TOKEN));
     (code, json)
+}
+
+/// Asserts that an admin endpoint's answer `(status, body)` has HTTP status `code` and
+/// `"result": result`; returns the body.
+fn answered((status, answer): (u16, Value), code: u16, result: &str) -> Value {
+    assert_eq!(
+        (status, &answer["result"]),
+        (code, &json!(result)),
+        "{answer}"
+    );
+    answer
 }
 
 /// Pings 64 fresh sessions (to the default pool); returns the (slot, tag) of every worker that
@@ -105,7 +77,7 @@ fn versions(conn: &mut Conn, round: &str) -> BTreeSet<(i64, String)> {
 #[test]
 fn a_reload_during_the_drain_starts_no_pool_that_would_take_new_work() {
     let mut bus = Bus::start(
-        &BusConfig(config(vec![pool("codex", "v1", 1, &[])])),
+        &BusConfig(config(vec![mock_pool("codex", "v1", 1, &[])])),
         Mode::Tcp,
     );
     bus.wait_workers(1);
@@ -128,13 +100,10 @@ fn a_reload_during_the_drain_starts_no_pool_that_would_take_new_work() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    rewrite(
-        &bus,
-        &config(vec![
-            pool("codex", "v1", 1, &[]),
-            pool("late", "late", 1, &[]),
-        ]),
-    );
+    bus.rewrite_config(config(vec![
+        mock_pool("codex", "v1", 1, &[]),
+        mock_pool("late", "late", 1, &[]),
+    ]));
     bus.signal(Signal::SIGHUP);
     bus.wait_log("config reload rejected; the config in force is unchanged");
     conn.send(&json!({"jsonrpc": "2.0", "id": "late", "method": "ping",
@@ -158,17 +127,19 @@ fn a_reload_during_the_drain_starts_no_pool_that_would_take_new_work() {
 #[test]
 fn a_failed_roll_puts_the_slots_the_reload_grew_back_on_the_previous_config() {
     let mut bus = Bus::start(
-        &BusConfig(config(vec![pool("codex", "v1", 2, &[])])),
+        &BusConfig(config(vec![mock_pool("codex", "v1", 2, &[])])),
         Mode::Tcp,
     );
     bus.wait_workers(2);
     let admin = bus.metrics_addr();
     // Grown to 4 with a worker that refuses its arguments: slots 2 and 3 start on it at once, the
     // roll of slot 0 fails and goes back.
-    rewrite(
-        &bus,
-        &config(vec![pool("codex", "v2", 4, &["--no-such-flag"])]),
-    );
+    bus.rewrite_config(config(vec![mock_pool(
+        "codex",
+        "v2",
+        4,
+        &["--no-such-flag"],
+    )]));
     let (code, answer) = post_reload(&admin);
     assert_eq!(code, 500, "{answer}");
     assert_eq!(answer["result"], json!("failed"), "{answer}");
@@ -178,7 +149,7 @@ fn a_failed_roll_puts_the_slots_the_reload_grew_back_on_the_previous_config() {
     let expected: BTreeSet<(i64, String)> = (0..4).map(|s| (s, "v1".to_owned())).collect();
     assert_eq!(versions(&mut conn, "after-failure"), expected);
     // Which is why writing it back changes nothing.
-    rewrite(&bus, &config(vec![pool("codex", "v1", 4, &[])]));
+    bus.rewrite_config(config(vec![mock_pool("codex", "v1", 4, &[])]));
     let (code, answer) = post_reload(&admin);
     assert_eq!((code, &answer["result"]), (200, &json!("unchanged")));
     assert_eq!(versions(&mut conn, "reverted"), expected);
@@ -187,7 +158,7 @@ fn a_failed_roll_puts_the_slots_the_reload_grew_back_on_the_previous_config() {
 #[test]
 fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
     let never = |tag: &str| {
-        let mut pool = pool("codex", tag, 2, &[]);
+        let mut pool = mock_pool("codex", tag, 2, &[]);
         pool["restart_policy"] = json!("never");
         pool
     };
@@ -200,13 +171,8 @@ fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
     bus.wait_workers(1);
 
-    rewrite(&bus, &config(vec![never("v2")]));
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    bus.rewrite_config(config(vec![never("v2")]));
+    answered(post_reload(&admin), 200, "applied");
     // The live slot runs v2; the empty one answers `no_worker`.
     let mut tags = BTreeSet::new();
     for i in 0..32 {
@@ -226,7 +192,7 @@ fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
 #[test]
 fn a_cancellation_reaches_a_request_a_removed_slot_is_finishing() {
     let slow = |instances: u32| {
-        let mut pool = pool("codex", "v1", instances, &[]);
+        let mut pool = mock_pool("codex", "v1", instances, &[]);
         pool["roll_timeout_sec"] = json!(120);
         pool
     };
@@ -248,7 +214,7 @@ fn a_cancellation_reaches_a_request_a_removed_slot_is_finishing() {
                       "params": {"ms": 600_000}, "sessionId": session}),
     );
     std::thread::sleep(Duration::from_millis(200));
-    rewrite(&bus, &config(vec![slow(1)]));
+    bus.rewrite_config(config(vec![slow(1)]));
     let reload = std::thread::spawn(move || post_reload(&admin));
     // The session moves to slot 0 at once, while slot 1 finishes its request.
     let start = Instant::now();
@@ -267,12 +233,7 @@ fn a_cancellation_reaches_a_request_a_removed_slot_is_finishing() {
     let reply = conn.recv();
     assert_eq!(reply["id"], json!("long"), "{reply}");
     assert_eq!(reply["error"]["code"], json!(-32800), "cancelled: {reply}");
-    let (code, answer) = reload.join().unwrap();
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(reload.join().unwrap(), 200, "applied");
 }
 
 #[test]
@@ -280,19 +241,14 @@ fn a_restart_of_a_pool_whose_program_is_gone_is_refused_and_stops_no_worker() {
     let dir = tempfile::tempdir().unwrap();
     let program = dir.path().join("mock-copy");
     std::fs::copy(bin("codex-mock"), &program).unwrap();
-    let mut copy = pool("codex", "v1", 2, &[]);
+    let mut copy = mock_pool("codex", "v1", 2, &[]);
     copy["command"] = json!(program.to_str().unwrap());
     let mut bus = Bus::start(&BusConfig(config(vec![copy])), Mode::Tcp);
     let workers: BTreeSet<u32> = bus.wait_workers(2).into_iter().collect();
     let admin = bus.metrics_addr();
     std::fs::remove_file(&program).unwrap();
 
-    let (code, answer) = post(&admin, "/restart?pool=codex");
-    assert_eq!(
-        (code, &answer["result"]),
-        (422, &json!("rejected")),
-        "{answer}"
-    );
+    let answer = answered(post(&admin, "/restart?pool=codex"), 422, "rejected");
     assert!(
         answer["reason"].as_str().unwrap().contains("mock-copy"),
         "the reason names the program: {answer}"
@@ -308,7 +264,7 @@ fn a_restart_of_a_pool_whose_program_is_gone_is_refused_and_stops_no_worker() {
 #[test]
 fn a_reload_that_leaves_tcp_clients_no_credential_is_refused() {
     let token = "reload-faults-client-token-1";
-    let mut secured = config(vec![pool("codex", "v1", 1, &[])]);
+    let mut secured = config(vec![mock_pool("codex", "v1", 1, &[])]);
     secured["auth"] = json!({"tokens": [{"tenant": "acme", "sha256": sha256_hex(token)}]});
     let mut bus = Bus::start(&BusConfig(secured.clone()), Mode::Tcp);
     bus.wait_workers(1);
@@ -316,13 +272,8 @@ fn a_reload_that_leaves_tcp_clients_no_credential_is_refused() {
     // `auth` kept, its credentials gone, `insecure_no_auth` set: clients would get in unchecked.
     let mut open = secured.clone();
     open["auth"] = json!({"insecure_no_auth": true});
-    rewrite(&bus, &open);
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (422, &json!("rejected")),
-        "{answer}"
-    );
+    bus.rewrite_config(&open);
+    let answer = answered(post_reload(&admin), 422, "rejected");
     assert!(
         answer["reason"].as_str().unwrap().contains("restart"),
         "{answer}"
@@ -334,19 +285,14 @@ fn a_reload_that_leaves_tcp_clients_no_credential_is_refused() {
     // Rotating the credentials is still a reload's business.
     let mut rotated = secured;
     rotated["auth"] = json!({"tokens": [{"tenant": "acme", "sha256": sha256_hex("other")}]});
-    rewrite(&bus, &rotated);
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    bus.rewrite_config(&rotated);
+    answered(post_reload(&admin), 200, "applied");
 }
 
 #[test]
 fn a_failed_roll_of_a_never_restarted_escalating_pool_goes_back_and_keeps_the_daemon_up() {
     let strict = |tag: &str, extra: &[&str]| {
-        let mut pool = pool("codex", tag, 1, extra);
+        let mut pool = mock_pool("codex", tag, 1, extra);
         pool["restart_policy"] = json!("never");
         pool["escalate"] = json!(true);
         pool
@@ -354,13 +300,8 @@ fn a_failed_roll_of_a_never_restarted_escalating_pool_goes_back_and_keeps_the_da
     let mut bus = Bus::start(&BusConfig(config(vec![strict("v1", &[])])), Mode::Tcp);
     bus.wait_workers(1);
     let admin = bus.metrics_addr();
-    rewrite(&bus, &config(vec![strict("v2", &["--no-such-flag"])]));
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (500, &json!("failed")),
-        "{answer}"
-    );
+    bus.rewrite_config(config(vec![strict("v2", &["--no-such-flag"])]));
+    answered(post_reload(&admin), 500, "failed");
     // The slot went back to v1, as the answer says: neither left empty by `never` nor escalated.
     let mut conn = bus.connect();
     let expected = BTreeSet::from([(0, "v1".to_owned())]);
@@ -372,27 +313,33 @@ fn a_failed_roll_of_a_never_restarted_escalating_pool_goes_back_and_keeps_the_da
     );
 }
 
-#[test]
-fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue() {
-    let mut slow = pool("codex", "v1", 1, &[]);
+/// A daemon of one slot whose roll and queue wait up to 120 s, with a deep worker queue (so held
+/// work can fill it), and a connection to it.
+fn one_slow_slot() -> (Bus, Conn) {
+    let mut slow = mock_pool("codex", "v1", 1, &[]);
     slow["roll_timeout_sec"] = json!(120);
     slow["queue_timeout_sec"] = json!(120);
     let mut small = config(vec![slow]);
     small["limits"]["max_worker_queue"] = json!(65536);
     let mut bus = Bus::start(&BusConfig(small), Mode::Tcp);
     bus.wait_workers(1);
-    let admin = bus.metrics_addr();
-    let mut conn = bus.connect();
-    // The worker asks the client a question and waits for the answer.
-    conn.send(&json!({"jsonrpc": "2.0", "id": "ask", "method": "mock/ask", "sessionId": "a"}));
-    let question = conn.recv();
-    assert_eq!(question["method"], json!("mock/approval"), "{question}");
+    let conn = bus.connect();
+    (bus, conn)
+}
 
+/// `POST /restart?pool=codex` on a thread of its own (it answers once the roll is done); returns
+/// once the daemon has logged the request and had a moment to begin the roll.
+fn restart_in_background(bus: &Bus) -> JoinHandle<(u16, Value)> {
+    let admin = bus.metrics_addr();
     let restart = std::thread::spawn(move || post(&admin, "/restart?pool=codex"));
     bus.wait_log("rolling restart requested");
     std::thread::sleep(Duration::from_millis(300));
-    // Another client fills the slot's queue with work held for the replacement, until the bus
-    // stops reading it.
+    restart
+}
+
+/// A new connection that sends session `a` padded pings (held for the replacement of the slot
+/// being rolled) until the bus stops reading it; kept open by the caller.
+fn fill_with_held_work(bus: &Bus) -> TcpStream {
     let mut flood = TcpStream::connect(bus.tcp_addr()).unwrap();
     flood
         .set_write_timeout(Some(Duration::from_millis(500)))
@@ -405,6 +352,20 @@ fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue(
             break;
         }
     }
+    flood
+}
+
+#[test]
+fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue() {
+    let (bus, mut conn) = one_slow_slot();
+    // The worker asks the client a question and waits for the answer.
+    conn.send(&json!({"jsonrpc": "2.0", "id": "ask", "method": "mock/ask", "sessionId": "a"}));
+    let question = conn.recv();
+    assert_eq!(question["method"], json!("mock/approval"), "{question}");
+
+    let restart = restart_in_background(&bus);
+    // Another client fills the slot's queue with work held for the replacement.
+    let flood = fill_with_held_work(&bus);
     // The answer still reaches the worker being replaced: it finishes now, not at the roll's bound.
     conn.send(
         &json!({"jsonrpc": "2.0", "id": question["id"], "result": {"ok": true},
@@ -413,21 +374,16 @@ fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue(
     let reply = conn.recv();
     assert_eq!(reply["id"], json!("ask"), "{reply}");
     assert_eq!(reply["result"]["answer"], json!({"ok": true}), "{reply}");
-    let (code, answer) = restart.join().unwrap();
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(restart.join().unwrap(), 200, "applied");
     drop(flood);
 }
 
 #[test]
 fn a_removed_pool_whose_slot_its_policy_left_empty_leaves_the_status() {
-    let mut extra = pool("extra", "e", 1, &[]);
+    let mut extra = mock_pool("extra", "e", 1, &[]);
     extra["restart_policy"] = json!("never");
     let mut bus = Bus::start(
-        &BusConfig(config(vec![pool("codex", "v1", 1, &[]), extra])),
+        &BusConfig(config(vec![mock_pool("codex", "v1", 1, &[]), extra])),
         Mode::Tcp,
     );
     let admin = bus.metrics_addr();
@@ -439,14 +395,9 @@ fn a_removed_pool_whose_slot_its_policy_left_empty_leaves_the_status() {
     let pid = conn.recv()["result"]["pid"].as_u64().expect("extra serves") as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     bus.wait_workers(1);
-    rewrite(&bus, &config(vec![pool("codex", "v1", 1, &[])]));
-    let (code, answer) = post_reload(&admin);
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
-    let (code, body) = get(&admin, "/status");
+    bus.rewrite_config(config(vec![mock_pool("codex", "v1", 1, &[])]));
+    answered(post_reload(&admin), 200, "applied");
+    let (code, body) = http(&admin, "GET", "/status", Some(ADMIN_TOKEN));
     assert_eq!(code, 200, "{body}");
     let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
     let status: Value = serde_json::from_str(json).expect("/status is JSON");
@@ -463,63 +414,22 @@ fn a_removed_pool_whose_slot_its_policy_left_empty_leaves_the_status() {
     );
 }
 
-/// `GET path` on the admin endpoint `addr` with the bearer; returns the status and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the admin endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("answered in time");
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head");
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
-    (code, body.to_owned())
-}
-
 /// A cancellation of a request the worker being replaced is finishing reaches it at once, even
 /// when work held for its successor fills the slot's queue: it waits only for room in the running
 /// worker's own queue (before, it waited behind the held work until the roll's bound cut the
 /// worker off, and the request ended `worker_exited`).
 #[test]
 fn a_cancellation_reaches_the_worker_being_replaced_when_held_work_fills_its_queue() {
-    let mut slow = pool("codex", "v1", 1, &[]);
-    slow["roll_timeout_sec"] = json!(120);
-    slow["queue_timeout_sec"] = json!(120);
-    let mut small = config(vec![slow]);
-    small["limits"]["max_worker_queue"] = json!(65536);
-    let mut bus = Bus::start(&BusConfig(small), Mode::Tcp);
-    bus.wait_workers(1);
-    let admin = bus.metrics_addr();
-    let mut conn = bus.connect();
+    let (bus, mut conn) = one_slow_slot();
     // Far longer than the test waits: only the cancellation answers it in time.
     conn.send(
         &json!({"jsonrpc": "2.0", "id": "long", "method": "mock/delay",
                 "params": {"ms": 600_000}, "sessionId": "a"}),
     );
     std::thread::sleep(Duration::from_millis(200));
-    let restart = std::thread::spawn(move || post(&admin, "/restart?pool=codex"));
-    bus.wait_log("rolling restart requested");
-    std::thread::sleep(Duration::from_millis(300));
+    let restart = restart_in_background(&bus);
     // Another client fills the slot's queue with work held for the replacement.
-    let mut flood = TcpStream::connect(bus.tcp_addr()).unwrap();
-    flood
-        .set_write_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let pad = "x".repeat(4000);
-    for i in 0..2000 {
-        let line = json!({"jsonrpc": "2.0", "id": i, "method": "ping", "sessionId": "a",
-                          "params": {"pad": pad}});
-        if flood.write_all(format!("{line}\n").as_bytes()).is_err() {
-            break;
-        }
-    }
+    let flood = fill_with_held_work(&bus);
     let sent = Instant::now();
     conn.send(&json!({"jsonrpc": "2.0", "method": "$/cancelRequest",
                       "params": {"id": "long"}, "sessionId": "a"}));
@@ -531,19 +441,14 @@ fn a_cancellation_reaches_the_worker_being_replaced_when_held_work_fills_its_que
         "answered by the cancellation, not at the roll's bound: {:?}",
         sent.elapsed()
     );
-    let (code, answer) = restart.join().unwrap();
-    assert_eq!(
-        (code, &answer["result"]),
-        (200, &json!("applied")),
-        "{answer}"
-    );
+    answered(restart.join().unwrap(), 200, "applied");
     drop(flood);
 }
 
 #[test]
 fn a_failed_roll_restarts_on_the_previous_config_the_grown_slots_a_never_policy_left_empty() {
     let never = |tag: &str, instances: u32, extra: &[&str]| {
-        let mut pool = pool("codex", tag, instances, extra);
+        let mut pool = mock_pool("codex", tag, instances, extra);
         pool["restart_policy"] = json!("never");
         pool
     };
@@ -552,7 +457,7 @@ fn a_failed_roll_restarts_on_the_previous_config_the_grown_slots_a_never_policy_
     let admin = bus.metrics_addr();
     // Grown to 2 with a worker that refuses its arguments: slot 1's first worker exits and
     // `never` ends its supervisor before the roll of slot 0 fails and goes back.
-    rewrite(&bus, &config(vec![never("v2", 2, &["--no-such-flag"])]));
+    bus.rewrite_config(config(vec![never("v2", 2, &["--no-such-flag"])]));
     let (code, answer) = post_reload(&admin);
     assert_eq!(
         (code, &answer["result"]),
@@ -563,7 +468,7 @@ fn a_failed_roll_restarts_on_the_previous_config_the_grown_slots_a_never_policy_
     let mut conn = bus.connect();
     let expected = BTreeSet::from([(0, "v1".to_owned()), (1, "v1".to_owned())]);
     assert_eq!(versions(&mut conn, "after-failure"), expected);
-    rewrite(&bus, &config(vec![never("v1", 2, &[])]));
+    bus.rewrite_config(config(vec![never("v1", 2, &[])]));
     let (code, answer) = post_reload(&admin);
     assert_eq!((code, &answer["result"]), (200, &json!("unchanged")));
     assert_eq!(versions(&mut conn, "reverted"), expected);
@@ -572,7 +477,7 @@ fn a_failed_roll_restarts_on_the_previous_config_the_grown_slots_a_never_policy_
 #[test]
 fn a_roll_stops_a_worker_hung_before_its_readiness_answer_within_its_ready_timeout() {
     // Its probe is never answered (far longer than the test): the worker hangs starting.
-    let mut hung = pool("codex", "v1", 1, &[]);
+    let mut hung = mock_pool("codex", "v1", 1, &[]);
     hung["ready_probe"] = json!({"method": "mock/delay", "params": {"ms": 600_000}});
     hung["ready_timeout_sec"] = json!(3);
     hung["roll_timeout_sec"] = json!(60);
@@ -583,7 +488,7 @@ fn a_roll_stops_a_worker_hung_before_its_readiness_answer_within_its_ready_timeo
     // readiness deadline, not at the end of roll_timeout_sec.
     let mut fixed = hung;
     fixed["ready_probe"] = json!({"method": "ping"});
-    rewrite(&bus, &config(vec![fixed]));
+    bus.rewrite_config(config(vec![fixed]));
     let start = Instant::now();
     let (code, answer) = post_reload(&admin);
     assert_eq!(

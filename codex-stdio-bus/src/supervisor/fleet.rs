@@ -200,11 +200,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_roll_replaces_the_worker_keeping_held_work_then_a_retirement_ends_it() {
-        // The old worker answers nothing; its replacement echoes each request as its reply.
-        let old = pool_config("exec sleep 1000");
-        let pool = Arc::new(Pool::new(0, old, 1 << 20, &Arc::default()));
+    /// A fleet running slot 0 of a one-instance pool, and what a test observes and ends it with.
+    struct Running {
+        fleet: Fleet,
+        pool: Arc<Pool>,
+        slot: Arc<Slot>,
+        sink: Arc<Recorder>,
+        stop: watch::Sender<Option<Instant>>,
+        tracker: TaskTracker,
+    }
+
+    /// Starts slot 0 of a one-instance pool of `config`.
+    fn running(config: PoolConfig) -> Running {
+        let pool = Arc::new(Pool::new(0, config, 1 << 20, &Arc::default()));
         let pools = Arc::new(Pools::new(vec![pool.clone()]));
         let sink = Arc::new(Recorder::default());
         let context = Context {
@@ -217,25 +225,68 @@ mod tests {
         let fleet = Fleet::new(context, pools, stop_order, tracker.clone());
         fleet.start(&pool, 0);
         let slot = pool.slots[0].clone();
-        until(&slot, SlotState::Ready).await;
+        Running {
+            fleet,
+            pool,
+            slot,
+            sink,
+            stop,
+            tracker,
+        }
+    }
+
+    impl Running {
+        /// Orders slot 0 replaced by a worker of `config`, the old one given `within`; returns
+        /// where the answer comes.
+        fn replace(&self, config: PoolConfig, within: Duration) -> oneshot::Receiver<Replaced> {
+            let (done, replaced) = oneshot::channel();
+            let config = Arc::new(config);
+            assert!(self.fleet.order(
+                0,
+                0,
+                Order::Replace {
+                    config,
+                    within,
+                    done
+                }
+            ));
+            replaced
+        }
+
+        /// Orders the daemon's stop, the workers given `grace`, and waits (10 s at most) until
+        /// every task ended; `expect` says why they must have.
+        async fn stop(&self, grace: Duration, expect: &str) {
+            self.stop.send(Some(Instant::now() + grace)).unwrap();
+            self.tracker.close();
+            tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+                .await
+                .expect(expect);
+        }
+    }
+
+    /// The answer to a replace order, within `secs` seconds.
+    async fn answer(replaced: oneshot::Receiver<Replaced>, secs: u64) -> Replaced {
+        tokio::time::timeout(Duration::from_secs(secs), replaced)
+            .await
+            .expect("answered")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_roll_replaces_the_worker_keeping_held_work_then_a_retirement_ends_it() {
+        // The old worker answers nothing; its replacement echoes each request as its reply.
+        let running = running(pool_config("exec sleep 1000"));
+        let (fleet, pool, slot, sink) =
+            (&running.fleet, &running.pool, &running.slot, &running.sink);
+        until(slot, SlotState::Ready).await;
         let client = client();
         let request = br#"{"id":"a","method":"m"}"#;
         slot.enqueue_request(&client, request, 6..9, Instant::now())
             .unwrap();
 
-        let (done, replaced) = oneshot::channel();
-        let config = Arc::new(pool_config("exec cat"));
         let within = Duration::from_millis(200);
-        assert!(fleet.order(
-            0,
-            0,
-            Order::Replace {
-                config,
-                within,
-                done
-            }
-        ));
-        until(&slot, SlotState::Replacing).await;
+        let replaced = running.replace(pool_config("exec cat"), within);
+        until(slot, SlotState::Replacing).await;
         slot.enqueue_request(&client, request, 6..9, Instant::now())
             .unwrap();
         let t = Instant::now();
@@ -286,7 +337,7 @@ mod tests {
             metrics: crate::metrics::PoolMetrics::new(&pool.id),
         });
         fleet.start(&grown, 0);
-        until(&slot, SlotState::Ready).await;
+        until(slot, SlotState::Ready).await;
         slot.enqueue_request(&client, request, 6..9, Instant::now())
             .unwrap();
         let t = Instant::now();
@@ -294,74 +345,26 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(10), "never answered");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        stop.send(Some(Instant::now() + Duration::from_secs(2)))
-            .unwrap();
-        tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-            .await
-            .expect("the daemon's stop ends every task");
+        running
+            .stop(Duration::from_secs(2), "the daemon's stop ends every task")
+            .await;
         assert_eq!(slot.state(), SlotState::Stopped);
-    }
-
-    /// A fleet running slot 0 of a one-instance pool of `config`, with its sink, stop sender and
-    /// tracker.
-    fn running(
-        config: PoolConfig,
-    ) -> (
-        Fleet,
-        Arc<Slot>,
-        Arc<Recorder>,
-        watch::Sender<Option<Instant>>,
-        TaskTracker,
-    ) {
-        let pool = Arc::new(Pool::new(0, config, 1 << 20, &Arc::default()));
-        let pools = Arc::new(Pools::new(vec![pool.clone()]));
-        let sink = Arc::new(Recorder::default());
-        let context = Context {
-            sink: sink.clone(),
-            limits: Limits::default(),
-            escalation: CancellationToken::new(),
-        };
-        let (stop, stop_order) = watch::channel(None);
-        let tracker = TaskTracker::new();
-        let fleet = Fleet::new(context, pools, stop_order, tracker.clone());
-        fleet.start(&pool, 0);
-        (fleet, pool.slots[0].clone(), sink, stop, tracker)
     }
 
     #[tokio::test]
     async fn a_replacement_that_exits_before_it_is_ready_fails_the_order_and_is_restarted() {
-        let (fleet, slot, _sink, stop, tracker) = running(pool_config("exec cat"));
-        until(&slot, SlotState::Ready).await;
-        let (done, replaced) = oneshot::channel();
+        let running = running(pool_config("exec cat"));
+        until(&running.slot, SlotState::Ready).await;
         let mut config = pool_config("exit 3");
         config.supervision.ready_grace_ms = 5_000;
-        let within = Duration::from_secs(5);
-        let config = Arc::new(config);
-        assert!(fleet.order(
-            0,
-            0,
-            Order::Replace {
-                config,
-                within,
-                done
-            }
-        ));
-        let replaced = tokio::time::timeout(Duration::from_secs(10), replaced)
-            .await
-            .expect("answered")
-            .unwrap();
+        let replaced = answer(running.replace(config, Duration::from_secs(5)), 10).await;
         assert_eq!(
             replaced,
             Replaced::Failed("exited: exit status: 3".to_owned())
         );
         // The supervisor goes on restarting it per policy (always).
-        until(&slot, SlotState::Backoff).await;
-        stop.send(Some(Instant::now())).unwrap();
-        tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-            .await
-            .expect("stopped");
+        until(&running.slot, SlotState::Backoff).await;
+        running.stop(Duration::ZERO, "stopped").await;
     }
 
     /// Replaces a worker that ignores SIGTERM and, once its stdin ends, works 3 s more and then
@@ -373,29 +376,11 @@ mod tests {
             "trap '' TERM; cat >/dev/null; sleep 3; touch '{}'",
             finished.display()
         );
-        let (fleet, slot, _sink, stop, tracker) = running(pool_config(&script));
-        until(&slot, SlotState::Ready).await;
-        let (done, replaced) = oneshot::channel();
-        let config = Arc::new(pool_config("exec cat"));
-        assert!(fleet.order(
-            0,
-            0,
-            Order::Replace {
-                config,
-                within,
-                done
-            }
-        ));
-        let replaced = tokio::time::timeout(Duration::from_secs(20), replaced)
-            .await
-            .expect("answered")
-            .unwrap();
+        let running = running(pool_config(&script));
+        until(&running.slot, SlotState::Ready).await;
+        let replaced = answer(running.replace(pool_config("exec cat"), within), 20).await;
         assert_eq!(replaced, Replaced::Ready);
-        stop.send(Some(Instant::now())).unwrap();
-        tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-            .await
-            .expect("stopped");
+        running.stop(Duration::ZERO, "stopped").await;
         finished.exists()
     }
 
@@ -414,37 +399,27 @@ mod tests {
 
     #[tokio::test]
     async fn the_daemons_stop_wins_over_a_roll_in_progress() {
-        let (fleet, slot, sink, stop, tracker) = running(pool_config("exec sleep 1000"));
-        until(&slot, SlotState::Ready).await;
+        let running = running(pool_config("exec sleep 1000"));
+        let slot = &running.slot;
+        until(slot, SlotState::Ready).await;
         let client = client();
         let request = br#"{"id":"a","method":"m"}"#;
         slot.enqueue_request(&client, request, 6..9, Instant::now())
             .unwrap();
-        let (done, replaced) = oneshot::channel();
-        let config = Arc::new(pool_config("exec cat"));
-        let within = Duration::from_secs(60);
-        assert!(fleet.order(
-            0,
-            0,
-            Order::Replace {
-                config,
-                within,
-                done
-            }
-        ));
-        until(&slot, SlotState::Replacing).await;
+        let replaced = running.replace(pool_config("exec cat"), Duration::from_secs(60));
+        until(slot, SlotState::Replacing).await;
         slot.enqueue_request(&client, request, 6..9, Instant::now())
             .unwrap();
-        stop.send(Some(Instant::now() + Duration::from_secs(2)))
-            .unwrap();
-        tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-            .await
-            .expect("the stop does not wait for the roll");
+        running
+            .stop(
+                Duration::from_secs(2),
+                "the stop does not wait for the roll",
+            )
+            .await;
         assert!(replaced.await.is_err(), "the order goes unanswered");
         assert_eq!(slot.state(), SlotState::Stopped);
         assert_eq!(
-            *sink.failed.lock().unwrap(),
+            *running.sink.failed.lock().unwrap(),
             [(ErrorKind::ShuttingDown, None, 2)],
             "old and held requests are refused alike"
         );
@@ -456,30 +431,11 @@ mod tests {
         let mut crashing = pool_config("exit 1");
         crashing.supervision.backoff_initial_ms = 60_000;
         crashing.supervision.backoff_max_ms = 60_000;
-        let (fleet, slot, _sink, stop, tracker) = running(crashing);
-        until(&slot, SlotState::Backoff).await;
-        let (done, replaced) = oneshot::channel();
-        let config = Arc::new(pool_config("exec cat"));
-        let within = Duration::from_secs(60);
-        assert!(fleet.order(
-            0,
-            0,
-            Order::Replace {
-                config,
-                within,
-                done
-            }
-        ));
-        let replaced = tokio::time::timeout(Duration::from_secs(10), replaced)
-            .await
-            .expect("answered")
-            .unwrap();
-        assert_eq!(replaced, Replaced::Ready);
-        assert_eq!(slot.state(), SlotState::Ready);
-        stop.send(Some(Instant::now())).unwrap();
-        tracker.close();
-        tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-            .await
-            .expect("stopped");
+        let running = running(crashing);
+        until(&running.slot, SlotState::Backoff).await;
+        let replaced = running.replace(pool_config("exec cat"), Duration::from_secs(60));
+        assert_eq!(answer(replaced, 10).await, Replaced::Ready);
+        assert_eq!(running.slot.state(), SlotState::Ready);
+        running.stop(Duration::ZERO, "stopped").await;
     }
 }

@@ -11,7 +11,7 @@
 //! only. Written 0600: the params are the client's.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use codex_bus_worker_io::log;
 
-use super::home::private;
+use super::jsonl_log;
 use super::sessions::SessionKey;
 
 /// The members of `initialize`'s params that are kept: the rest of a client's params is
@@ -94,9 +94,7 @@ impl Record {
             tenant: handshake.and_then(|handshake| handshake.tenant.as_deref().map(str::to_owned)),
             params: handshake.map(|handshake| handshake.params.clone()),
         };
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
-        line.push(b'\n');
-        line
+        jsonl_log::line(&record)
     }
 }
 
@@ -125,56 +123,33 @@ impl HandshakeLog {
         path: &Path,
         keep: usize,
     ) -> io::Result<(Self, Vec<(SessionKey, ClientHandshake)>)> {
-        let existing = match fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(err),
+        let contents = jsonl_log::read::<Record>(path)?;
+        let latest = contents.records.into_iter().map(|record| {
+            let handshake = record.params.map(|params| ClientHandshake {
+                tenant: record.tenant.map(Arc::from),
+                params,
+            });
+            (SessionKey::from(record.session.into_bytes()), handshake)
+        });
+        let records = newest(latest.collect(), keep);
+        let rewrite = contents.lines > keep;
+        let lines = if rewrite {
+            records.len()
+        } else {
+            contents.lines
         };
-        let mut lines = 0;
-        let mut latest: Vec<(SessionKey, Option<ClientHandshake>)> = Vec::new();
-        for line in existing
-            .split(|&byte| byte == b'\n')
-            .filter(|line| !line.is_empty())
-        {
-            lines += 1;
-            match serde_json::from_slice::<Record>(line) {
-                Ok(record) => {
-                    let handshake = record.params.map(|params| ClientHandshake {
-                        tenant: record.tenant.map(Arc::from),
-                        params,
-                    });
-                    latest.push((SessionKey::from(record.session.into_bytes()), handshake));
-                }
-                Err(err) => log::line(format_args!(
-                    "{}: skipping an unreadable line ({err})",
-                    path.display()
-                )),
-            }
-        }
-        let records = newest(latest, keep);
-        let rewrite = lines > keep;
-        let lines = if rewrite { records.len() } else { lines };
         if rewrite {
-            let mut text = Vec::new();
-            for (session, handshake) in &records {
-                text.extend(Record::line(session, Some(handshake)));
-            }
-            let compacted = path.with_extension("jsonl.new");
-            let mut file = private(&compacted, OpenOptions::new().write(true).truncate(true))?;
-            file.write_all(&text)?;
-            drop(file);
-            fs::rename(&compacted, path)?;
+            let lines = records
+                .iter()
+                .map(|(session, handshake)| Record::line(session, Some(handshake)));
+            jsonl_log::rewrite(path, lines)?;
             log::line(format_args!(
                 "{}: kept the handshakes of the newest {} sessions",
                 path.display(),
                 records.len()
             ));
         }
-        let mut file = private(path, OpenOptions::new().append(true))?;
-        if !rewrite && existing.last().is_some_and(|&byte| byte != b'\n') {
-            // End a torn last line, so the next record starts on a line of its own.
-            file.write_all(b"\n")?;
-        }
+        let file = jsonl_log::append_to(path, !rewrite && contents.torn)?;
         let log = Self {
             file,
             path: path.to_owned(),
@@ -287,6 +262,7 @@ impl Remembered {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::{self, OpenOptions};
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;

@@ -13,6 +13,7 @@ mod errors;
 mod handshakes;
 mod held;
 mod home;
+mod jsonl_log;
 mod manager;
 mod outbound;
 mod owners;

@@ -8,7 +8,7 @@
 //! the capability to resume the thread.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use codex_bus_worker_io::log;
 
-use super::home::private;
+use super::jsonl_log;
 use super::sessions::{Scope, SessionKey};
 
 #[derive(Serialize, Deserialize)]
@@ -48,9 +48,7 @@ impl Record {
             session: String::from_utf8_lossy(session).into_owned(),
             tenant: scope.tenant().map(str::to_owned),
         };
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
-        line.push(b'\n');
-        line
+        jsonl_log::line(&record)
     }
 }
 
@@ -77,47 +75,22 @@ impl OwnerLog {
     /// holding more is rewritten with those only, so it never outgrows the table it restores
     /// by more than what one lane life appends.
     pub fn open(path: &Path, keep: usize) -> io::Result<(Self, Vec<Owned>)> {
-        let existing = match fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(err) => return Err(err),
-        };
-        let mut records = Vec::new();
-        for line in existing
-            .split(|&byte| byte == b'\n')
-            .filter(|line| !line.is_empty())
-        {
-            match serde_json::from_slice::<Record>(line) {
-                Ok(record) => records.push(record.owned()),
-                Err(err) => log::line(format_args!(
-                    "{}: skipping an unreadable line ({err})",
-                    path.display()
-                )),
-            }
-        }
+        let contents = jsonl_log::read::<Record>(path)?;
+        let mut records: Vec<Owned> = contents.records.into_iter().map(Record::owned).collect();
         let rewrite = records.len() > keep;
         if rewrite {
             records = newest(records, keep);
-            let mut text = Vec::new();
-            for owned in &records {
-                text.extend(Record::line(&owned.thread, &owned.scope, &owned.session));
-            }
-            let compacted = path.with_extension("jsonl.new");
-            let mut file = private(&compacted, OpenOptions::new().write(true).truncate(true))?;
-            file.write_all(&text)?;
-            drop(file);
-            fs::rename(&compacted, path)?;
+            let lines = records
+                .iter()
+                .map(|owned| Record::line(&owned.thread, &owned.scope, &owned.session));
+            jsonl_log::rewrite(path, lines)?;
             log::line(format_args!(
                 "{}: kept the newest {} thread owners",
                 path.display(),
                 records.len()
             ));
         }
-        let mut file = private(path, OpenOptions::new().append(true))?;
-        if !rewrite && existing.last().is_some_and(|&byte| byte != b'\n') {
-            // End a torn last line, so the next record starts on a line of its own.
-            file.write_all(b"\n")?;
-        }
+        let file = jsonl_log::append_to(path, !rewrite && contents.torn)?;
         Ok((Self { file }, records))
     }
 
