@@ -322,3 +322,19 @@ fn ms(duration: Duration) -> i64 {
 fn epoch_i64(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(-1)
 }
+
+/// A granted lease as both backends read it: its `epoch`, and the rollout last published for the
+/// thread (`published_epoch` and `rollout` are set together, or neither). Stored epochs are never
+/// negative; one that were would read as 0, which no grant has.
+fn granted(epoch: i64, published_epoch: Option<i64>, rollout: Option<String>) -> Acquire {
+    let epoch_u64 = |epoch: i64| u64::try_from(epoch).unwrap_or(0);
+    Acquire::Granted {
+        epoch: epoch_u64(epoch),
+        published: published_epoch
+            .zip(rollout)
+            .map(|(epoch, rollout)| Published {
+                epoch: epoch_u64(epoch),
+                rollout,
+            }),
+    }
+}

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::{
-    begin_from_row, epoch_i64, finished_row, millis, Acquire, Begin, Finished, Migration,
-    Published, StoreError,
+    begin_from_row, epoch_i64, finished_row, granted, millis, Acquire, Begin, Finished, Migration,
+    StoreError,
 };
 
 /// The migrations, in order.
@@ -43,6 +43,9 @@ pub struct Postgres {
     /// The live connection, or None before the first call and after one broke.
     client: Mutex<Option<Client>>,
 }
+
+/// How many times `begin` inserts a key whose row vanished between its insert and its read.
+const BEGIN_ATTEMPTS: usize = 3;
 
 /// A tokio-postgres error as a store error. Retryable: the connection is gone or failed (I/O),
 /// or the server refused for a passing reason (shutting down, starting, too many clients,
@@ -230,7 +233,7 @@ impl Postgres {
             let tx = client.transaction().await?;
             // Insert-or-take in one statement. When the WHERE refuses, ON CONFLICT still locks
             // the row until commit, so the read below sees the holder that refused us.
-            let granted = tx
+            let row = tx
                 .query_opt(
                     "INSERT INTO threads AS t (thread, epoch, holder, expires_at)
                      VALUES ($1, 1, $2, now() + make_interval(secs => $3))
@@ -242,20 +245,8 @@ impl Postgres {
                     &[&thread, &holder, &secs(ttl)],
                 )
                 .await?;
-            let outcome = match granted {
-                Some(row) => {
-                    let published_epoch: Option<i64> = row.get(1);
-                    let rollout: Option<String> = row.get(2);
-                    Acquire::Granted {
-                        epoch: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-                        published: published_epoch.zip(rollout).map(|(epoch, rollout)| {
-                            Published {
-                                epoch: u64::try_from(epoch).unwrap_or(0),
-                                rollout,
-                            }
-                        }),
-                    }
-                }
+            let outcome = match row {
+                Some(row) => granted(row.get(0), row.get(1), row.get(2)),
                 None => {
                     let row = tx
                         .query_one(
@@ -357,43 +348,61 @@ impl Postgres {
         holder: &str,
         ttl: Duration,
     ) -> Result<Begin, StoreError> {
-        self.call(async |client| {
-            let tx = client.transaction().await?;
-            tx.execute(
-                "DELETE FROM idempotency WHERE began_at <= now() - make_interval(secs => $1)",
-                &[&secs(ttl)],
-            )
-            .await?;
-            let inserted = tx
-                .execute(
-                    "INSERT INTO idempotency (tenant, key, holder, state, reply, began_at)
-                     VALUES ($1, $2, $3, 'running', NULL, now())
-                     ON CONFLICT (tenant, key) DO NOTHING",
-                    &[&tenant, &key, &holder],
+        let outcome = self
+            .call(async |client| {
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "DELETE FROM idempotency WHERE began_at <= now() - make_interval(secs => $1)",
+                    &[&secs(ttl)],
                 )
                 .await?;
-            let outcome = if inserted == 1 {
-                Begin::New
-            } else {
-                // FOR UPDATE: the row cannot change (finish, abandon) between the failed insert
-                // and this read. It exists: the insert conflicted on it and the purge above ran
-                // in this transaction.
-                let row = tx
-                    .query_one(
-                        concat!(
-                            "SELECT state, reply, holder, ",
-                            ms_between!("now()", "began_at"),
-                            " FROM idempotency WHERE tenant = $1 AND key = $2 FOR UPDATE"
-                        ),
-                        &[&tenant, &key],
-                    )
-                    .await?;
-                begin_from_row(row.get::<_, &str>(0), row.get(1), row.get(2), row.get(3))
-            };
-            tx.commit().await?;
-            Ok(outcome)
+                // An insert that conflicts locks nothing: another node may finish the row or
+                // delete it (`abandon`, its own purge) before the read below locks it. A vanished
+                // row is inserted again, a few times at most.
+                for _ in 0..BEGIN_ATTEMPTS {
+                    let inserted = tx
+                        .execute(
+                            "INSERT INTO idempotency (tenant, key, holder, state, reply, began_at)
+                             VALUES ($1, $2, $3, 'running', NULL, now())
+                             ON CONFLICT (tenant, key) DO NOTHING",
+                            &[&tenant, &key, &holder],
+                        )
+                        .await?;
+                    if inserted == 1 {
+                        tx.commit().await?;
+                        return Ok(Some(Begin::New));
+                    }
+                    // FOR UPDATE: from this read on, the row cannot change until the commit.
+                    let row = tx
+                        .query_opt(
+                            concat!(
+                                "SELECT state, reply, holder, ",
+                                ms_between!("now()", "began_at"),
+                                " FROM idempotency WHERE tenant = $1 AND key = $2 FOR UPDATE"
+                            ),
+                            &[&tenant, &key],
+                        )
+                        .await?;
+                    if let Some(row) = row {
+                        let found = begin_from_row(
+                            row.get::<_, &str>(0),
+                            row.get(1),
+                            row.get(2),
+                            row.get(3),
+                        );
+                        tx.commit().await?;
+                        return Ok(Some(found));
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
+        outcome.ok_or_else(|| {
+            StoreError::new(
+                true,
+                "the idempotency key kept changing under concurrent requests; retry",
+            )
         })
-        .await
     }
 
     /// See [`crate::Store::finish`].

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use crate::{
-    begin_from_row, epoch_i64, finished_row, millis, ms, Acquire, Begin, Finished, Migration,
-    Published, StoreError,
+    begin_from_row, epoch_i64, finished_row, granted, millis, ms, Acquire, Begin, Finished,
+    Migration, StoreError,
 };
 
 /// The migrations, in order.
@@ -168,7 +168,7 @@ impl Sqlite {
                 "INSERT INTO threads (thread) VALUES (?1) ON CONFLICT (thread) DO NOTHING",
                 params![thread],
             )?;
-            let granted = tx
+            let row = tx
                 .query_row(
                     "UPDATE threads SET epoch = epoch + 1, holder = ?2, expires_at = ?3 + ?4
                      WHERE thread = ?1 AND (holder IS NULL OR expires_at <= ?3 OR holder = ?2)
@@ -183,16 +183,8 @@ impl Sqlite {
                     },
                 )
                 .optional()?;
-            let outcome = match granted {
-                Some((epoch, published_epoch, rollout)) => Acquire::Granted {
-                    epoch: u64::try_from(epoch).unwrap_or(0),
-                    published: published_epoch
-                        .zip(rollout)
-                        .map(|(epoch, rollout)| Published {
-                            epoch: u64::try_from(epoch).unwrap_or(0),
-                            rollout,
-                        }),
-                },
+            let outcome = match row {
+                Some((epoch, published_epoch, rollout)) => granted(epoch, published_epoch, rollout),
                 None => {
                     // Same transaction, write lock held: the holder read is the one that refused.
                     let (holder, expires_at): (Option<String>, i64) = tx.query_row(
