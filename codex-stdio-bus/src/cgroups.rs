@@ -80,6 +80,33 @@ pub fn check_cgroups(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a reload checks of `config`'s cgroup limits, changing nothing: [`check_cgroups`], and
+/// that the daemon took its cgroup over at start if any pool now asks for limits. It cannot do so
+/// later: its workers already run in that cgroup, and cgroup v2 enables no controller for the
+/// children of a cgroup that holds processes.
+///
+/// # Errors
+///
+/// As [`check_cgroups`]; and [`Kind::Config`] naming the first pool with limits when the daemon
+/// started without any (a restart is needed).
+pub(crate) fn check_reload(config: &Config) -> Result<(), Error> {
+    check_cgroups(config)?;
+    let first = config
+        .pools
+        .iter()
+        .position(|pool| !pool.privileges.cgroup.is_empty());
+    match first {
+        Some(i) if WORKERS.get().is_none() => Err(Error::new(
+            Kind::Config,
+            format!(
+                "pools[{i}].cgroup: the daemon started without cgroup limits, so its workers share \
+                 its cgroup and it cannot take it over now: a restart is needed to apply it"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// [`check_cgroups`], then, if any pool has cgroup limits and the cgroup is not taken over yet,
 /// takes it over: the daemon moves into `daemon/` and the workers' cgroups go under `workers/`.
 ///

@@ -309,7 +309,7 @@ pub async fn run(
             router.clone(),
             handle,
             bearer,
-            Some(reload),
+            reload,
         ));
     }
     tracing::info!(

@@ -507,3 +507,49 @@ fn a_roll_stops_a_worker_hung_before_its_readiness_answer_within_its_ready_timeo
         BTreeSet::from([(0, "v1".to_owned())])
     );
 }
+
+/// A roll that fails on slot 1 after slot 0 took the new config puts slot 0 back too: the whole
+/// pool runs the previous config, as the table says, and writing the previous file back is
+/// `unchanged` with every slot on it (before, slot 0 stayed on the new config for good).
+#[test]
+fn a_roll_that_fails_part_way_puts_the_slots_already_rolled_back() {
+    let mut bus = Bus::start(
+        &BusConfig(config(vec![mock_pool("codex", "v1", 2, &[])])),
+        Mode::Tcp,
+    );
+    bus.wait_workers(2);
+    let admin = bus.metrics_addr();
+    // v2 starts on slot 0 and exits at once on slot 1 (the bus names the slot in CODEX_BUS_SLOT).
+    let mock = bin("codex-mock");
+    let script = format!(
+        r#"[ "$CODEX_BUS_SLOT" = 1 ] && exit 3; exec "{}" --tag v2"#,
+        mock.display()
+    );
+    let mut v2 = mock_pool("codex", "v2", 2, &[]);
+    v2["command"] = json!("/bin/sh");
+    v2["args"] = json!(["-c", script]);
+    bus.rewrite_config(config(vec![v2]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(code, 500, "{answer}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("slot 1")),
+        "{answer}"
+    );
+    let mut conn = bus.connect();
+    let expected: BTreeSet<(i64, String)> = (0..2).map(|s| (s, "v1".to_owned())).collect();
+    assert_eq!(
+        versions(&mut conn, "after-failure"),
+        expected,
+        "slot 0 went back too"
+    );
+    bus.rewrite_config(config(vec![mock_pool("codex", "v1", 2, &[])]));
+    let (code, answer) = post_reload(&admin);
+    assert_eq!(
+        (code, &answer["result"]),
+        (200, &json!("unchanged")),
+        "{answer}"
+    );
+    assert_eq!(versions(&mut conn, "reverted"), expected);
+}

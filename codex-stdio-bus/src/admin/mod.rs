@@ -95,8 +95,8 @@ struct Admin {
     /// `metrics.bearer_sha256` in force: the token `/metrics`, `/status`, the dashboard and the
     /// controls require, if any (a reload may replace it).
     bearer: Arc<AdminCredentials>,
-    /// What `POST /reload` and `POST /restart` call; `None` where the daemon offers neither.
-    reload: Option<Arc<dyn Reload>>,
+    /// What `POST /reload` and `POST /restart` call.
+    reload: Arc<dyn Reload>,
     /// The dashboard's shared status stream.
     feed: Arc<ui::Feed>,
 }
@@ -213,15 +213,7 @@ impl Admin {
         if let Some(refused) = self.guard_control(headers) {
             return refused;
         }
-        let Some(reload) = self.reload.clone() else {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::CONTENT_TYPE, PLAIN_TEXT)],
-                "reload is not available\n",
-            )
-                .into_response();
-        };
-        match run(reload).await {
+        match run(self.reload.clone()).await {
             Ok(outcome) => answer(&outcome),
             Err(error) => {
                 tracing::error!(%error, "reload task failed");
@@ -292,7 +284,7 @@ pub async fn bind(address: &str) -> Result<TcpListener, Error> {
 /// 503, which is what an orchestrator needs to see). With a bearer in force (`bearer`, which a
 /// reload may replace), `/metrics`, `/status`, `/ui` and `/ui/events` require it; `/healthz` and
 /// `/readyz` stay open for probes, which cannot send one, and so does the redirect from `/`.
-/// `POST /reload` and `POST /restart` call `reload` (503 when `None`), and only with a bearer
+/// `POST /reload` and `POST /restart` call `reload`, and only with a bearer
 /// configured and presented. With `tls` (`metrics.tls`) every connection is HTTPS, its handshake
 /// done in the connection's own task (a slow one holds no other).
 pub(crate) async fn serve(
@@ -301,7 +293,7 @@ pub(crate) async fn serve(
     router: Arc<Router>,
     handle: PrometheusHandle,
     bearer: Arc<AdminCredentials>,
-    reload: Option<Arc<dyn Reload>>,
+    reload: Arc<dyn Reload>,
 ) {
     // Always, so that a page opened now shows the last minutes (cost: `rates`' module docs).
     tokio::spawn(rates::sample(router.clone()));
@@ -364,7 +356,7 @@ fn app(
     router: Arc<Router>,
     handle: PrometheusHandle,
     bearer: Arc<AdminCredentials>,
-    reload: Option<Arc<dyn Reload>>,
+    reload: Arc<dyn Reload>,
 ) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(metrics))
@@ -604,7 +596,7 @@ mod tests {
                 router: Arc::new(Router::new(&Config::single_pool("p", "cat", &[], 1))),
                 handle: PrometheusBuilder::new().build_recorder().handle(),
                 bearer: Arc::new(AdminCredentials::new(bearer)),
-                reload: Some(fake.clone()),
+                reload: fake.clone(),
                 feed: Arc::new(ui::Feed::new()),
             };
             (admin, fake)
@@ -704,15 +696,6 @@ mod tests {
                     text(restart_pool(State(admin.clone()), uri, authorized("t")).await).await;
                 assert_eq!(status, StatusCode::BAD_REQUEST);
             }
-        }
-
-        #[tokio::test]
-        async fn without_a_reloader_the_controls_are_unavailable() {
-            let (mut admin, _) = admin(Some("t"), ReloadResult::Applied);
-            admin.reload = None;
-            let (status, body) = text(reload_config(State(admin), authorized("t")).await).await;
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(body, "reload is not available\n");
         }
 
         #[tokio::test]

@@ -24,9 +24,12 @@ const STATES: [SlotState; 8] = [
 pub(crate) fn render(handle: &PrometheusHandle, router: &Router) -> String {
     for pool in router.pools().iter() {
         let mut by_state = [0u32; STATES.len()];
-        for slot in pool.live_slots() {
+        // Every slot, removed ones too: a stopped removed slot counts in no state, and its gauges
+        // read 0 rather than the last figures it had.
+        for slot in &pool.slots {
             let snapshot = slot.snapshot();
-            if let Some(i) = STATES.iter().position(|s| *s == snapshot.state) {
+            let live = pool.is_live(slot, snapshot.state);
+            if let Some(i) = STATES.iter().position(|s| live && *s == snapshot.state) {
                 by_state[i] += 1;
             }
             let labels = [

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::core::slot::SlotState;
 use crate::router::Router;
 
 /// The status document.
@@ -23,7 +22,7 @@ pub(crate) fn snapshot(router: &Router) -> Value {
                 .map(|slot| {
                     let s = slot.snapshot();
                     totals.0 += 1;
-                    totals.1 += usize::from(s.state == SlotState::Ready);
+                    totals.1 += usize::from(s.state.serves());
                     totals.2 += s.in_flight;
                     totals.3 += s.sessions;
                     json!({

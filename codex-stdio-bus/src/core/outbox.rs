@@ -211,19 +211,7 @@ impl<S> Outbox<S> {
 
     /// Waits until the queue is below its limit (or closed).
     pub(crate) async fn wait_for_space(&self) {
-        // The common case costs one lock and no waiter registration.
-        if !self.over_limit() {
-            return;
-        }
-        loop {
-            let mut notified = pin!(self.writable.notified());
-            // Registered before the check, so a writer that drains in between still wakes us.
-            notified.as_mut().enable();
-            if !self.over_limit() {
-                return;
-            }
-            notified.await;
-        }
+        self.wait_while(|| self.over_limit()).await;
     }
 
     /// Waits until the bytes for the running writer alone are below the limit (or the queue is
@@ -232,17 +220,24 @@ impl<S> Outbox<S> {
     /// the bytes set aside drain only once that worker is done, so waiting for them as well could
     /// never end before the roll's bound cut the worker off.
     pub(crate) async fn wait_for_own_space(&self) {
-        let own_full = || {
+        self.wait_while(|| {
             let q = self.lock();
             !q.closed && q.buf.len() >= self.limit
-        };
-        if !own_full() {
+        })
+        .await;
+    }
+
+    /// Waits while `full` holds, looking again whenever a writer drains or the queue closes.
+    async fn wait_while(&self, full: impl Fn() -> bool) {
+        // The common case costs one lock and no waiter registration.
+        if !full() {
             return;
         }
         loop {
             let mut notified = pin!(self.writable.notified());
+            // Registered before the check, so a writer that drains in between still wakes us.
             notified.as_mut().enable();
-            if !own_full() {
+            if !full() {
                 return;
             }
             notified.await;

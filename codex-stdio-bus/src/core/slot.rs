@@ -65,6 +65,12 @@ impl SlotState {
         }
     }
 
+    /// Whether a ready worker serves the slot: `Ready`, or `Replacing` (its worker finishes what it
+    /// holds while new work waits for the next). What `/readyz` and `/status` count as ready.
+    pub(crate) fn serves(self) -> bool {
+        matches!(self, SlotState::Ready | SlotState::Replacing)
+    }
+
     /// Whether no worker will come back without the supervisor trying again (counts toward escalation).
     pub(crate) fn is_down(self) -> bool {
         matches!(self, SlotState::Failed | SlotState::Exited)
@@ -679,7 +685,9 @@ impl Slot {
         if q.state.hold.is_none() {
             q.state.hold = Some(q.state.next_bus_id);
         }
-        if q.state.state.takes_work() {
+        // A worker still starting stays `Starting` (its queue deadline applies to every request
+        // it will be handed); it reports `Replacing` once ready (`transition`).
+        if q.state.state == SlotState::Ready {
             q.state.state = SlotState::Replacing;
         }
     }

@@ -74,9 +74,8 @@ impl Live {
         preflight::secure_by_default(next, credentials.as_deref(), addresses)
             .map_err(|e| e.to_string())?;
         preflight::tls(next).map_err(|e| e.to_string())?;
-        // Pools with cgroup limits need a delegated cgroup v2 (taken over once, at the first
-        // config that asks for one).
-        cgroups::prepare(next).map_err(|e| e.to_string())?;
+        // Pools with cgroup limits need the delegated cgroup v2 the daemon took over at start.
+        cgroups::check_reload(next).map_err(|e| e.to_string())?;
         if plan.audit {
             if let Some(path) = &next.audit.path {
                 Audit::open(path)

@@ -181,7 +181,7 @@ impl Reloader {
                 Some((pool, address.slot, first))
             })
             .collect();
-        let retiring: Vec<(Arc<Slot>, Duration, oneshot::Receiver<()>)> = pools
+        let retiring: Vec<(Arc<Slot>, oneshot::Receiver<()>)> = pools
             .retired
             .iter()
             .filter_map(|address| {
@@ -191,7 +191,7 @@ impl Reloader {
                 let (done, retired) = oneshot::channel();
                 let order = Order::Retire { within, done };
                 if self.fleet.order(address.pool, address.slot, order) {
-                    return Some((slot, within, retired));
+                    return Some((slot, retired));
                 }
                 stop_empty(&slot);
                 None
@@ -209,12 +209,9 @@ impl Reloader {
             let why = match tokio::time::timeout(bound, first).await {
                 Ok(Ok(Replaced::Ready)) => continue,
                 Ok(Ok(Replaced::Failed(why))) => why,
-                Ok(Err(_)) if self.fleet.stopping() => STOPPING.to_owned(),
-                // `Fleet::start` found the slot still supervised: removed by an earlier reload,
-                // its worker had not stopped yet.
-                Ok(Err(_)) => "the slot was still stopping after an earlier reload removed it; \
-                               reload again once it has"
-                    .to_owned(),
+                // Dropped unanswered: the daemon's stop (a reload waits for the slots it retires,
+                // so a slot it starts is never still supervised).
+                Ok(Err(_)) => STOPPING.to_owned(),
                 Err(_) => "no answer in time".to_owned(),
             };
             failures.push(format!(
@@ -228,16 +225,15 @@ impl Reloader {
                 failures.push(failure);
             }
         }
-        for (slot, within, retired) in retiring {
-            // The supervisor answers once its worker has stopped: within the bound, then SIGTERM
-            // and SIGKILL; the timeout only guards against one that never answers.
-            match tokio::time::timeout(within + STOP_GRACE * 2, retired).await {
-                Ok(Ok(())) => {}
+        for (slot, retired) in retiring {
+            // The supervisor answers once its worker has stopped: SIGKILL at the end of the
+            // slot's `roll_timeout_sec` at the latest, then its pipes for a few seconds. Waited
+            // for in full, so that a later reload never finds the slot still supervised (it could
+            // not start it again).
+            if retired.await.is_err() && !self.fleet.stopping() {
                 // Its supervisor ended before it took the order (the pool's policy left the slot
-                // empty just now), or the daemon is stopping, which stops every slot anyway.
-                Ok(Err(_)) if !self.fleet.stopping() => stop_empty(&slot),
-                Ok(Err(_)) => {}
-                Err(_) => failures.push(format!("{slot:?}: the removed slot did not stop in time")),
+                // empty just now); a stopping daemon stops every slot anyway.
+                stop_empty(&slot);
             }
         }
         let (result, reason) = match failures.is_empty() {
@@ -264,9 +260,28 @@ impl Reloader {
         let id = rolled.next.id.as_str();
         match roll::roll(&self.fleet, &self.router, id, rolled).await {
             Rolling::Done => None,
-            Rolling::RolledBack(reason) => {
+            Rolling::RolledBack {
+                reason,
+                rolled: done,
+            } => {
                 self.router
                     .restore_config(rolled.pool, rolled.previous.clone());
+                if done > 0 {
+                    // The slots already on the new config go back too, one at a time as they
+                    // came, so that the pool runs the one config the table says it runs.
+                    tracing::warn!(
+                        pool = id,
+                        slots = done,
+                        "rolling the slots already rolled back onto the previous config"
+                    );
+                    let back = Rolled {
+                        pool: rolled.pool,
+                        slots: done,
+                        previous: rolled.next.clone(),
+                        next: rolled.previous.clone(),
+                    };
+                    let _ = roll::roll(&self.fleet, &self.router, id, &back).await;
+                }
                 let grown: Vec<u32> = started
                     .iter()
                     .filter(|a| a.pool == rolled.pool)
@@ -346,7 +361,8 @@ impl Reloader {
         )];
         let (result, reason) = match roll::roll(&self.fleet, &self.router, id, &rolled).await {
             Rolling::Done => (ReloadResult::Applied, None),
-            Rolling::RolledBack(reason) => (ReloadResult::Failed, Some(reason)),
+            // Same config before and after: the slots already replaced need no going back.
+            Rolling::RolledBack { reason, .. } => (ReloadResult::Failed, Some(reason)),
             Rolling::Interrupted => (ReloadResult::Failed, Some(STOPPING.to_owned())),
         };
         Outcome {

@@ -20,9 +20,14 @@ use crate::supervisor::{Fleet, Order, Replaced};
 pub(crate) enum Rolling {
     /// Every slot runs the new config (or has no worker: left empty by its pool's restart policy).
     Done,
-    /// A replacement did not become ready (the reason says where and why); that slot was put back
-    /// on the previous config and the roll stopped.
-    RolledBack(String),
+    /// A replacement did not become ready; that slot was put back on the previous config and the
+    /// roll stopped. The slots before it (`0..rolled`) run the new config.
+    RolledBack {
+        /// Where and why.
+        reason: String,
+        /// How many slots, from slot 0, were rolled onto the new config before the failure.
+        rolled: u32,
+    },
     /// The daemon began shutting down (a shutdown was requested, or the workers were ordered to
     /// stop); the roll stopped where it was.
     Interrupted,
@@ -58,12 +63,15 @@ pub(crate) async fn roll(
             Slotted::Replaced(Replaced::Failed(why)) => {
                 let reason = format!(
                     "pool '{pool_id}' slot {slot}: the new worker did not become ready ({why}); \
-                     the slot went back to the previous config and the roll stopped"
+                     the pool went back to the previous config and the roll stopped"
                 );
                 tracing::error!(pool = pool_id, slot, %why, "rolling restart failed; rolling back the slot");
                 // Whatever the previous config does now, it is what the pool ran before the reload.
                 let _ = replace(fleet, rolled.pool, slot, &rolled.previous).await;
-                return Rolling::RolledBack(reason);
+                return Rolling::RolledBack {
+                    reason,
+                    rolled: slot,
+                };
             }
             Slotted::Empty => {
                 // Its pool's restart policy left it empty (or failed it for good): no worker runs

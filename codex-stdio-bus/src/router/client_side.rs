@@ -309,10 +309,14 @@ impl Router {
             Some(span) => match slot.enqueue_reference(client, line, span.clone()) {
                 Ok(true) => true,
                 queued => {
-                    // Rare (a cancellation after a reload shrank the pool): its removed slots
-                    // are scanned, only for the sender's own requests.
-                    let pool = self.pools.load()[slot.address.pool as usize].clone();
-                    let elsewhere = pool.slots.iter().skip(pool.active as usize).any(|other| {
+                    // Not on the session's slot (a cancellation that crossed its reply, or one
+                    // after a reload shrank the pool): the pool's removed slots that still hold
+                    // requests are scanned, for the sender's own requests only; those that hold
+                    // none cost an atomic read.
+                    let pools = self.pools.load();
+                    let pool = &pools[slot.address.pool as usize];
+                    let removed = pool.slots.iter().skip(pool.active as usize);
+                    let elsewhere = removed.filter(|other| other.in_flight() > 0).any(|other| {
                         other
                             .enqueue_reference(client, line, span.clone())
                             .unwrap_or(false)

@@ -120,12 +120,12 @@ impl Pool {
     /// The slots worth showing: the active ones and removed ones whose worker has not stopped yet
     /// (a removed slot drains what it holds first).
     pub(crate) fn live_slots(&self) -> impl Iterator<Item = &Arc<Slot>> {
-        let active = self.active as usize;
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(move |(i, s)| *i < active || s.state() != SlotState::Stopped)
-            .map(|(_, s)| s)
+        self.slots.iter().filter(|s| self.is_live(s, s.state()))
+    }
+
+    /// Whether `slot` of this pool, in `state`, is one of its [live slots](Pool::live_slots).
+    pub(crate) fn is_live(&self, slot: &Slot, state: SlotState) -> bool {
+        slot.index < self.active || state != SlotState::Stopped
     }
 
     /// Whether a reload removed the pool: it takes no message and clients cannot name it.

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{json, Value};
 
 use super::Router;
+use crate::core::slot::SlotState;
 
 impl Router {
     /// Stops advertising readiness, for good: `/readyz` answers 503 from now on, while requests
@@ -34,18 +35,11 @@ impl Router {
             .iter()
             .filter(|pool| !pool.is_removed())
             .filter_map(|pool| {
-                let states: Vec<&str> = pool
-                    .active_slots()
-                    .iter()
-                    .map(|s| s.state().as_str())
-                    .collect();
-                // A replacing slot serves on: its worker finishes, new work waits for the next.
-                let ready = states
-                    .iter()
-                    .filter(|s| matches!(**s, "ready" | "replacing"))
-                    .count();
-                (ready == 0)
-                    .then(|| json!({"pool": &*pool.id, "ready_workers": 0, "slots": states}))
+                let states: Vec<SlotState> =
+                    pool.active_slots().iter().map(|s| s.state()).collect();
+                let ready = states.iter().any(|s| s.serves());
+                let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+                (!ready).then(|| json!({"pool": &*pool.id, "ready_workers": 0, "slots": names}))
             })
             .collect();
         let leaving = self.leaving();

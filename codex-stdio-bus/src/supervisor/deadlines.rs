@@ -34,17 +34,17 @@ fn timeouts(config: &PoolConfig) -> (Option<Duration>, Duration, Duration) {
 }
 
 /// Enforces the deadlines of `pool` until the daemon orders the workers to stop; expired requests
-/// are answered through `sink`. Each scan reads the pool's version in force in `pools` (`pool`
-/// itself until the table holds it): a reload may change its timeouts and add slots (retired
-/// slots are still scanned: they may hold requests).
+/// are answered through `sink`. Each scan reads the pool's version in force in `pools`, which
+/// holds `pool` already: a reload may change its timeouts and add slots (retired slots are still
+/// scanned: they may hold requests).
 pub(crate) async fn enforce(
     pools: Arc<Pools>,
     pool: Arc<Pool>,
     sink: Arc<dyn WorkerSink>,
     mut stop: StopOrder,
 ) {
-    let (index, first) = (pool.index, pool);
-    let mut config = first.config.clone();
+    let index = pool.index;
+    let mut config = pool.config.clone();
     let (mut request, mut queue, mut tick) = timeouts(&config);
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -53,7 +53,10 @@ pub(crate) async fn enforce(
             _ = ticks.tick() => {}
             _ = super::stop_requested(&mut stop) => return,
         }
-        let pool = pools.get(index).unwrap_or_else(|| first.clone());
+        // Pools are never taken out of the table, only marked removed.
+        let Some(pool) = pools.get(index) else {
+            return;
+        };
         if !Arc::ptr_eq(&pool.config, &config) {
             config = pool.config.clone();
             let period = tick;
