@@ -111,6 +111,7 @@ impl Keyed {
     }
 
     /// Whether a request with `key` runs here.
+    #[cfg(test)]
     pub fn runs(&self, key: &Key) -> bool {
         self.running.contains_key(key)
     }
