@@ -42,6 +42,10 @@ struct Params {
 /// [`MAX_KEY`] bytes, or on a method or thread id longer than `MAX_SCOPE`: the client asked for
 /// protection it would not get, so the request is refused rather than run unkeyed.
 pub fn key_of(line: &[u8], method: &str) -> Result<Option<String>, ()> {
+    // A session's handshake is its own: a replay would answer it without initializing it.
+    if method == "initialize" {
+        return Ok(None);
+    }
     let Ok(request) = serde_json::from_slice::<KeyedRequest<'_>>(line) else {
         return Ok(None);
     };
@@ -50,10 +54,6 @@ pub fn key_of(line: &[u8], method: &str) -> Result<Option<String>, ()> {
         .params
         .and_then(|params| serde_json::from_str(params.get()).ok())
         .unwrap_or_default();
-    // A session's handshake is its own: a replay would answer it without initializing it.
-    if method == "initialize" {
-        return Ok(None);
-    }
     let thread = params.thread_id.unwrap_or_default();
     let scoped = method.len() <= MAX_SCOPE && thread.len() <= MAX_SCOPE;
     let key = match request.idempotency_key {
