@@ -738,7 +738,7 @@ impl Cluster {
                 continue;
             }
             if let Some((epoch, home)) = self.leases.publishable(&thread, now) {
-                publishing.push((thread.clone(), epoch));
+                publishing.push(thread.clone());
                 self.tasks.spawn(Op::Publish {
                     thread,
                     epoch,
