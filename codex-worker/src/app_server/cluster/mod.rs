@@ -762,24 +762,20 @@ impl Cluster {
             let Some(key) = self.keyed.replied(session, id) else {
                 continue;
             };
-            let outcome = Finished::Reply(outcome);
             for waiter in self.keyed.end(&key) {
-                copies.push(waiter.replay(&outcome));
+                copies.push(waiter.reply(&outcome));
             }
-            let Finished::Reply(text) = outcome else {
-                continue;
-            };
-            if is_error && keys::not_run(&text) {
+            if is_error && keys::not_run(&outcome) {
                 self.tasks.spawn(Op::Abandon {
                     owner: key.0,
                     key: key.1,
                 });
                 continue;
             }
-            let stored = if text.len() > self.config.max_reply {
+            let stored = if outcome.len() > self.config.max_reply {
                 Finished::TooLarge
             } else {
-                Finished::Reply(text)
+                Finished::Reply(outcome)
             };
             if let Some((owner, dropped)) = self.keyed.finish(key.clone(), stored.clone()) {
                 log::line(format_args!(
