@@ -76,7 +76,7 @@ impl WorkerError {
         let (code, message, data) = self.row();
         // Writing into a Vec cannot fail.
         let _ = write!(out, "{{\"code\":{code},\"message\":\"{message}\"");
-        if let Some((reason, retryable, detail)) = data {
+        if let Some((reason, retryable, _, detail)) = data {
             let _ = write!(
                 out,
                 ",\"data\":{{\"reason\":\"{reason}\",\"retryable\":{retryable}"
@@ -114,67 +114,84 @@ impl WorkerError {
     /// The whole contract of one kind in one place, as in `codex_bus_protocol::ErrorKind`'s
     /// table, so no column can drift from the others: the JSON-RPC code, the message, and the
     /// `data` of the worker's own errors (`None` for those that mirror Codex, which carry none):
-    /// its stable `reason` word, whether sending the same request again may succeed, and what the
-    /// kind adds to it.
-    fn row(&self) -> (i32, &'static str, Option<(&'static str, bool, Detail<'_>)>) {
+    /// its stable `reason` word, whether sending the same request again may succeed, whether the
+    /// request may have reached Codex (cluster mode releases the idempotency key of one that
+    /// never did, [`not_run`]), and what the kind adds to it.
+    fn row(&self) -> (i32, &'static str, Option<Data<'_>>) {
         use Detail::{Number, Text};
+        use Reached::{Maybe, Never};
         use WorkerError::*;
         match self {
             NotInitialized => (-32600, "Not initialized", None),
             SessionRequired => (
                 -32600,
                 "sessionId required",
-                Some(("session_required", false, Detail::None)),
+                Some(("session_required", false, Never, Detail::None)),
             ),
             ThreadNotOwned => (
                 -32600,
                 "thread not owned by session",
-                Some(("thread_not_owned", false, Detail::None)),
+                Some(("thread_not_owned", false, Never, Detail::None)),
             ),
             ThreadNotFound => (
                 -32600,
                 "no such thread",
-                Some(("thread_not_found", false, Detail::None)),
+                Some(("thread_not_found", false, Never, Detail::None)),
             ),
             MethodNotAllowed(method) => (
                 -32601,
                 "Method not allowed by codex-worker",
-                Some(("method_not_allowed", false, Detail::NotAllowed(method))),
+                Some((
+                    "method_not_allowed",
+                    false,
+                    Never,
+                    Detail::NotAllowed(method),
+                )),
             ),
             NotPermitted(detail) => (
                 -32056,
                 "Not permitted by codex-worker policy",
-                Some(("not_permitted", false, Text(detail))),
+                Some(("not_permitted", false, Never, Text(detail))),
             ),
             ChildExited(generation) => (
                 -32050,
                 "codex app-server exited",
-                Some(("child_exited", true, Number("generation", *generation))),
+                Some((
+                    "child_exited",
+                    true,
+                    Maybe,
+                    Number("generation", *generation),
+                )),
             ),
             RequestTimeout(secs) => (
                 -32051,
                 "Request timed out",
-                Some(("request_timeout", true, Number("timeoutSec", *secs))),
+                Some(("request_timeout", true, Maybe, Number("timeoutSec", *secs))),
             ),
             ThreadLost(detail) => (
                 -32052,
                 "Thread lost",
-                Some(("thread_lost", false, Text(detail))),
+                Some(("thread_lost", false, Maybe, Text(detail))),
             ),
             Draining => (
                 -32053,
                 "Worker draining",
-                Some(("worker_draining", true, Detail::None)),
+                Some(("worker_draining", true, Never, Detail::None)),
             ),
             ChildUnavailable(detail) => (
                 -32054,
                 "codex app-server unavailable",
-                Some(("child_unavailable", false, Text(detail))),
+                Some(("child_unavailable", false, Maybe, Text(detail))),
             ),
             ChildrenBusy(max) => (
                 -32055,
                 "All codex app-server children are busy",
-                Some(("children_busy", true, Number("maxChildren", *max as u64))),
+                Some((
+                    "children_busy",
+                    true,
+                    Never,
+                    Number("maxChildren", *max as u64),
+                )),
             ),
             ThreadLeased {
                 holder,
@@ -185,13 +202,14 @@ impl WorkerError {
                 Some((
                     "thread_leased",
                     true,
+                    Never,
                     Detail::Holder(holder, Some(*retry_after_ms)),
                 )),
             ),
             StoreUnavailable(detail) => (
                 -32058,
                 "Shared store unavailable",
-                Some(("store_unavailable", true, Text(detail))),
+                Some(("store_unavailable", true, Never, Text(detail))),
             ),
             IdempotencyInProgress(holder) => (
                 -32059,
@@ -199,31 +217,88 @@ impl WorkerError {
                 Some((
                     "idempotency_in_progress",
                     true,
+                    Maybe,
                     Detail::Holder(holder, None),
                 )),
             ),
             IdempotencyOutcomeUnknown => (
                 -32059,
                 "The request with this idempotency key may have run; its outcome is unknown",
-                Some(("idempotency_outcome_unknown", false, Detail::None)),
+                Some(("idempotency_outcome_unknown", false, Maybe, Detail::None)),
             ),
             InvalidIdempotencyKey => (
                 -32602,
                 "Invalid params: idempotencyKey must be a string of 1 to 256 bytes",
-                Some(("invalid_idempotency_key", false, Detail::None)),
+                Some(("invalid_idempotency_key", false, Maybe, Detail::None)),
             ),
             ThreadReloading => (
                 -32060,
                 "Thread changed on another node; codex app-server must reload it",
-                Some(("thread_reloading", true, Detail::None)),
+                Some(("thread_reloading", true, Never, Detail::None)),
             ),
             IdempotentReplyTooLarge => (
                 -32059,
                 "The request with this idempotency key ran; its reply was too large to keep",
-                Some(("idempotent_reply_too_large", false, Detail::None)),
+                Some(("idempotent_reply_too_large", false, Maybe, Detail::None)),
             ),
         }
     }
+}
+
+/// The `data` of a worker's own error, as [`WorkerError::row`] gives it: `reason`, `retryable`,
+/// whether the request may have reached Codex, and what the kind adds.
+type Data<'a> = (&'static str, bool, Reached, Detail<'a>);
+
+/// Whether a request the worker answered with an error may have reached Codex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reached {
+    /// Refused before it reached Codex: it did not run.
+    Never,
+    /// It may have run (a timeout, a child that died with it in flight), or the answer is not
+    /// about running it at all: its idempotency key stays.
+    Maybe,
+}
+
+impl WorkerError {
+    /// One error of every kind (`docs_codex_worker_md_has_every_row` and the wire-form tests
+    /// check that it lists every kind), to look a `reason` word up by.
+    fn every_kind() -> [Self; 19] {
+        use WorkerError::*;
+        [
+            NotInitialized,
+            SessionRequired,
+            ThreadNotOwned,
+            ThreadNotFound,
+            MethodNotAllowed(String::new()),
+            NotPermitted(String::new()),
+            ChildExited(0),
+            RequestTimeout(0),
+            ThreadLost(String::new()),
+            Draining,
+            ChildUnavailable(String::new()),
+            ChildrenBusy(0),
+            ThreadLeased {
+                holder: String::new(),
+                retry_after_ms: 0,
+            },
+            StoreUnavailable(String::new()),
+            IdempotencyInProgress(String::new()),
+            IdempotencyOutcomeUnknown,
+            IdempotentReplyTooLarge,
+            InvalidIdempotencyKey,
+            ThreadReloading,
+        ]
+    }
+}
+
+/// Whether an error reply with `reason` (its `data.reason`) says the worker refused the request
+/// before it reached Codex: it did not run, so its idempotency key is released for the retry.
+pub fn not_run(reason: &str) -> bool {
+    WorkerError::every_kind().iter().any(|kind| {
+        kind.row()
+            .2
+            .is_some_and(|(word, _, reached, _)| word == reason && reached == Reached::Never)
+    })
 }
 
 /// What one kind adds to its `data`, after `reason` and `retryable`.
@@ -391,11 +466,40 @@ mod tests {
         let kinds = every_kind();
         let mut reasons: Vec<_> = kinds
             .iter()
-            .filter_map(|(error, _)| error.row().2.map(|(reason, _, _)| reason))
+            .filter_map(|(error, _)| error.row().2.map(|(reason, _, _, _)| reason))
             .collect();
         reasons.sort_unstable();
         reasons.dedup();
         assert_eq!(reasons.len(), kinds.len() - 1, "{reasons:?}");
+    }
+
+    #[test]
+    fn reasons_are_looked_up_among_every_kind() {
+        use std::collections::HashSet;
+        use std::mem::discriminant;
+        let listed: HashSet<_> = every_kind()
+            .iter()
+            .map(|(error, _)| discriminant(error))
+            .collect();
+        let looked_up: HashSet<_> = WorkerError::every_kind().iter().map(discriminant).collect();
+        assert_eq!(looked_up, listed);
+        assert_eq!(WorkerError::every_kind().len(), listed.len());
+        for reason in [
+            "worker_draining",
+            "children_busy",
+            "thread_leased",
+            "thread_not_found",
+        ] {
+            assert!(not_run(reason), "{reason}");
+        }
+        for reason in [
+            "request_timeout",
+            "child_exited",
+            "idempotency_in_progress",
+            "nope",
+        ] {
+            assert!(!not_run(reason), "{reason}");
+        }
     }
 
     /// docs/codex-worker.md's table of the worker's own errors says exactly what the code sends.
@@ -407,7 +511,7 @@ mod tests {
         for (error, _) in every_kind() {
             let (code, message, data) = error.row();
             let found = match data {
-                Some((reason, retryable, _)) => {
+                Some((reason, retryable, _, _)) => {
                     let prefix = format!("| {code} | {message} | `{reason}` | {retryable} |");
                     rows.iter().any(|row| row.starts_with(&prefix))
                 }

@@ -189,16 +189,12 @@ fn newest(
     records: Vec<(SessionKey, Option<ClientHandshake>)>,
     keep: usize,
 ) -> Vec<(SessionKey, ClientHandshake)> {
-    let mut seen = HashSet::new();
-    let mut kept: Vec<(SessionKey, ClientHandshake)> = records
-        .into_iter()
-        .rev()
-        .filter(|(session, _)| seen.insert(session.clone()))
-        .filter_map(|(session, handshake)| handshake.map(|handshake| (session, handshake)))
-        .take(keep)
-        .collect();
-    kept.reverse();
-    kept
+    jsonl_log::newest_by(
+        records,
+        keep,
+        |(session, _)| session.clone(),
+        |(session, handshake)| handshake.map(|handshake| (session, handshake)),
+    )
 }
 
 /// The handshakes the bridge can initialize sessions from, bounded like the log: past `keep`

@@ -4,7 +4,9 @@
 //! whole with the records a caller keeps when it has grown past its bound. What a record holds,
 //! and which records are kept, is the caller's.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
+use std::hash::Hash;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -24,6 +26,27 @@ pub struct Contents<R> {
     pub lines: usize,
     /// Whether the file ends inside a line (a write torn by a crash).
     pub torn: bool,
+}
+
+/// What a log keeps of `records` (in file order): the last record of each key, as `live` makes
+/// it, for the newest `keep` keys, oldest first. A key whose last record `live` refuses (a
+/// forgotten entry) has none and does not count toward `keep`.
+pub fn newest_by<R, K: Eq + Hash, T>(
+    records: Vec<R>,
+    keep: usize,
+    mut key: impl FnMut(&R) -> K,
+    live: impl FnMut(R) -> Option<T>,
+) -> Vec<T> {
+    let mut seen = HashSet::new();
+    let mut kept: Vec<T> = records
+        .into_iter()
+        .rev()
+        .filter(|record| seen.insert(key(record)))
+        .filter_map(live)
+        .take(keep)
+        .collect();
+    kept.reverse();
+    kept
 }
 
 /// Reads the log at `path` (none yet: empty); an unreadable line is skipped with a warning.

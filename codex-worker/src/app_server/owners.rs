@@ -7,7 +7,6 @@
 //! table keeps, it is rewritten with the newest ones only. It is created 0600: a thread id is
 //! the capability to resume the thread.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
@@ -106,15 +105,7 @@ impl OwnerLog {
 
 /// The last record of each of the newest `keep` threads, oldest first.
 fn newest(records: Vec<Owned>, keep: usize) -> Vec<Owned> {
-    let mut seen = HashSet::new();
-    let mut kept: Vec<Owned> = records
-        .into_iter()
-        .rev()
-        .filter(|owned| seen.insert(owned.thread.clone()))
-        .take(keep)
-        .collect();
-    kept.reverse();
-    kept
+    jsonl_log::newest_by(records, keep, |owned| owned.thread.clone(), Some)
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use codex_bus_worker_io::message::{self, Message};
 
 use crate::app_server::outbound::BusLine;
 use crate::app_server::sessions::SessionKey;
+use crate::app_server::wire;
 
 /// Lines held per session, and the publishes each session waits for.
 #[derive(Debug, Default)]
@@ -30,38 +30,28 @@ struct Held {
 }
 
 /// Whether `line` is a `turn/completed` of one of `threads`; returns that thread.
-fn completes<'t>(line: &[u8], threads: &'t [(String, u64)]) -> Option<&'t str> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Params<'a> {
-        #[serde(borrow)]
-        thread_id: Option<&'a RawValue>,
-    }
-    #[derive(Deserialize)]
-    struct Notification<'a> {
-        method: Option<&'a str>,
-        #[serde(borrow)]
-        params: Option<Params<'a>>,
-    }
+fn completes<'t>(line: &[u8], threads: &'t [String]) -> Option<&'t str> {
     // Cheap test first: this runs on every line of a batch in which a turn ended.
     if !contains(line, b"\"turn/completed\"") {
         return None;
     }
-    let note: Notification<'_> = serde_json::from_slice(line).ok()?;
-    if note.method != Some("turn/completed") {
+    let Message::Call(call) = message::classify(line) else {
+        return None;
+    };
+    if call.name != "turn/completed" {
         return None;
     }
-    let thread: String = serde_json::from_str(note.params?.thread_id?.get()).ok()?;
+    let thread = wire::params_refs(call.params).thread_id?;
     threads
         .iter()
-        .find(|(published, _)| *published == thread)
-        .map(|(thread, _)| thread.as_str())
+        .find(|published| **published == *thread)
+        .map(String::as_str)
 }
 
 /// Rewrites the `turn/completed` lines of `thread` among `lines` into failed turns with `why`:
 /// the turn ran, but is not in the thread's shared history.
 pub fn fail_turns<'a>(lines: impl Iterator<Item = &'a mut BusLine>, thread: &str, why: &str) {
-    let threads = [(thread.to_owned(), 0)];
+    let threads = [thread.to_owned()];
     for line in lines {
         if completes(&line.line, &threads).is_none() {
             continue;
@@ -94,10 +84,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 impl Hold {
-    /// Takes out of `bus` what must wait: the `turn/completed` of the `publishing` threads
-    /// (thread, epoch) and every later line of its session, and every line of a session that
-    /// already waits.
-    pub fn hold(&mut self, bus: &mut Vec<BusLine>, publishing: &[(String, u64)]) {
+    /// Takes out of `bus` what must wait: the `turn/completed` of the `publishing` threads and
+    /// every later line of its session, and every line of a session that already waits.
+    pub fn hold(&mut self, bus: &mut Vec<BusLine>, publishing: &[String]) {
         if self.sessions.is_empty() && publishing.is_empty() {
             return;
         }
@@ -187,7 +176,8 @@ mod tests {
             .collect()
     }
 
-    const DONE_T1: &str = r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{}}}"#;
+    const DONE_T1: &str =
+        r#"{"method":"turn/completed","params":{"threadId":"t1","turn":{"id":"u1"}}}"#;
 
     #[test]
     fn turn_completed_and_what_follows_wait_for_the_publish_other_sessions_do_not() {
@@ -198,7 +188,7 @@ mod tests {
             line("b", "b1"),
             line("a", "after"),
         ];
-        hold.hold(&mut bus, &[("t1".to_owned(), 3)]);
+        hold.hold(&mut bus, &["t1".to_owned()]);
         assert_eq!(texts(&bus), ["delta", "b1"]);
         // A later batch for the held session waits too.
         let mut later = vec![line("a", "later"), line("b", "b2")];
@@ -215,7 +205,7 @@ mod tests {
     fn a_turn_whose_publish_was_fenced_out_is_reported_failed() {
         let mut hold = Hold::default();
         let mut bus = vec![line("a", DONE_T1)];
-        hold.hold(&mut bus, &[("t1".to_owned(), 3)]);
+        hold.hold(&mut bus, &["t1".to_owned()]);
         let mut released = Vec::new();
         hold.release("t1", Some("lease lost"), &mut released);
         let note: serde_json::Value = serde_json::from_slice(&released[0].line).unwrap();
@@ -228,7 +218,7 @@ mod tests {
     fn a_turn_completed_of_a_thread_not_being_published_passes() {
         let mut hold = Hold::default();
         let mut bus = vec![line("a", DONE_T1)];
-        hold.hold(&mut bus, &[("t2".to_owned(), 1)]);
+        hold.hold(&mut bus, &["t2".to_owned()]);
         assert_eq!(texts(&bus), [DONE_T1]);
         let mut all = Vec::new();
         hold.release_all(&mut all);

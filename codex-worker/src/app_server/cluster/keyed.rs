@@ -46,11 +46,15 @@ impl Waiter {
 
     /// Its reply, from a stored outcome.
     pub fn replay(&self, outcome: &Finished) -> BusLine {
-        let line = match outcome {
-            Finished::Reply(outcome) => keys::replay(&self.id, outcome, &self.token),
-            Finished::TooLarge => self.error_line(&WorkerError::IdempotentReplyTooLarge),
-        };
-        self.bus_line(line)
+        match outcome {
+            Finished::Reply(outcome) => self.reply(outcome),
+            Finished::TooLarge => self.error(&WorkerError::IdempotentReplyTooLarge),
+        }
+    }
+
+    /// Its reply, from the first request's outcome (`{"result":…}` or `{"error":…}`).
+    pub fn reply(&self, outcome: &str) -> BusLine {
+        self.bus_line(keys::replay(&self.id, outcome, &self.token))
     }
 
     /// Its error reply.
@@ -111,6 +115,7 @@ impl Keyed {
     }
 
     /// Whether a request with `key` runs here.
+    #[cfg(test)]
     pub fn runs(&self, key: &Key) -> bool {
         self.running.contains_key(key)
     }

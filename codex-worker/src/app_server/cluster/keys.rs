@@ -11,6 +11,8 @@ use serde_json::value::RawValue;
 
 use codex_bus_worker_io::render;
 
+use crate::app_server::errors;
+
 /// Longest key kept; a longer one is not a key (the request runs unkeyed).
 pub const MAX_KEY: usize = 256;
 
@@ -42,6 +44,10 @@ struct Params {
 /// [`MAX_KEY`] bytes, or on a method or thread id longer than `MAX_SCOPE`: the client asked for
 /// protection it would not get, so the request is refused rather than run unkeyed.
 pub fn key_of(line: &[u8], method: &str) -> Result<Option<String>, ()> {
+    // A session's handshake is its own: a replay would answer it without initializing it.
+    if method == "initialize" {
+        return Ok(None);
+    }
     let Ok(request) = serde_json::from_slice::<KeyedRequest<'_>>(line) else {
         return Ok(None);
     };
@@ -50,10 +56,6 @@ pub fn key_of(line: &[u8], method: &str) -> Result<Option<String>, ()> {
         .params
         .and_then(|params| serde_json::from_str(params.get()).ok())
         .unwrap_or_default();
-    // A session's handshake is its own: a replay would answer it without initializing it.
-    if method == "initialize" {
-        return Ok(None);
-    }
     let thread = params.thread_id.unwrap_or_default();
     let scoped = method.len() <= MAX_SCOPE && thread.len() <= MAX_SCOPE;
     let key = match request.idempotency_key {
@@ -105,23 +107,9 @@ pub fn outcome_of(line: &[u8]) -> Option<(Vec<u8>, String, bool)> {
     }
 }
 
-/// The error reasons that mean the request was refused before it reached Codex: it did not
-/// run, so its key is released for the retry. A timeout or a child that died with the request
-/// in flight are not among them: the request may have run.
-const NOT_RUN: &[&str] = &[
-    "worker_draining",
-    "children_busy",
-    "thread_leased",
-    "store_unavailable",
-    "thread_reloading",
-    "session_required",
-    "method_not_allowed",
-    "not_permitted",
-    "thread_not_found",
-    "thread_not_owned",
-];
-
-/// Whether an error `outcome` says the request never reached Codex (see [`NOT_RUN`]).
+/// Whether an error `outcome` says the request never reached Codex ([`errors::not_run`]): it did
+/// not run, so its key is released for the retry. A timeout or a child that died with the request
+/// in flight do not say so: the request may have run.
 pub fn not_run(outcome: &str) -> bool {
     #[derive(Deserialize)]
     struct Outcome {
@@ -138,7 +126,7 @@ pub fn not_run(outcome: &str) -> bool {
     serde_json::from_str::<Outcome>(outcome)
         .ok()
         .and_then(|outcome| outcome.error?.data?.reason)
-        .is_some_and(|reason| NOT_RUN.contains(&reason.as_str()))
+        .is_some_and(|reason| errors::not_run(&reason))
 }
 
 /// The reply line to request `id` of the session whose token is `session`, from a stored

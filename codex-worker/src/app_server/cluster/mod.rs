@@ -20,6 +20,8 @@ mod keys;
 mod leases;
 mod rollouts;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -86,8 +88,11 @@ pub struct ClusterConfig {
 #[derive(Debug)]
 struct Head {
     line: Vec<u8>,
-    /// The idempotency record this request began, once it has.
-    begun: Option<Key>,
+    /// The idempotency key this request began: set when it asked the store for the key's record
+    /// (the retries arriving meanwhile attach to it), kept once the store said it is this
+    /// request's to run. Only this request may end the key's waiters or release its record; a
+    /// retry that has not been admitted yet has none, even when its key runs here.
+    key: Option<Key>,
 }
 
 /// What cluster mode keeps between events.
@@ -177,14 +182,14 @@ impl Cluster {
                     self.blocked_bytes += line.len();
                     queue.push_back(Head {
                         line: line.to_vec(),
-                        begun: None,
+                        key: None,
                     });
                 }
             }
             Some(session) => {
                 let head = Head {
                     line: line.to_vec(),
-                    begun: None,
+                    key: None,
                 };
                 if let Some(head) = self.admit(&session, head, now, manager, fx) {
                     self.blocked_bytes += head.line.len();
@@ -375,17 +380,13 @@ impl Cluster {
         self.blocked_bytes = 0;
         for (session, queue) in std::mem::take(&mut self.blocked) {
             for head in queue {
-                if let Message::Call(call) = message::classify(&head.line) {
-                    let scope = Scope::of(&session, call.tenant);
-                    if let Ok(Some(key)) = keys::key_of(&head.line, &call.name) {
-                        let key: Key = (owner_name(&scope), key);
-                        if self.keyed.runs(&key) {
-                            for waiter in self.keyed.end(&key) {
-                                fx.bus.push(waiter.error(&WorkerError::Draining));
-                            }
-                            abandon.push(key);
-                        }
+                // Only a key this request began is its to release: a queued retry's key may be
+                // its first attempt's, running in Codex.
+                if let Some(key) = head.key {
+                    for waiter in self.keyed.end(&key) {
+                        fx.bus.push(waiter.error(&WorkerError::Draining));
                     }
+                    abandon.push(key);
                 }
                 reply_error(&session, &head.line, &WorkerError::Draining, fx);
             }
@@ -434,7 +435,7 @@ impl Cluster {
         }
         let scope = Scope::of(session, call.tenant);
         let owner = owner_name(&scope);
-        if head.begun.is_none() {
+        if head.key.is_none() {
             let key = match keys::key_of(&head.line, &call.name) {
                 Ok(key) => key,
                 Err(()) => {
@@ -460,10 +461,13 @@ impl Cluster {
                 self.keyed.begin(key.clone());
                 self.tasks.spawn(Op::Begin {
                     session: session.clone(),
-                    owner: key.0,
-                    key: key.1,
+                    owner: key.0.clone(),
+                    key: key.1.clone(),
                 });
-                return Some(head);
+                return Some(Head {
+                    key: Some(key),
+                    ..head
+                });
             }
         }
         let refs = wire::params_refs(call.params);
@@ -549,31 +553,23 @@ impl Cluster {
     fn begun(
         &mut self,
         session: &SessionKey,
-        mut head: Head,
+        head: Head,
         result: Result<Begin, StoreError>,
         fx: &mut Effects,
     ) -> Option<Head> {
         let Message::Call(call) = message::classify(&head.line) else {
             return None;
         };
-        let scope = Scope::of(session, call.tenant);
-        let key: Key = (
-            owner_name(&scope),
-            keys::key_of(&head.line, &call.name).ok()??,
-        );
+        let key = head.key.clone()?;
         let error = match result {
-            Ok(Begin::New) => {
-                head.begun = Some(key);
-                return Some(head);
-            }
+            Ok(Begin::New) => return Some(head),
             // Began in this life of this worker, and not running here (it would have been
             // attached to): an earlier call committed the record but failed to say so, and the
             // request never ran. It is this worker's to run.
             Ok(Begin::Running { holder, age })
                 if holder == self.config.holder && age < self.started.elapsed() =>
             {
-                head.begun = Some(key);
-                return Some(head);
+                return Some(head)
             }
             Ok(Begin::Done(outcome)) => {
                 if let Some(first) = Waiter::of(session, &call) {
@@ -679,7 +675,7 @@ impl Cluster {
     /// Answers `head` with `error`: the request did not run, so its idempotency key (if it began
     /// one) is released, and the retries that attached to it get the same answer.
     fn refuse(&mut self, session: &SessionKey, head: Head, error: &WorkerError, fx: &mut Effects) {
-        if let Some(key) = head.begun {
+        if let Some(key) = head.key {
             // Retries that attached to it get the same refusal: nothing ran.
             for waiter in self.keyed.end(&key) {
                 fx.bus.push(waiter.error(error));
@@ -701,7 +697,7 @@ impl Cluster {
         manager: &mut Manager,
         fx: &mut Effects,
     ) {
-        if let Some(key) = head.begun {
+        if let Some(key) = head.key {
             if let Message::Call(call) = message::classify(&head.line) {
                 if let Some(id) = call.id {
                     self.keyed
@@ -742,7 +738,7 @@ impl Cluster {
                 continue;
             }
             if let Some((epoch, home)) = self.leases.publishable(&thread, now) {
-                publishing.push((thread.clone(), epoch));
+                publishing.push(thread.clone());
                 self.tasks.spawn(Op::Publish {
                     thread,
                     epoch,
@@ -766,24 +762,20 @@ impl Cluster {
             let Some(key) = self.keyed.replied(session, id) else {
                 continue;
             };
-            let outcome = Finished::Reply(outcome);
             for waiter in self.keyed.end(&key) {
-                copies.push(waiter.replay(&outcome));
+                copies.push(waiter.reply(&outcome));
             }
-            let Finished::Reply(text) = outcome else {
-                continue;
-            };
-            if is_error && keys::not_run(&text) {
+            if is_error && keys::not_run(&outcome) {
                 self.tasks.spawn(Op::Abandon {
                     owner: key.0,
                     key: key.1,
                 });
                 continue;
             }
-            let stored = if text.len() > self.config.max_reply {
+            let stored = if outcome.len() > self.config.max_reply {
                 Finished::TooLarge
             } else {
-                Finished::Reply(text)
+                Finished::Reply(outcome)
             };
             if let Some((owner, dropped)) = self.keyed.finish(key.clone(), stored.clone()) {
                 log::line(format_args!(

@@ -4,6 +4,7 @@
 use std::fs;
 use std::io;
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -294,18 +295,9 @@ impl Lane {
         if owned.is_empty() {
             return;
         }
-        if self.owners.is_none() {
-            let opened = fs::create_dir_all(&self.dir.root)
-                .and_then(|()| OwnerLog::open(&self.dir.owner_log(), usize::MAX));
-            match opened {
-                Ok((owners, _)) => self.owners = Some(owners),
-                Err(err) => log::line(format_args!(
-                    "cannot open {}: {err}",
-                    self.dir.owner_log().display()
-                )),
-            }
-        }
-        if let Some(owners) = &mut self.owners {
+        let path = self.dir.owner_log();
+        let open = |path: &Path| OwnerLog::open(path, usize::MAX).map(|(log, _)| log);
+        if let Some(owners) = open_once(&mut self.owners, &self.dir.root, &path, open) {
             for (thread, scope, session) in owned {
                 owners.append(thread, scope, session);
             }
@@ -318,21 +310,30 @@ impl Lane {
         if handshakes.is_empty() {
             return;
         }
-        if self.handshakes.is_none() {
-            let opened = fs::create_dir_all(&self.dir.root)
-                .and_then(|()| HandshakeLog::open(&self.dir.handshake_log(), self.keep));
-            match opened {
-                Ok((log, _)) => self.handshakes = Some(log),
-                Err(err) => log::line(format_args!(
-                    "cannot open {}: {err}",
-                    self.dir.handshake_log().display()
-                )),
-            }
-        }
-        if let Some(log) = &mut self.handshakes {
+        let path = self.dir.handshake_log();
+        let keep = self.keep;
+        let open = |path: &Path| HandshakeLog::open(path, keep).map(|(log, _)| log);
+        if let Some(log) = open_once(&mut self.handshakes, &self.dir.root, &path, open) {
             for (session, handshake) in handshakes {
                 log.append(session, handshake.as_ref());
             }
         }
     }
+}
+
+/// The log in `slot`, opened at `path` (creating `root`, its directory) when it is not yet;
+/// `None` when it cannot be (logged; the next record tries again).
+fn open_once<'a, L>(
+    slot: &'a mut Option<L>,
+    root: &Path,
+    path: &Path,
+    open: impl FnOnce(&Path) -> io::Result<L>,
+) -> Option<&'a mut L> {
+    if slot.is_none() {
+        match fs::create_dir_all(root).and_then(|()| open(path)) {
+            Ok(log) => *slot = Some(log),
+            Err(err) => log::line(format_args!("cannot open {}: {err}", path.display())),
+        }
+    }
+    slot.as_mut()
 }

@@ -228,20 +228,22 @@ impl Manager {
 
     /// The lane of `key`, restored from its owner log.
     fn open_lane(&self, key: &LaneKey, now: Instant) -> io::Result<Lane> {
-        let (dir, label) = match key {
-            None => (self.slot.clone(), "codex app-server".to_owned()),
-            Some(Scope::Session(session)) => {
-                let dir = self.slot.session(session);
-                let label = format!("codex app-server of session {:.12}", dir.name());
-                (dir, label)
-            }
-            Some(Scope::Tenant(tenant)) => {
-                let dir = self.slot.tenant(tenant);
-                let label = format!("codex app-server of tenant {tenant}");
-                (dir, label)
-            }
+        let dir = self.lane_dir(key);
+        let label = match key {
+            None => "codex app-server".to_owned(),
+            Some(Scope::Session(_)) => format!("codex app-server of session {:.12}", dir.name()),
+            Some(Scope::Tenant(tenant)) => format!("codex app-server of tenant {tenant}"),
         };
         Lane::open(dir, label, &self.config, self.approval_ids.clone(), now)
+    }
+
+    /// The directory of the lane of `key`: the slot's own for the shared child, or the scope's.
+    fn lane_dir(&self, key: &LaneKey) -> SlotDir {
+        match key {
+            None => self.slot.clone(),
+            Some(Scope::Session(session)) => self.slot.session(session),
+            Some(Scope::Tenant(tenant)) => self.slot.tenant(tenant),
+        }
     }
 
     /// The lane that serves `scope`: the shared child's, or the scope's own.
@@ -255,11 +257,7 @@ impl Manager {
     /// The `CODEX_HOME` whose rollouts hold `scope`'s threads (cluster mode imports and
     /// publishes them there).
     pub fn codex_home(&self, scope: &Scope) -> std::path::PathBuf {
-        match self.lane_key(scope) {
-            None => self.slot.codex_home(),
-            Some(Scope::Session(session)) => self.slot.session(&session).codex_home(),
-            Some(Scope::Tenant(tenant)) => self.slot.tenant(&tenant).codex_home(),
-        }
+        self.lane_dir(&self.lane_key(scope)).codex_home()
     }
 
     /// Takes on `thread` of `scope`, whose rollout cluster mode just brought into the scope's
