@@ -767,9 +767,14 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
         answered.clone(),
     );
     let_run(&answered, 100);
+    // Both codex slots ready (their first workers past ready_grace_ms) before the watcher looks.
+    for slot in 0..2 {
+        wait_state(&daemon.admin, ("codex", slot), "ready", &mut || None);
+    }
     let watching = Arc::new(AtomicBool::new(true));
     let watcher = {
         let daemon_pid = daemon.bus.pid();
+        let admin = daemon.admin.clone();
         let watching = watching.clone();
         let old_pids = old_pids.clone();
         std::thread::spawn(move || {
@@ -777,9 +782,19 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
             // an old codex worker nor the other pool's), then which old workers still run (not
             // zombies), checked after the listing so that a sample never counts an old worker
             // alive that had already gone when the replacements were listed.
-            let mut timeline: Vec<(Duration, Vec<u32>, Vec<u32>)> = Vec::new();
+            // Beside each sample, the codex slots `/status` shows handing over (not `ready`:
+            // replacing, or its replacement starting until it is ready).
+            type Sample = (Duration, Vec<u32>, Vec<u32>);
+            let mut timeline: Vec<Sample> = Vec::new();
+            let mut handing: Vec<(Duration, Vec<(u64, String)>)> = Vec::new();
             let start = Instant::now();
             while watching.load(Ordering::SeqCst) {
+                let states: Vec<(u64, String)> = slot_states(&admin)
+                    .into_iter()
+                    .filter(|(pool, _, state, _)| pool == "codex" && state != "ready")
+                    .map(|(_, slot, state, _)| (slot, state))
+                    .collect();
+                handing.push((start.elapsed(), states));
                 let new: Vec<u32> = codex_bus_tests::children_of(daemon_pid)
                     .into_iter()
                     .filter(|p| !old_pids.contains(p) && *p != keep)
@@ -793,13 +808,23 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
                 timeline.push((start.elapsed(), new, running));
                 std::thread::sleep(Duration::from_millis(5));
             }
-            timeline
+            (timeline, handing)
         })
     };
     let run = restart_cli(&daemon.admin, "codex");
     watching.store(false, Ordering::SeqCst);
     assert!(run.succeeded(), "{run:?}");
-    let timeline = watcher.join().unwrap();
+    let (timeline, handing) = watcher.join().unwrap();
+    // At most one slot hands over at a time, as `/status` shows them; and a handover was seen.
+    let together: Vec<_> = handing.iter().filter(|(_, s)| s.len() > 1).collect();
+    assert!(
+        together.is_empty(),
+        "two codex slots handing over at once: {together:?}"
+    );
+    assert!(
+        handing.iter().any(|(_, s)| s.len() == 1),
+        "no slot was ever seen handing over: {handing:?}"
+    );
     let (_, first_new, running) = timeline
         .iter()
         .find(|(_, new, _)| !new.is_empty())
