@@ -310,6 +310,40 @@ fn cgroup_config(dir: &Path) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// This process's own cgroup v2 directory when it offers the memory and cpu controllers and it,
+/// its `cgroup.procs` and its `cgroup.subtree_control` are writable: the rule the daemon's
+/// `probe` (process/src/cgroup.rs) applies to its own cgroup, which it inherits from this one.
+fn own_delegated_cgroup() -> Option<std::path::PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let unescape = |f: &str| {
+        f.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\")
+    };
+    let (root, point) = mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        if after.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        let fields: Vec<&str> = before.split(' ').collect();
+        Some((unescape(fields.get(3)?), unescape(fields.get(4)?)))
+    })?;
+    let relative = Path::new(&path).strip_prefix(&root).ok()?;
+    let dir = Path::new(&point).join(relative);
+    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
+    let offered: Vec<&str> = controllers.split_whitespace().collect();
+    if !(offered.contains(&"memory") && offered.contains(&"cpu")) {
+        return None;
+    }
+    for file in ["", "cgroup.procs", "cgroup.subtree_control"] {
+        nix::unistd::access(&dir.join(file), nix::unistd::AccessFlags::W_OK).ok()?;
+    }
+    Some(dir)
+}
+
 #[test]
 fn cgroup_limits_are_refused_where_no_delegated_cgroup_v2_offers_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -318,16 +352,17 @@ fn cgroup_limits_are_refused_where_no_delegated_cgroup_v2_offers_them() {
     let remedy = "): remove the field or run the daemon in a delegated cgroup v2 (systemd Delegate=memory cpu; see docs/operations.md, \"cgroup v2 limits\")";
 
     let (status, _, check) = codex_bus_tests::run_bus(&["check", "--config", &config]);
-    if status.success() {
+    // Decided by the daemon's own rule (process/src/cgroup.rs `probe`), not by the status: the
+    // daemon, a child of this process, starts in this process's cgroup.
+    if let Some(dir) = own_delegated_cgroup() {
         // Only a cgroup v2 offering memory and cpu may accept the field; what it does with it is
         // the cgroup2 tier's test.
-        let controllers =
-            std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
         assert!(
-            controllers.contains("memory") && controllers.contains("cpu"),
-            "accepted without cgroup v2 memory and cpu: {controllers:?}"
+            status.success(),
+            "{} is delegated with memory and cpu, yet `check` refused `cgroup`: {check}",
+            dir.display()
         );
-        codex_bus_tests::say("privileges: this host has a delegated cgroup v2 with memory and cpu, so `check` accepts `cgroup` (no refusal to test; the cgroup2 tier applies the limits)");
+        codex_bus_tests::say(&format!("privileges: this process's cgroup {} is delegated with memory and cpu, so `check` accepts `cgroup` (no refusal to test; the cgroup2 tier applies the limits)", dir.display()));
         return;
     }
     assert_eq!(status.code(), Some(EX_CONFIG), "{check}");

@@ -494,6 +494,7 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
 
     // Every reply: a served ping of pool codex with the right version, or a retryable error.
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut refused = Vec::new();
     let mut wrong_version = Vec::new();
     for record in &records {
         match &record.answer {
@@ -513,6 +514,7 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
             Answer::Refused { reason, retryable } => {
                 assert!(retryable, "an error that is not retryable: {record:?}");
                 *errors.entry(reason.clone()).or_default() += 1;
+                refused.push(record);
             }
         }
     }
@@ -575,6 +577,22 @@ fn reloads_under_load_lose_no_request_and_move_only_sessions_of_removed_slots() 
         in_windows.len(),
         quantile(&mut in_windows, 0.99),
         quantile(&mut in_windows, 1.0)
+    );
+    // The load ran through the reloads (else nothing above was tested under them), and none of
+    // its requests was refused: the reloads hand sessions over without a single error (every
+    // run measured so far shows 0).
+    assert!(
+        !in_windows.is_empty(),
+        "no request was sent while a reload ran: {:?}",
+        windows
+            .iter()
+            .map(|w| (w.label, w.took))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        refused.is_empty(),
+        "requests refused during the reloads ({errors:?}), first: {:?}",
+        refused.first()
     );
     for window in &windows {
         let mut latencies: Vec<Duration> = records
@@ -649,11 +667,16 @@ fn an_invalid_config_is_rejected_and_the_old_one_keeps_serving() {
     daemon.bus.wait_workers(2);
 
     // A valid file applies after all that.
+    let applied = reloads(&daemon.admin, Some("applied"));
     daemon.write(&config(vec![mock_pool("codex", "v2", 2, &[])]));
     reload_applied(&daemon.admin, "valid");
     let new = workers_by_slot(&mut conn, "codex", 2, "after");
     assert!(new.values().all(|w| w.tag == "v2"), "{new:?}");
-    assert!(reloads(&daemon.admin, Some("applied")) >= 1.0);
+    assert_eq!(
+        reloads(&daemon.admin, Some("applied")),
+        applied + 1.0,
+        "the valid file counted once as applied"
+    );
 }
 
 /// A token rotated in `auth.tokens_file` takes effect on reload: a new connection with the old
@@ -744,37 +767,99 @@ fn restart_rolls_one_pool_slot_by_slot_and_the_admin_posts_need_the_bearer() {
         answered.clone(),
     );
     let_run(&answered, 100);
+    // Both codex slots ready (their first workers past ready_grace_ms) before the watcher looks.
+    for slot in 0..2 {
+        wait_state(&daemon.admin, ("codex", slot), "ready", &mut || None);
+    }
     let watching = Arc::new(AtomicBool::new(true));
     let watcher = {
         let daemon_pid = daemon.bus.pid();
+        let admin = daemon.admin.clone();
         let watching = watching.clone();
         let old_pids = old_pids.clone();
         std::thread::spawn(move || {
-            // At the first sample showing a replacement: the workers then, and the old ones
-            // still alive (not zombies).
+            // A timeline of samples: the daemon's live children that are replacements (neither
+            // an old codex worker nor the other pool's), then which old workers still run (not
+            // zombies), checked after the listing so that a sample never counts an old worker
+            // alive that had already gone when the replacements were listed.
+            // Beside each sample, the codex slots `/status` shows handing over (not `ready`:
+            // replacing, or its replacement starting until it is ready).
+            type Sample = (Duration, Vec<u32>, Vec<u32>);
+            let mut timeline: Vec<Sample> = Vec::new();
+            let mut handing: Vec<(Duration, Vec<(u64, String)>)> = Vec::new();
+            let start = Instant::now();
             while watching.load(Ordering::SeqCst) {
-                let pids = codex_bus_tests::children_of(daemon_pid);
-                if pids.iter().any(|p| !old_pids.contains(p) && *p != keep) {
-                    let running: Vec<u32> = old_pids
-                        .iter()
-                        .copied()
-                        .filter(|p| codex_bus_tests::alive(*p))
-                        .collect();
-                    return Some((pids, running));
-                }
+                let states: Vec<(u64, String)> = slot_states(&admin)
+                    .into_iter()
+                    .filter(|(pool, _, state, _)| pool == "codex" && state != "ready")
+                    .map(|(_, slot, state, _)| (slot, state))
+                    .collect();
+                handing.push((start.elapsed(), states));
+                let new: Vec<u32> = codex_bus_tests::children_of(daemon_pid)
+                    .into_iter()
+                    .filter(|p| !old_pids.contains(p) && *p != keep)
+                    .filter(|p| codex_bus_tests::alive(*p))
+                    .collect();
+                let running: Vec<u32> = old_pids
+                    .iter()
+                    .copied()
+                    .filter(|p| codex_bus_tests::alive(*p))
+                    .collect();
+                timeline.push((start.elapsed(), new, running));
                 std::thread::sleep(Duration::from_millis(5));
             }
-            None
+            (timeline, handing)
         })
     };
     let run = restart_cli(&daemon.admin, "codex");
     watching.store(false, Ordering::SeqCst);
     assert!(run.succeeded(), "{run:?}");
-    let (first_new, running) = watcher.join().unwrap().expect("a replacement was seen");
+    let (timeline, handing) = watcher.join().unwrap();
+    // At most one slot hands over at a time, as `/status` shows them; and a handover was seen.
+    let together: Vec<_> = handing.iter().filter(|(_, s)| s.len() > 1).collect();
+    assert!(
+        together.is_empty(),
+        "two codex slots handing over at once: {together:?}"
+    );
+    assert!(
+        handing.iter().any(|(_, s)| s.len() == 1),
+        "no slot was ever seen handing over: {handing:?}"
+    );
+    let (_, first_new, running) = timeline
+        .iter()
+        .find(|(_, new, _)| !new.is_empty())
+        .cloned()
+        .expect("a replacement was seen");
     assert!(
         !running.is_empty(),
         "slot by slot: an old worker still ran when the first replacement appeared \
          (old {old_pids:?}, then {first_new:?})"
+    );
+    // One slot hands over at a time: a second replacement appears only once an old worker has
+    // gone, so at no sample do the replacements outnumber the old workers gone by more than one
+    // (a roll that spawned every replacement first would show 2 new with 2 old still running).
+    let overlapping: Vec<_> = timeline
+        .iter()
+        .filter(|(_, new, running)| new.len() > 1 + (old_pids.len() - running.len()))
+        .collect();
+    assert!(
+        overlapping.is_empty(),
+        "more than one slot handing over at once (old {old_pids:?}): {overlapping:?}"
+    );
+    // And slot 0's old worker is gone before slot 1's replacement is seen.
+    let (old0, old1) = (old[&0].pid as u32, old[&1].pid as u32);
+    let old0_gone = timeline
+        .iter()
+        .position(|(_, _, running)| !running.contains(&old0));
+    let two_new = timeline
+        .iter()
+        .position(|(_, new, _)| new.len() >= 2)
+        .expect("both replacements seen before the restart returned");
+    assert!(
+        old0_gone.is_some_and(|gone| gone <= two_new),
+        "slot 1's replacement appeared while slot 0's old worker {old0} still ran \
+         (slot 1's old {old1}): {:?}",
+        &timeline[..=two_new]
     );
     let_run(&answered, 100);
     stop.store(true, Ordering::SeqCst);
@@ -919,6 +1004,7 @@ fn a_new_pool_that_cannot_start_fails_the_reload_and_the_default_route_follows_t
     let mut broken = mock_pool("broken", "b1", 1, &[]);
     broken["args"] = json!(["--no-such-flag"]);
     base["pools"] = json!([mock_pool("codex", "v1", 1, &[]), broken]);
+    let failed = reloads(&daemon.admin, Some("failed"));
     daemon.write(&base);
     let run = reload_cli(&daemon.admin);
     assert_eq!(run.code, Some(1), "{run:?}");
@@ -938,7 +1024,11 @@ fn a_new_pool_that_cannot_start_fails_the_reload_and_the_default_route_follows_t
         "v1",
         "the default pool serves on"
     );
-    assert!(reloads(&daemon.admin, Some("failed")) >= 1.0);
+    assert_eq!(
+        reloads(&daemon.admin, Some("failed")),
+        failed + 1.0,
+        "the reload counted once as failed"
+    );
 
     // The default route moves to a pool added by the same reload; the broken one goes.
     base["pools"] = json!([

@@ -105,7 +105,11 @@ fn a_reload_during_the_drain_starts_no_pool_that_would_take_new_work() {
         mock_pool("late", "late", 1, &[]),
     ]));
     bus.signal(Signal::SIGHUP);
-    bus.wait_log("config reload rejected; the config in force is unchanged");
+    let rejected = bus.wait_log("config reload rejected; the config in force is unchanged");
+    assert!(
+        rejected.contains("the daemon is shutting down"),
+        "rejected for the drain, not for something else: {rejected}"
+    );
     conn.send(&json!({"jsonrpc": "2.0", "id": "late", "method": "ping",
                       "sessionId": "c", "pool": "late"}));
     let reply = conn.recv();
@@ -122,6 +126,25 @@ fn a_reload_during_the_drain_starts_no_pool_that_would_take_new_work() {
     assert_eq!(long["id"], json!("long"), "{long}");
     assert!(long.get("result").is_some(), "the drain answers: {long}");
     assert!(bus.wait_exit().success(), "{}", bus.log());
+    // Judged once the daemon is gone: no worker of `late` started at any point of the drain, and
+    // the reload was refused once, for the drain, with nothing reloaded.
+    let log = bus.log();
+    assert!(
+        !log.contains("slot=late["),
+        "a worker of the pool added during the drain started:\n{log}"
+    );
+    let rejections: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("config reload rejected"))
+        .collect();
+    assert!(
+        rejections.len() == 1 && rejections[0].contains("the daemon is shutting down"),
+        "one rejection, for the drain: {rejections:?}"
+    );
+    assert!(
+        !log.contains("config reloaded"),
+        "a reload applied during the drain:\n{log}"
+    );
 }
 
 #[test]
@@ -175,6 +198,7 @@ fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
     answered(post_reload(&admin), 200, "applied");
     // The live slot runs v2; the empty one answers `no_worker`.
     let mut tags = BTreeSet::new();
+    let mut no_worker = 0;
     for i in 0..32 {
         let id = format!("s{i}");
         conn.send(&json!({"jsonrpc": "2.0", "id": id, "method": "ping", "sessionId": id}));
@@ -183,10 +207,25 @@ fn a_roll_skips_a_slot_its_restart_policy_left_empty_and_rolls_the_others() {
             Some(result) => {
                 tags.insert(result["tag"].as_str().unwrap().to_owned());
             }
-            None => assert_eq!(reason(&reply), Some("no_worker"), "{reply}"),
+            None => {
+                assert_eq!(reason(&reply), Some("no_worker"), "{reply}");
+                no_worker += 1;
+            }
         }
     }
     assert_eq!(tags, BTreeSet::from(["v2".to_owned()]));
+    // The empty slot stayed empty (32 sessions over 2 slots: some land on it), and the roll
+    // started no worker for it: one worker runs, as before the reload.
+    assert!(
+        no_worker > 0,
+        "no session landed on the empty slot, or the roll filled it"
+    );
+    let running = bus.worker_pids();
+    assert_eq!(running.len(), 1, "one worker after the roll: {running:?}");
+    assert!(
+        !running.contains(&victim),
+        "the killed worker is gone: {running:?}"
+    );
 }
 
 #[test]
@@ -327,32 +366,65 @@ fn one_slow_slot() -> (Bus, Conn) {
     (bus, conn)
 }
 
+/// The state of slot `slot` of pool `pool` on the admin endpoint `addr`'s `/status`, if listed.
+fn slot_state(addr: &str, pool: &str, slot: u64) -> Option<String> {
+    let (code, body) = http(addr, "GET", "/status", Some(ADMIN_TOKEN));
+    assert_eq!(code, 200, "{body}");
+    let json = &body[body.find('{')?..=body.rfind('}')?];
+    let status: Value = serde_json::from_str(json).expect("/status is JSON");
+    status["pools"]
+        .as_array()?
+        .iter()
+        .filter(|p| p["pool"] == json!(pool))
+        .flat_map(|p| p["slots"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["slot"] == json!(slot))
+        .and_then(|s| s["state"].as_str().map(str::to_owned))
+}
+
 /// `POST /restart?pool=codex` on a thread of its own (it answers once the roll is done); returns
-/// once the daemon has logged the request and had a moment to begin the roll.
+/// once `/status` shows slot 0 `replacing` (the roll holds new work for its replacement).
 fn restart_in_background(bus: &Bus) -> JoinHandle<(u16, Value)> {
     let admin = bus.metrics_addr();
-    let restart = std::thread::spawn(move || post(&admin, "/restart?pool=codex"));
+    let restart = {
+        let admin = admin.clone();
+        std::thread::spawn(move || post(&admin, "/restart?pool=codex"))
+    };
     bus.wait_log("rolling restart requested");
-    std::thread::sleep(Duration::from_millis(300));
-    restart
+    let start = Instant::now();
+    loop {
+        let state = slot_state(&admin, "codex", 0);
+        if state.as_deref() == Some("replacing") {
+            return restart;
+        }
+        assert!(
+            !restart.is_finished(),
+            "the restart ended before slot 0 was seen replacing (last {state:?})"
+        );
+        assert!(start.elapsed() < WAIT, "slot 0 never replacing: {state:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A new connection that sends session `a` padded pings (held for the replacement of the slot
-/// being rolled) until the bus stops reading it; kept open by the caller.
-fn fill_with_held_work(bus: &Bus) -> TcpStream {
+/// being rolled) until the bus stops reading it (a write blocks past its timeout); kept open by
+/// the caller, with whether a write did block (else the queue never filled within [`WAIT`]).
+fn fill_with_held_work(bus: &Bus) -> (TcpStream, bool) {
     let mut flood = TcpStream::connect(bus.tcp_addr()).unwrap();
     flood
         .set_write_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let pad = "x".repeat(4000);
-    for i in 0..2000 {
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < WAIT {
         let line = json!({"jsonrpc": "2.0", "id": i, "method": "ping", "sessionId": "a",
                           "params": {"pad": pad}});
         if flood.write_all(format!("{line}\n").as_bytes()).is_err() {
-            break;
+            return (flood, true);
         }
+        i += 1;
     }
-    flood
+    (flood, false)
 }
 
 #[test]
@@ -365,7 +437,11 @@ fn an_approval_reaches_the_worker_being_replaced_when_held_work_fills_its_queue(
 
     let restart = restart_in_background(&bus);
     // Another client fills the slot's queue with work held for the replacement.
-    let flood = fill_with_held_work(&bus);
+    let (flood, blocked) = fill_with_held_work(&bus);
+    assert!(
+        blocked,
+        "the held work never filled the slot's queue: nothing tested"
+    );
     // The answer still reaches the worker being replaced: it finishes now, not at the roll's bound.
     conn.send(
         &json!({"jsonrpc": "2.0", "id": question["id"], "result": {"ok": true},
@@ -429,7 +505,11 @@ fn a_cancellation_reaches_the_worker_being_replaced_when_held_work_fills_its_que
     std::thread::sleep(Duration::from_millis(200));
     let restart = restart_in_background(&bus);
     // Another client fills the slot's queue with work held for the replacement.
-    let flood = fill_with_held_work(&bus);
+    let (flood, blocked) = fill_with_held_work(&bus);
+    assert!(
+        blocked,
+        "the held work never filled the slot's queue: nothing tested"
+    );
     let sent = Instant::now();
     conn.send(&json!({"jsonrpc": "2.0", "method": "$/cancelRequest",
                       "params": {"id": "long"}, "sessionId": "a"}));

@@ -204,5 +204,15 @@ fn the_audit_trail_records_sessions_approvals_and_refusals_and_is_reopened_on_si
         Some((&json!("reload"), &json!("sighup"), &json!("unchanged"))),
         "{fresh:?}"
     );
+    // Nothing that predates the rotation is in the new file: its lines are the reload's and
+    // session s3's (created after it; idle, it may also have expired by now).
+    let stale: Vec<&Value> = fresh
+        .iter()
+        .filter(|l| l["event"] != "config_changed" && l["session"] != "s3")
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "lines from before the rotation in the reopened file: {stale:?}"
+    );
     assert!(audit_lines(&rotated).len() >= 5);
 }
