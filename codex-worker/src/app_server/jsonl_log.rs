@@ -88,7 +88,7 @@ pub fn line(record: &impl Serialize) -> Vec<u8> {
     line
 }
 
-/// Replaces the log at `path` by `lines`, each one from [`line`] (written 0600 beside it as
+/// Replaces the log at `path` by `lines`, each one from [`line()`] (written 0600 beside it as
 /// `*.jsonl.new`, then renamed over it, so a crash leaves one whole log or the other).
 ///
 /// # Errors
