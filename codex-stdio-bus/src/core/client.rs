@@ -161,6 +161,24 @@ impl Client {
         }
     }
 
+    /// For unit tests: an admitted TCP client number `id` of the default tenant, with an output
+    /// queue of 1 KiB (1 MiB cap).
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u64) -> Arc<Client> {
+        let tenant = Tenant::new("default", "default", Default::default(), Default::default());
+        Arc::new(Client::new(
+            id,
+            Transport::Tcp,
+            Principal::anonymous("tcp"),
+            (Arc::new(tenant), true),
+            None,
+            OutputBounds {
+                soft: 1024,
+                cap: 1 << 20,
+            },
+        ))
+    }
+
     /// Records that the client completed a line read at `at`.
     pub(crate) fn line_read(&self, at: Instant) {
         let ms = at.saturating_duration_since(self.connected_at).as_millis();

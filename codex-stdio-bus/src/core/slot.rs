@@ -722,9 +722,6 @@ fn named(book: &SlotBook, client: &Client, token: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::client::{OutputBounds, Transport};
-    use crate::core::principal::Principal;
-    use crate::core::tenant::Tenant;
 
     fn slot() -> Slot {
         let events = Arc::default();
@@ -732,24 +729,7 @@ mod tests {
     }
 
     fn client_number(id: u64) -> Arc<Client> {
-        let principal = Principal::anonymous("tcp");
-        let tenant = Arc::new(Tenant::new(
-            "default",
-            "default",
-            Default::default(),
-            Default::default(),
-        ));
-        Arc::new(Client::new(
-            id,
-            Transport::Tcp,
-            principal,
-            (tenant, true),
-            None,
-            OutputBounds {
-                soft: 1024,
-                cap: 1 << 20,
-            },
-        ))
+        Client::for_test(id)
     }
 
     fn client() -> Arc<Client> {

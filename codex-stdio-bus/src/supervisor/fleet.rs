@@ -128,11 +128,9 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::core::client::{Client, OutputBounds, Transport};
-    use crate::core::principal::Principal;
+    use crate::core::client::Client;
     use crate::core::sink::WorkerSink;
     use crate::core::slot::{Pending, Slot, SlotState};
-    use crate::core::tenant::Tenant;
     use crate::supervisor::{Replaced, REPLACED_DETAIL};
 
     /// A sink that answers a worker's echoed request lines as replies, and records the failures.
@@ -162,23 +160,7 @@ mod tests {
     }
 
     fn client() -> Arc<Client> {
-        let tenant = Arc::new(Tenant::new(
-            "default",
-            "default",
-            Default::default(),
-            Default::default(),
-        ));
-        Arc::new(Client::new(
-            1,
-            Transport::Tcp,
-            Principal::anonymous("tcp"),
-            (tenant, true),
-            None,
-            OutputBounds {
-                soft: 1024,
-                cap: 1 << 20,
-            },
-        ))
+        Client::for_test(1)
     }
 
     /// A one-instance pool running `sh -c script`, ready 50 ms after it starts.
